@@ -1,0 +1,264 @@
+"""One typed configuration object for the whole system.
+
+Precedence (highest first): explicit overrides passed by the CLI, ``RECSYS_*`` environment
+variables (``__`` separates nesting, e.g. ``RECSYS_PREFILTER__TOP_N=3000``), a TOML file
+(``--config``), then the defaults below. ``REDIS_URL`` is honoured as an alias of
+``RECSYS_REDIS__URL``. Sub-models are frozen and forbid unknown keys, so a typo fails at
+startup instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from recsys_batch.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Section):
+    """Where transactions, items and users come from."""
+
+    source: Literal["completejourney", "dunnhumby", "files", "synthetic"] = "completejourney"
+    """Which reader to use; ``completejourney`` is the bundled real data."""
+    path: Path | None = None
+    """Directory (dunnhumby, synthetic written by ``recsys data synth``) or None."""
+    transactions_file: Path | None = None
+    """``files`` source: parquet or CSV of transactions."""
+    items_file: Path | None = None
+    """``files`` source: optional parquet or CSV of product attributes."""
+    users_file: Path | None = None
+    """``files`` source: optional parquet or CSV of household demographics."""
+    column_mapping: dict[str, str] = Field(default_factory=dict)
+    """``files`` source: canonical column name -> column name in your file."""
+    synthetic_users: int = 2500
+    """``synthetic`` source generated in memory: number of users."""
+    synthetic_seed: int = 42
+    """``synthetic`` source generated in memory: random seed."""
+
+
+class PrefilterConfig(_Section):
+    """Business rules deciding which items may be recommended."""
+
+    recent_days: int = 365
+    """Drop items not sold in this many days before the newest transaction (12 months)."""
+    max_user_share: float = 0.20
+    """Drop items bought by more than this share of users (too obvious to recommend)."""
+    min_user_share: float = 0.02
+    """Drop items bought by fewer than this share of users (too rare to learn)."""
+    min_department_items: int = 150
+    """Drop items of departments with fewer products than this in the item table."""
+    min_price: float = 1.0
+    """Drop items whose typical unit price (currency) is below this."""
+    max_price: float = 30.0
+    """Drop items whose typical unit price (currency) is above this."""
+    price_statistic: Literal["median", "any"] = "median"
+    """``median`` of sales_value/max(quantity,1); ``any`` drops on any out-of-range sale."""
+    top_n: int = 2500
+    """Keep this many items, by quantity sold."""
+    placeholder_item: int = 999999
+    """Every purchase of a non-catalogue item becomes this item id."""
+
+
+class SplitConfig(_Section):
+    """Time windows, in weeks, counted back from the newest week W."""
+
+    test_weeks: int = 3
+    """Backtest: test = week >= W - test_weeks (the holdout)."""
+    stage2_weeks: int = 6
+    """Stage-2 (ranker target) window length in weeks, just before the test window."""
+    min_history_weeks: int = 4
+    """Refuse data with fewer history weeks than this before the stage-2 window."""
+
+
+class AlsConfig(_Section):
+    """implicit's AlternatingLeastSquares."""
+
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 1.0
+    iterations: int = 15
+    threads: int = 0
+    """0 = all cores."""
+    seed: int = 42
+    weighting: Literal["none", "bm25", "tfidf"] = "bm25"
+    """Weighting applied to the user-item matrix before fitting."""
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    interaction: Literal["count", "quantity", "recency"] = "count"
+    """Matrix values: purchase count, quantity, or recency-decayed count."""
+    recency_half_life_days: float = 60.0
+    """Half-life of the ``recency`` interaction weight, in days."""
+
+
+class CandidatesConfig(_Section):
+    """Stage 1: generators and their sizes."""
+
+    als: AlsConfig = AlsConfig()
+    n_als: int = 100
+    n_own: int = 60
+    n_copurchase: int = 40
+    n_popular: int = 20
+    n_trend: int = 20
+    max_per_user: int = 200
+    """Hard cap on the union per user."""
+    recent_baskets: int = 5
+    """Co-purchase: seed items are those in the user's last N baskets."""
+    trend_weeks: int = 4
+    """Trend popularity: weeks counted back from the cut."""
+    own_half_life_days: float = 60.0
+    """Own-purchase score: half-life of the recency weight, in days."""
+    chunk_users: int = 2000
+    """Users per batched ``recommend`` call; bounds memory."""
+
+
+class RankerConfig(_Section):
+    """Stage 2: LightGBM."""
+
+    objective: Literal["binary", "lambdarank"] = "binary"
+    n_estimators: int = 600
+    learning_rate: float = 0.05
+    num_leaves: int = 63
+    min_child_samples: int = 50
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    early_stopping_rounds: int = 50
+    validation_share: float = 0.2
+    """Share of training users held out for early stopping."""
+    negatives_per_user: int | None = None
+    """Sample at most this many negatives per user for training (None = keep all)."""
+    seed: int = 42
+    threads: int = 0
+    """0 = all cores."""
+    top_k: int = 5
+
+
+class GateConfig(_Section):
+    """Quality gate: refuse to publish a model worse than this."""
+
+    enabled: bool = True
+    min_precision_at_5: float = 0.15
+    """Absolute floor on holdout Precision@5 ("all" users)."""
+    max_relative_drop: float = 0.10
+    """Refuse if more than this share below the live version's recorded Precision@5."""
+
+
+class RedisConfig(_Section):
+    """Where recommendations are published."""
+
+    url: str | None = None
+    """redis://, rediss:// or redis+cluster://; None = embedded Redis under ``data_dir``."""
+    embedded_dir: Path = Path(".recsys/redis")
+    """Embedded Redis: directory of its socket and persisted data."""
+    key_prefix: str = "recsys"
+    ttl_days: int = 14
+    """Safety TTL on every published key, in days."""
+    chunk_size: int = 10_000
+    """Users per pipeline round trip."""
+    retries: int = 3
+    retry_backoff_seconds: float = 0.5
+    socket_timeout_seconds: float = 5.0
+
+
+class ApiConfig(_Section):
+    """The lookup service."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_batch: int = 1000
+    """Largest POST /v1/recommendations batch."""
+    current_cache_seconds: float = 1.0
+    """How long the live-version pointer is cached."""
+
+
+class RunConfig(_Section):
+    """Batch bookkeeping."""
+
+    runs_dir: Path = Path("runs")
+    """One folder per run: manifest, models, stage outputs."""
+    lock_file: Path = Path(".recsys/nightly.lock")
+    seed: int = 42
+
+
+class Settings(BaseSettings):
+    """Everything configurable; build once at the edge with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data: DataConfig = DataConfig()
+    prefilter: PrefilterConfig = PrefilterConfig()
+    split: SplitConfig = SplitConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    ranker: RankerConfig = RankerConfig()
+    gate: GateConfig = GateConfig()
+    redis: RedisConfig = RedisConfig()
+    api: ApiConfig = ApiConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _redis_url_alias(cls, values: Any) -> Any:
+        """Honour the conventional ``REDIS_URL`` when RECSYS_REDIS__URL is not given."""
+        url = os.environ.get("REDIS_URL")
+        if url and isinstance(values, dict):
+            redis = dict(values.get("redis") or {})
+            if not redis.get("url"):
+                redis["url"] = url
+                values = {**values, "redis": redis}
+        return values
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, a TOML file, the environment and overrides.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or unreadable, or a value is invalid (unknown key, wrong type).
+    """
+    if config_file is not None and not Path(config_file).is_file():
+        msg = f"config file not found: {config_file} (fix: pass an existing TOML file to --config)"
+        raise ConfigError(msg)
+
+    class _WithFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    try:
+        loaded = _WithFile(**overrides)
+        return Settings.model_validate(loaded.model_dump())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        msg = f"invalid configuration: {problems}"
+        raise ConfigError(msg) from exc
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        msg = f"cannot read config file {config_file}: {exc}"
+        raise ConfigError(msg) from exc
