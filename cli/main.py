@@ -1,0 +1,22 @@
+"""The ``recsys`` command line: thin wrappers that build Settings and call the engine."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import batch, data, evaluate, serve
+
+app = typer.Typer(
+    name="recsys",
+    help="Nightly two-stage grocery recommender: batch to Redis, served by a lookup API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data", help="Inspect, validate, prefilter and synthesise data.")
+evaluate.register(app)
+batch.register(app)
+serve.register(app)
+
+if __name__ == "__main__":
+    app()

