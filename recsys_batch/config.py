@@ -170,6 +170,16 @@ class RedisConfig(_Section):
     retries: int = 3
     retry_backoff_seconds: float = 0.5
     socket_timeout_seconds: float = 5.0
+    connect_timeout_seconds: float = 5.0
+    """Timeout of one TCP/TLS connect, in seconds."""
+    cluster: bool = False
+    """Treat ``url`` as a Redis Cluster seed node (same as a ``redis+cluster://`` URL)."""
+    tls_ca_file: Path | None = None
+    """rediss://: CA bundle that signed the server certificate (None = system CAs)."""
+    tls_cert_file: Path | None = None
+    """rediss:// with client certificates: this client's certificate (PEM)."""
+    tls_key_file: Path | None = None
+    """rediss:// with client certificates: this client's private key (PEM)."""
 
 
 class ApiConfig(_Section):
