@@ -10,6 +10,7 @@ startup instead of being silently ignored.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,8 @@ class DataConfig(_Section):
     """``synthetic`` source generated in memory: number of users."""
     synthetic_seed: int = 42
     """``synthetic`` source generated in memory: random seed."""
+    origin_date: date = date(2017, 1, 1)
+    """Calendar date of day 1 (the ``day`` column counts days from it, 1-based)."""
 
 
 class PrefilterConfig(_Section):
