@@ -127,6 +127,15 @@ class CandidatesConfig(_Section):
     """Users per batched ``recommend`` call; bounds memory."""
 
 
+class FeaturesConfig(_Section):
+    """Stage 2: point-in-time feature windows."""
+
+    recent_weeks: int = 4
+    """Recent activity and item trend: weeks counted back from the cut."""
+    half_life_days: float = 30.0
+    """Recency-weighted user x item purchase count: half-life of the weight, in days."""
+
+
 class RankerConfig(_Section):
     """Stage 2: LightGBM."""
 
@@ -217,6 +226,7 @@ class Settings(BaseSettings):
     prefilter: PrefilterConfig = PrefilterConfig()
     split: SplitConfig = SplitConfig()
     candidates: CandidatesConfig = CandidatesConfig()
+    features: FeaturesConfig = FeaturesConfig()
     ranker: RankerConfig = RankerConfig()
     gate: GateConfig = GateConfig()
     redis: RedisConfig = RedisConfig()
