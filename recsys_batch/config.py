@@ -146,6 +146,10 @@ class RankerConfig(_Section):
     min_child_samples: int = 50
     feature_fraction: float = 0.8
     bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    """L2 regularisation on leaf values."""
+    cat_smooth: float = 10.0
+    """LightGBM smoothing of categorical splits (product attributes, demographics)."""
     early_stopping_rounds: int = 50
     validation_share: float = 0.2
     """Share of training users held out for early stopping."""
