@@ -83,7 +83,8 @@ def validate_cmd(
     def run() -> None:
         settings = build_settings(config, source, path)
         _, report = _load(settings)
-        table = Table(title=f"data: {report.source}", show_header=False)
+        console.print(f"source: {report.source}", highlight=False, soft_wrap=True)
+        table = Table(title="data summary", show_header=False)
         table.add_column("what")
         table.add_column("value", justify="right")
         rows = [
@@ -118,14 +119,14 @@ def _count(value: int | None) -> str:
 
 def rule_descriptions(cfg: PrefilterConfig) -> dict[str, str]:
     """One line per prefilter rule, with its configured thresholds."""
-    statistic = "median unit price" if cfg.price_statistic == "median" else "every unit price"
+    statistic = "median price" if cfg.price_statistic == "median" else "every price"
     return {
-        "all": "every item bought in the window",
-        "recent": f"sold in the last {cfg.recent_days} days",
-        "popularity": f"bought by {cfg.min_user_share:.0%}..{cfg.max_user_share:.0%} of users",
-        "department": f"department has >= {cfg.min_department_items} products",
+        "all": "bought in the window",
+        "recent": f"sold in last {cfg.recent_days} d",
+        "popularity": f"{cfg.min_user_share:.0%}..{cfg.max_user_share:.0%} of users",
+        "department": f"dept >= {cfg.min_department_items} products",
         "price": f"{statistic} in [{cfg.min_price:g}, {cfg.max_price:g}]",
-        "top_n": f"top {cfg.top_n:,} by quantity sold",
+        "top_n": f"top {cfg.top_n:,} by quantity",
     }
 
 
@@ -133,11 +134,10 @@ def funnel_table(funnel: pl.DataFrame, cfg: PrefilterConfig, title: str) -> Tabl
     """The funnel as a rich table: rule, what it keeps, items/users/rows left."""
     descriptions = rule_descriptions(cfg)
     table = Table(title=title)
-    table.add_column("rule")
+    table.add_column("rule", no_wrap=True)
     table.add_column("keeps")
-    for name in ("items", "users", "rows"):
-        table.add_column(name, justify="right")
-    table.add_column("items dropped", justify="right")
+    for name in ("items", "users", "rows", "dropped"):
+        table.add_column(name, justify="right", no_wrap=True)
     previous = None
     for row in funnel.iter_rows(named=True):
         dropped = "" if previous is None else f"{previous - row['items']:,}"
@@ -187,9 +187,8 @@ def prefilter_cmd(
             result = prefilter(tx, dataset.items, settings.prefilter)
             funnel = result.funnel.collect()
         seconds = time.perf_counter() - started
-        title = (
-            f"prefilter funnel: {report.source}, weeks {report.first_week}..{last_week} ({mode})"
-        )
+        title = f"prefilter funnel, weeks {report.first_week}..{last_week} ({mode})"
+        console.print(f"source: {report.source}", highlight=False, soft_wrap=True)
         console.print(funnel_table(funnel, settings.prefilter, title))
         kept = _items_after(funnel, "top_n")
         passed = _items_after(funnel, "price")
