@@ -1,7 +1,173 @@
-"""Placeholder until its issue lands; registers no command yet."""
+"""``recsys nightly-batch``, ``recsys status`` and ``recsys rollback`` (issue #5).
+
+Exit codes: 0 published (or dry run done), 1 unexpected, 2 bad input or config, 3 quality
+gate refused, 4 Redis unavailable or publish failed, 5 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
 
 import typer
+
+from cli.common import (
+    ConfigOpt,
+    DebugOpt,
+    PathOpt,
+    SourceOpt,
+    build_settings,
+    console,
+    run_guarded,
+    setup_logging,
+)
+
+RunDateOpt = Annotated[
+    datetime | None,
+    typer.Option(
+        "--run-date",
+        formats=["%Y-%m-%d"],
+        help="Treat transactions after this date (YYYY-MM-DD) as unseen.",
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Do everything except publishing to Redis.")
+]
+NoGateOpt = Annotated[
+    bool, typer.Option("--no-gate", help="Skip the quality gate (and its backtest).")
+]
+LogFormatOpt = Annotated[
+    str,
+    typer.Option("--log-format", help="human (default) or json (one object per line)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _check_log_format(log_format: str) -> str:
+    if log_format not in {"human", "json"}:
+        msg = f"--log-format must be human or json, got {log_format!r}"
+        raise typer.BadParameter(msg)
+    return log_format
+
+
+def nightly_batch(
+    source: SourceOpt = None,
+    path: PathOpt = None,
+    config: ConfigOpt = None,
+    run_date: RunDateOpt = None,
+    dry_run: DryRunOpt = False,
+    no_gate: NoGateOpt = False,
+    log_format: LogFormatOpt = "human",
+    debug: DebugOpt = False,
+) -> None:
+    """Train, score every known user and publish the top 5 to Redis atomically."""
+    setup_logging(_check_log_format(log_format), logging.DEBUG if debug else logging.INFO)
+
+    def work() -> None:
+        from recsys_batch.pipeline import run_nightly  # noqa: PLC0415 - keeps --help fast
+
+        settings = build_settings(config, source, path)
+        day: date | None = run_date.date() if run_date else None
+        result = run_nightly(settings, run_date=day, dry_run=dry_run, gate=not no_gate)
+        summary = {
+            "run_id": result.run_id,
+            "status": result.status,
+            "version": result.version,
+            "users": result.users,
+            "metrics": {k: v for k, v in result.metrics.items() if k != "gate"},
+            "seconds": round(sum(s.seconds for s in result.stages), 2),
+            "peak_memory_mb": round(result.peak_memory_mb, 1),
+            "run_dir": str(result.run_dir),
+        }
+        if log_format == "json":
+            console.print_json(json.dumps(summary, default=str))
+        else:
+            console.print(
+                f"[bold green]{result.status}[/]: version {result.version or '-'}, "
+                f"{result.users} users, {summary['seconds']}s, "
+                f"peak {summary['peak_memory_mb']} MiB (run {result.run_dir})"
+            )
+
+    run_guarded(work, debug=debug)
+
+
+def _age(created_at: str | None) -> str:
+    if not created_at:
+        return "?"
+    try:
+        then = datetime.fromisoformat(created_at)
+    except ValueError:
+        return "?"
+    seconds = int((datetime.now(UTC) - then).total_seconds())
+    hours, rest = divmod(max(seconds, 0), 3600)
+    return f"{hours}h{rest // 60:02d}m"
+
+
+def status(config: ConfigOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Show the live version (age, users, metrics) and the previous one."""
+
+    def work() -> None:
+        from recsys_batch import publish, store  # noqa: PLC0415
+
+        settings = build_settings(config)
+        client = store.connect(settings.redis)
+        info = publish.publish_status(client, settings.redis)
+        info["redis"] = store.describe(settings.redis)
+        for name in ("live", "previous"):
+            if info[name]:
+                info[name]["age"] = _age(info[name]["meta"].get("created_at"))
+        if as_json:
+            console.print_json(json.dumps(info, default=str))
+            return
+        _print_status(info)
+
+    run_guarded(work, debug=debug)
+
+
+def _print_status(info: dict[str, Any]) -> None:
+    console.print(f"Redis: {info['redis']}")
+    live = info["live"]
+    if not live:
+        console.print("no live version yet (run `recsys nightly-batch`)")
+        return
+    metrics = ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in live["metrics"].items()
+    )
+    meta = live["meta"]
+    console.print(
+        f"live:     {live['version']}  age {live['age']}  users {live['users']}  "
+        f"run {meta.get('run_id', '?')}  data days {meta.get('first_day', '?')}.."
+        f"{meta.get('last_day', '?')}"
+    )
+    console.print(f"metrics:  {metrics or '-'}")
+    previous = info["previous"]
+    if previous:
+        console.print(
+            f"previous: {previous['version']}  age {previous['age']}  users {previous['users']}"
+            f"  state {previous['state'] or 'expired'}"
+        )
+    else:
+        console.print("previous: none")
+
+
+def rollback(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
+    """Make the previous version live again (run twice to undo)."""
+
+    def work() -> None:
+        from recsys_batch import publish, store  # noqa: PLC0415
+
+        settings = build_settings(config)
+        client = store.connect(settings.redis)
+        restored, demoted = publish.rollback(client, settings.redis)
+        console.print(f"rolled back: live version {restored} (was {demoted})")
+
+    run_guarded(work, debug=debug)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.command("nightly-batch")(nightly_batch)
+    app.command("status")(status)
+    app.command("rollback")(rollback)

@@ -1,0 +1,49 @@
+"""Run manifests under runs/<run_id>/ (issue #5)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from recsys_batch import runs
+from recsys_batch.errors import ConfigError
+
+
+class TestRuns:
+    def test_manifest_written_at_start_and_finish(self, tmp_path: Path) -> None:
+        record = runs.start_run(tmp_path, {"seed": 42}, run_id="r1")
+        assert record.models_dir.is_dir()
+        assert runs.read_manifest(record.run_dir)["status"] == "running"
+        record.stages.append(runs.StageRecord("load", 10, 0.5))
+        record.metrics = {"precision@5": 0.2}
+        record.version = "v1"
+        runs.finish_run(record, "published")
+        manifest = runs.read_manifest(record.run_dir)
+        assert manifest["status"] == "published"
+        assert manifest["stages"] == [{"name": "load", "rows": 10, "seconds": 0.5}]
+        assert manifest["parameters"] == {"seed": 42}
+        assert manifest["version"] == "v1"
+        assert manifest["peak_memory_mb"] > 0
+        assert not [p for p in record.run_dir.iterdir() if p.name.startswith(".manifest")]
+
+    def test_run_ids_sortable_and_unique(self) -> None:
+        ids = [runs.new_run_id() for _ in range(10)]
+        assert len(set(ids)) > 1
+        assert all(len(i) == len(ids[0]) for i in ids)
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+    def test_read_only_runs_dir_is_clear_config_error(self, tmp_path: Path) -> None:
+        tmp_path.chmod(0o500)
+        try:
+            with pytest.raises(ConfigError, match="cannot create the run directory"):
+                runs.start_run(tmp_path / "runs", {})
+        finally:
+            tmp_path.chmod(0o700)
+
+    def test_runs_dir_is_a_file_is_config_error(self, tmp_path: Path) -> None:
+        blocker = tmp_path / "runs"
+        blocker.write_text("not a directory")
+        with pytest.raises(ConfigError, match="fix:"):
+            runs.start_run(blocker, {})
