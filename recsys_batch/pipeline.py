@@ -336,7 +336,9 @@ def _run_stages(
         dataset, tx = _load(settings, run_date)
         _nonempty(tx, "load", "transactions")
         rows.append(tx.height)
-    first_day, last_day = tx.select(pl.col(C.DAY).min(), pl.col(C.DAY).max()).row(0)
+    first_day, last_day = tx.select(
+        pl.col(C.DAY).min().alias("lo"), pl.col(C.DAY).max().alias("hi")
+    ).row(0)
     first_week, last_week = split.week_range(dataset.transactions)
     record.data = {
         "source": dataset.name,
