@@ -1,0 +1,156 @@
+"""Top-k ranking metrics, computed per user in Polars and averaged over a user set.
+
+Conventions (issue #4):
+
+- ``recommendations`` has one row per (user, item) with ``rank`` 1 = best; only the first
+  ``k`` ranks count. Users of the evaluated set without recommendations score 0.
+- ``truth`` holds the distinct items each user bought in the test window. A user of the set
+  with no relevant item scores 0 on every metric (they still count in the average).
+- Precision@k = hits in the top k / k.
+- Recall@k = hits / number of relevant items.
+- MAP@k: AP@k = sum over hit positions i <= k of precision@i, divided by min(relevant, k).
+- NDCG@k: DCG = sum over hits of 1 / log2(rank + 1); IDCG is the DCG of a perfect list of
+  min(relevant, k) hits.
+- Coverage = distinct recommended items (top k, over the user set) / catalogue size.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from recsys_batch import columns as C
+
+_HIT = "_hit"
+_N_REL = "_n_relevant"
+METRIC_NAMES = ("precision", "recall", "map", "ndcg")
+
+
+def metric_key(name: str, k: int) -> str:
+    """Key of a metric in result rows, e.g. ``precision@5``."""
+    return f"{name}@{k}"
+
+
+def hits(recommendations: pl.LazyFrame, truth: pl.LazyFrame, k: int) -> pl.LazyFrame:
+    """The top-k rows of each user with a boolean ``_hit`` (item bought in the truth)."""
+    relevant = truth.select(C.USER, C.ITEM).unique().with_columns(pl.lit(True).alias(_HIT))
+    return (
+        recommendations.filter(pl.col(C.RANK) <= k)
+        .select(C.USER, C.ITEM, C.RANK)
+        .join(relevant, on=[C.USER, C.ITEM], how="left")
+        .with_columns(pl.col(_HIT).fill_null(False))
+    )
+
+
+def per_user_metrics(
+    recommendations: pl.LazyFrame, truth: pl.LazyFrame, users: pl.LazyFrame, k: int
+) -> pl.LazyFrame:
+    """One row per user of ``users``: ``precision@k``, ``recall@k``, ``map@k``, ``ndcg@k``.
+
+    Parameters
+    ----------
+    recommendations
+        ``user_id``, ``item_id``, ``rank`` (1 = best); ranks above ``k`` are ignored.
+    truth
+        ``user_id``, ``item_id``: what each user really bought (duplicates ignored).
+    users
+        ``user_id``: the evaluated user set; every one of them gets a row.
+    """
+    n_relevant = truth.select(C.USER, C.ITEM).unique().group_by(C.USER).agg(pl.len().alias(_N_REL))
+    hit = pl.col(_HIT).cast(pl.Float64)
+    cum_hits = hit.cum_sum().over(C.USER, order_by=C.RANK)
+    per_user = (
+        hits(recommendations, truth, k)
+        .with_columns(
+            (hit * cum_hits / pl.col(C.RANK)).alias("_prec_at_i"),
+            (hit / (pl.col(C.RANK).cast(pl.Float64) + 1.0).log(2)).alias("_gain"),
+        )
+        .group_by(C.USER)
+        .agg(
+            hit.sum().alias("_hits"),
+            pl.col("_prec_at_i").sum().alias("_ap_sum"),
+            pl.col("_gain").sum().alias("_dcg"),
+        )
+    )
+    ideal_positions = pl.int_ranges(1, pl.min_horizontal(pl.col(_N_REL), pl.lit(k)) + 1)
+    idcg = ideal_positions.list.eval(1.0 / (pl.element().cast(pl.Float64) + 1.0).log(2)).list.sum()
+    n_rel = pl.col(_N_REL).fill_null(0)
+    positive = n_rel > 0
+    return (
+        users.select(C.USER)
+        .unique()
+        .join(per_user, on=C.USER, how="left")
+        .join(n_relevant, on=C.USER, how="left")
+        .with_columns(pl.col("_hits", "_ap_sum", "_dcg").fill_null(0.0), n_rel.alias(_N_REL))
+        .select(
+            C.USER,
+            (pl.col("_hits") / k).alias(metric_key("precision", k)),
+            pl.when(positive)
+            .then(pl.col("_hits") / n_rel)
+            .otherwise(0.0)
+            .alias(metric_key("recall", k)),
+            pl.when(positive)
+            .then(pl.col("_ap_sum") / pl.min_horizontal(n_rel, pl.lit(k)))
+            .otherwise(0.0)
+            .alias(metric_key("map", k)),
+            pl.when(positive)
+            .then(pl.col("_dcg") / idcg)
+            .otherwise(0.0)
+            .alias(metric_key("ndcg", k)),
+        )
+    )
+
+
+def evaluate(
+    recommendations: pl.LazyFrame,
+    truth: pl.LazyFrame,
+    users: pl.LazyFrame,
+    *,
+    k: int = 5,
+    catalogue_size: int | None = None,
+) -> dict[str, float]:
+    """Mean of the per-user metrics over ``users``, plus ``users`` and ``coverage``.
+
+    Returns
+    -------
+    dict
+        ``users`` (count), ``precision@k``, ``recall@k``, ``map@k``, ``ndcg@k`` and
+        ``coverage`` (distinct recommended items among the users / ``catalogue_size``; NaN
+        when the size is not given).
+    """
+    means = (
+        per_user_metrics(recommendations, truth, users, k)
+        .select(
+            pl.len().alias("users"),
+            *[pl.col(metric_key(m, k)).mean().fill_null(0.0) for m in METRIC_NAMES],
+        )
+        .collect()
+        .row(0, named=True)
+    )
+    recommended = (
+        recommendations.filter(pl.col(C.RANK) <= k)
+        .join(users.select(C.USER).unique(), on=C.USER, how="semi")
+        .select(pl.col(C.ITEM).n_unique())
+        .collect()
+        .item()
+    )
+    coverage = recommended / catalogue_size if catalogue_size else float("nan")
+    return {**means, "users": int(means["users"]), "coverage": float(coverage)}
+
+
+def precision_curve(
+    recommendations: pl.LazyFrame, truth: pl.LazyFrame, users: pl.LazyFrame, max_k: int = 10
+) -> list[float]:
+    """Mean precision@k over ``users`` for k = 1..max_k (one pass over the top max_k)."""
+    top = hits(recommendations, truth, max_k).join(
+        users.select(C.USER).unique(), on=C.USER, how="semi"
+    )
+    n_users = users.select(pl.col(C.USER).n_unique()).collect().item()
+    if n_users == 0:
+        return [0.0] * max_k
+    by_rank = top.group_by(C.RANK).agg(pl.col(_HIT).sum().alias("h")).collect().sort(C.RANK)
+    hits_at = dict(zip(by_rank[C.RANK].to_list(), by_rank["h"].to_list(), strict=True))
+    out, cum = [], 0
+    for k in range(1, max_k + 1):
+        cum += int(hits_at.get(k, 0))
+        out.append(cum / (k * n_users))
+    return out

@@ -1,0 +1,225 @@
+"""Stage-2 ranker: fit and score LightGBM on the joined features, keep the top k per user.
+
+``fit_ranker`` collects the training frame once, sorts it by user (lambdarank needs contiguous
+groups), optionally samples negatives per user, holds out a share of *users* for early
+stopping, and trains with a fixed seed and thread count (deterministic for a given input).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from recsys_batch import columns as C
+from recsys_batch.config import RankerConfig
+from recsys_batch.errors import EmptyStageError
+
+log = logging.getLogger(__name__)
+
+BOOSTER_FILE = "ranker.txt"
+META_FILE = "ranker.json"
+
+
+@dataclass
+class Ranker:
+    """A trained LightGBM booster and the feature columns it expects, in order."""
+
+    booster: lgb.Booster
+    feature_names: tuple[str, ...]
+    categorical: tuple[str, ...]
+    best_iteration: int
+
+    def importances(self, kind: str = "gain") -> pl.DataFrame:
+        """``feature``, ``importance`` (total gain by default), most important first."""
+        values = self.booster.feature_importance(
+            importance_type=kind, iteration=self.best_iteration
+        )
+        return pl.DataFrame(
+            {"feature": list(self.feature_names), "importance": values.astype(np.float64)}
+        ).sort("importance", descending=True)
+
+
+def feature_matrix(frame: pl.DataFrame, feature_names: tuple[str, ...]) -> np.ndarray:
+    """The features as a float32 matrix (nulls -> NaN, LightGBM's missing value)."""
+    return frame.select(pl.col(name).cast(pl.Float32) for name in feature_names).to_numpy()
+
+
+def sample_negatives(frame: pl.DataFrame, per_user: int | None, seed: int) -> pl.DataFrame:
+    """Keep every positive and at most ``per_user`` random negatives per user (None = all)."""
+    if per_user is None:
+        return frame
+    keyed = frame.with_columns(
+        pl.col(C.ITEM).hash(seed).rank("ordinal").over(C.USER, C.TARGET).alias("_pick")
+    )
+    return keyed.filter((pl.col(C.TARGET) == 1) | (pl.col("_pick") <= per_user)).drop("_pick")
+
+
+def validation_users(users: pl.Series, share: float, seed: int) -> pl.Series:
+    """A deterministic ``share`` of the distinct users, for early stopping."""
+    distinct = users.unique().sort()
+    n_valid = int(round(len(distinct) * share))
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(distinct), size=n_valid, replace=False) if n_valid else []
+    return distinct.gather(np.sort(np.asarray(picked, dtype=np.int64)))
+
+
+def _params(cfg: RankerConfig) -> dict[str, object]:
+    params: dict[str, object] = {
+        "objective": cfg.objective,
+        "learning_rate": cfg.learning_rate,
+        "num_leaves": cfg.num_leaves,
+        "min_child_samples": cfg.min_child_samples,
+        "feature_fraction": cfg.feature_fraction,
+        "bagging_fraction": cfg.bagging_fraction,
+        "bagging_freq": 1 if cfg.bagging_fraction < 1.0 else 0,
+        "lambda_l2": cfg.lambda_l2,
+        "cat_smooth": cfg.cat_smooth,
+        "max_cat_to_onehot": 8,
+        "seed": cfg.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": cfg.threads,
+        "verbosity": -1,
+    }
+    if cfg.objective == "lambdarank":
+        params["metric"] = "ndcg"
+        params["eval_at"] = [cfg.top_k]
+    else:
+        params["metric"] = "binary_logloss"
+    return params
+
+
+def _dataset(
+    frame: pl.DataFrame, names: tuple[str, ...], categorical: tuple[str, ...]
+) -> lgb.Dataset:
+    group = frame.group_by(C.USER, maintain_order=True).len()["len"].to_numpy()
+    return lgb.Dataset(
+        feature_matrix(frame, names),
+        label=frame[C.TARGET].to_numpy(),
+        group=group,
+        feature_name=list(names),
+        categorical_feature=list(categorical),
+        free_raw_data=True,
+    )
+
+
+def fit_ranker(
+    train: pl.LazyFrame,
+    feature_names: tuple[str, ...],
+    categorical: tuple[str, ...],
+    cfg: RankerConfig,
+) -> Ranker:
+    """Train LightGBM on candidates with features and a ``target`` column.
+
+    Users whose candidates hold no positive are dropped (they carry no ranking signal).
+
+    Raises
+    ------
+    EmptyStageError
+        No candidate is a positive: the stage-2 window has no purchase of a candidate.
+    """
+    start = time.perf_counter()
+    frame = train.select(C.USER, C.ITEM, C.TARGET, *feature_names).collect()
+    with_positive = frame.group_by(C.USER).agg(pl.col(C.TARGET).max().alias("_any"))
+    keep = with_positive.filter(pl.col("_any") == 1).select(C.USER)
+    frame = frame.join(keep, on=C.USER, how="semi")
+    if frame.is_empty():
+        msg = "stage-2 training set has no positive: no candidate was bought in the target window"
+        raise EmptyStageError(
+            msg,
+            column=C.TARGET,
+            fix="check the split (split.stage2_weeks) and that candidates cover bought items",
+        )
+    frame = sample_negatives(frame, cfg.negatives_per_user, cfg.seed).sort(C.USER, C.ITEM)
+    valid_users = validation_users(frame[C.USER], cfg.validation_share, cfg.seed)
+    is_valid = frame[C.USER].is_in(valid_users.implode())
+    train_part, valid_part = frame.filter(~is_valid), frame.filter(is_valid)
+    train_set = _dataset(train_part, feature_names, categorical)
+    callbacks = []
+    valid_sets = []
+    if not valid_part.is_empty():
+        valid_sets = [_dataset(valid_part, feature_names, categorical)]
+        callbacks.append(lgb.early_stopping(cfg.early_stopping_rounds, verbose=False))
+    booster = lgb.train(
+        _params(cfg),
+        train_set,
+        num_boost_round=cfg.n_estimators,
+        valid_sets=valid_sets,
+        callbacks=callbacks,
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    log.info(
+        "ranker: %d rows (%d users, %.3f positive), best iteration %d, %.1fs",
+        frame.height,
+        frame[C.USER].n_unique(),
+        float(frame[C.TARGET].mean() or 0.0),
+        best,
+        time.perf_counter() - start,
+    )
+    return Ranker(booster, tuple(feature_names), tuple(categorical), int(best))
+
+
+def score(ranker: Ranker, candidates: pl.LazyFrame) -> pl.DataFrame:
+    """``user_id``, ``item_id``, ``score`` for every candidate (higher = better)."""
+    frame = candidates.select(C.USER, C.ITEM, *ranker.feature_names).collect()
+    if frame.is_empty():
+        return frame.select(C.USER, C.ITEM).with_columns(
+            pl.lit(None, dtype=pl.Float32).alias(C.SCORE)
+        )
+    values = ranker.booster.predict(
+        feature_matrix(frame, ranker.feature_names), num_iteration=ranker.best_iteration
+    )
+    return frame.select(C.USER, C.ITEM).with_columns(pl.Series(C.SCORE, values, dtype=pl.Float32))
+
+
+def top_k(scored: pl.LazyFrame, k: int) -> pl.LazyFrame:
+    """The ``k`` best items per user, ranks 1..k (schema ``RECOMMENDATIONS``).
+
+    Ties are broken by item id so the output is deterministic.
+    """
+    return (
+        scored.unique(subset=[C.USER, C.ITEM], keep="first")
+        .sort([C.USER, C.SCORE, C.ITEM], descending=[False, True, False])
+        .with_columns(pl.int_range(1, pl.len() + 1).over(C.USER).cast(pl.Int32).alias(C.RANK))
+        .filter(pl.col(C.RANK) <= k)
+        .select(
+            pl.col(C.USER).cast(pl.Int64),
+            pl.col(C.ITEM).cast(pl.Int64),
+            pl.col(C.RANK),
+            pl.col(C.SCORE).cast(pl.Float32),
+        )
+    )
+
+
+def save_ranker(ranker: Ranker, folder: Path) -> None:
+    """Write the booster as LightGBM text plus a small JSON of feature metadata."""
+    import json  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ranker.booster.save_model(str(folder / BOOSTER_FILE), num_iteration=ranker.best_iteration)
+    meta = {
+        "feature_names": list(ranker.feature_names),
+        "categorical": list(ranker.categorical),
+        "best_iteration": ranker.best_iteration,
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_ranker(folder: Path) -> Ranker:
+    """Read a ranker written by :func:`save_ranker`."""
+    import json  # noqa: PLC0415
+
+    meta = json.loads((folder / META_FILE).read_text())
+    booster = lgb.Booster(model_file=str(folder / BOOSTER_FILE))
+    return Ranker(
+        booster,
+        tuple(meta["feature_names"]),
+        tuple(meta["categorical"]),
+        int(meta["best_iteration"]),
+    )

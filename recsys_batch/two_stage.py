@@ -1,0 +1,267 @@
+"""The two-stage model shared by ``recsys evaluate`` (backtest) and the nightly batch.
+
+Training (``train_two_stage``), for windows ``history | stage-2 window | (test)``:
+
+1. stage 1 is fit on the history (``week < history_end``);
+2. candidates are generated for the users seen in the history, features are computed as of
+   ``history_end`` (nothing from the stage-2 window), and the target is 1 for the catalogue
+   items each user bought in the stage-2 window;
+3. LightGBM is trained on that;
+4. stage 1 is refit on everything before ``target_end`` for scoring.
+
+Scoring (``recommend``) generates candidates with the refit stage 1, computes the same
+features as of ``target_end`` and keeps the ranker's top k per user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from recsys_batch import candidates as stage1
+from recsys_batch import columns as C
+from recsys_batch import split
+from recsys_batch.config import Settings
+from recsys_batch.features import FeatureSet, build_features, targets, with_targets
+from recsys_batch.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
+from recsys_batch.split import Windows
+
+log = logging.getLogger(__name__)
+
+STAGE1_FILE = "stage1.pkl"
+MODEL_META_FILE = "two_stage.json"
+
+
+@dataclass
+class TrainedTwoStage:
+    """Stage 1 refit for scoring, the trained ranker, and the windows it was trained on."""
+
+    stage1_for_scoring: stage1.Stage1Model
+    ranker: Ranker
+    feature_names: tuple[str, ...]
+    windows: Windows
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per step of the training."""
+    train_rows: int = 0
+    """Candidate rows the ranker was trained on (before negative sampling)."""
+
+    def importances(self) -> pl.DataFrame:
+        """Feature importances (gain) of the ranker, most important first."""
+        return self.ranker.importances()
+
+
+TwoStageModel = TrainedTwoStage
+
+
+def _factors(model: stage1.Stage1Model) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    user_f = getattr(stage1, "user_factors", None)
+    item_f = getattr(stage1, "item_factors", None)
+    if user_f is None or item_f is None:
+        return None, None
+    return user_f(model), item_f(model)
+
+
+def featured_candidates(
+    model: stage1.Stage1Model,
+    tx: pl.LazyFrame,
+    items: pl.LazyFrame | None,
+    users: pl.LazyFrame | None,
+    user_ids: pl.LazyFrame,
+    as_of_week: int,
+    settings: Settings,
+) -> FeatureSet:
+    """Stage-1 candidates of ``user_ids`` with every feature as of ``as_of_week``.
+
+    The candidates are collected once (ALS is eager anyway) so the feature joins start from
+    an in-memory frame.
+    """
+    cands = stage1.generate_candidates(model, user_ids.select(C.USER).unique(), settings.candidates)
+    cands = cands.collect().lazy()
+    user_f, item_f = _factors(model)
+    return build_features(
+        cands,
+        tx,
+        items,
+        users,
+        as_of_week,
+        settings.features,
+        user_factors=user_f,
+        item_factors=item_f,
+    )
+
+
+def history_users(tx: pl.LazyFrame, before_week: int) -> pl.LazyFrame:
+    """Distinct users with a purchase before ``before_week``."""
+    return tx.filter(pl.col(C.WEEK) < before_week).select(C.USER).unique()
+
+
+def train_two_stage(
+    tx: pl.LazyFrame,
+    items: pl.LazyFrame | None,
+    users: pl.LazyFrame | None,
+    catalogue: pl.LazyFrame,
+    windows: Windows,
+    settings: Settings,
+) -> TrainedTwoStage:
+    """Fit stage 1 on history, train the ranker on the stage-2 window, refit stage 1.
+
+    Parameters
+    ----------
+    tx
+        Catalogue-applied transactions; only ``week < windows.target_end`` is read.
+    catalogue
+        The prefilter's catalogue (schema ``CATALOGUE``), computed without the test window.
+    """
+    timings: dict[str, float] = {}
+    placeholder = settings.prefilter.placeholder_item
+    tx = split.before_test(tx, windows)
+
+    start = time.perf_counter()
+    history_model = stage1.fit_stage1(
+        split.history(tx, windows), catalogue, settings.candidates, placeholder
+    )
+    timings["stage1_fit_history"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    # Only users who bought something in the stage-2 window can have a positive target.
+    target_users = (
+        split.stage2_window(tx, windows)
+        .select(C.USER)
+        .unique()
+        .join(history_users(tx, windows.history_end), on=C.USER, how="semi")
+    )
+    feats = featured_candidates(
+        history_model, tx, items, users, target_users, windows.history_end, settings
+    )
+    truth = targets(split.stage2_window(tx, windows), placeholder)
+    train = with_targets(feats.frame, truth).collect()
+    timings["train_features"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ranker = fit_ranker(train.lazy(), feats.feature_names, feats.categorical, settings.ranker)
+    timings["ranker_fit"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    scoring_model = stage1.fit_stage1(tx, catalogue, settings.candidates, placeholder)
+    timings["stage1_fit_scoring"] = time.perf_counter() - start
+    log.info("two-stage trained: %s", {k: round(v, 1) for k, v in timings.items()})
+    return TrainedTwoStage(
+        stage1_for_scoring=scoring_model,
+        ranker=ranker,
+        feature_names=feats.feature_names,
+        windows=windows,
+        timings=timings,
+        train_rows=train.height,
+    )
+
+
+def rank_candidates(
+    model: TrainedTwoStage,
+    tx: pl.LazyFrame,
+    items: pl.LazyFrame | None,
+    users: pl.LazyFrame | None,
+    catalogue: pl.LazyFrame,
+    user_ids: pl.LazyFrame,
+    settings: Settings,
+    k: int,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Top ``k`` per user and the featured candidates they were ranked from.
+
+    Returns
+    -------
+    tuple
+        ``(recommendations, candidates)``: recommendations with schema ``RECOMMENDATIONS``;
+        candidates as generated by stage 1 (schema ``CANDIDATES``), for candidate recall.
+    """
+    windows = model.windows
+    tx = split.before_test(tx, windows)
+    feats = featured_candidates(
+        model.stage1_for_scoring, tx, items, users, user_ids, windows.target_end, settings
+    )
+    allowed = catalogue.select(C.ITEM).filter(pl.col(C.ITEM) != settings.prefilter.placeholder_item)
+    frame = feats.frame.join(allowed, on=C.ITEM, how="semi").collect()
+    scored = score(model.ranker, frame.lazy())
+    recs = top_k(scored.lazy(), k).collect()
+    return recs, frame.select(C.CANDIDATES.names())
+
+
+def recommend(
+    model: TrainedTwoStage,
+    tx: pl.LazyFrame,
+    items: pl.LazyFrame | None,
+    users: pl.LazyFrame | None,
+    catalogue: pl.LazyFrame,
+    user_ids: pl.LazyFrame,
+    settings: Settings,
+) -> pl.DataFrame:
+    """Top ``settings.ranker.top_k`` catalogue items per user, best first (``RECOMMENDATIONS``).
+
+    Features are computed as of ``model.windows.target_end`` from ``tx``; users unknown to
+    stage 1 get the popular candidates, ranked by the same model.
+    """
+    recs, _ = rank_candidates(
+        model, tx, items, users, catalogue, user_ids, settings, settings.ranker.top_k
+    )
+    return recs
+
+
+def popular_fallback(tx: pl.LazyFrame, catalogue: pl.LazyFrame, k: int) -> list[int]:
+    """The ``k`` catalogue items with the most distinct buyers in ``tx`` (ties: lower id)."""
+    return (
+        tx.join(catalogue.select(C.ITEM), on=C.ITEM, how="semi")
+        .group_by(C.ITEM)
+        .agg(pl.col(C.USER).n_unique().alias(C.BUYERS))
+        .sort([C.BUYERS, C.ITEM], descending=[True, False])
+        .head(k)
+        .collect()[C.ITEM]
+        .to_list()
+    )
+
+
+def save_model(model: TrainedTwoStage, folder: Path) -> None:
+    """Write the ranker (LightGBM text), stage 1 and the windows under ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_ranker(model.ranker, folder)
+    saver = getattr(stage1, "save_stage1", None)
+    if saver is not None:
+        saver(model.stage1_for_scoring, folder / "stage1")
+    else:
+        (folder / STAGE1_FILE).write_bytes(pickle.dumps(model.stage1_for_scoring))
+    meta = {
+        "feature_names": list(model.feature_names),
+        "windows": {
+            "first_week": model.windows.first_week,
+            "history_end": model.windows.history_end,
+            "target_end": model.windows.target_end,
+            "test_end": model.windows.test_end,
+        },
+        "timings": model.timings,
+        "train_rows": model.train_rows,
+    }
+    (folder / MODEL_META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_model(folder: Path) -> TrainedTwoStage:
+    """Read a model written by :func:`save_model`."""
+    folder = Path(folder)
+    meta = json.loads((folder / MODEL_META_FILE).read_text())
+    loader = getattr(stage1, "load_stage1", None)
+    if loader is not None and (folder / "stage1").exists():
+        model1 = loader(folder / "stage1")
+    else:
+        model1 = pickle.loads((folder / STAGE1_FILE).read_bytes())  # noqa: S301 - our own file
+    return TrainedTwoStage(
+        stage1_for_scoring=model1,
+        ranker=load_ranker(folder),
+        feature_names=tuple(meta["feature_names"]),
+        windows=Windows(**meta["windows"]),
+        timings=meta.get("timings", {}),
+        train_rows=int(meta.get("train_rows", 0)),
+    )
