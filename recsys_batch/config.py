@@ -208,6 +208,8 @@ class ApiConfig(_Section):
     """Largest POST /v1/recommendations batch."""
     current_cache_seconds: float = 1.0
     """How long the live-version pointer is cached."""
+    redis_timeout_seconds: float = 1.0
+    """Socket and connect timeout of the API's Redis client: a lookup fails fast (503)."""
 
 
 class RunConfig(_Section):

@@ -1,0 +1,131 @@
+"""The service's ASGI middleware: times every request and answers the hot lookup directly.
+
+``GET /v1/recommendations/{user_id}`` with no query or only ``k=N`` is the request the service
+exists for. Going through FastAPI's router, dependency injection and parameter validation
+costs several times the Redis round trip itself, so this layer recognises that exact shape
+(digits only, ``k`` within range) and answers it with the same :class:`~api.service.Lookup`
+and the same body builder as the FastAPI route. Anything else (``details=true``, a malformed
+id, an out-of-range ``k``, unknown parameters) falls through to FastAPI, which validates it
+and answers 422 as documented in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from api import metrics
+from api.errors import Unavailable
+from api.models import MAX_K
+from api.routes.recommendations import answer
+from recsys_batch.keys import MAX_USER_ID
+
+PREFIX = "/v1/recommendations/"
+ROUTE = PREFIX + "{user_id}"
+DEFAULT_K = 5
+_MAX_DIGITS = len(str(MAX_USER_ID))
+_JSON = (b"content-type", b"application/json")
+
+Scope = dict[str, Any]
+
+
+class _Observer:
+    """Latency histogram and response counter children, cached per (route, status)."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def __call__(self, route: str, status: int, start: float) -> None:
+        pair = self._children.get((route, status))
+        if pair is None:
+            pair = (
+                metrics.REQUEST_SECONDS.labels(route=route),
+                metrics.RESPONSES.labels(route=route, status=str(status)),
+            )
+            self._children[(route, status)] = pair
+        pair[0].observe(time.perf_counter() - start)
+        pair[1].inc()
+
+
+def parse_fast(path: str, query: bytes) -> tuple[int, int] | None:
+    """(user_id, k) when the request is the plain lookup shape, else None (use FastAPI)."""
+    tail = path[len(PREFIX) :]
+    if not (0 < len(tail) <= _MAX_DIGITS and tail.isascii() and tail.isdigit()):
+        return None
+    if query:
+        value = query[2:]
+        if query[:2] != b"k=" or not (0 < len(value) <= 3 and value.isdigit()):
+            return None
+        k = int(value)
+        if not 1 <= k <= MAX_K:
+            return None
+    else:
+        k = DEFAULT_K
+    user_id = int(tail)
+    if user_id > MAX_USER_ID:
+        return None
+    return user_id, k
+
+
+class ServiceMiddleware:
+    """Pure ASGI middleware (no per-request objects beyond what the answer needs).
+
+    Parameters
+    ----------
+    app
+        The next ASGI app (FastAPI's exception middleware and router).
+    fast_path
+        Answer the plain lookup here; False sends every request through FastAPI.
+    """
+
+    def __init__(self, app: Any, fast_path: bool = True) -> None:
+        self.app = app
+        self.fast_path = fast_path
+        self.observe = _Observer()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        scope["recsys.start"] = start
+        if self.fast_path and scope["method"] == "GET" and scope["path"].startswith(PREFIX):
+            parsed = parse_fast(scope["path"], scope["query_string"])
+            lookup = getattr(scope["app"].state, "lookup", None) if parsed else None
+            if parsed is not None and lookup is not None:
+                await self._answer(lookup, parsed, send, start)
+                return
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.observe(route, status, start)
+
+    async def _answer(self, lookup: Any, parsed: tuple[int, int], send: Any, start: float) -> None:
+        user_id, k = parsed
+        try:
+            live, items, source = await lookup.one(user_id, k)
+            body = orjson.dumps(answer(user_id, live, items, source))
+            status = 200
+        except Unavailable as exc:
+            body = orjson.dumps(exc.body())
+            status = 503
+        took = (time.perf_counter() - start) * 1000
+        headers = [
+            _JSON,
+            (b"content-length", b"%d" % len(body)),
+            (b"server-timing", b"lookup;dur=%.3f" % took),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.observe(ROUTE, status, start)

@@ -1,0 +1,80 @@
+"""Request and response shapes, for validation of requests and for the OpenAPI docs.
+
+Responses are built as plain dicts and rendered by orjson (no pydantic validation on the hot
+path); these models document them and the tests check the answers against them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from recsys_batch.keys import MAX_USER_ID
+
+MAX_K = 100
+"""Largest ``k`` accepted (a version stores ``settings.ranker.top_k`` items per user)."""
+
+UserId = Annotated[StrictInt, Field(ge=0, le=MAX_USER_ID)]
+
+
+class Recommendation(BaseModel):
+    """One user's recommendations from one version."""
+
+    user_id: int = Field(examples=[1001])
+    items: list[int] = Field(description="Item ids, best first.", examples=[[840361, 1029743]])
+    source: Literal["personal", "fallback"] = Field(
+        description="`fallback`: the user is unknown to the version; popular items instead."
+    )
+    version: str = Field(description="The version the items were read from.")
+    generated_at: str | None = Field(description="When the batch generated the version (ISO).")
+    details: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="With `details=true`: attributes of each item, in the order of `items`.",
+    )
+
+
+class BatchRequest(BaseModel):
+    """Users to look up in one round trip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[UserId] = Field(
+        description="Non-negative integer user ids; at most `settings.api.max_batch` (1000).",
+        examples=[[1, 2, 3]],
+    )
+
+
+class BatchResult(BaseModel):
+    """One user's answer inside a batch."""
+
+    user_id: int
+    items: list[int]
+    source: Literal["personal", "fallback"]
+    details: list[dict[str, Any]] | None = None
+
+
+class BatchResponse(BaseModel):
+    """One answer per requested id, in request order, all from one version."""
+
+    version: str
+    generated_at: str | None
+    results: list[BatchResult]
+
+
+class ErrorBody(BaseModel):
+    """A 503: Redis unreachable, no live version, or a version this API cannot read."""
+
+    error: str = Field(examples=["redis_unavailable"])
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    version: str
+    generated_at: str | None
+    age_seconds: float | None

@@ -1,0 +1,89 @@
+"""The API's one asynchronous Redis client (redis.asyncio; hiredis parses replies)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from recsys_batch.config import RedisConfig
+from recsys_batch.errors import ConfigError
+
+AsyncClient = aioredis.Redis | RedisCluster
+
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_PLAIN_SCHEMES = {"redis", "rediss", "unix"}
+
+
+def resolve_url(cfg: RedisConfig) -> tuple[str, bool]:
+    """The URL to connect to and whether it names a Redis Cluster.
+
+    Without ``cfg.url`` (``REDIS_URL`` / ``RECSYS_REDIS__URL``) this is the unix socket of the
+    embedded Redis the batch wrote to (started if needed).
+
+    Raises
+    ------
+    ConfigError
+        Unknown URL scheme, or no URL and no embedded Redis available.
+    """
+    if not cfg.url:
+        try:
+            from recsys_batch.embedded import embedded_url  # noqa: PLC0415 - optional, lazy
+        except ImportError as exc:  # pragma: no cover - the module ships with the package
+            msg = "no Redis configured (fix: set REDIS_URL or RECSYS_REDIS__URL)"
+            raise ConfigError(msg) from exc
+        try:
+            return embedded_url(cfg), False
+        except RuntimeError as exc:  # EmbeddedRedisError
+            msg = f"cannot start the embedded Redis: {exc} (fix: set REDIS_URL)"
+            raise ConfigError(msg) from exc
+    scheme = cfg.url.split("://", 1)[0].lower() if "://" in cfg.url else ""
+    if scheme in _CLUSTER_SCHEMES:
+        return _CLUSTER_SCHEMES[scheme] + cfg.url[len(scheme) :], True
+    if scheme in _PLAIN_SCHEMES:
+        return cfg.url, cfg.cluster
+    msg = (
+        f"unsupported Redis URL scheme {scheme or '(none)'!r}: "
+        "use redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
+    )
+    raise ConfigError(msg)
+
+
+def client_options(cfg: RedisConfig, url: str, timeout: float) -> dict[str, Any]:
+    """Timeouts that fail fast and one immediate retry (a pooled connection may be stale
+    after Redis restarted: the retry reconnects, so the service recovers by itself)."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1),
+    }
+    if url.lower().startswith("rediss://"):
+        if cfg.tls_ca_file is not None:
+            options["ssl_ca_certs"] = str(cfg.tls_ca_file)
+        if cfg.tls_cert_file is not None:
+            options["ssl_certfile"] = str(cfg.tls_cert_file)
+        if cfg.tls_key_file is not None:
+            options["ssl_keyfile"] = str(cfg.tls_key_file)
+    return options
+
+
+def make_client(cfg: RedisConfig, timeout: float) -> tuple[AsyncClient, bool]:
+    """A lazily connecting client for ``cfg`` and whether it is a cluster client.
+
+    Raises
+    ------
+    ConfigError
+        See :func:`resolve_url`; also a malformed URL.
+    """
+    url, cluster = resolve_url(cfg)
+    options = client_options(cfg, url, timeout)
+    try:
+        if cluster:
+            return RedisCluster.from_url(url, **options), True
+        return aioredis.Redis.from_url(url, **options), False
+    except ValueError:
+        msg = "invalid Redis URL (fix: redis://[user:password@]host:port/db)"
+        raise ConfigError(msg) from None

@@ -1,0 +1,283 @@
+"""Lookups against the live version: the only code of the API that talks to Redis.
+
+A lookup is one round trip: the live-version pointer (``P:current``) is cached for
+``current_cache_seconds`` together with everything immutable about that version (format,
+generated_at, the popular fallback list), so answering a user is one ``GET`` of
+``P:v:V:u:{user_id}`` and a batch one ``MGET``. Each answer is built from exactly one version:
+the one the key was read from, which is also the version it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from api import metrics
+from api.errors import Unavailable
+from recsys_batch import keys
+
+log = logging.getLogger(__name__)
+
+_REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+_META_FIELDS = ("format", "state", "generated_at", "created_at")
+
+
+@dataclass(frozen=True, slots=True)
+class LiveVersion:
+    """What the service caches about the live version (all of it immutable per version)."""
+
+    version: str
+    format: int
+    generated_at: str | None
+    generated_ts: float | None
+    popular: tuple[int, ...]
+    user_prefix: str
+    items_key: str
+
+    def age_seconds(self, now: float | None = None) -> float | None:
+        """Seconds since the version was generated (None when unknown)."""
+        if self.generated_ts is None:
+            return None
+        return (time.time() if now is None else now) - self.generated_ts
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _timestamp(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def redis_down(exc: BaseException) -> Unavailable:
+    """Count a failed Redis command and turn it into a 503 answer."""
+    metrics.REDIS_ERRORS.inc()
+    detail = f"Redis did not answer: {type(exc).__name__}"
+    log.warning("redis error: %s: %s", type(exc).__name__, exc)
+    return Unavailable("redis_unavailable", detail)
+
+
+class Lookup:
+    """Reads recommendations of the live version through one async Redis client.
+
+    Parameters
+    ----------
+    client
+        ``redis.asyncio.Redis`` (or a cluster client, or ``fakeredis.FakeAsyncRedis``).
+    prefix
+        Key prefix (``settings.redis.key_prefix``).
+    cache_seconds
+        How long the live-version pointer is trusted before it is read again.
+    cluster
+        True for a Redis Cluster client: batches use a slot-aware ``MGET`` split.
+    """
+
+    def __init__(
+        self, client: Any, prefix: str, cache_seconds: float, *, cluster: bool = False
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.current_key = keys.current_key(prefix)
+        self.cache_seconds = cache_seconds
+        self.cluster = cluster
+        self._live: LiveVersion | None = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    # --- the live version ------------------------------------------------------------------
+
+    def cached(self) -> LiveVersion | None:
+        """The cached live version while it is fresh, else None (no I/O)."""
+        if self._live is not None and time.monotonic() < self._expires:
+            return self._live
+        return None
+
+    @property
+    def last_known(self) -> LiveVersion | None:
+        """The last live version seen, fresh or not (for the age gauge)."""
+        return self._live
+
+    async def live(self) -> LiveVersion:
+        """The live version, from the cache when fresh.
+
+        Raises
+        ------
+        Unavailable
+            Redis is down, no version is live, or the live version cannot be read.
+        """
+        found = self.cached()
+        if found is not None:
+            return found
+        return await self.refresh()
+
+    async def refresh(self, *, force: bool = False) -> LiveVersion:
+        """Read ``P:current`` again (one ``GET``; one more round trip when it changed)."""
+        async with self._lock:
+            if not force:
+                found = self.cached()
+                if found is not None:
+                    return found
+            try:
+                raw = await self.client.get(self.current_key)
+            except _REDIS_FAILURES as exc:
+                raise redis_down(exc) from None
+            if raw is None:
+                detail = (
+                    f"no version is live: {self.current_key} is not set "
+                    "(fix: run `recsys nightly-batch`, or check RECSYS_REDIS__KEY_PREFIX)"
+                )
+                raise Unavailable("no_live_version", detail)
+            version = _text(raw) or ""
+            if self._live is not None and self._live.version == version:
+                found = self._live
+            else:
+                found = await self._load(version)
+                if self._live is not None:
+                    metrics.VERSION_CHANGES.inc()
+                    log.info("live version is now %s (was %s)", version, self._live.version)
+            self._live = found
+            self._expires = time.monotonic() + self.cache_seconds
+            return found
+
+    async def _load(self, version: str) -> LiveVersion:
+        try:
+            keys.check_version(version)
+        except ValueError:
+            detail = f"{self.current_key} holds {version[:80]!r}, not a version id"
+            raise Unavailable("corrupt_value", detail) from None
+        meta_key = keys.meta_key(version, self.prefix)
+        popular_key = keys.popular_key(version, self.prefix)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hmget(meta_key, list(_META_FIELDS))
+            pipe.get(popular_key)
+            meta_values, popular_raw = await pipe.execute()
+        except _REDIS_FAILURES as exc:
+            raise redis_down(exc) from None
+        meta = dict(zip(_META_FIELDS, (_text(v) for v in meta_values), strict=True))
+        fmt = meta["format"]
+        if fmt is None:
+            detail = (
+                f"live version {version} has no meta hash {meta_key} (expired or removed; "
+                "fix: publish again or `recsys rollback`)"
+            )
+            raise Unavailable("version_incomplete", detail)
+        supported = ", ".join(str(f) for f in sorted(keys.SUPPORTED_FORMATS))
+        if not fmt.isdigit() or int(fmt) not in keys.SUPPORTED_FORMATS:
+            detail = (
+                f"live version {version} is in format {fmt[:40]!r} ({meta_key}); this API "
+                f"reads format {supported} (fix: deploy the API that matches the batch, or "
+                "`recsys rollback`)"
+            )
+            raise Unavailable("unsupported_format", detail)
+        if meta["state"] != keys.STATE_COMPLETE:
+            detail = f"live version {version} is in state {meta['state']!r}, not complete"
+            raise Unavailable("version_incomplete", detail)
+        try:
+            popular = tuple(keys.decode_items(popular_raw))
+        except ValueError:
+            detail = f"{popular_key} is not a comma-separated list of item ids"
+            raise Unavailable("corrupt_value", detail) from None
+        generated_at = meta["generated_at"] or meta["created_at"]
+        return LiveVersion(
+            version=version,
+            format=int(fmt),
+            generated_at=generated_at,
+            generated_ts=_timestamp(generated_at),
+            popular=popular,
+            user_prefix=keys.version_prefix(version, self.prefix) + "u:",
+            items_key=keys.items_key(version, self.prefix),
+        )
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def _items(self, live: LiveVersion, user_id: int, raw: Any, k: int) -> tuple[list[int], str]:
+        if raw is None:
+            metrics.FALLBACK.inc()
+            return list(live.popular[:k]), "fallback"
+        try:
+            items = keys.decode_items(raw)
+        except ValueError:
+            detail = f"{live.user_prefix}{user_id} is not a comma-separated list of item ids"
+            raise Unavailable("corrupt_value", detail) from None
+        metrics.PERSONAL.inc()
+        return items[:k], "personal"
+
+    async def one(self, user_id: int, k: int) -> tuple[LiveVersion, list[int], str]:
+        """One user's top ``k`` items: (version read, items best first, source).
+
+        ``source`` is ``personal``, or ``fallback`` (the version's popular list) for a user the
+        version does not know.
+        """
+        live = self.cached() or await self.refresh()
+        try:
+            raw = await self.client.get(live.user_prefix + str(user_id))
+        except _REDIS_FAILURES as exc:
+            raise redis_down(exc) from None
+        items, source = self._items(live, user_id, raw, k)
+        return live, items, source
+
+    async def many(
+        self, user_ids: list[int], k: int
+    ) -> tuple[LiveVersion, list[tuple[int, list[int], str]]]:
+        """Several users in one round trip (``MGET``; slot-aware split on a cluster)."""
+        live = self.cached() or await self.refresh()
+        if not user_ids:
+            return live, []
+        names = [live.user_prefix + str(u) for u in user_ids]
+        try:
+            if self.cluster:
+                values = await self.client.mget_nonatomic(names)
+            else:
+                values = await self.client.mget(names)
+        except _REDIS_FAILURES as exc:
+            raise redis_down(exc) from None
+        results = []
+        for user_id, raw in zip(user_ids, values, strict=True):
+            items, source = self._items(live, user_id, raw, k)
+            results.append((user_id, items, source))
+        return live, results
+
+    async def details(self, live: LiveVersion, item_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Attributes of items (department, brand, ...) published with ``live`` (one HMGET).
+
+        Items the version has no attributes for map to ``{}``.
+        """
+        unique = list(dict.fromkeys(item_ids))
+        if not unique:
+            return {}
+        try:
+            values = await self.client.hmget(live.items_key, [str(i) for i in unique])
+        except _REDIS_FAILURES as exc:
+            raise redis_down(exc) from None
+        found: dict[int, dict[str, Any]] = {}
+        for item, raw in zip(unique, values, strict=True):
+            attrs: Any = {}
+            if raw is not None:
+                try:
+                    attrs = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    attrs = {}
+            found[item] = attrs if isinstance(attrs, dict) else {}
+        return found
+
+    async def ping(self) -> None:
+        """Raise :class:`Unavailable` unless Redis answers ``PING``."""
+        try:
+            await self.client.ping()
+        except _REDIS_FAILURES as exc:
+            raise redis_down(exc) from None

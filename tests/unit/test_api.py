@@ -1,0 +1,400 @@
+"""Unit tests of the lookup API against fakeredis (issue #6)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+
+from api import metrics
+from api.fastpath import parse_fast
+from api.main import create_app
+from api.models import BatchResponse, Recommendation
+from api.redis_client import resolve_url
+from api.service import Lookup
+from recsys_batch import keys
+from recsys_batch.config import RedisConfig, Settings
+from recsys_batch.errors import ConfigError
+
+with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+PREFIX = "recsys"
+GENERATED = "2026-11-28T03:00:00+00:00"
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def seed_version(
+    client: Any,
+    version: str,
+    users: dict[int, list[int]],
+    popular: list[int],
+    *,
+    prefix: str = PREFIX,
+    items: dict[int, dict[str, Any]] | None = None,
+    fmt: str = "1",
+    state: str = keys.STATE_COMPLETE,
+    live: bool = True,
+) -> None:
+    """Write one version the way publish.py lays it out (keys.py format)."""
+    await client.hset(
+        keys.meta_key(version, prefix),
+        mapping={"format": fmt, "state": state, "version": version, "created_at": GENERATED},
+    )
+    await client.set(keys.popular_key(version, prefix), keys.encode_items(popular))
+    for user, recs in users.items():
+        await client.set(keys.user_key(version, user, prefix), keys.encode_items(recs))
+    if items:
+        import orjson  # noqa: PLC0415
+
+        await client.hset(
+            keys.items_key(version, prefix),
+            mapping={str(i): orjson.dumps(a) for i, a in items.items()},
+        )
+    if live:
+        await client.set(keys.current_key(prefix), version)
+
+
+USERS = {1: [11, 12, 13, 14, 15], 2: [21, 22, 23, 24, 25]}
+POPULAR = [91, 92, 93, 94, 95]
+ITEMS = {11: {"department": "PRODUCE", "brand": "National"}, 12: {"department": "DELI"}}
+
+
+def make_client(
+    fake: Any, fast_path: bool = True, **api: Any
+) -> TestClient:  # a started app (lifespan ran)
+    settings = Settings(api={"current_cache_seconds": 60.0, **api})
+    return TestClient(create_app(settings, redis_client=fake, fast_path=fast_path))
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def fake(server: fakeredis.FakeServer) -> Any:
+    client = fakeredis.FakeAsyncRedis(server=server)
+    run(seed_version(client, "v1", USERS, POPULAR, items=ITEMS))
+    return client
+
+
+@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-route"])
+def api(request: pytest.FixtureRequest, fake: Any) -> Iterator[TestClient]:
+    with make_client(fake, fast_path=request.param) as client:
+        yield client
+
+
+class TestGetOne:
+    def test_known_user_gets_personal_items(self, api: TestClient) -> None:
+        resp = api.get("/v1/recommendations/1")
+        assert resp.status_code == 200
+        assert resp.json() == {
+            "user_id": 1,
+            "items": USERS[1],
+            "source": "personal",
+            "version": "v1",
+            "generated_at": GENERATED,
+        }
+        Recommendation.model_validate(resp.json())
+        assert resp.headers["content-type"] == "application/json"
+        assert resp.headers["server-timing"].startswith("lookup;dur=")
+
+    def test_unknown_user_gets_fallback(self, api: TestClient) -> None:
+        body = api.get("/v1/recommendations/777").json()
+        assert body["items"] == POPULAR
+        assert body["source"] == "fallback"
+        assert body["version"] == "v1"
+
+    @pytest.mark.parametrize(("k", "expected"), [(1, [11]), (3, [11, 12, 13]), (100, USERS[1])])
+    def test_k_truncates(self, api: TestClient, k: int, expected: list[int]) -> None:
+        assert api.get(f"/v1/recommendations/1?k={k}").json()["items"] == expected
+
+    def test_details_in_item_order(self, api: TestClient) -> None:
+        body = api.get("/v1/recommendations/1?k=3&details=true").json()
+        assert body["details"] == [
+            {"item_id": 11, "department": "PRODUCE", "brand": "National"},
+            {"item_id": 12, "department": "DELI"},
+            {"item_id": 13},
+        ]
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/v1/recommendations/abc",
+            "/v1/recommendations/-1",
+            "/v1/recommendations/1.5",
+            "/v1/recommendations/" + "9" * 20,
+            "/v1/recommendations/%2A",
+            "/v1/recommendations/1?k=0",
+            "/v1/recommendations/1?k=101",
+            "/v1/recommendations/1?k=x",
+            "/v1/recommendations/1?details=maybe",
+        ],
+    )
+    def test_malformed_request_is_422(self, api: TestClient, path: str) -> None:
+        resp = api.get(path)
+        assert resp.status_code == 422
+        assert "detail" in resp.json()
+
+    def test_fast_path_and_route_answer_identically(self, fake: Any) -> None:
+        paths = ["/v1/recommendations/1", "/v1/recommendations/2?k=2", "/v1/recommendations/5"]
+        with make_client(fake, fast_path=True) as fast, make_client(fake, False) as slow:
+            for path in paths:
+                a, b = fast.get(path), slow.get(path)
+                assert (a.status_code, a.content) == (b.status_code, b.content)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "expected"),
+    [
+        ("/v1/recommendations/42", b"", (42, 5)),
+        ("/v1/recommendations/0", b"k=7", (0, 7)),
+        ("/v1/recommendations/42", b"k=0", None),
+        ("/v1/recommendations/42", b"k=101", None),
+        ("/v1/recommendations/42", b"details=true", None),
+        ("/v1/recommendations/42", b"k=5&details=true", None),
+        ("/v1/recommendations/4x", b"", None),
+        ("/v1/recommendations/", b"", None),
+        ("/v1/recommendations/\u0663", b"", None),  # a non-ASCII digit
+        ("/v1/recommendations/" + "9" * 19, b"", None),  # above 2**63 - 1
+    ],
+)
+def test_parse_fast(path: str, query: bytes, expected: tuple[int, int] | None) -> None:
+    assert parse_fast(path, query) == expected
+
+
+def test_cached_user_prefix_builds_the_golden_key() -> None:
+    fake = fakeredis.FakeAsyncRedis()
+    run(seed_version(fake, "20261128T031500Z-5f3a", USERS, POPULAR, prefix="p1"))
+
+    async def check() -> str:
+        live = await Lookup(fake, "p1", 1.0).live()
+        return live.user_prefix + "123"
+
+    assert run(check()) == keys.user_key("20261128T031500Z-5f3a", 123, "p1")
+
+
+class TestBatch:
+    def test_one_answer_per_id_in_order(self, api: TestClient) -> None:
+        resp = api.post("/v1/recommendations?k=2", json={"user_ids": [2, 9, 1, 2]})
+        assert resp.status_code == 200
+        body = resp.json()
+        BatchResponse.model_validate(body)
+        assert body["version"] == "v1"
+        assert [(r["user_id"], r["items"], r["source"]) for r in body["results"]] == [
+            (2, [21, 22], "personal"),
+            (9, [91, 92], "fallback"),
+            (1, [11, 12], "personal"),
+            (2, [21, 22], "personal"),
+        ]
+
+    def test_details(self, api: TestClient) -> None:
+        body = api.post("/v1/recommendations?k=1&details=true", json={"user_ids": [1]}).json()
+        assert body["results"][0]["details"] == [
+            {"item_id": 11, "department": "PRODUCE", "brand": "National"}
+        ]
+
+    def test_empty_batch(self, api: TestClient) -> None:
+        body = api.post("/v1/recommendations", json={"user_ids": []}).json()
+        assert body["results"] == []
+
+    def test_limit_is_inclusive_and_named(self, fake: Any) -> None:
+        with make_client(fake, max_batch=3) as client:
+            ok = client.post("/v1/recommendations", json={"user_ids": [1, 2, 3]})
+            too_many = client.post("/v1/recommendations", json={"user_ids": [1, 2, 3, 4]})
+        assert ok.status_code == 200
+        assert len(ok.json()["results"]) == 3
+        assert too_many.status_code == 422
+        assert "at most 3 user ids" in too_many.text
+
+    def test_default_limit_is_1000(self, api: TestClient) -> None:
+        resp = api.post("/v1/recommendations", json={"user_ids": list(range(1001))})
+        assert resp.status_code == 422
+        assert "at most 1000" in resp.text
+        assert api.post("/v1/recommendations", json={"user_ids": list(range(1000))}).is_success
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            {"user_ids": ["1"]},
+            {"user_ids": [True]},
+            {"user_ids": [-1]},
+            {"user_ids": [1.5]},
+            {"user_ids": [2**63]},
+            {"user_ids": 1},
+            {"ids": [1]},
+            {},
+        ],
+    )
+    def test_malformed_body_is_422(self, api: TestClient, payload: dict[str, Any]) -> None:
+        assert api.post("/v1/recommendations", json=payload).status_code == 422
+
+
+class TestUnavailable:
+    def _client(self, **seed: Any) -> TestClient:
+        fake = fakeredis.FakeAsyncRedis()
+        run(seed_version(fake, "v9", USERS, POPULAR, **seed))
+        return make_client(fake)
+
+    @pytest.mark.parametrize(
+        ("seed", "reason", "words"),
+        [
+            ({"live": False}, "no_live_version", "recsys nightly-batch"),
+            ({"fmt": "2"}, "unsupported_format", "format '2'"),
+            ({"fmt": "json-v7"}, "unsupported_format", "reads format 1"),
+            ({"state": keys.STATE_WRITING}, "version_incomplete", "'writing'"),
+        ],
+    )
+    def test_unreadable_live_version_is_503_with_reason(
+        self, seed: dict[str, Any], reason: str, words: str
+    ) -> None:
+        with self._client(**seed) as client:
+            for resp in (
+                client.get("/v1/recommendations/1"),
+                client.get("/v1/recommendations/1?details=true"),
+                client.post("/v1/recommendations", json={"user_ids": [1]}),
+                client.get("/readyz"),
+            ):
+                assert resp.status_code == 503
+                assert resp.json()["error"] == reason
+                assert words in resp.json()["detail"]
+
+    def test_corrupt_value_is_refused(self) -> None:
+        fake = fakeredis.FakeAsyncRedis()
+        run(seed_version(fake, "v9", USERS, POPULAR))
+        run(fake.set(keys.user_key("v9", 1), "[1, 2, 3]"))
+        with make_client(fake) as client:
+            resp = client.get("/v1/recommendations/1")
+        assert resp.status_code == 503
+        assert resp.json()["error"] == "corrupt_value"
+        assert keys.user_key("v9", 1) in resp.json()["detail"]
+
+    def test_redis_down_then_back(self, server: fakeredis.FakeServer, fake: Any) -> None:
+        errors = metrics.REDIS_ERRORS._value.get()
+        with make_client(fake, current_cache_seconds=0.0) as client:
+            assert client.get("/v1/recommendations/1").status_code == 200
+            server.connected = False
+            for resp in (
+                client.get("/v1/recommendations/1"),
+                client.post("/v1/recommendations", json={"user_ids": [1]}),
+                client.get("/readyz"),
+            ):
+                assert resp.status_code == 503
+                assert resp.json()["error"] == "redis_unavailable"
+            assert client.get("/healthz").status_code == 200
+            server.connected = True
+            assert client.get("/v1/recommendations/1").json()["items"] == USERS[1]
+            assert client.get("/readyz").status_code == 200
+        assert metrics.REDIS_ERRORS._value.get() >= errors + 3
+
+
+class TestVersionCache:
+    def test_pointer_is_cached_then_followed(self, fake: Any) -> None:
+        run(seed_version(fake, "v2", {1: [31, 32]}, [99], live=False))
+        with make_client(fake, current_cache_seconds=60.0) as client:
+            assert client.get("/v1/recommendations/1").json()["version"] == "v1"
+            run(fake.set(keys.current_key(PREFIX), "v2"))
+            assert client.get("/v1/recommendations/1").json()["version"] == "v1"  # cached
+            ready = client.get("/readyz").json()  # readiness re-reads the pointer
+            assert ready["version"] == "v2"
+            body = client.get("/v1/recommendations/1").json()
+        assert (body["version"], body["items"]) == ("v2", [31, 32])
+
+    def test_one_round_trip_per_cached_lookup(self, fake: Any) -> None:
+        calls: list[str] = []
+
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                calls.append(name)
+                return getattr(fake, name)
+
+        async def lookups() -> None:
+            lookup = Lookup(Counting(), PREFIX, 60.0)
+            await lookup.one(1, 5)
+            calls.clear()
+            for user in (1, 2, 3):
+                await lookup.one(user, 5)
+
+        run(lookups())
+        assert calls == ["get", "get", "get"]
+
+
+class TestOperations:
+    def test_healthz(self, api: TestClient) -> None:
+        assert api.get("/healthz").json() == {"status": "ok"}
+
+    def test_readyz(self, api: TestClient) -> None:
+        body = api.get("/readyz").json()
+        assert body["status"] == "ready"
+        assert body["version"] == "v1"
+        assert body["age_seconds"] > 0
+
+    def test_metrics(self, api: TestClient) -> None:
+        personal = metrics.PERSONAL._value.get()
+        fallback = metrics.FALLBACK._value.get()
+        api.get("/v1/recommendations/1")
+        api.get("/v1/recommendations/1")
+        api.get("/v1/recommendations/555")
+        text = api.get("/metrics").text
+        assert metrics.PERSONAL._value.get() == personal + 2
+        assert metrics.FALLBACK._value.get() == fallback + 1
+        for name in (
+            'recsys_api_request_duration_seconds_bucket{le="0.001",'
+            'route="/v1/recommendations/{user_id}"}',
+            "recsys_api_lookups_total{source=",
+            "recsys_api_redis_errors_total",
+            "recsys_api_live_version_age_seconds",
+        ):
+            assert name in text
+
+    def test_docs_and_schema(self, api: TestClient) -> None:
+        assert api.get("/docs").status_code == 200
+        paths = api.get("/openapi.json").json()["paths"]
+        assert {"/v1/recommendations/{user_id}", "/v1/recommendations", "/readyz"} <= set(paths)
+
+    def test_not_started_is_503(self, fake: Any) -> None:
+        client = TestClient(create_app(Settings(), redis_client=fake))  # no lifespan
+        resp = client.get("/v1/recommendations/1")
+        assert resp.status_code == 503
+        assert resp.json()["error"] == "starting"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://h:6379/0", ("redis://h:6379/0", False)),
+        ("redis+cluster://h:7000", ("redis://h:7000", True)),
+        ("rediss+cluster://h:7000", ("rediss://h:7000", True)),
+        ("unix:///tmp/r.sock", ("unix:///tmp/r.sock", False)),
+    ],
+)
+def test_resolve_url(url: str, expected: tuple[str, bool]) -> None:
+    assert resolve_url(RedisConfig(url=url)) == expected
+
+
+def test_resolve_url_rejects_unknown_scheme() -> None:
+    with pytest.raises(ConfigError, match="unsupported Redis URL scheme 'http'"):
+        resolve_url(RedisConfig(url="http://h"))
+
+
+def test_api_imports_no_heavy_modules() -> None:
+    code = (
+        "import sys, api.main; api.main.app; "
+        "print(','.join(m for m in ('polars', 'numpy', 'implicit', 'lightgbm') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""
