@@ -202,3 +202,24 @@ class TestHelpers:
     def test_cut_day(self) -> None:
         assert pipeline.cut_day(date(2017, 1, 1), date(2017, 1, 1)) == 1
         assert pipeline.cut_day(date(2017, 1, 8), date(2017, 1, 1)) == 8
+
+
+class TestDockerCompose:
+    """No Docker engine here: check the file's structure (issue #5)."""
+
+    def test_services_share_config_and_redis_is_healthy_and_persistent(self) -> None:
+        yaml = pytest.importorskip("yaml")
+        root = Path(__file__).resolve().parents[2]
+        compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+        services = compose["services"]
+        assert set(services) == {"redis", "api", "batch"}
+        redis_cmd = " ".join(services["redis"]["command"])
+        assert "--appendonly yes" in redis_cmd
+        assert "healthcheck" in services["redis"]
+        assert services["api"]["command"] == ["recsys", "serve"]
+        assert "recsys nightly-batch" in " ".join(services["batch"]["command"])
+        assert services["api"]["environment"] == {
+            k: v for k, v in services["batch"]["environment"].items() if k != "BATCH_AT"
+        }
+        for name in ("api", "batch"):
+            assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
