@@ -119,6 +119,8 @@ class CandidatesConfig(_Section):
     """Hard cap on the union per user."""
     recent_baskets: int = 5
     """Co-purchase: seed items are those in the user's last N baskets."""
+    copurchase_neighbours: int = 50
+    """Co-purchase: most similar items kept per item."""
     trend_weeks: int = 4
     """Trend popularity: weeks counted back from the cut."""
     own_half_life_days: float = 60.0

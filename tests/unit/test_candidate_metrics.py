@@ -1,0 +1,69 @@
+"""Candidate recall against hand-computed cases."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from recsys_batch import columns as C
+from recsys_batch.candidate_metrics import candidate_recall
+
+
+def _cands(rows: list[tuple[int, int, str | None]]) -> pl.LazyFrame:
+    """(user, item, generator) rows -> a CANDIDATES frame with that generator's rank set."""
+    data: dict[str, list[object]] = {C.USER: [r[0] for r in rows], C.ITEM: [r[1] for r in rows]}
+    for g in C.GENERATORS:
+        data[C.score_col(g)] = [1.0 if r[2] == g else None for r in rows]
+        data[C.rank_col(g)] = [1 if r[2] == g else None for r in rows]
+    data[C.N_GENERATORS] = [1] * len(rows)
+    return pl.DataFrame(data, schema=C.CANDIDATES).lazy()
+
+
+def _truth(rows: list[tuple[int, int]]) -> pl.LazyFrame:
+    return pl.LazyFrame(rows, schema={C.USER: pl.Int64, C.ITEM: pl.Int64}, orient="row")
+
+
+def test_hand_computed() -> None:
+    # user 1 bought 1,2,3,4 (candidates hit 1,2 via als and 3 via own); user 2 bought 9 (miss);
+    # user 3 is a candidate user but not evaluated (not in truth) and must be ignored.
+    cands = _cands(
+        [
+            (1, 1, "als"),
+            (1, 2, "als"),
+            (1, 3, "own"),
+            (1, 7, "popular"),
+            (2, 8, "als"),
+            (3, 1, "als"),
+        ]
+    )
+    truth = _truth([(1, 1), (1, 2), (1, 3), (1, 4), (2, 9), (2, 9)])  # duplicate dropped
+    out = candidate_recall(cands, truth)
+    union = out["union"]
+    assert union["recall"] == pytest.approx(3 / 5)
+    assert union["recall_user_mean"] == pytest.approx((3 / 4 + 0) / 2)
+    assert union["mean_candidates"] == pytest.approx(5 / 2)
+    assert union["precision_at_5_upper_bound"] == pytest.approx((3 / 5 + 0) / 2)
+    gens = out["generators"]
+    assert gens["als"]["recall"] == pytest.approx(2 / 5)
+    assert gens["als"]["mean_candidates"] == pytest.approx(3 / 2)
+    assert gens["own"]["recall"] == pytest.approx(1 / 5)
+    assert gens["popular"]["recall"] == 0.0
+    assert gens["copurchase"] == {"recall": 0.0, "recall_user_mean": 0.0, "mean_candidates": 0.0}
+    assert set(gens) == set(C.GENERATORS)
+
+
+def test_upper_bound_caps_at_five() -> None:
+    items = list(range(1, 9))
+    cands = _cands([(1, i, "als") for i in items])
+    truth = _truth([(1, i) for i in items])
+    out = candidate_recall(cands, truth)
+    assert out["union"]["recall"] == 1.0
+    assert out["union"]["precision_at_5_upper_bound"] == 1.0
+
+
+def test_user_without_candidates_counts_as_zero() -> None:
+    cands = _cands([(1, 1, "own")])
+    truth = _truth([(1, 1), (2, 5)])
+    out = candidate_recall(cands, truth)
+    assert out["union"]["recall"] == pytest.approx(0.5)
+    assert out["union"]["mean_candidates"] == pytest.approx(0.5)

@@ -1,0 +1,222 @@
+"""Stage 1 on data whose answer is known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from recsys_batch import columns as C
+from recsys_batch.candidates import (
+    Stage1Model,
+    als_candidates,
+    fit_stage1,
+    generate_candidates,
+    generated_candidates,
+    item_factors,
+    load_stage1,
+    save_stage1,
+    user_factors,
+)
+from recsys_batch.config import AlsConfig, CandidatesConfig
+
+PLACEHOLDER = 999999
+GROUP_A_USERS = list(range(1, 9))
+GROUP_B_USERS = list(range(11, 19))
+GROUP_A_ITEMS = list(range(101, 111))
+GROUP_B_ITEMS = list(range(201, 211))
+
+
+def _transactions() -> pl.DataFrame:
+    """Two user groups that never share an item; group A also buys the placeholder."""
+    rng = np.random.default_rng(7)
+    rows = []
+    basket = 0
+    for users, items in ((GROUP_A_USERS, GROUP_A_ITEMS), (GROUP_B_USERS, GROUP_B_ITEMS)):
+        for user in users:
+            liked = rng.choice(items, size=7, replace=False)
+            for week in range(1, 9):
+                basket += 1
+                bought = rng.choice(liked, size=4, replace=False)
+                extra = [PLACEHOLDER] if items is GROUP_A_ITEMS else []
+                for item in [*bought.tolist(), *extra]:
+                    rows.append((user, basket, week * 7, item, 1, week))
+    frame = pl.DataFrame(
+        rows, schema=[C.USER, C.BASKET, C.DAY, C.ITEM, C.QTY, C.WEEK], orient="row"
+    )
+    return frame.with_columns(pl.col(C.DAY).cast(pl.Int32), pl.col(C.WEEK).cast(pl.Int32))
+
+
+CFG = CandidatesConfig(
+    als=AlsConfig(factors=4, iterations=10, threads=1, regularization=0.01),
+    n_als=5,
+    n_own=5,
+    n_copurchase=4,
+    n_popular=3,
+    n_trend=3,
+    max_per_user=12,
+    recent_baskets=2,
+    trend_weeks=2,
+    chunk_users=1000,
+)
+
+
+@pytest.fixture(scope="module")
+def tx() -> pl.DataFrame:
+    return _transactions()
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> pl.DataFrame:
+    return pl.DataFrame({C.ITEM: GROUP_A_ITEMS + GROUP_B_ITEMS})
+
+
+@pytest.fixture(scope="module")
+def model(tx: pl.DataFrame, catalogue: pl.DataFrame) -> Stage1Model:
+    return fit_stage1(tx.lazy(), catalogue.lazy(), CFG, PLACEHOLDER)
+
+
+def _users(ids: list[int]) -> pl.LazyFrame:
+    return pl.LazyFrame({C.USER: ids}, schema={C.USER: pl.Int64})
+
+
+class TestGenerateCandidates:
+    @pytest.fixture(scope="class")
+    def cands(self, model: Stage1Model) -> pl.DataFrame:
+        return generate_candidates(model, _users(GROUP_A_USERS + GROUP_B_USERS), CFG).collect()
+
+    def test_schema(self, cands: pl.DataFrame) -> None:
+        assert cands.schema == C.CANDIDATES
+
+    def test_every_user_has_candidates(self, cands: pl.DataFrame) -> None:
+        assert set(cands[C.USER].unique()) == set(GROUP_A_USERS + GROUP_B_USERS)
+
+    def test_als_stays_inside_group(self, cands: pl.DataFrame) -> None:
+        als = cands.filter(pl.col(C.rank_col("als")).is_not_null())
+        a = als.filter(pl.col(C.USER).is_in(GROUP_A_USERS))[C.ITEM]
+        b = als.filter(pl.col(C.USER).is_in(GROUP_B_USERS))[C.ITEM]
+        assert a.len() == len(GROUP_A_USERS) * CFG.n_als
+        assert set(a) <= set(GROUP_A_ITEMS)
+        assert set(b) <= set(GROUP_B_ITEMS)
+
+    def test_copurchase_stays_inside_group(self, cands: pl.DataFrame) -> None:
+        co = cands.filter(pl.col(C.rank_col("copurchase")).is_not_null())
+        assert co.height > 0
+        assert set(co.filter(pl.col(C.USER).is_in(GROUP_A_USERS))[C.ITEM]) <= set(GROUP_A_ITEMS)
+        assert set(co.filter(pl.col(C.USER).is_in(GROUP_B_USERS))[C.ITEM]) <= set(GROUP_B_ITEMS)
+
+    def test_own_purchases_are_candidates(self, tx: pl.DataFrame, cands: pl.DataFrame) -> None:
+        bought = tx.filter(pl.col(C.ITEM) != PLACEHOLDER).select(C.USER, C.ITEM).unique()
+        # n_own=5 keeps each user's 5 most recency-weighted items; all of them must be in.
+        own = cands.filter(pl.col(C.rank_col("own")).is_not_null())
+        assert own.group_by(C.USER).len()["len"].to_list() == [CFG.n_own] * own[C.USER].n_unique()
+        assert own.join(bought, on=[C.USER, C.ITEM], how="anti").is_empty()
+
+    def test_all_own_purchases_kept_when_they_fit(
+        self, model: Stage1Model, tx: pl.DataFrame
+    ) -> None:
+        cfg = CFG.model_copy(update={"n_own": 50, "max_per_user": 60})
+        cands = generate_candidates(model, _users(GROUP_A_USERS), cfg).collect()
+        bought = (
+            tx.filter(pl.col(C.ITEM) != PLACEHOLDER, pl.col(C.USER).is_in(GROUP_A_USERS))
+            .select(C.USER, C.ITEM)
+            .unique()
+        )
+        assert bought.join(cands, on=[C.USER, C.ITEM], how="anti").is_empty()
+
+    def test_no_placeholder_no_duplicates_capped(self, cands: pl.DataFrame) -> None:
+        assert PLACEHOLDER not in cands[C.ITEM].to_list()
+        assert cands.select(C.USER, C.ITEM).is_duplicated().sum() == 0
+        assert cands.group_by(C.USER).len()["len"].max() <= CFG.max_per_user
+
+    def test_n_generators_counts_ranks(self, cands: pl.DataFrame) -> None:
+        counted = pl.sum_horizontal(
+            [pl.col(C.rank_col(g)).is_not_null().cast(pl.UInt8) for g in C.GENERATORS]
+        )
+        assert (cands[C.N_GENERATORS] == cands.select(counted).to_series()).all()
+
+    def test_own_kept_first_when_capping(self, model: Stage1Model) -> None:
+        cfg = CFG.model_copy(update={"max_per_user": CFG.n_own})
+        cands = generate_candidates(model, _users(GROUP_B_USERS), cfg).collect()
+        assert cands[C.rank_col("own")].null_count() == 0
+
+
+def test_new_users_get_exactly_the_popular_list(model: Stage1Model) -> None:
+    cands = generate_candidates(model, _users([5000, 5001]), CFG).collect()
+    expected = model.popular.head(CFG.n_popular)[C.ITEM].to_list()
+    for user in (5000, 5001):
+        got = cands.filter(pl.col(C.USER) == user).sort(C.rank_col("popular"))
+        assert got[C.ITEM].to_list() == expected
+        assert got[C.rank_col("popular")].to_list() == list(range(1, CFG.n_popular + 1))
+        assert got[C.N_GENERATORS].to_list() == [1] * CFG.n_popular
+
+
+def test_popular_is_ranked_by_buyers(model: Stage1Model, tx: pl.DataFrame) -> None:
+    buyers = (
+        tx.filter(pl.col(C.ITEM) != PLACEHOLDER)
+        .group_by(C.ITEM)
+        .agg(pl.col(C.USER).n_unique().alias("n"))
+        .sort(["n", C.ITEM], descending=[True, False])
+    )
+    assert model.popular[C.ITEM].to_list() == buyers[C.ITEM].to_list()
+
+
+def test_chunked_recommend_equals_unchunked(model: Stage1Model) -> None:
+    users = np.array(GROUP_A_USERS + GROUP_B_USERS, dtype=np.int64)
+    whole = als_candidates(model, users, CFG).collect()
+    chunked = als_candidates(model, users, CFG.model_copy(update={"chunk_users": 3})).collect()
+    assert whole.height == len(users) * CFG.n_als
+    assert_frame_equal(whole, chunked)
+
+
+def test_generated_schema_and_ranks(model: Stage1Model) -> None:
+    gen = generated_candidates(model, _users(GROUP_A_USERS), CFG).collect()
+    assert gen.schema == C.GENERATED
+    assert set(gen[C.GENERATOR].unique()) == set(C.GENERATORS)
+    # ranks are 1..n within each (user, generator), best score first
+    check = gen.group_by(C.USER, C.GENERATOR).agg(
+        (pl.col(C.RANK).sort() == pl.int_range(1, pl.len() + 1)).all().alias("ok"),
+        (pl.col(C.SCORE).sort_by(C.RANK).diff().drop_nulls() <= 0).all().alias("desc"),
+    )
+    assert check["ok"].all()
+    assert check["desc"].all()
+
+
+def test_placeholder_only_catalogue_is_never_proposed(tx: pl.DataFrame) -> None:
+    # Even a catalogue listing the placeholder must not make it a candidate.
+    cat = pl.DataFrame({C.ITEM: [*GROUP_A_ITEMS, PLACEHOLDER]})
+    model = fit_stage1(tx.lazy(), cat.lazy(), CFG, PLACEHOLDER)
+    cands = generate_candidates(model, _users(GROUP_A_USERS), CFG).collect()
+    assert PLACEHOLDER not in cands[C.ITEM].to_list()
+    assert set(cands[C.ITEM]) <= set(GROUP_A_ITEMS)
+
+
+def test_deterministic_for_a_seed(tx: pl.DataFrame, catalogue: pl.DataFrame) -> None:
+    first = fit_stage1(tx.lazy(), catalogue.lazy(), CFG, PLACEHOLDER)
+    second = fit_stage1(tx.lazy(), catalogue.lazy(), CFG, PLACEHOLDER)
+    users = _users(GROUP_A_USERS + GROUP_B_USERS)
+    assert_frame_equal(
+        generate_candidates(first, users, CFG).collect(),
+        generate_candidates(second, users, CFG).collect(),
+    )
+
+
+def test_factors_exported(model: Stage1Model) -> None:
+    items = item_factors(model)
+    users = user_factors(model)
+    assert items.columns == [C.ITEM, *[f"als_f{i}" for i in range(CFG.als.factors)]]
+    assert set(items[C.ITEM]) == set(GROUP_A_ITEMS + GROUP_B_ITEMS)
+    assert set(users[C.USER]) == set(GROUP_A_USERS + GROUP_B_USERS)
+    assert users.width == CFG.als.factors + 1
+
+
+def test_save_load_roundtrip(model: Stage1Model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "m" / "stage1.pkl"
+    save_stage1(model, path)
+    loaded = load_stage1(path)
+    users = _users(GROUP_A_USERS)
+    assert_frame_equal(
+        generate_candidates(loaded, users, CFG).collect(),
+        generate_candidates(model, users, CFG).collect(),
+    )
