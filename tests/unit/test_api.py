@@ -398,3 +398,29 @@ def test_api_imports_no_heavy_modules() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+class TestServeCommand:
+    def test_runs_uvicorn_with_uvloop_and_httptools(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import uvicorn  # noqa: PLC0415
+        from typer.testing import CliRunner  # noqa: PLC0415
+
+        from cli.main import app  # noqa: PLC0415
+
+        seen: dict[str, Any] = {}
+        monkeypatch.setattr(uvicorn, "run", lambda target, **kw: seen.update(kw, target=target))
+        result = CliRunner().invoke(app, ["serve", "--port", "8123", "--workers", "2"])
+        assert result.exit_code == 0, result.output
+        assert seen["target"] == "api.main:app"
+        assert (seen["port"], seen["workers"], seen["host"]) == (8123, 2, "127.0.0.1")
+        assert (seen["loop"], seen["http"]) == ("uvloop", "httptools")
+
+    def test_bad_config_exits_2(self, tmp_path: Any) -> None:
+        from typer.testing import CliRunner  # noqa: PLC0415
+
+        from cli.main import app  # noqa: PLC0415
+
+        bad = tmp_path / "bad.toml"
+        bad.write_text("[api]\nport = 'not a port'\n")
+        result = CliRunner().invoke(app, ["serve", "--config", str(bad)])
+        assert result.exit_code == 2

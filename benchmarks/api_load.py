@@ -1,0 +1,322 @@
+"""Load benchmark of the lookup API (issue #6); writes JSON and prints a markdown summary.
+
+Publishes a realistic version (``--users`` users x 5 items, a popular list, item attributes)
+under a unique key prefix into the Redis at ``--redis-url``, serves the API with uvicorn
+(uvloop, httptools, ``--workers``, no access log) next to the bare ASGI endpoint of
+``benchmarks/bare_asgi.py`` served the same way, then measures:
+
+1. one connection: HTTP latency (Python keep-alive client over random users, and Debian's
+   ``hey -c 1``) and the server-side lookup time the service reports in ``Server-Timing``;
+2. a fixed offered load (``hey -q``; default 2,000 req/s over 20 connections): latency
+   percentiles and errors;
+3. saturation at 50 connections: the API next to the bare endpoint, and
+   ``redis-benchmark -t get`` on the same Redis.
+
+Usage::
+
+    .venv/bin/python benchmarks/api_load.py --out docs/bench/api.json
+
+The keys it wrote are removed at the end (they also carry a one-hour TTL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recsys_batch import keys  # noqa: E402
+
+VERSION = "20261128T031500Z-b3nc"
+TTL = 3600
+DEPARTMENTS = ["GROCERY", "PRODUCE", "MEAT", "DELI", "PASTRY", "DRUG GM"]
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def publish(client: redis.Redis, prefix: str, users: int, seed: int = 7) -> None:
+    """Write one complete version in the keys.py format and make it live."""
+    rng = random.Random(seed)
+    catalogue = list(range(800_000, 802_500))
+    pipe = client.pipeline(transaction=False)
+    for user in range(1, users + 1):
+        items = rng.sample(catalogue, 5)
+        pipe.set(keys.user_key(VERSION, user, prefix), keys.encode_items(items), ex=TTL)
+    pipe.set(keys.popular_key(VERSION, prefix), keys.encode_items(catalogue[:20]), ex=TTL)
+    attrs = {
+        str(item): json.dumps(
+            {"department": DEPARTMENTS[item % 6], "brand": "National", "size": "16 OZ"}
+        )
+        for item in catalogue
+    }
+    pipe.hset(keys.items_key(VERSION, prefix), mapping=attrs)
+    pipe.expire(keys.items_key(VERSION, prefix), TTL)
+    meta = {
+        "format": str(keys.FORMAT),
+        "state": keys.STATE_COMPLETE,
+        "version": VERSION,
+        "created_at": "2026-11-28T03:15:00+00:00",
+        "users": str(users),
+    }
+    pipe.hset(keys.meta_key(VERSION, prefix), mapping=meta)
+    pipe.expire(keys.meta_key(VERSION, prefix), TTL)
+    pipe.set(keys.current_key(prefix), VERSION, ex=TTL)
+    pipe.execute()
+
+
+def unpublish(client: redis.Redis, prefix: str) -> None:
+    names = list(client.scan_iter(match=f"{prefix}:*", count=10_000))
+    for start in range(0, len(names), 5000):
+        client.unlink(*names[start : start + 5000])
+
+
+def serve(target: str, port: int, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--no-server-header",
+        "--log-level",
+        "warning",
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env)
+
+
+def wait_ready(port: int, path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    msg = f"server on port {port} not ready at {path}"
+    raise RuntimeError(msg)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def single_connection(port: int, requests: int, users: int) -> dict[str, Any]:
+    """Keep-alive Python client over random users (about 1 in 6 unknown: fallback)."""
+    rng = random.Random(1)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    client_ms: list[float] = []
+    server_ms: list[float] = []
+    statuses: dict[int, int] = {}
+    for _ in range(requests):
+        user = rng.randint(1, users + users // 5)
+        start = time.perf_counter()
+        conn.request("GET", f"/v1/recommendations/{user}")
+        resp = conn.getresponse()
+        resp.read()
+        client_ms.append((time.perf_counter() - start) * 1000)
+        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        timing = resp.getheader("server-timing") or ""
+        match = re.search(r"dur=([0-9.]+)", timing)
+        if match:
+            server_ms.append(float(match.group(1)))
+    conn.close()
+    return {
+        "requests": requests,
+        "statuses": statuses,
+        "http_ms": {q: round(pct(client_ms, q), 4) for q in (50, 90, 99)},
+        "http_mean_ms": round(statistics.fmean(client_ms), 4),
+        "server_lookup_ms": {q: round(pct(server_ms, q), 4) for q in (50, 90, 99)},
+    }
+
+
+def hey(url: str, *args: str) -> dict[str, Any]:
+    """Run ``hey`` and parse its summary."""
+    out = subprocess.run(
+        ["hey", *args, url], capture_output=True, text=True, check=True, timeout=600
+    ).stdout
+    result: dict[str, Any] = {"args": " ".join(args)}
+    match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    result["rps"] = round(float(match.group(1)), 1) if match else None
+    result["latency_ms"] = {
+        int(q): round(float(s) * 1000, 3)
+        for q, s in re.findall(r"^\s+(\d+)% in ([0-9.]+) secs", out, flags=re.M)
+    }
+    result["statuses"] = {
+        int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)
+    }
+    errors = out.split("Error distribution:", 1)
+    result["errors"] = (
+        sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]", errors[1], flags=re.M))
+        if len(errors) == 2
+        else 0
+    )
+    result["total"] = sum(result["statuses"].values())
+    return result
+
+
+def redis_benchmark(host: str, port: int, requests: int) -> float | None:
+    if shutil.which("redis-benchmark") is None:
+        return None
+    out = subprocess.run(
+        ["redis-benchmark", "-h", host, "-p", str(port), "-t", "get", "-n", str(requests)]
+        + ["-c", "50", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    match = re.search(r"GET: ([0-9.]+) requests per second", out.replace("\r", "\n"))
+    return float(match.group(1)) if match else None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--users", type=int, default=2500)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per hey run")
+    parser.add_argument("--rate", type=int, default=2000, help="offered load, req/s")
+    parser.add_argument("--connections", type=int, default=20, help="for the fixed load")
+    parser.add_argument("--single", type=int, default=5000, help="requests on one connection")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if shutil.which("hey") is None:
+        parser.error("hey is not installed (fix: apt-get install -y hey)")
+
+    client = redis.Redis.from_url(args.redis_url)
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    publish(client, prefix, args.users)
+    env = {
+        **os.environ,
+        "RECSYS_REDIS__URL": args.redis_url,
+        "RECSYS_REDIS__KEY_PREFIX": prefix,
+        "PYTHONPATH": str(ROOT),
+    }
+    api_port, bare_port = free_port(), free_port()
+    procs = [
+        serve("api.main:app", api_port, args.workers, env),
+        serve("benchmarks.bare_asgi:app", bare_port, args.workers, env),
+    ]
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_before": [round(x, 2) for x in os.getloadavg()],
+            "note": "shared with other sessions working concurrently",
+        },
+        "workers": args.workers,
+        "users": args.users,
+    }
+    try:
+        wait_ready(api_port, "/readyz")
+        wait_ready(bare_port, "/")
+        api_url = f"http://127.0.0.1:{api_port}/v1/recommendations/42"
+        bare_url = f"http://127.0.0.1:{bare_port}/"
+        hey(api_url, "-n", "3000", "-c", "10")  # warm-up: connections, version cache
+        hey(bare_url, "-n", "3000", "-c", "10")
+
+        report["single_connection"] = single_connection(api_port, args.single, args.users)
+        report["single_connection_hey"] = hey(api_url, "-n", str(args.single), "-c", "1")
+        per_conn = args.rate / args.connections
+        report["fixed_load"] = hey(
+            api_url,
+            "-z",
+            f"{args.duration}s",
+            "-c",
+            str(args.connections),
+            "-q",
+            f"{per_conn:g}",
+        )
+        report["fixed_load"]["offered_rps"] = args.rate
+        sat = ["-z", f"{args.duration}s", "-c", "50"]
+        report["saturation_api"] = hey(api_url, *sat)
+        report["saturation_bare"] = hey(bare_url, *sat)
+        api_rps = report["saturation_api"]["rps"] or 0.0
+        bare_rps = report["saturation_bare"]["rps"] or 1.0
+        report["api_share_of_bare"] = round(api_rps / bare_rps, 3)
+        url = redis.connection.parse_url(args.redis_url)
+        report["redis_benchmark_get_rps"] = redis_benchmark(
+            url.get("host", "127.0.0.1"), int(url.get("port", 6379)), 200_000
+        )
+        report["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        unpublish(client, prefix)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(summary(report))
+    return report
+
+
+def summary(r: dict[str, Any]) -> str:
+    one, one_hey = r["single_connection"], r["single_connection_hey"]
+    fixed, api, bare = r["fixed_load"], r["saturation_api"], r["saturation_bare"]
+    lines = [
+        f"workers: {r['workers']} (API and bare endpoint); users published: {r['users']}",
+        f"machine: {r['machine']}",
+        "",
+        "| measurement | p50 ms | p99 ms | req/s | errors |",
+        "|---|---|---|---|---|",
+        f"| 1 connection, HTTP (Python client) | {one['http_ms'][50]} | {one['http_ms'][99]}"
+        f" | - | {sum(v for k, v in one['statuses'].items() if k != 200)} |",
+        f"| 1 connection, HTTP (hey -c 1) | {one_hey['latency_ms'].get(50)} | "
+        f"{one_hey['latency_ms'].get(99)} | {one_hey['rps']} | {one_hey['errors']} |",
+        f"| 1 connection, lookup inside the service | {one['server_lookup_ms'][50]} | "
+        f"{one['server_lookup_ms'][99]} | - | - |",
+        f"| offered {fixed['offered_rps']} req/s, {fixed['args']} | "
+        f"{fixed['latency_ms'].get(50)} | {fixed['latency_ms'].get(99)} | {fixed['rps']} | "
+        f"{fixed['errors'] + sum(v for k, v in fixed['statuses'].items() if k != 200)} |",
+        f"| saturation, API, 50 connections | {api['latency_ms'].get(50)} | "
+        f"{api['latency_ms'].get(99)} | {api['rps']} | "
+        f"{api['errors'] + sum(v for k, v in api['statuses'].items() if k != 200)} |",
+        f"| saturation, bare ASGI, 50 connections | {bare['latency_ms'].get(50)} | "
+        f"{bare['latency_ms'].get(99)} | {bare['rps']} | {bare['errors']} |",
+        "",
+        f"API / bare endpoint: {r['api_share_of_bare']:.1%}; "
+        f"redis-benchmark -t get -c 50: {r['redis_benchmark_get_rps']} req/s",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

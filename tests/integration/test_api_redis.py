@@ -1,0 +1,276 @@
+"""The lookup API against a real Redis (issue #6): every route, outage and recovery, flips."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from api.main import create_app
+from recsys_batch import keys
+from recsys_batch.config import Settings
+from tests.conftest import free_port, start_redis_server
+
+with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+pytestmark = pytest.mark.integration
+
+GENERATED = "2026-11-28T03:15:00+00:00"
+USERS = {1: [11, 12, 13, 14, 15], 2: [21, 22, 23, 24, 25], 30: [31, 32, 33, 34, 35]}
+POPULAR = [91, 92, 93, 94, 95]
+
+
+def seed(
+    client: redis.Redis,
+    prefix: str,
+    version: str,
+    users: dict[int, list[int]],
+    popular: list[int],
+    items: dict[int, str] | None = None,
+    *,
+    flip: bool = True,
+) -> None:
+    """Write a complete version in the keys.py layout (as publish.py does) and flip to it."""
+    pipe = client.pipeline(transaction=False)
+    meta = {"format": "1", "state": keys.STATE_COMPLETE, "created_at": GENERATED}
+    pipe.hset(keys.meta_key(version, prefix), mapping=meta)
+    pipe.set(keys.popular_key(version, prefix), keys.encode_items(popular))
+    for user, recs in users.items():
+        pipe.set(keys.user_key(version, user, prefix), keys.encode_items(recs))
+    if items:
+        pipe.hset(keys.items_key(version, prefix), mapping={str(i): v for i, v in items.items()})
+    if flip:
+        pipe.set(keys.current_key(prefix), version)
+    pipe.execute()
+
+
+def settings_for(url: str, prefix: str, **api: Any) -> Settings:
+    return Settings(
+        redis={"url": url, "key_prefix": prefix},
+        api={"current_cache_seconds": 0.05, "redis_timeout_seconds": 0.5, **api},
+    )
+
+
+class ServerThread:
+    """uvicorn (uvloop, httptools) serving an app in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                msg = "uvicorn did not start"
+                raise RuntimeError(msg)
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+class TestRoutes:
+    @pytest.fixture
+    def client(
+        self, redis_url: str, key_prefix: str, real_redis: redis.Redis
+    ) -> Iterator[TestClient]:
+        items = {11: '{"department": "PRODUCE", "brand": "National", "size": "1 LB"}'}
+        seed(real_redis, key_prefix, "20261128T031500Z-aaaa", USERS, POPULAR, items)
+        app = create_app(settings_for(redis_url, key_prefix, max_batch=5))
+        with TestClient(app) as client:
+            yield client
+
+    def test_get_personal_and_fallback(self, client: TestClient) -> None:
+        known = client.get("/v1/recommendations/30?k=3")
+        unknown = client.get("/v1/recommendations/4")
+        assert known.json() == {
+            "user_id": 30,
+            "items": [31, 32, 33],
+            "source": "personal",
+            "version": "20261128T031500Z-aaaa",
+            "generated_at": GENERATED,
+        }
+        assert (unknown.json()["items"], unknown.json()["source"]) == (POPULAR, "fallback")
+
+    def test_details(self, client: TestClient) -> None:
+        body = client.get("/v1/recommendations/1?k=2&details=true").json()
+        assert body["details"] == [
+            {"item_id": 11, "department": "PRODUCE", "brand": "National", "size": "1 LB"},
+            {"item_id": 12},
+        ]
+
+    def test_batch_and_limit(self, client: TestClient) -> None:
+        ok = client.post("/v1/recommendations?k=1", json={"user_ids": [2, 3, 30]})
+        assert [(r["items"], r["source"]) for r in ok.json()["results"]] == [
+            ([21], "personal"),
+            ([91], "fallback"),
+            ([31], "personal"),
+        ]
+        too_many = client.post("/v1/recommendations", json={"user_ids": list(range(6))})
+        assert too_many.status_code == 422
+        assert "at most 5 user ids" in too_many.text
+
+    def test_operations(self, client: TestClient) -> None:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["version"] == "20261128T031500Z-aaaa"
+        assert "recsys_api_lookups_total" in client.get("/metrics").text
+        assert client.get("/docs").status_code == 200
+
+    def test_malformed_id(self, client: TestClient) -> None:
+        assert client.get("/v1/recommendations/1%3A*").status_code == 422
+
+
+def test_reads_what_publish_version_wrote(
+    redis_url: str, key_prefix: str, real_redis: redis.Redis
+) -> None:
+    """End to end with the batch's own writer (recsys_batch.publish)."""
+    pl = pytest.importorskip("polars")
+    publish = pytest.importorskip("recsys_batch.publish")
+    from recsys_batch import columns as C  # noqa: PLC0415
+    from recsys_batch.config import RedisConfig  # noqa: PLC0415
+
+    recs = pl.DataFrame(
+        {
+            C.USER: [7, 7, 7, 8],
+            C.ITEM: [703, 701, 702, 801],
+            C.RANK: [3, 1, 2, 1],
+            C.SCORE: [0.1, 0.9, 0.5, 0.7],
+        },
+        schema=C.RECOMMENDATIONS,
+    )
+    attrs = pl.DataFrame({C.ITEM: [701], "department": ["DELI"]})
+    cfg = RedisConfig(url=redis_url, key_prefix=key_prefix)
+    version = publish.publish_version(real_redis, recs, [5, 6], attrs, {"run_id": "t"}, cfg)
+    with TestClient(create_app(settings_for(redis_url, key_prefix))) as client:
+        seven = client.get("/v1/recommendations/7?details=true").json()
+        other = client.get("/v1/recommendations/9").json()
+    assert (seven["items"], seven["version"]) == ([701, 702, 703], version)
+    assert seven["details"][0] == {"item_id": 701, "department": "DELI"}
+    assert (other["items"], other["source"]) == ([5, 6], "fallback")
+
+
+def test_redis_goes_away_and_comes_back(tmp_path: Path, key_prefix: str) -> None:
+    proc, port = start_redis_server(tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        seed(redis.Redis.from_url(url), key_prefix, "v1", USERS, POPULAR)
+        with TestClient(create_app(settings_for(url, key_prefix))) as client:
+            assert client.get("/v1/recommendations/1").status_code == 200
+            proc.terminate()
+            proc.wait(timeout=10)
+            for _ in range(3):
+                for resp in (
+                    client.get("/v1/recommendations/1"),
+                    client.post("/v1/recommendations", json={"user_ids": [1, 2]}),
+                    client.get("/readyz"),
+                ):
+                    assert resp.status_code == 503
+                    assert resp.json()["error"] == "redis_unavailable"
+            assert client.get("/healthz").status_code == 200
+            time.sleep(0.1)  # let the cached pointer expire too
+
+            proc, _ = start_redis_server(tmp_path, port=port)  # same port; data was not saved
+            readyz = client.get("/readyz")
+            assert readyz.status_code == 503
+            assert readyz.json()["error"] == "no_live_version"
+            seed(redis.Redis.from_url(url), key_prefix, "v2", USERS, POPULAR)
+            time.sleep(0.1)
+            body = client.get("/v1/recommendations/1").json()
+            assert (body["version"], body["items"]) == ("v2", USERS[1])
+            assert client.get("/readyz").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _version_items(n: int, user: int) -> list[int]:
+    """Items that encode their version: n * 100000 + ..., so a mix is detectable."""
+    return [n * 100_000 + user * 10 + j for j in range(5)]
+
+
+def test_version_flip_while_requests_run(
+    redis_url: str, key_prefix: str, real_redis: redis.Redis
+) -> None:
+    users = range(1, 51)
+
+    def publish(n: int) -> None:
+        recs = {u: _version_items(n, u) for u in users}
+        popular = [n * 100_000 + 99_990 + j for j in range(5)]
+        seed(real_redis, key_prefix, f"v{n}", recs, popular)
+        if n >= 3:  # like publish.py: keep the live and the previous version only
+            stale = list(real_redis.scan_iter(match=f"{key_prefix}:v:v{n - 2}:*", count=1000))
+            real_redis.unlink(*stale)
+
+    publish(1)
+    app = create_app(settings_for(redis_url, key_prefix, current_cache_seconds=0.01))
+    problems: list[str] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def check(version: str, items: list[int]) -> None:
+        n = int(version[1:])
+        if not items or any(item // 100_000 != n for item in items):
+            problems.append(f"{version}: {items}")
+        seen.add(version)
+
+    def hammer(base: str, seed_: int) -> None:
+        rng = random.Random(seed_)
+        with httpx.Client(base_url=base, timeout=5) as http:
+            while not stop.is_set():
+                if rng.random() < 0.8:
+                    resp = http.get(f"/v1/recommendations/{rng.randint(1, 60)}")
+                    if resp.status_code != 200:
+                        problems.append(f"GET {resp.status_code} {resp.text}")
+                        continue
+                    body = resp.json()
+                    check(body["version"], body["items"])
+                else:
+                    ids = [rng.randint(1, 60) for _ in range(20)]
+                    resp = http.post("/v1/recommendations", json={"user_ids": ids})
+                    if resp.status_code != 200:
+                        problems.append(f"POST {resp.status_code} {resp.text}")
+                        continue
+                    body = resp.json()
+                    for result in body["results"]:
+                        check(body["version"], result["items"])
+
+    with ServerThread(app) as base:
+        workers = [threading.Thread(target=hammer, args=(base, i)) for i in range(4)]
+        for worker in workers:
+            worker.start()
+        for n in range(2, 12):
+            time.sleep(0.08)
+            publish(n)
+        time.sleep(0.1)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=10)
+    assert problems == []
+    assert len(seen) >= 5  # the flips were really observed while requests ran
