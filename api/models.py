@@ -69,6 +69,12 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class BadRequest(BaseModel):
+    """A 400: the body is not JSON at all (a JSON body of the wrong shape is a 422)."""
+
+    detail: str = Field(examples=["There was an error parsing the body"])
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import LookupDep, SettingsDep
-from api.models import MAX_K, BatchRequest, BatchResponse, ErrorBody, Recommendation
+from api.models import MAX_K, BadRequest, BatchRequest, BatchResponse, ErrorBody, Recommendation
 from api.responses import OrjsonResponse
 from api.service import LiveVersion
 from recsys_batch.keys import MAX_USER_ID
@@ -75,7 +75,7 @@ async def recommend_one(
     "",
     response_model=BatchResponse,
     response_class=OrjsonResponse,
-    responses=_ERRORS,
+    responses={**_ERRORS, 400: {"model": BadRequest, "description": "The body is not JSON."}},
     summary="Top-k items of up to settings.api.max_batch users in one Redis round trip",
 )
 async def recommend_many(
