@@ -1,4 +1,4 @@
-"""The service's ASGI middleware: times every request and answers the hot lookup directly.
+"""The service's outer ASGI layer: times every request and answers the hot lookup directly.
 
 ``GET /v1/recommendations/{user_id}`` with no query or only ``k=N`` is the request the service
 exists for. Going through FastAPI's router, dependency injection and parameter validation
@@ -11,6 +11,7 @@ and answers 422 as documented in the OpenAPI schema.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -21,6 +22,8 @@ from api.errors import Unavailable
 from api.models import MAX_K
 from api.routes.recommendations import answer
 from recsys_batch.keys import MAX_USER_ID
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/v1/recommendations/"
 ROUTE = PREFIX + "{user_id}"
@@ -69,31 +72,43 @@ def parse_fast(path: str, query: bytes) -> tuple[int, int] | None:
     return user_id, k
 
 
-class ServiceMiddleware:
-    """Pure ASGI middleware (no per-request objects beyond what the answer needs).
+class Service:
+    """The ASGI app uvicorn serves: the fast path in front of the FastAPI app.
+
+    It sits outside FastAPI (not inside its middleware stack), so the hot lookup skips
+    Starlette's layers entirely; every other request, and lifespan, goes to ``api``.
 
     Parameters
     ----------
-    app
-        The next ASGI app (FastAPI's exception middleware and router).
+    api
+        The FastAPI app (routes, validation, OpenAPI, lifespan).
     fast_path
         Answer the plain lookup here; False sends every request through FastAPI.
     """
 
-    def __init__(self, app: Any, fast_path: bool = True) -> None:
-        self.app = app
+    def __init__(self, api: Any, fast_path: bool = True) -> None:
+        self.api = api
         self.fast_path = fast_path
         self.observe = _Observer()
 
+    @property
+    def state(self) -> Any:
+        """The FastAPI app's state (``settings``; ``lookup`` while started)."""
+        return self.api.state
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI schema (as served at ``/openapi.json``)."""
+        return self.api.openapi()
+
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.api(scope, receive, send)
             return
         start = time.perf_counter()
         scope["recsys.start"] = start
         if self.fast_path and scope["method"] == "GET" and scope["path"].startswith(PREFIX):
             parsed = parse_fast(scope["path"], scope["query_string"])
-            lookup = getattr(scope["app"].state, "lookup", None) if parsed else None
+            lookup = self.api.state.lookup if parsed else None
             if parsed is not None and lookup is not None:
                 await self._answer(lookup, parsed, send, start)
                 return
@@ -106,7 +121,7 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.api(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.observe(route, status, start)
@@ -120,6 +135,10 @@ class ServiceMiddleware:
         except Unavailable as exc:
             body = orjson.dumps(exc.body())
             status = 503
+        except Exception as exc:  # noqa: BLE001 - last line of defence: JSON, no traceback
+            log.error("unexpected error on %s%d: %s: %s", PREFIX, user_id, type(exc).__name__, exc)
+            body = orjson.dumps({"error": "internal", "detail": f"unexpected {type(exc).__name__}"})
+            status = 500
         took = (time.perf_counter() - start) * 1000
         headers = [
             _JSON,

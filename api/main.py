@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from api.deps import get_settings
 from api.errors import Unavailable
-from api.fastpath import ServiceMiddleware
+from api.fastpath import Service
 from api.redis_client import make_client
 from api.responses import OrjsonResponse
 from api.routes import health, recommendations
@@ -44,8 +44,8 @@ def create_app(
     *,
     redis_client: Any | None = None,
     fast_path: bool = True,
-) -> FastAPI:
-    """Build the service.
+) -> Service:
+    """Build the service: the FastAPI app behind the fast path of :mod:`api.fastpath`.
 
     Parameters
     ----------
@@ -55,8 +55,13 @@ def create_app(
         An async client to use instead of connecting (tests pass ``fakeredis.FakeAsyncRedis``);
         the app does not close it.
     fast_path
-        Answer plain ``GET /v1/recommendations/{id}`` in the middleware (see
+        Answer plain ``GET /v1/recommendations/{id}`` before FastAPI (see
         :mod:`api.fastpath`); False routes it through FastAPI (same answers, slower).
+
+    Returns
+    -------
+    Service
+        The ASGI app; ``.api`` is the FastAPI app, ``.state`` its state.
     """
     settings = settings or get_settings()
 
@@ -94,11 +99,10 @@ def create_app(
     app.include_router(health.router)
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(ServiceMiddleware, fast_path=fast_path)
-    return app
+    return Service(app, fast_path=fast_path)
 
 
-_APP: FastAPI | None = None
+_APP: Service | None = None
 
 
 def __getattr__(name: str) -> Any:

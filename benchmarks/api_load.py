@@ -264,6 +264,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{per_conn:g}",
         )
         report["fixed_load"]["offered_rps"] = args.rate
+        report["fixed_load_bare"] = hey(  # the machine's own tail at the same load
+            bare_url,
+            "-z",
+            f"{args.duration}s",
+            "-c",
+            str(args.connections),
+            "-q",
+            f"{per_conn:g}",
+        )
         sat = ["-z", f"{args.duration}s", "-c", "50"]
         report["saturation_api"] = hey(api_url, *sat)
         report["saturation_bare"] = hey(bare_url, *sat)
@@ -306,6 +315,9 @@ def summary(r: dict[str, Any]) -> str:
         f"| offered {fixed['offered_rps']} req/s, {fixed['args']} | "
         f"{fixed['latency_ms'].get(50)} | {fixed['latency_ms'].get(99)} | {fixed['rps']} | "
         f"{fixed['errors'] + sum(v for k, v in fixed['statuses'].items() if k != 200)} |",
+        f"| same offered load, bare ASGI endpoint | {r['fixed_load_bare']['latency_ms'].get(50)} | "
+        f"{r['fixed_load_bare']['latency_ms'].get(99)} | {r['fixed_load_bare']['rps']} | "
+        f"{r['fixed_load_bare']['errors']} |",
         f"| saturation, API, 50 connections | {api['latency_ms'].get(50)} | "
         f"{api['latency_ms'].get(99)} | {api['rps']} | "
         f"{api['errors'] + sum(v for k, v in api['statuses'].items() if k != 200)} |",

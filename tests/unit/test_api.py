@@ -424,3 +424,15 @@ class TestServeCommand:
         bad.write_text("[api]\nport = 'not a port'\n")
         result = CliRunner().invoke(app, ["serve", "--config", str(bad)])
         assert result.exit_code == 2
+
+
+def test_unexpected_error_is_json_without_traceback(fake: Any) -> None:
+    class Broken:
+        async def one(self, user_id: int, k: int) -> Any:
+            raise RuntimeError("boom at /secret/path")
+
+    with make_client(fake) as client:
+        client.app.state.lookup = Broken()  # type: ignore[attr-defined]
+        resp = client.get("/v1/recommendations/1")
+    assert resp.status_code == 500
+    assert resp.json() == {"error": "internal", "detail": "unexpected RuntimeError"}
