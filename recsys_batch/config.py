@@ -223,6 +223,23 @@ class RunConfig(_Section):
     seed: int = 42
 
 
+class ScaleConfig(_Section):
+    """Sharded scoring and publishing (issue #8): local loop or a Dask cluster."""
+
+    shard_users: int = 5_000
+    """Users per shard; one shard's candidates, features and scores are held in memory."""
+    executor: Literal["local", "dask"] = "local"
+    """Where the per-shard work runs: this process, or a dask.distributed cluster."""
+    scheduler_address: str | None = None
+    """Dask scheduler (``tcp://host:8786``); None = a LocalCluster on this machine."""
+    dask_workers: int = 2
+    """LocalCluster only: number of workers (one thread each)."""
+    shard_retries: int = 2
+    """A failed shard is retried this many times before the run fails (nothing flips)."""
+    train_users: int | None = 25_000
+    """Stage-2 training uses at most this many users (stable hash sample; None = all)."""
+
+
 class Settings(BaseSettings):
     """Everything configurable; build once at the edge with :func:`load_settings`."""
 
@@ -240,6 +257,7 @@ class Settings(BaseSettings):
     redis: RedisConfig = RedisConfig()
     api: ApiConfig = ApiConfig()
     run: RunConfig = RunConfig()
+    scale: ScaleConfig = ScaleConfig()
 
     @model_validator(mode="before")
     @classmethod

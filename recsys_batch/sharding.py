@@ -1,0 +1,154 @@
+"""User shards: a stable hash of ``user_id`` decides which shard scores and publishes a user.
+
+The hash is SplitMix64's finaliser written as Polars integer arithmetic (wrapping ``UInt64``
+multiplications, shifts as divisions by powers of two), so it is the same on every machine,
+process, Polars version and run: a user stays in the same shard night after night, and a
+Dask worker computes exactly the shard the driver planned. Polars' own ``hash`` is seeded
+per version and documented as unstable, hence not used.
+
+The number of shards follows the number of users (``ceil(users / shard_users)``), so the
+memory of one shard's candidates, features and scores is set by ``shard_users``, not by the
+size of the customer base (issue #8).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import polars as pl
+
+from recsys_batch import columns as C
+
+SHARD = "shard"
+"""Column holding a user's shard number (UInt32, 0 .. n_shards - 1)."""
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+
+
+def _u64(value: int) -> pl.Expr:
+    return pl.lit(value, dtype=pl.UInt64)
+
+
+def _xor_shift(z: pl.Expr, bits: int) -> pl.Expr:
+    """``z ^ (z >> bits)`` on UInt64 (a right shift is a floor division by ``2**bits``)."""
+    return z.xor(z // _u64(1 << bits))
+
+
+def user_hash(user: pl.Expr | str = C.USER) -> pl.Expr:
+    """SplitMix64 of the user id (``UInt64``); stable across processes and versions.
+
+    Negative ids are hashed through their two's-complement bits.
+
+    Examples
+    --------
+    >>> pl.select(user_hash(pl.lit(1, dtype=pl.Int64))).item() == stable_hash(1)
+    True
+    """
+    expr = pl.col(user) if isinstance(user, str) else user
+    z = expr.cast(pl.Int64).reinterpret(signed=False) + _u64(_GOLDEN)
+    z = _xor_shift(z, 30) * _u64(_MIX1)
+    z = _xor_shift(z, 27) * _u64(_MIX2)
+    return _xor_shift(z, 31)
+
+
+def stable_hash(user_id: int) -> int:
+    """Pure-Python reference of :func:`user_hash` (used by tests and for one-off lookups)."""
+    z = (user_id + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * _MIX1) & _MASK64
+    z = ((z ^ (z >> 27)) * _MIX2) & _MASK64
+    return z ^ (z >> 31)
+
+
+def shard_of(n_shards: int, user: pl.Expr | str = C.USER) -> pl.Expr:
+    """The shard (``UInt32`` in ``0 .. n_shards - 1``) of each user id.
+
+    Raises
+    ------
+    ValueError
+        ``n_shards`` is below 1.
+    """
+    if n_shards < 1:
+        msg = f"n_shards must be at least 1, got {n_shards}"
+        raise ValueError(msg)
+    return (user_hash(user) % _u64(n_shards)).cast(pl.UInt32).alias(SHARD)
+
+
+def shard_count(n_users: int, shard_users: int) -> int:
+    """Shards needed so that one holds about ``shard_users`` users (at least 1).
+
+    Raises
+    ------
+    ValueError
+        ``shard_users`` is below 1.
+    """
+    if shard_users < 1:
+        msg = f"shard_users must be at least 1, got {shard_users} (fix: scale.shard_users)"
+        raise ValueError(msg)
+    return max(1, math.ceil(n_users / shard_users))
+
+
+def with_shard(frame: pl.LazyFrame, n_shards: int) -> pl.LazyFrame:
+    """``frame`` plus the ``shard`` column of its ``user_id``."""
+    return frame.with_columns(shard_of(n_shards))
+
+
+def user_shards(users: pl.LazyFrame, n_shards: int) -> list[pl.DataFrame]:
+    """The distinct users split into ``n_shards`` frames (one ``user_id`` column, sorted).
+
+    Every user is in exactly one shard; a shard may be empty when users are very few.
+    """
+    assigned = (
+        users.select(pl.col(C.USER).cast(pl.Int64))
+        .unique()
+        .pipe(with_shard, n_shards)
+        .sort(SHARD, C.USER)
+        .collect()
+    )
+    parts = {key[0]: part for key, part in assigned.partition_by(SHARD, as_dict=True).items()}
+    empty = pl.DataFrame(schema={C.USER: pl.Int64})
+    return [parts[s].select(C.USER) if s in parts else empty.clone() for s in range(n_shards)]
+
+
+def shard_dir(folder: Path, shard: int) -> Path:
+    """Where :func:`write_shards` puts the rows of ``shard`` (one or more parquet files)."""
+    return Path(folder) / f"{SHARD}={shard:05d}"
+
+
+def scan_shard(folder: Path, shard: int) -> pl.LazyFrame:
+    """The rows :func:`write_shards` wrote for ``shard``."""
+    return pl.scan_parquet(shard_dir(folder, shard) / "*.parquet")
+
+
+def write_shards(frame: pl.LazyFrame, n_shards: int, folder: Path) -> list[Path]:
+    """Write the rows of ``frame`` to one folder per user shard, in one streaming pass.
+
+    A shard's task then reads only its own users' rows (:func:`scan_shard`), wherever it runs
+    (on a cluster, ``folder`` must be storage every worker can read).
+
+    Returns
+    -------
+    list[Path]
+        Folder of shard ``s`` at position ``s`` (a shard without rows gets an empty file).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = frame.collect_schema()
+
+    def path_of(args: pl.io.partition.FileProviderArgs) -> Path:
+        shard = int(args.partition_keys.item(0, 0))
+        return shard_dir(folder, shard) / f"part-{args.index_in_partition:05d}.parquet"
+
+    frame.with_columns(shard_of(n_shards)).sink_parquet(
+        pl.PartitionBy(folder, key=SHARD, include_key=False, file_path_provider=path_of),
+        mkdir=True,
+    )
+    paths = [shard_dir(folder, s) for s in range(n_shards)]
+    for path in paths:
+        if not any(path.glob("*.parquet")):
+            path.mkdir(parents=True, exist_ok=True)
+            pl.DataFrame(schema=schema).write_parquet(path / "part-00000.parquet")
+    return paths
