@@ -136,6 +136,10 @@ class FeaturesConfig(_Section):
     """Recent activity and item trend: weeks counted back from the cut."""
     half_life_days: float = 30.0
     """Recency-weighted user x item purchase count: half-life of the weight, in days."""
+    item_attributes: tuple[str, ...] = ("department", "brand", "category")
+    """Product attributes given to LightGBM as categoricals (missing = its own value)."""
+    use_demographics: bool = True
+    """Give household demographics to LightGBM as categoricals (missing = its own value)."""
 
 
 class RankerConfig(_Section):
@@ -212,6 +216,8 @@ class ApiConfig(_Section):
     """How long the live-version pointer is cached."""
     redis_timeout_seconds: float = 1.0
     """Socket and connect timeout of the API's Redis client: a lookup fails fast (503)."""
+    coalesce_lookups: bool = True
+    """Single-user lookups arriving together share one MGET (one server only, not cluster)."""
 
 
 class RunConfig(_Section):
