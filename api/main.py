@@ -78,6 +78,7 @@ def create_app(
             settings.redis.key_prefix,
             settings.api.current_cache_seconds,
             cluster=cluster,
+            coalesce=settings.api.coalesce_lookups,
         )
         try:
             yield

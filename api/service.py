@@ -3,8 +3,9 @@
 A lookup is one round trip: the live-version pointer (``P:current``) is cached for
 ``current_cache_seconds`` together with everything immutable about that version (format,
 generated_at, the popular fallback list), so answering a user is one ``GET`` of
-``P:v:V:u:{user_id}`` and a batch one ``MGET``. Each answer is built from exactly one version:
-the one the key was read from, which is also the version it names.
+``P:v:V:u:{user_id}`` and a batch one ``MGET``; single lookups arriving together share one
+``MGET`` (:class:`Coalescer`). Each answer is built from exactly one version: the one its key
+was read from, which is also the version it names.
 """
 
 from __future__ import annotations
@@ -71,6 +72,63 @@ def redis_down(exc: BaseException) -> Unavailable:
     return Unavailable("redis_unavailable", detail)
 
 
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """What a coalesced GET resolves to when its MGET failed."""
+
+    error: BaseException
+
+
+class Coalescer:
+    """Auto-pipelining: GETs issued in the same event-loop turn go out as one ``MGET``.
+
+    Under concurrency, requests whose bytes arrived together reach their Redis read in the
+    same loop iteration; instead of one command each (redis-py spends ~40 us of CPU per
+    command) they share one ``MGET``, scheduled with ``call_soon`` so a lone request waits
+    only for the end of the current iteration. Each caller still reads its own key, so an
+    answer is built from the version it names exactly as without coalescing.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._pending: list[tuple[str, asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+
+    def get(self, key: str) -> asyncio.Future[Any]:
+        """A future of the key's value (bytes or None), or a :class:`_Failed`."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((key, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        self.batches += 1
+        try:
+            if len(batch) == 1:
+                values = [await self.client.get(batch[0][0])]
+            else:
+                values = await self.client.mget([key for key, _ in batch])
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(_Failed(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), value in zip(batch, values, strict=True):
+            if not future.done():  # a cancelled request (client went away)
+                future.set_result(value)
+
+
 class Lookup:
     """Reads recommendations of the live version through one async Redis client.
 
@@ -84,12 +142,22 @@ class Lookup:
         How long the live-version pointer is trusted before it is read again.
     cluster
         True for a Redis Cluster client: batches use a slot-aware ``MGET`` split.
+    coalesce
+        Let concurrent single-user lookups share one ``MGET`` (:class:`Coalescer`); ignored
+        on a cluster, where keys of one ``MGET`` must share a slot.
     """
 
     def __init__(
-        self, client: Any, prefix: str, cache_seconds: float, *, cluster: bool = False
+        self,
+        client: Any,
+        prefix: str,
+        cache_seconds: float,
+        *,
+        cluster: bool = False,
+        coalesce: bool = False,
     ) -> None:
         self.client = client
+        self.coalescer = Coalescer(client) if coalesce and not cluster else None
         self.prefix = prefix
         self.current_key = keys.current_key(prefix)
         self.cache_seconds = cache_seconds
@@ -224,10 +292,18 @@ class Lookup:
         version does not know.
         """
         live = self.cached() or await self.refresh()
-        try:
-            raw = await self.client.get(live.user_prefix + str(user_id))
-        except _REDIS_FAILURES as exc:
-            raise redis_down(exc) from None
+        key = live.user_prefix + str(user_id)
+        if self.coalescer is not None:
+            raw = await self.coalescer.get(key)
+            if isinstance(raw, _Failed):
+                if isinstance(raw.error, _REDIS_FAILURES):
+                    raise redis_down(raw.error)
+                raise raw.error
+        else:
+            try:
+                raw = await self.client.get(key)
+            except _REDIS_FAILURES as exc:
+                raise redis_down(exc) from None
         items, source = self._items(live, user_id, raw, k)
         return live, items, source
 

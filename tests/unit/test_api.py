@@ -436,3 +436,60 @@ def test_unexpected_error_is_json_without_traceback(fake: Any) -> None:
         resp = client.get("/v1/recommendations/1")
     assert resp.status_code == 500
     assert resp.json() == {"error": "internal", "detail": "unexpected RuntimeError"}
+
+
+class TestCoalescing:
+    def _lookup(self, fake: Any, calls: list[str]) -> Lookup:
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                calls.append(name)
+                return getattr(fake, name)
+
+        return Lookup(Counting(), PREFIX, 60.0, coalesce=True)
+
+    def test_concurrent_lookups_share_one_mget(self, fake: Any) -> None:
+        calls: list[str] = []
+
+        async def go() -> list[Any]:
+            lookup = self._lookup(fake, calls)
+            await lookup.live()
+            calls.clear()
+            return await asyncio.gather(*(lookup.one(u, 2) for u in (1, 2, 3, 1)))
+
+        answers = run(go())
+        assert calls == ["mget"]
+        assert [(items, source) for _, items, source in answers] == [
+            ([11, 12], "personal"),
+            ([21, 22], "personal"),
+            ([91, 92], "fallback"),
+            ([11, 12], "personal"),
+        ]
+
+    def test_a_lone_lookup_is_one_get(self, fake: Any) -> None:
+        calls: list[str] = []
+
+        async def go() -> Any:
+            lookup = self._lookup(fake, calls)
+            await lookup.live()
+            calls.clear()
+            return await lookup.one(2, 5)
+
+        assert run(go())[1] == USERS[2]
+        assert calls == ["get"]
+
+    def test_failure_reaches_every_waiting_request(
+        self, server: fakeredis.FakeServer, fake: Any
+    ) -> None:
+        async def go() -> list[Any]:
+            lookup = Lookup(fake, PREFIX, 60.0, coalesce=True)
+            await lookup.live()
+            server.connected = False
+            return await asyncio.gather(
+                *(lookup.one(u, 5) for u in (1, 2, 3)), return_exceptions=True
+            )
+
+        errors = run(go())
+        assert [getattr(e, "reason", e) for e in errors] == ["redis_unavailable"] * 3
+
+    def test_off_on_a_cluster(self, fake: Any) -> None:
+        assert Lookup(fake, PREFIX, 1.0, cluster=True, coalesce=True).coalescer is None
