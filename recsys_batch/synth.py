@@ -38,9 +38,9 @@ CHUNK_USERS = 5_000
 N_WEEKS = 53
 N_DAYS = N_WEEKS * 7
 FORMAT_VERSION = 1
-POPULARITY_EXPONENT = 2.2
-POPULARITY_OFFSET = 2500
-FAVOURITES = 110
+POPULARITY_EXPONENT = 2.4
+POPULARITY_OFFSET = 3500
+FAVOURITES = 120
 STAPLE_BOOST = 10.0
 """Extra weight of the few staples (milk, bananas) at the head of the power law."""
 """Median length of a user's list of favourites (repeat purchases)."""
