@@ -405,25 +405,7 @@ def _write_users_raw(
 
 def _verify_raw(client: redis.Redis, checks: list[bytes], cfg: RedisConfig) -> int:
     """Send the per-chunk ``EXISTS`` commands back to back; return the total count."""
-
-    def count() -> int:
-        conn = client.connection_pool.get_connection()
-        total = 0
-        try:
-            for n, payload in enumerate(checks):
-                conn.send_packed_command([payload], check_health=False)
-                if n:
-                    total += int(conn.read_response())
-            if checks:
-                total += int(conn.read_response())
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            client.connection_pool.release(conn)
-        return total
-
-    return with_retries(count, cfg, "verification")
+    return with_retries(lambda: _integer_replies(client, checks), cfg, "verification")
 
 
 def _write_users_pipeline(
@@ -446,13 +428,37 @@ def _write_users_pipeline(
         with_retries(write, cfg, "user write")
 
 
-def resp_exists_command(names: pl.Series) -> bytes:
-    """One ``EXISTS name...`` command in RESP for all ``names``."""
+def resp_multikey_command(command: str, names: pl.Series) -> bytes:
+    """One ``COMMAND name...`` (EXISTS, UNLINK) in RESP for all ``names``."""
     encoded = pl.concat_str(
         [pl.lit("$"), names.str.len_bytes().cast(pl.String), pl.lit("\r\n"), names, pl.lit("\r\n")]
     )
     body = pl.select(encoded.str.join("")).item() if names.len() else ""
-    return f"*{names.len() + 1}\r\n$6\r\nEXISTS\r\n{body}".encode()
+    return f"*{names.len() + 1}\r\n${len(command)}\r\n{command}\r\n{body}".encode()
+
+
+def resp_exists_command(names: pl.Series) -> bytes:
+    """One ``EXISTS name...`` command in RESP for all ``names``."""
+    return resp_multikey_command("EXISTS", names)
+
+
+def _integer_replies(client: redis.Redis, payloads: list[bytes]) -> int:
+    """Send commands answering one integer each, back to back; return their sum."""
+    conn = client.connection_pool.get_connection()
+    total = 0
+    try:
+        for n, payload in enumerate(payloads):
+            conn.send_packed_command([payload], check_health=False)
+            if n:
+                total += int(conn.read_response())
+        if payloads:
+            total += int(conn.read_response())
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        client.connection_pool.release(conn)
+    return total
 
 
 def _count_existing(client: Client, names: pl.Series, cfg: RedisConfig) -> int:
@@ -515,8 +521,58 @@ def all_versions(client: Client, cfg: RedisConfig) -> list[str]:
     return [v for v in (_text(x) for x in raw) if v]
 
 
-def unlink_version(client: Client, version: str, cfg: RedisConfig) -> int:
-    """Remove every key of ``version`` with ``UNLINK`` (non-blocking); return how many."""
+def _unlink_known_users(
+    client: Client, version: str, user_ids: pl.Series | None, cfg: RedisConfig
+) -> bool:
+    """UNLINK ``version``'s keys for ``user_ids`` without a SCAN; True if that was all of them.
+
+    Most nights publish the same users, so the old version's user keys are known without
+    scanning the whole keyspace. Only when the number removed equals the user count recorded
+    in its meta hash is the SCAN skipped.
+    """
+    if user_ids is None or not _fast_path_ok(client):
+        return False
+    assert isinstance(client, redis.Redis)
+    prefix = cfg.key_prefix
+    meta = version_info(client, version, cfg)
+    if meta.state != keys.STATE_COMPLETE:
+        return False
+    user_prefix = keys.version_prefix(version, prefix) + "u:"
+    names = pl.select(pl.lit(user_prefix) + user_ids.cast(pl.String)).to_series()
+    payloads = [
+        resp_multikey_command("UNLINK", names.slice(start, length))
+        for start, length in _chunks(names.len(), cfg.chunk_size)
+    ]
+    removed = with_retries(lambda: _integer_replies(client, payloads), cfg, "cleanup")
+    if removed != meta.users:
+        return False
+    extras = [keys.popular_key(version, prefix), keys.items_key(version, prefix)]
+
+    def finish() -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.unlink(*extras, keys.meta_key(version, prefix))
+        pipe.zrem(keys.versions_key(prefix), version)
+        pipe.execute()
+
+    with_retries(finish, cfg, "cleanup")
+    return True
+
+
+def unlink_version(
+    client: Client, version: str, cfg: RedisConfig, user_ids: pl.Series | None = None
+) -> int:
+    """Remove every key of ``version`` with ``UNLINK`` (non-blocking).
+
+    With ``user_ids`` (the users just published) the user keys are unlinked directly, and the
+    keyspace SCAN runs only when that did not account for every user of the version.
+
+    Returns
+    -------
+    int
+        Keys removed by the SCAN pass (0 when the direct pass removed everything).
+    """
+    if _unlink_known_users(client, version, user_ids, cfg):
+        return 0
     pattern = keys.version_prefix(version, cfg.key_prefix) + "*"
 
     def remove() -> int:
@@ -535,14 +591,19 @@ def unlink_version(client: Client, version: str, cfg: RedisConfig) -> int:
     return with_retries(remove, cfg, f"cleanup of version {version}")
 
 
-def cleanup_versions(client: Client, cfg: RedisConfig, keep: set[str | None]) -> list[str]:
+def cleanup_versions(
+    client: Client,
+    cfg: RedisConfig,
+    keep: set[str | None],
+    user_ids: pl.Series | None = None,
+) -> list[str]:
     """Unlink every registered version not in ``keep`` (half-written ones included)."""
     removed = []
     for version in all_versions(client, cfg):
         if version in keep:
             continue
-        count = unlink_version(client, version, cfg)
-        log.info("removed version %s (%d keys)", version, count)
+        unlink_version(client, version, cfg, user_ids)
+        log.info("removed version %s", version)
         removed.append(version)
     return removed
 
@@ -720,7 +781,7 @@ def publish_version(
         old,
     )
     try:
-        cleanup_versions(client, cfg, keep={version, old})
+        cleanup_versions(client, cfg, keep={version, old}, user_ids=values[C.USER])
     except PublishError as exc:  # the flip succeeded; leftovers expire or go next run
         log.warning("cleanup after publish failed: %s", exc)
     return version

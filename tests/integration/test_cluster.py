@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,9 +17,25 @@ from redis.cluster import RedisCluster
 
 from recsys_batch import keys, publish, store
 from recsys_batch.config import RedisConfig
-from tests.conftest import free_port, redis_server_binary, start_redis_server
+from tests.conftest import redis_server_binary, start_redis_server
 
 pytestmark = pytest.mark.integration
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid (<= 65535)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20_000, 45_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    msg = "no free port pair for a cluster node"
+    raise RuntimeError(msg)
 
 
 def redis_cli() -> str | None:
@@ -38,7 +56,7 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         for n in range(3):
             workdir = tmp_path_factory.mktemp(f"cluster{n}")
-            port = free_port()
+            port = cluster_port()
             proc, port = start_redis_server(
                 workdir,
                 "--cluster-enabled",
