@@ -79,7 +79,11 @@ class Dataset:
     name: str
     """Where the data came from, for logs and run manifests."""
     tables: tuple[SourceTable, ...] = field(default=())
-    """The files as read (before renaming and casting), for ``validation``; may be empty."""
+    """The files as read (before renaming and casting), for ``validation``; may be empty.
+
+    They describe the frames the reader built: a Dataset derived with other frames (e.g. cut
+    at a run date) should leave ``tables`` empty, so validation checks the frames themselves.
+    """
 
 
 def completejourney_dir() -> Path:
