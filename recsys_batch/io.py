@@ -349,23 +349,36 @@ def scan_dunnhumby(folder: Path | None) -> Dataset:
 def check_column_mapping(mapping: Mapping[str, str]) -> None:
     """Every key of ``data.column_mapping`` must be a canonical column name.
 
+    A key may be scoped to one table (``items.item_id``) when the files name the same
+    canonical column differently.
+
     Raises
     ------
     DataError
         A key is not a canonical name (the closest one is suggested).
     """
     known = sorted(set(C.TRANSACTIONS.names()) | set(C.ITEMS.names()) | set(C.USERS.names()))
+    scoped = [f"{table}.{name}" for table, schema in SCHEMAS.items() for name in schema.names()]
     for key in mapping:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+        if key not in known and key not in scoped:
+            close = difflib.get_close_matches(key, known + scoped, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             msg = f"data.column_mapping has unknown canonical column {key!r}"
             raise DataError(
                 msg,
                 file="data.column_mapping (config)",
                 column=key,
-                fix=f"{hint}keys are canonical names: {', '.join(known)}",
+                fix=f"{hint}keys are canonical names ({', '.join(known)}), optionally "
+                "prefixed by transactions., items. or users.",
             )
+
+
+def mapped_columns(table: str, mapping: Mapping[str, str]) -> dict[str, str]:
+    """Canonical -> file column of one table: ``table.name`` first, then ``name``."""
+    return {
+        name: mapping.get(f"{table}.{name}", mapping.get(name, name))
+        for name in SCHEMAS[table].names()
+    }
 
 
 def scan_files(cfg: DataConfig) -> Dataset:
@@ -390,8 +403,7 @@ def scan_files(cfg: DataConfig) -> Dataset:
         if path is None:
             continue
         raw = scan_file(Path(path), table=table, required_columns=", ".join(REQUIRED[table]))
-        columns = {name: cfg.column_mapping.get(name, name) for name in SCHEMAS[table].names()}
-        source = SourceTable(table, str(path), raw, columns, hint)
+        source = SourceTable(table, str(path), raw, mapped_columns(table, cfg.column_mapping), hint)
         tables.append(source)
         frames[table] = canonical(source)
     transactions = frames[TRANSACTIONS]

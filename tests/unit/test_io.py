@@ -170,6 +170,19 @@ class TestFiles:
         with pytest.raises(DataError, match="did you mean 'user_id'"):
             io.load_dataset(cfg)
 
+    def test_mapping_can_be_scoped_to_one_table(self, tmp_path: Path) -> None:
+        tx_path, items_path = tmp_path / "tx.parquet", tmp_path / "items.csv"
+        self.frame().write_parquet(tx_path)
+        items_path.write_text("product,department\n5,GROCERY\n6,PRODUCE\n")
+        mapping = {**self.MAPPING, "items.item_id": "product"}
+        cfg = DataConfig(
+            source="files", transactions_file=tx_path, items_file=items_path, column_mapping=mapping
+        )
+        dataset = io.load_dataset(cfg)
+        assert dataset.items is not None
+        assert dataset.items.collect().get_column(C.ITEM).to_list() == [5, 6]
+        assert dataset.transactions.collect().get_column(C.ITEM).to_list() == [5, 6]
+
     def test_needs_a_transactions_file(self) -> None:
         with pytest.raises(DataError, match="transactions_file"):
             io.load_dataset(DataConfig(source="files"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsys_batch import columns as C
@@ -30,6 +30,7 @@ configs = st.builds(
 )
 
 
+@settings(deadline=None, max_examples=60)
 @given(first=st.integers(-5, 10), span=st.integers(0, 70), cfg=configs)
 def test_backtest_windows_partition_the_weeks(first: int, span: int, cfg: SplitConfig) -> None:
     last = first + span
@@ -55,6 +56,7 @@ def test_backtest_windows_partition_the_weeks(first: int, span: int, cfg: SplitC
     assert week_set(split.before_test(tx, windows)) == parts[0] | parts[1]
 
 
+@settings(deadline=None, max_examples=60)
 @given(first=st.integers(0, 5), span=st.integers(0, 60), cfg=configs)
 def test_production_windows_partition_the_weeks(first: int, span: int, cfg: SplitConfig) -> None:
     last = first + span
