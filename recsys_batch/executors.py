@@ -1,0 +1,614 @@
+"""Per-shard scoring and publishing, in this process or on a dask.distributed cluster (#8).
+
+The nightly batch trains once, on one node, then splits the users into shards by a stable
+hash of ``user_id`` (:mod:`recsys_batch.sharding`). One shard's work is a task:
+
+1. read the shard's transactions (in memory, or its own parquet files written by
+   :func:`recsys_batch.sharding.write_shards`);
+2. stage-1 candidates with the trained model, stage-2 features as of the scoring cut;
+3. LightGBM scores and the top k per user;
+4. (publishing) write the shard's users into the new Redis version and check every key is
+   there.
+
+The driver opens the version (meta hash in state ``writing``) before the first task and,
+only after every shard succeeded, writes the popular list and item attributes, marks the
+version complete and flips ``P:current`` once. A shard that raises is retried
+``scale.shard_retries`` times (SET is idempotent, so a repeated write is harmless); if it
+still fails, :class:`ShardError` is raised, the half-written version is removed and nothing
+flips: the old version keeps serving.
+
+Features of a user depend on that user's purchases only, except the item features
+(popularity over all users) and the reference day (the newest purchase before the cut). A
+shard therefore gets its users' rows plus one sentinel row carrying the global newest day,
+and the item features are computed once on the driver over all transactions and joined in
+place of the shard-local ones: a shard's cost is proportional to its users, and its output
+is the same as scoring everybody at once.
+
+:class:`LocalExecutor` runs the shards one after another; :class:`DaskExecutor` submits
+them to a scheduler (``scale.scheduler_address``) or to a ``LocalCluster`` it starts. The
+context (model, item table, settings) is scattered once to every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+from recsys_batch import columns as C
+from recsys_batch import keys, publish, sharding, split, store
+from recsys_batch.config import Settings
+from recsys_batch.errors import PublishError, RecsysError
+from recsys_batch.features import before_cut, item_features
+
+log = logging.getLogger(__name__)
+
+SENTINEL_USER = -1
+"""User id of the row that carries the global reference day into a shard (never scored)."""
+ITEM_PREFIX = "i_"
+DERIVED_FROM_ITEMS = {"ui_price_vs_basket": pl.col("i_price") / pl.col("u_basket_spend")}
+"""Features mixing item and user columns: recomputed after the global item join."""
+
+
+class ShardError(RecsysError):
+    """A shard still failed after its retries; nothing was flipped."""
+
+
+@dataclass
+class ShardContext:
+    """Everything a shard task needs; built once by the driver and shipped to workers."""
+
+    model: Any
+    """``two_stage.TrainedTwoStage`` (its ``stage1_for_scoring`` and ``ranker``)."""
+    catalogue_items: pl.DataFrame
+    """``item_id`` of the catalogue, placeholder excluded."""
+    item_table: pl.DataFrame
+    """Item features (``i_*``) over all users' transactions as of the scoring cut."""
+    reference_rows: pl.DataFrame
+    """One transaction of the newest day before the cut, with ``user_id = SENTINEL_USER``."""
+    settings: Settings
+    n_shards: int
+    items: pl.DataFrame | None = None
+    users: pl.DataFrame | None = None
+    transactions: pl.DataFrame | None = None
+    """All catalogue-applied transactions in memory, or None when ``shards_dir`` is set."""
+    shards_dir: Path | None = None
+    """Per-shard parquet folders (``sharding.write_shards``), read by each task."""
+    version: str | None = None
+    """The Redis version being written (None: score only, nothing is published)."""
+
+    def shard_transactions(self, shard: int) -> pl.DataFrame:
+        """The rows of the users of ``shard``."""
+        if self.shards_dir is not None:
+            return sharding.scan_shard(self.shards_dir, shard).collect()
+        if self.transactions is None:
+            msg = "ShardContext needs transactions or shards_dir"
+            raise ValueError(msg)
+        return self.transactions.filter(sharding.shard_of(self.n_shards) == shard)
+
+
+@dataclass
+class ShardResult:
+    """What one shard did (small: it travels back to the driver)."""
+
+    shard: int
+    users: int
+    rows: int
+    """Recommendation rows (users x k, fewer for users with short lists)."""
+    items: list[int] = field(default_factory=list)
+    """Distinct items recommended in the shard (for the item attributes)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float = 0.0
+    user_ids: pl.Series | None = None
+    """Users with recommendations (the published keys)."""
+    recommendations: pl.DataFrame | None = None
+    """Only when not publishing (``context.version is None``)."""
+
+
+ShardFn = Callable[[ShardContext, int, pl.DataFrame], ShardResult]
+
+
+# --- the work of one shard ----------------------------------------------------------------
+
+
+def global_item_table(tx: pl.LazyFrame, as_of_week: int, settings: Settings) -> pl.DataFrame:
+    """Item features over every user's purchases before ``as_of_week`` (driver, once)."""
+    return item_features(tx, as_of_week, settings.features).collect()
+
+
+def reference_rows(tx: pl.LazyFrame, as_of_week: int) -> pl.DataFrame:
+    """One purchase of the newest day before the cut, relabelled to :data:`SENTINEL_USER`."""
+    return (
+        before_cut(tx, as_of_week)
+        .top_k(1, by=[C.DAY, C.USER, C.BASKET, C.ITEM])
+        .with_columns(pl.lit(SENTINEL_USER, dtype=pl.Int64).alias(C.USER))
+        .collect()
+    )
+
+
+def shard_recommendations(
+    ctx: ShardContext, shard: int, user_ids: pl.DataFrame
+) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Top k of ``user_ids`` (all in ``shard``), as ``two_stage.recommend`` would give them.
+
+    Returns
+    -------
+    tuple
+        Recommendations (schema ``RECOMMENDATIONS``) and seconds per step.
+    """
+    from recsys_batch import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
+    from recsys_batch.ranking import score, top_k  # noqa: PLC0415
+
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    model = ctx.model
+    cut = model.windows.target_end
+    own = ctx.shard_transactions(shard)
+    tx = pl.concat([own, ctx.reference_rows.select(own.columns).cast(own.schema)]).lazy()
+    tx = split.before_test(tx, model.windows)
+    seconds["read"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    feats = two_stage.featured_candidates(
+        model.stage1_for_scoring,
+        tx,
+        ctx.items.lazy() if ctx.items is not None else None,
+        ctx.users.lazy() if ctx.users is not None else None,
+        user_ids.lazy(),
+        cut,
+        ctx.settings,
+    )
+    frame = feats.frame.join(ctx.catalogue_items.lazy(), on=C.ITEM, how="semi")
+    local_items = [c for c in frame.collect_schema().names() if c.startswith(ITEM_PREFIX)]
+    derived = [c for c in DERIVED_FROM_ITEMS if c in frame.collect_schema().names()]
+    frame = (
+        frame.drop(local_items)
+        .join(ctx.item_table.lazy().select(C.ITEM, *local_items), on=C.ITEM, how="left")
+        .with_columns(DERIVED_FROM_ITEMS[c].alias(c) for c in derived)
+        .collect()
+    )
+    seconds["features"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    scored = score(model.ranker, frame.lazy())
+    recs = top_k(scored.lazy(), ctx.settings.ranker.top_k).collect()
+    seconds["score"] = time.perf_counter() - started
+    check_recommendations(recs, ctx)
+    return recs, seconds
+
+
+def check_recommendations(recs: pl.DataFrame, ctx: ShardContext) -> None:
+    """Catalogue items only, no placeholder, no duplicate, at most k per user.
+
+    Raises
+    ------
+    RecsysError
+        The contract of the published lists is broken (nothing is published).
+    """
+    placeholder = ctx.settings.prefilter.placeholder_item
+    bad = recs.filter(
+        (pl.col(C.ITEM) == placeholder)
+        | ~pl.col(C.ITEM).is_in(ctx.catalogue_items[C.ITEM].implode())
+    ).height
+    dups = recs.select(pl.struct(C.USER, C.ITEM).is_duplicated().sum()).item()
+    too_many = recs.group_by(C.USER).len().filter(pl.col("len") > ctx.settings.ranker.top_k).height
+    if bad or dups or too_many:
+        msg = (
+            f"recommendations break their contract: {bad} non-catalogue/placeholder rows, "
+            f"{dups} duplicate rows, {too_many} users with more than "
+            f"{ctx.settings.ranker.top_k} items"
+        )
+        raise RecsysError(msg)
+
+
+def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardResult:
+    """Score one shard and, when ``ctx.version`` is set, write it into that version.
+
+    The shard's keys are counted back (``EXISTS``) before the task reports success, so a
+    lost write fails the shard (and is retried) instead of the whole night at the end.
+    """
+    from recsys_batch.runs import peak_memory_mb  # noqa: PLC0415
+
+    recs, seconds = shard_recommendations(ctx, shard, user_ids)
+    result = ShardResult(
+        shard=shard,
+        users=recs[C.USER].n_unique(),
+        rows=recs.height,
+        items=recs[C.ITEM].unique().sort().to_list(),
+        seconds=seconds,
+        user_ids=recs[C.USER].unique().sort(),
+    )
+    if ctx.version is None:
+        result.recommendations = recs
+    elif recs.height:
+        started = time.perf_counter()
+        client = store.connect(ctx.settings.redis)
+        try:
+            written = write_users(client, ctx.version, recs, ctx.settings)
+        finally:
+            client.close()
+        if written != result.users:
+            msg = f"shard {shard}: {written} of {result.users} user keys verified"
+            raise PublishError(msg)
+        seconds["publish"] = time.perf_counter() - started
+    result.peak_memory_mb = peak_memory_mb()
+    return result
+
+
+# --- Redis: one version written by many shards ---------------------------------------------
+
+
+def begin_version(client: store.Client, meta: dict[str, Any], settings: Settings) -> str:
+    """Remove stale versions and register a new one in state ``writing``; return its id."""
+    cfg = settings.redis
+    version = publish.new_version_id()
+    live = publish.live_version(client, cfg)
+    previous = publish.previous_version(client, cfg)
+    publish.cleanup_versions(client, cfg, keep={live, previous})
+    meta_key = keys.meta_key(version, cfg.key_prefix)
+    ttl = publish.ttl_seconds(cfg)
+    header = publish._encode_meta(  # noqa: SLF001 - same encoding as publish_version
+        {
+            **meta,
+            "format": keys.FORMAT,
+            "state": keys.STATE_WRITING,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "ttl_seconds": ttl,
+        }
+    )
+
+    def start() -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.zadd(keys.versions_key(cfg.key_prefix), {version: time.time()})
+        pipe.hset(meta_key, mapping=header)
+        pipe.expire(meta_key, ttl)
+        pipe.execute()
+
+    publish.with_retries(start, cfg, "version start")
+    return version
+
+
+def write_users(client: store.Client, version: str, recs: pl.DataFrame, settings: Settings) -> int:
+    """Write the users of ``recs`` into ``version``; return how many of their keys exist."""
+    cfg = settings.redis
+    values = publish.user_values(recs)
+    prefix = keys.version_prefix(version, cfg.key_prefix) + "u:"
+    # The writers of publish_version: raw RESP on one server, redis-py pipelines otherwise.
+    if publish._fast_path_ok(client):  # noqa: SLF001
+        checks = publish._write_users_raw(client, values, prefix, cfg)  # type: ignore[arg-type]  # noqa: SLF001
+        return publish._verify_raw(client, checks, cfg)  # type: ignore[arg-type]  # noqa: SLF001
+    publish._write_users_pipeline(client, values, prefix, cfg)  # noqa: SLF001
+    names = values.select(pl.lit(prefix) + pl.col(C.USER).cast(pl.String)).to_series()
+    return publish._count_existing(client, names, cfg)  # noqa: SLF001
+
+
+def finish_version(
+    client: store.Client,
+    version: str,
+    users: pl.Series,
+    popular: list[int],
+    items_attrs: pl.DataFrame | None,
+    settings: Settings,
+) -> str | None:
+    """Popular list and item attributes, final checks, then the one pointer flip.
+
+    Returns
+    -------
+    str or None
+        The version that was live before.
+
+    Raises
+    ------
+    PublishError
+        The meta hash or the popular list is missing after writing (nothing flipped).
+    """
+    cfg = settings.redis
+    prefix = cfg.key_prefix
+    ttl = publish.ttl_seconds(cfg)
+    items = publish._items_mapping(items_attrs)  # noqa: SLF001
+
+    def extras() -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(keys.popular_key(version, prefix), keys.encode_items(popular), ex=ttl)
+        if items:
+            pipe.hset(keys.items_key(version, prefix), mapping=items)
+            pipe.expire(keys.items_key(version, prefix), ttl)
+        pipe.execute()
+
+    publish.with_retries(extras, cfg, "popular/items write")
+    meta_key = keys.meta_key(version, prefix)
+    names = pl.Series([keys.popular_key(version, prefix), meta_key])
+    found = publish._count_existing(client, names, cfg)  # noqa: SLF001
+    if found != names.len():
+        msg = (
+            f"verification failed for version {version}: meta or popular list missing "
+            "(evicted? check maxmemory-policy); the live version was left untouched"
+        )
+        raise PublishError(msg)
+    finished = {
+        "state": keys.STATE_COMPLETE,
+        "users": str(users.len()),
+        "items": str(len(items)),
+        "popular": str(len(popular)),
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    publish.with_retries(lambda: client.hset(meta_key, mapping=finished), cfg, "meta update")
+    old = publish._flip(client, version, cfg)  # noqa: SLF001
+    try:
+        publish.cleanup_versions(client, cfg, keep={version, old}, user_ids=users)
+    except PublishError as exc:  # the flip succeeded; leftovers expire or go next run
+        log.warning("cleanup after publish failed: %s", exc)
+    return old
+
+
+# --- executors ------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Runs one function per shard and returns the results in shard order."""
+
+    def map_shards(  # noqa: D102
+        self, fn: ShardFn, ctx: ShardContext, shards: Sequence[tuple[int, pl.DataFrame]]
+    ) -> list[ShardResult]: ...
+
+
+def _failed(shard: int, attempts: int, exc: BaseException) -> ShardError:
+    msg = (
+        f"shard {shard} failed after {attempts} attempt(s): {type(exc).__name__}: {exc}; "
+        "nothing was flipped, the live version keeps serving"
+    )
+    return ShardError(msg)
+
+
+@dataclass
+class LocalExecutor:
+    """Shards one after another in this process; a failed shard is retried ``retries`` times."""
+
+    retries: int = 2
+
+    def map_shards(
+        self, fn: ShardFn, ctx: ShardContext, shards: Sequence[tuple[int, pl.DataFrame]]
+    ) -> list[ShardResult]:
+        """Run ``fn`` on every shard; raise :class:`ShardError` when one keeps failing."""
+        results = []
+        for shard, users in shards:
+            for attempt in range(1, self.retries + 2):
+                try:
+                    results.append(fn(ctx, shard, users))
+                    break
+                except Exception as exc:
+                    if attempt > self.retries:
+                        raise _failed(shard, attempt, exc) from exc
+                    log.warning(
+                        "shard %d failed (%s: %s), retrying", shard, type(exc).__name__, exc
+                    )
+        return results
+
+
+@dataclass
+class DaskExecutor:
+    """Shards as tasks on a dask.distributed cluster.
+
+    ``address`` names a running scheduler; None starts a ``LocalCluster`` of ``workers``
+    single-threaded workers for the duration of :meth:`map_shards` (threads in this process
+    when ``processes`` is False: nothing is pickled). ``retries`` uses Dask's own task
+    retries, so a shard whose worker died is rerun elsewhere.
+    """
+
+    address: str | None = None
+    workers: int = 2
+    retries: int = 2
+    processes: bool = False
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Any]:
+        """A ``distributed.Client`` on the scheduler or on a fresh LocalCluster."""
+        from distributed import Client, LocalCluster  # noqa: PLC0415 - optional at import
+
+        if self.address is not None:
+            with Client(self.address, set_as_default=False) as client:
+                yield client
+            return
+        with (
+            LocalCluster(
+                n_workers=self.workers,
+                threads_per_worker=1,
+                processes=self.processes,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
+            yield client
+
+    def map_shards(
+        self, fn: ShardFn, ctx: ShardContext, shards: Sequence[tuple[int, pl.DataFrame]]
+    ) -> list[ShardResult]:
+        """Submit every shard, gather in shard order; :class:`ShardError` if one keeps failing."""
+        run = uuid.uuid4().hex[:8]
+        with self.client() as client:
+            shared = client.scatter(ctx, broadcast=True, hash=False)
+            futures = {
+                shard: client.submit(
+                    fn,
+                    shared,
+                    shard,
+                    users,
+                    key=f"shard-{run}-{shard:05d}",
+                    retries=self.retries,
+                    pure=False,
+                )
+                for shard, users in shards
+            }
+            results = []
+            try:
+                for shard, future in futures.items():
+                    try:
+                        results.append(future.result())
+                    except Exception as exc:
+                        raise _failed(shard, self.retries + 1, exc) from exc
+            finally:
+                client.cancel(list(futures.values()))
+        return results
+
+
+def make_executor(settings: Settings) -> Executor:
+    """The executor ``settings.scale`` asks for."""
+    cfg = settings.scale
+    if cfg.executor == "dask":
+        return DaskExecutor(cfg.scheduler_address, cfg.dask_workers, cfg.shard_retries)
+    return LocalExecutor(cfg.shard_retries)
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+
+@dataclass
+class ShardedRun:
+    """What :func:`score_shards` / :func:`publish_shards` did."""
+
+    results: list[ShardResult]
+    version: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def users(self) -> int:
+        """Users with recommendations, over all shards."""
+        return sum(r.users for r in self.results)
+
+    def recommendations(self) -> pl.DataFrame:
+        """All shards' recommendations (score-only runs), sorted by user and rank."""
+        parts = [r.recommendations for r in self.results if r.recommendations is not None]
+        if not parts:
+            return pl.DataFrame(schema=C.RECOMMENDATIONS)
+        return pl.concat(parts).sort(C.USER, C.RANK)
+
+
+def build_context(
+    model: Any,
+    tx: pl.LazyFrame,
+    items: pl.LazyFrame | None,
+    users: pl.LazyFrame | None,
+    catalogue: pl.LazyFrame,
+    settings: Settings,
+    n_shards: int,
+    *,
+    shards_dir: Path | None = None,
+) -> ShardContext:
+    """Everything the shards share: item features, reference day, catalogue, small tables.
+
+    ``tx`` are the catalogue-applied transactions; they are kept in memory unless
+    ``shards_dir`` holds them already split by :func:`sharding.write_shards`.
+    """
+    cut = model.windows.target_end
+    tx = split.before_test(tx, model.windows)
+    placeholder = settings.prefilter.placeholder_item
+    return ShardContext(
+        model=model,
+        catalogue_items=catalogue.select(C.ITEM)
+        .filter(pl.col(C.ITEM) != placeholder)
+        .unique()
+        .collect(),
+        item_table=global_item_table(tx, cut, settings),
+        reference_rows=reference_rows(tx, cut),
+        settings=settings,
+        n_shards=n_shards,
+        items=items.collect() if items is not None else None,
+        users=users.collect() if users is not None else None,
+        transactions=None if shards_dir is not None else tx.collect(),
+        shards_dir=shards_dir,
+    )
+
+
+def plan_shards(user_ids: pl.LazyFrame, n_shards: int) -> list[tuple[int, pl.DataFrame]]:
+    """``(shard, users)`` for every non-empty shard."""
+    return [
+        (s, part) for s, part in enumerate(sharding.user_shards(user_ids, n_shards)) if part.height
+    ]
+
+
+def score_shards(
+    ctx: ShardContext, user_ids: pl.LazyFrame, executor: Executor, fn: ShardFn = run_shard
+) -> ShardedRun:
+    """Recommendations of every user, shard by shard, without touching Redis."""
+    ctx.version = None
+    started = time.perf_counter()
+    results = executor.map_shards(fn, ctx, plan_shards(user_ids, ctx.n_shards))
+    return ShardedRun(results, None, {"shards": time.perf_counter() - started})
+
+
+def publish_shards(
+    ctx: ShardContext,
+    user_ids: pl.LazyFrame,
+    executor: Executor,
+    client: store.Client,
+    popular: list[int],
+    meta: dict[str, Any],
+    *,
+    fn: ShardFn = run_shard,
+) -> ShardedRun:
+    """Score and write every shard into one new version, then flip once.
+
+    Raises
+    ------
+    ShardError
+        A shard failed after its retries: the version is removed, nothing flipped.
+    PublishError
+        Redis failed while opening or finishing the version (nothing flipped).
+    """
+    settings = ctx.settings
+    shards = plan_shards(user_ids, ctx.n_shards)
+    version = begin_version(client, meta, settings)
+    ctx.version = version
+    started = time.perf_counter()
+    try:
+        results = executor.map_shards(fn, ctx, shards)
+    except BaseException:
+        with contextlib.suppress(RecsysError):
+            publish.unlink_version(client, version, settings.redis)
+        raise
+    finally:
+        ctx.version = None
+    seconds = {"shards": time.perf_counter() - started}
+    started = time.perf_counter()
+    served = sorted({i for r in results for i in r.items} | set(popular))
+    items_attrs = _item_attributes(ctx.items, served)
+    published = (
+        pl.concat([r.user_ids for r in results if r.user_ids is not None], how="vertical")
+        if results
+        else pl.Series(C.USER, [], dtype=pl.Int64)
+    )
+    if published.len() == 0:
+        publish.unlink_version(client, version, settings.redis)
+        msg = "no shard produced recommendations; refusing to publish an empty version"
+        raise RecsysError(msg)
+    old = finish_version(client, version, published, popular, items_attrs, settings)
+    seconds["finish"] = time.perf_counter() - started
+    log.info(
+        "published version %s from %d shard(s): %d users (previous: %s)",
+        version,
+        len(results),
+        sum(r.users for r in results),
+        old,
+    )
+    return ShardedRun(results, version, seconds)
+
+
+def _item_attributes(items: pl.DataFrame | None, served: list[int]) -> pl.DataFrame | None:
+    if items is None:
+        return None
+    available = [c for c in C.ITEM_ATTRIBUTES if c in items.columns]
+    return (
+        items.select(C.ITEM, *available)
+        .filter(pl.col(C.ITEM).is_in(pl.Series(served, dtype=pl.Int64).implode()))
+        .unique(C.ITEM)
+    )

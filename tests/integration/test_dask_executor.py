@@ -1,0 +1,211 @@
+"""Sharded scoring and publishing: local executor vs a 2-worker Dask LocalCluster (issue #8).
+
+One small synthetic data set (150 users), one tiny two-stage model, a real Redis. The same
+shards published by either executor give byte-identical user keys, equal to what the
+unsharded ``two_stage.recommend`` produces; a failing shard is retried, and a shard that
+keeps failing flips nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import pytest
+import redis
+from polars.testing import assert_frame_equal
+
+from recsys_batch import columns as C
+from recsys_batch import executors as E
+from recsys_batch import keys, publish, split, store, two_stage
+from recsys_batch.config import Settings, load_settings
+from recsys_batch.io import load_dataset
+from recsys_batch.prefilter import apply_catalogue, prefilter
+
+pytestmark = pytest.mark.integration
+
+N_SHARDS = 3
+
+
+@dataclass
+class Trained:
+    settings: Settings
+    model: Any
+    tx: pl.DataFrame
+    items: pl.DataFrame | None
+    users: pl.DataFrame | None
+    catalogue: pl.DataFrame
+    user_ids: pl.DataFrame
+    expected: pl.DataFrame
+    """Unsharded ``two_stage.recommend`` of every user."""
+
+
+@pytest.fixture(scope="module")
+def trained() -> Trained:
+    settings = load_settings(
+        data={"source": "synthetic", "synthetic_users": 150, "synthetic_seed": 7},
+        prefilter={"min_user_share": 0.01},
+        candidates={"als": {"iterations": 3, "factors": 16, "threads": 1}},
+        ranker={"n_estimators": 30, "early_stopping_rounds": 10, "threads": 1},
+    )
+    dataset = load_dataset(settings.data)
+    tx = dataset.transactions.collect()
+    catalogue = prefilter(tx.lazy(), dataset.items, settings.prefilter).catalogue.collect()
+    tx_cat = apply_catalogue(tx.lazy(), catalogue.lazy(), settings.prefilter).collect()
+    first, last = split.week_range(tx.lazy())
+    windows = split.production_windows(first, last, settings.split)
+    items = dataset.items.collect() if dataset.items is not None else None
+    users = dataset.users.collect() if dataset.users is not None else None
+    model = two_stage.train_two_stage(
+        tx_cat.lazy(),
+        items.lazy() if items is not None else None,
+        users.lazy() if users is not None else None,
+        catalogue.lazy(),
+        windows,
+        settings,
+    )
+    user_ids = tx.select(C.USER).unique().sort(C.USER)
+    expected = two_stage.recommend(
+        model,
+        tx_cat.lazy(),
+        items.lazy() if items is not None else None,
+        users.lazy() if users is not None else None,
+        catalogue.lazy(),
+        user_ids.lazy(),
+        settings,
+    )
+    return Trained(settings, model, tx_cat, items, users, catalogue, user_ids, expected)
+
+
+@pytest.fixture
+def settings(trained: Trained, redis_url: str, key_prefix: str) -> Settings:
+    redis_cfg = trained.settings.redis.model_copy(
+        update={"url": redis_url, "key_prefix": key_prefix, "retries": 0}
+    )
+    return trained.settings.model_copy(update={"redis": redis_cfg})
+
+
+@pytest.fixture
+def client(settings: Settings, real_redis: redis.Redis) -> Iterator[store.Client]:
+    connected = store.connect(settings.redis)
+    yield connected
+    connected.close()
+
+
+def context(trained: Trained, settings: Settings) -> E.ShardContext:
+    return E.build_context(
+        trained.model,
+        trained.tx.lazy(),
+        trained.items.lazy() if trained.items is not None else None,
+        trained.users.lazy() if trained.users is not None else None,
+        trained.catalogue.lazy(),
+        settings,
+        N_SHARDS,
+    )
+
+
+def published_values(client: store.Client, version: str, settings: Settings) -> dict[int, str]:
+    prefix = keys.version_prefix(version, settings.redis.key_prefix) + "u:"
+    found = {}
+    for name in client.scan_iter(match=f"{prefix}*", count=1000):
+        text = name.decode() if isinstance(name, bytes) else name
+        value = client.get(name)
+        found[int(text.removeprefix(prefix))] = value.decode()
+    return found
+
+
+def publish_with(
+    executor: E.Executor,
+    trained: Trained,
+    settings: Settings,
+    client: store.Client,
+    fn: E.ShardFn = E.run_shard,
+) -> E.ShardedRun:
+    return E.publish_shards(
+        context(trained, settings),
+        trained.user_ids.lazy(),
+        executor,
+        client,
+        popular=[1, 2, 3],
+        meta={"run_id": "test"},
+        fn=fn,
+    )
+
+
+def dask() -> E.DaskExecutor:
+    return E.DaskExecutor(address=None, workers=2, retries=1, processes=False)
+
+
+def test_sharded_scores_equal_unsharded_recommend(trained: Trained) -> None:
+    run = E.score_shards(
+        context(trained, trained.settings), trained.user_ids.lazy(), E.LocalExecutor()
+    )
+    assert len(run.results) == N_SHARDS
+    assert_frame_equal(run.recommendations(), trained.expected.sort(C.USER, C.RANK))
+
+
+def test_dask_publishes_exactly_what_local_publishes(
+    trained: Trained, settings: Settings, client: store.Client
+) -> None:
+    local = publish_with(E.LocalExecutor(), trained, settings, client)
+    by_local = published_values(client, local.version or "", settings)
+    on_dask = publish_with(dask(), trained, settings, client)
+    by_dask = published_values(client, on_dask.version or "", settings)
+
+    expected = publish.user_values(trained.expected)
+    assert by_local == dict(zip(expected[C.USER], expected["value"], strict=True))
+    assert by_dask == by_local
+    assert publish.live_version(client, settings.redis) == on_dask.version
+    assert publish.previous_version(client, settings.redis) == local.version
+    info = publish.version_info(client, on_dask.version or "", settings.redis)
+    assert info.state == keys.STATE_COMPLETE
+    assert info.users == len(by_dask) == trained.user_ids.height
+
+
+FAILURES: dict[str, int] = {}
+
+
+def flaky(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+    """Shard 1 fails on its first attempt (per test, keyed by the version)."""
+    key = f"{ctx.version}:{shard}"
+    if shard == 1 and FAILURES.get(key, 0) == 0:
+        FAILURES[key] = 1
+        msg = "worker lost"
+        raise ConnectionError(msg)
+    return E.run_shard(ctx, shard, users)
+
+
+def broken(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+    """Shard 2 always fails."""
+    if shard == 2:
+        msg = "disk full"
+        raise OSError(msg)
+    return E.run_shard(ctx, shard, users)
+
+
+@pytest.mark.parametrize("executor", [E.LocalExecutor(retries=1), "dask"], ids=["local", "dask"])
+def test_a_failed_shard_is_retried(
+    executor: E.Executor | str, trained: Trained, settings: Settings, client: store.Client
+) -> None:
+    chosen = dask() if executor == "dask" else executor
+    assert not isinstance(chosen, str)
+    run = publish_with(chosen, trained, settings, client, flaky)
+    assert f"{run.version}:1" in FAILURES
+    assert publish.live_version(client, settings.redis) == run.version
+    assert len(published_values(client, run.version or "", settings)) == trained.user_ids.height
+
+
+@pytest.mark.parametrize("executor", [E.LocalExecutor(retries=1), "dask"], ids=["local", "dask"])
+def test_a_shard_that_keeps_failing_flips_nothing(
+    executor: E.Executor | str, trained: Trained, settings: Settings, client: store.Client
+) -> None:
+    chosen = dask() if executor == "dask" else executor
+    assert not isinstance(chosen, str)
+    live = publish_with(E.LocalExecutor(), trained, settings, client)
+    with pytest.raises(E.ShardError, match="shard 2 failed after 2 attempt"):
+        publish_with(chosen, trained, settings, client, broken)
+    assert publish.live_version(client, settings.redis) == live.version
+    assert publish.all_versions(client, settings.redis) == [live.version]
+    assert len(published_values(client, live.version or "", settings)) == trained.user_ids.height
