@@ -168,7 +168,9 @@ def canonical(table: SourceTable, *, strict: bool = True) -> pl.LazyFrame:
     return table.raw.select(exprs)
 
 
-def scan_file(path: Path, *, table: str, required_columns: str) -> pl.LazyFrame:
+def scan_file(
+    path: Path, *, table: str, required_columns: str, fix: str | None = None
+) -> pl.LazyFrame:
     """Lazy scan of a parquet file, a folder of parquet parts, or a CSV file.
 
     CSV columns are all read as strings and cast afterwards, so that one bad value deep in the
@@ -185,7 +187,7 @@ def scan_file(path: Path, *, table: str, required_columns: str) -> pl.LazyFrame:
             msg,
             file=str(path),
             column=required_columns,
-            fix=f"create it, or point the config/--path at the directory that holds the {table}",
+            fix=fix or f"create it, or point the config/--path at the file holding the {table}",
         )
     if path.is_dir():
         parts = sorted(path.glob("*.parquet"))
@@ -445,7 +447,12 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
         if optional and not path.exists():
             frames[table] = None
             continue
-        raw = scan_file(path, table=table, required_columns=", ".join(REQUIRED[table]))
+        raw = scan_file(
+            path,
+            table=table,
+            required_columns=", ".join(REQUIRED[table]),
+            fix=f"write the folder first with `recsys data synth --out {folder}`",
+        )
         source = SourceTable(table, str(path), raw, identity, hint)
         tables.append(source)
         frames[table] = canonical(source)
