@@ -141,10 +141,16 @@ def is_numeric(dtype: pl.DataType) -> bool:
 
 
 def cast_expr(source: str, raw_dtype: pl.DataType, dtype: pl.DataType, *, strict: bool) -> pl.Expr:
-    """``source`` cast to ``dtype``; numbers read from text are stripped of blanks first."""
+    """``source`` cast to ``dtype``; numbers read from text are stripped of blanks first.
+
+    Whole numbers written with a zero fraction (``"3.0"``, as pandas writes integer columns
+    that hold a missing value) are read as integers; ``"3.5"`` still fails.
+    """
     expr = pl.col(source)
     if raw_dtype == pl.String and dtype.is_numeric():
         expr = expr.str.strip_chars()
+        if dtype.is_integer():
+            expr = expr.str.replace(r"\.0*$", "")
     return expr.cast(dtype, strict=strict)
 
 

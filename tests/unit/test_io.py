@@ -108,6 +108,12 @@ class TestDunnhumby:
         dataset = io.load_dataset(DataConfig(source="dunnhumby", path=folder))
         assert_frame_equal(dataset.transactions.collect(), EXPECTED_TX)
 
+    def test_integers_written_as_floats_are_read(self, tmp_path: Path) -> None:
+        text = UPPER_CSV.replace(",1631,1,", ",1631.0,1.00,").replace("2375,", " 2375.0 ,")
+        folder = write(tmp_path, {"transaction_data.csv": text})
+        tx = io.load_dataset(DataConfig(source="dunnhumby", path=folder)).transactions.collect()
+        assert_frame_equal(tx, EXPECTED_TX)
+
     def test_item_and_user_files_are_optional(self, tmp_path: Path) -> None:
         folder = write(tmp_path, {"transaction_data.csv": UPPER_CSV})
         dataset = io.load_dataset(DataConfig(source="dunnhumby", path=folder))
