@@ -11,7 +11,7 @@ Stages, each logged on one line with its output rows and seconds and recorded in
     train      two-stage model on the production windows (stage 2 = the last weeks)
     recommend  top k for every user of the data, features as of the newest week
     popular    fallback list for unknown users
-    save       the models under runs/<run_id>/models
+    save       the models under runs/<run_id>/models, recommendations.parquet beside them
     publish    new Redis version, verified, then the pointer flip (skipped by --dry-run)
 
 A stage producing zero rows raises :class:`~recsys_batch.errors.EmptyStageError` before
@@ -402,6 +402,8 @@ def _run_stages(
     with _stage(record, "save") as rows:
         try:
             model_api.save_model(model, record.models_dir)
+            # What was (or, with --dry-run, would have been) published, for inspection.
+            recs.write_parquet(record.run_dir / "recommendations.parquet")
         except OSError as exc:
             msg = f"cannot save the models under {record.models_dir}: {exc}"
             raise DataError(msg, fix="free disk space or make the runs directory writable") from exc

@@ -176,6 +176,13 @@ def test_bundled_data_real_two_stage(redis_url: str, key_prefix: str, tmp_path: 
         "RECSYS_REDIS__KEY_PREFIX": key_prefix,
         "RECSYS_RUN__RUNS_DIR": str(tmp_path / "runs"),
         "RECSYS_RUN__LOCK_FILE": str(tmp_path / "nightly.lock"),
+        # Smaller model: this test checks the wiring, not the quality.
+        "RECSYS_CANDIDATES__N_ALS": "30",
+        "RECSYS_CANDIDATES__N_OWN": "20",
+        "RECSYS_CANDIDATES__N_COPURCHASE": "10",
+        "RECSYS_CANDIDATES__MAX_PER_USER": "60",
+        "RECSYS_CANDIDATES__ALS__ITERATIONS": "3",
+        "RECSYS_RANKER__N_ESTIMATORS": "30",
     }
     result = invoke(["nightly-batch", "--no-gate"], env)
     assert result.exit_code == 0, result.output

@@ -107,6 +107,8 @@ class TestRunNightly:
         assert manifest["metrics"]["precision@5"] == 0.3
         assert manifest["parameters"]["settings"]["redis"]["url"] == "redis://unused:1/0"
         assert (result.run_dir / "models" / "model.json").exists()
+        saved = pl.read_parquet(result.run_dir / "recommendations.parquet")
+        assert saved[C.USER].n_unique() == 300
         meta = client.hgetall(f"recsys:v:{result.version}:meta")
         assert json.loads(meta[b"metrics"])["precision@5"] == 0.3
         assert meta[b"run_id"].decode() == result.run_id
