@@ -45,7 +45,6 @@ from recsys_batch.errors import EmptyStageError
 log = logging.getLogger(__name__)
 
 _BEST = "_best"
-_IS_OWN = "_is_own"
 
 
 @dataclass
@@ -118,9 +117,8 @@ def fit_als(user_items: sp.csr_matrix, cfg: CandidatesConfig) -> object:
     return model
 
 
-def recency_scores(transactions: pl.LazyFrame, cut_day: int, half_life_days: float) -> pl.Expr:
+def recency_weight(cut_day: int, half_life_days: float) -> pl.Expr:
     """Weight of one basket line: ``0.5 ** ((cut_day - day) / half_life_days)``."""
-    del transactions
     age = (pl.lit(cut_day) - pl.col(C.DAY)).clip(lower_bound=0).cast(pl.Float64)
     return pl.lit(0.5).pow(age / half_life_days)
 
@@ -129,7 +127,7 @@ def own_scores(
     transactions: pl.LazyFrame, candidate_ids: pl.LazyFrame, cut_day: int, half_life_days: float
 ) -> pl.LazyFrame:
     """Recency-weighted count of baskets per (user, catalogue item): ``user_id, item_id, score``."""
-    weight = recency_scores(transactions, cut_day, half_life_days)
+    weight = recency_weight(cut_day, half_life_days)
     return (
         transactions.select(C.USER, C.ITEM, C.BASKET, C.DAY)
         .unique()
@@ -184,16 +182,23 @@ def copurchase_similarity(
 
     Only catalogue items take part (the placeholder would co-occur with everything).
     """
-    lines = transactions.select(C.BASKET, C.ITEM).unique().collect()
-    basket_map = ids.id_map(lines[C.BASKET], C.BASKET, "_basket_idx")
-    b = basket_map.to_idx(lines[C.BASKET].to_numpy())
-    i = items.to_idx(lines[C.ITEM].to_numpy())
-    allowed = np.zeros(len(items), dtype=bool)
-    allowed[candidate_items] = True
-    keep = (i >= 0) & allowed[np.maximum(i, 0)]
+    allowed = items.frame().filter(
+        pl.col(C.ITEM_IDX).is_in(pl.Series(candidate_items, dtype=pl.Int32).implode())
+    )
+    lines = (
+        transactions.select(C.BASKET, C.ITEM)
+        .unique()
+        .join(allowed.lazy(), on=C.ITEM)
+        .select((pl.col(C.BASKET).rank("dense") - 1).cast(pl.Int64).alias("_b"), pl.col(C.ITEM_IDX))
+        .collect()
+    )
+    n_baskets = int(lines["_b"].max() or 0) + 1 if lines.height else 0
     baskets = sp.csr_matrix(
-        (np.ones(int(keep.sum()), dtype=np.float32), (b[keep], i[keep])),
-        shape=(len(basket_map), len(items)),
+        (
+            np.ones(lines.height, dtype=np.float32),
+            (lines["_b"].to_numpy(), lines[C.ITEM_IDX].to_numpy()),
+        ),
+        shape=(n_baskets, len(items)),
     )
     co = (baskets.T @ baskets).tocsr().astype(np.float32)
     norms = np.sqrt(co.diagonal()).astype(np.float32)
@@ -461,15 +466,34 @@ def own_candidates(model: Stage1Model, users: pl.LazyFrame, cfg: CandidatesConfi
     )
 
 
-def list_candidates(ranked: pl.DataFrame, users: pl.LazyFrame, n: int, gen: str) -> pl.LazyFrame:
-    """The same top ``n`` of a ranked ``item_id, score`` list for every user (``GENERATED``)."""
-    top = ranked.head(n).with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias(C.RANK))
-    return users.join(top.lazy(), how="cross").select(
-        pl.col(C.USER),
-        pl.col(C.ITEM),
-        pl.lit(gen).alias(C.GENERATOR),
-        pl.col(C.SCORE).cast(pl.Float32),
-        pl.col(C.RANK),
+def list_candidates(
+    ranked: pl.DataFrame,
+    users: pl.LazyFrame,
+    n: int,
+    gen: str,
+    exclude: pl.LazyFrame | None = None,
+    lookahead: int = 0,
+) -> pl.LazyFrame:
+    """The top ``n`` of a ranked ``item_id, score`` list per user (schema ``GENERATED``).
+
+    Items of ``exclude`` (``user_id, item_id``, at most ``lookahead`` per user) are skipped,
+    so every user gets ``n`` items they are not already offered; ranks are 1..n per user.
+    """
+    pool = ranked.head(n + (lookahead if exclude is not None else 0))
+    rows = users.join(pool.lazy(), how="cross")
+    if exclude is not None:
+        rows = rows.join(exclude, on=[C.USER, C.ITEM], how="anti")
+    return (
+        rows.sort([C.USER, C.SCORE, C.ITEM], descending=[False, True, False])
+        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.USER).alias(C.RANK))
+        .filter(pl.col(C.RANK) <= n)
+        .select(
+            pl.col(C.USER),
+            pl.col(C.ITEM),
+            pl.lit(gen).alias(C.GENERATOR),
+            pl.col(C.SCORE).cast(pl.Float32),
+            pl.col(C.RANK),
+        )
     )
 
 
@@ -478,65 +502,78 @@ def generated_candidates(
 ) -> pl.LazyFrame:
     """Every generator's rows for ``users`` (schema ``GENERATED``), before the union.
 
-    Users unknown to the model get the popular rows only.
+    ``popular`` and ``trend`` skip the items the user already gets from ``own`` (the same
+    list for everyone would otherwise spend its slots on them). Users unknown to the model
+    get the popular rows only.
     """
     users = users.select(pl.col(C.USER).cast(pl.Int64)).unique()
     user_ids = users.collect()[C.USER].to_numpy()
     users = pl.DataFrame({C.USER: user_ids}).lazy()
+    own = own_candidates(model, users, cfg).collect().lazy()
+    own_pairs = own.select(C.USER, C.ITEM)
+    known = users.join(model.users.frame().lazy(), on=C.USER, how="semi")
     parts = [
         als_candidates(model, user_ids, cfg),
-        own_candidates(model, users, cfg),
+        own,
         copurchase_candidates(model, user_ids, cfg),
-        list_candidates(model.popular, users, cfg.n_popular, "popular"),
-        list_candidates(
-            model.trend,
-            users.join(model.users.frame().lazy(), on=C.USER, how="semi"),
-            cfg.n_trend,
-            "trend",
-        ),
+        list_candidates(model.popular, users, cfg.n_popular, "popular", own_pairs, cfg.n_own),
+        list_candidates(model.trend, known, cfg.n_trend, "trend", own_pairs, cfg.n_own),
     ]
     return pl.concat([p.select(C.GENERATED.names()).cast(dict(C.GENERATED)) for p in parts])
 
 
-def union_candidates(generated: pl.LazyFrame, cfg: CandidatesConfig) -> pl.LazyFrame:
-    """Union per user (schema ``CANDIDATES``), capped at ``max_per_user``.
-
-    Priority when capping: the user's own purchases first (by their own rank), then the best
-    relative rank ``rank / size`` over the generators that proposed the item (so every
-    generator keeps a share proportional to its configured size), then more generators,
-    then the item id.
-    """
-    sizes = {
+def generator_sizes(cfg: CandidatesConfig) -> dict[str, int]:
+    """Configured number of items per user of each generator."""
+    return {
         "als": cfg.n_als,
         "own": cfg.n_own,
         "copurchase": cfg.n_copurchase,
         "popular": cfg.n_popular,
         "trend": cfg.n_trend,
     }
-    size = pl.col(C.GENERATOR).replace_strict(sizes, default=1, return_dtype=pl.Float64)
+
+
+def union_candidates(generated: pl.LazyFrame, cfg: CandidatesConfig) -> pl.LazyFrame:
+    """Union per user (schema ``CANDIDATES``), capped at ``max_per_user``.
+
+    Priority when capping: the user's own purchases first, by their own rank (in grocery a
+    past purchase is bought again far more often than any new item is discovered); then the
+    other items by their best *relative new rank*: an item's rank among the generator's
+    items that are not own purchases, divided by the generator's configured size, so the
+    generators share the remaining slots in proportion to their sizes. Ties: more
+    generators first, then the item id.
+    """
+    sizes = generator_sizes(cfg)
     aggs: list[pl.Expr] = []
     for g in C.GENERATORS:
         is_g = pl.col(C.GENERATOR) == g
         aggs.append(pl.col(C.SCORE).filter(is_g).first().alias(C.score_col(g)))
         aggs.append(pl.col(C.RANK).filter(is_g).first().alias(C.rank_col(g)))
-    wide = (
-        generated.with_columns((pl.col(C.RANK) / pl.max_horizontal(size, pl.lit(1.0))).alias(_BEST))
-        .group_by(C.USER, C.ITEM)
-        .agg(
-            *aggs,
-            pl.col(C.GENERATOR).n_unique().cast(pl.UInt8).alias(C.N_GENERATORS),
-            pl.col(_BEST).min(),
-        )
+    wide = generated.group_by(C.USER, C.ITEM).agg(
+        *aggs, pl.col(C.GENERATOR).n_unique().cast(pl.UInt8).alias(C.N_GENERATORS)
     )
     own_rank = pl.col(C.rank_col("own"))
+    own_rows = wide.filter(own_rank.is_not_null()).with_columns(
+        pl.lit(0, dtype=pl.Int8).alias("_group"), own_rank.cast(pl.Float64).alias(_BEST)
+    )
+    relative = [
+        pl.col(C.rank_col(g)).rank("ordinal").over(C.USER) / max(sizes[g], 1)
+        for g in C.GENERATORS
+        if g != "own"
+    ]
+    other_rows = wide.filter(own_rank.is_null()).with_columns(
+        pl.lit(1, dtype=pl.Int8).alias("_group"),
+        pl.min_horizontal(relative).cast(pl.Float64).alias(_BEST),
+    )
     priority = pl.struct(
-        own_rank.is_null().alias("_not_own"),
-        pl.coalesce(own_rank.cast(pl.Float64), pl.col(_BEST)).alias("_key"),
+        pl.col("_group"),
+        pl.col(_BEST),
         (-pl.col(C.N_GENERATORS).cast(pl.Int32)).alias("_many"),
         pl.col(C.ITEM),
     )
     return (
-        wide.with_columns(priority.rank("ordinal").over(C.USER).alias("_pos"))
+        pl.concat([own_rows, other_rows])
+        .with_columns(priority.rank("ordinal").over(C.USER).alias("_pos"))
         .filter(pl.col("_pos") <= cfg.max_per_user)
         .sort([C.USER, "_pos"])
         .select(C.CANDIDATES.names())
