@@ -67,3 +67,32 @@ def test_user_without_candidates_counts_as_zero() -> None:
     out = candidate_recall(cands, truth)
     assert out["union"]["recall"] == pytest.approx(0.5)
     assert out["union"]["mean_candidates"] == pytest.approx(0.5)
+
+
+def test_bundled_backtest_union_recall_at_least_half() -> None:
+    """Issue #3 acceptance: union recall >= 0.50 at <= 200 per user on the bundled data.
+
+    Issue-#4 protocol: catalogue and stage 1 from the weeks before the test window, scored
+    against the catalogue items each "all" user bought in the test window.
+    """
+    from recsys_batch import split  # noqa: PLC0415
+    from recsys_batch.backtest import evaluation_users, prepare, test_truth  # noqa: PLC0415
+    from recsys_batch.candidates import fit_stage1, generate_candidates  # noqa: PLC0415
+    from recsys_batch.config import Settings  # noqa: PLC0415
+    from recsys_batch.io import load_dataset  # noqa: PLC0415
+
+    settings = Settings()
+    prep = prepare(load_dataset(settings.data), settings)
+    windows, tx = prep["windows"], prep["tx"].lazy()
+    placeholder = settings.prefilter.placeholder_item
+    truth = test_truth(tx, windows, placeholder).collect()
+    users = evaluation_users(tx, truth.lazy(), windows)["all"].collect()
+    model = fit_stage1(
+        split.before_test(tx, windows), prep["catalogue"].lazy(), settings.candidates, placeholder
+    )
+    cands = generate_candidates(model, users.lazy(), settings.candidates).collect()
+    out = candidate_recall(cands.lazy(), truth.lazy().join(users.lazy(), on=C.USER, how="semi"))
+    assert cands.group_by(C.USER).len()["len"].max() <= settings.candidates.max_per_user
+    assert placeholder not in cands[C.ITEM].to_list()
+    assert out["union"]["recall"] >= 0.50
+    assert out["union"]["recall"] > max(g["recall"] for g in out["generators"].values())

@@ -11,12 +11,14 @@ from recsys_batch import columns as C
 from recsys_batch.candidates import (
     Stage1Model,
     als_candidates,
+    copurchase_candidates,
     fit_stage1,
     generate_candidates,
     generated_candidates,
     item_factors,
     load_stage1,
     save_stage1,
+    union_candidates,
     user_factors,
 )
 from recsys_batch.config import AlsConfig, CandidatesConfig
@@ -220,3 +222,68 @@ def test_save_load_roundtrip(model: Stage1Model, tmp_path) -> None:  # type: ign
         generate_candidates(loaded, users, CFG).collect(),
         generate_candidates(model, users, CFG).collect(),
     )
+
+
+def test_popular_and_trend_skip_own_items(model: Stage1Model) -> None:
+    gen = generated_candidates(model, _users(GROUP_A_USERS), CFG).collect()
+    own = gen.filter(pl.col(C.GENERATOR) == "own").select(C.USER, C.ITEM)
+    for g, n in (("popular", CFG.n_popular), ("trend", CFG.n_trend)):
+        rows = gen.filter(pl.col(C.GENERATOR) == g)
+        assert rows.join(own, on=[C.USER, C.ITEM], how="semi").is_empty()
+        assert rows.group_by(C.USER).len()["len"].to_list() == [n] * len(GROUP_A_USERS)
+
+
+def test_chunked_copurchase_equals_unchunked(model: Stage1Model) -> None:
+    users = np.array(GROUP_A_USERS + GROUP_B_USERS, dtype=np.int64)
+    whole = copurchase_candidates(model, users, CFG).collect()
+    chunked = copurchase_candidates(
+        model, users, CFG.model_copy(update={"chunk_users": 2})
+    ).collect()
+    assert whole.height > 0
+    assert_frame_equal(whole, chunked)
+
+
+class TestUnionPriority:
+    """Own first, then the best rank among non-own items relative to the generator size."""
+
+    @staticmethod
+    def _generated() -> pl.LazyFrame:
+        rows = [
+            (1, 1, "own", 1),
+            (1, 2, "own", 2),
+            (1, 2, "als", 1),  # also own: does not use up an ALS slot
+            (1, 3, "als", 2),  # new rank 1 of 4 -> 0.25
+            (1, 4, "als", 3),  # 2/4 = 0.5
+            (1, 5, "als", 4),  # 3/4 = 0.75
+            (1, 6, "trend", 1),  # 1/2 = 0.5, ties with item 4, loses on item id
+            (1, 7, "trend", 2),  # 2/2 = 1.0
+        ]
+        return pl.LazyFrame(
+            [(u, i, g, float(10 - r), r) for u, i, g, r in rows],
+            schema=C.GENERATED,
+            orient="row",
+        )
+
+    @pytest.mark.parametrize(
+        ("cap", "expected"),
+        [
+            (1, [1]),
+            (2, [1, 2]),
+            (4, [1, 2, 3, 4]),
+            (5, [1, 2, 3, 4, 6]),
+            (9, [1, 2, 3, 4, 6, 5, 7]),
+        ],
+    )
+    def test_cap_keeps_by_priority(self, cap: int, expected: list[int]) -> None:
+        cfg = CandidatesConfig(n_als=4, n_trend=2, max_per_user=cap)
+        union = union_candidates(self._generated(), cfg).collect()
+        assert union[C.ITEM].to_list() == expected
+        assert union.schema == C.CANDIDATES
+
+    def test_item_from_two_generators_has_both_ranks(self) -> None:
+        cfg = CandidatesConfig(n_als=4, n_trend=2, max_per_user=10)
+        union = union_candidates(self._generated(), cfg).collect()
+        row = union.filter(pl.col(C.ITEM) == 2).row(0, named=True)
+        assert (row[C.rank_col("own")], row[C.rank_col("als")]) == (2, 1)
+        assert row[C.rank_col("trend")] is None
+        assert row[C.N_GENERATORS] == 2
