@@ -19,6 +19,7 @@ from api.main import create_app
 from recsys_batch import keys
 from recsys_batch.config import Settings
 from tests.conftest import free_port, start_redis_server
+from tests.integration.test_cluster import cluster_url  # noqa: F401 - a fixture, reused
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
     warnings.simplefilter("ignore")
@@ -274,3 +275,28 @@ def test_version_flip_while_requests_run(
             worker.join(timeout=10)
     assert problems == []
     assert len(seen) >= 5  # the flips were really observed while requests ran
+
+
+def test_against_a_redis_cluster(cluster_url: str) -> None:  # noqa: F811
+    """Batches use the slot-aware MGET split; keys of 200 users spread over 3 masters."""
+    from redis.cluster import RedisCluster  # noqa: PLC0415
+
+    prefix = f"api{random.randrange(16**6):06x}"
+    client = RedisCluster.from_url(cluster_url.replace("redis+cluster", "redis"))
+    users = {u: [u * 10 + j for j in range(5)] for u in range(1, 201)}
+    meta = {"format": "1", "state": keys.STATE_COMPLETE, "created_at": GENERATED}
+    client.hset(keys.meta_key("c1", prefix), mapping=meta)
+    client.set(keys.popular_key("c1", prefix), "7,8,9")
+    for user, recs in users.items():
+        client.set(keys.user_key("c1", user, prefix), keys.encode_items(recs))
+    client.set(keys.current_key(prefix), "c1")
+    app = create_app(settings_for(cluster_url, prefix))
+    with TestClient(app) as http:
+        assert app.state.lookup.cluster
+        one = http.get("/v1/recommendations/17?k=2").json()
+        batch = http.post("/v1/recommendations?k=1", json={"user_ids": [*users, 999]}).json()
+        ready = http.get("/readyz")
+    client.close()
+    assert (one["items"], one["source"]) == ([170, 171], "personal")
+    assert [r["items"] for r in batch["results"]] == [[u * 10] for u in users] + [[7]]
+    assert ready.status_code == 200
