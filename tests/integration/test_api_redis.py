@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -300,3 +303,51 @@ def test_against_a_redis_cluster(cluster_url: str) -> None:  # noqa: F811
     assert (one["items"], one["source"]) == ([170, 171], "personal")
     assert [r["items"] for r in batch["results"]] == [[u * 10] for u in users] + [[7]]
     assert ready.status_code == 200
+
+
+def test_embedded_redis_when_no_url_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_prefix: str
+) -> None:
+    """No REDIS_URL: the API reads the embedded Redis the batch wrote to."""
+    embedded = pytest.importorskip("recsys_batch.embedded")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("RECSYS_REDIS__URL", raising=False)
+    settings = Settings(
+        redis={"embedded_dir": tmp_path / "redis", "key_prefix": key_prefix},
+        api={"current_cache_seconds": 0.05},
+    )
+    assert settings.redis.url is None
+    url = embedded.embedded_url(settings.redis)  # what the batch does before publishing
+    try:
+        seed(redis.Redis.from_url(url), key_prefix, "e1", USERS, POPULAR)
+        with TestClient(create_app(settings)) as client:
+            body = client.get("/v1/recommendations/2").json()
+        assert (body["version"], body["items"]) == ("e1", USERS[2])
+    finally:
+        embedded.stop_embedded(tmp_path / "redis")
+
+
+def test_recsys_serve_answers(redis_url: str, key_prefix: str, real_redis: redis.Redis) -> None:
+    seed(real_redis, key_prefix, "s1", USERS, POPULAR)
+    port = free_port()
+    env = {**os.environ, "RECSYS_REDIS__URL": redis_url, "RECSYS_REDIS__KEY_PREFIX": key_prefix}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", "1"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                resp = httpx.get(f"http://127.0.0.1:{port}/v1/recommendations/1?k=2", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        assert resp.json()["items"] == [11, 12]
+        assert "server" not in resp.headers  # --no-server-header
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
