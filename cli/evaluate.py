@@ -1,7 +1,159 @@
-"""Placeholder until its issue lands; registers no command yet."""
+"""``recsys evaluate``: the offline backtest of issue #4 (and stage-1 recall of issue #3).
+
+``--stage all`` (default) trains the two-stage model on the backtest split, scores the test
+window and prints models x metrics for the "all" and "seed" user sets, next to the
+baselines (popular, own purchases, ALS alone). ``--stage candidates`` only measures the
+recall of the stage-1 candidate set on the test window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
+
+from cli.common import (
+    ConfigOpt,
+    DebugOpt,
+    PathOpt,
+    SourceOpt,
+    build_settings,
+    console,
+    run_guarded,
+    setup_logging,
+)
+
+METRICS = ("precision@5", "recall@5", "map@5", "ndcg@5", "coverage")
+
+
+class Stage(StrEnum):
+    """What ``recsys evaluate`` measures."""
+
+    all = "all"
+    candidates = "candidates"
+
+
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Write the result as JSON to this file.")
+]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option("--report", help="Write plots, index.md and index.html to this folder."),
+]
+StageOpt = Annotated[
+    Stage,
+    typer.Option(
+        "--stage",
+        help="all: two-stage model vs baselines; candidates: stage-1 candidate recall only.",
+    ),
+]
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def metrics_table(rows: list[dict[str, Any]]) -> Table:
+    """Models x metrics, one line per (model, user set); the best precision@5 in bold."""
+    table = Table(title="Backtest: Precision@5 and friends (test window)")
+    table.add_column("model")
+    table.add_column("user set")
+    table.add_column("users", justify="right")
+    for name in METRICS:
+        table.add_column(name, justify="right")
+    best: dict[str, float] = {}
+    for row in rows:
+        best[row["user_set"]] = max(best.get(row["user_set"], 0.0), float(row["precision@5"]))
+    for row in rows:
+        cells = []
+        for name in METRICS:
+            text = f"{float(row[name]):.4f}"
+            if name == "precision@5" and float(row[name]) == best[row["user_set"]]:
+                text = f"[bold]{text}[/]"
+            cells.append(text)
+        table.add_row(row["model"], row["user_set"], str(row["users"]), *cells)
+    return table
+
+
+def candidates_table(result: dict[str, Any]) -> Table:
+    """Candidate recall per generator and for the union."""
+    table = Table(title="Stage-1 candidate recall (test window)")
+    table.add_column("generator")
+    table.add_column("recall", justify="right")
+    table.add_column("mean candidates", justify="right")
+    table.add_column("P@5 upper bound", justify="right")
+    rows = [*result.get("generators", {}).items(), ("union", result.get("union", {}))]
+    for name, stats in rows:
+        bound = stats.get("precision_at_5_upper_bound")
+        table.add_row(
+            name,
+            f"{float(stats.get('recall', 0.0)):.4f}",
+            f"{float(stats.get('mean_candidates', 0.0)):.1f}",
+            "" if bound is None else f"{float(bound):.4f}",
+        )
+    return table
+
+
+def evaluate(
+    source: SourceOpt = None,
+    path: PathOpt = None,
+    config: ConfigOpt = None,
+    json_path: JsonOpt = None,
+    report: ReportOpt = None,
+    stage: StageOpt = Stage.all,
+    debug: DebugOpt = False,
+) -> None:
+    """Backtest on the newest weeks: two-stage model vs popular, own purchases and ALS."""
+    setup_logging(level=logging.INFO if debug else logging.WARNING)
+
+    def work() -> None:
+        from recsys_batch import backtest  # noqa: PLC0415 - keep `recsys --help` fast
+        from recsys_batch.io import load_dataset  # noqa: PLC0415
+        from recsys_batch.report import write_report  # noqa: PLC0415
+        from recsys_batch.validation import validated  # noqa: PLC0415
+
+        settings = build_settings(config, source, path)
+        start = time.perf_counter()
+        dataset = validated(load_dataset(settings.data), settings)
+        if stage is Stage.candidates:
+            result = backtest.run_candidate_backtest(dataset, settings)
+            console.print(candidates_table(result))
+            payload = result
+            report_payload: dict[str, Any] = {"candidates": result}
+        else:
+            bt = backtest.run_backtest(dataset, settings)
+            console.print("[bold]Protocol[/]")
+            for line in bt.protocol.splitlines():
+                console.print(f"  - {line}", highlight=False)
+            console.print(metrics_table(bt.rows))
+            if bt.candidates:
+                union = bt.candidates.get("union", {})
+                console.print(
+                    f"candidate recall (union): {float(union.get('recall', 0.0)):.4f}, "
+                    f"{float(union.get('mean_candidates', 0.0)):.1f} per user",
+                    highlight=False,
+                )
+            payload = bt.to_json()
+            report_payload = payload
+        elapsed = time.perf_counter() - start
+        console.print(f"evaluated {dataset.name} in {elapsed:.1f}s", highlight=False)
+        if json_path is not None:
+            _write_json(json_path, payload)
+            console.print(f"wrote {json_path}", highlight=False)
+        if report is not None:
+            written = write_report(report_payload, report)
+            console.print(f"wrote report {report / 'index.html'} ({len(written)} files)")
+
+    run_guarded(work, debug=debug)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add ``recsys evaluate`` to the root app."""
+    app.command("evaluate")(evaluate)

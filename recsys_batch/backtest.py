@@ -73,7 +73,8 @@ def protocol_text(settings: Settings, windows: split.Windows | None = None) -> s
         "test: stage 1 refit on history + stage-2 window, features as of its end, "
         "ranker scores the candidates",
         '"all" = users with a test-window purchase who appear before it; '
-        f'"seed" = those with >= {SEED_MIN_ITEMS} distinct catalogue items bought in the test window',
+        f'"seed" = those with >= {SEED_MIN_ITEMS} distinct catalogue items bought '
+        "in the test window",
         f"precision@{K} = |top {K} and distinct items bought in the test window| / {K}, "
         "averaged over users; recall/MAP/NDCG against distinct catalogue items bought",
     ]
@@ -344,3 +345,35 @@ def run_backtest(dataset: Dataset, settings: Settings) -> BacktestResult:
         curves=curves,
         catalogue_size=catalogue.height,
     )
+
+
+def run_candidate_backtest(dataset: Dataset, settings: Settings) -> dict[str, Any]:
+    """Stage-1 candidate recall on the test window (``recsys evaluate --stage candidates``).
+
+    Stage 1 is fit on history + stage-2 window (as for the test scoring of the backtest),
+    candidates are generated for the "all" users, and compared with the distinct catalogue
+    items each of them bought in the test window.
+
+    Returns
+    -------
+    dict
+        ``{"generators": {name: {"recall", "mean_candidates", ...}}, "union": {"recall",
+        "mean_candidates", "precision_at_5_upper_bound", ...}}``.
+    """
+    from recsys_batch import candidates as stage1  # noqa: PLC0415
+    from recsys_batch.candidate_metrics import candidate_recall  # noqa: PLC0415
+
+    prep = prepare(dataset, settings)
+    windows: split.Windows = prep["windows"]
+    tx: pl.DataFrame = prep["tx"]
+    placeholder = settings.prefilter.placeholder_item
+    truth = test_truth(tx.lazy(), windows, placeholder).collect()
+    all_users = evaluation_users(tx.lazy(), truth.lazy(), windows)["all"].collect()
+    model = stage1.fit_stage1(
+        split.before_test(tx.lazy(), windows),
+        prep["catalogue"].lazy(),
+        settings.candidates,
+        placeholder,
+    )
+    cands = stage1.generate_candidates(model, all_users.lazy(), settings.candidates)
+    return candidate_recall(cands, truth.lazy().join(all_users.lazy(), on=C.USER, how="semi"))

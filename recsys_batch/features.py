@@ -29,7 +29,6 @@ _DISC = "_discounted"
 _COUPON = "_couponed"
 
 # Product attributes and demographics encoded as integer categories for LightGBM.
-ITEM_CATEGORICALS = (C.DEPARTMENT, C.BRAND, C.CATEGORY, C.SUB_CATEGORY)
 USER_CATEGORICALS = C.DEMOGRAPHICS
 
 
@@ -147,7 +146,18 @@ def user_item_features(
     ``ui_overdue`` the days since the last purchase divided by that interval (1 = due now).
     Columns are prefixed ``ui_``.
     """
-    tx = _prepared(transactions, as_of_week).filter(pl.col(C.ITEM) != PLACEHOLDER)
+    everything = _prepared(transactions, as_of_week)
+    tx = everything.filter(pl.col(C.ITEM) != PLACEHOLDER)
+    # The user's shopping days numbered 1..n: timing in visits, not just in days, so an
+    # irregular shopper is not "overdue" just because they did not come to the store.
+    visits = (
+        everything.select(C.USER, C.DAY)
+        .unique()
+        .with_columns(
+            pl.col(C.DAY).rank("dense").over(C.USER).cast(pl.Int32).alias("_visit"),
+            pl.col(C.DAY).n_unique().over(C.USER).cast(pl.Int32).alias("_visits"),
+        )
+    )
     user_baskets = tx.group_by(C.USER).agg(
         pl.col(C.BASKET).n_unique().alias("_user_baskets"),
         pl.col(C.SALES).sum().alias("_user_spend"),
@@ -168,6 +178,15 @@ def user_item_features(
             n_days.alias("ui_days"),
             pl.col(C.WEEK).n_unique().alias("ui_weeks"),
             pl.col(C.WEEK).filter(recent).n_unique().alias("ui_recent_weeks"),
+            pl.col(C.WEEK)
+            .filter(pl.col(C.WEEK) >= as_of_week - 2 * cfg.recent_weeks)
+            .n_unique()
+            .alias("ui_recent2_weeks"),
+            pl.col(C.WEEK)
+            .filter(pl.col(C.WEEK) >= as_of_week - 4 * cfg.recent_weeks)
+            .n_unique()
+            .alias("ui_recent4_weeks"),
+            (as_of_week - pl.col(C.WEEK).min()).alias("_weeks_since_first"),
             pl.col(C.QTY).sum().alias("ui_quantity"),
             pl.col(C.SALES).sum().alias("ui_spend"),
             pl.col("_w").sum().alias("ui_recency_weighted"),
@@ -175,8 +194,22 @@ def user_item_features(
             (pl.col(_REF_DAY).first() - days.min()).alias("ui_days_since_first"),
             pl.when(n_days > 1).then(span / (n_days - 1)).otherwise(None).alias("ui_interval"),
             pl.col(_DISC).mean().alias("ui_discount_share"),
+            days.min().alias("_first_day"),
+            days.max().alias("_last_day"),
         )
         .join(user_baskets, on=C.USER, how="left")
+        .join(
+            visits.select(C.USER, pl.col(C.DAY).alias("_first_day"), pl.col("_visit").alias("_v0")),
+            on=[C.USER, "_first_day"],
+            how="left",
+        )
+        .join(
+            visits.select(
+                C.USER, pl.col(C.DAY).alias("_last_day"), pl.col("_visit").alias("_v1"), "_visits"
+            ),
+            on=[C.USER, "_last_day"],
+            how="left",
+        )
         .with_columns(
             (pl.col("ui_days_since") / pl.col("ui_interval")).alias("ui_overdue"),
             (pl.col("ui_days_since") - pl.col("ui_interval")).alias("ui_days_overdue"),
@@ -184,8 +217,28 @@ def user_item_features(
             (pl.col("ui_spend") / pl.col("_user_spend")).alias("ui_spend_share"),
             # Purchase rate per day since the first purchase: how often, not just how many.
             (pl.col("ui_days") / pl.col("ui_days_since_first").clip(1, None)).alias("ui_rate"),
+            (pl.col("_visits") - pl.col("_v1")).alias("ui_visits_since"),
+            # Share of the weeks since the first purchase in which the item was bought.
+            (pl.col("ui_weeks") / pl.col("_weeks_since_first")).alias("ui_week_share"),
+            (pl.col("ui_days") / (pl.col("_visits") - pl.col("_v0") + 1)).alias("ui_visit_rate"),
+            pl.when(pl.col("ui_days") > 1)
+            .then((pl.col("_v1") - pl.col("_v0")) / (pl.col("ui_days") - 1))
+            .otherwise(None)
+            .alias("ui_visit_interval"),
         )
-        .drop("_user_baskets", "_user_spend")
+        .with_columns(
+            (pl.col("ui_visits_since") / pl.col("ui_visit_interval")).alias("ui_visit_overdue")
+        )
+        .drop(
+            "_user_baskets",
+            "_user_spend",
+            "_first_day",
+            "_last_day",
+            "_v0",
+            "_v1",
+            "_visits",
+            "_weeks_since_first",
+        )
     )
 
 
@@ -215,11 +268,19 @@ def user_group_features(
             pl.col(C.BASKET).n_unique().alias(f"{prefix}_baskets"),
             (pl.col(_REF_DAY).first() - pl.col(C.DAY).max()).alias(f"{prefix}_days_since"),
             pl.col(C.ITEM).n_unique().alias(f"{prefix}_items"),
+            pl.col(C.DAY).n_unique().alias(f"{prefix}_days"),
+            pl.when(pl.col(C.DAY).n_unique() > 1)
+            .then((pl.col(C.DAY).max() - pl.col(C.DAY).min()) / (pl.col(C.DAY).n_unique() - 1))
+            .otherwise(None)
+            .alias(f"{prefix}_interval"),
         )
         .join(totals, on=C.USER)
         .with_columns(
             (pl.col("_group_lines") / pl.col("_lines")).alias(f"{prefix}_share"),
             (pl.col(f"{prefix}_baskets") / pl.col("_baskets")).alias(f"{prefix}_basket_share"),
+            (pl.col(f"{prefix}_days_since") / pl.col(f"{prefix}_interval")).alias(
+                f"{prefix}_overdue"
+            ),
         )
         .drop("_group_lines", "_lines", "_baskets")
     )
@@ -320,19 +381,31 @@ def build_features(
         .join(item_features(transactions, as_of_week, cfg), on=C.ITEM, how="left")
         .join(user_item_features(transactions, as_of_week, cfg), on=[C.USER, C.ITEM], how="left")
         .with_columns(
-            pl.col("ui_baskets", "ui_days", "ui_weeks", "ui_recent_weeks").fill_null(0),
-            pl.col("ui_recency_weighted", "ui_basket_share", "ui_spend_share", "ui_rate").fill_null(
-                0.0
-            ),
+            pl.col(
+                "ui_baskets",
+                "ui_days",
+                "ui_weeks",
+                "ui_recent_weeks",
+                "ui_recent2_weeks",
+                "ui_recent4_weeks",
+            ).fill_null(0),
+            pl.col(
+                "ui_recency_weighted",
+                "ui_basket_share",
+                "ui_spend_share",
+                "ui_rate",
+                "ui_visit_rate",
+                "ui_week_share",
+            ).fill_null(0.0),
             (pl.col("i_price") / pl.col("u_basket_spend")).alias("ui_price_vs_basket"),
         )
     )
     categorical: list[str] = []
     if items is not None:
         frame = frame.join(
-            categorical_codes(items, C.ITEM, ITEM_CATEGORICALS), on=C.ITEM, how="left"
+            categorical_codes(items, C.ITEM, cfg.item_attributes), on=C.ITEM, how="left"
         )
-        categorical += [f"{name}_code" for name in ITEM_CATEGORICALS]
+        categorical += [f"{name}_code" for name in cfg.item_attributes]
         item_groups = items.select(C.ITEM, C.DEPARTMENT, C.CATEGORY)
         frame = frame.join(item_groups, on=C.ITEM, how="left")
         for group, prefix in ((C.DEPARTMENT, "ud"), (C.CATEGORY, "uc")):
@@ -341,11 +414,14 @@ def build_features(
                 on=[C.USER, group],
                 how="left",
             ).with_columns(
-                pl.col(f"{prefix}_baskets", f"{prefix}_items").fill_null(0),
+                pl.col(f"{prefix}_baskets", f"{prefix}_items", f"{prefix}_days").fill_null(0),
                 pl.col(f"{prefix}_share", f"{prefix}_basket_share").fill_null(0.0),
             )
-        frame = frame.drop(C.DEPARTMENT, C.CATEGORY)
-    if users is not None:
+        # Loyalty within the category: share of the user's category shopping days with this item.
+        frame = frame.drop(C.DEPARTMENT, C.CATEGORY).with_columns(
+            (pl.col("ui_days") / pl.col("uc_days")).alias("ui_category_loyalty")
+        )
+    if users is not None and cfg.use_demographics:
         frame = frame.join(
             categorical_codes(users, C.USER, USER_CATEGORICALS), on=C.USER, how="left"
         )

@@ -101,6 +101,45 @@ def history_users(tx: pl.LazyFrame, before_week: int) -> pl.LazyFrame:
     return tx.filter(pl.col(C.WEEK) < before_week).select(C.USER).unique()
 
 
+def training_frame(
+    tx: pl.LazyFrame,
+    items: pl.LazyFrame | None,
+    users: pl.LazyFrame | None,
+    catalogue: pl.LazyFrame,
+    windows: Windows,
+    settings: Settings,
+) -> tuple[pl.DataFrame, FeatureSet, stage1.Stage1Model]:
+    """The ranker's training set: history candidates, features as of ``history_end``, target.
+
+    Stage 1 is fit on the history only; candidates are generated for the users who bought
+    something in the stage-2 window and appear in the history (only they can have a
+    positive); ``target`` = 1 for the catalogue items they bought in the stage-2 window.
+
+    Returns
+    -------
+    tuple
+        ``(frame, features, history_model)``: the collected frame (candidates, features,
+        ``target``), the feature names and the stage-1 model fit on the history.
+    """
+    placeholder = settings.prefilter.placeholder_item
+    tx = split.before_test(tx, windows)
+    history_model = stage1.fit_stage1(
+        split.history(tx, windows), catalogue, settings.candidates, placeholder
+    )
+    target_users = (
+        split.stage2_window(tx, windows)
+        .select(C.USER)
+        .unique()
+        .join(history_users(tx, windows.history_end), on=C.USER, how="semi")
+    )
+    feats = featured_candidates(
+        history_model, tx, items, users, target_users, windows.history_end, settings
+    )
+    truth = targets(split.stage2_window(tx, windows), placeholder)
+    frame = with_targets(feats.frame, truth).sort(C.USER, C.ITEM).collect()
+    return frame, feats, history_model
+
+
 def train_two_stage(
     tx: pl.LazyFrame,
     items: pl.LazyFrame | None,
@@ -119,36 +158,20 @@ def train_two_stage(
         The prefilter's catalogue (schema ``CATALOGUE``), computed without the test window.
     """
     timings: dict[str, float] = {}
-    placeholder = settings.prefilter.placeholder_item
     tx = split.before_test(tx, windows)
 
     start = time.perf_counter()
-    history_model = stage1.fit_stage1(
-        split.history(tx, windows), catalogue, settings.candidates, placeholder
-    )
-    timings["stage1_fit_history"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    # Only users who bought something in the stage-2 window can have a positive target.
-    target_users = (
-        split.stage2_window(tx, windows)
-        .select(C.USER)
-        .unique()
-        .join(history_users(tx, windows.history_end), on=C.USER, how="semi")
-    )
-    feats = featured_candidates(
-        history_model, tx, items, users, target_users, windows.history_end, settings
-    )
-    truth = targets(split.stage2_window(tx, windows), placeholder)
-    train = with_targets(feats.frame, truth).collect()
-    timings["train_features"] = time.perf_counter() - start
+    train, feats, _ = training_frame(tx, items, users, catalogue, windows, settings)
+    timings["train_set"] = time.perf_counter() - start
 
     start = time.perf_counter()
     ranker = fit_ranker(train.lazy(), feats.feature_names, feats.categorical, settings.ranker)
     timings["ranker_fit"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    scoring_model = stage1.fit_stage1(tx, catalogue, settings.candidates, placeholder)
+    scoring_model = stage1.fit_stage1(
+        tx, catalogue, settings.candidates, settings.prefilter.placeholder_item
+    )
     timings["stage1_fit_scoring"] = time.perf_counter() - start
     log.info("two-stage trained: %s", {k: round(v, 1) for k, v in timings.items()})
     return TrainedTwoStage(

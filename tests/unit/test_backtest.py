@@ -1,0 +1,172 @@
+"""The issue-#4 backtest on small synthetic data: protocol, user sets, determinism."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from recsys_batch import columns as C
+from recsys_batch import split, synth
+from recsys_batch.backtest import (
+    MODELS,
+    USER_SETS,
+    BacktestResult,
+    evaluation_users,
+    own_purchases_baseline,
+    prepare,
+    run_backtest,
+    run_candidate_backtest,
+)
+from recsys_batch.config import (
+    AlsConfig,
+    CandidatesConfig,
+    PrefilterConfig,
+    RankerConfig,
+    Settings,
+)
+from recsys_batch.io import Dataset
+
+SETTINGS = Settings(
+    prefilter=PrefilterConfig(
+        min_user_share=0.01,
+        max_user_share=1.0,
+        min_department_items=0,
+        min_price=0.0,
+        max_price=1e9,
+        top_n=300,
+    ),
+    candidates=CandidatesConfig(
+        als=AlsConfig(factors=8, iterations=3, threads=1),
+        n_als=20,
+        n_own=20,
+        n_copurchase=10,
+        n_popular=10,
+        n_trend=5,
+        max_per_user=50,
+    ),
+    ranker=RankerConfig(n_estimators=30, threads=1, num_leaves=7, min_child_samples=5),
+)
+
+
+def dataset(users: int = 200, seed: int = 3) -> Dataset:
+    g = synth.generate(users, seed)
+    return Dataset(g.transactions.lazy(), g.items.lazy(), g.users.lazy(), name="synthetic-test")
+
+
+@pytest.fixture(scope="module")
+def result() -> BacktestResult:
+    return run_backtest(dataset(), SETTINGS)
+
+
+class TestProtocol:
+    def test_windows_follow_the_issue(self) -> None:
+        prep = prepare(dataset(), SETTINGS)
+        w = prep["windows"]
+        last = 53  # synthetic data spans weeks 1..53
+        assert (w.target_end, w.history_end, w.test_end) == (last - 3, last - 9, last + 1)
+
+    def test_catalogue_ignores_the_test_window(self) -> None:
+        ds = dataset()
+        w = prepare(ds, SETTINGS)["windows"]
+        # Sell a brand-new item massively in the test window only: it must not enter.
+        extra = ds.transactions.filter(pl.col(C.WEEK) >= w.target_end).with_columns(
+            pl.lit(777_777_777, dtype=pl.Int64).alias(C.ITEM)
+        )
+        changed = Dataset(pl.concat([ds.transactions, extra]), ds.items, ds.users, "changed")
+        base = prepare(ds, SETTINGS)["catalogue"]
+        assert prepare(changed, SETTINGS)["catalogue"].equals(base)
+
+    def test_user_sets(self) -> None:
+        tx = pl.LazyFrame(
+            {
+                C.USER: [1, 1, 2, 3, 3, 3, 3, 3, 3],
+                C.ITEM: [10, 11, 12, 10, 10, 11, 12, 13, 14],
+                C.WEEK: [1, 9, 9, 1, 9, 9, 9, 9, 9],
+            },
+            schema={C.USER: pl.Int64, C.ITEM: pl.Int64, C.WEEK: pl.Int32},
+        )
+        w = split.Windows(first_week=1, history_end=5, target_end=8, test_end=10)
+        truth = tx.filter(pl.col(C.WEEK) >= 8).select(C.USER, C.ITEM).unique()
+        sets = {
+            k: sorted(v.collect()[C.USER].to_list())
+            for k, v in evaluation_users(tx, truth, w).items()
+        }
+        # user 2 never bought before the test window; user 3 bought 5 distinct items in it.
+        assert sets == {"all": [1, 3], "seed": [3]}
+
+    def test_own_purchases_baseline_recency_and_padding(self) -> None:
+        tx = pl.LazyFrame(
+            {C.USER: [1, 1, 1], C.ITEM: [10, 11, 11], C.DAY: [1, 90, 100]},
+            schema={C.USER: pl.Int64, C.ITEM: pl.Int64, C.DAY: pl.Int32},
+        )
+        catalogue = pl.LazyFrame({C.ITEM: [10, 11, 12, 13]}, schema={C.ITEM: pl.Int64})
+        users = pl.LazyFrame({C.USER: [1]}, schema={C.USER: pl.Int64})
+        out = own_purchases_baseline(tx, catalogue, users, [12, 10, 13], 30.0, 4).collect()
+        assert out[C.ITEM].to_list() == [11, 10, 12, 13]  # own by recency, then popular
+        assert out[C.RANK].to_list() == [1, 2, 3, 4]
+
+
+class TestResult:
+    def test_rows_cover_every_model_and_user_set(self, result: BacktestResult) -> None:
+        assert [(r["model"], r["user_set"]) for r in result.rows] == [
+            (m, s) for m in MODELS for s in USER_SETS
+        ]
+        keys = {
+            "model",
+            "user_set",
+            "users",
+            "precision@5",
+            "recall@5",
+            "map@5",
+            "ndcg@5",
+            "coverage",
+        }
+        assert all(set(r) == keys for r in result.rows)
+
+    def test_same_users_for_every_model(self, result: BacktestResult) -> None:
+        for user_set in USER_SETS:
+            counts = {r["users"] for r in result.rows if r["user_set"] == user_set}
+            assert len(counts) == 1
+        assert result.precision("popular", "seed") >= 0.0
+        all_n = next(r["users"] for r in result.rows if r["user_set"] == "all")
+        seed_n = next(r["users"] for r in result.rows if r["user_set"] == "seed")
+        assert 0 < seed_n < all_n
+
+    def test_two_stage_beats_popular_and_als(self, result: BacktestResult) -> None:
+        # Synthetic users repeat their favourites: the learned model must use that.
+        for user_set in USER_SETS:
+            assert result.precision("two_stage", user_set) > result.precision("popular", user_set)
+            assert result.precision("two_stage", user_set) > result.precision("als", user_set)
+
+    def test_curves_and_json(self, result: BacktestResult) -> None:
+        payload = result.to_json()
+        assert len(payload["precision_curves"]["two_stage"]["all"]) == 10
+        row = next(
+            r for r in payload["rows"] if r["model"] == "two_stage" and r["user_set"] == "all"
+        )
+        assert payload["precision_curves"]["two_stage"]["all"][4] == pytest.approx(
+            row["precision@5"]
+        )
+        assert payload["candidates"]["union"]["recall"] > 0
+        assert payload["importances"]
+        assert "stage-2 window" in payload["protocol"]
+
+    def test_deterministic_for_a_fixed_seed(self, result: BacktestResult) -> None:
+        again = run_backtest(dataset(), SETTINGS)
+        # Same models and rankings; float means may differ in the last bit (parallel sums).
+        for a, b in zip(again.rows, result.rows, strict=True):
+            assert (a["model"], a["user_set"], a["users"]) == (
+                b["model"],
+                b["user_set"],
+                b["users"],
+            )
+            for name in ("precision@5", "recall@5", "map@5", "ndcg@5", "coverage"):
+                assert a[name] == pytest.approx(b[name], rel=1e-12)
+        assert again.importances.equals(result.importances)
+
+
+def test_candidate_backtest() -> None:
+    out = run_candidate_backtest(dataset(), SETTINGS)
+    assert set(out) >= {"generators", "union"}
+    assert 0 < out["union"]["recall"] <= 1
+    assert out["union"]["mean_candidates"] <= SETTINGS.candidates.max_per_user

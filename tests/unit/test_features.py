@@ -1,0 +1,169 @@
+"""Point-in-time stage-2 features (issue #4): values by hand and the leakage guarantee."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from recsys_batch import columns as C
+from recsys_batch.config import FeaturesConfig
+from recsys_batch.features import (
+    build_features,
+    categorical_codes,
+    item_features,
+    user_features,
+    user_group_features,
+    user_item_features,
+)
+
+CUT = 5  # features as of week 5: only weeks 1..4 may be read
+CFG = FeaturesConfig(recent_weeks=2)
+
+
+def tx_rows(rows: list[tuple[int, int, int, int, int]]) -> pl.LazyFrame:
+    """(user, basket, day, item, week) rows with quantity 1 and sales 2.0."""
+    return pl.LazyFrame(
+        {
+            C.USER: [r[0] for r in rows],
+            C.BASKET: [r[1] for r in rows],
+            C.DAY: [r[2] for r in rows],
+            C.ITEM: [r[3] for r in rows],
+            C.QTY: [1] * len(rows),
+            C.SALES: [2.0] * len(rows),
+            C.STORE: [1] * len(rows),
+            C.RETAIL_DISC: [0.5 if r[3] == 102 else 0.0 for r in rows],
+            C.TRANS_TIME: [1200] * len(rows),
+            C.WEEK: [r[4] for r in rows],
+            C.COUPON_DISC: [0.0] * len(rows),
+            C.COUPON_MATCH_DISC: [0.0] * len(rows),
+        },
+        schema=C.TRANSACTIONS,
+    )
+
+
+# user 10 buys 101 on days 1, 8, 15 (every 7 days) and 102 once on day 15;
+# user 20 buys 101 on day 3 and shops once more on day 20 (placeholder item).
+BEFORE = [
+    (10, 1, 1, 101, 1),
+    (10, 2, 8, 101, 2),
+    (10, 3, 15, 101, 3),
+    (10, 3, 15, 102, 3),
+    (20, 4, 3, 101, 1),
+    (20, 5, 20, 999999, 3),
+]
+# Test-window rows (week >= CUT): must never change a feature.
+AFTER = [(10, 9, 40, 101, 6), (20, 10, 41, 102, 6), (30, 11, 42, 101, 7)]
+ITEMS = pl.LazyFrame(
+    {
+        C.ITEM: [101, 102, 103],
+        C.MANUFACTURER: [1, 2, 3],
+        C.DEPARTMENT: ["DAIRY", "DAIRY", None],
+        C.BRAND: ["National", "Private", None],
+        C.CATEGORY: ["MILK", "CHEESE", None],
+        C.SUB_CATEGORY: ["A", "B", None],
+        C.PACKAGE_SIZE: [None, None, None],
+    },
+    schema=C.ITEMS,
+)
+USERS = pl.LazyFrame({C.USER: [10], **{name: ["x"] for name in C.DEMOGRAPHICS}}, schema=C.USERS)
+
+
+def candidates(pairs: list[tuple[int, int]]) -> pl.LazyFrame:
+    frame = pl.DataFrame(
+        {C.USER: [p[0] for p in pairs], C.ITEM: [p[1] for p in pairs]},
+        schema={C.USER: pl.Int64, C.ITEM: pl.Int64},
+    )
+    return frame.with_columns(
+        *[
+            pl.lit(None, dtype=dtype).alias(name)
+            for name, dtype in C.CANDIDATES.items()
+            if name not in (C.USER, C.ITEM)
+        ]
+    ).lazy()
+
+
+class TestUserItem:
+    def test_interval_and_overdue(self) -> None:
+        out = user_item_features(tx_rows(BEFORE), CUT, CFG).collect()
+        row = out.filter((pl.col(C.USER) == 10) & (pl.col(C.ITEM) == 101)).row(0, named=True)
+        # reference day = newest day before the cut (20) + 1 = 21
+        assert row["ui_days"] == 3
+        assert row["ui_interval"] == pytest.approx(7.0)
+        assert row["ui_days_since"] == 21 - 15
+        assert row["ui_overdue"] == pytest.approx(6 / 7)
+        assert row["ui_basket_share"] == pytest.approx(1.0)  # all 3 of the user's baskets
+
+    def test_single_purchase_has_no_interval(self) -> None:
+        out = user_item_features(tx_rows(BEFORE), CUT, CFG).collect()
+        row = out.filter((pl.col(C.USER) == 10) & (pl.col(C.ITEM) == 102)).row(0, named=True)
+        assert row["ui_interval"] is None
+        assert row["ui_basket_share"] == pytest.approx(1 / 3)
+
+    def test_placeholder_is_never_an_item(self) -> None:
+        out = user_item_features(tx_rows(BEFORE), CUT, CFG).collect()
+        assert 999999 not in out[C.ITEM].to_list()
+
+
+class TestUserAndItem:
+    def test_user_features(self) -> None:
+        out = user_features(tx_rows(BEFORE), CUT, CFG).collect().sort(C.USER)
+        u10 = out.row(0, named=True)
+        assert u10["u_baskets"] == 3
+        assert u10["u_visit_interval"] == pytest.approx(7.0)
+        assert u10["u_days_since_visit"] == 21 - 15
+        u20 = out.row(1, named=True)
+        assert u20["u_placeholder_share"] == pytest.approx(0.5)
+
+    def test_item_features(self) -> None:
+        out = item_features(tx_rows(BEFORE), CUT, CFG).collect().sort(C.ITEM)
+        i101 = out.row(0, named=True)
+        assert i101["i_buyers"] == 2
+        assert i101["i_repeat_buyer_share"] == pytest.approx(1 / 2)  # user 10 bought it 3x
+        assert out.row(1, named=True)["i_discount_share"] == pytest.approx(1.0)
+
+    def test_department_share(self) -> None:
+        out = user_group_features(tx_rows(BEFORE), ITEMS, CUT, C.DEPARTMENT, "ud", CFG).collect()
+        row = out.filter(pl.col(C.USER) == 10).row(0, named=True)
+        assert row["ud_share"] == pytest.approx(1.0)
+        assert row["ud_baskets"] == 3
+
+    def test_categorical_codes_missing_is_zero(self) -> None:
+        codes = categorical_codes(ITEMS, C.ITEM, (C.DEPARTMENT, C.BRAND)).collect().sort(C.ITEM)
+        assert codes["department_code"].to_list() == [1, 1, 0]
+        assert codes["brand_code"].to_list() == [1, 2, 0]
+
+
+class TestLeakage:
+    """Changing anything on or after the cut changes no feature (issue #4 acceptance)."""
+
+    def featured(self, rows: list[tuple[int, int, int, int, int]]) -> pl.DataFrame:
+        feats = build_features(
+            candidates([(10, 101), (10, 102), (10, 103), (20, 101), (30, 102)]),
+            tx_rows(rows),
+            ITEMS,
+            USERS,
+            CUT,
+            CFG,
+        )
+        return feats.frame.collect().sort(C.USER, C.ITEM)
+
+    def test_rows_after_the_cut_change_nothing(self) -> None:
+        assert_frame_equal(self.featured(BEFORE), self.featured(BEFORE + AFTER))
+
+    def test_rows_before_the_cut_do_change_features(self) -> None:
+        # The guard above must be able to fail: an extra purchase before the cut shows up.
+        changed = self.featured([*BEFORE, (10, 12, 22, 102, 4)])
+        assert not changed.equals(self.featured(BEFORE))
+
+    def test_feature_names_are_columns(self) -> None:
+        feats = build_features(candidates([(10, 101)]), tx_rows(BEFORE), ITEMS, USERS, CUT, CFG)
+        names = feats.frame.collect_schema().names()
+        assert set(feats.feature_names) <= set(names)
+        assert "department_code" in feats.categorical
+        assert C.TARGET not in feats.feature_names
+
+    def test_missing_items_and_users_tables(self) -> None:
+        feats = build_features(candidates([(10, 101)]), tx_rows(BEFORE), None, None, CUT, CFG)
+        assert feats.categorical == ()
+        assert feats.frame.collect().height == 1
