@@ -493,3 +493,17 @@ class TestCoalescing:
 
     def test_off_on_a_cluster(self, fake: Any) -> None:
         assert Lookup(fake, PREFIX, 1.0, cluster=True, coalesce=True).coalescer is None
+
+
+def test_unexpected_error_behind_fastapi_is_json_too(fake: Any) -> None:
+    class Broken:
+        async def many(self, user_ids: list[int], k: int) -> Any:
+            raise KeyError("internal detail")
+
+    app = create_app(Settings(), redis_client=fake)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.lookup = Broken()
+        resp = client.post("/v1/recommendations", json={"user_ids": [1]})
+    assert resp.status_code == 500
+    assert resp.json() == {"error": "internal", "detail": "unexpected KeyError; see the logs"}
+    assert "Traceback" not in resp.text
