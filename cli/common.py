@@ -96,7 +96,9 @@ def run_guarded(func: Callable[[], T], *, debug: bool = False) -> T:
     except RecsysError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err_console.print(
+            f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True
+        )
         raise typer.Exit(code=exc.exit_code) from None
     except typer.Exit:
         raise
@@ -107,5 +109,6 @@ def run_guarded(func: Callable[[], T], *, debug: bool = False) -> T:
             f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
             markup=True,
             highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(code=1) from None
