@@ -30,6 +30,13 @@ from cli.common import (
 )
 
 METRICS = ("precision@5", "recall@5", "map@5", "ndcg@5", "coverage")
+HEADERS = {
+    "precision@5": "P@5",
+    "recall@5": "R@5",
+    "map@5": "MAP@5",
+    "ndcg@5": "NDCG@5",
+    "coverage": "cover",
+}
 
 
 class Stage(StrEnum):
@@ -62,12 +69,12 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def metrics_table(rows: list[dict[str, Any]]) -> Table:
     """Models x metrics, one line per (model, user set); the best precision@5 in bold."""
-    table = Table(title="Backtest: Precision@5 and friends (test window)")
-    table.add_column("model")
-    table.add_column("user set")
-    table.add_column("users", justify="right")
+    table = Table(title="Backtest on the test window (best P@5 per user set in bold)")
+    table.add_column("model", no_wrap=True)
+    table.add_column("users", no_wrap=True)
+    table.add_column("n", justify="right")
     for name in METRICS:
-        table.add_column(name, justify="right")
+        table.add_column(HEADERS[name], justify="right", no_wrap=True)
     best: dict[str, float] = {}
     for row in rows:
         best[row["user_set"]] = max(best.get(row["user_set"], 0.0), float(row["precision@5"]))
