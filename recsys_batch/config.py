@@ -146,6 +146,8 @@ class FeaturesConfig(_Section):
     """Recent activity and item trend: weeks counted back from the cut."""
     half_life_days: float = 30.0
     """Recency-weighted user x item purchase count: half-life of the weight, in days."""
+    horizon_weeks: int = 4
+    """Hit-rate feature: length in weeks of the past windows checked for a purchase."""
     item_attributes: tuple[str, ...] = ("department", "brand", "category")
     """Product attributes given to LightGBM as categoricals (missing = its own value)."""
     use_demographics: bool = True
