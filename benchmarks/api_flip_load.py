@@ -10,7 +10,7 @@ the API with uvicorn in a subprocess (uvloop, httptools, ``--workers``), then fo
 - a publisher thread writes and flips a new version every ``--flip-interval`` seconds, with
   the real cleanup of every version but the live and the previous one.
 
-Every item of version ``m`` encodes ``m`` (``m * 100000 + user * 10 + j``), so each answer is
+Every item of version ``m`` encodes ``m`` (``m * 10**8 + user * 10 + j``), so each answer is
 checked: exactly the items of one version for that user, the version it names, fallback only
 for the unknown user. Reports requests, throughput, latency percentiles, 5xx, other errors and
 wrong answers. Usage::
@@ -49,6 +49,7 @@ from recsys_batch import publish  # noqa: E402
 from recsys_batch.config import RedisConfig  # noqa: E402
 
 UNKNOWN = 10_000_000
+MARK = 100_000_000  # item ids of version m: m * MARK + user * 10 + j (users < 10**7)
 
 
 def free_port() -> int:
@@ -59,7 +60,7 @@ def free_port() -> int:
 
 def marked_recs(marker: int, users: int) -> pl.DataFrame:
     ids = np.arange(1, users + 1, dtype=np.int64)
-    items = marker * 100_000 + np.repeat(ids, 5) * 10 + np.tile(np.arange(5), users)
+    items = marker * MARK + np.repeat(ids, 5) * 10 + np.tile(np.arange(5), users)
     return pl.DataFrame(
         {
             "user_id": np.repeat(ids, 5),
@@ -71,13 +72,13 @@ def marked_recs(marker: int, users: int) -> pl.DataFrame:
 
 
 def marked_popular(marker: int) -> list[int]:
-    return [marker * 100_000 + 99_990 + j for j in range(5)]
+    return [marker * MARK + MARK - 10 + j for j in range(5)]
 
 
 def expected(marker: int, user: int) -> list[int]:
     if user == UNKNOWN:
         return marked_popular(marker)
-    return [marker * 100_000 + user * 10 + j for j in range(5)]
+    return [marker * MARK + user * 10 + j for j in range(5)]
 
 
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
@@ -127,7 +128,7 @@ class Stats:
             self.statuses[status] = self.statuses.get(status, 0) + 1
 
     def check(self, version: str, user: int, items: list[int], source: str) -> None:
-        marker = items[0] // 100_000 if items else -1
+        marker = items[0] // MARK if items else -1
         problem = items != expected(marker, user) or (source == "fallback") != (user == UNKNOWN)
         with self.lock:
             self.version_markers.setdefault(version, set()).add(marker)
