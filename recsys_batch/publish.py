@@ -354,7 +354,8 @@ def _write_users_raw(
     user_keys = values.select(pl.lit(key_prefix) + pl.col(C.USER).cast(pl.String)).to_series()
     checks: list[bytes] = []
     pool = client.connection_pool
-    conn = pool.get_connection()
+    # Connecting is retried and mapped to PublishError like every other round trip.
+    conn = with_retries(pool.get_connection, cfg, "user write (connect)")
     reader = _OkReader(conn)
     pending: tuple[bytes, int] | None = None  # sent, replies not read yet
     try:

@@ -251,3 +251,31 @@ class TestRealRedis:
         finally:
             real_redis.config_set("maxmemory", before)
         assert real_redis.get(f"{cfg.key_prefix}:current") is None
+
+
+class TestConnectFailure:
+    def test_redis_gone_when_writer_connects_is_publish_error(
+        self,
+        redis_url: str,
+        cfg: RedisConfig,
+        upstream: tuple[str, int],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Regression (issue #7): the writer's own connect was outside the retry wrapper."""
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5)
+        original = publish._write_users_raw
+
+        def redis_vanishes(*args: object) -> list[bytes]:
+            client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
+            client.connection_pool.reset()  # drop pooled connections to the real port
+            return original(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(publish, "_write_users_raw", redis_vanishes)
+        with pytest.raises(PublishError, match="connect"):
+            publish.publish_version(client, synthetic_recs(100, 1), [1], None, {}, cfg)
+        client.connection_pool.connection_kwargs["port"] = upstream[1]
+        client.connection_pool.reset()
+        assert client.get(f"{cfg.key_prefix}:current") is None
+        for version in publish.all_versions(client, cfg):
+            publish.unlink_version(client, version, cfg)
+        client.close()
