@@ -30,6 +30,7 @@ ROUTE = PREFIX + "{user_id}"
 DEFAULT_K = 5
 _MAX_DIGITS = len(str(MAX_USER_ID))
 _JSON = (b"content-type", b"application/json")
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 Scope = dict[str, Any]
 
@@ -84,11 +85,15 @@ class Service:
         The FastAPI app (routes, validation, OpenAPI, lifespan).
     fast_path
         Answer the plain lookup here; False sends every request through FastAPI.
+    max_body_bytes
+        Largest request body accepted; a bigger one gets 413 before anything parses it
+        (``Content-Length`` is checked first, a chunked body is counted as it arrives).
     """
 
-    def __init__(self, api: Any, fast_path: bool = True) -> None:
+    def __init__(self, api: Any, fast_path: bool = True, max_body_bytes: int = 262_144) -> None:
         self.api = api
         self.fast_path = fast_path
+        self.max_body_bytes = max_body_bytes
         self.observe = _Observer()
 
     @property
@@ -112,6 +117,10 @@ class Service:
             if parsed is not None and lookup is not None:
                 await self._answer(lookup, parsed, send, start)
                 return
+        if scope["method"] in _WITH_BODY:
+            receive = await self._limited(scope, receive, send, start)
+            if receive is None:
+                return
         status = 500
 
         async def send_status(message: dict[str, Any]) -> None:
@@ -125,6 +134,46 @@ class Service:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.observe(route, status, start)
+
+    async def _limited(self, scope: Scope, receive: Any, send: Any, start: float) -> Any:
+        """A ``receive`` replaying the body once it is known to fit, or None (413 sent)."""
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > limit:
+                    await self._too_large(send, start, limit)
+                    return None
+                break
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._too_large(send, start, limit)
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> dict[str, Any]:
+            if pending:
+                return pending.pop()
+            return await receive()
+
+        return replay
+
+    async def _too_large(self, send: Any, start: float, limit: int) -> None:
+        detail = f"request body over {limit} bytes (settings.api.max_body_bytes)"
+        body = orjson.dumps({"error": "body_too_large", "detail": detail})
+        headers = [_JSON, (b"content-length", b"%d" % len(body)), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.observe("too_large", 413, start)
 
     async def _answer(self, lookup: Any, parsed: tuple[int, int], send: Any, start: float) -> None:
         user_id, k = parsed

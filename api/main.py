@@ -100,7 +100,7 @@ def create_app(
     app.include_router(health.router)
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)
-    return Service(app, fast_path=fast_path)
+    return Service(app, fast_path=fast_path, max_body_bytes=settings.api.max_body_bytes)
 
 
 _APP: Service | None = None

@@ -75,7 +75,11 @@ async def recommend_one(
     "",
     response_model=BatchResponse,
     response_class=OrjsonResponse,
-    responses={**_ERRORS, 400: {"model": BadRequest, "description": "The body is not JSON."}},
+    responses={
+        **_ERRORS,
+        400: {"model": BadRequest, "description": "The body is not JSON."},
+        413: {"model": ErrorBody, "description": "Body over settings.api.max_body_bytes."},
+    },
     summary="Top-k items of up to settings.api.max_batch users in one Redis round trip",
 )
 async def recommend_many(

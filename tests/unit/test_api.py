@@ -507,3 +507,42 @@ def test_unexpected_error_behind_fastapi_is_json_too(fake: Any) -> None:
     assert resp.status_code == 500
     assert resp.json() == {"error": "internal", "detail": "unexpected KeyError; see the logs"}
     assert "Traceback" not in resp.text
+
+
+class TestBodyLimit:
+    def test_oversized_body_is_413_before_parsing(self, fake: Any) -> None:
+        with make_client(fake, max_body_bytes=1000) as client:
+            resp = client.post(
+                "/v1/recommendations",
+                content=b'{"user_ids": [' + b"1," * 600 + b"1]}",
+                headers={"content-type": "application/json"},
+            )
+        assert resp.status_code == 413
+        assert resp.json()["error"] == "body_too_large"
+        assert "1000 bytes" in resp.json()["detail"]
+
+    def test_chunked_body_is_counted(self, fake: Any) -> None:
+        def chunks() -> Iterator[bytes]:
+            yield b'{"user_ids": ['
+            for _ in range(100):
+                yield b"1," * 10
+            yield b"1]}"
+
+        with make_client(fake, max_body_bytes=1000) as client:
+            resp = client.post(
+                "/v1/recommendations",
+                content=chunks(),
+                headers={"content-type": "application/json"},
+            )
+        assert resp.status_code == 413
+
+    @pytest.mark.parametrize("chunked", [False, True])
+    def test_body_within_the_limit_is_served(self, fake: Any, chunked: bool) -> None:
+        payload = b'{"user_ids": [1, 2]}'
+        content: Any = iter([payload[:5], payload[5:]]) if chunked else payload
+        with make_client(fake, max_body_bytes=len(payload)) as client:
+            resp = client.post(
+                "/v1/recommendations", content=content, headers={"content-type": "application/json"}
+            )
+        assert resp.status_code == 200
+        assert [r["user_id"] for r in resp.json()["results"]] == [1, 2]
