@@ -6,7 +6,8 @@ costs several times the Redis round trip itself, so this layer recognises that e
 (digits only, ``k`` within range) and answers it with the same :class:`~api.service.Lookup`
 and the same body builder as the FastAPI route. Anything else (``details=true``, a malformed
 id, an out-of-range ``k``, unknown parameters) falls through to FastAPI, which validates it
-and answers 422 as documented in the OpenAPI schema.
+and answers 422 as documented in the OpenAPI schema. Request bodies over
+``settings.api.max_body_bytes`` are refused here with 413 before anything parses them.
 """
 
 from __future__ import annotations

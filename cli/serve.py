@@ -46,6 +46,9 @@ def register(app: typer.Typer) -> None:
 
         def go() -> None:
             settings = build_settings(config)  # a bad config fails here, with exit code 2
+            from api.redis_client import resolve_url  # noqa: PLC0415
+
+            resolve_url(settings.redis)  # an unknown URL scheme too (exit 2), before forking
             if config is not None:
                 os.environ["RECSYS_CONFIG_FILE"] = str(config.resolve())  # for the workers
             import uvicorn  # noqa: PLC0415 - only this command needs it

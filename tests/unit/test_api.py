@@ -546,3 +546,14 @@ class TestBodyLimit:
             )
         assert resp.status_code == 200
         assert [r["user_id"] for r in resp.json()["results"]] == [1, 2]
+
+
+def test_serve_refuses_an_unknown_redis_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from cli.main import app  # noqa: PLC0415
+
+    monkeypatch.setenv("RECSYS_REDIS__URL", "http://localhost:6379")
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert "unsupported Redis URL scheme" in result.output
