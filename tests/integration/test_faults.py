@@ -232,15 +232,11 @@ def test_redis_stops_mid_publish(
 
 
 @pytest.mark.usefixtures("fake_models")
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #7: Redis gone when the user writer opens its connection -> exit 1, not 4",
-)
 def test_redis_dies_between_version_start_and_user_writes_exit_4(
     tmp_path: Path, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``_write_users_raw`` takes its connection outside the retry wrapper, so a Redis that
-    dies just before it raises a bare ``redis.ConnectionError``: "unexpected error", exit 1."""
+    """Regression (issue #7): the user writer's first connection is retried and mapped to
+    PublishError too; before the fix a bare ``redis.ConnectionError`` escaped (exit 1)."""
     with own_redis(tmp_path / "redis-data") as server:
         env = batch_env(tmp_path, server.url, key_prefix)
         original = publish._write_users_raw
@@ -252,6 +248,7 @@ def test_redis_dies_between_version_start_and_user_writes_exit_4(
         monkeypatch.setattr(publish, "_write_users_raw", write)
         failed = nightly(env)
         assert failed.exit_code == 4, failed.output
+        assert "live version was left untouched" in flat(failed.output)
 
 
 # --- the batch process killed at each stage -------------------------------------------------
