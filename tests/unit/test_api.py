@@ -557,3 +557,29 @@ def test_serve_refuses_an_unknown_redis_scheme(monkeypatch: pytest.MonkeyPatch) 
     result = CliRunner().invoke(app, ["serve"])
     assert result.exit_code == 2
     assert "unsupported Redis URL scheme" in result.output
+
+
+def test_settings_from_config_file_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.deps import CONFIG_FILE_ENV, get_settings  # noqa: PLC0415
+
+    config = tmp_path / "serve.toml"
+    config.write_text("[api]\nmax_batch = 7\n\n[redis]\nkey_prefix = 'shop'\n")
+    monkeypatch.setenv(CONFIG_FILE_ENV, str(config))
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert (settings.api.max_batch, settings.redis.key_prefix) == (7, "shop")
+
+
+def test_live_version_age_gauge(api: TestClient) -> None:
+    api.get("/v1/recommendations/1")
+    text = api.get("/metrics").text
+    line = next(x for x in text.splitlines() if x.startswith("recsys_api_live_version_age_seconds"))
+    from datetime import datetime  # noqa: PLC0415
+
+    expected = (
+        datetime.now().astimezone().timestamp() - datetime.fromisoformat(GENERATED).timestamp()
+    )
+    assert abs(float(line.split()[-1]) - expected) < 60
