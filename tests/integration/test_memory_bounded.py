@@ -71,6 +71,7 @@ def test_ten_publishes_keep_about_two_versions(own_redis: redis.Redis) -> None:
         versions.append(publish.publish_version(own_redis, recs, [1, 2, 3], None, {}, cfg))
         sizes.append(used_memory(own_redis) - baseline)
     one = sizes[0]
+    print(f"\nused_memory above baseline after each publish (bytes): {sizes}")  # -s shows it
     assert one > USERS * 50  # a version really takes room (a key + a value per user)
     # From the second publish on: two versions, whatever the number of publishes.
     for n, size in enumerate(sizes[1:], start=2):
