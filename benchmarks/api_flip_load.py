@@ -121,6 +121,7 @@ class Stats:
         self.statuses: dict[int, int] = {}
         self.wrong: list[str] = []
         self.version_markers: dict[str, set[int]] = {}
+        self.checked = 0
 
     def record(self, took: float, status: int) -> None:
         with self.lock:
@@ -131,6 +132,7 @@ class Stats:
         marker = items[0] // MARK if items else -1
         problem = items != expected(marker, user) or (source == "fallback") != (user == UNKNOWN)
         with self.lock:
+            self.checked += 1
             self.version_markers.setdefault(version, set()).add(marker)
             if problem and len(self.wrong) < 20:
                 self.wrong.append(f"{version} user {user}: {items} ({source})")
@@ -269,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "max_ms": round(max(stats.latencies) * 1000, 2) if requests else None,
         "statuses": {str(k): v for k, v in sorted(stats.statuses.items())},
         "server_errors_5xx": sum(v for k, v in stats.statuses.items() if k >= 500),
+        "user_answers_checked": stats.checked,
         "wrong_answers": len(stats.wrong),
         "wrong_examples": stats.wrong[:5],
         "versions_seen": len(stats.version_markers),
