@@ -446,13 +446,15 @@ def failing_disk(under: Path, code: int) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("fake_models")
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC], ids=["read-only", "full"])
 def test_runs_dir_read_only_nothing_published(
-    tmp_path: Path, redis_url: str, key_prefix: str, real_redis: redis.Redis
+    code: int, tmp_path: Path, redis_url: str, key_prefix: str, real_redis: redis.Redis
 ) -> None:
+    """The runs disk is read-only or full before the run starts: exit 2, Redis untouched."""
     env = batch_env(tmp_path, redis_url, key_prefix)
     runs_dir = tmp_path / "runs"
-    if os.geteuid() == 0:
-        with failing_disk(runs_dir, errno.EROFS):
+    if os.geteuid() == 0 or code == errno.ENOSPC:
+        with failing_disk(runs_dir, code):
             result = nightly(env)
     else:
         runs_dir.mkdir(mode=0o555)
@@ -566,3 +568,39 @@ def test_api_fast_503_then_recovers_without_restart(tmp_path: Path, key_prefix: 
             ok()
             assert api.get("/readyz").status_code == 200
             print(f"\n503 answer times (s): {timings}")  # pytest -s shows them
+
+
+def test_api_started_before_redis_recovers_by_itself(tmp_path: Path, key_prefix: str) -> None:
+    """The API starts while Redis is down (503, /healthz 200), then serves once Redis is up
+    and a version is published: no restart of the API."""
+    from tests.conftest import free_port  # noqa: PLC0415
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    settings = Settings(
+        redis={"url": url, "key_prefix": key_prefix},
+        api={"current_cache_seconds": 0.05, "redis_timeout_seconds": 0.3},
+    )
+    with TestClient(create_app(settings)) as api:
+        assert api.get("/v1/recommendations/1").status_code == 503
+        assert api.get("/readyz").status_code == 503
+        assert api.get("/healthz").status_code == 200
+        proc, _ = start_redis_server(tmp_path, port=port)
+        try:
+            assert api.get("/readyz").json()["error"] == "no_live_version"
+            import polars as pl  # noqa: PLC0415
+
+            recs = pl.DataFrame(
+                {"user_id": [1], "item_id": [42], "rank": [1], "score": [1.0]},
+                schema={"user_id": pl.Int64, "item_id": pl.Int64, "rank": pl.Int32,
+                        "score": pl.Float32},
+            )  # fmt: skip
+            writer = redis.Redis.from_url(url)
+            publish.publish_version(writer, recs, [7], None, {}, redis_cfg(url, key_prefix))
+            writer.close()
+            time.sleep(0.1)
+            body = api.get("/v1/recommendations/1").json()
+            assert (body["items"], body["source"]) == ([42], "personal")
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
