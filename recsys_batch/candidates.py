@@ -565,17 +565,14 @@ def union_candidates(generated: pl.LazyFrame, cfg: CandidatesConfig) -> pl.LazyF
         pl.lit(1, dtype=pl.Int8).alias("_group"),
         pl.min_horizontal(relative).cast(pl.Float64).alias(_BEST),
     )
-    priority = pl.struct(
-        pl.col("_group"),
-        pl.col(_BEST),
-        (-pl.col(C.N_GENERATORS).cast(pl.Int32)).alias("_many"),
-        pl.col(C.ITEM),
-    )
+    # One sort instead of a ranked struct per user: the order is the capping priority.
     return (
         pl.concat([own_rows, other_rows])
-        .with_columns(priority.rank("ordinal").over(C.USER).alias("_pos"))
-        .filter(pl.col("_pos") <= cfg.max_per_user)
-        .sort([C.USER, "_pos"])
+        .sort(
+            [C.USER, "_group", _BEST, C.N_GENERATORS, C.ITEM],
+            descending=[False, False, False, True, False],
+        )
+        .filter(pl.int_range(pl.len()).over(C.USER) < cfg.max_per_user)
         .select(C.CANDIDATES.names())
         .cast(dict(C.CANDIDATES))
     )

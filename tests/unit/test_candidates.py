@@ -22,6 +22,7 @@ from recsys_batch.candidates import (
     user_factors,
 )
 from recsys_batch.config import AlsConfig, CandidatesConfig
+from recsys_batch.errors import EmptyStageError
 
 PLACEHOLDER = 999999
 GROUP_A_USERS = list(range(1, 9))
@@ -287,3 +288,14 @@ class TestUnionPriority:
         assert (row[C.rank_col("own")], row[C.rank_col("als")]) == (2, 1)
         assert row[C.rank_col("trend")] is None
         assert row[C.N_GENERATORS] == 2
+
+
+def test_no_users_gives_an_empty_frame_with_the_schema(model: Stage1Model) -> None:
+    cands = generate_candidates(model, _users([]), CFG).collect()
+    assert cands.is_empty()
+    assert cands.schema == C.CANDIDATES
+
+
+def test_fit_without_transactions_raises(catalogue: pl.DataFrame, tx: pl.DataFrame) -> None:
+    with pytest.raises(EmptyStageError, match="no transactions"):
+        fit_stage1(tx.clear().lazy(), catalogue.lazy(), CFG, PLACEHOLDER)
