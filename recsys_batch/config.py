@@ -127,9 +127,9 @@ class CandidatesConfig(_Section):
     """Recent-trend items per user (not already own)."""
     max_per_user: int = 200
     """Hard cap on the union per user."""
-    recent_baskets: int = 5
+    recent_baskets: int = 15
     """Co-purchase: seed items are those in the user's last N baskets."""
-    copurchase_neighbours: int = 50
+    copurchase_neighbours: int = 100
     """Co-purchase: most similar items kept per item."""
     trend_weeks: int = 4
     """Trend popularity: weeks counted back from the cut."""
