@@ -88,6 +88,10 @@ class TestNightlyCli:
         assert info["live"]["metrics"]["precision@5"] == 0.3
         second = invoke(["nightly-batch", "--source", "synthetic", "--log-format", "json"], env)
         assert second.exit_code == 0, second.output
+        log_lines = [json.loads(line) for line in second.stderr.splitlines() if line]
+        stages = {line["stage"]: line["rows"] for line in log_lines if "stage" in line}
+        assert stages["recommend"] == 300 * 5
+        assert set(stages) >= {"load", "gate", "prefilter", "train", "recommend", "publish"}
         v2 = current(redis_url, key_prefix)
         assert v2 != v1
         human = invoke(["status"], env)
