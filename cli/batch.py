@@ -87,7 +87,8 @@ def nightly_batch(
             console.print(
                 f"[bold green]{result.status}[/]: version {result.version or '-'}, "
                 f"{result.users} users, {summary['seconds']}s, "
-                f"peak {summary['peak_memory_mb']} MiB (run {result.run_dir})"
+                f"peak {summary['peak_memory_mb']} MiB (run {result.run_dir})",
+                soft_wrap=True,
             )
 
     run_guarded(work, debug=debug)
@@ -139,14 +140,16 @@ def _print_status(info: dict[str, Any]) -> None:
     console.print(
         f"live:     {live['version']}  age {live['age']}  users {live['users']}  "
         f"run {meta.get('run_id', '?')}  data days {meta.get('first_day', '?')}.."
-        f"{meta.get('last_day', '?')}"
+        f"{meta.get('last_day', '?')}",
+        soft_wrap=True,
     )
-    console.print(f"metrics:  {metrics or '-'}")
+    console.print(f"metrics:  {metrics or '-'}", soft_wrap=True)
     previous = info["previous"]
     if previous:
         console.print(
             f"previous: {previous['version']}  age {previous['age']}  users {previous['users']}"
-            f"  state {previous['state'] or 'expired'}"
+            f"  state {previous['state'] or 'expired'}",
+            soft_wrap=True,
         )
     else:
         console.print("previous: none")
