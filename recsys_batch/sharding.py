@@ -120,7 +120,7 @@ def shard_dir(folder: Path, shard: int) -> Path:
 
 def scan_shard(folder: Path, shard: int) -> pl.LazyFrame:
     """The rows :func:`write_shards` wrote for ``shard``."""
-    return pl.scan_parquet(shard_dir(folder, shard) / "*.parquet")
+    return pl.scan_parquet(shard_dir(folder, shard) / "*.parquet", hive_partitioning=False)
 
 
 def write_shards(frame: pl.LazyFrame, n_shards: int, folder: Path) -> list[Path]:
