@@ -587,9 +587,21 @@ def generate_candidates(
     generator did not propose the item) and ``n_generators``; at most ``max_per_user`` rows
     per user, ordered by the capping priority. Users unknown to the model get the popular
     list.
+
+    Users are processed in chunks of ``chunk_users`` (generators and union alike), so the
+    intermediate rows, several times the output, never exceed one chunk's worth; the
+    result is sorted by user, then capping priority.
     """
     start = time.perf_counter()
-    union = union_candidates(generated_candidates(model, users, cfg), cfg).collect()
+    user_ids = users.select(pl.col(C.USER).cast(pl.Int64)).unique().sort(C.USER).collect()[C.USER]
+    step = max(cfg.chunk_users, 1)
+    parts = [
+        union_candidates(
+            generated_candidates(model, user_ids.slice(offset, step).to_frame().lazy(), cfg), cfg
+        ).collect()
+        for offset in range(0, user_ids.len(), step)
+    ]
+    union = pl.concat(parts) if parts else pl.DataFrame(schema=C.CANDIDATES)
     log.info("stage 1 candidates: %d rows, %.1fs", union.height, time.perf_counter() - start)
     return union.lazy()
 

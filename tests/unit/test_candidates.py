@@ -299,3 +299,11 @@ def test_no_users_gives_an_empty_frame_with_the_schema(model: Stage1Model) -> No
 def test_fit_without_transactions_raises(catalogue: pl.DataFrame, tx: pl.DataFrame) -> None:
     with pytest.raises(EmptyStageError, match="no transactions"):
         fit_stage1(tx.clear().lazy(), catalogue.lazy(), CFG, PLACEHOLDER)
+
+
+def test_chunked_generate_equals_unchunked(model: Stage1Model) -> None:
+    users = _users([5000, *GROUP_A_USERS, *GROUP_B_USERS])
+    whole = generate_candidates(model, users, CFG).collect()
+    chunked = generate_candidates(model, users, CFG.model_copy(update={"chunk_users": 3})).collect()
+    assert whole[C.USER].n_unique() == 1 + len(GROUP_A_USERS) + len(GROUP_B_USERS)
+    assert_frame_equal(whole, chunked)
