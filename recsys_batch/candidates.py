@@ -101,7 +101,11 @@ def fit_als(user_items: sp.csr_matrix, cfg: CandidatesConfig) -> object:
     a = cfg.als
     blas = _blas_threads()
     if blas > 1:
-        log.info("BLAS uses %d threads; limiting it to 1 during the ALS fit", blas)
+        log.warning(
+            "BLAS is configured with %d threads; limiting it to 1 during the ALS fit "
+            "(set OPENBLAS_NUM_THREADS=1 / MKL_NUM_THREADS=1 to start that way)",
+            blas,
+        )
     # implicit checks the BLAS threads when the model is built, so build it inside too.
     with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(

@@ -307,3 +307,20 @@ def test_chunked_generate_equals_unchunked(model: Stage1Model) -> None:
     chunked = generate_candidates(model, users, CFG.model_copy(update={"chunk_users": 3})).collect()
     assert whole[C.USER].n_unique() == 1 + len(GROUP_A_USERS) + len(GROUP_B_USERS)
     assert_frame_equal(whole, chunked)
+
+
+def test_blas_limited_to_one_thread_during_fit(
+    tx: pl.DataFrame,
+    catalogue: pl.DataFrame,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # implicit warns (RuntimeWarning, an error under our pytest config) when BLAS has more
+    # than one thread at model construction, once per process: re-arm its check, give BLAS
+    # two threads, and the fit must still build and fit the model inside its 1-thread limit.
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    monkeypatch.setattr("implicit.utils._checked_blas_config", False)
+    with threadpool_limits(2, "blas"), caplog.at_level("WARNING"):
+        fit_stage1(tx.lazy(), catalogue.lazy(), CFG, PLACEHOLDER)
+    assert any("limiting it to 1" in r.getMessage() for r in caplog.records)
