@@ -510,7 +510,7 @@ def generated_candidates(
     list for everyone would otherwise spend its slots on them). Users unknown to the model
     get the popular rows only.
     """
-    users = users.select(pl.col(C.USER).cast(pl.Int64)).unique()
+    users = users.select(pl.col(C.USER).cast(pl.Int64)).drop_nulls().unique()
     user_ids = users.collect()[C.USER].to_numpy()
     users = pl.DataFrame({C.USER: user_ids}).lazy()
     own = own_candidates(model, users, cfg).collect().lazy()
@@ -597,7 +597,13 @@ def generate_candidates(
     result is sorted by user, then capping priority.
     """
     start = time.perf_counter()
-    user_ids = users.select(pl.col(C.USER).cast(pl.Int64)).unique().sort(C.USER).collect()[C.USER]
+    user_ids = (
+        users.select(pl.col(C.USER).cast(pl.Int64))
+        .drop_nulls()
+        .unique()
+        .sort(C.USER)
+        .collect()[C.USER]
+    )
     step = max(cfg.chunk_users, 1)
     parts = [
         union_candidates(
