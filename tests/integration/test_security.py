@@ -578,3 +578,19 @@ def test_password_with_unencoded_special_characters_is_masked(
     assert secret_part not in everything_written(tmp_path)
     assert secret_part not in store.mask_url(url)
     assert secret_part not in store.mask_text(f"failed: {url}", url)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #7: an invalid redis.key_prefix is not checked with the config: exit 1 later",
+)
+@pytest.mark.parametrize("bad", ["rec sys", "recsys:*", "a*", "x" * 40, ""])
+def test_invalid_key_prefix_is_a_config_error(bad: str) -> None:
+    """A prefix that ``keys`` would refuse (spaces, ``:``, ``*``, too long) must fail when the
+    settings are built (ConfigError, exit 2), not as a ValueError at the first key (exit 1
+    "unexpected error" from the batch, a traceback from the API's startup)."""
+    from recsys_batch.config import load_settings  # noqa: PLC0415
+    from recsys_batch.errors import ConfigError  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match="key_prefix"):
+        load_settings(None, redis={"key_prefix": bad})
