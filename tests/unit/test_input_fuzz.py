@@ -368,3 +368,32 @@ def test_negative_user_id_is_a_data_error_before_training(tmp_path: Path) -> Non
             trainer=FakeTrainer(),
             client=fakeredis.FakeRedis(),
         )
+
+
+DEGENERATE: list[tuple[str, Callable[[Table], Table]]] = [
+    ("one user", lambda t: {**t, C.USER: [10] * len(t[C.USER])}),
+    ("one item", lambda t: {**t, C.ITEM: [101] * len(t[C.ITEM])}),
+    ("duplicate rows", lambda t: {k: v + v for k, v in t.items()}),
+]
+
+
+@pytest.mark.parametrize(("name", "change"), DEGENERATE, ids=[d[0] for d in DEGENERATE])
+def test_degenerate_data_through_the_real_models(
+    name: str, change: Callable[[Table], Table], tmp_path: Path
+) -> None:
+    """Past the prefilter: the real two-stage model and the backtest gate (dry run, no
+    Redis) either produce recommendations or stop with a RecsysError, never a crash."""
+    from recsys_batch import pipeline  # noqa: PLC0415
+    from recsys_batch.errors import RecsysError  # noqa: PLC0415
+
+    tx = write(change(base_transactions()), tmp_path / "tx", "parquet")
+    cfg = fuzz_settings(tx, write(base_items(), tmp_path / "items", "parquet"), None)
+    run = cfg.run.model_copy(update={"runs_dir": tmp_path / "runs", "lock_file": tmp_path / "l"})
+    cfg = cfg.model_copy(update={"run": run})
+    try:
+        result = pipeline.run_nightly(cfg, dry_run=True, gate=True)
+    except RecsysError as exc:
+        assert exc.exit_code in {2, 3}, exc
+        return
+    assert result.status == "dry-run"
+    assert result.users >= 1
