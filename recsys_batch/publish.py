@@ -342,16 +342,44 @@ def _write_chunk_raw(client: redis.Redis, payload: bytes, expected: int) -> None
         client.connection_pool.release(conn)
 
 
+def sorted_user_chunks(recs: pl.DataFrame, chunk_size: int) -> Iterator[pl.DataFrame]:
+    """``user_values`` of ``chunk_size`` users at a time, computed lazily chunk by chunk.
+
+    The rows are sorted by user once; each chunk is then pivoted when the writer asks for it,
+    i.e. while Redis executes the previous chunk.
+    """
+    ordered = recs.sort(C.USER)
+    chunk_of_row = ordered[C.USER].rle_id() // max(1, chunk_size)
+    n_chunks = int(chunk_of_row[-1]) + 1 if ordered.height else 0
+    starts = chunk_of_row.search_sorted(pl.Series(range(n_chunks + 1)), side="left").to_list()
+    starts[-1] = ordered.height
+    for first, end in zip(starts[:-1], starts[1:], strict=True):
+        yield user_values(ordered.slice(first, end - first))
+
+
 def _write_users_raw(
-    client: redis.Redis, values: pl.DataFrame, key_prefix: str, cfg: RedisConfig
+    client: redis.Redis,
+    values: pl.DataFrame | Iterator[pl.DataFrame],
+    key_prefix: str,
+    cfg: RedisConfig,
+    user_ids: list[pl.Series] | None = None,
 ) -> list[bytes]:
     """Fast path: encode chunk i+1 while Redis executes chunk i (one connection).
+
+    ``values`` is a ``user_values`` frame, or an iterator of such frames (one per chunk,
+    see :func:`sorted_user_chunks`). The user ids written are appended to ``user_ids``.
 
     Returns the ``EXISTS`` command of every chunk, built while waiting for Redis, for
     :func:`_verify_raw`.
     """
-    commands = resp_set_commands(values, key_prefix, ttl_seconds(cfg))
-    user_keys = values.select(pl.lit(key_prefix) + pl.col(C.USER).cast(pl.String)).to_series()
+    if isinstance(values, pl.DataFrame):
+        frame = values
+        chunks: Iterator[pl.DataFrame] = (
+            frame.slice(start, length) for start, length in _chunks(frame.height, cfg.chunk_size)
+        )
+    else:
+        chunks = values
+    ttl = ttl_seconds(cfg)
     checks: list[bytes] = []
     pool = client.connection_pool
     # Connecting is retried and mapped to PublishError like every other round trip.
@@ -359,12 +387,18 @@ def _write_users_raw(
     reader = _OkReader(conn)
     pending: tuple[bytes, int] | None = None  # sent, replies not read yet
     try:
-        for start, length in _chunks(commands.len(), cfg.chunk_size):
-            payload = commands.slice(start, length).str.join("").item().encode()
+        for chunk in chunks:
+            length = chunk.height
+            if user_ids is not None:
+                user_ids.append(chunk[C.USER])
+            payload = resp_set_commands(chunk, key_prefix, ttl).str.join("").item().encode()
+            chunk_keys = chunk.select(pl.lit(key_prefix) + pl.col(C.USER).cast(pl.String))
+            check_built = False
             try:
                 conn.send_packed_command([payload], check_health=False)
                 # Redis is busy with what we just sent: build this chunk's check meanwhile.
-                checks.append(resp_exists_command(user_keys.slice(start, length)))
+                checks.append(resp_exists_command(chunk_keys.to_series()))
+                check_built = True
                 if pending is not None:
                     reader.read(pending[1])
             except _RETRYABLE:
@@ -378,8 +412,8 @@ def _write_users_raw(
                         cfg,
                         "user write",
                     )
-                if len(checks) == start // max(1, cfg.chunk_size):
-                    checks.append(resp_exists_command(user_keys.slice(start, length)))
+                if not check_built:
+                    checks.append(resp_exists_command(chunk_keys.to_series()))
                 pending = None
                 continue
             pending = (payload, length)
@@ -690,10 +724,15 @@ def publish_version(
     ValueError
         ``recs`` is empty or malformed (callers check this before touching Redis).
     """
-    values = user_values(recs)
-    if values.height == 0:
+    fast = _fast_path_ok(client)
+    if recs.height == 0:
         msg = "refusing to publish an empty version (no user has recommendations)"
         raise ValueError(msg)
+    if recs[C.USER].min() < 0:  # type: ignore[operator]
+        msg = "recommendations contain a negative user_id; keys are built from ids >= 0 only"
+        raise ValueError(msg)
+    # The fast path pivots chunk by chunk while Redis works; the others need it all at once.
+    values = None if fast else user_values(recs)
     version = keys.check_version(version or new_version_id())
     prefix = cfg.key_prefix
     ttl = ttl_seconds(cfg)
@@ -728,11 +767,20 @@ def publish_version(
 
     user_prefix = keys.version_prefix(version, prefix) + "u:"
     checks: list[bytes] | None = None
-    if _fast_path_ok(client):
+    if values is None:
         assert isinstance(client, redis.Redis)
-        checks = _write_users_raw(client, values, user_prefix, cfg)
+        written: list[pl.Series] = []
+        chunks = sorted_user_chunks(recs, cfg.chunk_size)
+        try:
+            checks = _write_users_raw(client, chunks, user_prefix, cfg, written)
+        except pl.exceptions.ComputeError as exc:
+            msg = "recommendations repeat a (user_id, rank) pair; expected ranks 1..k per user"
+            raise ValueError(msg) from exc
+        user_ids = pl.concat(written)
     else:
         _write_users_pipeline(client, values, user_prefix, cfg)
+        user_ids = values[C.USER]
+    n_users = user_ids.len()
     written_users = time.perf_counter()
 
     items = _items_mapping(items_attrs)
@@ -753,10 +801,10 @@ def publish_version(
         assert isinstance(client, redis.Redis)
         found = _verify_raw(client, checks, cfg) + _count_existing(client, names, cfg)
     else:
-        user_keys = values.select(pl.lit(user_prefix) + pl.col(C.USER).cast(pl.String))
+        user_keys = pl.select(pl.lit(user_prefix) + user_ids.cast(pl.String))
         names = pl.concat([user_keys.to_series(), names])
         found = _count_existing(client, names, cfg)
-    expected = values.height + 2
+    expected = n_users + 2
     if found != expected:
         msg = (
             f"verification failed for version {version}: {found} of {expected} keys exist "
@@ -766,7 +814,7 @@ def publish_version(
 
     finished = {
         "state": keys.STATE_COMPLETE,
-        "users": str(values.height),
+        "users": str(n_users),
         "items": str(len(items)),
         "popular": str(len(popular)),
         "write_seconds": f"{written_users - started:.3f}",
@@ -777,12 +825,12 @@ def publish_version(
     log.info(
         "published version %s: %d users in %.2fs (previous: %s)",
         version,
-        values.height,
+        n_users,
         time.perf_counter() - started,
         old,
     )
     try:
-        cleanup_versions(client, cfg, keep={version, old}, user_ids=values[C.USER])
+        cleanup_versions(client, cfg, keep={version, old}, user_ids=user_ids)
     except PublishError as exc:  # the flip succeeded; leftovers expire or go next run
         log.warning("cleanup after publish failed: %s", exc)
     return version
