@@ -282,13 +282,18 @@ def stage(record, name):
 
 pipeline._stage = stage
 if pause_at == "mid-publish":
-    original_write = publish._write_users_raw
+    # The fast-path writer builds each chunk's EXISTS check right after sending the chunk:
+    # pausing in the second call stops the batch with part of the users written.
+    original_exists = publish.resp_exists_command
+    calls = [0]
 
-    def write(client, values, key_prefix, cfg):
-        original_write(client, values.head(values.height // 2), key_prefix, cfg)
-        pause()
+    def exists(names):
+        calls[0] += 1
+        if calls[0] == 2:
+            pause()
+        return original_exists(names)
 
-    publish._write_users_raw = write
+    publish.resp_exists_command = exists
 elif pause_at == "after-flip":
     original_flip = publish._flip
 
@@ -338,12 +343,23 @@ def wait_paused(proc: subprocess.Popen[str], timeout: float = 60) -> list[str]:
     pytest.fail("the batch did not reach its pause point in time")
 
 
+KILLS = [(stage, signal.SIGKILL) for stage in STAGES] + [("mid-publish", signal.SIGTERM)]
+
+
 @pytest.mark.usefixtures("fake_models")
-@pytest.mark.parametrize("pause_at", STAGES)
+@pytest.mark.parametrize(
+    ("pause_at", "sig"), KILLS, ids=[f"{stage}-{sig.name}" for stage, sig in KILLS]
+)
 def test_batch_killed_at_each_stage(
-    pause_at: str, tmp_path: Path, redis_url: str, key_prefix: str, real_redis: redis.Redis
+    pause_at: str,
+    sig: signal.Signals,
+    tmp_path: Path,
+    redis_url: str,
+    key_prefix: str,
+    real_redis: redis.Redis,
 ) -> None:
-    """SIGKILL at each stage boundary (and mid-publish, and between flip and cleanup): the
+    """SIGKILL at each stage boundary (and mid-publish, and between flip and cleanup; SIGTERM,
+    what a scheduler sends, mid-publish): the
     lock is free again at once, the manifest still reads (status ``running``), the live
     pointer names a whole version (the old one before the flip, the new one after), and a
     rerun publishes and leaves only the live and the previous version."""
@@ -356,14 +372,20 @@ def test_batch_killed_at_each_stage(
     try:
         seen = wait_paused(proc)
         assert seen[-1] == ("publish" if pause_at in {"mid-publish", "after-flip"} else pause_at)
+        if pause_at == "mid-publish":  # really in the middle: part of the users written
+            cfg = redis_cfg(redis_url, key_prefix)
+            (half,) = [v for v in publish.all_versions(real_redis, cfg) if v != before]
+            assert real_redis.hget(keys.meta_key(half, key_prefix), "state") == b"writing"
+            written = list(real_redis.scan_iter(match=f"{key_prefix}:v:{half}:u:*", count=1000))
+            assert 0 < len(written) < USERS
         # The running batch holds the lock: a second one refuses.
         with pytest.raises(LockError, match="another nightly batch is running"):
             with run_lock(Path(env["RECSYS_RUN__LOCK_FILE"])):
                 pass
     finally:
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
         proc.communicate(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -sig
 
     with run_lock(Path(env["RECSYS_RUN__LOCK_FILE"])):  # released by the kernel on kill -9
         pass
