@@ -174,8 +174,9 @@ class RankerConfig(_Section):
     negatives_per_user: int | None = None
     """Sample at most this many negatives per user for training (None = keep all)."""
     seed: int = 42
-    threads: int = 0
-    """0 = all cores."""
+    threads: int = 1
+    """LightGBM threads (0 = all cores). 1 by default: on a shared, oversubscribed machine
+    LightGBM's OpenMP threads spin and a 2-thread fit took minutes instead of ~20 s."""
     top_k: int = 5
 
 
