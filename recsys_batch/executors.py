@@ -58,8 +58,8 @@ DERIVED_FROM_ITEMS = {"ui_price_vs_basket": pl.col("i_price") / pl.col("u_basket
 """Features mixing item and user columns: recomputed after the global item join."""
 
 
-class ShardError(RecsysError):
-    """A shard still failed after its retries; nothing was flipped."""
+class ShardError(PublishError):
+    """A shard still failed after its retries; nothing was flipped (exit 4, as a publish)."""
 
 
 @dataclass
@@ -427,7 +427,7 @@ class DaskExecutor:
                 n_workers=self.workers,
                 threads_per_worker=1,
                 processes=self.processes,
-                dashboard_address=None,
+                dashboard_address=":0",  # any free port: never collide with a 8787
                 silence_logs=logging.WARNING,
             ) as cluster,
             Client(cluster, set_as_default=False) as client,

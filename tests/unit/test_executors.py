@@ -101,3 +101,7 @@ def test_reference_rows_carry_the_newest_day_before_the_cut() -> None:
     assert ref.height == 1
     assert ref.row(0, named=True)[C.DAY] == 20
     assert ref[C.USER].to_list() == [E.SENTINEL_USER]
+
+
+def test_a_failed_shard_exits_like_a_failed_publish() -> None:
+    assert E.ShardError("shard 3 failed").exit_code == 4
