@@ -9,8 +9,9 @@ second). Problems found, in the order they are reported:
 2. a value cannot be cast to the canonical type (first bad value shown);
 3. a key (``user_id``, ``basket_id``, ``day``, ``item_id``, ``week``, ``quantity``,
    ``sales_value`` in transactions; ``item_id``/``user_id`` in items/users) is null;
-4. a table has no rows;
-5. the weeks do not cover the configured windows (``split.backtest_windows``).
+4. a ``user_id`` (transactions, users) is negative (Redis keys are built from ids >= 0);
+5. a table has no rows;
+6. the weeks do not cover the configured windows (``split.backtest_windows``).
 
 Each raises :class:`~recsys_batch.errors.DataError` naming the file, the column and the fix
 (exit code 2). Two findings are not fatal: returns (negative quantity or sales value) are
@@ -156,6 +157,13 @@ def table_checks(table: SourceTable) -> pl.LazyFrame:
             exprs.append(pl.col(source).filter(failed).first().cast(pl.String).alias(f"eg:{name}"))
         if name in _keys(table):
             exprs.append(pl.col(source).is_null().sum().alias(f"null:{name}"))
+        if name == C.USER:
+            value = (
+                pl.col(source)
+                if raw_dtype == dtype
+                else io.cast_expr(source, raw_dtype, dtype, strict=False)
+            )
+            exprs.append((value < 0).sum().alias(f"neg:{name}"))
     return table.raw.select(exprs)
 
 
@@ -207,6 +215,16 @@ def _raise_on_values(table: SourceTable, row: dict[str, Any]) -> None:
                 column=source,
                 fix="fill in or remove the rows with an empty value in that column",
             )
+    negative = row.get(f"neg:{C.USER}") or 0
+    if negative:
+        source = table.source_column(C.USER)
+        msg = f"{table.table}: {negative} row(s) have a negative {source!r}"
+        raise DataError(
+            msg,
+            file=table.file,
+            column=source,
+            fix="user ids must be non-negative integers",
+        )
     if not row["rows"]:
         msg = f"{table.table}: the file has no rows"
         raise DataError(

@@ -339,10 +339,6 @@ def test_cli_exit_code_2_without_traceback(tmp_path: Path, fmt: str) -> None:
     assert "Traceback" not in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #7: negative user_id passes validation; publish raises ValueError (exit 1)",
-)
 def test_negative_user_id_is_a_data_error_before_training(tmp_path: Path) -> None:
     """Keys are built from ids >= 0 only (``publish.user_values``), so a negative user id must
     be refused at load time with exit 2, not after a full training run with exit 1."""

@@ -94,6 +94,34 @@ class TestFatal:
         assert info.value.column == C.USER
         assert info.value.file is not None
 
+    def test_negative_user_id_in_transactions(self) -> None:
+        tx = transactions(**{C.USER: [-1, 2, -1]})
+        with pytest.raises(DataError, match="2 row\\(s\\) have a negative 'user_id'") as info:
+            validation.check(Dataset(tx, None, None, "t"), SETTINGS)
+        assert info.value.column == C.USER
+        assert "non-negative" in str(info.value)
+
+    def test_negative_user_id_read_from_text(self, tmp_path: Path) -> None:
+        frame = transactions().collect().cast({C.USER: pl.String})
+        frame = frame.with_columns(
+            pl.when(pl.int_range(pl.len()) == 5).then(pl.lit(" -7")).otherwise(C.USER).alias(C.USER)
+        )
+        frame.write_csv(tmp_path / "tx.csv")
+        cfg = DataConfig(source="files", path=tmp_path / "tx.csv")
+        with pytest.raises(DataError, match="1 row\\(s\\) have a negative") as info:
+            validation.check(io.load_dataset(cfg), SETTINGS)
+        assert info.value.file == str(tmp_path / "tx.csv")
+
+    def test_negative_user_id_in_users_table(self) -> None:
+        users = pl.LazyFrame({C.USER: [1, -2]}, schema_overrides={C.USER: pl.Int64}).select(
+            [
+                pl.col(C.USER) if c == C.USER else pl.lit(None, dtype=t).alias(c)
+                for c, t in C.USERS.items()
+            ]
+        )
+        with pytest.raises(DataError, match="users: 1 row\\(s\\) have a negative"):
+            validation.check(Dataset(transactions(), None, users, "t"), SETTINGS)
+
     def test_empty_transactions(self) -> None:
         tx = transactions().clear()
         with pytest.raises(DataError, match="no rows"):
