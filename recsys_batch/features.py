@@ -242,6 +242,41 @@ def user_item_features(
     )
 
 
+def window_hit_rate(
+    transactions: pl.LazyFrame, as_of_week: int, horizon_weeks: int, cfg: FeaturesConfig
+) -> pl.LazyFrame:
+    """Per (user, item): share of past ``horizon_weeks``-week windows holding a purchase.
+
+    A window starts at every week from the user's first week before the cut up to
+    ``as_of_week - horizon_weeks``; this is the item's historical hit rate for a target
+    window of that length (column ``ui_hit_rate_{horizon_weeks}w``), the quantity the
+    ranker predicts, measured on the user's own past.
+    """
+    tx = before_cut(transactions, as_of_week)
+    name = f"ui_hit_rate_{horizon_weeks}w"
+    first = tx.group_by(C.USER).agg(pl.col(C.WEEK).min().alias("_first_week"))
+    last_start = as_of_week - horizon_weeks
+    starts = (
+        tx.filter(pl.col(C.ITEM) != PLACEHOLDER)
+        .select(C.USER, C.ITEM, C.WEEK)
+        .unique()
+        # A purchase in week w hits every window starting in w - horizon + 1 .. w.
+        .with_columns(
+            pl.int_ranges(pl.col(C.WEEK) - horizon_weeks + 1, pl.col(C.WEEK) + 1).alias("_s")
+        )
+        .explode("_s")
+        .join(first, on=C.USER)
+        .filter(pl.col("_s").is_between(pl.col("_first_week"), last_start))
+        .group_by(C.USER, C.ITEM)
+        .agg(pl.col("_s").n_unique().alias("_hits"), pl.col("_first_week").first())
+    )
+    return starts.select(
+        C.USER,
+        C.ITEM,
+        (pl.col("_hits") / (last_start - pl.col("_first_week") + 1).clip(1, None)).alias(name),
+    )
+
+
 def user_group_features(
     transactions: pl.LazyFrame,
     items: pl.LazyFrame,
@@ -380,6 +415,11 @@ def build_features(
         candidates.join(user_features(transactions, as_of_week, cfg), on=C.USER, how="left")
         .join(item_features(transactions, as_of_week, cfg), on=C.ITEM, how="left")
         .join(user_item_features(transactions, as_of_week, cfg), on=[C.USER, C.ITEM], how="left")
+        .join(
+            window_hit_rate(transactions, as_of_week, cfg.horizon_weeks, cfg),
+            on=[C.USER, C.ITEM],
+            how="left",
+        )
         .with_columns(
             pl.col(
                 "ui_baskets",

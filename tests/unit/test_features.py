@@ -15,6 +15,7 @@ from recsys_batch.features import (
     user_features,
     user_group_features,
     user_item_features,
+    window_hit_rate,
 )
 
 CUT = 5  # features as of week 5: only weeks 1..4 may be read
@@ -99,6 +100,13 @@ class TestUserItem:
         row = out.filter((pl.col(C.USER) == 10) & (pl.col(C.ITEM) == 102)).row(0, named=True)
         assert row["ui_interval"] is None
         assert row["ui_basket_share"] == pytest.approx(1 / 3)
+
+    def test_window_hit_rate(self) -> None:
+        # 2-week windows starting at weeks 1..3 (cut 5): 101 (weeks 1-3) is in all three,
+        # 102 (week 3) in those starting at 2 and 3.
+        out = window_hit_rate(tx_rows(BEFORE), CUT, 2, CFG).collect()
+        u10 = out.filter(pl.col(C.USER) == 10).sort(C.ITEM)
+        assert u10["ui_hit_rate_2w"].to_list() == pytest.approx([1.0, 2 / 3])
 
     def test_placeholder_is_never_an_item(self) -> None:
         out = user_item_features(tx_rows(BEFORE), CUT, CFG).collect()
