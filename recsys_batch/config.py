@@ -14,7 +14,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +30,7 @@ from pydantic_settings import (
 )
 
 from recsys_batch.errors import ConfigError
+from recsys_batch.keys import _PREFIX_RE
 
 
 class _Section(BaseModel):
@@ -198,6 +206,7 @@ class RedisConfig(_Section):
     embedded_dir: Path = Path(".recsys/redis")
     """Embedded Redis: directory of its socket and persisted data."""
     key_prefix: str = "recsys"
+    """First part of every Redis key: 1-32 letters, digits, '_', '.', '-' (checked at load)."""
     ttl_days: int = 14
     """Safety TTL on every published key, in days."""
     chunk_size: int = 10_000
@@ -215,6 +224,15 @@ class RedisConfig(_Section):
     """rediss:// with client certificates: this client's certificate (PEM)."""
     tls_key_file: Path | None = None
     """rediss:// with client certificates: this client's private key (PEM)."""
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_key_prefix(cls, value: str) -> str:
+        """The same rule as :mod:`recsys_batch.keys`, so a bad prefix fails with the config."""
+        if not _PREFIX_RE.match(value):
+            msg = f"invalid key prefix {value!r}: use 1-32 letters, digits, '_', '.', '-'"
+            raise ValueError(msg)
+        return value
 
 
 class ApiConfig(_Section):

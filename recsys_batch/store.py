@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.cluster import RedisCluster
@@ -30,36 +30,75 @@ _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _PLAIN_SCHEMES = {"redis", "rediss", "unix"}
 
 
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme, userinfo, rest)`` split by hand, or None when the URL has no ``@``.
+
+    ``urlsplit`` cannot be trusted with credentials: a password pasted unencoded with a
+    ``#``, ``/`` or ``?`` ends its authority early, so it sees no password at all. The last
+    ``@`` after ``://`` ends the userinfo whatever the password holds (over-masking a URL
+    whose path or query has an ``@`` is the safe side).
+    """
+    scheme, sep, remainder = url.partition("://")
+    if not sep:
+        return None
+    userinfo, at, rest = remainder.rpartition("@")
+    if not at:
+        return None
+    return scheme, userinfo, rest
+
+
 def mask_url(url: str | None) -> str:
-    """The URL with its password replaced by ``***`` (safe for logs and errors)."""
+    """The URL with its password replaced by ``***`` (safe for logs and errors).
+
+    Examples: ``redis://app:s3cret@h:6379/0`` -> ``redis://app:***@h:6379/0``; userinfo
+    without a ``:`` (it may be a bare password) -> ``redis://***:***@h:6379/0``.
+    """
     if not url:
         return "embedded"
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable redis url>"
-    if parts.password is None:
+    split = _userinfo(url)
+    if split is None:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    scheme, userinfo, rest = split
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user if colon else '***'}:***@{rest}"
+
+
+def _secrets(url: str) -> list[str]:
+    """Every form of the URL's password that a message could quote, longest first."""
+    found: set[str] = set()
+    split = _userinfo(url)
+    if split is not None:
+        user, colon, password = split[1].partition(":")
+        secret = password if colon else user
+        found.add(secret)
+        # What urlsplit/redis-py read as the port when an unencoded '#', '/' or '?' ends
+        # the authority early ("batch:12#..." -> port 12): an error may quote that piece.
+        head = re.split(r"[#/?]", secret, maxsplit=1)[0]
+        if head != secret and len(head) >= 2:
+            found.add(head)
+    try:
+        parsed = urlsplit(url).password
+    except ValueError:
+        parsed = None
+    if parsed:
+        found.add(parsed)
+    found |= {unquote(secret) for secret in found}
+    return sorted((s for s in found if s), key=len, reverse=True)
 
 
 def mask_text(text: str, url: str | None) -> str:
-    """``text`` with any occurrence of the URL's password replaced by ``***``."""
+    """``text`` with the URL masked and any occurrence of its password replaced by ``***``.
+
+    The password is taken both from what follows the first ``:`` of the userinfo (see
+    :func:`mask_url`) and from ``urlsplit``, which stops at an unencoded ``#``, ``/`` or
+    ``?``, so a message quoting only the first part of such a password is masked as well.
+    """
     if not url:
         return text
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
-    if not password:
-        return text
-    return re.sub(re.escape(password), "***", text)
+    text = text.replace(url, mask_url(url))
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 def resolve_url(cfg: RedisConfig) -> tuple[str, bool]:
@@ -139,8 +178,14 @@ def connect(cfg: RedisConfig, *, check: bool = True) -> Client:
             "(fix: check REDIS_URL, credentials and that the server is up)"
         )
         raise PublishError(msg) from None
-    except ValueError as exc:  # from_url on a malformed URL
-        msg = f"invalid Redis URL {mask_url(cfg.url)}: {mask_text(str(exc), cfg.url)}"
+    except ValueError:  # from_url on a malformed URL
+        # Not str(exc): it quotes the piece it could not read (e.g. a port), which for an
+        # unencoded '#', '/' or '?' in the password is part of the password.
+        msg = (
+            f"invalid Redis URL {mask_url(cfg.url)} "
+            "(fix: percent-encode special characters of the password, e.g. '#' as %23, "
+            "'/' as %2F, '?' as %3F, '@' as %40)"
+        )
         raise ConfigError(msg) from None
     return client
 

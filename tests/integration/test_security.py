@@ -549,11 +549,6 @@ def test_unexpected_errors_carry_no_traceback_or_secret(path: str) -> None:
     assert API_PASSWORD not in resp.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #7: a password with an unencoded '#', '/' or '?' is printed in full "
-    "(error line and runs/<id>/manifest.json)",
-)
 @pytest.mark.usefixtures("fake_models")
 @pytest.mark.parametrize("password", ["pa#ss-S3cret", "pa/ss-S3cret", "pa?ss-S3cret"])
 def test_password_with_unencoded_special_characters_is_masked(
@@ -580,10 +575,6 @@ def test_password_with_unencoded_special_characters_is_masked(
     assert secret_part not in store.mask_text(f"failed: {url}", url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #7: an invalid redis.key_prefix is not checked with the config: exit 1 later",
-)
 @pytest.mark.parametrize("bad", ["rec sys", "recsys:*", "a*", "x" * 40, ""])
 def test_invalid_key_prefix_is_a_config_error(bad: str) -> None:
     """A prefix that ``keys`` would refuse (spaces, ``:``, ``*``, too long) must fail when the

@@ -22,6 +22,9 @@ class TestUrls:
             ("rediss://app:s3cret@host/1", "rediss://app:***@host/1"),
             ("redis://host:6379/0", "redis://host:6379/0"),
             (None, "embedded"),
+            ("redis://u:pa#ss/w?d@h:1/0", "redis://u:***@h:1/0"),  # unencoded, issue #7
+            ("redis://u:p@ss@h:1/0", "redis://u:***@h:1/0"),  # the last '@' ends it
+            ("redis://bare-secret@h:1/0", "redis://***:***@h:1/0"),  # no ':' may be a password
         ],
     )
     def test_mask_url(self, url: str | None, masked: str) -> None:
@@ -30,6 +33,17 @@ class TestUrls:
     def test_mask_text_hides_password(self) -> None:
         text = store.mask_text("AUTH failed for s3cret", "redis://u:s3cret@h/0")
         assert "s3cret" not in text
+
+    def test_mask_text_hides_every_piece_of_an_unencoded_password(self) -> None:
+        url = "redis://u:12#p%40ss@h:1/0"
+        text = store.mask_text(f"at {url}: connecting to u:12 as 12#p@ss (12#p%40ss)", url)
+        assert text == "at redis://u:***@h:1/0: connecting to u:*** as *** (***)"
+
+    def test_malformed_url_error_quotes_no_part_of_the_password(self) -> None:
+        cfg = RedisConfig(url="redis://u:pa?ss-S3cret@127.0.0.1:6379/0")
+        with pytest.raises(ConfigError, match="percent-encode") as info:
+            store.connect(cfg)
+        assert "pa" not in str(info.value).replace("password", "")
 
     @pytest.mark.parametrize(
         ("url", "resolved", "cluster"),
