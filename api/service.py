@@ -6,6 +6,12 @@ generated_at, the popular fallback list), so answering a user is one ``GET`` of
 ``P:v:V:u:{user_id}`` and a batch one ``MGET``; single lookups arriving together share one
 ``MGET`` (:class:`Coalescer`). Each answer is built from exactly one version: the one its key
 was read from, which is also the version it names.
+
+A cached pointer can outlive its version: two publishes within ``current_cache_seconds``
+unlink the version the cache still names. So a missing user key is not trusted at once: the
+pointer is read again (concurrent misses share that one ``GET``), and when it moved on, the
+key is read again from the new version (a batch: the whole ``MGET``, so it still comes from
+one version). A hit costs nothing extra; a miss one ``GET`` (two when the version changed).
 """
 
 from __future__ import annotations
@@ -96,7 +102,10 @@ class Coalescer:
         self.batches = 0
 
     def get(self, key: str) -> asyncio.Future[Any]:
-        """A future of the key's value (bytes or None), or a :class:`_Failed`."""
+        """A future of ``(value, received)``, or a :class:`_Failed`.
+
+        ``value`` is bytes or None; ``received`` the ``time.monotonic()`` when the reply came.
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((key, future))
@@ -117,6 +126,7 @@ class Coalescer:
                 values = [await self.client.get(batch[0][0])]
             else:
                 values = await self.client.mget([key for key, _ in batch])
+            received = time.monotonic()
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
             for _, future in batch:
                 if not future.done():
@@ -126,7 +136,7 @@ class Coalescer:
             return
         for (_, future), value in zip(batch, values, strict=True):
             if not future.done():  # a cancelled request (client went away)
-                future.set_result(value)
+                future.set_result((value, received))
 
 
 class Lookup:
@@ -164,6 +174,8 @@ class Lookup:
         self.cluster = cluster
         self._live: LiveVersion | None = None
         self._expires = 0.0
+        self._read_at = float("-inf")
+        """``time.monotonic()`` when the pointer ``GET`` that gave ``_live`` was sent."""
         self._lock = asyncio.Lock()
 
     # --- the live version ------------------------------------------------------------------
@@ -192,36 +204,63 @@ class Lookup:
             return found
         return await self.refresh()
 
-    async def refresh(self, *, force: bool = False) -> LiveVersion:
-        """Read ``P:current`` again (one ``GET``; one more round trip when it changed)."""
+    async def refresh(self, *, force: bool = False, since: float | None = None) -> LiveVersion:
+        """Read ``P:current`` again (one ``GET``; one more round trip when it changed).
+
+        Parameters
+        ----------
+        force
+            Read the pointer even while the cache is fresh.
+        since
+            With ``force``: when the caller saw its key missing (the reply's arrival, as
+            ``time.monotonic()``); a pointer read sent at or after it by a concurrent caller
+            saw a state at least as new, and is reused instead of sending another.
+        """
         async with self._lock:
             if not force:
                 found = self.cached()
                 if found is not None:
                     return found
-            try:
-                raw = await self.client.get(self.current_key)
-            except _REDIS_FAILURES as exc:
-                raise redis_down(exc) from None
-            if raw is None:
-                detail = (
-                    f"no version is live: {self.current_key} is not set "
-                    "(fix: run `recsys nightly-batch`, or check RECSYS_REDIS__KEY_PREFIX)"
-                )
-                raise Unavailable("no_live_version", detail)
-            version = _text(raw) or ""
+            elif since is not None and self._live is not None and self._read_at >= since:
+                return self._live
+            sent = time.monotonic()
+            version = await self._pointer()
             if self._live is not None and self._live.version == version:
                 found = self._live
             else:
-                found = await self._load(version)
+                found, popular_found = await self._load(version)
+                if not popular_found:
+                    # The version's keys are being removed under us (cleanup after a newer
+                    # publish): the pointer has most likely moved on already.
+                    sent = time.monotonic()
+                    newer = await self._pointer()
+                    if newer != version:
+                        version = newer
+                        found, _ = await self._load(version)
                 if self._live is not None:
                     metrics.VERSION_CHANGES.inc()
                     log.info("live version is now %s (was %s)", version, self._live.version)
             self._live = found
+            self._read_at = sent
             self._expires = time.monotonic() + self.cache_seconds
             return found
 
-    async def _load(self, version: str) -> LiveVersion:
+    async def _pointer(self) -> str:
+        """The version id ``P:current`` names (one ``GET``)."""
+        try:
+            raw = await self.client.get(self.current_key)
+        except _REDIS_FAILURES as exc:
+            raise redis_down(exc) from None
+        if raw is None:
+            detail = (
+                f"no version is live: {self.current_key} is not set "
+                "(fix: run `recsys nightly-batch`, or check RECSYS_REDIS__KEY_PREFIX)"
+            )
+            raise Unavailable("no_live_version", detail)
+        return _text(raw) or ""
+
+    async def _load(self, version: str) -> tuple[LiveVersion, bool]:
+        """The version's cached facts, and whether its popular key was there."""
         try:
             keys.check_version(version)
         except ValueError:
@@ -261,7 +300,7 @@ class Lookup:
             detail = f"{popular_key} is not a comma-separated list of item ids"
             raise Unavailable("corrupt_value", detail) from None
         generated_at = meta["generated_at"] or meta["created_at"]
-        return LiveVersion(
+        live = LiveVersion(
             version=version,
             format=int(fmt),
             generated_at=generated_at,
@@ -270,6 +309,7 @@ class Lookup:
             user_prefix=keys.version_prefix(version, self.prefix) + "u:",
             items_key=keys.items_key(version, self.prefix),
         )
+        return live, popular_raw is not None
 
     # --- lookups ---------------------------------------------------------------------------
 
@@ -292,20 +332,41 @@ class Lookup:
         version does not know.
         """
         live = self.cached() or await self.refresh()
-        key = live.user_prefix + str(user_id)
-        if self.coalescer is not None:
-            raw = await self.coalescer.get(key)
-            if isinstance(raw, _Failed):
-                if isinstance(raw.error, _REDIS_FAILURES):
-                    raise redis_down(raw.error)
-                raise raw.error
-        else:
-            try:
-                raw = await self.client.get(key)
-            except _REDIS_FAILURES as exc:
-                raise redis_down(exc) from None
+        raw, received = await self._get(live.user_prefix + str(user_id))
+        if raw is None:  # unknown user, or a cached pointer naming an unlinked version
+            fresh = await self.refresh(force=True, since=received)
+            if fresh.version != live.version:
+                live = fresh
+                raw, _ = await self._get(live.user_prefix + str(user_id))
         items, source = self._items(live, user_id, raw, k)
         return live, items, source
+
+    async def _get(self, key: str) -> tuple[Any, float]:
+        """One key's value (bytes or None) and the ``time.monotonic()`` its reply came.
+
+        Goes through the coalescer when there is one.
+        """
+        if self.coalescer is not None:
+            got = await self.coalescer.get(key)
+            if isinstance(got, _Failed):
+                if isinstance(got.error, _REDIS_FAILURES):
+                    raise redis_down(got.error)
+                raise got.error
+            return got
+        try:
+            return await self.client.get(key), time.monotonic()
+        except _REDIS_FAILURES as exc:
+            raise redis_down(exc) from None
+
+    async def _mget(self, live: LiveVersion, user_ids: list[int]) -> list[Any]:
+        """The users' values under ``live`` (one ``MGET``; slot-aware split on a cluster)."""
+        names = [live.user_prefix + str(u) for u in user_ids]
+        try:
+            if self.cluster:
+                return list(await self.client.mget_nonatomic(names))
+            return list(await self.client.mget(names))
+        except _REDIS_FAILURES as exc:
+            raise redis_down(exc) from None
 
     async def many(
         self, user_ids: list[int], k: int
@@ -314,14 +375,12 @@ class Lookup:
         live = self.cached() or await self.refresh()
         if not user_ids:
             return live, []
-        names = [live.user_prefix + str(u) for u in user_ids]
-        try:
-            if self.cluster:
-                values = await self.client.mget_nonatomic(names)
-            else:
-                values = await self.client.mget(names)
-        except _REDIS_FAILURES as exc:
-            raise redis_down(exc) from None
+        values = await self._mget(live, user_ids)
+        if any(value is None for value in values):
+            fresh = await self.refresh(force=True, since=time.monotonic())  # reply just came
+            if fresh.version != live.version:  # the whole batch again: one version per answer
+                live = fresh
+                values = await self._mget(live, user_ids)
         results = []
         for user_id, raw in zip(user_ids, values, strict=True):
             items, source = self._items(live, user_id, raw, k)

@@ -177,11 +177,6 @@ def test_zero_5xx_and_one_version_per_answer_while_publishing(
     assert len({version for version, *_ in answers}) >= 5  # the flips were seen under load
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #7: after 2 publishes within current_cache_seconds the API's cached pointer "
-    "names an unlinked version: known users get the fallback list",
-)
 def test_known_user_never_gets_fallback_after_fast_republish(
     real_redis: redis.Redis, cfg: RedisConfig
 ) -> None:

@@ -319,15 +319,86 @@ class TestVersionCache:
                 calls.append(name)
                 return getattr(fake, name)
 
-        async def lookups() -> None:
+        async def lookups() -> list[list[str]]:
             lookup = Lookup(Counting(), PREFIX, 60.0)
             await lookup.one(1, 5)
             calls.clear()
-            for user in (1, 2, 3):
+            for user in (1, 2):
                 await lookup.one(user, 5)
+            hits = list(calls)
+            calls.clear()
+            await lookup.one(3, 5)  # unknown: the pointer is re-read before falling back
+            return [hits, list(calls)]
 
-        run(lookups())
-        assert calls == ["get", "get", "get"]
+        assert run(lookups()) == [["get", "get"], ["get", "get"]]
+
+    def test_stale_pointer_is_followed_on_a_miss(self, fake: Any) -> None:
+        """Issue #7: the cached version was unlinked by two quick publishes; a miss re-reads
+        the pointer and answers from the new version, for one user and for a batch."""
+
+        async def go() -> tuple[Any, ...]:
+            lookup = Lookup(fake, PREFIX, 60.0)
+            await lookup.live()
+            await seed_version(fake, "v3", {1: [31], 2: [32]}, [93])
+            for name in [k async for k in fake.scan_iter(match=f"{PREFIX}:v:v1:*")]:
+                await fake.unlink(name)
+            one = await lookup.one(2, 5)
+            await seed_version(fake, "v4", {1: [41], 2: [42]}, [94])
+            for name in [k async for k in fake.scan_iter(match=f"{PREFIX}:v:v3:u:1")]:
+                await fake.unlink(name)  # only part of v3 gone: the batch is read again whole
+            live, many = await lookup.many([1, 2, 3], 5)
+            return one, live, many
+
+        (live1, items1, source1), live, many = run(go())
+        assert (live1.version, items1, source1) == ("v3", [32], "personal")
+        assert live.version == "v4"
+        assert many == [(1, [41], "personal"), (2, [42], "personal"), (3, [94], "fallback")]
+
+    def test_concurrent_misses_share_one_pointer_read(self, fake: Any) -> None:
+        calls: list[str] = []
+
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                calls.append(name)
+                return getattr(fake, name)
+
+        async def go() -> list[Any]:
+            lookup = Lookup(Counting(), PREFIX, 60.0, coalesce=True)
+            await lookup.live()
+            calls.clear()
+            return await asyncio.gather(*(lookup.one(u, 2) for u in (7, 8, 9)))
+
+        answers = run(go())
+        assert [source for *_, source in answers] == ["fallback"] * 3
+        assert calls == ["mget", "get"]
+
+    def test_version_whose_popular_key_is_gone_is_not_cached(self, fake: Any) -> None:
+        """The pointer named a version whose keys are being removed (popular gone, meta not
+        yet): the pointer is read again and the newer version is used."""
+
+        async def go() -> str:
+            lookup = Lookup(fake, PREFIX, 60.0)
+            await seed_version(fake, "v5", {1: [51]}, [95], live=False)
+            await fake.unlink(keys.popular_key("v1", PREFIX))
+
+            real_get = fake.get
+            reads = 0
+
+            async def flipping_get(key: Any) -> Any:
+                nonlocal reads
+                if key == keys.current_key(PREFIX):
+                    reads += 1
+                    if reads == 2:  # the publish flipped between the two pointer reads
+                        await fake.set(keys.current_key(PREFIX), "v5")
+                return await real_get(key)
+
+            fake.get = flipping_get
+            try:
+                return (await lookup.live()).version
+            finally:
+                del fake.get
+
+        assert run(go()) == "v5"
 
 
 class TestOperations:
@@ -457,7 +528,7 @@ class TestCoalescing:
             return await asyncio.gather(*(lookup.one(u, 2) for u in (1, 2, 3, 1)))
 
         answers = run(go())
-        assert calls == ["mget"]
+        assert calls == ["mget", "get"]  # user 3 is unknown: the pointer is re-read once
         assert [(items, source) for _, items, source in answers] == [
             ([11, 12], "personal"),
             ([21, 22], "personal"),
