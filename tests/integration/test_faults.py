@@ -180,6 +180,34 @@ def midway(hook: Callable[[], None], after_chunks: int = 2) -> Callable[[Any], b
     return build
 
 
+class WhenUsersApplied:
+    """``hook`` once the server has applied at least one user key of the version being
+    written (not merely received it: the writer pipelines, so chunk 1 may still be queued).
+
+    Polled on a second connection: its reply comes after the server flushed its AOF
+    (``appendfsync always``), so what it sees survives a SIGKILL. After ``timeout`` seconds
+    ``hook`` runs anyway with ``applied`` False, which the test asserts against.
+    """
+
+    def __init__(
+        self, url: str, prefix: str, live: str, hook: Callable[[], None], timeout: float = 10.0
+    ) -> None:
+        self.url, self.prefix, self.live, self.hook, self.timeout = url, prefix, live, hook, timeout
+        self.applied = False
+
+    def __call__(self) -> None:
+        pattern = f"{self.prefix}:v:*:u:*"
+        mine = f"{self.prefix}:v:{self.live}:"
+        deadline = time.monotonic() + self.timeout
+        with contextlib.closing(redis.Redis.from_url(self.url)) as probe:
+            while not self.applied and time.monotonic() < deadline:
+                names = probe.scan_iter(match=pattern, count=10_000)
+                self.applied = any(not name.decode().startswith(mine) for name in names)
+                if not self.applied:
+                    time.sleep(0.01)
+        self.hook()
+
+
 # --- Redis stops or dies in the middle of a publish ----------------------------------------
 
 
@@ -200,12 +228,14 @@ def test_redis_stops_mid_publish(
 
         with monkeypatch.context() as patch:
             sig = signal.SIGSTOP if how == "hangs" else signal.SIGKILL
-            patch.setattr(publish, "resp_exists_command", midway(lambda: server.signal(sig)))
+            stop = WhenUsersApplied(server.url, key_prefix, before, lambda: server.signal(sig))
+            patch.setattr(publish, "resp_exists_command", midway(stop))
             started = time.monotonic()
             failed = nightly(env)
             took = time.monotonic() - started
         assert failed.exit_code == 4, failed.output
         assert "live version was left untouched" in flat(failed.output)
+        assert stop.applied  # stopped mid-write: the server had applied some user keys
         assert took < 20  # socket timeouts and bounded retries, not a hang
 
         if how == "hangs":
