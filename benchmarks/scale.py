@@ -260,7 +260,9 @@ def main() -> None:
     )
     parser.add_argument("--shard-users", type=int, default=5_000)
     parser.add_argument("--train-users", type=int, default=25_000)
-    parser.add_argument("--negatives", type=int, default=20, help="negatives per user")
+    parser.add_argument(
+        "--negatives", type=int, default=None, help="negatives per user (default: all)"
+    )
     parser.add_argument("--trees", type=int, default=100, help="LightGBM n_estimators")
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--max-candidates", type=int, default=100, help="stage-1 union cap")
