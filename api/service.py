@@ -245,12 +245,37 @@ class Lookup:
             self._expires = time.monotonic() + self.cache_seconds
             return found
 
+    async def recheck(self, since: float) -> LiveVersion:
+        """The live version after a key was found missing at ``since`` (``time.monotonic()``).
+
+        A pointer read sent at or after ``since`` is reused; otherwise one ``GET`` goes out,
+        through the coalescer when there is one (concurrent misses and lookups share an
+        ``MGET``) and without the lock. Only when the pointer moved does it take the lock
+        and load the new version (:meth:`refresh`).
+        """
+        live = self._live
+        if live is not None and self._read_at >= since:
+            return live
+        sent = time.monotonic()
+        raw, _ = await self._get(self.current_key)
+        version = self._version_of(raw)
+        live = self._live
+        if live is not None and live.version == version:
+            self._read_at = max(self._read_at, sent)
+            self._expires = max(self._expires, time.monotonic() + self.cache_seconds)
+            return live
+        return await self.refresh(force=True, since=sent)
+
     async def _pointer(self) -> str:
         """The version id ``P:current`` names (one ``GET``)."""
         try:
             raw = await self.client.get(self.current_key)
         except _REDIS_FAILURES as exc:
             raise redis_down(exc) from None
+        return self._version_of(raw)
+
+    def _version_of(self, raw: Any) -> str:
+        """The pointer's value as a version id; :class:`Unavailable` when it is not set."""
         if raw is None:
             detail = (
                 f"no version is live: {self.current_key} is not set "
@@ -334,7 +359,7 @@ class Lookup:
         live = self.cached() or await self.refresh()
         raw, received = await self._get(live.user_prefix + str(user_id))
         if raw is None:  # unknown user, or a cached pointer naming an unlinked version
-            fresh = await self.refresh(force=True, since=received)
+            fresh = await self.recheck(received)
             if fresh.version != live.version:
                 live = fresh
                 raw, _ = await self._get(live.user_prefix + str(user_id))
@@ -377,7 +402,7 @@ class Lookup:
             return live, []
         values = await self._mget(live, user_ids)
         if any(value is None for value in values):
-            fresh = await self.refresh(force=True, since=time.monotonic())  # reply just came
+            fresh = await self.recheck(time.monotonic())  # the reply just came
             if fresh.version != live.version:  # the whole batch again: one version per answer
                 live = fresh
                 values = await self._mget(live, user_ids)

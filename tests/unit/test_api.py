@@ -370,7 +370,7 @@ class TestVersionCache:
 
         answers = run(go())
         assert [source for *_, source in answers] == ["fallback"] * 3
-        assert calls == ["mget", "get"]
+        assert calls == ["mget", "mget"]  # the users, then the pointer re-read by all three
 
     def test_version_whose_popular_key_is_gone_is_not_cached(self, fake: Any) -> None:
         """The pointer named a version whose keys are being removed (popular gone, meta not
