@@ -46,7 +46,7 @@ import polars as pl
 from recsys_batch import columns as C
 from recsys_batch import keys, publish, sharding, split, store
 from recsys_batch.config import Settings
-from recsys_batch.errors import PublishError, RecsysError
+from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
 from recsys_batch.features import before_cut, item_features
 
 log = logging.getLogger(__name__)
@@ -365,6 +365,14 @@ class Executor(Protocol):
     ) -> list[ShardResult]: ...
 
 
+def _deterministic(exc: BaseException) -> bool:
+    """A ``RecsysError`` about the data or config (not Redis): the same on every attempt.
+
+    It keeps its own type and exit code (2 for bad data, an empty stage, ...).
+    """
+    return isinstance(exc, RecsysError) and not isinstance(exc, PublishError)
+
+
 def _failed(shard: int, attempts: int, exc: BaseException) -> ShardError:
     msg = (
         f"shard {shard} failed after {attempts} attempt(s): {type(exc).__name__}: {exc}; "
@@ -390,6 +398,8 @@ class LocalExecutor:
                     results.append(fn(ctx, shard, users))
                     break
                 except Exception as exc:
+                    if _deterministic(exc):
+                        raise
                     if attempt > self.retries:
                         raise _failed(shard, attempt, exc) from exc
                     log.warning(
@@ -459,6 +469,8 @@ class DaskExecutor:
                     try:
                         results.append(future.result())
                     except Exception as exc:
+                        if _deterministic(exc):
+                            raise
                         raise _failed(shard, self.retries + 1, exc) from exc
             finally:
                 client.cancel(list(futures.values()))
@@ -593,8 +605,10 @@ def publish_shards(
     )
     if published.len() == 0:
         publish.unlink_version(client, version, settings.redis)
-        msg = "no shard produced recommendations; refusing to publish an empty version"
-        raise RecsysError(msg)
+        msg = (
+            "stage 'recommend' produced zero recommendations; refusing to publish an empty version"
+        )
+        raise EmptyStageError(msg, fix="check the input data and the prefilter settings")
     old = finish_version(client, version, published, popular, items_attrs, settings)
     seconds["finish"] = time.perf_counter() - started
     log.info(

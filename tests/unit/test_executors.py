@@ -105,3 +105,19 @@ def test_reference_rows_carry_the_newest_day_before_the_cut() -> None:
 
 def test_a_failed_shard_exits_like_a_failed_publish() -> None:
     assert E.ShardError("shard 3 failed").exit_code == 4
+
+
+def test_a_data_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> None:
+    from recsys_batch.errors import EmptyStageError  # noqa: PLC0415
+
+    calls: list[int] = []
+
+    def empty(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+        calls.append(shard)
+        msg = "no candidates"
+        raise EmptyStageError(msg)
+
+    with pytest.raises(EmptyStageError) as caught:
+        E.LocalExecutor(retries=3).map_shards(empty, context(), shards(2))
+    assert caught.value.exit_code == 2
+    assert calls == [0]
