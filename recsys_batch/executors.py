@@ -80,6 +80,8 @@ class ShardContext:
     users: pl.DataFrame | None = None
     transactions: pl.DataFrame | None = None
     """All catalogue-applied transactions in memory, or None when ``shards_dir`` is set."""
+    partitions: dict[int, pl.DataFrame] | None = None
+    """The same rows split by shard once (:func:`partition_transactions`), when in memory."""
     shards_dir: Path | None = None
     """Per-shard parquet folders (``sharding.write_shards``), read by each task."""
     version: str | None = None
@@ -89,6 +91,9 @@ class ShardContext:
         """The rows of the users of ``shard``."""
         if self.shards_dir is not None:
             return sharding.scan_shard(self.shards_dir, shard).collect()
+        if self.partitions is not None:
+            empty = self.partitions.get(-1)
+            return self.partitions.get(shard, empty if empty is not None else pl.DataFrame())
         if self.transactions is None:
             msg = "ShardContext needs transactions or shards_dir"
             raise ValueError(msg)
@@ -540,9 +545,21 @@ def build_context(
         n_shards=n_shards,
         items=items.collect() if items is not None else None,
         users=users.collect() if users is not None else None,
-        transactions=None if shards_dir is not None else tx.collect(),
+        partitions=None
+        if shards_dir is not None
+        else partition_transactions(tx.collect(), n_shards),
         shards_dir=shards_dir,
     )
+
+
+def partition_transactions(tx: pl.DataFrame, n_shards: int) -> dict[int, pl.DataFrame]:
+    """Rows of each shard, split in one pass (key -1: an empty frame with the schema)."""
+    parts = tx.with_columns(sharding.shard_of(n_shards)).partition_by(
+        sharding.SHARD, as_dict=True, include_key=False
+    )
+    split_parts = {int(key[0]): part for key, part in parts.items()}  # type: ignore[call-overload]
+    split_parts[-1] = tx.clear()
+    return split_parts
 
 
 def plan_shards(user_ids: pl.LazyFrame, n_shards: int) -> list[tuple[int, pl.DataFrame]]:

@@ -121,3 +121,18 @@ def test_a_data_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> Non
         E.LocalExecutor(retries=3).map_shards(empty, context(), shards(2))
     assert caught.value.exit_code == 2
     assert calls == [0]
+
+
+def test_partitioned_transactions_match_the_filter() -> None:
+    ctx = context()
+    tx = pl.DataFrame({C.USER: list(range(40)), C.ITEM: list(range(40))})
+    ctx.partitions = E.partition_transactions(tx, 3)
+    ctx.transactions = tx
+    for s in range(3):
+        by_partition = ctx.shard_transactions(s)
+        ctx.partitions, saved = None, ctx.partitions
+        assert by_partition.equals(ctx.shard_transactions(s))
+        ctx.partitions = saved
+    assert ctx.partitions is not None
+    assert ctx.partitions[-1].height == 0
+    assert ctx.partitions[-1].columns == [C.USER, C.ITEM]
