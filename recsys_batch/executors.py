@@ -86,6 +86,8 @@ class ShardContext:
     """Per-shard parquet folders (``sharding.write_shards``), read by each task."""
     version: str | None = None
     """The Redis version being written (None: score only, nothing is published)."""
+    output_dir: Path | None = None
+    """When set, each shard also writes its recommendations to ``shard=NNNNN.parquet`` here."""
 
     def shard_transactions(self, shard: int) -> pl.DataFrame:
         """The rows of the users of ``shard``."""
@@ -235,6 +237,9 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         seconds=seconds,
         user_ids=recs[C.USER].unique().sort(),
     )
+    if ctx.output_dir is not None:
+        Path(ctx.output_dir).mkdir(parents=True, exist_ok=True)
+        recs.write_parquet(Path(ctx.output_dir) / f"{sharding.SHARD}={shard:05d}.parquet")
     if ctx.version is None:
         result.recommendations = recs
     elif recs.height:
