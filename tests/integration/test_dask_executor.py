@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -209,3 +210,12 @@ def test_a_shard_that_keeps_failing_flips_nothing(
     assert publish.live_version(client, settings.redis) == live.version
     assert publish.all_versions(client, settings.redis) == [live.version]
     assert len(published_values(client, live.version or "", settings)) == trained.user_ids.height
+
+
+def test_shards_write_their_recommendations_when_asked(trained: Trained, tmp_path: Path) -> None:
+    ctx = context(trained, trained.settings)
+    ctx.output_dir = tmp_path / "recommendations.parquet"
+    E.score_shards(ctx, trained.user_ids.lazy(), E.LocalExecutor())
+    assert len(list(ctx.output_dir.glob("shard=*.parquet"))) == N_SHARDS
+    saved = pl.read_parquet(ctx.output_dir).sort(C.USER, C.RANK)
+    assert_frame_equal(saved, trained.expected.sort(C.USER, C.RANK))
