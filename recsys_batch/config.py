@@ -165,10 +165,17 @@ class FeaturesConfig(_Section):
 class RankerConfig(_Section):
     """Stage 2: LightGBM."""
 
-    objective: Literal["binary", "lambdarank"] = "binary"
+    objective: Literal["binary", "lambdarank"] = "lambdarank"
+    """``lambdarank`` (default) learns the per-user order from graded labels (``max_label``);
+    ``binary`` predicts bought / not bought (the label is clipped to 0/1)."""
+    max_label: int = 3
+    """Training label = distinct days the user bought the item in the stage-2 window, capped
+    here (1 = bought or not). Only ``lambdarank`` uses grades above 1."""
+    n_models: int = 3
+    """Bagged ensemble: this many models (seeds ``seed``, ``seed + 1``, ...), scores averaged."""
     n_estimators: int = 600
     learning_rate: float = 0.05
-    num_leaves: int = 63
+    num_leaves: int = 15
     min_child_samples: int = 50
     feature_fraction: float = 0.8
     bagging_fraction: float = 0.8

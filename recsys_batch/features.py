@@ -20,8 +20,9 @@ import polars as pl
 from recsys_batch import columns as C
 from recsys_batch.config import FeaturesConfig, PrefilterConfig
 
-# Purchases of non-catalogue items carry this id (PrefilterConfig.placeholder_item default);
-# they count for user totals but are never an item of their own here.
+# Purchases of non-catalogue items carry ``settings.prefilter.placeholder_item``: they count
+# for user totals but are never an item of their own here. Every function takes the configured
+# id as ``placeholder_item``; this default is only for callers without a configuration.
 PLACEHOLDER = PrefilterConfig().placeholder_item
 _REF_DAY = "_ref_day"
 _PRICE = "_unit_price"
@@ -54,7 +55,13 @@ def _prepared(transactions: pl.LazyFrame, as_of_week: int) -> pl.LazyFrame:
     )
 
 
-def user_features(transactions: pl.LazyFrame, as_of_week: int, cfg: FeaturesConfig) -> pl.LazyFrame:
+def user_features(
+    transactions: pl.LazyFrame,
+    as_of_week: int,
+    cfg: FeaturesConfig,
+    *,
+    placeholder_item: int = PLACEHOLDER,
+) -> pl.LazyFrame:
     """One row per user: baskets, spend, visit interval, recency, discount use, basket size.
 
     Columns are prefixed ``u_``.
@@ -86,7 +93,7 @@ def user_features(transactions: pl.LazyFrame, as_of_week: int, cfg: FeaturesConf
         pl.col(C.ITEM).n_unique().alias("u_distinct_items"),
         pl.col(_DISC).mean().alias("u_discount_share"),
         pl.col(_COUPON).mean().alias("u_coupon_share"),
-        (pl.col(C.ITEM) == PLACEHOLDER).mean().alias("u_placeholder_share"),
+        (pl.col(C.ITEM) == placeholder_item).mean().alias("u_placeholder_share"),
         pl.col(C.STORE).n_unique().alias("u_stores"),
     )
     return per_basket.join(per_line, on=C.USER, how="left").with_columns(
@@ -96,12 +103,18 @@ def user_features(transactions: pl.LazyFrame, as_of_week: int, cfg: FeaturesConf
     )
 
 
-def item_features(transactions: pl.LazyFrame, as_of_week: int, cfg: FeaturesConfig) -> pl.LazyFrame:
+def item_features(
+    transactions: pl.LazyFrame,
+    as_of_week: int,
+    cfg: FeaturesConfig,
+    *,
+    placeholder_item: int = PLACEHOLDER,
+) -> pl.LazyFrame:
     """One row per item: popularity and its trend, price, discount share, stores, weeks sold.
 
     Columns are prefixed ``i_``.
     """
-    tx = _prepared(transactions, as_of_week).filter(pl.col(C.ITEM) != PLACEHOLDER)
+    tx = _prepared(transactions, as_of_week).filter(pl.col(C.ITEM) != placeholder_item)
     recent = pl.col(C.WEEK) >= as_of_week - cfg.recent_weeks
     previous = pl.col(C.WEEK).is_between(
         as_of_week - 2 * cfg.recent_weeks, as_of_week - cfg.recent_weeks, closed="left"
@@ -138,7 +151,11 @@ def item_features(transactions: pl.LazyFrame, as_of_week: int, cfg: FeaturesConf
 
 
 def user_item_features(
-    transactions: pl.LazyFrame, as_of_week: int, cfg: FeaturesConfig
+    transactions: pl.LazyFrame,
+    as_of_week: int,
+    cfg: FeaturesConfig,
+    *,
+    placeholder_item: int = PLACEHOLDER,
 ) -> pl.LazyFrame:
     """One row per (user, item) bought before the cut: repurchase history and timing.
 
@@ -147,7 +164,7 @@ def user_item_features(
     Columns are prefixed ``ui_``.
     """
     everything = _prepared(transactions, as_of_week)
-    tx = everything.filter(pl.col(C.ITEM) != PLACEHOLDER)
+    tx = everything.filter(pl.col(C.ITEM) != placeholder_item)
     # The user's shopping days numbered 1..n: timing in visits, not just in days, so an
     # irregular shopper is not "overdue" just because they did not come to the store.
     visits = (
@@ -243,7 +260,12 @@ def user_item_features(
 
 
 def window_hit_rate(
-    transactions: pl.LazyFrame, as_of_week: int, horizon_weeks: int, cfg: FeaturesConfig
+    transactions: pl.LazyFrame,
+    as_of_week: int,
+    horizon_weeks: int,
+    cfg: FeaturesConfig,
+    *,
+    placeholder_item: int = PLACEHOLDER,
 ) -> pl.LazyFrame:
     """Per (user, item): share of past ``horizon_weeks``-week windows holding a purchase.
 
@@ -257,7 +279,7 @@ def window_hit_rate(
     first = tx.group_by(C.USER).agg(pl.col(C.WEEK).min().alias("_first_week"))
     last_start = as_of_week - horizon_weeks
     starts = (
-        tx.filter(pl.col(C.ITEM) != PLACEHOLDER)
+        tx.filter(pl.col(C.ITEM) != placeholder_item)
         .select(C.USER, C.ITEM, C.WEEK)
         .unique()
         # A purchase in week w hits every window starting in w - horizon + 1 .. w.
@@ -284,13 +306,15 @@ def user_group_features(
     group: str,
     prefix: str,
     cfg: FeaturesConfig,
+    *,
+    placeholder_item: int = PLACEHOLDER,
 ) -> pl.LazyFrame:
     """One row per (user, ``group`` value): share of the user's purchases and recency.
 
     ``group`` is an item attribute such as ``department`` or ``category``; purchases of the
     placeholder item have no attribute and are not counted.
     """
-    tx = _prepared(transactions, as_of_week).filter(pl.col(C.ITEM) != PLACEHOLDER)
+    tx = _prepared(transactions, as_of_week).filter(pl.col(C.ITEM) != placeholder_item)
     attr = items.select(C.ITEM, group).unique(subset=C.ITEM)
     lines = tx.join(attr, on=C.ITEM, how="inner").filter(pl.col(group).is_not_null())
     totals = lines.group_by(C.USER).agg(
@@ -392,6 +416,7 @@ def build_features(
     *,
     user_factors: pl.DataFrame | None = None,
     item_factors: pl.DataFrame | None = None,
+    placeholder_item: int = PLACEHOLDER,
 ) -> FeatureSet:
     """Join every feature family onto the candidates (schema ``CANDIDATES``), as of the cut.
 
@@ -403,6 +428,8 @@ def build_features(
         Catalogue-applied purchases; only ``week < as_of_week`` is read.
     items, users
         Product attributes and demographics, or None (their features are then constant).
+    placeholder_item
+        The id non-catalogue purchases carry (``settings.prefilter.placeholder_item``).
 
     Returns
     -------
@@ -411,12 +438,17 @@ def build_features(
         and the ordered feature names; ``categorical`` lists the integer-coded categoricals.
     """
     base_cols = [c for c in candidates.collect_schema().names() if c not in (C.USER, C.ITEM)]
+    ph = {"placeholder_item": placeholder_item}
     frame = (
-        candidates.join(user_features(transactions, as_of_week, cfg), on=C.USER, how="left")
-        .join(item_features(transactions, as_of_week, cfg), on=C.ITEM, how="left")
-        .join(user_item_features(transactions, as_of_week, cfg), on=[C.USER, C.ITEM], how="left")
+        candidates.join(user_features(transactions, as_of_week, cfg, **ph), on=C.USER, how="left")
+        .join(item_features(transactions, as_of_week, cfg, **ph), on=C.ITEM, how="left")
         .join(
-            window_hit_rate(transactions, as_of_week, cfg.horizon_weeks, cfg),
+            user_item_features(transactions, as_of_week, cfg, **ph),
+            on=[C.USER, C.ITEM],
+            how="left",
+        )
+        .join(
+            window_hit_rate(transactions, as_of_week, cfg.horizon_weeks, cfg, **ph),
             on=[C.USER, C.ITEM],
             how="left",
         )
@@ -450,7 +482,7 @@ def build_features(
         frame = frame.join(item_groups, on=C.ITEM, how="left")
         for group, prefix in ((C.DEPARTMENT, "ud"), (C.CATEGORY, "uc")):
             frame = frame.join(
-                user_group_features(transactions, items, as_of_week, group, prefix, cfg),
+                user_group_features(transactions, items, as_of_week, group, prefix, cfg, **ph),
                 on=[C.USER, group],
                 how="left",
             ).with_columns(
@@ -473,18 +505,24 @@ def build_features(
     return FeatureSet(frame=frame, feature_names=tuple(ordered), categorical=tuple(categorical))
 
 
-def targets(window_transactions: pl.LazyFrame, placeholder_item: int) -> pl.LazyFrame:
-    """Distinct (user, item) bought in a window, the placeholder excluded (``target`` = 1)."""
+def targets(
+    window_transactions: pl.LazyFrame, placeholder_item: int, max_label: int = 1
+) -> pl.LazyFrame:
+    """Distinct (user, item) bought in a window, the placeholder excluded, with ``target``.
+
+    ``target`` is the number of distinct days the user bought the item in the window, capped
+    at ``max_label`` (the default 1: bought = 1); a graded label for ``lambdarank``. The set
+    of positives is the same for every ``max_label``.
+    """
     return (
         window_transactions.filter(pl.col(C.ITEM) != placeholder_item)
-        .select(C.USER, C.ITEM)
-        .unique()
-        .with_columns(pl.lit(1, dtype=pl.Int8).alias(C.TARGET))
+        .group_by(C.USER, C.ITEM)
+        .agg(pl.col(C.DAY).n_unique().clip(1, max(max_label, 1)).cast(pl.Int8).alias(C.TARGET))
     )
 
 
 def with_targets(candidates: pl.LazyFrame, truth: pl.LazyFrame) -> pl.LazyFrame:
-    """``candidates`` plus ``target`` (1 when the user bought the item in the window, else 0)."""
+    """``candidates`` plus ``target`` (the label of :func:`targets`, 0 when not bought)."""
     return candidates.join(truth, on=[C.USER, C.ITEM], how="left").with_columns(
         pl.col(C.TARGET).fill_null(0).cast(pl.Int8)
     )

@@ -3,6 +3,11 @@
 ``fit_ranker`` collects the training frame once, sorts it by user (lambdarank needs contiguous
 groups), optionally samples negatives per user, holds out a share of *users* for early
 stopping, and trains with a fixed seed and thread count (deterministic for a given input).
+
+The label is ``target``: 0/1, or a graded purchase count for ``lambdarank`` (the binary
+objective clips it to 0/1). ``ranker.n_models`` > 1 trains a bagged ensemble (seeds
+``seed, seed + 1, ...``); its score is the mean of the members' raw scores, so it depends only
+on the candidate's own features (a user's ranking does not change with the shard it is in).
 """
 
 from __future__ import annotations
@@ -28,17 +33,28 @@ META_FILE = "ranker.json"
 
 @dataclass
 class Ranker:
-    """A trained LightGBM booster and the feature columns it expects, in order."""
+    """Trained LightGBM booster(s) and the feature columns they expect, in order.
+
+    ``booster``/``best_iteration`` is the first model; ``bagged`` holds the other members of
+    a bagged ensemble as ``(booster, best_iteration)`` pairs (empty for a single model).
+    """
 
     booster: lgb.Booster
     feature_names: tuple[str, ...]
     categorical: tuple[str, ...]
     best_iteration: int
+    bagged: tuple[tuple[lgb.Booster, int], ...] = ()
+
+    @property
+    def members(self) -> tuple[tuple[lgb.Booster, int], ...]:
+        """Every ``(booster, best_iteration)`` of the ensemble, the first model first."""
+        return ((self.booster, self.best_iteration), *self.bagged)
 
     def importances(self, kind: str = "gain") -> pl.DataFrame:
-        """``feature``, ``importance`` (total gain by default), most important first."""
-        values = self.booster.feature_importance(
-            importance_type=kind, iteration=self.best_iteration
+        """``feature``, ``importance`` (total gain by default, summed over the ensemble)."""
+        values = sum(
+            booster.feature_importance(importance_type=kind, iteration=best).astype(np.float64)
+            for booster, best in self.members
         )
         return pl.DataFrame(
             {"feature": list(self.feature_names), "importance": values.astype(np.float64)}
@@ -90,18 +106,26 @@ def _params(cfg: RankerConfig) -> dict[str, object]:
     if cfg.objective == "lambdarank":
         params["metric"] = "ndcg"
         params["eval_at"] = [cfg.top_k]
+        # Gain 2^label - 1 for the graded labels 0..max_label (purchase days in the window).
+        params["label_gain"] = [float(2**g - 1) for g in range(max(cfg.max_label, 1) + 1)]
     else:
         params["metric"] = "binary_logloss"
     return params
 
 
+def training_label(target: pl.Series, cfg: RankerConfig) -> np.ndarray:
+    """The LightGBM label: 0/1 for ``binary``, the target capped at ``max_label`` otherwise."""
+    top = 1 if cfg.objective == "binary" else max(cfg.max_label, 1)
+    return target.clip(0, top).cast(pl.Int32).to_numpy()
+
+
 def _dataset(
-    frame: pl.DataFrame, names: tuple[str, ...], categorical: tuple[str, ...]
+    frame: pl.DataFrame, names: tuple[str, ...], categorical: tuple[str, ...], cfg: RankerConfig
 ) -> lgb.Dataset:
     group = frame.group_by(C.USER, maintain_order=True).len()["len"].to_numpy()
     return lgb.Dataset(
         feature_matrix(frame, names),
-        label=frame[C.TARGET].to_numpy(),
+        label=training_label(frame[C.TARGET], cfg),
         group=group,
         feature_name=list(names),
         categorical_feature=list(categorical),
@@ -127,7 +151,7 @@ def fit_ranker(
     start = time.perf_counter()
     frame = train.select(C.USER, C.ITEM, C.TARGET, *feature_names).collect()
     with_positive = frame.group_by(C.USER).agg(pl.col(C.TARGET).max().alias("_any"))
-    keep = with_positive.filter(pl.col("_any") == 1).select(C.USER)
+    keep = with_positive.filter(pl.col("_any") > 0).select(C.USER)
     frame = frame.join(keep, on=C.USER, how="semi")
     if frame.is_empty():
         msg = "stage-2 training set has no positive: no candidate was bought in the target window"
@@ -140,29 +164,34 @@ def fit_ranker(
     valid_users = validation_users(frame[C.USER], cfg.validation_share, cfg.seed)
     is_valid = frame[C.USER].is_in(valid_users.implode())
     train_part, valid_part = frame.filter(~is_valid), frame.filter(is_valid)
-    train_set = _dataset(train_part, feature_names, categorical)
-    callbacks = []
-    valid_sets = []
-    if not valid_part.is_empty():
-        valid_sets = [_dataset(valid_part, feature_names, categorical)]
-        callbacks.append(lgb.early_stopping(cfg.early_stopping_rounds, verbose=False))
-    booster = lgb.train(
-        _params(cfg),
-        train_set,
-        num_boost_round=cfg.n_estimators,
-        valid_sets=valid_sets,
-        callbacks=callbacks,
-    )
-    best = booster.best_iteration or booster.current_iteration()
+    members: list[tuple[lgb.Booster, int]] = []
+    for member in range(max(cfg.n_models, 1)):
+        member_cfg = cfg.model_copy(update={"seed": cfg.seed + member})
+        train_set = _dataset(train_part, feature_names, categorical, member_cfg)
+        callbacks = []
+        valid_sets = []
+        if not valid_part.is_empty():
+            valid_sets = [_dataset(valid_part, feature_names, categorical, member_cfg)]
+            callbacks.append(lgb.early_stopping(cfg.early_stopping_rounds, verbose=False))
+        booster = lgb.train(
+            _params(member_cfg),
+            train_set,
+            num_boost_round=cfg.n_estimators,
+            valid_sets=valid_sets,
+            callbacks=callbacks,
+        )
+        members.append((booster, int(booster.best_iteration or booster.current_iteration())))
     log.info(
-        "ranker: %d rows (%d users, %.3f positive), best iteration %d, %.1fs",
+        "ranker: %d rows (%d users, %.3f positive), %d model(s), best iterations %s, %.1fs",
         frame.height,
         frame[C.USER].n_unique(),
-        float(frame[C.TARGET].mean() or 0.0),
-        best,
+        float((frame[C.TARGET] > 0).mean() or 0.0),
+        len(members),
+        [best for _, best in members],
         time.perf_counter() - start,
     )
-    return Ranker(booster, tuple(feature_names), tuple(categorical), int(best))
+    (first, best), *rest = members
+    return Ranker(first, tuple(feature_names), tuple(categorical), best, tuple(rest))
 
 
 def score(ranker: Ranker, candidates: pl.LazyFrame) -> pl.DataFrame:
@@ -172,8 +201,9 @@ def score(ranker: Ranker, candidates: pl.LazyFrame) -> pl.DataFrame:
         return frame.select(C.USER, C.ITEM).with_columns(
             pl.lit(None, dtype=pl.Float32).alias(C.SCORE)
         )
-    values = ranker.booster.predict(
-        feature_matrix(frame, ranker.feature_names), num_iteration=ranker.best_iteration
+    matrix = feature_matrix(frame, ranker.feature_names)
+    values = np.mean(
+        [booster.predict(matrix, num_iteration=best) for booster, best in ranker.members], axis=0
     )
     return frame.select(C.USER, C.ITEM).with_columns(pl.Series(C.SCORE, values, dtype=pl.Float32))
 
@@ -197,16 +227,24 @@ def top_k(scored: pl.LazyFrame, k: int) -> pl.LazyFrame:
     )
 
 
+def _member_file(number: int) -> str:
+    """File of the ``number``-th extra member of a bagged ensemble (1-based)."""
+    return f"ranker_{number}.txt"
+
+
 def save_ranker(ranker: Ranker, folder: Path) -> None:
     """Write the booster as LightGBM text plus a small JSON of feature metadata."""
     import json  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
     ranker.booster.save_model(str(folder / BOOSTER_FILE), num_iteration=ranker.best_iteration)
+    for number, (booster, best) in enumerate(ranker.bagged, start=1):
+        booster.save_model(str(folder / _member_file(number)), num_iteration=best)
     meta = {
         "feature_names": list(ranker.feature_names),
         "categorical": list(ranker.categorical),
         "best_iteration": ranker.best_iteration,
+        "bagged_best_iterations": [best for _, best in ranker.bagged],
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -217,9 +255,14 @@ def load_ranker(folder: Path) -> Ranker:
 
     meta = json.loads((folder / META_FILE).read_text())
     booster = lgb.Booster(model_file=str(folder / BOOSTER_FILE))
+    bagged = tuple(
+        (lgb.Booster(model_file=str(folder / _member_file(number))), int(best))
+        for number, best in enumerate(meta.get("bagged_best_iterations", []), start=1)
+    )
     return Ranker(
         booster,
         tuple(meta["feature_names"]),
         tuple(meta["categorical"]),
         int(meta["best_iteration"]),
+        bagged,
     )

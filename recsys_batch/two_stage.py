@@ -93,6 +93,7 @@ def featured_candidates(
         settings.features,
         user_factors=user_f,
         item_factors=item_f,
+        placeholder_item=settings.prefilter.placeholder_item,
     )
 
 
@@ -135,7 +136,7 @@ def training_frame(
     feats = featured_candidates(
         history_model, tx, items, users, target_users, windows.history_end, settings
     )
-    truth = targets(split.stage2_window(tx, windows), placeholder)
+    truth = targets(split.stage2_window(tx, windows), placeholder, settings.ranker.max_label)
     frame = with_targets(feats.frame, truth).sort(C.USER, C.ITEM).collect()
     return frame, feats, history_model
 

@@ -175,3 +175,47 @@ class TestLeakage:
         feats = build_features(candidates([(10, 101)]), tx_rows(BEFORE), None, None, CUT, CFG)
         assert feats.categorical == ()
         assert feats.frame.collect().height == 1
+
+
+class TestTargets:
+    WINDOW = [(10, 1, 30, 101, 6), (10, 2, 31, 101, 6), (10, 2, 31, 101, 6), (10, 3, 32, 101, 7)]
+
+    def test_default_label_is_bought(self) -> None:
+        from recsys_batch.features import targets  # noqa: PLC0415
+
+        got = targets(tx_rows([*self.WINDOW, (20, 4, 30, 999999, 6)]), 999999).collect()
+        assert got.rows() == [(10, 101, 1)]
+
+    def test_graded_label_counts_distinct_days_capped(self) -> None:
+        from recsys_batch.features import targets  # noqa: PLC0415
+
+        rows = [*self.WINDOW, (20, 5, 30, 102, 6)]
+        got = {(u, i): t for u, i, t in targets(tx_rows(rows), 999999, 2).collect().rows()}
+        # user 10 bought 101 on days 30, 31, 32 (two lines on day 31): 3 days, capped at 2.
+        assert got == {(10, 101): 2, (20, 102): 1}
+        got5 = {(u, i): t for u, i, t in targets(tx_rows(rows), 999999, 5).collect().rows()}
+        assert got5[(10, 101)] == 3
+
+
+class TestPlaceholderIsConfigured:
+    def test_custom_placeholder_id_is_not_an_item_but_counts_for_the_user(self) -> None:
+        # The same data with the non-catalogue purchase carrying id 7 instead of 999999.
+        rows = [(u, b, d, 7 if i == 999999 else i, w) for u, b, d, i, w in BEFORE]
+        items = item_features(tx_rows(rows), CUT, CFG, placeholder_item=7).collect()
+        assert 7 not in items[C.ITEM].to_list()
+        ui = user_item_features(tx_rows(rows), CUT, CFG, placeholder_item=7).collect()
+        assert 7 not in ui[C.ITEM].to_list()
+        users = user_features(tx_rows(rows), CUT, CFG, placeholder_item=7).collect()
+        share = dict(zip(users[C.USER], users["u_placeholder_share"], strict=True))
+        assert share[20] == pytest.approx(0.5)
+        # With the default id, 7 would be an ordinary item and no purchase a placeholder.
+        default = user_features(tx_rows(rows), CUT, CFG).collect()
+        assert default["u_placeholder_share"].max() == 0.0
+
+    def test_build_features_threads_the_id(self) -> None:
+        rows = [(u, b, d, 7 if i == 999999 else i, w) for u, b, d, i, w in BEFORE]
+        feats = build_features(
+            candidates([(20, 101)]), tx_rows(rows), None, None, CUT, CFG, placeholder_item=7
+        )
+        frame = feats.frame.collect()
+        assert frame["u_placeholder_share"][0] == pytest.approx(0.5)

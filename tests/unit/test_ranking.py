@@ -115,3 +115,53 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     loaded = load_ranker(tmp_path)
     assert loaded.feature_names == FEATURES
     assert_frame_equal(score(ranker, training(3).lazy()), score(loaded, training(3).lazy()))
+
+
+class TestLabelsAndBagging:
+    def graded(self) -> pl.DataFrame:
+        frame = training()
+        # Grade 2 where the signal is very high: a graded label the ranker can use.
+        return frame.with_columns(
+            (pl.col(C.TARGET) + (pl.col("signal") > 0.95).cast(pl.Int8)).alias(C.TARGET)
+        )
+
+    def test_binary_clips_graded_label(self) -> None:
+        from recsys_batch.ranking import training_label  # noqa: PLC0415
+
+        target = pl.Series([0, 1, 2, 3], dtype=pl.Int8)
+        assert training_label(target, CFG.model_copy(update={"objective": "binary"})).tolist() == [
+            0,
+            1,
+            1,
+            1,
+        ]
+        lrk = CFG.model_copy(update={"objective": "lambdarank", "max_label": 2})
+        assert training_label(target, lrk).tolist() == [0, 1, 2, 2]
+
+    def test_graded_lambdarank_learns_the_signal(self) -> None:
+        cfg = CFG.model_copy(update={"objective": "lambdarank", "max_label": 2})
+        ranker = fit_ranker(self.graded().lazy(), FEATURES, (), cfg)
+        scored = score(ranker, training(seed=1).lazy())
+        corr = np.corrcoef(scored[C.SCORE].to_numpy(), training(seed=1)["signal"].to_numpy())
+        assert corr[0, 1] > 0.8
+
+    def test_bagged_ensemble_is_the_mean_of_its_members(self) -> None:
+        cfg = CFG.model_copy(update={"n_models": 3})
+        ranker = fit_ranker(training().lazy(), FEATURES, (), cfg)
+        assert len(ranker.members) == 3
+        test = training(seed=2)
+        got = score(ranker, test.lazy())[C.SCORE].to_numpy()
+        matrix = test.select(pl.col(f).cast(pl.Float32) for f in FEATURES).to_numpy()
+        members = [b.predict(matrix, num_iteration=it) for b, it in ranker.members]
+        np.testing.assert_allclose(got, np.mean(members, axis=0), rtol=1e-5)
+        # Members differ (different seeds), so the ensemble is not one model three times.
+        assert not np.allclose(members[0], members[1])
+
+    def test_bagged_save_load_roundtrip(self, tmp_path: Path) -> None:
+        ranker = fit_ranker(training().lazy(), FEATURES, (), CFG.model_copy(update={"n_models": 2}))
+        save_ranker(ranker, tmp_path)
+        loaded = load_ranker(tmp_path)
+        assert len(loaded.members) == 2
+        assert_frame_equal(
+            score(ranker, training(seed=3).lazy()), score(loaded, training(seed=3).lazy())
+        )
