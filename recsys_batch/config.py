@@ -168,7 +168,7 @@ class RankerConfig(_Section):
     objective: Literal["binary", "lambdarank"] = "lambdarank"
     """``lambdarank`` (default) learns the per-user order from graded labels (``max_label``);
     ``binary`` predicts bought / not bought (the label is clipped to 0/1)."""
-    max_label: int = 3
+    max_label: int = 2
     """Training label = distinct days the user bought the item in the stage-2 window, capped
     here (1 = bought or not). Only ``lambdarank`` uses grades above 1."""
     n_models: int = 3
@@ -176,8 +176,8 @@ class RankerConfig(_Section):
     n_estimators: int = 600
     learning_rate: float = 0.05
     num_leaves: int = 15
-    min_child_samples: int = 50
-    feature_fraction: float = 0.8
+    min_child_samples: int = 200
+    feature_fraction: float = 0.5
     bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
     """L2 regularisation on leaf values."""
