@@ -132,7 +132,10 @@ def global_item_table(tx: pl.LazyFrame, as_of_week: int, settings: Settings) -> 
     Collected with the streaming engine: only the per-item result is held, not the
     transactions (100x the bundled data is ~12 GB of the columns it reads).
     """
-    return item_features(tx, as_of_week, settings.features).collect(engine="streaming")
+    features = item_features(
+        tx, as_of_week, settings.features, placeholder_item=settings.prefilter.placeholder_item
+    )
+    return features.collect(engine="streaming")
 
 
 def reference_rows(tx: pl.LazyFrame, as_of_week: int) -> pl.DataFrame:
