@@ -6,9 +6,9 @@ the day after the newest purchase before the cut. Changing anything on or after 
 therefore changes no feature (tests/unit/test_features.py checks it).
 
 Families (issue #4): user, item, user x item (repurchase timing: usual interval and how
-overdue the item is), user x department and user x category affinity, stage-1 scores and
-ranks (already columns of the candidates), ALS dot product, product attributes and
-demographics as LightGBM categoricals (missing is a value of its own: code 0).
+overdue the item is), user x department, user x category and user x sub-category affinity,
+stage-1 scores and ranks (already columns of the candidates), ALS dot product, product
+attributes and demographics as LightGBM categoricals (missing is a value of its own: code 0).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ _REF_DAY = "_ref_day"
 _PRICE = "_unit_price"
 _DISC = "_discounted"
 _COUPON = "_couponed"
+
+# User x item-group affinity families: (item attribute, column prefix).
+GROUP_FAMILIES = ((C.DEPARTMENT, "ud"), (C.CATEGORY, "uc"), (C.SUB_CATEGORY, "us"))
 
 # Product attributes and demographics encoded as integer categories for LightGBM.
 USER_CATEGORICALS = C.DEMOGRAPHICS
@@ -478,9 +481,11 @@ def build_features(
             categorical_codes(items, C.ITEM, cfg.item_attributes), on=C.ITEM, how="left"
         )
         categorical += [f"{name}_code" for name in cfg.item_attributes]
-        item_groups = items.select(C.ITEM, C.DEPARTMENT, C.CATEGORY)
+        item_groups = items.select(C.ITEM, C.DEPARTMENT, C.CATEGORY, C.SUB_CATEGORY).unique(
+            subset=C.ITEM, keep="first"
+        )
         frame = frame.join(item_groups, on=C.ITEM, how="left")
-        for group, prefix in ((C.DEPARTMENT, "ud"), (C.CATEGORY, "uc")):
+        for group, prefix in GROUP_FAMILIES:
             frame = frame.join(
                 user_group_features(transactions, items, as_of_week, group, prefix, cfg, **ph),
                 on=[C.USER, group],
@@ -489,9 +494,11 @@ def build_features(
                 pl.col(f"{prefix}_baskets", f"{prefix}_items", f"{prefix}_days").fill_null(0),
                 pl.col(f"{prefix}_share", f"{prefix}_basket_share").fill_null(0.0),
             )
-        # Loyalty within the category: share of the user's category shopping days with this item.
-        frame = frame.drop(C.DEPARTMENT, C.CATEGORY).with_columns(
-            (pl.col("ui_days") / pl.col("uc_days")).alias("ui_category_loyalty")
+        # Loyalty within the (sub-)category: share of the user's shopping days in it with
+        # this item.
+        frame = frame.drop(C.DEPARTMENT, C.CATEGORY, C.SUB_CATEGORY).with_columns(
+            (pl.col("ui_days") / pl.col("uc_days")).alias("ui_category_loyalty"),
+            (pl.col("ui_days") / pl.col("us_days")).alias("ui_sub_category_loyalty"),
         )
     if users is not None and cfg.use_demographics:
         frame = frame.join(

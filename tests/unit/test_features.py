@@ -219,3 +219,37 @@ class TestPlaceholderIsConfigured:
         )
         frame = feats.frame.collect()
         assert frame["u_placeholder_share"][0] == pytest.approx(0.5)
+
+
+class TestSubCategoryAffinity:
+    """User x sub-category family (``us_``): values by hand and the leakage guarantee."""
+
+    def featured(self, rows: list[tuple[int, int, int, int, int]]) -> pl.DataFrame:
+        feats = build_features(
+            candidates([(10, 101), (10, 102), (20, 102)]), tx_rows(rows), ITEMS, USERS, CUT, CFG
+        )
+        assert {"us_share", "us_days", "ui_sub_category_loyalty"} <= set(feats.feature_names)
+        return feats.frame.collect().sort(C.USER, C.ITEM)
+
+    def test_values_by_hand(self) -> None:
+        out = self.featured(BEFORE)
+        # User 10: 101 (sub-category A) on days 1, 8, 15 and 102 (B) on day 15: 4 lines.
+        r101, r102, r20 = out.rows(named=True)
+        assert r101["us_share"] == pytest.approx(3 / 4)
+        assert r101["us_days"] == 3
+        assert r101["us_days_since"] == 6  # reference day 21 (newest day 20 + 1), last 15
+        assert r101["ui_sub_category_loyalty"] == pytest.approx(1.0)
+        assert r102["us_share"] == pytest.approx(1 / 4)
+        # User 20 never bought sub-category B: zero counts, not missing.
+        assert r20["us_days"] == 0
+        assert r20["us_share"] == 0.0
+
+    def test_rows_after_the_cut_change_nothing(self) -> None:
+        # A purchase of sub-category B by user 20 after the cut must not show up.
+        assert_frame_equal(self.featured(BEFORE), self.featured(BEFORE + AFTER))
+
+    def test_rows_before_the_cut_do_change_it(self) -> None:
+        before = self.featured(BEFORE)
+        changed = self.featured([*BEFORE, (20, 12, 22, 102, 4)])
+        assert changed.filter(pl.col(C.USER) == 20)["us_days"].item() == 1
+        assert not changed.equals(before)
