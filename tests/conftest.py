@@ -57,6 +57,8 @@ def start_redis_server(
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
+        if proc.poll() is not None:  # exited: bad option or the port was taken meanwhile
+            break
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return proc, port

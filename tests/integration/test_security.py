@@ -104,8 +104,27 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRedis]:
         pytest.skip("the openssl CLI is needed to make test certificates")
     folder = tmp_path_factory.mktemp("tls")
     make_certificates(folder)
-    tls_port = free_port()
-    extra = [
+    proc = port = tls_port = None
+    for _attempt in range(3):  # a freshly picked free port can be taken again before use
+        tls_port = free_port()
+        try:
+            proc, port = start_redis_server(folder, *tls_server_args(folder, tls_port))
+            break
+        except RuntimeError:
+            continue
+    if proc is None or port is None or tls_port is None:
+        pytest.skip("this redis-server does not start with --tls-port (built without TLS?)")
+    try:
+        yield SecureRedis(port, tls_port, folder / "ca.crt", folder / "client.crt",
+                          folder / "client.key")  # fmt: skip
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def tls_server_args(folder: Path, tls_port: int) -> list[str]:
+    """redis-server options: TLS on ``tls_port``, a password and the batch/api ACL users."""
+    return [
         "--tls-port", str(tls_port),
         "--tls-cert-file", str(folder / "server.crt"),
         "--tls-key-file", str(folder / "server.key"),
@@ -115,16 +134,6 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRedis]:
         *acl_user("batch", BATCH_PASSWORD, BATCH_COMMANDS),
         *acl_user("api", API_PASSWORD, API_COMMANDS),
     ]  # fmt: skip
-    try:
-        proc, port = start_redis_server(folder, *extra)
-    except RuntimeError:
-        pytest.skip("this redis-server does not start with --tls-port (built without TLS?)")
-    try:
-        yield SecureRedis(port, tls_port, folder / "ca.crt", folder / "client.crt",
-                          folder / "client.key")  # fmt: skip
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture
