@@ -43,6 +43,41 @@ LogFormatOpt = Annotated[
     typer.Option("--log-format", help="human (default) or json (one object per line)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="Where the per-shard scoring and publishing runs: local or dask "
+        "(default: scale.executor).",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Dask scheduler address, e.g. tcp://host:8786 (implies --executor dask; "
+        "default: a LocalCluster on this machine).",
+    ),
+]
+
+
+def _check_executor(executor: str | None) -> str | None:
+    if executor is not None and executor not in {"local", "dask"}:
+        msg = f"--executor must be local or dask, got {executor!r}"
+        raise typer.BadParameter(msg)
+    return executor
+
+
+def with_executor(settings: Any, executor: str | None, scheduler: str | None) -> Any:
+    """``settings`` with ``--executor`` / ``--scheduler`` applied to its ``scale`` section."""
+    update: dict[str, Any] = {}
+    if scheduler is not None:
+        update.update(executor="dask", scheduler_address=scheduler)
+    if executor is not None:
+        update["executor"] = executor
+    if not update:
+        return settings
+    return settings.model_copy(update={"scale": settings.scale.model_copy(update=update)})
 
 
 def _check_log_format(log_format: str) -> str:
@@ -60,15 +95,18 @@ def nightly_batch(
     dry_run: DryRunOpt = False,
     no_gate: NoGateOpt = False,
     log_format: LogFormatOpt = "human",
+    executor: ExecutorOpt = None,
+    scheduler: SchedulerOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Train, score every known user and publish the top 5 to Redis atomically."""
     setup_logging(_check_log_format(log_format), logging.DEBUG if debug else logging.INFO)
+    _check_executor(executor)
 
     def work() -> None:
         from recsys_batch.pipeline import run_nightly  # noqa: PLC0415 - keeps --help fast
 
-        settings = build_settings(config, source, path)
+        settings = with_executor(build_settings(config, source, path), executor, scheduler)
         day: date | None = run_date.date() if run_date else None
         result = run_nightly(settings, run_date=day, dry_run=dry_run, gate=not no_gate)
         summary = {

@@ -9,10 +9,14 @@ Stages, each logged on one line with its output rows and seconds and recorded in
                lose at most ``gate.max_relative_drop`` against the live version's value
     prefilter  catalogue from all (cut) data; non-catalogue purchases -> placeholder item
     train      two-stage model on the production windows (stage 2 = the last weeks)
-    recommend  top k for every user of the data, features as of the newest week
+    recommend  top k for every user of the data, features as of the newest week, in user
+               shards of ``scale.shard_users`` (``scale.executor``: this process or Dask);
+               when publishing, the shards are scored inside ``publish`` instead (issue #8)
     popular    fallback list for unknown users
     save       the models under runs/<run_id>/models, recommendations.parquet beside them
-    publish    new Redis version, verified, then the pointer flip (skipped by --dry-run)
+    publish    new Redis version, verified, then the pointer flip (skipped by --dry-run);
+               sharded, each shard writes its users into the same version and the pointer
+               flips once, after every shard succeeded
 
 A stage producing zero rows raises :class:`~recsys_batch.errors.EmptyStageError` before
 Redis is touched, and every failure before ``publish`` leaves the live version serving.
@@ -32,7 +36,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from recsys_batch import columns as C
-from recsys_batch import publish, runs, split, store
+from recsys_batch import executors, publish, runs, sharding, split, store
 from recsys_batch.config import Settings
 from recsys_batch.errors import (
     DataError,
@@ -48,6 +52,7 @@ from recsys_batch.prefilter import apply_catalogue, prefilter
 log = logging.getLogger(__name__)
 
 GATE_MODEL = "two_stage"
+RECOMMENDATIONS_FILE = "recommendations.parquet"
 GATE_USER_SET = "all"
 GATE_METRIC = "precision@5"
 
@@ -377,21 +382,31 @@ def _run_stages(
         )
         rows.append(1)
 
+    user_ids = tx.select(C.USER).unique().sort(C.USER).lazy()
+    shard_ctx = _shard_context(model, tx_cat, dataset, catalogue_df, settings)
+    executor = executors.make_executor(settings) if shard_ctx is not None else None
+    recs: pl.DataFrame | None = None
     with _stage(record, "recommend") as rows:
-        user_ids = tx.select(C.USER).unique().sort(C.USER).lazy()
-        recs = model_api.recommend(
-            model,
-            tx_cat,
-            dataset.items,
-            dataset.users,
-            catalogue_df.lazy(),
-            user_ids,
-            settings,
-        )
-        _nonempty(recs, "recommend", "recommendations")
-        _check_recommendations(recs, catalogue_df, settings)
-        rows.append(recs.height)
-    users = recs[C.USER].n_unique()
+        if shard_ctx is None:
+            recs = model_api.recommend(
+                model,
+                tx_cat,
+                dataset.items,
+                dataset.users,
+                catalogue_df.lazy(),
+                user_ids,
+                settings,
+            )
+        elif dry_run:
+            assert executor is not None
+            recs = executors.score_shards(shard_ctx, user_ids, executor).recommendations()
+        if recs is not None:
+            _nonempty(recs, "recommend", "recommendations")
+            _check_recommendations(recs, catalogue_df, settings)
+            rows.append(recs.height)
+        else:
+            rows.append(0)  # scored shard by shard inside "publish"
+    users = recs[C.USER].n_unique() if recs is not None else 0
 
     with _stage(record, "popular") as rows:
         popular = model_api.popular_fallback(tx_cat, catalogue_df.lazy(), settings.ranker.top_k)
@@ -402,8 +417,10 @@ def _run_stages(
     with _stage(record, "save") as rows:
         try:
             model_api.save_model(model, record.models_dir)
-            # What was (or, with --dry-run, would have been) published, for inspection.
-            recs.write_parquet(record.run_dir / "recommendations.parquet")
+            # What was (or, with --dry-run, would have been) published, for inspection. When
+            # the shards publish, each writes its file into a folder of the same name.
+            if recs is not None:
+                recs.write_parquet(record.run_dir / RECOMMENDATIONS_FILE)
         except OSError as exc:
             msg = f"cannot save the models under {record.models_dir}: {exc}"
             raise DataError(msg, fix="free disk space or make the runs directory writable") from exc
@@ -414,7 +431,6 @@ def _run_stages(
     if not dry_run:
         assert client is not None
         with _stage(record, "publish") as rows:
-            items_attrs = _item_attributes(dataset.items, recs, popular)
             meta = {
                 "run_id": record.run_id,
                 "data_source": dataset.name,
@@ -425,9 +441,19 @@ def _run_stages(
                 "durations": {s.name: round(s.seconds, 3) for s in record.stages},
                 "code_version": _code_version(),
             }
-            version = publish.publish_version(
-                client, recs, popular, items_attrs, meta, settings.redis
-            )
+            if recs is None:
+                assert shard_ctx is not None
+                assert executor is not None
+                shard_ctx.output_dir = record.run_dir / RECOMMENDATIONS_FILE
+                sharded = executors.publish_shards(
+                    shard_ctx, user_ids, executor, client, popular, meta
+                )
+                version, users = sharded.version, sharded.users
+            else:
+                items_attrs = _item_attributes(dataset.items, recs, popular)
+                version = publish.publish_version(
+                    client, recs, popular, items_attrs, meta, settings.redis
+                )
             rows.append(users)
         record.version = version
     record.peak_memory_mb = runs.peak_memory_mb()
@@ -451,6 +477,34 @@ def _run_stages(
         metrics=record.metrics,
         stages=record.stages,
         peak_memory_mb=record.peak_memory_mb,
+    )
+
+
+def _shard_context(
+    model: Any,
+    tx_cat: pl.LazyFrame,
+    dataset: Dataset,
+    catalogue: pl.DataFrame,
+    settings: Settings,
+) -> executors.ShardContext | None:
+    """The shards' shared inputs, or None when ``model`` is not a two-stage model.
+
+    Only ``two_stage.TrainedTwoStage`` can be scored shard by shard; an injected trainer
+    (tests) keeps the one-call ``recommend`` path.
+    """
+    from recsys_batch import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
+
+    if not isinstance(model, two_stage.TrainedTwoStage):
+        return None
+    users = tx_cat.select(pl.col(C.USER).n_unique()).collect().item()
+    return executors.build_context(
+        model,
+        tx_cat,
+        dataset.items,
+        dataset.users,
+        catalogue.lazy(),
+        settings,
+        sharding.shard_count(users, settings.scale.shard_users),
     )
 
 

@@ -21,7 +21,7 @@ from polars.testing import assert_frame_equal
 from recsys_batch import columns as C
 from recsys_batch import executors as E
 from recsys_batch import keys, publish, split, store, two_stage
-from recsys_batch.config import Settings, load_settings
+from recsys_batch.config import RedisConfig, Settings, load_settings
 from recsys_batch.io import load_dataset
 from recsys_batch.prefilter import apply_catalogue, prefilter
 
@@ -219,3 +219,56 @@ def test_shards_write_their_recommendations_when_asked(trained: Trained, tmp_pat
     assert len(list(ctx.output_dir.glob("shard=*.parquet"))) == N_SHARDS
     saved = pl.read_parquet(ctx.output_dir).sort(C.USER, C.RANK)
     assert_frame_equal(saved, trained.expected.sort(C.USER, C.RANK))
+
+
+def test_nightly_batch_cli_dask_equals_local(
+    tmp_path: Path, redis_url: str, key_prefix: str, real_redis: redis.Redis
+) -> None:
+    """``recsys nightly-batch --executor dask`` publishes what ``--executor local`` does."""
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from cli.main import app  # noqa: PLC0415
+
+    env = {
+        "REDIS_URL": redis_url,
+        "RECSYS_REDIS__KEY_PREFIX": key_prefix,
+        "RECSYS_RUN__RUNS_DIR": str(tmp_path / "runs"),
+        "RECSYS_RUN__LOCK_FILE": str(tmp_path / "nightly.lock"),
+        "RECSYS_DATA__SYNTHETIC_USERS": "150",
+        "RECSYS_DATA__SYNTHETIC_SEED": "7",
+        "RECSYS_PREFILTER__MIN_USER_SHARE": "0.01",
+        "RECSYS_CANDIDATES__ALS__ITERATIONS": "3",
+        "RECSYS_CANDIDATES__ALS__FACTORS": "16",
+        "RECSYS_CANDIDATES__ALS__THREADS": "1",
+        "RECSYS_RANKER__N_ESTIMATORS": "30",
+        "RECSYS_RANKER__EARLY_STOPPING_ROUNDS": "10",
+        "RECSYS_RANKER__THREADS": "1",
+        "RECSYS_SCALE__SHARD_USERS": "50",
+    }
+    runner = CliRunner()
+    values = {}
+    for executor in ("local", "dask"):
+        result = runner.invoke(
+            app,
+            ["nightly-batch", "--source", "synthetic", "--no-gate", "--executor", executor],
+            env=env,
+        )
+        assert result.exit_code == 0, result.output
+        cfg = RedisConfig(url=redis_url, key_prefix=key_prefix)
+        version = publish.live_version(real_redis, cfg)
+        assert version is not None
+        settings = Settings(redis=cfg)
+        values[executor] = published_values(real_redis, version, settings)
+        assert publish.version_info(real_redis, version, cfg).users == len(values[executor])
+    assert len(values["local"]) == 150
+    assert values["dask"] == values["local"]
+
+
+def test_nightly_batch_cli_rejects_an_unknown_executor() -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from cli.main import app  # noqa: PLC0415
+
+    result = CliRunner().invoke(app, ["nightly-batch", "--executor", "spark", "--dry-run"])
+    assert result.exit_code == 2
+    assert "local or dask" in result.output
