@@ -37,24 +37,26 @@ def start_redis_server(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start a throwaway redis-server on loopback; returns the process and its port."""
     port = port or free_port()
-    proc = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_path = workdir / f"redis-{port}.log"
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:  # exited: bad option or the port was taken meanwhile
@@ -65,7 +67,8 @@ def start_redis_server(
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    msg = f"redis-server did not start on port {port}"
+    tail = log_path.read_text(errors="replace")[-500:]
+    msg = f"redis-server did not start on port {port}: {tail}"
     raise RuntimeError(msg)
 
 

@@ -105,15 +105,17 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRedis]:
     folder = tmp_path_factory.mktemp("tls")
     make_certificates(folder)
     proc = port = tls_port = None
+    why = ""
     for _attempt in range(3):  # a freshly picked free port can be taken again before use
         tls_port = free_port()
         try:
             proc, port = start_redis_server(folder, *tls_server_args(folder, tls_port))
             break
-        except RuntimeError:
+        except RuntimeError as exc:
+            why = str(exc)
             continue
     if proc is None or port is None or tls_port is None:
-        pytest.skip("this redis-server does not start with --tls-port (built without TLS?)")
+        pytest.skip(f"this redis-server does not start with --tls-port: {why}")
     try:
         yield SecureRedis(port, tls_port, folder / "ca.crt", folder / "client.crt",
                           folder / "client.key")  # fmt: skip
