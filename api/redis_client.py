@@ -11,11 +11,9 @@ from redis.backoff import NoBackoff
 
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import ConfigError
+from recsys_batch.store import parse_url
 
 AsyncClient = aioredis.Redis | RedisCluster
-
-_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-_PLAIN_SCHEMES = {"redis", "rediss", "unix"}
 
 
 def resolve_url(cfg: RedisConfig) -> tuple[str, bool]:
@@ -40,16 +38,7 @@ def resolve_url(cfg: RedisConfig) -> tuple[str, bool]:
         except RuntimeError as exc:  # EmbeddedRedisError
             msg = f"cannot start the embedded Redis: {exc} (fix: set REDIS_URL)"
             raise ConfigError(msg) from exc
-    scheme = cfg.url.split("://", 1)[0].lower() if "://" in cfg.url else ""
-    if scheme in _CLUSTER_SCHEMES:
-        return _CLUSTER_SCHEMES[scheme] + cfg.url[len(scheme) :], True
-    if scheme in _PLAIN_SCHEMES:
-        return cfg.url, cfg.cluster
-    msg = (
-        f"unsupported Redis URL scheme {scheme or '(none)'!r}: "
-        "use redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
-    )
-    raise ConfigError(msg)
+    return parse_url(cfg.url, cluster=cfg.cluster)
 
 
 def client_options(cfg: RedisConfig, url: str, timeout: float) -> dict[str, Any]:

@@ -118,13 +118,28 @@ def resolve_url(cfg: RedisConfig) -> tuple[str, bool]:
             return embedded_url(cfg), False
         except EmbeddedRedisError as exc:
             raise PublishError(str(exc)) from exc
-    scheme = cfg.url.split("://", 1)[0].lower() if "://" in cfg.url else ""
+    return parse_url(cfg.url, cluster=cfg.cluster)
+
+
+def parse_url(url: str, *, cluster: bool = False) -> tuple[str, bool]:
+    """``url`` as redis-py expects it and whether it names a Redis Cluster.
+
+    ``redis+cluster://`` and ``rediss+cluster://`` become ``redis://``/``rediss://`` with the
+    cluster flag set; ``cluster`` (config) marks a plain URL as a cluster seed node. Shared
+    by the batch and the API so both accept exactly the same URLs.
+
+    Raises
+    ------
+    ConfigError
+        The URL's scheme is not one we know (the message masks any password).
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in _CLUSTER_SCHEMES:
-        return _CLUSTER_SCHEMES[scheme] + cfg.url[len(scheme) :], True
+        return _CLUSTER_SCHEMES[scheme] + url[len(scheme) :], True
     if scheme in _PLAIN_SCHEMES:
-        return cfg.url, cfg.cluster
+        return url, cluster
     msg = (
-        f"unsupported Redis URL {mask_url(cfg.url)}: "
+        f"unsupported Redis URL scheme {scheme or '(none)'!r} in {mask_url(url)}: "
         "use redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
     )
     raise ConfigError(msg)
