@@ -165,16 +165,17 @@ class FeaturesConfig(_Section):
 class RankerConfig(_Section):
     """Stage 2: LightGBM."""
 
-    objective: Literal["binary", "lambdarank"] = "lambdarank"
-    """``lambdarank`` (default) learns the per-user order from graded labels (``max_label``);
-    ``binary`` predicts bought / not bought (the label is clipped to 0/1)."""
+    objective: Literal["binary", "lambdarank", "rank_xendcg"] = "rank_xendcg"
+    """``rank_xendcg`` (default) and ``lambdarank`` learn the per-user order from graded labels
+    (``max_label``); ``binary`` predicts bought / not bought (the label is clipped to 0/1).
+    XE-NDCG matched a bag of 3 lambdarank models on Precision@5 at a third of the fit time."""
     max_label: int = 2
     """Training label = distinct days the user bought the item in the stage-2 window, capped
-    here (1 = bought or not). Only ``lambdarank`` uses grades above 1."""
-    n_models: int = 3
+    here (1 = bought or not). Only the ranking objectives use grades above 1."""
+    n_models: int = 1
     """Bagged ensemble: this many models (seeds ``seed``, ``seed + 1``, ...), scores averaged."""
     n_estimators: int = 600
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     num_leaves: int = 15
     min_child_samples: int = 200
     feature_fraction: float = 0.5
@@ -189,9 +190,9 @@ class RankerConfig(_Section):
     negatives_per_user: int | None = None
     """Sample at most this many negatives per user for training (None = keep all)."""
     seed: int = 42
-    threads: int = 1
-    """LightGBM threads (0 = all cores). 1 by default: on a shared, oversubscribed machine
-    LightGBM's OpenMP threads spin and a 2-thread fit took minutes instead of ~20 s."""
+    threads: int = 0
+    """LightGBM threads (0 = all cores). ``recsys_batch`` sets ``OMP_WAIT_POLICY=PASSIVE``
+    so that extra threads on a busy machine wait instead of spinning."""
     top_k: int = 5
 
 

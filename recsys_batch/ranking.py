@@ -1,13 +1,14 @@
 """Stage-2 ranker: fit and score LightGBM on the joined features, keep the top k per user.
 
-``fit_ranker`` collects the training frame once, sorts it by user (lambdarank needs contiguous
-groups), optionally samples negatives per user, holds out a share of *users* for early
+``fit_ranker`` collects the training frame once, sorts it by user (the ranking objectives need
+contiguous groups), optionally samples negatives per user, holds out a share of *users* for early
 stopping, and trains with a fixed seed and thread count (deterministic for a given input).
 
-The label is ``target``: 0/1, or a graded purchase count for ``lambdarank`` (the binary
-objective clips it to 0/1). ``ranker.n_models`` > 1 trains a bagged ensemble (seeds
-``seed, seed + 1, ...``); its score is the mean of the members' raw scores, so it depends only
-on the candidate's own features (a user's ranking does not change with the shard it is in).
+The label is ``target``: 0/1, or a graded purchase count for the ranking objectives
+(``rank_xendcg``, ``lambdarank``; the binary objective clips it to 0/1). ``ranker.n_models``
+> 1 trains a bagged ensemble (seeds ``seed, seed + 1, ...``); its score is the mean of the
+members' raw scores, so it depends only on the candidate's own features (a user's ranking does
+not change with the shard it is in).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def _params(cfg: RankerConfig) -> dict[str, object]:
         "num_threads": cfg.threads,
         "verbosity": -1,
     }
-    if cfg.objective == "lambdarank":
+    if cfg.objective != "binary":
         params["metric"] = "ndcg"
         params["eval_at"] = [cfg.top_k]
         # Gain 2^label - 1 for the graded labels 0..max_label (purchase days in the window).

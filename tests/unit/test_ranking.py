@@ -61,7 +61,7 @@ class TestFit:
         b = score(fit_ranker(training().lazy(), FEATURES, (), CFG), training(seed=2).lazy())
         assert_frame_equal(a, b)
 
-    @pytest.mark.parametrize("objective", ["binary", "lambdarank"])
+    @pytest.mark.parametrize("objective", ["binary", "lambdarank", "rank_xendcg"])
     def test_objectives(self, objective: str) -> None:
         cfg = CFG.model_copy(update={"objective": objective})
         ranker = fit_ranker(training().lazy(), FEATURES, (), cfg)
@@ -138,8 +138,9 @@ class TestLabelsAndBagging:
         lrk = CFG.model_copy(update={"objective": "lambdarank", "max_label": 2})
         assert training_label(target, lrk).tolist() == [0, 1, 2, 2]
 
-    def test_graded_lambdarank_learns_the_signal(self) -> None:
-        cfg = CFG.model_copy(update={"objective": "lambdarank", "max_label": 2})
+    @pytest.mark.parametrize("objective", ["lambdarank", "rank_xendcg"])
+    def test_graded_ranking_objective_learns_the_signal(self, objective: str) -> None:
+        cfg = CFG.model_copy(update={"objective": objective, "max_label": 2})
         ranker = fit_ranker(self.graded().lazy(), FEATURES, (), cfg)
         scored = score(ranker, training(seed=1).lazy())
         corr = np.corrcoef(scored[C.SCORE].to_numpy(), training(seed=1)["signal"].to_numpy())
