@@ -187,13 +187,22 @@ def _stage(record: runs.RunRecord, name: str) -> Iterator[list[int]]:
     yield rows
     seconds = time.perf_counter() - started
     count = rows[-1] if rows else 0
-    record.stages.append(runs.StageRecord(name, count, seconds))
+    peak = runs.peak_memory_mb()
+    record.stages.append(runs.StageRecord(name, count, seconds, peak))
     log.info(
-        "stage %-9s rows=%-9d %.2fs",
+        "stage %-9s rows=%-9d %6.2fs  peak %5.0f MiB",
         name,
         count,
         seconds,
-        extra={"fields": {"stage": name, "rows": count, "seconds": round(seconds, 3)}},
+        peak,
+        extra={
+            "fields": {
+                "stage": name,
+                "rows": count,
+                "seconds": round(seconds, 3),
+                "peak_mb": round(peak, 1),
+            }
+        },
     )
 
 

@@ -40,11 +40,13 @@ def peak_memory_mb() -> float:
 
 @dataclass
 class StageRecord:
-    """One pipeline stage: output rows and wall seconds."""
+    """One pipeline stage: output rows, wall seconds and the process's peak memory after it."""
 
     name: str
     rows: int
     seconds: float
+    peak_mb: float = 0.0
+    """``ru_maxrss`` when the stage ended: the first stage where it jumps set the run's peak."""
 
 
 @dataclass
@@ -80,7 +82,12 @@ class RunRecord:
             "error": self.error,
             "data": self.data,
             "stages": [
-                {"name": s.name, "rows": s.rows, "seconds": round(s.seconds, 3)}
+                {
+                    "name": s.name,
+                    "rows": s.rows,
+                    "seconds": round(s.seconds, 3),
+                    "peak_mb": round(s.peak_mb, 1),
+                }
                 for s in self.stages
             ],
             "total_seconds": round(sum(s.seconds for s in self.stages), 3),

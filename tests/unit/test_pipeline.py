@@ -104,6 +104,9 @@ class TestRunNightly:
             "publish",
         ]
         assert all(s["rows"] > 0 for s in manifest["stages"])
+        peaks = [s["peak_mb"] for s in manifest["stages"]]
+        assert peaks[0] > 0
+        assert peaks == sorted(peaks)  # a high-water mark per stage
         assert manifest["metrics"]["precision@5"] == 0.3
         assert manifest["parameters"]["settings"]["redis"]["url"] == "redis://unused:1/0"
         assert (result.run_dir / "models" / "model.json").exists()

@@ -16,13 +16,15 @@ class TestRuns:
         record = runs.start_run(tmp_path, {"seed": 42}, run_id="r1")
         assert record.models_dir.is_dir()
         assert runs.read_manifest(record.run_dir)["status"] == "running"
-        record.stages.append(runs.StageRecord("load", 10, 0.5))
+        record.stages.append(runs.StageRecord("load", 10, 0.5, 812.25))
         record.metrics = {"precision@5": 0.2}
         record.version = "v1"
         runs.finish_run(record, "published")
         manifest = runs.read_manifest(record.run_dir)
         assert manifest["status"] == "published"
-        assert manifest["stages"] == [{"name": "load", "rows": 10, "seconds": 0.5}]
+        assert manifest["stages"] == [
+            {"name": "load", "rows": 10, "seconds": 0.5, "peak_mb": 812.2}
+        ]
         assert manifest["parameters"] == {"seed": 42}
         assert manifest["version"] == "v1"
         assert manifest["peak_memory_mb"] > 0
