@@ -508,6 +508,9 @@ def build_features(
         categorical += [f"{name}_code" for name in USER_CATEGORICALS]
     frame = dot_product(frame, user_factors, item_factors)
     names = [c for c in frame.collect_schema().names() if c not in (C.USER, C.ITEM, C.TARGET)]
+    # LightGBM bins float32 anyway; half the width halves the peak memory of the training
+    # and scoring frames (~100 features x 430k candidates on the bundled data).
+    frame = frame.with_columns(pl.col(names).cast(pl.Float32))
     ordered = [c for c in base_cols if c in names] + [c for c in names if c not in base_cols]
     return FeatureSet(frame=frame, feature_names=tuple(ordered), categorical=tuple(categorical))
 

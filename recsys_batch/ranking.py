@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import lightgbm as lgb
 import numpy as np
@@ -27,6 +28,8 @@ from recsys_batch.config import RankerConfig
 from recsys_batch.errors import EmptyStageError
 
 log = logging.getLogger(__name__)
+
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 BOOSTER_FILE = "ranker.txt"
 META_FILE = "ranker.json"
@@ -45,6 +48,8 @@ class Ranker:
     categorical: tuple[str, ...]
     best_iteration: int
     bagged: tuple[tuple[lgb.Booster, int], ...] = ()
+    train_rows: int = 0
+    """Rows it was fit on (0 when loaded from disk)."""
 
     @property
     def members(self) -> tuple[tuple[lgb.Booster, int], ...]:
@@ -64,10 +69,11 @@ class Ranker:
 
 def feature_matrix(frame: pl.DataFrame, feature_names: tuple[str, ...]) -> np.ndarray:
     """The features as a float32 matrix (nulls -> NaN, LightGBM's missing value)."""
-    return frame.select(pl.col(name).cast(pl.Float32) for name in feature_names).to_numpy()
+    # C order: LightGBM flattens the matrix row-major and would copy a Fortran-ordered one.
+    return frame.select(pl.col(name).cast(pl.Float32) for name in feature_names).to_numpy(order="c")
 
 
-def sample_negatives(frame: pl.DataFrame, per_user: int | None, seed: int) -> pl.DataFrame:
+def sample_negatives(frame: FrameT, per_user: int | None, seed: int) -> FrameT:
     """Keep every positive and at most ``per_user`` random negatives per user (None = all)."""
     if per_user is None:
         return frame
@@ -150,10 +156,19 @@ def fit_ranker(
         No candidate is a positive: the stage-2 window has no purchase of a candidate.
     """
     start = time.perf_counter()
-    frame = train.select(C.USER, C.ITEM, C.TARGET, *feature_names).collect()
-    with_positive = frame.group_by(C.USER).agg(pl.col(C.TARGET).max().alias("_any"))
-    keep = with_positive.filter(pl.col("_any") > 0).select(C.USER)
-    frame = frame.join(keep, on=C.USER, how="semi")
+    # One materialisation: users without a positive and unsampled negatives are dropped in
+    # the lazy plan, so the (wide) frame is copied once more only for the train/valid split.
+    frame = (
+        sample_negatives(
+            train.select(C.USER, C.ITEM, C.TARGET, *feature_names).filter(
+                pl.col(C.TARGET).max().over(C.USER) > 0
+            ),
+            cfg.negatives_per_user,
+            cfg.seed,
+        )
+        .sort(C.USER, C.ITEM)
+        .collect()
+    )
     if frame.is_empty():
         msg = "stage-2 training set has no positive: no candidate was bought in the target window"
         raise EmptyStageError(
@@ -161,10 +176,11 @@ def fit_ranker(
             column=C.TARGET,
             fix="check the split (split.stage2_weeks) and that candidates cover bought items",
         )
-    frame = sample_negatives(frame, cfg.negatives_per_user, cfg.seed).sort(C.USER, C.ITEM)
+    summary = (frame.height, frame[C.USER].n_unique(), float((frame[C.TARGET] > 0).mean() or 0))
     valid_users = validation_users(frame[C.USER], cfg.validation_share, cfg.seed)
     is_valid = frame[C.USER].is_in(valid_users.implode())
     train_part, valid_part = frame.filter(~is_valid), frame.filter(is_valid)
+    del frame, is_valid
     members: list[tuple[lgb.Booster, int]] = []
     for member in range(max(cfg.n_models, 1)):
         member_cfg = cfg.model_copy(update={"seed": cfg.seed + member})
@@ -184,15 +200,13 @@ def fit_ranker(
         members.append((booster, int(booster.best_iteration or booster.current_iteration())))
     log.info(
         "ranker: %d rows (%d users, %.3f positive), %d model(s), best iterations %s, %.1fs",
-        frame.height,
-        frame[C.USER].n_unique(),
-        float((frame[C.TARGET] > 0).mean() or 0.0),
+        *summary,
         len(members),
         [best for _, best in members],
         time.perf_counter() - start,
     )
     (first, best), *rest = members
-    return Ranker(first, tuple(feature_names), tuple(categorical), best, tuple(rest))
+    return Ranker(first, tuple(feature_names), tuple(categorical), best, tuple(rest), summary[0])
 
 
 def score(ranker: Ranker, candidates: pl.LazyFrame) -> pl.DataFrame:

@@ -49,7 +49,7 @@ class TrainedTwoStage:
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per step of the training."""
     train_rows: int = 0
-    """Candidate rows the ranker was trained on (before negative sampling)."""
+    """Candidate rows the ranker was fit on (users with a positive, after negative sampling)."""
 
     def importances(self) -> pl.DataFrame:
         """Feature importances (gain) of the ranker, most important first."""
@@ -109,7 +109,7 @@ def training_frame(
     catalogue: pl.LazyFrame,
     windows: Windows,
     settings: Settings,
-) -> tuple[pl.DataFrame, FeatureSet, stage1.Stage1Model]:
+) -> tuple[pl.LazyFrame, FeatureSet, stage1.Stage1Model]:
     """The ranker's training set: history candidates, features as of ``history_end``, target.
 
     Stage 1 is fit on the history only; candidates are generated for the users who bought
@@ -119,8 +119,9 @@ def training_frame(
     Returns
     -------
     tuple
-        ``(frame, features, history_model)``: the collected frame (candidates, features,
-        ``target``), the feature names and the stage-1 model fit on the history.
+        ``(frame, features, history_model)``: the frame (candidates, features, ``target``;
+        lazy, so that ``fit_ranker`` materialises it once, already filtered), the feature
+        names and the stage-1 model fit on the history.
     """
     placeholder = settings.prefilter.placeholder_item
     tx = split.before_test(tx, windows)
@@ -137,8 +138,7 @@ def training_frame(
         history_model, tx, items, users, target_users, windows.history_end, settings
     )
     truth = targets(split.stage2_window(tx, windows), placeholder, settings.ranker.max_label)
-    frame = with_targets(feats.frame, truth).sort(C.USER, C.ITEM).collect()
-    return frame, feats, history_model
+    return with_targets(feats.frame, truth), feats, history_model
 
 
 def train_two_stage(
@@ -166,7 +166,7 @@ def train_two_stage(
     timings["train_set"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    ranker = fit_ranker(train.lazy(), feats.feature_names, feats.categorical, settings.ranker)
+    ranker = fit_ranker(train, feats.feature_names, feats.categorical, settings.ranker)
     timings["ranker_fit"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -181,7 +181,7 @@ def train_two_stage(
         feature_names=feats.feature_names,
         windows=windows,
         timings=timings,
-        train_rows=train.height,
+        train_rows=ranker.train_rows,
     )
 
 

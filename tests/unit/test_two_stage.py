@@ -78,7 +78,7 @@ def _train_frame(d: dict, tx: pl.DataFrame) -> pl.DataFrame:
         d["windows"],
         SETTINGS,
     )
-    return frame
+    return frame.sort(C.USER, C.ITEM).collect()
 
 
 def _scramble(tx: pl.DataFrame, weeks: pl.Expr) -> pl.DataFrame:
