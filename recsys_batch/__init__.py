@@ -11,9 +11,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Freed memory goes back to the OS at once, so the batch's peak is its live data, not that
 # plus dead pages (bundled data: 1.64 -> 1.24 GB peak, same wall time):
-# - polars' jemalloc keeps freed pages for 10 s by default, and numpy/LightGBM (glibc malloc)
-#   cannot reuse them. Read when polars loads: only where this package is imported first
-#   (the CLI does that); an explicit setting in the environment wins.
+# - polars' jemalloc keeps freed pages for 0.5 s (dirty) + 1 s (muzzy), long enough to
+#   overlap the next step's numpy/LightGBM (glibc malloc) allocations, which cannot reuse
+#   them. Polars puts its defaults before this value when it loads (later options win), so
+#   it applies where this package is imported first (the CLI does that); an explicit
+#   setting in the environment wins.
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 # - glibc raises its mmap threshold to the largest block freed (up to 32 MB), after which
 #   the ~100 MB feature matrices come from a heap it rarely trims. A fixed threshold keeps

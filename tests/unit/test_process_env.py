@@ -1,0 +1,42 @@
+"""The engine sets the OpenMP and allocator environment before polars/lightgbm load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = (
+    "import json, os, cli, polars;"
+    "print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', '_RJEM_MALLOC_CONF')}))"
+)
+
+
+def _probe(env: dict[str, str]) -> dict[str, str | None]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def _clean_env() -> dict[str, str]:
+    return {
+        k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "_RJEM_MALLOC_CONF")
+    }
+
+
+def test_cli_import_sets_passive_openmp_and_eager_page_return() -> None:
+    seen = _probe(_clean_env())
+    assert seen["OMP_WAIT_POLICY"] == "PASSIVE"
+    # polars prepends its own defaults when it loads; jemalloc lets the later options win.
+    assert seen["_RJEM_MALLOC_CONF"].endswith("dirty_decay_ms:0,muzzy_decay_ms:0")
+
+
+@pytest.mark.parametrize("name", ["OMP_WAIT_POLICY", "_RJEM_MALLOC_CONF"])
+def test_an_explicit_setting_wins(name: str) -> None:
+    seen = _probe({**_clean_env(), name: "user-choice"})
+    assert seen[name].endswith("user-choice")
+    assert "decay_ms:0" not in seen[name]
