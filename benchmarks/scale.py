@@ -100,16 +100,6 @@ def stage(timings: dict[str, float], name: str) -> Iterator[None]:
     log.info("stage %-9s %8.1fs  rss %6.0f MiB", name, timings[name], rss)
 
 
-def training_sample(tx: pl.LazyFrame, users: int, max_users: int | None) -> pl.LazyFrame:
-    """Transactions of a stable hash sample of about ``max_users`` users (all when fewer)."""
-    if max_users is None or users <= max_users:
-        return tx
-    keep = max_users / users
-    # The top 32 bits of the hash are uniform: keep users whose hash falls below the share.
-    threshold = int(keep * 2**32)
-    return tx.filter((sharding.user_hash() // (1 << 32)) < threshold)
-
-
 def bench_settings(args: argparse.Namespace) -> Settings:
     return load_settings(
         data={"source": "synthetic", "path": str(args.data)},
@@ -159,7 +149,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     windows = split.production_windows(first_week, last_week, settings.split)
 
     with stage(timings, "train"):
-        sample = training_sample(tx, n_users, settings.scale.train_users)
+        sample = sharding.sample_users(tx, n_users, settings.scale.train_users)
         model = two_stage.train_two_stage(
             sample,
             items.lazy() if items is not None else None,

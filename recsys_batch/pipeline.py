@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from recsys_batch import columns as C
-from recsys_batch import executors, publish, runs, sharding, split, store
+from recsys_batch import executors, publish, runs, sharding, split, store, validation
 from recsys_batch.config import Settings
 from recsys_batch.errors import (
     DataError,
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 GATE_MODEL = "two_stage"
 RECOMMENDATIONS_FILE = "recommendations.parquet"
+SHARDS_DIR = "shards"
+"""Out-of-core runs: the catalogue-applied transactions, one parquet folder per shard;
+removed when the run ends."""
 GATE_USER_SET = "all"
 GATE_METRIC = "precision@5"
 
@@ -213,25 +217,58 @@ def _nonempty(frame: pl.DataFrame, stage: str, what: str) -> pl.DataFrame:
     return frame
 
 
-def _load(settings: Settings, run_date: date | None) -> tuple[Dataset, pl.DataFrame]:
+@dataclass
+class _Loaded:
+    """The validated input: in memory, or lazy scans for an out-of-core run."""
+
+    dataset: Dataset
+    rows: int
+    users: int
+    first_day: int
+    last_day: int
+    in_memory: bool
+
+
+def _load(settings: Settings, run_date: date | None) -> _Loaded:
     dataset = load_dataset(settings.data)
-    try:
-        from recsys_batch import validation  # noqa: PLC0415
-    except ImportError:  # TODO(#2): always validate once validation.py has landed
-        validation = None  # type: ignore[assignment]
-    if validation is not None and hasattr(validation, "validated"):
-        dataset = validation.validated(dataset, settings)
+    dataset = validation.validated(dataset, settings)
     tx = dataset.transactions
     if run_date is not None:
         tx = tx.filter(pl.col(C.DAY) <= cut_day(run_date, settings.data.origin_date))
-    collected = tx.collect()
+    rows, users, first_day, last_day = (
+        tx.select(
+            pl.len().alias("rows"),
+            pl.col(C.USER).n_unique().alias("users"),
+            pl.col(C.DAY).min().alias("first_day"),
+            pl.col(C.DAY).max().alias("last_day"),
+        )
+        .collect(engine="streaming")
+        .row(0)
+    )
+    in_memory = rows <= settings.scale.in_memory_rows
+    if in_memory:
+        tx = tx.collect().lazy()
     cut = Dataset(
-        transactions=collected.lazy(),
+        transactions=tx,
         items=dataset.items.collect().lazy() if dataset.items is not None else None,
         users=dataset.users.collect().lazy() if dataset.users is not None else None,
         name=dataset.name,
     )
-    return cut, collected
+    return _Loaded(cut, rows, users, first_day or 0, last_day or 0, in_memory)
+
+
+def _gate_dataset(loaded: _Loaded, settings: Settings) -> Dataset:
+    """The gate's backtest runs on at most ``scale.train_users`` users (all, at 1x)."""
+    dataset = loaded.dataset
+    sample = sharding.sample_users(dataset.transactions, loaded.users, settings.scale.train_users)
+    if sample is dataset.transactions:
+        return dataset
+    log.info(
+        "gate: backtest on a stable sample of ~%d of %d users (scale.train_users)",
+        settings.scale.train_users,
+        loaded.users,
+    )
+    return Dataset(sample, dataset.items, dataset.users, dataset.name)
 
 
 def _check_recommendations(recs: pl.DataFrame, catalogue: pl.DataFrame, settings: Settings) -> None:
@@ -326,6 +363,8 @@ def _run_locked(
         with contextlib.suppress(RecsysError):
             runs.finish_run(record, status, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        shutil.rmtree(record.run_dir / SHARDS_DIR, ignore_errors=True)
     return result
 
 
@@ -347,28 +386,35 @@ def _run_stages(
             client = store.connect(settings.redis)
 
     with _stage(record, "load") as rows:
-        dataset, tx = _load(settings, run_date)
-        _nonempty(tx, "load", "transactions")
-        rows.append(tx.height)
-    first_day, last_day = tx.select(
-        pl.col(C.DAY).min().alias("lo"), pl.col(C.DAY).max().alias("hi")
-    ).row(0)
+        loaded = _load(settings, run_date)
+        if loaded.rows == 0:
+            _nonempty(pl.DataFrame(), "load", "transactions")
+        rows.append(loaded.rows)
+    dataset = loaded.dataset
+    first_day, last_day = loaded.first_day, loaded.last_day
     first_week, last_week = split.week_range(dataset.transactions)
     record.data = {
         "source": dataset.name,
-        "rows": tx.height,
-        "users": tx[C.USER].n_unique(),
+        "rows": loaded.rows,
+        "users": loaded.users,
         "first_day": first_day,
         "last_day": last_day,
         "first_week": first_week,
         "last_week": last_week,
+        "in_memory": loaded.in_memory,
     }
+    if not loaded.in_memory:
+        log.info(
+            "out of core: %d transactions > scale.in_memory_rows %d; shards on disk",
+            loaded.rows,
+            settings.scale.in_memory_rows,
+        )
     windows = split.production_windows(first_week, last_week, settings.split)
 
     metrics: dict[str, Any] = {}
     if gate and settings.gate.enabled:
         with _stage(record, "gate") as rows:
-            metrics = (evaluator or backtest_metrics)(dataset, settings)
+            metrics = (evaluator or backtest_metrics)(_gate_dataset(loaded, settings), settings)
             live_metrics = _live_metrics(client, settings)
             record.metrics = {**metrics, "gate": check_gate(metrics, live_metrics, settings)}
             rows.append(1)
@@ -377,22 +423,30 @@ def _run_stages(
         record.metrics = {"gate": "skipped"}
         log.warning("quality gate skipped (--no-gate or gate.enabled = false)")
 
+    shards_dir = None if loaded.in_memory else record.run_dir / SHARDS_DIR
     with _stage(record, "prefilter") as rows:
         catalogue = prefilter(dataset.transactions, dataset.items, settings.prefilter)
-        catalogue_df = _nonempty(catalogue.catalogue.collect(), "prefilter", "catalogue items")
+        catalogue_df = _nonempty(
+            catalogue.catalogue.collect(engine="streaming"), "prefilter", "catalogue items"
+        )
         tx_cat = apply_catalogue(dataset.transactions, catalogue_df.lazy(), settings.prefilter)
-        tx_cat = tx_cat.collect().lazy()
+        tx_cat = _materialise(tx_cat, loaded, shards_dir, settings)
         rows.append(catalogue_df.height)
 
     model_api = trainer or default_trainer()
     with _stage(record, "train") as rows:
+        sample = sharding.sample_users(tx_cat, loaded.users, settings.scale.train_users)
         model = model_api.train_two_stage(
-            tx_cat, dataset.items, dataset.users, catalogue_df.lazy(), windows, settings
+            sample, dataset.items, dataset.users, catalogue_df.lazy(), windows, settings
         )
+        if sample is not tx_cat:
+            _refit_stage1_on_everyone(model, tx_cat, catalogue_df, windows, settings)
         rows.append(1)
 
-    user_ids = tx.select(C.USER).unique().sort(C.USER).lazy()
-    shard_ctx = _shard_context(model, tx_cat, dataset, catalogue_df, settings)
+    user_ids = dataset.transactions.select(C.USER).unique().sort(C.USER)
+    if loaded.in_memory:
+        user_ids = user_ids.collect().lazy()
+    shard_ctx = _shard_context(model, tx_cat, dataset, catalogue_df, settings, shards_dir)
     executor = executors.make_executor(settings) if shard_ctx is not None else None
     recs: pl.DataFrame | None = None
     with _stage(record, "recommend") as rows:
@@ -489,12 +543,44 @@ def _run_stages(
     )
 
 
+def _materialise(
+    tx_cat: pl.LazyFrame, loaded: _Loaded, shards_dir: Path | None, settings: Settings
+) -> pl.LazyFrame:
+    """The catalogue-applied transactions: collected, or written one folder per shard."""
+    if shards_dir is None:
+        return tx_cat.collect().lazy()
+    n_shards = sharding.shard_count(loaded.users, settings.scale.shard_users)
+    sharding.write_shards(tx_cat, n_shards, shards_dir)
+    return pl.scan_parquet(shards_dir / "*" / "*.parquet", hive_partitioning=False)
+
+
+def _refit_stage1_on_everyone(
+    model: Any,
+    tx_cat: pl.LazyFrame,
+    catalogue: pl.DataFrame,
+    windows: split.Windows,
+    settings: Settings,
+) -> None:
+    """Training saw a user sample; stage 1 must know every user to propose their candidates."""
+    from recsys_batch import candidates  # noqa: PLC0415 - heavy (implicit)
+
+    if not hasattr(model, "stage1_for_scoring"):
+        return
+    model.stage1_for_scoring = candidates.fit_stage1(
+        split.before_test(tx_cat, windows),
+        catalogue.lazy(),
+        settings.candidates,
+        settings.prefilter.placeholder_item,
+    )
+
+
 def _shard_context(
     model: Any,
     tx_cat: pl.LazyFrame,
     dataset: Dataset,
     catalogue: pl.DataFrame,
     settings: Settings,
+    shards_dir: Path | None = None,
 ) -> executors.ShardContext | None:
     """The shards' shared inputs, or None when ``model`` is not a two-stage model.
 
@@ -514,6 +600,7 @@ def _shard_context(
         catalogue.lazy(),
         settings,
         sharding.shard_count(users, settings.scale.shard_users),
+        shards_dir=shards_dir,
     )
 
 

@@ -152,3 +152,16 @@ def write_shards(frame: pl.LazyFrame, n_shards: int, folder: Path) -> list[Path]
             path.mkdir(parents=True, exist_ok=True)
             pl.DataFrame(schema=schema).write_parquet(path / "part-00000.parquet")
     return paths
+
+
+def sample_users(tx: pl.LazyFrame, n_users: int, max_users: int | None) -> pl.LazyFrame:
+    """Rows of a stable hash sample of about ``max_users`` of ``n_users`` users (all when
+    fewer, or when ``max_users`` is None).
+
+    The top 32 bits of :func:`user_hash` are uniform: a user is kept when they fall below
+    the share, so the sample is the same from run to run and nested as it grows.
+    """
+    if max_users is None or n_users <= max_users:
+        return tx
+    threshold = int(max_users / n_users * 2**32)
+    return tx.filter((user_hash() // (1 << 32)) < threshold)

@@ -1,0 +1,94 @@
+"""``recsys nightly-batch`` out of core (issue #8): shards on disk, sampled training.
+
+Above ``scale.in_memory_rows`` transactions the batch streams the catalogue, writes the
+catalogue-applied transactions one parquet folder per shard and scores each shard from its
+own folder. With every user in the training sample it must publish exactly what the
+in-memory path publishes; with a small sample it still serves every user.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import redis
+from polars.testing import assert_frame_equal
+
+from recsys_batch import columns as C
+from recsys_batch import pipeline, publish, store
+from recsys_batch.config import Settings, load_settings
+from recsys_batch.io import Dataset
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(tmp_path: Path, redis_url: str, key_prefix: str, **scale: Any) -> Settings:
+    return load_settings(
+        data={"source": "synthetic", "synthetic_users": 160, "synthetic_seed": 3},
+        prefilter={"min_user_share": 0.01},
+        candidates={"als": {"iterations": 3, "factors": 16, "threads": 1}},
+        ranker={"n_estimators": 30, "early_stopping_rounds": 10, "threads": 1},
+        scale={"shard_users": 50, **scale},
+        run={"runs_dir": str(tmp_path / "runs"), "lock_file": str(tmp_path / "lock")},
+        redis={"url": redis_url, "key_prefix": key_prefix},
+    )
+
+
+def _gate(dataset: Dataset, settings: Settings) -> dict[str, Any]:
+    users = dataset.transactions.select(pl.col(C.USER).n_unique()).collect().item()
+    return {"precision@5": 0.5, "gate_users": users}
+
+
+def _published(client: store.Client, settings: Settings) -> pl.DataFrame:
+    version = publish.live_version(client, settings.redis)
+    assert version is not None
+    prefix = f"{settings.redis.key_prefix}:v:{version}:u:"
+    rows = [
+        (int(key.decode().removeprefix(prefix)), client.get(key).decode())
+        for key in client.scan_iter(match=f"{prefix}*", count=1000)
+    ]
+    return pl.DataFrame(rows, schema={C.USER: pl.Int64, "items": pl.String}, orient="row").sort(
+        C.USER
+    )
+
+
+def _run(settings: Settings) -> tuple[pipeline.RunResult, pl.DataFrame]:
+    client = store.connect(settings.redis)
+    try:
+        result = pipeline.run_nightly(settings, client=client, evaluator=_gate)
+        return result, _published(client, settings)
+    finally:
+        client.close()
+
+
+def test_out_of_core_publishes_what_the_in_memory_path_publishes(
+    tmp_path: Path, real_redis: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    in_memory, expected = _run(_settings(tmp_path / "a", redis_url, key_prefix))
+    out_of_core, got = _run(_settings(tmp_path / "b", redis_url, key_prefix, in_memory_rows=0))
+
+    manifest = json.loads((out_of_core.run_dir / "manifest.json").read_text())
+    assert manifest["data"]["in_memory"] is False
+    assert json.loads((in_memory.run_dir / "manifest.json").read_text())["data"]["in_memory"]
+    assert out_of_core.users == in_memory.users == expected.height == 160
+    assert_frame_equal(got, expected)
+    # The shard folders are scratch space: gone once the run ends.
+    assert not (out_of_core.run_dir / pipeline.SHARDS_DIR).exists()
+
+
+def test_sampled_training_and_gate_still_serve_every_user(
+    tmp_path: Path, real_redis: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    settings = _settings(tmp_path, redis_url, key_prefix, in_memory_rows=0, train_users=60)
+    result, published = _run(settings)
+
+    assert result.users == 160
+    assert published.height == 160
+    # The gate backtest ran on the sample, not on everyone.
+    assert 30 <= result.metrics["gate_users"] < 160
+    lists = published["items"].str.split(",")
+    assert lists.list.len().min() >= 1
+    assert (lists.list.len() == lists.list.unique().list.len()).all()
