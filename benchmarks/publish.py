@@ -96,7 +96,7 @@ def main() -> None:
         client.delete("key:__rand_int__")
         recs = recommendations(args.users)
         total, writes, live = [], [], []
-        flip = publish._flip
+        flip = publish.flip_pointer
         flipped: list[float] = []
 
         def timed_flip(*a: object, **k: object) -> object:
@@ -104,7 +104,7 @@ def main() -> None:
             flipped.append(time.perf_counter())
             return result
 
-        publish._flip = timed_flip  # type: ignore[assignment]
+        publish.flip_pointer = timed_flip  # type: ignore[assignment]
         for _ in range(args.repeat):
             started = time.perf_counter()
             version = publish.publish_version(client, recs, [1, 2, 3, 4, 5], None, {}, cfg)

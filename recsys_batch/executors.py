@@ -272,7 +272,7 @@ def begin_version(client: store.Client, meta: dict[str, Any], settings: Settings
     publish.cleanup_versions(client, cfg, keep={live, previous})
     meta_key = keys.meta_key(version, cfg.key_prefix)
     ttl = publish.ttl_seconds(cfg)
-    header = publish._encode_meta(  # noqa: SLF001 - same encoding as publish_version
+    header = publish.encode_meta(  # same encoding as publish_version
         {
             **meta,
             "format": keys.FORMAT,
@@ -300,12 +300,12 @@ def write_users(client: store.Client, version: str, recs: pl.DataFrame, settings
     values = publish.user_values(recs)
     prefix = keys.version_prefix(version, cfg.key_prefix) + "u:"
     # The writers of publish_version: raw RESP on one server, redis-py pipelines otherwise.
-    if publish._fast_path_ok(client):  # noqa: SLF001
-        checks = publish._write_users_raw(client, values, prefix, cfg)  # type: ignore[arg-type]  # noqa: SLF001
-        return publish._verify_raw(client, checks, cfg)  # type: ignore[arg-type]  # noqa: SLF001
-    publish._write_users_pipeline(client, values, prefix, cfg)  # noqa: SLF001
+    if publish.fast_path_ok(client):
+        checks = publish.write_users_raw(client, values, prefix, cfg)  # type: ignore[arg-type]
+        return publish.verify_raw(client, checks, cfg)  # type: ignore[arg-type]
+    publish.write_users_pipeline(client, values, prefix, cfg)
     names = values.select(pl.lit(prefix) + pl.col(C.USER).cast(pl.String)).to_series()
-    return publish._count_existing(client, names, cfg)  # noqa: SLF001
+    return publish.count_existing(client, names, cfg)
 
 
 def finish_version(
@@ -331,7 +331,7 @@ def finish_version(
     cfg = settings.redis
     prefix = cfg.key_prefix
     ttl = publish.ttl_seconds(cfg)
-    items = publish._items_mapping(items_attrs)  # noqa: SLF001
+    items = publish.items_mapping(items_attrs)
 
     def extras() -> None:
         pipe = client.pipeline(transaction=False)
@@ -344,7 +344,7 @@ def finish_version(
     publish.with_retries(extras, cfg, "popular/items write")
     meta_key = keys.meta_key(version, prefix)
     names = pl.Series([keys.popular_key(version, prefix), meta_key])
-    found = publish._count_existing(client, names, cfg)  # noqa: SLF001
+    found = publish.count_existing(client, names, cfg)
     if found != names.len():
         msg = (
             f"verification failed for version {version}: meta or popular list missing "
@@ -359,7 +359,7 @@ def finish_version(
         "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     publish.with_retries(lambda: client.hset(meta_key, mapping=finished), cfg, "meta update")
-    old = publish._flip(client, version, cfg)  # noqa: SLF001
+    old = publish.flip_pointer(client, version, cfg)
     try:
         publish.cleanup_versions(client, cfg, keep={version, old}, user_ids=users)
     except PublishError as exc:  # the flip succeeded; leftovers expire or go next run

@@ -188,7 +188,7 @@ def _chunks(height: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(size, height - start)
 
 
-def _encode_meta(meta: Mapping[str, Any]) -> dict[str, str]:
+def encode_meta(meta: Mapping[str, Any]) -> dict[str, str]:
     """Hash fields as strings: nested values become JSON."""
     encoded: dict[str, str] = {}
     for name, value in meta.items():
@@ -259,7 +259,7 @@ def with_retries(func: Callable[[], T], cfg: RedisConfig, what: str) -> T:
 # --- writing users ------------------------------------------------------------------------
 
 
-def _fast_path_ok(client: Client) -> bool:
+def fast_path_ok(client: Client) -> bool:
     """Raw RESP writes only on a real single-server connection (not cluster, not fakeredis)."""
     if is_cluster(client) or not isinstance(client, redis.Redis):
         return False
@@ -357,7 +357,7 @@ def sorted_user_chunks(recs: pl.DataFrame, chunk_size: int) -> Iterator[pl.DataF
         yield user_values(ordered.slice(first, end - first))
 
 
-def _write_users_raw(
+def write_users_raw(
     client: redis.Redis,
     values: pl.DataFrame | Iterator[pl.DataFrame],
     key_prefix: str,
@@ -370,7 +370,7 @@ def _write_users_raw(
     see :func:`sorted_user_chunks`). The user ids written are appended to ``user_ids``.
 
     Returns the ``EXISTS`` command of every chunk, built while waiting for Redis, for
-    :func:`_verify_raw`.
+    :func:`verify_raw`.
     """
     if isinstance(values, pl.DataFrame):
         frame = values
@@ -438,12 +438,12 @@ def _write_users_raw(
     return checks
 
 
-def _verify_raw(client: redis.Redis, checks: list[bytes], cfg: RedisConfig) -> int:
+def verify_raw(client: redis.Redis, checks: list[bytes], cfg: RedisConfig) -> int:
     """Send the per-chunk ``EXISTS`` commands back to back; return the total count."""
     return with_retries(lambda: _integer_replies(client, checks), cfg, "verification")
 
 
-def _write_users_pipeline(
+def write_users_pipeline(
     client: Client, values: pl.DataFrame, key_prefix: str, cfg: RedisConfig
 ) -> None:
     """Portable path (Redis Cluster, fakeredis): redis-py pipelines of ``cfg.chunk_size``."""
@@ -496,10 +496,10 @@ def _integer_replies(client: redis.Redis, payloads: list[bytes]) -> int:
     return total
 
 
-def _count_existing(client: Client, names: pl.Series, cfg: RedisConfig) -> int:
+def count_existing(client: Client, names: pl.Series, cfg: RedisConfig) -> int:
     """How many of ``names`` exist (``EXISTS`` in chunks; one reply per chunk)."""
     total = 0
-    fast = _fast_path_ok(client)
+    fast = fast_path_ok(client)
     for start, length in _chunks(names.len(), cfg.chunk_size):
         batch = names.slice(start, length)
         if fast:
@@ -565,7 +565,7 @@ def _unlink_known_users(
     scanning the whole keyspace. Only when the number removed equals the user count recorded
     in its meta hash is the SCAN skipped.
     """
-    if user_ids is None or not _fast_path_ok(client):
+    if user_ids is None or not fast_path_ok(client):
         return False
     assert isinstance(client, redis.Redis)
     prefix = cfg.key_prefix
@@ -643,7 +643,7 @@ def cleanup_versions(
     return removed
 
 
-def _flip(client: Client, version: str, cfg: RedisConfig) -> str | None:
+def flip_pointer(client: Client, version: str, cfg: RedisConfig) -> str | None:
     """Point ``current`` at ``version`` and ``previous`` at the old current; return the old."""
     current = keys.current_key(cfg.key_prefix)
     previous = keys.previous_key(cfg.key_prefix)
@@ -675,7 +675,7 @@ def _flip(client: Client, version: str, cfg: RedisConfig) -> str | None:
         raise
 
 
-def _items_mapping(items_attrs: pl.DataFrame | None) -> dict[str, str]:
+def items_mapping(items_attrs: pl.DataFrame | None) -> dict[str, str]:
     if items_attrs is None or items_attrs.height == 0:
         return {}
     attributes = [c for c in items_attrs.columns if c != C.ITEM]
@@ -724,7 +724,7 @@ def publish_version(
     ValueError
         ``recs`` is empty or malformed (callers check this before touching Redis).
     """
-    fast = _fast_path_ok(client)
+    fast = fast_path_ok(client)
     if recs.height == 0:
         msg = "refusing to publish an empty version (no user has recommendations)"
         raise ValueError(msg)
@@ -745,7 +745,7 @@ def publish_version(
         log.info("cleaned %d stale version(s) before writing: %s", len(stale), ", ".join(stale))
 
     meta_key = keys.meta_key(version, prefix)
-    header = _encode_meta(
+    header = encode_meta(
         {
             **meta,
             "format": keys.FORMAT,
@@ -772,18 +772,18 @@ def publish_version(
         written: list[pl.Series] = []
         chunks = sorted_user_chunks(recs, cfg.chunk_size)
         try:
-            checks = _write_users_raw(client, chunks, user_prefix, cfg, written)
+            checks = write_users_raw(client, chunks, user_prefix, cfg, written)
         except pl.exceptions.ComputeError as exc:
             msg = "recommendations repeat a (user_id, rank) pair; expected ranks 1..k per user"
             raise ValueError(msg) from exc
         user_ids = pl.concat(written)
     else:
-        _write_users_pipeline(client, values, user_prefix, cfg)
+        write_users_pipeline(client, values, user_prefix, cfg)
         user_ids = values[C.USER]
     n_users = user_ids.len()
     written_users = time.perf_counter()
 
-    items = _items_mapping(items_attrs)
+    items = items_mapping(items_attrs)
 
     def extras() -> None:
         pipe = client.pipeline(transaction=False)
@@ -799,11 +799,11 @@ def publish_version(
     names = pl.Series([keys.popular_key(version, prefix), meta_key])
     if checks is not None:
         assert isinstance(client, redis.Redis)
-        found = _verify_raw(client, checks, cfg) + _count_existing(client, names, cfg)
+        found = verify_raw(client, checks, cfg) + count_existing(client, names, cfg)
     else:
         user_keys = pl.select(pl.lit(user_prefix) + user_ids.cast(pl.String))
         names = pl.concat([user_keys.to_series(), names])
-        found = _count_existing(client, names, cfg)
+        found = count_existing(client, names, cfg)
     expected = n_users + 2
     if found != expected:
         msg = (
@@ -821,7 +821,7 @@ def publish_version(
         "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with_retries(lambda: client.hset(meta_key, mapping=finished), cfg, "meta update")
-    old = _flip(client, version, cfg)
+    old = flip_pointer(client, version, cfg)
     log.info(
         "published version %s: %d users in %.2fs (previous: %s)",
         version,
@@ -873,7 +873,7 @@ def rollback(client: Client, cfg: RedisConfig) -> tuple[str, str]:
         pipe.execute()
 
     with_retries(refresh, cfg, "rollback TTL refresh")
-    old = _flip(client, target, cfg)
+    old = flip_pointer(client, target, cfg)
     log.info("rolled back: live version %s (was %s)", target, old)
     return target, old or ""
 

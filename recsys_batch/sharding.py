@@ -134,7 +134,9 @@ def write_shards(frame: pl.LazyFrame, n_shards: int, folder: Path) -> list[Path]
     list[Path]
         Folder of shard ``s`` at position ``s`` (a shard without rows gets an empty file).
     """
-    folder = Path(folder)
+    # Absolute: the partitioned sink joins a relative path from the provider onto its base
+    # again (runs/x/shards/runs/x/shards/...), and the shards would then look empty.
+    folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     schema = frame.collect_schema()
 

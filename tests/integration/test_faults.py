@@ -269,13 +269,13 @@ def test_redis_dies_between_version_start_and_user_writes_exit_4(
     PublishError too; before the fix a bare ``redis.ConnectionError`` escaped (exit 1)."""
     with own_redis(tmp_path / "redis-data") as server:
         env = batch_env(tmp_path, server.url, key_prefix)
-        original = publish._write_users_raw
+        original = publish.write_users_raw
 
         def write(*args: Any) -> Any:
             server.signal(signal.SIGKILL)
             return original(*args)
 
-        monkeypatch.setattr(publish, "_write_users_raw", write)
+        monkeypatch.setattr(publish, "write_users_raw", write)
         failed = nightly(env)
         assert failed.exit_code == 4, failed.output
         assert "live version was left untouched" in flat(failed.output)
@@ -325,14 +325,14 @@ if pause_at == "mid-publish":
 
     publish.resp_exists_command = exists
 elif pause_at == "after-flip":
-    original_flip = publish._flip
+    original_flip = publish.flip_pointer
 
     def flip(client, version, cfg):
         old = original_flip(client, version, cfg)
         pause()
         return old
 
-    publish._flip = flip
+    publish.flip_pointer = flip
 
 from cli.main import app
 

@@ -109,7 +109,7 @@ class TestRealRedis:
         version = publish.publish_version(
             real_redis, synthetic_recs(2_000, 1), [7, 8], None, {}, cfg
         )
-        assert publish._fast_path_ok(real_redis)
+        assert publish.fast_path_ok(real_redis)
         p = cfg.key_prefix
         assert real_redis.get(f"{p}:current").decode() == version
         assert real_redis.get(keys.user_key(version, 1999, p)) == expected_value(1)
@@ -263,14 +263,14 @@ class TestConnectFailure:
     ) -> None:
         """Regression (issue #7): the writer's own connect was outside the retry wrapper."""
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5)
-        original = publish._write_users_raw
+        original = publish.write_users_raw
 
         def redis_vanishes(*args: object) -> list[bytes]:
             client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
             client.connection_pool.reset()  # drop pooled connections to the real port
             return original(*args)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(publish, "_write_users_raw", redis_vanishes)
+        monkeypatch.setattr(publish, "write_users_raw", redis_vanishes)
         with pytest.raises(PublishError, match="connect"):
             publish.publish_version(client, synthetic_recs(100, 1), [1], None, {}, cfg)
         client.connection_pool.connection_kwargs["port"] = upstream[1]

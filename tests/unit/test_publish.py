@@ -147,7 +147,7 @@ class TestPublish:
         self, client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         publish.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
-        monkeypatch.setattr(publish, "_count_existing", lambda *a, **k: 1)
+        monkeypatch.setattr(publish, "count_existing", lambda *a, **k: 1)
         with pytest.raises(PublishError, match="verification failed"):
             publish.publish_version(client, RECS, [1], None, {}, CFG, version="v2")
         assert client.get("recsys:current") == b"v1"

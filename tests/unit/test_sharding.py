@@ -98,3 +98,13 @@ def test_write_shards_gives_every_shard_a_readable_file(tmp_path: Path) -> None:
     S.write_shards(tx.lazy(), 6, tmp_path)
     heights = [S.scan_shard(tmp_path, s).collect().height for s in range(6)]
     assert sorted(heights) == [0, 0, 0, 0, 0, 1]
+
+
+def test_write_shards_to_a_relative_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The nightly batch writes under runs/<run_id>/shards, a path relative to the working dir.
+    monkeypatch.chdir(tmp_path)
+    tx = pl.DataFrame({C.USER: [1, 2, 3, 4], C.ITEM: [10, 11, 12, 13]})
+    S.write_shards(tx.lazy(), 2, Path("runs/r1/shards"))
+    scan = pl.scan_parquet(Path("runs/r1/shards") / "*" / "*.parquet", hive_partitioning=False)
+    assert_frame_equal(scan.collect(), tx, check_row_order=False)
+    assert not (tmp_path / "runs/r1/shards/runs").exists()
