@@ -7,11 +7,14 @@ Stages, each logged on one line with its output rows and seconds and recorded in
     gate       backtest on the last ``split.test_weeks`` weeks (as ``recsys evaluate``):
                two_stage / all-users Precision@5 must reach ``gate.min_precision_at_5`` and
                lose at most ``gate.max_relative_drop`` against the live version's value
-    prefilter  catalogue from all (cut) data; non-catalogue purchases -> placeholder item
-    train      two-stage model on the production windows (stage 2 = the last weeks)
-    recommend  top k for every user of the data, features as of the newest week, in user
-               shards of ``scale.shard_users`` (``scale.executor``: this process or Dask);
-               when publishing, the shards are scored inside ``publish`` instead (issue #8)
+    prefilter  catalogue from all (cut) data; non-catalogue purchases -> placeholder item;
+               out of core (``scale.in_memory_rows``), also the per-shard parquet folders
+    train      two-stage model on the production windows (stage 2 = the last weeks), on at
+               most ``scale.train_users`` users; stage 1 refit on everyone when sampled
+    recommend  the shards' shared inputs (item features, reference day), then the top k for
+               every user of the data, features as of the newest week, in user shards of
+               ``scale.shard_users`` (``scale.executor``: this process or Dask); when
+               publishing, the shards are scored inside ``publish`` instead (issue #8)
     popular    fallback list for unknown users
     save       the models under runs/<run_id>/models, recommendations.parquet beside them
     publish    new Redis version, verified, then the pointer flip (skipped by --dry-run);
@@ -446,10 +449,11 @@ def _run_stages(
     user_ids = dataset.transactions.select(C.USER).unique().sort(C.USER)
     if loaded.in_memory:
         user_ids = user_ids.collect().lazy()
-    shard_ctx = _shard_context(model, tx_cat, dataset, catalogue_df, settings, shards_dir)
-    executor = executors.make_executor(settings) if shard_ctx is not None else None
     recs: pl.DataFrame | None = None
     with _stage(record, "recommend") as rows:
+        # The shards' shared inputs (item features over every user, the reference day).
+        shard_ctx = _shard_context(model, tx_cat, dataset, catalogue_df, settings, shards_dir)
+        executor = executors.make_executor(settings) if shard_ctx is not None else None
         if shard_ctx is None:
             recs = model_api.recommend(
                 model,
