@@ -88,6 +88,9 @@ class ShardContext:
     """The Redis version being written (None: score only, nothing is published)."""
     output_dir: Path | None = None
     """When set, each shard also writes its recommendations to ``shard=NNNNN.parquet`` here."""
+    driver_client: Any = field(default=None, repr=False)
+    """The driver's Redis client, reused by shards run in this process (local executor);
+    None: each shard connects from ``settings.redis`` (a Dask worker has no other way)."""
 
     def shard_transactions(self, shard: int) -> pl.DataFrame:
         """The rows of the users of ``shard``."""
@@ -247,11 +250,13 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         result.recommendations = recs
     elif recs.height:
         started = time.perf_counter()
-        client = store.connect(ctx.settings.redis)
+        own_client = ctx.driver_client is None
+        client = store.connect(ctx.settings.redis) if own_client else ctx.driver_client
         try:
             written = write_users(client, ctx.version, recs, ctx.settings)
         finally:
-            client.close()
+            if own_client:
+                client.close()
         if written != result.users:
             msg = f"shard {shard}: {written} of {result.users} user keys verified"
             raise PublishError(msg)

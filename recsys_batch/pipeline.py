@@ -512,6 +512,8 @@ def _run_stages(
                 assert shard_ctx is not None
                 assert executor is not None
                 shard_ctx.output_dir = record.run_dir / RECOMMENDATIONS_FILE
+                if isinstance(executor, executors.LocalExecutor):
+                    shard_ctx.driver_client = client  # the same server as begin/flip
                 sharded = executors.publish_shards(
                     shard_ctx, user_ids, executor, client, popular, meta
                 )

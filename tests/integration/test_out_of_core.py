@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import polars as pl
 import pytest
 import redis
@@ -92,3 +93,14 @@ def test_sampled_training_and_gate_still_serve_every_user(
     lists = published["items"].str.split(",")
     assert lists.list.len().min() >= 1
     assert (lists.list.len() == lists.list.unique().list.len()).all()
+
+
+def test_an_injected_client_receives_every_shard_write(tmp_path: Path) -> None:
+    # settings.redis names a port nobody listens on: the local executor's shards must write
+    # through the driver's client, the one that opens the version and flips the pointer.
+    settings = _settings(tmp_path, "redis://127.0.0.1:1/0", "injected")
+    client = fakeredis.FakeRedis()
+    result = pipeline.run_nightly(settings, client=client, evaluator=_gate)
+
+    assert result.users == 160
+    assert _published(client, settings).height == 160
