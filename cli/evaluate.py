@@ -60,6 +60,15 @@ StageOpt = Annotated[
         help="all: two-stage model vs baselines; candidates: stage-1 candidate recall only.",
     ),
 ]
+SeedsOpt = Annotated[
+    int,
+    typer.Option(
+        "--seeds",
+        min=1,
+        help="Repeat the backtest with this many seed pairs (ALS and ranker seed + 0..N-1) "
+        "and print the spread of P@5; the main table is the configured seeds' run.",
+    ),
+]
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -89,6 +98,21 @@ def metrics_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def spread_table(spread: list[dict[str, Any]]) -> Table:
+    """Precision@5 over the seed runs: mean, min, max and standard deviation."""
+    table = Table(title="Precision@5 over seed runs (--seeds)")
+    for name in ("model", "users", "runs", "mean", "min", "max", "std"):
+        table.add_column(name, justify="left" if name in ("model", "users") else "right")
+    for row in spread:
+        table.add_row(
+            row["model"],
+            row["user_set"],
+            str(row["runs"]),
+            *(f"{float(row[name]):.4f}" for name in ("mean", "min", "max", "std")),
+        )
+    return table
+
+
 def candidates_table(result: dict[str, Any]) -> Table:
     """Candidate recall per generator and for the union."""
     table = Table(title="Stage-1 candidate recall (test window)")
@@ -115,6 +139,7 @@ def evaluate(
     json_path: JsonOpt = None,
     report: ReportOpt = None,
     stage: StageOpt = Stage.all,
+    seeds: SeedsOpt = 1,
     debug: DebugOpt = False,
 ) -> None:
     """Backtest on the newest weeks: two-stage model vs popular, own purchases and ALS."""
@@ -135,7 +160,7 @@ def evaluate(
             payload = result
             report_payload: dict[str, Any] = {"candidates": result}
         else:
-            bt = backtest.run_backtest(dataset, settings)
+            bt = backtest.run_seeded_backtest(dataset, settings, seeds)
             console.print("[bold]Protocol[/]")
             for line in bt.protocol.splitlines():
                 console.print(f"  - {line}", highlight=False)
@@ -148,6 +173,8 @@ def evaluate(
                     highlight=False,
                 )
             payload = bt.to_json()
+            if bt.seed_runs:
+                console.print(spread_table(payload["seed_spread"]))
             report_payload = payload
         elapsed = time.perf_counter() - start
         console.print(f"evaluated {dataset.name} in {elapsed:.1f}s", highlight=False)

@@ -101,6 +101,9 @@ class BacktestResult:
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     """model -> user set -> precision@k for k = 1..10."""
     catalogue_size: int = 0
+    seed_runs: list[dict[str, Any]] = field(default_factory=list)
+    """``recsys evaluate --seeds N``: one entry per seed pair (``als_seed``, ``ranker_seed``,
+    ``rows``); empty for a single run."""
 
     def precision(self, model: str = "two_stage", user_set: str = "all") -> float:
         """Precision@5 of one row (the nightly quality gate reads two_stage/all)."""
@@ -127,7 +130,54 @@ class BacktestResult:
             "precision_curves": self.curves,
             "importances": self.importances.head(30).to_dicts(),
             "funnel": self.funnel.to_dicts(),
+            **(
+                {"seed_runs": self.seed_runs, "seed_spread": seed_spread(self.seed_runs)}
+                if self.seed_runs
+                else {}
+            ),
         }
+
+
+def reseeded(settings: Settings, offset: int) -> Settings:
+    """``settings`` with the ALS and the ranker seed moved by ``offset`` (0: unchanged)."""
+    cands = settings.candidates
+    als = cands.als.model_copy(update={"seed": cands.als.seed + offset})
+    return settings.model_copy(
+        update={
+            "candidates": cands.model_copy(update={"als": als}),
+            "ranker": settings.ranker.model_copy(update={"seed": settings.ranker.seed + offset}),
+        }
+    )
+
+
+def seed_spread(
+    seed_runs: list[dict[str, Any]], metric: str = f"precision@{K}"
+) -> list[dict[str, Any]]:
+    """Mean, min, max and standard deviation of ``metric`` per (model, user set) over runs.
+
+    ``seed_runs`` entries carry ``rows`` as in :attr:`BacktestResult.rows`; the standard
+    deviation is the sample one (0 for a single run).
+    """
+    frame = pl.DataFrame(
+        [
+            {"model": r["model"], "user_set": r["user_set"], "value": float(r[metric])}
+            for run in seed_runs
+            for r in run["rows"]
+        ],
+        schema={"model": pl.String, "user_set": pl.String, "value": pl.Float64},
+    )
+    return (
+        frame.group_by("model", "user_set", maintain_order=True)
+        .agg(
+            pl.len().alias("runs"),
+            pl.col("value").mean().alias("mean"),
+            pl.col("value").min().alias("min"),
+            pl.col("value").max().alias("max"),
+            pl.col("value").std().fill_null(0.0).alias("std"),
+        )
+        .with_columns(pl.lit(metric).alias("metric"))
+        .to_dicts()
+    )
 
 
 def evaluation_users(
@@ -258,8 +308,40 @@ def test_truth(tx: pl.LazyFrame, windows: split.Windows, placeholder: int) -> pl
     )
 
 
-def run_backtest(dataset: Dataset, settings: Settings) -> BacktestResult:
+def run_seeded_backtest(dataset: Dataset, settings: Settings, seeds: int) -> BacktestResult:
+    """:func:`run_backtest` with ``seeds`` seed pairs; the result is the configured seeds' run.
+
+    Run ``i`` moves the ALS and the ranker seed by ``i`` (:func:`reseeded`); every run's rows
+    are in ``seed_runs`` so that a change can be judged against the seed-to-seed spread of
+    Precision@5, not against one draw. The prefilter and split do not depend on a seed and
+    are computed once.
+    """
+    prepared = prepare(dataset, settings)
+    result = run_backtest(dataset, settings, prepared=prepared)
+    runs = [_seed_run(settings, result)]
+    for offset in range(1, max(seeds, 1)):
+        again = reseeded(settings, offset)
+        runs.append(_seed_run(again, run_backtest(dataset, again, prepared=prepared)))
+    if seeds > 1:
+        result.seed_runs = runs
+    return result
+
+
+def _seed_run(settings: Settings, result: BacktestResult) -> dict[str, Any]:
+    return {
+        "als_seed": settings.candidates.als.seed,
+        "ranker_seed": settings.ranker.seed,
+        "rows": result.rows,
+    }
+
+
+def run_backtest(
+    dataset: Dataset, settings: Settings, *, prepared: dict[str, Any] | None = None
+) -> BacktestResult:
     """Run the issue-#4 protocol: train, score the test window, compare with the baselines.
+
+    ``prepared`` is :func:`prepare`'s output for the same dataset and settings (computed
+    here when None).
 
     Raises
     ------
@@ -270,7 +352,7 @@ def run_backtest(dataset: Dataset, settings: Settings) -> BacktestResult:
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    prep = prepare(dataset, settings)
+    prep = prepared if prepared is not None else prepare(dataset, settings)
     windows: split.Windows = prep["windows"]
     catalogue: pl.DataFrame = prep["catalogue"]
     tx: pl.DataFrame = prep["tx"]

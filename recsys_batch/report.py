@@ -120,6 +120,18 @@ def metrics_table_md(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, sep, *body])
 
 
+def spread_table_md(spread: list[dict[str, Any]]) -> str:
+    """Precision@5 over the seed runs of ``recsys evaluate --seeds`` as GitHub markdown."""
+    stats = ("runs", "mean", "min", "max", "std")
+    head = "| model | user set | " + " | ".join(stats) + " |"
+    sep = "|---|---|" + "---:|" * len(stats)
+    body = [
+        f"| {r['model']} | {r['user_set']} | " + " | ".join(_fmt(r.get(c)) for c in stats) + " |"
+        for r in spread
+    ]
+    return "\n".join([head, sep, *body])
+
+
 def write_report(payload: dict[str, Any], folder: Path) -> list[Path]:
     """Write the plots, ``index.md``, ``index.html`` and ``backtest.json`` under ``folder``.
 
@@ -136,6 +148,10 @@ def write_report(payload: dict[str, Any], folder: Path) -> list[Path]:
         )
     if payload.get("rows"):
         sections.append(("Metrics", metrics_table_md(payload["rows"]), None))
+    if payload.get("seed_spread"):
+        sections.append(
+            ("Precision@5 over seed runs", spread_table_md(payload["seed_spread"]), None)
+        )
     if payload.get("precision_curves"):
         written.append(plot_precision_curves(payload["precision_curves"], folder / PRECISION_PNG))
         sections.append(("Precision@k per model", "", PRECISION_PNG))

@@ -85,6 +85,29 @@ def test_evaluate_table_json_and_report(config_file: Path, tmp_path: Path) -> No
     assert "precision_at_k.png" in (report / "index.md").read_text()
 
 
+def test_evaluate_seeds_prints_and_writes_the_spread(config_file: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "eval.json"
+    report = tmp_path / "report"
+    args = ["evaluate", "--config", str(config_file), "--seeds", "2", "--json", str(out_json)]
+    result = CliRunner().invoke(app, [*args, "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "over seed runs" in result.output
+    payload = json.loads(out_json.read_text())
+    assert len(payload["seed_runs"]) == 2
+    assert payload["seed_runs"][0]["rows"] == payload["rows"]
+    spread = {(r["model"], r["user_set"]): r for r in payload["seed_spread"]}
+    assert set(spread) == {(r["model"], r["user_set"]) for r in payload["rows"]}
+    for row in spread.values():
+        assert row["runs"] == 2 and row["min"] <= row["mean"] <= row["max"]
+    assert "Precision@5 over seed runs" in (report / "index.md").read_text()
+
+
+def test_evaluate_seeds_must_be_positive(config_file: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", "--config", str(config_file), "--seeds", "0"])
+    assert result.exit_code == 2
+    assert "--seeds" in result.output
+
+
 def test_evaluate_candidates_stage(config_file: Path, tmp_path: Path) -> None:
     out_json = tmp_path / "cands.json"
     result = CliRunner().invoke(

@@ -14,8 +14,11 @@ from recsys_batch.backtest import (
     evaluation_users,
     own_purchases_baseline,
     prepare,
+    reseeded,
     run_backtest,
     run_candidate_backtest,
+    run_seeded_backtest,
+    seed_spread,
 )
 from recsys_batch.config import (
     AlsConfig,
@@ -170,3 +173,59 @@ def test_candidate_backtest() -> None:
     assert set(out) >= {"generators", "union"}
     assert 0 < out["union"]["recall"] <= 1
     assert out["union"]["mean_candidates"] <= SETTINGS.candidates.max_per_user
+
+
+def test_seed_spread_by_hand() -> None:
+    def run(p_all: float, p_seed: float) -> dict:
+        return {
+            "rows": [
+                {"model": "two_stage", "user_set": "all", "precision@5": p_all},
+                {"model": "two_stage", "user_set": "seed", "precision@5": p_seed},
+            ]
+        }
+
+    spread = seed_spread([run(0.30, 0.40), run(0.32, 0.40), run(0.31, 0.43)])
+    by_set = {r["user_set"]: r for r in spread}
+    assert by_set["all"]["runs"] == 3
+    assert by_set["all"]["mean"] == pytest.approx(0.31)
+    assert (by_set["all"]["min"], by_set["all"]["max"]) == (0.30, 0.32)
+    assert by_set["all"]["std"] == pytest.approx(0.01)  # sample std of 0.30, 0.31, 0.32
+    assert by_set["seed"]["mean"] == pytest.approx(0.41)
+    assert by_set["seed"]["std"] == pytest.approx(0.017320508)
+    assert seed_spread([run(0.3, 0.4)])[0]["std"] == 0.0
+
+
+def test_reseeded_moves_both_seeds_only() -> None:
+    moved = reseeded(SETTINGS, 2)
+    assert moved.candidates.als.seed == SETTINGS.candidates.als.seed + 2
+    assert moved.ranker.seed == SETTINGS.ranker.seed + 2
+    assert moved.candidates.als.factors == SETTINGS.candidates.als.factors
+    assert moved.ranker.n_estimators == SETTINGS.ranker.n_estimators
+    assert reseeded(SETTINGS, 0) == SETTINGS
+
+
+def test_seeded_backtest_keeps_the_configured_run_first(result: BacktestResult) -> None:
+    seeded = run_seeded_backtest(dataset(), SETTINGS, 2)
+    assert [(r["als_seed"], r["ranker_seed"]) for r in seeded.seed_runs] == [
+        (SETTINGS.candidates.als.seed, SETTINGS.ranker.seed),
+        (SETTINGS.candidates.als.seed + 1, SETTINGS.ranker.seed + 1),
+    ]
+    # The main rows are the configured seeds' run, the same as a plain backtest.
+    assert seeded.precision() == pytest.approx(result.precision(), rel=1e-12)
+    assert seeded.seed_runs[0]["rows"] == seeded.rows
+    # The second run is a different model: its ranker importances or rows differ.
+    assert seeded.seed_runs[1]["rows"] != seeded.rows
+    payload = seeded.to_json()
+    two_stage_all = next(
+        r for r in payload["seed_spread"] if (r["model"], r["user_set"]) == ("two_stage", "all")
+    )
+    values = [
+        next(
+            r["precision@5"]
+            for r in run["rows"]
+            if (r["model"], r["user_set"]) == ("two_stage", "all")
+        )
+        for run in seeded.seed_runs
+    ]
+    assert two_stage_all["min"] == min(values) and two_stage_all["max"] == max(values)
+    assert "seed_runs" not in result.to_json()
