@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recsys_batch import keys  # noqa: E402
+from recsys_batch.publish import HashFields  # noqa: E402
 
 VERSION = "20261128T031500Z-b3nc"
 TTL = 3600
@@ -67,7 +68,7 @@ def publish(client: redis.Redis, prefix: str, users: int, seed: int = 7) -> None
         items = rng.sample(catalogue, 5)
         pipe.set(keys.user_key(VERSION, user, prefix), keys.encode_items(items), ex=TTL)
     pipe.set(keys.popular_key(VERSION, prefix), keys.encode_items(catalogue[:20]), ex=TTL)
-    attrs = {
+    attrs: HashFields = {
         str(item): json.dumps(
             {"department": DEPARTMENTS[item % 6], "brand": "National", "size": "16 OZ"}
         )
@@ -75,7 +76,7 @@ def publish(client: redis.Redis, prefix: str, users: int, seed: int = 7) -> None
     }
     pipe.hset(keys.items_key(VERSION, prefix), mapping=attrs)
     pipe.expire(keys.items_key(VERSION, prefix), TTL)
-    meta = {
+    meta: HashFields = {
         "format": str(keys.FORMAT),
         "state": keys.STATE_COMPLETE,
         "version": VERSION,
@@ -278,7 +279,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{per_conn:g}",
         )
         sat = ["-z", f"{args.duration}s", "-c", "50"]
-        rounds = []  # interleaved, so both see the same (shared, noisy) machine
+        rounds: list[
+            dict[str, Any]
+        ] = []  # interleaved, so both see the same (shared, noisy) machine
         for _ in range(args.rounds):
             api_run, bare_run = hey(api_url, *sat), hey(bare_url, *sat)
             share = (api_run["rps"] or 0.0) / (bare_run["rps"] or 1.0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from typing import Any
 
@@ -88,7 +87,7 @@ def main() -> None:
 
     evaluated = every.join(users, on=C.USER, how="semi")
     result = candidate_recall(evaluated.lazy(), truth.lazy())
-    per_user = every.group_by(C.USER).len()["len"]
+    per_user = every.group_by(C.USER).len()
     report = {
         "config": cfg.model_dump(mode="json"),
         "windows": {"fit": f"week < {windows.target_end}", "test": f"week >= {windows.target_end}"},
@@ -96,7 +95,7 @@ def main() -> None:
         "catalogue_items": catalogue.height,
         "candidate_users": all_users.height,
         "recall": result,
-        "max_candidates_per_user": int(per_user.max() or 0),
+        "max_candidates_per_user": int(per_user.select(pl.col("len").max()).item() or 0),
         "seconds": {
             "prepare": prep_s,
             "fit": fit_s,
@@ -136,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

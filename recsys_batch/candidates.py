@@ -196,7 +196,7 @@ def copurchase_similarity(
         .select((pl.col(C.BASKET).rank("dense") - 1).cast(pl.Int64).alias("_b"), pl.col(C.ITEM_IDX))
         .collect()
     )
-    n_baskets = int(lines["_b"].max() or 0) + 1 if lines.height else 0
+    n_baskets = int(lines.select(pl.col("_b").max()).item() or 0) + 1 if lines.height else 0
     baskets = sp.csr_matrix(
         (
             np.ones(lines.height, dtype=np.float32),
@@ -283,7 +283,7 @@ def fit_stage1(
         raise EmptyStageError(
             msg, column=C.ITEM, fix="check the catalogue was computed on the same data"
         )
-    cut_day = int(tx[C.DAY].max()) + 1
+    cut_day = int(tx.select(pl.col(C.DAY).max()).item()) + 1
     lazy = tx.lazy()
     a = cfg.als
     user_items = ids.user_item_matrix(
@@ -301,7 +301,7 @@ def fit_stage1(
     cat_lazy = cat_ids.lazy()
     own = own_scores(lazy, cat_lazy, cut_day, cfg.own_half_life_days).collect()
     popular = popular_items(lazy, cat_lazy).collect()
-    trend_from = int(tx[C.WEEK].max()) - cfg.trend_weeks + 1
+    trend_from = int(tx.select(pl.col(C.WEEK).max()).item()) - cfg.trend_weeks + 1
     trend = popular_items(lazy.filter(pl.col(C.WEEK) >= trend_from), cat_lazy).collect()
     seeds = recent_seed_matrix(lazy, users, items, cfg.recent_baskets)
     similarity = copurchase_similarity(lazy, items, cand_idx, cfg.copurchase_neighbours)
@@ -523,7 +523,7 @@ def generated_candidates(
         list_candidates(model.popular, users, cfg.n_popular, "popular", own_pairs, cfg.n_own),
         list_candidates(model.trend, known, cfg.n_trend, "trend", own_pairs, cfg.n_own),
     ]
-    return pl.concat([p.select(C.GENERATED.names()).cast(dict(C.GENERATED)) for p in parts])
+    return pl.concat([p.select(C.GENERATED.names()).cast(C.GENERATED) for p in parts])
 
 
 def generator_sizes(cfg: CandidatesConfig) -> dict[str, int]:
@@ -578,7 +578,7 @@ def union_candidates(generated: pl.LazyFrame, cfg: CandidatesConfig) -> pl.LazyF
         )
         .filter(pl.int_range(pl.len()).over(C.USER) < cfg.max_per_user)
         .select(C.CANDIDATES.names())
-        .cast(dict(C.CANDIDATES))
+        .cast(C.CANDIDATES)
     )
 
 

@@ -183,11 +183,11 @@ def shard_recommendations(
         cut,
         ctx.settings,
     )
-    frame = feats.frame.join(ctx.catalogue_items.lazy(), on=C.ITEM, how="semi")
-    local_items = [c for c in frame.collect_schema().names() if c.startswith(ITEM_PREFIX)]
-    derived = [c for c in DERIVED_FROM_ITEMS if c in frame.collect_schema().names()]
+    plan = feats.frame.join(ctx.catalogue_items.lazy(), on=C.ITEM, how="semi")
+    local_items = [c for c in plan.collect_schema().names() if c.startswith(ITEM_PREFIX)]
+    derived = [c for c in DERIVED_FROM_ITEMS if c in plan.collect_schema().names()]
     frame = (
-        frame.drop(local_items)
+        plan.drop(local_items)
         .join(ctx.item_table.lazy().select(C.ITEM, *local_items), on=C.ITEM, how="left")
         .with_columns(DERIVED_FROM_ITEMS[c].alias(c) for c in derived)
         .collect()
@@ -356,7 +356,7 @@ def finish_version(
             "(evicted? check maxmemory-policy); the live version was left untouched"
         )
         raise PublishError(msg)
-    finished = {
+    finished: publish.HashFields = {
         "state": keys.STATE_COMPLETE,
         "users": str(users.len()),
         "items": str(len(items)),
@@ -570,7 +570,7 @@ def partition_transactions(tx: pl.DataFrame, n_shards: int) -> dict[int, pl.Data
     parts = tx.with_columns(sharding.shard_of(n_shards)).partition_by(
         sharding.SHARD, as_dict=True, include_key=False
     )
-    split_parts = {int(key[0]): part for key, part in parts.items()}  # type: ignore[call-overload]
+    split_parts = {int(key[0]): part for key, part in parts.items()}
     split_parts[-1] = tx.clear()
     return split_parts
 

@@ -116,14 +116,14 @@ class RunResult:
 
 def default_trainer() -> Trainer:
     """The production trainer: the ``two_stage`` module (imported on use)."""
-    from recsys_batch import two_stage  # type: ignore[attr-defined]  # noqa: PLC0415
+    from recsys_batch import two_stage  # noqa: PLC0415
 
-    return two_stage  # type: ignore[no-any-return]
+    return two_stage
 
 
 def backtest_metrics(dataset: Dataset, settings: Settings) -> dict[str, Any]:
     """The gate's metrics: ``backtest.run_backtest``'s two_stage / all-users row."""
-    from recsys_batch import backtest  # type: ignore[attr-defined]  # noqa: PLC0415
+    from recsys_batch import backtest  # noqa: PLC0415
 
     result = backtest.run_backtest(dataset, settings)
     for row in result.rows:
@@ -349,14 +349,15 @@ def _run_locked(
     evaluator: Evaluator | None,
     client: store.Client | None,
 ) -> RunResult:
+    settings_json = settings.model_dump(mode="json")
+    settings_json["redis"]["url"] = store.mask_url(settings.redis.url)
     parameters = {
-        "settings": settings.model_dump(mode="json"),
+        "settings": settings_json,
         "run_date": run_date.isoformat() if run_date else None,
         "dry_run": dry_run,
         "gate": gate and settings.gate.enabled,
         "redis": store.describe(settings.redis),
     }
-    parameters["settings"]["redis"]["url"] = store.mask_url(settings.redis.url)
     record = runs.start_run(settings.run.runs_dir, parameters)
     log.info("run %s started (%s)", record.run_id, record.run_dir)
     try:

@@ -27,6 +27,7 @@ chunk is encoded while Redis executes the previous one. A Redis Cluster or a tes
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -38,12 +39,16 @@ from typing import Any, TypeVar
 
 import polars as pl
 import redis
+from redis.typing import EncodableT, FieldT
 
 from recsys_batch import columns as C
 from recsys_batch import keys
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import PublishError
 from recsys_batch.store import Client, is_cluster
+
+# A Redis hash as redis-py types it (its ``mapping`` parameter is invariant in the key type).
+HashFields = dict[FieldT, EncodableT]
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +193,9 @@ def _chunks(height: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(size, height - start)
 
 
-def encode_meta(meta: Mapping[str, Any]) -> dict[str, str]:
+def encode_meta(meta: Mapping[str, Any]) -> HashFields:
     """Hash fields as strings: nested values become JSON."""
-    encoded: dict[str, str] = {}
+    encoded: HashFields = {}
     for name, value in meta.items():
         if value is None:
             continue
@@ -408,7 +413,7 @@ def write_users_raw(
                 reader = _OkReader(conn)
                 for unacked, count in ([pending] if pending else []) + [(payload, length)]:
                     with_retries(
-                        lambda p=unacked, n=count: _write_chunk_raw(client, p, n),
+                        functools.partial(_write_chunk_raw, client, unacked, count),
                         cfg,
                         "user write",
                     )
@@ -675,7 +680,7 @@ def flip_pointer(client: Client, version: str, cfg: RedisConfig) -> str | None:
         raise
 
 
-def items_mapping(items_attrs: pl.DataFrame | None) -> dict[str, str]:
+def items_mapping(items_attrs: pl.DataFrame | None) -> HashFields:
     if items_attrs is None or items_attrs.height == 0:
         return {}
     attributes = [c for c in items_attrs.columns if c != C.ITEM]
@@ -812,7 +817,7 @@ def publish_version(
         )
         raise PublishError(msg)
 
-    finished = {
+    finished: HashFields = {
         "state": keys.STATE_COMPLETE,
         "users": str(n_users),
         "items": str(len(items)),

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import lightgbm as lgb
 import numpy as np
@@ -58,9 +59,12 @@ class Ranker:
 
     def importances(self, kind: str = "gain") -> pl.DataFrame:
         """``feature``, ``importance`` (total gain by default, summed over the ensemble)."""
-        values = sum(
-            booster.feature_importance(importance_type=kind, iteration=best).astype(np.float64)
-            for booster, best in self.members
+        values = np.sum(
+            [
+                booster.feature_importance(importance_type=kind, iteration=best)
+                for booster, best in self.members
+            ],
+            axis=0,
         )
         return pl.DataFrame(
             {"feature": list(self.feature_names), "importance": values.astype(np.float64)}
@@ -88,7 +92,7 @@ def validation_users(users: pl.Series, share: float, seed: int) -> pl.Series:
     distinct = users.unique().sort()
     n_valid = int(round(len(distinct) * share))
     rng = np.random.default_rng(seed)
-    picked = rng.choice(len(distinct), size=n_valid, replace=False) if n_valid else []
+    picked = rng.choice(len(distinct), size=n_valid, replace=False) if n_valid else np.empty(0)
     return distinct.gather(np.sort(np.asarray(picked, dtype=np.int64)))
 
 
@@ -178,7 +182,11 @@ def fit_ranker(
             column=C.TARGET,
             fix="check the split (split.stage2_weeks) and that candidates cover bought items",
         )
-    summary = (frame.height, frame[C.USER].n_unique(), float((frame[C.TARGET] > 0).mean() or 0))
+    summary = (
+        frame.height,
+        frame[C.USER].n_unique(),
+        float(frame.select((pl.col(C.TARGET) > 0).mean()).item() or 0),
+    )
     valid_users = validation_users(frame[C.USER], cfg.validation_share, cfg.seed)
     is_valid = frame[C.USER].is_in(valid_users.implode())
     train_part, valid_part = frame.filter(~is_valid), frame.filter(is_valid)
@@ -187,7 +195,7 @@ def fit_ranker(
     for member in range(max(cfg.n_models, 1)):
         member_cfg = cfg.model_copy(update={"seed": cfg.seed + member})
         train_set = _dataset(train_part, feature_names, categorical, member_cfg)
-        callbacks = []
+        callbacks: list[Callable[..., Any]] = []
         valid_sets = []
         if not valid_part.is_empty():
             valid_sets = [_dataset(valid_part, feature_names, categorical, member_cfg)]

@@ -303,7 +303,7 @@ def iter_chunks(users: int, seed: int, catalogue: Catalogue) -> Iterator[pl.Data
         n = min(CHUNK_USERS, users - first)
         frame = generate_chunk(chunk, first + 1, n, catalogue, n_stores, seed)
         frame = frame.with_columns(pl.col(C.BASKET) + next_basket)
-        next_basket = int(frame.get_column(C.BASKET).max() or next_basket) + 1
+        next_basket = int(frame.select(pl.col(C.BASKET).max()).item() or next_basket) + 1
         yield frame
 
 

@@ -78,8 +78,11 @@ def source_tables(dataset: Dataset) -> tuple[SourceTable, ...]:
     if dataset.tables:
         return dataset.tables
     identity = {name: name for name in (*C.TRANSACTIONS, *C.ITEMS, *C.USERS)}
-    frames = ((io.TRANSACTIONS, dataset.transactions), (io.ITEMS, dataset.items))
-    frames += ((io.USERS, dataset.users),)
+    frames: tuple[tuple[str, pl.LazyFrame | None], ...] = (
+        (io.TRANSACTIONS, dataset.transactions),
+        (io.ITEMS, dataset.items),
+        (io.USERS, dataset.users),
+    )
     return tuple(
         SourceTable(table, f"{dataset.name} ({table})", frame, identity)
         for table, frame in frames

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from recsys_batch import columns as C
-from recsys_batch import split, synth
+from recsys_batch import split
 from recsys_batch.backtest import (
     MODELS,
     USER_SETS,
@@ -20,40 +20,9 @@ from recsys_batch.backtest import (
     run_seeded_backtest,
     seed_spread,
 )
-from recsys_batch.config import (
-    AlsConfig,
-    CandidatesConfig,
-    PrefilterConfig,
-    RankerConfig,
-    Settings,
-)
 from recsys_batch.io import Dataset
-
-SETTINGS = Settings(
-    prefilter=PrefilterConfig(
-        min_user_share=0.01,
-        max_user_share=1.0,
-        min_department_items=0,
-        min_price=0.0,
-        max_price=1e9,
-        top_n=300,
-    ),
-    candidates=CandidatesConfig(
-        als=AlsConfig(factors=8, iterations=3, threads=1),
-        n_als=20,
-        n_own=20,
-        n_copurchase=10,
-        n_popular=10,
-        n_trend=5,
-        max_per_user=50,
-    ),
-    ranker=RankerConfig(n_estimators=30, threads=1, num_leaves=7, min_child_samples=5),
-)
-
-
-def dataset(users: int = 200, seed: int = 3) -> Dataset:
-    g = synth.generate(users, seed)
-    return Dataset(g.transactions.lazy(), g.items.lazy(), g.users.lazy(), name="synthetic-test")
+from tests.small import SMALL_SETTINGS as SETTINGS
+from tests.small import small_dataset as dataset
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,6 @@ from polars.testing import assert_frame_equal
 
 from recsys_batch import columns as C
 from recsys_batch import split, synth
-from recsys_batch.config import (
-    AlsConfig,
-    CandidatesConfig,
-    PrefilterConfig,
-    RankerConfig,
-    Settings,
-)
 from recsys_batch.prefilter import apply_catalogue, prefilter
 from recsys_batch.two_stage import (
     load_model,
@@ -26,27 +19,7 @@ from recsys_batch.two_stage import (
     train_two_stage,
     training_frame,
 )
-
-SETTINGS = Settings(
-    prefilter=PrefilterConfig(
-        min_user_share=0.01,
-        max_user_share=1.0,
-        min_department_items=0,
-        min_price=0.0,
-        max_price=1e9,
-        top_n=300,
-    ),
-    candidates=CandidatesConfig(
-        als=AlsConfig(factors=8, iterations=3, threads=1),
-        n_als=20,
-        n_own=20,
-        n_copurchase=10,
-        n_popular=10,
-        n_trend=5,
-        max_per_user=50,
-    ),
-    ranker=RankerConfig(n_estimators=30, threads=1, num_leaves=7, min_child_samples=5),
-)
+from tests.small import SMALL_SETTINGS as SETTINGS
 
 
 @pytest.fixture(scope="module")

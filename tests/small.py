@@ -1,0 +1,44 @@
+"""Small, fast settings and data shared by the backtest and two-stage tests.
+
+A permissive prefilter (300 items of 200 synthetic users), tiny ALS and candidate lists and a
+30-tree ranker: the whole pipeline in seconds, with every stage still doing real work.
+"""
+
+from __future__ import annotations
+
+from recsys_batch import synth
+from recsys_batch.config import (
+    AlsConfig,
+    CandidatesConfig,
+    PrefilterConfig,
+    RankerConfig,
+    Settings,
+)
+from recsys_batch.io import Dataset
+
+SMALL_SETTINGS = Settings(
+    prefilter=PrefilterConfig(
+        min_user_share=0.01,
+        max_user_share=1.0,
+        min_department_items=0,
+        min_price=0.0,
+        max_price=1e9,
+        top_n=300,
+    ),
+    candidates=CandidatesConfig(
+        als=AlsConfig(factors=8, iterations=3, threads=1),
+        n_als=20,
+        n_own=20,
+        n_copurchase=10,
+        n_popular=10,
+        n_trend=5,
+        max_per_user=50,
+    ),
+    ranker=RankerConfig(n_estimators=30, threads=1, num_leaves=7, min_child_samples=5),
+)
+
+
+def small_dataset(users: int = 200, seed: int = 3) -> Dataset:
+    """Seeded synthetic data of the bundled shape (53 weeks)."""
+    g = synth.generate(users, seed)
+    return Dataset(g.transactions.lazy(), g.items.lazy(), g.users.lazy(), name="synthetic-test")
