@@ -104,6 +104,8 @@ class BacktestResult:
     seed_runs: list[dict[str, Any]] = field(default_factory=list)
     """``recsys evaluate --seeds N``: one entry per seed pair (``als_seed``, ``ranker_seed``,
     ``rows``); empty for a single run."""
+    model: TrainedTwoStage | None = None
+    """The two-stage model the rows measure (the nightly gate can publish its ranker)."""
 
     def precision(self, model: str = "two_stage", user_set: str = "all") -> float:
         """Precision@5 of one row (the nightly quality gate reads two_stage/all)."""
@@ -426,6 +428,7 @@ def run_backtest(
         protocol=protocol_text(settings, windows),
         curves=curves,
         catalogue_size=catalogue.height,
+        model=model,
     )
 
 

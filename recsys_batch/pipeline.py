@@ -95,8 +95,20 @@ class Trainer(Protocol):
         ...
 
 
-Evaluator = Callable[[Dataset, Settings], dict[str, Any]]
-"""Backtest returning {"precision@5": float, ...} for two_stage / all users."""
+@dataclass
+class GateOutcome:
+    """What the quality gate's backtest measured, and the model it measured."""
+
+    metrics: dict[str, Any]
+    """``{"precision@5": float, ...}`` for two_stage / all users."""
+    model: Any = None
+    """The backtest's two-stage model; its ranker is published when
+    ``gate.publish_gated_ranker`` is on and the trainer offers ``with_gated_ranker``."""
+
+
+Evaluator = Callable[[Dataset, Settings], "dict[str, Any] | GateOutcome"]
+"""Backtest returning the two_stage / all-users metrics (a dict, or a :class:`GateOutcome`
+that also carries the model)."""
 
 
 @dataclass
@@ -121,14 +133,15 @@ def default_trainer() -> Trainer:
     return two_stage
 
 
-def backtest_metrics(dataset: Dataset, settings: Settings) -> dict[str, Any]:
-    """The gate's metrics: ``backtest.run_backtest``'s two_stage / all-users row."""
+def backtest_metrics(dataset: Dataset, settings: Settings) -> GateOutcome:
+    """The gate's metrics (``backtest.run_backtest``'s two_stage / all-users row) and model."""
     from recsys_batch import backtest  # noqa: PLC0415
 
     result = backtest.run_backtest(dataset, settings)
     for row in result.rows:
         if row.get("model") == GATE_MODEL and row.get("user_set") == GATE_USER_SET:
-            return {k: v for k, v in row.items() if k not in {"model", "user_set"}}
+            metrics = {k: v for k, v in row.items() if k not in {"model", "user_set"}}
+            return GateOutcome(metrics, result.model)
     msg = "the backtest returned no two_stage/all row; cannot apply the quality gate"
     raise QualityGateError(msg)
 
@@ -416,9 +429,13 @@ def _run_stages(
     windows = split.production_windows(first_week, last_week, settings.split)
 
     metrics: dict[str, Any] = {}
+    gated_model: Any = None
     if gate and settings.gate.enabled:
         with _stage(record, "gate") as rows:
-            metrics = (evaluator or backtest_metrics)(_gate_dataset(loaded, settings), settings)
+            outcome = (evaluator or backtest_metrics)(_gate_dataset(loaded, settings), settings)
+            if not isinstance(outcome, GateOutcome):
+                outcome = GateOutcome(outcome)
+            metrics, gated_model = outcome.metrics, outcome.model
             live_metrics = _live_metrics(client, settings)
             record.metrics = {**metrics, "gate": check_gate(metrics, live_metrics, settings)}
             rows.append(1)
@@ -438,13 +455,20 @@ def _run_stages(
         rows.append(catalogue_df.height)
 
     model_api = trainer or default_trainer()
+    reuse = getattr(model_api, "with_gated_ranker", None)
     with _stage(record, "train") as rows:
-        sample = sharding.sample_users(tx_cat, loaded.users, settings.scale.train_users)
-        model = model_api.train_two_stage(
-            sample, dataset.items, dataset.users, catalogue_df.lazy(), windows, settings
-        )
-        if sample is not tx_cat:
-            _refit_stage1_on_everyone(model, tx_cat, catalogue_df, windows, settings)
+        if gated_model is not None and reuse is not None and settings.gate.publish_gated_ranker:
+            # The ranker that passed the gate scores; stage 1 is refit on everyone.
+            model = reuse(gated_model, tx_cat, catalogue_df.lazy(), windows, settings)
+            record.metrics["ranker_source"] = "gate"
+        else:
+            sample = sharding.sample_users(tx_cat, loaded.users, settings.scale.train_users)
+            model = model_api.train_two_stage(
+                sample, dataset.items, dataset.users, catalogue_df.lazy(), windows, settings
+            )
+            if sample is not tx_cat:
+                _refit_stage1_on_everyone(model, tx_cat, catalogue_df, windows, settings)
+            record.metrics["ranker_source"] = "trained"
         rows.append(1)
 
     user_ids = dataset.transactions.select(C.USER).unique().sort(C.USER)

@@ -15,6 +15,7 @@ features as of ``target_end`` and keeps the ranker's top k per user.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pickle
@@ -50,6 +51,9 @@ class TrainedTwoStage:
     """Seconds per step of the training."""
     train_rows: int = 0
     """Candidate rows the ranker was fit on (users with a positive, after negative sampling)."""
+    ranker_windows: Windows | None = None
+    """The windows the ranker was trained on when they are not ``windows`` (a ranker reused
+    from the quality gate's backtest, :func:`with_gated_ranker`)."""
 
     def importances(self) -> pl.DataFrame:
         """Feature importances (gain) of the ranker, most important first."""
@@ -185,6 +189,45 @@ def train_two_stage(
     )
 
 
+def with_gated_ranker(
+    gated: TrainedTwoStage,
+    tx: pl.LazyFrame,
+    catalogue: pl.LazyFrame,
+    windows: Windows,
+    settings: Settings,
+) -> TrainedTwoStage:
+    """The gate's ranker with stage 1 refit on everything before ``windows.target_end``.
+
+    The ranker measured by the backtest is the one that scores: only stage 1 (which must
+    know the newest purchases and every user) is fit again. Features are computed as of
+    ``windows.target_end`` at scoring, as for a freshly trained model.
+    """
+    start = time.perf_counter()
+    scoring_model = stage1.fit_stage1(
+        split.before_test(tx, windows),
+        catalogue,
+        settings.candidates,
+        settings.prefilter.placeholder_item,
+    )
+    seconds = time.perf_counter() - start
+    trained_on = gated.ranker_windows or gated.windows
+    log.info(
+        "two-stage: scoring with the gate's ranker (targets: weeks %d-%d), stage 1 refit in %.1fs",
+        trained_on.history_end,
+        trained_on.target_end - 1,
+        seconds,
+    )
+    return TrainedTwoStage(
+        stage1_for_scoring=scoring_model,
+        ranker=gated.ranker,
+        feature_names=gated.feature_names,
+        windows=windows,
+        timings={"stage1_fit_scoring": seconds},
+        train_rows=gated.train_rows,
+        ranker_windows=trained_on,
+    )
+
+
 def rank_candidates(
     model: TrainedTwoStage,
     tx: pl.LazyFrame,
@@ -268,6 +311,9 @@ def save_model(model: TrainedTwoStage, folder: Path) -> None:
         },
         "timings": model.timings,
         "train_rows": model.train_rows,
+        "ranker_windows": (
+            None if model.ranker_windows is None else dataclasses.asdict(model.ranker_windows)
+        ),
     }
     (folder / MODEL_META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -288,4 +334,5 @@ def load_model(folder: Path) -> TrainedTwoStage:
         windows=Windows(**meta["windows"]),
         timings=meta.get("timings", {}),
         train_rows=int(meta.get("train_rows", 0)),
+        ranker_windows=Windows(**meta["ranker_windows"]) if meta.get("ranker_windows") else None,
     )

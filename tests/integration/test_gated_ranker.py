@@ -1,0 +1,90 @@
+"""The nightly batch publishes the ranker its quality gate measured (``gate.publish_gated_ranker``).
+
+The gate's backtest trains a ranker on the 6 weeks before its test window and measures it;
+by default the batch scores with that very ranker (stage 1 refit on everything) instead of
+fitting a second one, so what ships is what was measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from recsys_batch import pipeline, split, store
+from recsys_batch.config import Settings, load_settings
+from recsys_batch.io import load_dataset
+from recsys_batch.two_stage import load_model
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(tmp_path: Path, redis_url: str, key_prefix: str, **gate: Any) -> Settings:
+    return load_settings(
+        data={"source": "synthetic", "synthetic_users": 160, "synthetic_seed": 3},
+        prefilter={"min_user_share": 0.01},
+        candidates={"als": {"iterations": 3, "factors": 16, "threads": 1}},
+        ranker={"n_estimators": 30, "early_stopping_rounds": 10, "threads": 1},
+        # A floor every model passes: these tests are about which ranker ships.
+        gate={"min_precision_at_5": 0.0, "max_relative_drop": 1.0, **gate},
+        run={"runs_dir": str(tmp_path / "runs"), "lock_file": str(tmp_path / "lock")},
+        redis={"url": redis_url, "key_prefix": key_prefix},
+    )
+
+
+def _run(settings: Settings, *, gate: bool = True) -> pipeline.RunResult:
+    client = store.connect(settings.redis)
+    try:
+        return pipeline.run_nightly(settings, client=client, gate=gate)
+    finally:
+        client.close()
+
+
+def _booster_texts(model: Any) -> list[str]:
+    return [booster.model_to_string(num_iteration=best) for booster, best in model.ranker.members]
+
+
+def test_the_published_ranker_is_the_one_the_gate_measured(
+    tmp_path: Path, real_redis: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    settings = _settings(tmp_path, redis_url, key_prefix)
+    result = _run(settings)
+    assert result.status == "published" and result.users == 160
+    assert result.metrics["ranker_source"] == "gate"
+
+    shipped = load_model(result.run_dir / "models")
+    dataset = load_dataset(settings.data)
+    first, last = split.week_range(dataset.transactions)
+    # Scored as of the newest data, with a ranker trained on the backtest's windows.
+    assert shipped.windows == split.production_windows(first, last, settings.split)
+    backtest_windows = split.backtest_windows(first, last, settings.split)
+    assert shipped.ranker_windows is not None
+    assert (shipped.ranker_windows.history_end, shipped.ranker_windows.target_end) == (
+        backtest_windows.history_end,
+        backtest_windows.target_end,
+    )
+    assert "ranker_fit" not in shipped.timings
+    # The very model the gate's backtest trains (deterministic for fixed seeds and threads).
+    outcome = pipeline.backtest_metrics(dataset, settings)
+    assert outcome.metrics["precision@5"] == pytest.approx(result.metrics["precision@5"])
+    assert _booster_texts(shipped) == _booster_texts(outcome.model)
+
+
+def test_without_publish_gated_ranker_a_second_ranker_is_trained(
+    tmp_path: Path, real_redis: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    result = _run(_settings(tmp_path, redis_url, key_prefix, publish_gated_ranker=False))
+    assert result.metrics["ranker_source"] == "trained"
+    shipped = load_model(result.run_dir / "models")
+    assert shipped.ranker_windows is None
+    assert "ranker_fit" in shipped.timings
+
+
+def test_without_the_gate_the_ranker_is_trained_on_the_newest_weeks(
+    tmp_path: Path, real_redis: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    result = _run(_settings(tmp_path, redis_url, key_prefix), gate=False)
+    assert result.metrics["ranker_source"] == "trained"
+    assert load_model(result.run_dir / "models").ranker_windows is None
