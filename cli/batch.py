@@ -36,7 +36,12 @@ DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Do everything except publishing to Redis.")
 ]
 NoGateOpt = Annotated[
-    bool, typer.Option("--no-gate", help="Skip the quality gate (and its backtest).")
+    bool,
+    typer.Option(
+        "--no-gate",
+        help="Skip the quality gate (and its backtest); the ranker is then trained on the "
+        "newest weeks instead of reusing the gate's.",
+    ),
 ]
 LogFormatOpt = Annotated[
     str,
