@@ -21,7 +21,13 @@ from recsys_batch.two_stage import load_model
 pytestmark = pytest.mark.integration
 
 
-def _settings(tmp_path: Path, redis_url: str, key_prefix: str, **gate: Any) -> Settings:
+def _settings(
+    tmp_path: Path,
+    redis_url: str,
+    key_prefix: str,
+    scale: dict[str, Any] | None = None,
+    **gate: Any,
+) -> Settings:
     return load_settings(
         data={"source": "synthetic", "synthetic_users": 160, "synthetic_seed": 3},
         prefilter={"min_user_share": 0.01},
@@ -31,6 +37,7 @@ def _settings(tmp_path: Path, redis_url: str, key_prefix: str, **gate: Any) -> S
         gate={"min_precision_at_5": 0.0, "max_relative_drop": 1.0, **gate},
         run={"runs_dir": str(tmp_path / "runs"), "lock_file": str(tmp_path / "lock")},
         redis={"url": redis_url, "key_prefix": key_prefix},
+        scale=scale or {},
     )
 
 
@@ -88,3 +95,21 @@ def test_without_the_gate_the_ranker_is_trained_on_the_newest_weeks(
     result = _run(_settings(tmp_path, redis_url, key_prefix), gate=False)
     assert result.metrics["ranker_source"] == "trained"
     assert load_model(result.run_dir / "models").ranker_windows is None
+
+
+def test_out_of_core_with_a_sampled_gate_still_serves_every_user(
+    tmp_path: Path, real_redis: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    # Shards on disk and a ~60-user gate sample: the gate's ranker ships, stage 1 is refit
+    # on everyone, so all 160 users get recommendations.
+    scale = {"in_memory_rows": 0, "shard_users": 50, "train_users": 60}
+    result = _run(_settings(tmp_path, redis_url, key_prefix, scale=scale))
+    assert result.metrics["ranker_source"] == "gate"
+    assert result.status == "published" and result.users == 160
+    client = store.connect(_settings(tmp_path, redis_url, key_prefix).redis)
+    try:
+        version = client.get(f"{key_prefix}:current").decode()
+        users = sum(1 for _ in client.scan_iter(match=f"{key_prefix}:v:{version}:u:*", count=1000))
+        assert users == 160
+    finally:
+        client.close()
