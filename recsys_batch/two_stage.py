@@ -174,9 +174,7 @@ def train_two_stage(
     timings["ranker_fit"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    scoring_model = stage1.fit_stage1(
-        tx, catalogue, settings.candidates, settings.prefilter.placeholder_item
-    )
+    scoring_model = fit_scoring_stage1(tx, catalogue, windows, settings)
     timings["stage1_fit_scoring"] = time.perf_counter() - start
     log.info("two-stage trained: %s", {k: round(v, 1) for k, v in timings.items()})
     return TrainedTwoStage(
@@ -186,6 +184,18 @@ def train_two_stage(
         windows=windows,
         timings=timings,
         train_rows=ranker.train_rows,
+    )
+
+
+def fit_scoring_stage1(
+    tx: pl.LazyFrame, catalogue: pl.LazyFrame, windows: Windows, settings: Settings
+) -> stage1.Stage1Model:
+    """Stage 1 for scoring: fit on every purchase before ``windows.target_end``."""
+    return stage1.fit_stage1(
+        split.before_test(tx, windows),
+        catalogue,
+        settings.candidates,
+        settings.prefilter.placeholder_item,
     )
 
 
@@ -203,12 +213,7 @@ def with_gated_ranker(
     ``windows.target_end`` at scoring, as for a freshly trained model.
     """
     start = time.perf_counter()
-    scoring_model = stage1.fit_stage1(
-        split.before_test(tx, windows),
-        catalogue,
-        settings.candidates,
-        settings.prefilter.placeholder_item,
-    )
+    scoring_model = fit_scoring_stage1(tx, catalogue, windows, settings)
     seconds = time.perf_counter() - start
     trained_on = gated.ranker_windows or gated.windows
     log.info(
@@ -303,12 +308,7 @@ def save_model(model: TrainedTwoStage, folder: Path) -> None:
         (folder / STAGE1_FILE).write_bytes(pickle.dumps(model.stage1_for_scoring))
     meta = {
         "feature_names": list(model.feature_names),
-        "windows": {
-            "first_week": model.windows.first_week,
-            "history_end": model.windows.history_end,
-            "target_end": model.windows.target_end,
-            "test_end": model.windows.test_end,
-        },
+        "windows": dataclasses.asdict(model.windows),
         "timings": model.timings,
         "train_rows": model.train_rows,
         "ranker_windows": (
