@@ -133,9 +133,11 @@ def own_scores(
     """Recency-weighted count of baskets per (user, catalogue item): ``user_id, item_id, score``."""
     weight = recency_weight(cut_day, half_life_days)
     return (
-        transactions.select(C.USER, C.ITEM, C.BASKET, C.DAY)
+        # Filter before de-duplicating: the placeholder's lines (half of them) never reach
+        # the hash table of ``unique``.
+        transactions.join(candidate_ids, on=C.ITEM, how="semi")
+        .select(C.USER, C.ITEM, C.BASKET, C.DAY)
         .unique()
-        .join(candidate_ids, on=C.ITEM, how="semi")
         .group_by(C.USER, C.ITEM)
         .agg(weight.sum().cast(pl.Float32).alias(C.SCORE))
     )
@@ -169,9 +171,9 @@ def recent_seed_matrix(
         .select(C.USER, C.BASKET)
     )
     seeds = (
-        transactions.select(C.USER, C.BASKET, C.ITEM)
+        transactions.join(baskets, on=[C.USER, C.BASKET], how="semi")
+        .select(C.USER, C.BASKET, C.ITEM)
         .unique()
-        .join(baskets, on=[C.USER, C.BASKET], how="semi")
         .group_by(C.USER, C.ITEM)
         .agg(pl.len().cast(pl.Float32).alias(ids.WEIGHT))
         .collect()
@@ -190,9 +192,9 @@ def copurchase_similarity(
         pl.col(C.ITEM_IDX).is_in(pl.Series(candidate_items, dtype=pl.Int32).implode())
     )
     lines = (
-        transactions.select(C.BASKET, C.ITEM)
+        transactions.join(allowed.lazy(), on=C.ITEM)
+        .select(C.BASKET, C.ITEM_IDX)
         .unique()
-        .join(allowed.lazy(), on=C.ITEM)
         .select((pl.col(C.BASKET).rank("dense") - 1).cast(pl.Int64).alias("_b"), pl.col(C.ITEM_IDX))
         .collect()
     )
@@ -262,11 +264,12 @@ def fit_stage1(
         No transactions, or no catalogue item among them.
     """
     start = time.perf_counter()
-    tx = (
-        transactions.select(C.USER, C.BASKET, C.DAY, C.ITEM, C.QTY, C.WEEK)
-        .filter(pl.col(C.QTY) >= 0)
-        .collect()
-    )
+    # Only the "quantity" interaction reads the quantity once returns are dropped; leaving the
+    # column out saves 8 bytes a line (1.1 GB of the 100x refit's 138M lines).
+    kept = [C.USER, C.BASKET, C.DAY, C.ITEM, C.WEEK]
+    if cfg.als.interaction == "quantity":
+        kept.append(C.QTY)
+    tx = transactions.filter(pl.col(C.QTY) >= 0).select(kept).collect()
     if tx.is_empty():
         msg = "stage 1 got no transactions to fit on"
         raise EmptyStageError(
