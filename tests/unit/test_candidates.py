@@ -12,17 +12,21 @@ from recsys_batch.candidates import (
     Stage1Model,
     als_candidates,
     copurchase_candidates,
+    copurchase_similarity,
     fit_stage1,
     generate_candidates,
     generated_candidates,
     item_factors,
     load_stage1,
+    own_scores,
+    recent_seed_matrix,
     save_stage1,
     union_candidates,
     user_factors,
 )
 from recsys_batch.config import AlsConfig, CandidatesConfig
 from recsys_batch.errors import EmptyStageError
+from recsys_batch.ids import id_map
 
 PLACEHOLDER = 999999
 GROUP_A_USERS = list(range(1, 9))
@@ -324,3 +328,54 @@ def test_blas_limited_to_one_thread_during_fit(
     with threadpool_limits(2, "blas"), caplog.at_level("WARNING"):
         fit_stage1(tx.lazy(), catalogue.lazy(), CFG, PLACEHOLDER)
     assert any("limiting it to 1" in r.getMessage() for r in caplog.records)
+
+
+class TestRepeatedLinesCountOnce:
+    """A basket that scans an item twice (a real pattern in the Dunnhumby data) counts once.
+
+    The generators filter to the catalogue or the recent baskets before de-duplicating lines
+    (to keep the 100x refit's hash tables small); these pin that the result is the same.
+    """
+
+    LINES = pl.DataFrame(
+        {
+            C.USER: [1, 1, 1, 1, 1, 2, 2],
+            C.BASKET: [10, 10, 10, 11, 12, 20, 20],
+            C.DAY: [1, 1, 1, 5, 9, 3, 3],
+            C.ITEM: [101, 101, PLACEHOLDER, 101, 102, 101, 102],
+        },
+        schema_overrides={C.DAY: pl.Int32},
+    )
+
+    def test_own_scores_count_baskets_not_lines(self) -> None:
+
+        cat = pl.LazyFrame({C.ITEM: [101, 102]})
+        got = own_scores(self.LINES.lazy(), cat, cut_day=9, half_life_days=4.0).collect()
+        scores = {(r[C.USER], r[C.ITEM]): r[C.SCORE] for r in got.iter_rows(named=True)}
+        # user 1, item 101: baskets on day 1 (age 8 = 2 half-lives) and day 5 (1 half-life)
+        assert scores[(1, 101)] == pytest.approx(0.25 + 0.5)
+        assert scores[(1, 102)] == pytest.approx(1.0)
+        assert set(scores) == {(1, 101), (1, 102), (2, 101), (2, 102)}  # no placeholder
+
+    def test_recent_seeds_count_each_basket_once(self) -> None:
+
+        users = id_map(self.LINES[C.USER], C.USER, C.USER_IDX)
+        items = id_map(self.LINES[C.ITEM], C.ITEM, C.ITEM_IDX)
+        seeds = recent_seed_matrix(self.LINES.lazy(), users, items, recent_baskets=2).toarray()
+        row = seeds[users.to_idx(np.array([1]))[0]]
+        # user 1's last two baskets are 12 (day 9: 102) and 11 (day 5: 101)
+        assert row[items.to_idx(np.array([101]))[0]] == 1.0
+        assert row[items.to_idx(np.array([102]))[0]] == 1.0
+        assert row[items.to_idx(np.array([PLACEHOLDER]))[0]] == 0.0
+
+    def test_copurchase_ignores_repeated_scans(self) -> None:
+
+        items = id_map(self.LINES[C.ITEM], C.ITEM, C.ITEM_IDX)
+        cand = np.sort(items.to_idx(np.array([101, 102])))
+        once = self.LINES.unique(subset=[C.BASKET, C.ITEM])
+        sim = copurchase_similarity(self.LINES.lazy(), items, cand, neighbours=5).toarray()
+        sim_once = copurchase_similarity(once.lazy(), items, cand, neighbours=5).toarray()
+        np.testing.assert_allclose(sim, sim_once)
+        a, b = items.to_idx(np.array([101, 102]))
+        # 101 in 3 baskets, 102 in 2, together in 1 (basket 20): cosine 1 / sqrt(3 * 2)
+        assert sim[a, b] == pytest.approx(1 / np.sqrt(6))
