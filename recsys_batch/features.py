@@ -123,33 +123,68 @@ def item_features(
         as_of_week - 2 * cfg.recent_weeks, as_of_week - cfg.recent_weeks, closed="left"
     )
     n_users = tx.select(pl.col(C.USER).n_unique().alias("_all_users"))
-    per_user_item = tx.group_by(C.ITEM, C.USER).agg(pl.col(C.BASKET).n_unique().alias("_n"))
-    repeat = per_user_item.group_by(C.ITEM).agg(
-        (pl.col("_n") >= 2).mean().alias("i_repeat_buyer_share"),
-        pl.col("_n").mean().alias("i_baskets_per_buyer"),
+    # A one-row frame, not _prepared's broadcast column: a whole-frame max broadcast to every
+    # line makes the streaming engine hold all the lines until the max is known.
+    reference_day = before_cut(transactions, as_of_week).select(
+        (pl.col(C.DAY).max() + 1).alias(_REF_DAY)
+    )
+    # Buyer counts come from one (item, user) group-by: a basket belongs to one user, so the
+    # item's distinct baskets are the sum of its buyers' distinct baskets. Per-item distinct
+    # counts of users and baskets over every line cost a hash set each (GBs at 100x).
+    per_buyer = (
+        tx.group_by(C.ITEM, C.USER)
+        .agg(
+            pl.col(C.BASKET).n_unique().alias("_n"),
+            recent.any().alias("_recent"),
+            previous.any().alias("_previous"),
+        )
+        .group_by(C.ITEM)
+        .agg(
+            pl.col("_n").sum().cast(pl.UInt32).alias("i_baskets"),
+            pl.len().cast(pl.UInt32).alias("i_buyers"),
+            pl.col("_recent").sum().cast(pl.UInt32).alias("i_recent_buyers"),
+            pl.col("_previous").sum().cast(pl.UInt32).alias("i_previous_buyers"),
+            (pl.col("_n") >= 2).mean().alias("i_repeat_buyer_share"),
+            pl.col("_n").mean().alias("i_baskets_per_buyer"),
+        )
     )
     return (
         tx.group_by(C.ITEM)
         .agg(
-            pl.col(C.BASKET).n_unique().alias("i_baskets"),
-            pl.col(C.USER).n_unique().alias("i_buyers"),
-            pl.col(C.USER).filter(recent).n_unique().alias("i_recent_buyers"),
-            pl.col(C.USER).filter(previous).n_unique().alias("i_previous_buyers"),
             pl.col(C.QTY).sum().alias("i_quantity"),
             pl.col(_PRICE).median().alias("i_price"),
             pl.col(_DISC).mean().alias("i_discount_share"),
             pl.col(_COUPON).mean().alias("i_coupon_share"),
             pl.col(C.STORE).n_unique().alias("i_stores"),
             pl.col(C.WEEK).n_unique().alias("i_weeks_sold"),
-            (pl.col(_REF_DAY).first() - pl.col(C.DAY).max()).alias("i_days_since_sold"),
+            pl.col(C.DAY).max().alias("_last_day"),
         )
-        .join(repeat, on=C.ITEM, how="left")
+        .join(per_buyer, on=C.ITEM, how="left")
         .join(n_users, how="cross")
+        .join(reference_day, how="cross")
         .with_columns(
+            (pl.col(_REF_DAY) - pl.col("_last_day")).alias("i_days_since_sold"),
             (pl.col("i_buyers") / pl.col("_all_users")).alias("i_user_share"),
             ((pl.col("i_recent_buyers") + 1) / (pl.col("i_previous_buyers") + 1)).alias("i_trend"),
         )
-        .drop("_all_users")
+        .select(
+            C.ITEM,
+            "i_baskets",
+            "i_buyers",
+            "i_recent_buyers",
+            "i_previous_buyers",
+            "i_quantity",
+            "i_price",
+            "i_discount_share",
+            "i_coupon_share",
+            "i_stores",
+            "i_weeks_sold",
+            "i_days_since_sold",
+            "i_repeat_buyer_share",
+            "i_baskets_per_buyer",
+            "i_user_share",
+            "i_trend",
+        )
     )
 
 

@@ -128,6 +128,14 @@ class TestUserAndItem:
         i101 = out.row(0, named=True)
         assert i101["i_buyers"] == 2
         assert i101["i_repeat_buyer_share"] == pytest.approx(1 / 2)  # user 10 bought it 3x
+        assert i101["i_baskets"] == 4  # baskets 1, 2, 3 (user 10) and 4 (user 20)
+        assert i101["i_baskets_per_buyer"] == pytest.approx(2.0)
+        # recent = weeks 3-4 (user 10), previous = weeks 1-2 (users 10 and 20)
+        assert (i101["i_recent_buyers"], i101["i_previous_buyers"]) == (1, 2)
+        assert i101["i_trend"] == pytest.approx((1 + 1) / (2 + 1))
+        # the reference day is the day after the newest line of any item, the placeholder's
+        # day 20 included: last sold on day 15 -> 21 - 15
+        assert i101["i_days_since_sold"] == 6
         assert out.row(1, named=True)["i_discount_share"] == pytest.approx(1.0)
 
     def test_department_share(self) -> None:
