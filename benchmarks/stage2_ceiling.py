@@ -53,14 +53,20 @@ def user_folds(users: pl.Series, folds: int, seed: int) -> list[pl.Series]:
     return [ordered.filter(pl.Series(assignment == f)) for f in range(folds)]
 
 
+def side_tables(dataset: Dataset) -> tuple[pl.LazyFrame | None, pl.LazyFrame | None]:
+    """Product attributes and demographics, collected once (None where the source has none)."""
+    items = dataset.items.collect().lazy() if dataset.items is not None else None
+    demo = dataset.users.collect().lazy() if dataset.users is not None else None
+    return items, demo
+
+
 def labelled_test_frame(
     dataset: Dataset, settings: Settings, prep: dict[str, Any], users: pl.DataFrame
 ) -> tuple[pl.DataFrame, FeatureSet]:
     """The protocol's test candidates and features with the test window's graded label."""
     windows, catalogue, tx = prep["windows"], prep["catalogue"], prep["tx"]
     placeholder = settings.prefilter.placeholder_item
-    items = dataset.items.collect().lazy() if dataset.items is not None else None
-    demo = dataset.users.collect().lazy() if dataset.users is not None else None
+    items, demo = side_tables(dataset)
     train_tx = split.before_test(tx.lazy(), windows)
     model = fit_scoring_stage1(train_tx, catalogue.lazy(), windows, settings)
     feats = featured_candidates(
@@ -76,8 +82,7 @@ def protocol_training_frame(
     dataset: Dataset, settings: Settings, prep: dict[str, Any], columns: list[str]
 ) -> pl.DataFrame:
     """The backtest's stage-2 training frame, its users moved out of the test users' ids."""
-    items = dataset.items.collect().lazy() if dataset.items is not None else None
-    demo = dataset.users.collect().lazy() if dataset.users is not None else None
+    items, demo = side_tables(dataset)
     frame, _, _ = training_frame(
         prep["tx"].lazy(), items, demo, prep["catalogue"].lazy(), prep["windows"], settings
     )

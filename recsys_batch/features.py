@@ -167,6 +167,7 @@ def item_features(
             (pl.col("i_buyers") / pl.col("_all_users")).alias("i_user_share"),
             ((pl.col("i_recent_buyers") + 1) / (pl.col("i_previous_buyers") + 1)).alias("i_trend"),
         )
+        # The column order is the ranker's feature order; kept as it always was.
         .select(
             C.ITEM,
             "i_baskets",
