@@ -22,7 +22,7 @@ from api import metrics
 from api.errors import Unavailable
 from api.models import MAX_K
 from api.routes.recommendations import answer
-from recsys_batch.keys import MAX_USER_ID
+from recsys_batch.publish.keys import MAX_USER_ID
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from recsys_batch.keys import MAX_USER_ID
+from recsys_batch.publish.keys import MAX_USER_ID
 
 MAX_K = 100
 """Largest ``k`` accepted (a version stores ``settings.ranker.top_k`` items per user)."""

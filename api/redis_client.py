@@ -11,7 +11,7 @@ from redis.backoff import NoBackoff
 
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import ConfigError
-from recsys_batch.store import parse_url
+from recsys_batch.publish.store import parse_url
 
 AsyncClient = aioredis.Redis | RedisCluster
 
@@ -29,7 +29,7 @@ def resolve_url(cfg: RedisConfig) -> tuple[str, bool]:
     """
     if not cfg.url:
         try:
-            from recsys_batch.embedded import embedded_url  # noqa: PLC0415 - optional, lazy
+            from recsys_batch.publish.embedded import embedded_url  # noqa: PLC0415 - optional, lazy
         except ImportError as exc:  # pragma: no cover - the module ships with the package
             msg = "no Redis configured (fix: set REDIS_URL or RECSYS_REDIS__URL)"
             raise ConfigError(msg) from exc

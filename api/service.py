@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from api import metrics
 from api.errors import Unavailable
-from recsys_batch import keys
+from recsys_batch.publish import keys
 
 log = logging.getLogger(__name__)
 

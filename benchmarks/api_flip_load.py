@@ -1,7 +1,8 @@
 """The API under load while the batch publishes new versions (issue #7).
 
 Starts a throwaway redis-server (or uses ``--redis-url``), publishes version 1 with the batch's
-own writer (:func:`recsys_batch.publish.publish_version`: ``--users`` users x 5 items), serves
+own writer (:func:`recsys_batch.publish.versions.publish_version`: ``--users`` users x 5
+items), serves
 the API with uvicorn in a subprocess (uvloop, httptools, ``--workers``), then for
 ``--duration`` seconds:
 
@@ -45,8 +46,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys_batch import publish  # noqa: E402
 from recsys_batch.config import RedisConfig  # noqa: E402
+from recsys_batch.publish import versions  # noqa: E402
 
 UNKNOWN = 10_000_000
 MARK = 100_000_000  # item ids of version m: m * MARK + user * 10 + j (users < 10**7)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def publish_marker(marker: int) -> None:
         started = time.perf_counter()
         recs = marked_recs(marker, args.users)
-        version = publish.publish_version(client, recs, marked_popular(marker), None, {}, cfg)
+        version = versions.publish_version(client, recs, marked_popular(marker), None, {}, cfg)
         publish_seconds.append(time.perf_counter() - started)
         markers[version] = marker
 
@@ -243,8 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stop.set()
         api.terminate()
         api.wait(timeout=30)
-        for version in publish.all_versions(client, cfg):
-            publish.unlink_version(client, version, cfg)
+        for version in versions.all_versions(client, cfg):
+            versions.unlink_version(client, version, cfg)
         client.delete(f"{prefix}:current", f"{prefix}:previous", f"{prefix}:versions")
         client.close()
         if redis_proc is not None:

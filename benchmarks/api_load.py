@@ -45,8 +45,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys_batch import keys  # noqa: E402
-from recsys_batch.publish import HashFields  # noqa: E402
+from recsys_batch.publish import keys  # noqa: E402
+from recsys_batch.publish.versions import HashFields  # noqa: E402
 
 VERSION = "20261128T031500Z-b3nc"
 TTL = 3600

@@ -2,8 +2,8 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/publish.py                 # starts a throwaway redis-server
-    .venv/bin/python benchmarks/publish.py --url redis://127.0.0.1:6379/0 --users 1000000
+    .venv/bin/python benchmarks/versions.py                 # starts a throwaway redis-server
+    .venv/bin/python benchmarks/versions.py --url redis://127.0.0.1:6379/0 --users 1000000
 
 One run measures, on the same server and machine:
 
@@ -36,8 +36,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys_batch import publish, store  # noqa: E402
 from recsys_batch.config import RedisConfig  # noqa: E402
+from recsys_batch.publish import store, versions  # noqa: E402
 from tests.conftest import start_redis_server  # noqa: E402
 
 
@@ -96,7 +96,7 @@ def main() -> None:
         client.delete("key:__rand_int__")
         recs = recommendations(args.users)
         total, writes, live = [], [], []
-        flip = publish.flip_pointer
+        flip = versions.flip_pointer
         flipped: list[float] = []
 
         def timed_flip(*a: object, **k: object) -> object:
@@ -104,17 +104,17 @@ def main() -> None:
             flipped.append(time.perf_counter())
             return result
 
-        publish.flip_pointer = timed_flip  # type: ignore[assignment]
+        versions.flip_pointer = timed_flip  # type: ignore[assignment]
         for _ in range(args.repeat):
             started = time.perf_counter()
-            version = publish.publish_version(client, recs, [1, 2, 3, 4, 5], None, {}, cfg)
+            version = versions.publish_version(client, recs, [1, 2, 3, 4, 5], None, {}, cfg)
             total.append(time.perf_counter() - started)
             live.append(flipped[-1] - started)
-            meta = publish.version_info(client, version, cfg).meta
+            meta = versions.version_info(client, version, cfg).meta
             writes.append(float(meta["write_seconds"]))
         set_rps_after = redis_benchmark(host, port, args.requests)
-        for version in publish.all_versions(client, cfg):
-            publish.unlink_version(client, version, cfg)
+        for version in versions.all_versions(client, cfg):
+            versions.unlink_version(client, version, cfg)
         client.delete("bench:current", "bench:previous", "key:__rand_int__")
     finally:
         if proc is not None:

@@ -44,13 +44,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recsys_batch import columns as C  # noqa: E402
-from recsys_batch import executors as E  # noqa: E402
-from recsys_batch import sharding, split, store, two_stage  # noqa: E402
-from recsys_batch.candidates import fit_stage1  # noqa: E402
 from recsys_batch.config import Settings, load_settings  # noqa: E402
-from recsys_batch.io import load_dataset  # noqa: E402
-from recsys_batch.prefilter import apply_catalogue, prefilter  # noqa: E402
+from recsys_batch.data import columns as C  # noqa: E402
+from recsys_batch.data.sources import load_dataset  # noqa: E402
+from recsys_batch.model import split, two_stage  # noqa: E402
+from recsys_batch.model.candidates import fit_stage1  # noqa: E402
+from recsys_batch.model.prefilter import apply_catalogue, prefilter  # noqa: E402
+from recsys_batch.publish import store  # noqa: E402
+from recsys_batch.run import executors as E  # noqa: E402
+from recsys_batch.run import sharding  # noqa: E402
 
 log = logging.getLogger("scale")
 

@@ -30,15 +30,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_batch import columns as C
-from recsys_batch import split
-from recsys_batch.backtest import evaluation_users, prepare, reseeded, run_backtest, test_truth
 from recsys_batch.config import Settings
-from recsys_batch.features import FeatureSet, targets, with_targets
-from recsys_batch.io import Dataset, load_dataset
-from recsys_batch.metrics import evaluate
-from recsys_batch.ranking import fit_ranker, score, top_k
-from recsys_batch.two_stage import featured_candidates, fit_scoring_stage1, training_frame
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import Dataset, load_dataset
+from recsys_batch.evaluation.backtest import (
+    evaluation_users,
+    prepare,
+    reseeded,
+    run_backtest,
+    test_truth,
+)
+from recsys_batch.evaluation.metrics import evaluate
+from recsys_batch.model import split
+from recsys_batch.model.features import FeatureSet, targets, with_targets
+from recsys_batch.model.ranking import fit_ranker, score, top_k
+from recsys_batch.model.two_stage import featured_candidates, fit_scoring_stage1, training_frame
 
 K = 5
 IN_SAMPLE_TREES = 300

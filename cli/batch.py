@@ -109,7 +109,7 @@ def nightly_batch(
     _check_executor(executor)
 
     def work() -> None:
-        from recsys_batch.pipeline import run_nightly  # noqa: PLC0415 - keeps --help fast
+        from recsys_batch.run.pipeline import run_nightly  # noqa: PLC0415 - keeps --help fast
 
         settings = with_executor(build_settings(config, source, path), executor, scheduler)
         day: date | None = run_date.date() if run_date else None
@@ -153,11 +153,11 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, debug: DebugOpt =
     """Show the live version (age, users, metrics) and the previous one."""
 
     def work() -> None:
-        from recsys_batch import publish, store  # noqa: PLC0415
+        from recsys_batch.publish import store, versions  # noqa: PLC0415
 
         settings = build_settings(config)
         client = store.connect(settings.redis)
-        info = publish.publish_status(client, settings.redis)
+        info = versions.publish_status(client, settings.redis)
         info["redis"] = store.describe(settings.redis)
         for name in ("live", "previous"):
             if info[name]:
@@ -202,11 +202,11 @@ def rollback(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
     """Make the previous version live again (run twice to undo)."""
 
     def work() -> None:
-        from recsys_batch import publish, store  # noqa: PLC0415
+        from recsys_batch.publish import store, versions  # noqa: PLC0415
 
         settings = build_settings(config)
         client = store.connect(settings.redis)
-        restored, demoted = publish.rollback(client, settings.redis)
+        restored, demoted = versions.rollback(client, settings.redis)
         console.print(f"rolled back: live version {restored} (was {demoted})")
 
     run_guarded(work, debug=debug)

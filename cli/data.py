@@ -57,8 +57,8 @@ def progress(message: str) -> Iterator[None]:
 
 def _load(settings: Settings) -> tuple[Any, Any]:
     """Load and validate the configured source: (dataset without returns, report)."""
-    from recsys_batch.io import load_dataset  # noqa: PLC0415 - keep `recsys --help` fast
-    from recsys_batch.validation import validate  # noqa: PLC0415
+    from recsys_batch.data.sources import load_dataset  # noqa: PLC0415 - keep `recsys --help` fast
+    from recsys_batch.data.validation import validate  # noqa: PLC0415
 
     with progress(f"reading and validating {settings.data.source} data"):
         return validate(load_dataset(settings.data), settings)
@@ -166,9 +166,9 @@ def prefilter_cmd(
     setup_logging()
 
     def run() -> None:
-        from recsys_batch import split  # noqa: PLC0415
         from recsys_batch.errors import ConfigError  # noqa: PLC0415
-        from recsys_batch.prefilter import prefilter  # noqa: PLC0415
+        from recsys_batch.model import split  # noqa: PLC0415
+        from recsys_batch.model.prefilter import prefilter  # noqa: PLC0415
 
         if mode not in ("backtest", "production"):
             msg = f"--mode must be backtest or production, got {mode!r}"
@@ -238,7 +238,7 @@ def synth_cmd(
     setup_logging(level=logging.WARNING)
 
     def run() -> None:
-        from recsys_batch.synth import write_synthetic  # noqa: PLC0415
+        from recsys_batch.data.synthetic import write_synthetic  # noqa: PLC0415
 
         with progress(f"generating {users:,} synthetic users"):
             manifest = write_synthetic(out, users, seed, overwrite=overwrite)

@@ -146,10 +146,10 @@ def evaluate(
     setup_logging(level=logging.INFO if debug else logging.WARNING)
 
     def work() -> None:
-        from recsys_batch import backtest  # noqa: PLC0415 - keep `recsys --help` fast
-        from recsys_batch.io import load_dataset  # noqa: PLC0415
-        from recsys_batch.report import write_report  # noqa: PLC0415
-        from recsys_batch.validation import validated  # noqa: PLC0415
+        from recsys_batch.data.sources import load_dataset  # noqa: PLC0415
+        from recsys_batch.data.validation import validated  # noqa: PLC0415
+        from recsys_batch.evaluation import backtest  # noqa: PLC0415 - keep `recsys --help` fast
+        from recsys_batch.evaluation.report import write_report  # noqa: PLC0415
 
         settings = build_settings(config, source, path)
         start = time.perf_counter()

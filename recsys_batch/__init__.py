@@ -1,32 +1,7 @@
-"""recsys_batch: the nightly two-stage recommender engine (no CLI or web imports here)."""
+"""recsys_batch: the nightly two-stage recommender engine.
 
-import ctypes
-import os
-import sys
-
-# OpenMP threads that busy-wait for a descheduled sibling made a 2-thread LightGBM fit 5x slower
-# than 1 thread on a busy 2-core machine; passive waiting keeps "all cores" safe. Set before
-# lightgbm/implicit load libgomp; an explicit setting in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-# Freed memory goes back to the OS at once, so the batch's peak is its live data, not that
-# plus dead pages (bundled data: 1.64 -> 1.24 GB peak, same wall time):
-# - polars' jemalloc keeps freed pages for 0.5 s (dirty) + 1 s (muzzy), long enough to
-#   overlap the next step's numpy/LightGBM (glibc malloc) allocations, which cannot reuse
-#   them. Polars puts its defaults before this value when it loads (later options win), so
-#   it applies where this package is imported first (the CLI does that); an explicit
-#   setting in the environment wins.
-os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
-# - glibc raises its mmap threshold to the largest block freed (up to 32 MB), after which
-#   the ~100 MB feature matrices come from a heap it rarely trims. A fixed threshold keeps
-#   them mmapped (returned on free).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-if sys.platform == "linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-    try:
-        _libc = ctypes.CDLL("libc.so.6")
-        _libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-        _libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):  # not glibc (musl): its defaults apply
-        pass
+Importing it (or any module of it) changes nothing in the process: the allocator and OpenMP
+settings of the batch are made by the command line's entry point (:mod:`cli`).
+"""
 
 __version__ = "0.1.0"

@@ -6,7 +6,6 @@ A permissive prefilter (300 items of 200 synthetic users), tiny ALS and candidat
 
 from __future__ import annotations
 
-from recsys_batch import synth
 from recsys_batch.config import (
     AlsConfig,
     CandidatesConfig,
@@ -14,7 +13,8 @@ from recsys_batch.config import (
     RankerConfig,
     Settings,
 )
-from recsys_batch.io import Dataset
+from recsys_batch.data import synthetic
+from recsys_batch.data.sources import Dataset
 
 SMALL_SETTINGS = Settings(
     prefilter=PrefilterConfig(
@@ -40,5 +40,5 @@ SMALL_SETTINGS = Settings(
 
 def small_dataset(users: int = 200, seed: int = 3) -> Dataset:
     """Seeded synthetic data of the bundled shape (53 weeks)."""
-    g = synth.generate(users, seed)
+    g = synthetic.generate(users, seed)
     return Dataset(g.transactions.lazy(), g.items.lazy(), g.users.lazy(), name="synthetic-test")

@@ -17,7 +17,7 @@ from api.deps import LookupDep, SettingsDep
 from api.models import MAX_K, BadRequest, BatchRequest, BatchResponse, ErrorBody, Recommendation
 from api.responses import OrjsonResponse
 from api.service import LiveVersion
-from recsys_batch.keys import MAX_USER_ID
+from recsys_batch.publish.keys import MAX_USER_ID
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 

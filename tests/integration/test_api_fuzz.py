@@ -19,8 +19,8 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 
 from api.main import create_app
-from recsys_batch import keys
 from recsys_batch.config import Settings
+from recsys_batch.publish import keys
 from tests.conftest import free_port
 
 schemathesis = pytest.importorskip("schemathesis")

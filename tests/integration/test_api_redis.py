@@ -19,8 +19,8 @@ import redis
 import uvicorn
 
 from api.main import create_app
-from recsys_batch import keys
 from recsys_batch.config import Settings
+from recsys_batch.publish import keys
 from tests.conftest import free_port, start_redis_server
 from tests.integration.test_cluster import cluster_url  # noqa: F401 - a fixture, reused
 
@@ -154,11 +154,11 @@ class TestRoutes:
 def test_reads_what_publish_version_wrote(
     redis_url: str, key_prefix: str, real_redis: redis.Redis
 ) -> None:
-    """End to end with the batch's own writer (recsys_batch.publish)."""
+    """End to end with the batch's own writer (recsys_batch.publish.versions)."""
     pl = pytest.importorskip("polars")
-    publish = pytest.importorskip("recsys_batch.publish")
-    from recsys_batch import columns as C  # noqa: PLC0415
+    publish = pytest.importorskip("recsys_batch.publish.versions")
     from recsys_batch.config import RedisConfig  # noqa: PLC0415
+    from recsys_batch.data import columns as C  # noqa: PLC0415
 
     recs = pl.DataFrame(
         {
@@ -309,7 +309,7 @@ def test_embedded_redis_when_no_url_is_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_prefix: str
 ) -> None:
     """No REDIS_URL: the API reads the embedded Redis the batch wrote to."""
-    embedded = pytest.importorskip("recsys_batch.embedded")
+    embedded = pytest.importorskip("recsys_batch.publish.embedded")
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.delenv("RECSYS_REDIS__URL", raising=False)
     settings = Settings(

@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 from redis.cluster import RedisCluster
 
-from recsys_batch import keys, publish, store
 from recsys_batch.config import RedisConfig
+from recsys_batch.publish import keys, store, versions
 from tests.conftest import redis_server_binary, start_redis_server
 
 pytestmark = pytest.mark.integration
@@ -110,9 +110,9 @@ class TestCluster:
         client = store.connect(cfg)
         assert isinstance(client, RedisCluster)
         assert len(client.get_primaries()) == 3
-        v1 = publish.publish_version(client, recs(1_000, 1), [5], None, {}, cfg)
-        v2 = publish.publish_version(client, recs(1_000, 2), [6], None, {}, cfg)
-        v3 = publish.publish_version(client, recs(1_000, 3), [7], None, {}, cfg)
+        v1 = versions.publish_version(client, recs(1_000, 1), [5], None, {}, cfg)
+        v2 = versions.publish_version(client, recs(1_000, 2), [6], None, {}, cfg)
+        v3 = versions.publish_version(client, recs(1_000, 3), [7], None, {}, cfg)
         assert client.get("c1:current").decode() == v3
         assert client.get("c1:previous").decode() == v2
         assert client.get(keys.user_key(v3, 1000, "c1")) == b"31,32,33"
@@ -122,7 +122,7 @@ class TestCluster:
         assert all(size > 0 for size in sizes)
         # The oldest version was removed from every node.
         assert list(client.scan_iter(match=f"c1:v:{v1}:*")) == []
-        assert publish.rollback(client, cfg) == (v2, v3)
+        assert versions.rollback(client, cfg) == (v2, v3)
         assert client.get("c1:current").decode() == v2
         assert client.get(keys.user_key(v2, 7, "c1")) == b"21,22,23"
         client.close()

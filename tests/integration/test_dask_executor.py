@@ -18,12 +18,13 @@ import pytest
 import redis
 from polars.testing import assert_frame_equal
 
-from recsys_batch import columns as C
-from recsys_batch import executors as E
-from recsys_batch import keys, publish, split, store, two_stage
 from recsys_batch.config import RedisConfig, Settings, load_settings
-from recsys_batch.io import load_dataset
-from recsys_batch.prefilter import apply_catalogue, prefilter
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import load_dataset
+from recsys_batch.model import split, two_stage
+from recsys_batch.model.prefilter import apply_catalogue, prefilter
+from recsys_batch.publish import keys, store, versions
+from recsys_batch.run import executors as E
 
 pytestmark = pytest.mark.integration
 
@@ -155,12 +156,12 @@ def test_dask_publishes_exactly_what_local_publishes(
     on_dask = publish_with(dask(), trained, settings, client)
     by_dask = published_values(client, on_dask.version or "", settings)
 
-    expected = publish.user_values(trained.expected)
+    expected = versions.user_values(trained.expected)
     assert by_local == dict(zip(expected[C.USER], expected["value"], strict=True))
     assert by_dask == by_local
-    assert publish.live_version(client, settings.redis) == on_dask.version
-    assert publish.previous_version(client, settings.redis) == local.version
-    info = publish.version_info(client, on_dask.version or "", settings.redis)
+    assert versions.live_version(client, settings.redis) == on_dask.version
+    assert versions.previous_version(client, settings.redis) == local.version
+    info = versions.version_info(client, on_dask.version or "", settings.redis)
     assert info.state == keys.STATE_COMPLETE
     assert info.users == len(by_dask) == trained.user_ids.height
 
@@ -194,7 +195,7 @@ def test_a_failed_shard_is_retried(
     assert not isinstance(chosen, str)
     run = publish_with(chosen, trained, settings, client, flaky)
     assert f"{run.version}:1" in FAILURES
-    assert publish.live_version(client, settings.redis) == run.version
+    assert versions.live_version(client, settings.redis) == run.version
     assert len(published_values(client, run.version or "", settings)) == trained.user_ids.height
 
 
@@ -207,8 +208,8 @@ def test_a_shard_that_keeps_failing_flips_nothing(
     live = publish_with(E.LocalExecutor(), trained, settings, client)
     with pytest.raises(E.ShardError, match="shard 2 failed after 2 attempt"):
         publish_with(chosen, trained, settings, client, broken)
-    assert publish.live_version(client, settings.redis) == live.version
-    assert publish.all_versions(client, settings.redis) == [live.version]
+    assert versions.live_version(client, settings.redis) == live.version
+    assert versions.all_versions(client, settings.redis) == [live.version]
     assert len(published_values(client, live.version or "", settings)) == trained.user_ids.height
 
 
@@ -255,11 +256,11 @@ def test_nightly_batch_cli_dask_equals_local(
         )
         assert result.exit_code == 0, result.output
         cfg = RedisConfig(url=redis_url, key_prefix=key_prefix)
-        version = publish.live_version(real_redis, cfg)
+        version = versions.live_version(real_redis, cfg)
         assert version is not None
         settings = Settings(redis=cfg)
         values[executor] = published_values(real_redis, version, settings)
-        assert publish.version_info(real_redis, version, cfg).users == len(values[executor])
+        assert versions.version_info(real_redis, version, cfg).users == len(values[executor])
     assert len(values["local"]) == 150
     assert values["dask"] == values["local"]
 

@@ -29,11 +29,12 @@ from typer.testing import CliRunner
 
 from api.main import create_app
 from cli.main import app
-from recsys_batch import keys, pipeline, publish, runs
 from recsys_batch.config import RedisConfig, Settings
+from recsys_batch.data.sources import Dataset
 from recsys_batch.errors import LockError
-from recsys_batch.io import Dataset
-from recsys_batch.lock import run_lock
+from recsys_batch.publish import keys, versions
+from recsys_batch.run import pipeline, records
+from recsys_batch.run.lock import run_lock
 from tests.conftest import start_redis_server
 from tests.unit.test_pipeline import FakeTrainer
 
@@ -165,10 +166,10 @@ AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 def midway(hook: Callable[[], None], after_chunks: int = 2) -> Callable[[Any], bytes]:
-    """Wrap ``publish.resp_exists_command``, which the fast-path writer calls once per chunk
+    """Wrap ``versions.resp_exists_command``, which the fast-path writer calls once per chunk
     right after sending it: ``hook`` runs inside the write loop after ``after_chunks``
     chunks were sent, so Redis stops with part of the users written."""
-    original = publish.resp_exists_command
+    original = versions.resp_exists_command
     calls = {"n": 0}
 
     def build(names: Any) -> bytes:
@@ -229,7 +230,7 @@ def test_redis_stops_mid_publish(
         with monkeypatch.context() as patch:
             sig = signal.SIGSTOP if how == "hangs" else signal.SIGKILL
             stop = WhenUsersApplied(server.url, key_prefix, before, lambda: server.signal(sig))
-            patch.setattr(publish, "resp_exists_command", midway(stop))
+            patch.setattr(versions, "resp_exists_command", midway(stop))
             started = time.monotonic()
             failed = nightly(env)
             took = time.monotonic() - started
@@ -245,7 +246,7 @@ def test_redis_stops_mid_publish(
         client = redis.Redis.from_url(server.url)
         assert assert_live_is_whole(client, key_prefix) == before
         cfg = redis_cfg(server.url, key_prefix)
-        half = [v for v in publish.all_versions(client, cfg) if v != before]
+        half = [v for v in versions.all_versions(client, cfg) if v != before]
         assert len(half) == 1
         assert client.hget(keys.meta_key(half[0], key_prefix), "state") == b"writing"
         written = list(client.scan_iter(match=f"{key_prefix}:v:{half[0]}:*", count=10_000))
@@ -269,13 +270,13 @@ def test_redis_dies_between_version_start_and_user_writes_exit_4(
     PublishError too; before the fix a bare ``redis.ConnectionError`` escaped (exit 1)."""
     with own_redis(tmp_path / "redis-data") as server:
         env = batch_env(tmp_path, server.url, key_prefix)
-        original = publish.write_users_raw
+        original = versions.write_users_raw
 
         def write(*args: Any) -> Any:
             server.signal(signal.SIGKILL)
             return original(*args)
 
-        monkeypatch.setattr(publish, "write_users_raw", write)
+        monkeypatch.setattr(versions, "write_users_raw", write)
         failed = nightly(env)
         assert failed.exit_code == 4, failed.output
         assert "live version was left untouched" in flat(failed.output)
@@ -285,7 +286,8 @@ def test_redis_dies_between_version_start_and_user_writes_exit_4(
 
 DRIVER = r"""
 import contextlib, os, sys, time
-from recsys_batch import pipeline, publish
+from recsys_batch.run import pipeline
+from recsys_batch.publish import versions
 from tests.unit.test_pipeline import FakeTrainer
 
 pause_at = sys.argv[1]
@@ -314,7 +316,7 @@ pipeline._stage = stage
 if pause_at == "mid-publish":
     # The fast-path writer builds each chunk's EXISTS check right after sending the chunk:
     # pausing in the second call stops the batch with part of the users written.
-    original_exists = publish.resp_exists_command
+    original_exists = versions.resp_exists_command
     calls = [0]
 
     def exists(names):
@@ -323,16 +325,16 @@ if pause_at == "mid-publish":
             pause()
         return original_exists(names)
 
-    publish.resp_exists_command = exists
+    versions.resp_exists_command = exists
 elif pause_at == "after-flip":
-    original_flip = publish.flip_pointer
+    original_flip = versions.flip_pointer
 
     def flip(client, version, cfg):
         old = original_flip(client, version, cfg)
         pause()
         return old
 
-    publish.flip_pointer = flip
+    versions.flip_pointer = flip
 
 from cli.main import app
 
@@ -404,7 +406,7 @@ def test_batch_killed_at_each_stage(
         assert seen[-1] == ("publish" if pause_at in {"mid-publish", "after-flip"} else pause_at)
         if pause_at == "mid-publish":  # really in the middle: part of the users written
             cfg = redis_cfg(redis_url, key_prefix)
-            (half,) = [v for v in publish.all_versions(real_redis, cfg) if v != before]
+            (half,) = [v for v in versions.all_versions(real_redis, cfg) if v != before]
             assert real_redis.hget(keys.meta_key(half, key_prefix), "state") == b"writing"
             written = list(real_redis.scan_iter(match=f"{key_prefix}:v:{half}:u:*", count=1000))
             assert 0 < len(written) < USERS
@@ -420,7 +422,7 @@ def test_batch_killed_at_each_stage(
     with run_lock(Path(env["RECSYS_RUN__LOCK_FILE"])):  # released by the kernel on kill -9
         pass
     killed = [
-        d for d in (tmp_path / "runs").iterdir() if runs.read_manifest(d)["status"] == "running"
+        d for d in (tmp_path / "runs").iterdir() if records.read_manifest(d)["status"] == "running"
     ]
     assert len(killed) == 1
     now_live = assert_live_is_whole(real_redis, key_prefix)
@@ -535,7 +537,7 @@ def test_runs_disk_full_while_saving_nothing_published(
     real_stage = pipeline._stage
 
     @contextlib.contextmanager
-    def stage(record: runs.RunRecord, name: str) -> Iterator[list[int]]:
+    def stage(record: records.RunRecord, name: str) -> Iterator[list[int]]:
         if name == "save":
             with failing_disk(tmp_path / "runs", errno.ENOSPC), real_stage(record, name) as rows:
                 yield rows
@@ -549,7 +551,7 @@ def test_runs_disk_full_while_saving_nothing_published(
     assert result.exit_code == 2, result.output
     assert "No space left on device" in flat(result.output)
     assert live(real_redis, key_prefix) == before
-    assert publish.all_versions(real_redis, redis_cfg(redis_url, key_prefix)) == [before]
+    assert versions.all_versions(real_redis, redis_cfg(redis_url, key_prefix)) == [before]
 
 
 def _save_with_os_open(self: FakeTrainer, model: dict[str, Any], directory: Path) -> None:
@@ -580,7 +582,7 @@ def test_api_fast_503_then_recovers_without_restart(tmp_path: Path, key_prefix: 
         )
         writer = redis.Redis.from_url(server.url)
         cfg = redis_cfg(server.url, key_prefix)
-        version = publish.publish_version(writer, recs, [7], None, {}, cfg)
+        version = versions.publish_version(writer, recs, [7], None, {}, cfg)
         writer.close()
         settings = Settings(
             redis={"url": server.url, "key_prefix": key_prefix},
@@ -648,7 +650,7 @@ def test_api_started_before_redis_recovers_by_itself(tmp_path: Path, key_prefix:
                         "score": pl.Float32},
             )  # fmt: skip
             writer = redis.Redis.from_url(url)
-            publish.publish_version(writer, recs, [7], None, {}, redis_cfg(url, key_prefix))
+            versions.publish_version(writer, recs, [7], None, {}, redis_cfg(url, key_prefix))
             writer.close()
             time.sleep(0.1)
             body = api.get("/v1/recommendations/1").json()

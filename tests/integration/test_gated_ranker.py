@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 import redis
 
-from recsys_batch import pipeline, split, store
 from recsys_batch.config import Settings, load_settings
-from recsys_batch.io import load_dataset
-from recsys_batch.two_stage import load_model
+from recsys_batch.data.sources import load_dataset
+from recsys_batch.model import split
+from recsys_batch.model.two_stage import load_model
+from recsys_batch.publish import store
+from recsys_batch.run import pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import polars as pl
 import pytest
 import redis
 
-from recsys_batch import keys, publish
 from recsys_batch.config import RedisConfig
+from recsys_batch.publish import keys
 from tests.conftest import start_redis_server
 
 pytestmark = pytest.mark.integration
@@ -66,9 +66,9 @@ def test_ten_publishes_keep_about_two_versions(own_redis: redis.Redis) -> None:
     recs = recommendations(USERS)
     baseline = used_memory(own_redis)
     sizes = []
-    versions = []
+    published = []
     for _ in range(PUBLISHES):
-        versions.append(publish.publish_version(own_redis, recs, [1, 2, 3], None, {}, cfg))
+        published.append(versions.publish_version(own_redis, recs, [1, 2, 3], None, {}, cfg))
         sizes.append(used_memory(own_redis) - baseline)
     one = sizes[0]
     print(f"\nused_memory above baseline after each publish (bytes): {sizes}")  # -s shows it
@@ -79,7 +79,7 @@ def test_ten_publishes_keep_about_two_versions(own_redis: redis.Redis) -> None:
     assert sizes[-1] < 1.15 * sizes[1]  # no slow growth either
     per_version = USERS + 2  # users, popular list, meta hash
     assert own_redis.dbsize() == 2 * per_version + 3  # + current, previous, versions
-    assert publish.all_versions(own_redis, cfg) == versions[-2:]
+    assert versions.all_versions(own_redis, cfg) == published[-2:]
     # Every key of a version expires by itself (safety TTL), the pointers do not.
     ttl = cfg.ttl_days * 86_400
     for name in own_redis.scan_iter(match="mem:v:*", count=10_000):

@@ -13,10 +13,11 @@ import redis
 from typer.testing import CliRunner
 
 from cli.main import app
-from recsys_batch import embedded, pipeline
 from recsys_batch.config import Settings
-from recsys_batch.io import Dataset
-from recsys_batch.lock import run_lock
+from recsys_batch.data.sources import Dataset
+from recsys_batch.publish import embedded
+from recsys_batch.run import pipeline
+from recsys_batch.run.lock import run_lock
 from tests.unit.test_pipeline import FakeTrainer
 
 pytestmark = pytest.mark.integration

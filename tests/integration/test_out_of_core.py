@@ -18,10 +18,11 @@ import pytest
 import redis
 from polars.testing import assert_frame_equal
 
-from recsys_batch import columns as C
-from recsys_batch import pipeline, publish, store
 from recsys_batch.config import Settings, load_settings
-from recsys_batch.io import Dataset
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import Dataset
+from recsys_batch.publish import store, versions
+from recsys_batch.run import pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def _gate(dataset: Dataset, settings: Settings) -> dict[str, Any]:
 
 
 def _published(client: store.Client, settings: Settings) -> pl.DataFrame:
-    version = publish.live_version(client, settings.redis)
+    version = versions.live_version(client, settings.redis)
     assert version is not None
     prefix = f"{settings.redis.key_prefix}:v:{version}:u:"
     rows = [

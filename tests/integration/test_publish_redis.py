@@ -1,4 +1,4 @@
-"""publish.py against a real Redis: fast path, readers never see a mix, faults (issues #5, #7)."""
+"""versions.py against a real Redis: fast path, readers never see a mix, faults (issues #5, #7)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 import redis
 
-from recsys_batch import keys, publish
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import PublishError
+from recsys_batch.publish import keys, versions
 
 pytestmark = pytest.mark.integration
 
@@ -106,10 +106,10 @@ def upstream(redis_url: str) -> tuple[str, int]:
 
 class TestRealRedis:
     def test_fast_path_layout_and_ttl(self, real_redis: redis.Redis, cfg: RedisConfig) -> None:
-        version = publish.publish_version(
+        version = versions.publish_version(
             real_redis, synthetic_recs(2_000, 1), [7, 8], None, {}, cfg
         )
-        assert publish.fast_path_ok(real_redis)
+        assert versions.fast_path_ok(real_redis)
         p = cfg.key_prefix
         assert real_redis.get(f"{p}:current").decode() == version
         assert real_redis.get(keys.user_key(version, 1999, p)) == expected_value(1)
@@ -122,7 +122,7 @@ class TestRealRedis:
         self, real_redis: redis.Redis, cfg: RedisConfig
     ) -> None:
         for marker in range(1, 6):
-            publish.publish_version(real_redis, synthetic_recs(300, marker), [1], None, {}, cfg)
+            versions.publish_version(real_redis, synthetic_recs(300, marker), [1], None, {}, cfg)
         user_keys = list(real_redis.scan_iter(f"{cfg.key_prefix}:v:*:u:*", count=10_000))
         assert len(user_keys) == 2 * 300
         assert real_redis.zcard(f"{cfg.key_prefix}:versions") == 2
@@ -131,7 +131,7 @@ class TestRealRedis:
         self, real_redis: redis.Redis, cfg: RedisConfig, redis_url: str
     ) -> None:
         users = 3_000
-        first = publish.publish_version(
+        first = versions.publish_version(
             real_redis, synthetic_recs(users, 0), [0], None, {"marker": 0}, cfg
         )
         assert first
@@ -161,7 +161,7 @@ class TestRealRedis:
         thread.start()
         try:
             for marker in range(1, 7):
-                publish.publish_version(
+                versions.publish_version(
                     real_redis,
                     synthetic_recs(users, marker),
                     [marker],
@@ -199,7 +199,7 @@ class TestRealRedis:
         thread = threading.Thread(target=kill_when_writing)
         thread.start()
         try:
-            version = publish.publish_version(
+            version = versions.publish_version(
                 publisher, synthetic_recs(users, 2), [1], None, {}, big
             )
         finally:
@@ -213,27 +213,27 @@ class TestRealRedis:
         assert real_redis.hget(meta, "users") == str(users).encode()
         assert real_redis.get(keys.user_key(version, users, big.key_prefix)) == expected_value(2)
         # Bulk cleanup here: the fixture's key-by-key teardown is slow on 10^5 keys.
-        publish.unlink_version(real_redis, version, big)
+        versions.unlink_version(real_redis, version, big)
 
     def test_redis_gone_mid_publish_leaves_live_version(
         self, real_redis: redis.Redis, cfg: RedisConfig, upstream: tuple[str, int]
     ) -> None:
-        live = publish.publish_version(real_redis, synthetic_recs(1_000, 1), [1], None, {}, cfg)
+        live = versions.publish_version(real_redis, synthetic_recs(1_000, 1), [1], None, {}, cfg)
         proxy = FaultProxy(upstream, cut_after=20_000)
         broken = cfg.model_copy(update={"url": f"redis://127.0.0.1:{proxy.port}/0"})
         client = redis.Redis.from_url(broken.url, socket_timeout=2, socket_connect_timeout=1)
         with pytest.raises(PublishError) as info:
-            publish.publish_version(client, synthetic_recs(5_000, 2), [2], None, {}, broken)
+            versions.publish_version(client, synthetic_recs(5_000, 2), [2], None, {}, broken)
         assert info.value.exit_code == 4
         assert proxy.dead.is_set()
         assert real_redis.get(f"{cfg.key_prefix}:current").decode() == live
         assert real_redis.get(keys.user_key(live, 10, cfg.key_prefix)) == expected_value(1)
-        half = [v for v in publish.all_versions(real_redis, cfg) if v != live]
+        half = [v for v in versions.all_versions(real_redis, cfg) if v != live]
         assert len(half) == 1
         assert real_redis.hget(keys.meta_key(half[0], cfg.key_prefix), "state") == b"writing"
         # A rerun succeeds and removes the half-written version.
-        fresh = publish.publish_version(real_redis, synthetic_recs(1_000, 3), [3], None, {}, cfg)
-        assert publish.all_versions(real_redis, cfg) == [live, fresh]
+        fresh = versions.publish_version(real_redis, synthetic_recs(1_000, 3), [3], None, {}, cfg)
+        assert versions.all_versions(real_redis, cfg) == [live, fresh]
         assert list(real_redis.scan_iter(keys.version_prefix(half[0], cfg.key_prefix) + "*")) == []
 
     def test_out_of_memory_is_publish_error(
@@ -247,7 +247,7 @@ class TestRealRedis:
         real_redis.config_set("maxmemory", str(used + 200_000))
         try:
             with pytest.raises(PublishError, match="OOM|refused"):
-                publish.publish_version(real_redis, synthetic_recs(50_000, 1), [1], None, {}, cfg)
+                versions.publish_version(real_redis, synthetic_recs(50_000, 1), [1], None, {}, cfg)
         finally:
             real_redis.config_set("maxmemory", before)
         assert real_redis.get(f"{cfg.key_prefix}:current") is None
@@ -263,19 +263,19 @@ class TestConnectFailure:
     ) -> None:
         """Regression (issue #7): the writer's own connect was outside the retry wrapper."""
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5)
-        original = publish.write_users_raw
+        original = versions.write_users_raw
 
         def redis_vanishes(*args: object) -> list[bytes]:
             client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
             client.connection_pool.reset()  # drop pooled connections to the real port
             return original(*args)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(publish, "write_users_raw", redis_vanishes)
+        monkeypatch.setattr(versions, "write_users_raw", redis_vanishes)
         with pytest.raises(PublishError, match="connect"):
-            publish.publish_version(client, synthetic_recs(100, 1), [1], None, {}, cfg)
+            versions.publish_version(client, synthetic_recs(100, 1), [1], None, {}, cfg)
         client.connection_pool.connection_kwargs["port"] = upstream[1]
         client.connection_pool.reset()
         assert client.get(f"{cfg.key_prefix}:current") is None
-        for version in publish.all_versions(client, cfg):
-            publish.unlink_version(client, version, cfg)
+        for version in versions.all_versions(client, cfg):
+            versions.unlink_version(client, version, cfg)
         client.close()

@@ -34,10 +34,11 @@ from typer.testing import CliRunner
 
 from api.main import create_app
 from cli.main import app
-from recsys_batch import keys, pipeline, store
 from recsys_batch.config import RedisConfig, Settings
+from recsys_batch.data.sources import Dataset
 from recsys_batch.errors import PublishError
-from recsys_batch.io import Dataset
+from recsys_batch.publish import keys, store
+from recsys_batch.run import pipeline
 from tests.conftest import free_port, start_redis_server
 from tests.unit.test_pipeline import FakeTrainer
 
@@ -305,12 +306,12 @@ def test_batch_with_the_api_user_is_refused(secure: SecureRedis, prefix: str) ->
     cfg = RedisConfig(
         url=secure.url("api", API_PASSWORD), key_prefix=prefix, tls_ca_file=secure.ca_file
     )
-    from recsys_batch import publish  # noqa: PLC0415
+    from recsys_batch.publish import versions  # noqa: PLC0415
     from tests.integration.test_memory_bounded import recommendations  # noqa: PLC0415
 
     client = store.connect(cfg)
     with pytest.raises(PublishError) as info:
-        publish.publish_version(client, recommendations(10), [1], None, {}, cfg)
+        versions.publish_version(client, recommendations(10), [1], None, {}, cfg)
     assert info.value.exit_code == 4
     assert "NOPERM" in str(info.value) or "permission" in str(info.value).lower()
     assert_no_secret(str(info.value))

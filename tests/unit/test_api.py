@@ -18,9 +18,9 @@ from api.main import create_app
 from api.models import BatchResponse, Recommendation
 from api.redis_client import resolve_url
 from api.service import Lookup
-from recsys_batch import keys
 from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.errors import ConfigError
+from recsys_batch.publish import keys
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
     warnings.simplefilter("ignore")

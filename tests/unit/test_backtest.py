@@ -5,9 +5,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from recsys_batch import columns as C
-from recsys_batch import split
-from recsys_batch.backtest import (
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import Dataset
+from recsys_batch.evaluation.backtest import (
     MODELS,
     USER_SETS,
     BacktestResult,
@@ -20,7 +20,7 @@ from recsys_batch.backtest import (
     run_seeded_backtest,
     seed_spread,
 )
-from recsys_batch.io import Dataset
+from recsys_batch.model import split
 from tests.small import SMALL_SETTINGS as SETTINGS
 from tests.small import small_dataset as dataset
 

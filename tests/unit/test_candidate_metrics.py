@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from recsys_batch import columns as C
-from recsys_batch.candidate_metrics import candidate_recall
+from recsys_batch.data import columns as C
+from recsys_batch.evaluation.candidate_metrics import candidate_recall
 
 
 def _cands(rows: list[tuple[int, int, str | None]]) -> pl.LazyFrame:
@@ -75,11 +75,11 @@ def test_bundled_backtest_union_recall_at_least_half() -> None:
     Issue-#4 protocol: catalogue and stage 1 from the weeks before the test window, scored
     against the catalogue items each "all" user bought in the test window.
     """
-    from recsys_batch import split  # noqa: PLC0415
-    from recsys_batch.backtest import evaluation_users, prepare, test_truth  # noqa: PLC0415
-    from recsys_batch.candidates import fit_stage1, generate_candidates  # noqa: PLC0415
     from recsys_batch.config import Settings  # noqa: PLC0415
-    from recsys_batch.io import load_dataset  # noqa: PLC0415
+    from recsys_batch.data.sources import load_dataset  # noqa: PLC0415
+    from recsys_batch.evaluation.backtest import evaluation_users, prepare, test_truth  # noqa: PLC0415
+    from recsys_batch.model import split  # noqa: PLC0415
+    from recsys_batch.model.candidates import fit_stage1, generate_candidates  # noqa: PLC0415
 
     settings = Settings()
     prep = prepare(load_dataset(settings.data), settings)

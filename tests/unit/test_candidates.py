@@ -7,8 +7,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from recsys_batch import columns as C
-from recsys_batch.candidates import (
+from recsys_batch.config import AlsConfig, CandidatesConfig
+from recsys_batch.data import columns as C
+from recsys_batch.errors import EmptyStageError
+from recsys_batch.model.candidates import (
     Stage1Model,
     als_candidates,
     copurchase_candidates,
@@ -24,9 +26,7 @@ from recsys_batch.candidates import (
     union_candidates,
     user_factors,
 )
-from recsys_batch.config import AlsConfig, CandidatesConfig
-from recsys_batch.errors import EmptyStageError
-from recsys_batch.ids import id_map
+from recsys_batch.model.ids import id_map
 
 PLACEHOLDER = 999999
 GROUP_A_USERS = list(range(1, 9))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from recsys_batch import columns as C
-from recsys_batch import executors as E
-from recsys_batch import sharding
 from recsys_batch.config import Settings
+from recsys_batch.data import columns as C
+from recsys_batch.run import executors as E
+from recsys_batch.run import sharding
 
 
 def shards(n: int) -> list[tuple[int, pl.DataFrame]]:

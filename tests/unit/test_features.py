@@ -6,9 +6,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from recsys_batch import columns as C
 from recsys_batch.config import FeaturesConfig
-from recsys_batch.features import (
+from recsys_batch.data import columns as C
+from recsys_batch.model.features import (
     build_features,
     categorical_codes,
     item_features,
@@ -189,13 +189,13 @@ class TestTargets:
     WINDOW = [(10, 1, 30, 101, 6), (10, 2, 31, 101, 6), (10, 2, 31, 101, 6), (10, 3, 32, 101, 7)]
 
     def test_default_label_is_bought(self) -> None:
-        from recsys_batch.features import targets  # noqa: PLC0415
+        from recsys_batch.model.features import targets  # noqa: PLC0415
 
         got = targets(tx_rows([*self.WINDOW, (20, 4, 30, 999999, 6)]), 999999).collect()
         assert got.rows() == [(10, 101, 1)]
 
     def test_graded_label_counts_distinct_days_capped(self) -> None:
-        from recsys_batch.features import targets  # noqa: PLC0415
+        from recsys_batch.model.features import targets  # noqa: PLC0415
 
         rows = [*self.WINDOW, (20, 5, 30, 102, 6)]
         got = {(u, i): t for u, i, t in targets(tx_rows(rows), 999999, 2).collect().rows()}

@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys_batch import columns as C
-from recsys_batch.ids import id_map, interaction_weights, to_csr, user_item_matrix, weighted
+from recsys_batch.data import columns as C
+from recsys_batch.model.ids import id_map, interaction_weights, to_csr, user_item_matrix, weighted
 
 TX = pl.DataFrame(
     {

@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli.main import app
-from recsys_batch import columns as C
-from recsys_batch import split
 from recsys_batch.config import Settings, load_settings
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import load_dataset
+from recsys_batch.data.validation import validated
 from recsys_batch.errors import DataError
-from recsys_batch.io import load_dataset
-from recsys_batch.prefilter import apply_catalogue, prefilter
-from recsys_batch.validation import validated
+from recsys_batch.model import split
+from recsys_batch.model.prefilter import apply_catalogue, prefilter
 
 Table = dict[str, list[Any]]
 I64_MAX = 2**63 - 1
@@ -344,7 +344,7 @@ def test_negative_user_id_is_a_data_error_before_training(tmp_path: Path) -> Non
     be refused at load time with exit 2, not after a full training run with exit 1."""
     import fakeredis  # noqa: PLC0415
 
-    from recsys_batch import pipeline  # noqa: PLC0415
+    from recsys_batch.run import pipeline  # noqa: PLC0415
     from tests.unit.test_pipeline import FakeTrainer  # noqa: PLC0415
 
     tx = base_transactions()
@@ -379,8 +379,8 @@ def test_degenerate_data_through_the_real_models(
 ) -> None:
     """Past the prefilter: the real two-stage model and the backtest gate (dry run, no
     Redis) either produce recommendations or stop with a RecsysError, never a crash."""
-    from recsys_batch import pipeline  # noqa: PLC0415
     from recsys_batch.errors import RecsysError  # noqa: PLC0415
+    from recsys_batch.run import pipeline  # noqa: PLC0415
 
     tx = write(change(base_transactions()), tmp_path / "tx", "parquet")
     cfg = fuzz_settings(tx, write(base_items(), tmp_path / "items", "parquet"), None)

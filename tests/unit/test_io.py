@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from recsys_batch import columns as C
-from recsys_batch import io
 from recsys_batch.config import DataConfig
+from recsys_batch.data import columns as C
+from recsys_batch.data import sources
 from recsys_batch.errors import DataError
 
 UPPER_CSV = """household_key,BASKET_ID,DAY,PRODUCT_ID,QUANTITY,SALES_VALUE,STORE_ID,RETAIL_DISC,TRANS_TIME,WEEK_NO,COUPON_DISC,COUPON_MATCH_DISC
@@ -72,7 +72,7 @@ class TestDunnhumby:
         folder = write(
             tmp_path, {tx_name: tx_text, "product.csv": PRODUCT_CSV, "hh_demographic.csv": HH_CSV}
         )
-        dataset = io.load_dataset(DataConfig(source="dunnhumby", path=folder))
+        dataset = sources.load_dataset(DataConfig(source="dunnhumby", path=folder))
         assert dataset.transactions.collect_schema() == C.TRANSACTIONS
         assert_frame_equal(dataset.transactions.collect(), EXPECTED_TX)
         assert dataset.items is not None
@@ -105,18 +105,20 @@ class TestDunnhumby:
     def test_mixed_case_columns_are_matched(self, tmp_path: Path) -> None:
         text = UPPER_CSV.replace("PRODUCT_ID", "product_id").replace("WEEK_NO", "Week_No")
         folder = write(tmp_path, {"transaction_data.csv": text})
-        dataset = io.load_dataset(DataConfig(source="dunnhumby", path=folder))
+        dataset = sources.load_dataset(DataConfig(source="dunnhumby", path=folder))
         assert_frame_equal(dataset.transactions.collect(), EXPECTED_TX)
 
     def test_integers_written_as_floats_are_read(self, tmp_path: Path) -> None:
         text = UPPER_CSV.replace(",1631,1,", ",1631.0,1.00,").replace("2375,", " 2375.0 ,")
         folder = write(tmp_path, {"transaction_data.csv": text})
-        tx = io.load_dataset(DataConfig(source="dunnhumby", path=folder)).transactions.collect()
+        tx = sources.load_dataset(
+            DataConfig(source="dunnhumby", path=folder)
+        ).transactions.collect()
         assert_frame_equal(tx, EXPECTED_TX)
 
     def test_item_and_user_files_are_optional(self, tmp_path: Path) -> None:
         folder = write(tmp_path, {"transaction_data.csv": UPPER_CSV})
-        dataset = io.load_dataset(DataConfig(source="dunnhumby", path=folder))
+        dataset = sources.load_dataset(DataConfig(source="dunnhumby", path=folder))
         assert dataset.items is None
         assert dataset.users is None
         assert [t.table for t in dataset.tables] == ["transactions"]
@@ -124,14 +126,16 @@ class TestDunnhumby:
     def test_absent_optional_column_is_null(self, tmp_path: Path) -> None:
         text = "\n".join(",".join(line.split(",")[:10]) for line in UPPER_CSV.splitlines())
         folder = write(tmp_path, {"transaction_data.csv": text + "\n"})
-        tx = io.load_dataset(DataConfig(source="dunnhumby", path=folder)).transactions.collect()
+        tx = sources.load_dataset(
+            DataConfig(source="dunnhumby", path=folder)
+        ).transactions.collect()
         assert tx.schema == C.TRANSACTIONS
         assert tx.get_column(C.COUPON_DISC).null_count() == 3
         assert tx.get_column(C.WEEK).to_list() == [1, 1, 1]
 
     def test_needs_a_directory(self) -> None:
         with pytest.raises(DataError, match="needs a directory"):
-            io.load_dataset(DataConfig(source="dunnhumby"))
+            sources.load_dataset(DataConfig(source="dunnhumby"))
 
 
 class TestFiles:
@@ -157,7 +161,7 @@ class TestFiles:
         frame = self.frame()
         frame.write_parquet(path) if suffix == ".parquet" else frame.write_csv(path)
         cfg = DataConfig(source="files", transactions_file=path, column_mapping=self.MAPPING)
-        tx = io.load_dataset(cfg).transactions.collect()
+        tx = sources.load_dataset(cfg).transactions.collect()
         assert tx.schema == C.TRANSACTIONS
         assert tx.get_column(C.USER).to_list() == [1, 2]
         assert tx.get_column(C.ITEM).to_list() == [5, 6]
@@ -169,12 +173,12 @@ class TestFiles:
         path = tmp_path / "tx.parquet"
         self.frame().write_parquet(path)
         cfg = DataConfig(source="files", path=path, column_mapping=self.MAPPING)
-        assert io.load_dataset(cfg).transactions.collect().height == 2
+        assert sources.load_dataset(cfg).transactions.collect().height == 2
 
     def test_unknown_mapping_key_suggests_the_canonical_name(self, tmp_path: Path) -> None:
         cfg = DataConfig(source="files", path=tmp_path / "x.csv", column_mapping={"usr_id": "hh"})
         with pytest.raises(DataError, match="did you mean 'user_id'"):
-            io.load_dataset(cfg)
+            sources.load_dataset(cfg)
 
     def test_mapping_can_be_scoped_to_one_table(self, tmp_path: Path) -> None:
         tx_path, items_path = tmp_path / "tx.parquet", tmp_path / "items.csv"
@@ -184,37 +188,37 @@ class TestFiles:
         cfg = DataConfig(
             source="files", transactions_file=tx_path, items_file=items_path, column_mapping=mapping
         )
-        dataset = io.load_dataset(cfg)
+        dataset = sources.load_dataset(cfg)
         assert dataset.items is not None
         assert dataset.items.collect().get_column(C.ITEM).to_list() == [5, 6]
         assert dataset.transactions.collect().get_column(C.ITEM).to_list() == [5, 6]
 
     def test_needs_a_transactions_file(self) -> None:
         with pytest.raises(DataError, match="transactions_file"):
-            io.load_dataset(DataConfig(source="files"))
+            sources.load_dataset(DataConfig(source="files"))
 
 
 class TestSynthetic:
     def test_in_memory_generation(self) -> None:
-        dataset = io.load_dataset(DataConfig(source="synthetic", synthetic_users=40))
+        dataset = sources.load_dataset(DataConfig(source="synthetic", synthetic_users=40))
         assert dataset.transactions.collect_schema() == C.TRANSACTIONS
         assert dataset.items is not None
         assert dataset.users is not None
         assert dataset.transactions.select(pl.col(C.USER).max()).collect().item() == 40
 
     def test_written_folder_reads_back_identically(self, tmp_path: Path) -> None:
-        from recsys_batch import synth
+        from recsys_batch.data import synthetic
 
-        synth.write_synthetic(tmp_path, users=60, seed=5)
-        dataset = io.load_dataset(DataConfig(source="synthetic", path=tmp_path))
-        expected = synth.generate(60, 5)
+        synthetic.write_synthetic(tmp_path, users=60, seed=5)
+        dataset = sources.load_dataset(DataConfig(source="synthetic", path=tmp_path))
+        expected = synthetic.generate(60, 5)
         assert_frame_equal(dataset.transactions.collect(), expected.transactions)
         assert dataset.items is not None
         assert_frame_equal(dataset.items.collect(), expected.items)
 
 
 def test_completejourney_schemas() -> None:
-    dataset = io.load_dataset(DataConfig())
+    dataset = sources.load_dataset(DataConfig())
     assert dataset.transactions.collect_schema() == C.TRANSACTIONS
     assert dataset.items is not None
     assert dataset.items.collect_schema() == C.ITEMS
@@ -224,7 +228,7 @@ def test_completejourney_schemas() -> None:
 
 def test_canonical_reads_only_the_header_until_collected(tmp_path: Path) -> None:
     (tmp_path / "transaction_data.csv").write_text(UPPER_CSV.replace("1.39", "oops"))
-    dataset = io.load_dataset(DataConfig(source="dunnhumby", path=tmp_path))
+    dataset = sources.load_dataset(DataConfig(source="dunnhumby", path=tmp_path))
     # Building the frame succeeds; collecting it strictly fails (validation reports it first).
     with pytest.raises(pl.exceptions.InvalidOperationError):
         dataset.transactions.collect()

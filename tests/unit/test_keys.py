@@ -2,7 +2,7 @@
 
 import pytest
 
-from recsys_batch import keys
+from recsys_batch.publish import keys
 
 
 class TestKeyBuilders:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from recsys_batch.errors import LockError
-from recsys_batch.lock import run_lock
+from recsys_batch.run.lock import run_lock
 
 HOLD = (
-    "import sys, time; from pathlib import Path; from recsys_batch.lock import run_lock\n"
+    "import sys, time; from pathlib import Path; from recsys_batch.run.lock import run_lock\n"
     "with run_lock(Path(sys.argv[1])):\n"
     "    print('locked', flush=True); time.sleep(60)\n"
 )

@@ -7,7 +7,7 @@ import math
 import polars as pl
 import pytest
 
-from recsys_batch.metrics import evaluate, per_user_metrics, precision_curve
+from recsys_batch.evaluation.metrics import evaluate, per_user_metrics, precision_curve
 
 
 def recs(rows: list[tuple[int, int, int]]) -> pl.LazyFrame:

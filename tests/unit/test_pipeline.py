@@ -11,12 +11,12 @@ import fakeredis
 import polars as pl
 import pytest
 
-from recsys_batch import columns as C
-from recsys_batch import pipeline
 from recsys_batch.config import Settings, load_settings
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import Dataset
 from recsys_batch.errors import EmptyStageError, LockError, QualityGateError
-from recsys_batch.io import Dataset
-from recsys_batch.lock import run_lock
+from recsys_batch.run import pipeline
+from recsys_batch.run.lock import run_lock
 
 
 class FakeTrainer:

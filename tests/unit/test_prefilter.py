@@ -6,11 +6,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from recsys_batch import columns as C
-from recsys_batch import synth
 from recsys_batch.config import DataConfig, PrefilterConfig
-from recsys_batch.io import load_dataset
-from recsys_batch.prefilter import FUNNEL, RULES, apply_catalogue, prefilter
+from recsys_batch.data import columns as C
+from recsys_batch.data import synthetic
+from recsys_batch.data.sources import load_dataset
+from recsys_batch.model.prefilter import FUNNEL, RULES, apply_catalogue, prefilter
 
 
 def eager_prefilter(
@@ -87,7 +87,7 @@ CONFIGS = {
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_lazy_equals_eager(seed: int, config: PrefilterConfig) -> None:
-    data = synth.generate(250, seed)
+    data = synthetic.generate(250, seed)
     tx = data.transactions.filter(pl.col(C.WEEK) < 50)
     expected_catalogue, expected_funnel = eager_prefilter(tx, data.items, config)
     result = prefilter(tx.lazy(), data.items.lazy(), config)
@@ -98,7 +98,7 @@ def test_lazy_equals_eager(seed: int, config: PrefilterConfig) -> None:
 
 
 def test_lazy_equals_eager_without_item_table() -> None:
-    data = synth.generate(200, 9)
+    data = synthetic.generate(200, 9)
     expected_catalogue, expected_funnel = eager_prefilter(
         data.transactions, None, CONFIGS["default"]
     )
@@ -109,21 +109,21 @@ def test_lazy_equals_eager_without_item_table() -> None:
 
 def test_tight_config_bites_at_every_rule() -> None:
     """Guards the equivalence test: the configs above exercise every rule."""
-    data = synth.generate(250, 1)
+    data = synthetic.generate(250, 1)
     _, funnel = eager_prefilter(data.transactions, data.items, CONFIGS["tight"])
     items = funnel.get_column("items").to_list()
     assert all(later < earlier for earlier, later in zip(items, items[1:], strict=False))
 
 
 def test_schemas() -> None:
-    data = synth.generate(50, 1)
+    data = synthetic.generate(50, 1)
     result = prefilter(data.transactions.lazy(), data.items.lazy(), PrefilterConfig())
     assert result.catalogue.collect_schema() == C.CATALOGUE
     assert result.funnel.collect_schema() == FUNNEL
 
 
 def test_fewer_items_than_top_n_keeps_what_remains() -> None:
-    data = synth.generate(100, 3)
+    data = synthetic.generate(100, 3)
     funnel = prefilter(
         data.transactions.lazy(), data.items.lazy(), PrefilterConfig(top_n=1_000_000)
     ).funnel.collect()
@@ -132,7 +132,7 @@ def test_fewer_items_than_top_n_keeps_what_remains() -> None:
 
 
 def test_apply_catalogue_maps_the_rest_to_the_placeholder() -> None:
-    data = synth.generate(80, 2)
+    data = synthetic.generate(80, 2)
     cfg = PrefilterConfig(top_n=20)
     tx = data.transactions.lazy()
     catalogue = prefilter(tx, data.items.lazy(), cfg).catalogue

@@ -1,4 +1,4 @@
-"""publish.py on fakeredis: layout, TTL, verification, flip, cleanup, rollback (issue #5)."""
+"""versions.py on fakeredis: layout, TTL, verification, flip, cleanup, rollback (issue #5)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import redis
 
-from recsys_batch import keys, publish
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import PublishError
+from recsys_batch.publish import keys, versions
 
 CFG = RedisConfig(url="redis://unused", key_prefix="recsys", chunk_size=2, retry_backoff_seconds=0)
 
@@ -41,22 +41,22 @@ def client() -> fakeredis.FakeRedis:
 class TestPureHelpers:
     def test_user_values_orders_by_rank(self) -> None:
         shuffled = RECS.sample(fraction=1.0, shuffle=True, seed=3)
-        values = dict(publish.user_values(shuffled).iter_rows())
+        values = dict(versions.user_values(shuffled).iter_rows())
         assert values == {10: "101,102,103,104,105", 20: "106,101", 30: "103"}
 
     def test_user_values_refuses_repeated_rank(self) -> None:
         bad = recs_frame({1: [5]}).vstack(recs_frame({1: [6]}))
         with pytest.raises(ValueError, match="repeat"):
-            publish.user_values(bad)
+            versions.user_values(bad)
 
     def test_user_values_refuses_negative_user(self) -> None:
         with pytest.raises(ValueError, match="negative"):
-            publish.user_values(recs_frame({-1: [5]}))
+            versions.user_values(recs_frame({-1: [5]}))
 
     def test_resp_keys_match_keys_module(self) -> None:
-        values = publish.user_values(RECS)
+        values = versions.user_values(RECS)
         prefix = keys.version_prefix("v1", "recsys") + "u:"
-        commands = publish.resp_set_commands(values, prefix, 60).to_list()
+        commands = versions.resp_set_commands(values, prefix, 60).to_list()
         for user, command in zip(values["user_id"], commands, strict=True):
             key = keys.user_key("v1", user)
             assert f"\r\n${len(key)}\r\n{key}\r\n" in command
@@ -64,18 +64,18 @@ class TestPureHelpers:
             assert command.endswith("\r\n$2\r\nEX\r\n$2\r\n60\r\n")
 
     def test_exists_command_is_resp(self) -> None:
-        payload = publish.resp_exists_command(pl.Series(["a", "bc"]))
+        payload = versions.resp_exists_command(pl.Series(["a", "bc"]))
         assert payload == b"*3\r\n$6\r\nEXISTS\r\n$1\r\na\r\n$2\r\nbc\r\n"
 
     def test_version_ids_are_valid_and_distinct(self) -> None:
-        ids = {publish.new_version_id() for _ in range(20)}
+        ids = {versions.new_version_id() for _ in range(20)}
         assert len(ids) > 1
         assert all(keys.check_version(v) == v for v in ids)
 
 
 class TestPublish:
     def test_golden_layout(self, client: fakeredis.FakeRedis) -> None:
-        version = publish.publish_version(
+        version = versions.publish_version(
             client,
             RECS,
             [106, 105],
@@ -116,7 +116,7 @@ class TestPublish:
         self, client: fakeredis.FakeRedis
     ) -> None:
         for version in ("v1", "v2", "v3"):
-            publish.publish_version(client, RECS, [1], None, {}, CFG, version=version)
+            versions.publish_version(client, RECS, [1], None, {}, CFG, version=version)
         assert client.get("recsys:current") == b"v3"
         assert client.get("recsys:previous") == b"v2"
         assert client.exists("recsys:v:v2:u:10") == 1
@@ -126,12 +126,12 @@ class TestPublish:
     def test_half_written_version_is_cleaned_by_next_publish(
         self, client: fakeredis.FakeRedis
     ) -> None:
-        publish.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
+        versions.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
         # A crashed run: registered, meta "writing", some users, never flipped.
         client.zadd("recsys:versions", {"crashed": 1.0})
         client.hset("recsys:v:crashed:meta", mapping={"state": "writing"})
         client.set("recsys:v:crashed:u:10", "1,2")
-        publish.publish_version(client, RECS, [1], None, {}, CFG, version="v2")
+        versions.publish_version(client, RECS, [1], None, {}, CFG, version="v2")
         assert list(client.scan_iter("recsys:v:crashed:*")) == []
         assert client.get("recsys:current") == b"v2"
         assert client.get("recsys:previous") == b"v1"
@@ -140,23 +140,23 @@ class TestPublish:
         self, client: fakeredis.FakeRedis
     ) -> None:
         with pytest.raises(ValueError, match="empty"):
-            publish.publish_version(client, RECS.head(0), [1], None, {}, CFG)
+            versions.publish_version(client, RECS.head(0), [1], None, {}, CFG)
         assert client.dbsize() == 0
 
     def test_failed_verification_leaves_live_version(
         self, client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        publish.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
-        monkeypatch.setattr(publish, "count_existing", lambda *a, **k: 1)
+        versions.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
+        monkeypatch.setattr(versions, "count_existing", lambda *a, **k: 1)
         with pytest.raises(PublishError, match="verification failed"):
-            publish.publish_version(client, RECS, [1], None, {}, CFG, version="v2")
+            versions.publish_version(client, RECS, [1], None, {}, CFG, version="v2")
         assert client.get("recsys:current") == b"v1"
         assert client.hget("recsys:v:v2:meta", "state") == b"writing"
 
     def test_connection_errors_retried_then_publish_error(
         self, client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        publish.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
+        versions.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
         calls = {"n": 0}
 
         def broken(*args: object, **kwargs: object) -> None:
@@ -165,7 +165,7 @@ class TestPublish:
 
         monkeypatch.setattr(fakeredis.FakeRedis, "pipeline", broken)
         with pytest.raises(PublishError, match="after 4 attempts"):
-            publish.publish_version(client, RECS, [1], None, {}, CFG, version="v2")
+            versions.publish_version(client, RECS, [1], None, {}, CFG, version="v2")
         assert calls["n"] == CFG.retries + 1
         monkeypatch.undo()
         assert client.get("recsys:current") == b"v1"
@@ -179,42 +179,42 @@ class TestPublish:
                 raise error
             return "ok"
 
-        assert publish.with_retries(flaky, CFG, "test") == "ok"
+        assert versions.with_retries(flaky, CFG, "test") == "ok"
 
 
 class TestRollbackAndStatus:
     def test_rollback_swaps_and_refreshes_ttl(self, client: fakeredis.FakeRedis) -> None:
-        publish.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
-        publish.publish_version(client, RECS, [2], None, {}, CFG, version="v2")
+        versions.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
+        versions.publish_version(client, RECS, [2], None, {}, CFG, version="v2")
         client.expire("recsys:v:v1:u:10", 5)
-        restored, demoted = publish.rollback(client, CFG)
+        restored, demoted = versions.rollback(client, CFG)
         assert (restored, demoted) == ("v1", "v2")
         assert client.get("recsys:current") == b"v1"
         assert client.get("recsys:previous") == b"v2"
         assert client.ttl("recsys:v:v1:u:10") > 5
         # Rolling back again undoes the rollback.
-        assert publish.rollback(client, CFG) == ("v2", "v1")
+        assert versions.rollback(client, CFG) == ("v2", "v1")
 
     def test_rollback_without_previous_fails(self, client: fakeredis.FakeRedis) -> None:
-        publish.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
+        versions.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
         with pytest.raises(PublishError, match="nothing to roll back"):
-            publish.rollback(client, CFG)
+            versions.rollback(client, CFG)
 
     def test_rollback_to_expired_version_fails(self, client: fakeredis.FakeRedis) -> None:
-        publish.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
-        publish.publish_version(client, RECS, [1], None, {}, CFG, version="v2")
+        versions.publish_version(client, RECS, [1], None, {}, CFG, version="v1")
+        versions.publish_version(client, RECS, [1], None, {}, CFG, version="v2")
         for name in list(client.scan_iter("recsys:v:v1:*")):
             client.delete(name)
         with pytest.raises(PublishError, match="expired"):
-            publish.rollback(client, CFG)
+            versions.rollback(client, CFG)
         assert client.get("recsys:current") == b"v2"
 
     def test_status(self, client: fakeredis.FakeRedis) -> None:
-        assert publish.publish_status(client, CFG) == {"live": None, "previous": None}
+        assert versions.publish_status(client, CFG) == {"live": None, "previous": None}
         meta = {"metrics": {"precision@5": 0.25}}
-        publish.publish_version(client, RECS, [1], None, meta, CFG, version="v1")
-        publish.publish_version(client, RECS, [1], None, meta, CFG, version="v2")
-        status = publish.publish_status(client, CFG)
+        versions.publish_version(client, RECS, [1], None, meta, CFG, version="v1")
+        versions.publish_version(client, RECS, [1], None, meta, CFG, version="v2")
+        status = versions.publish_status(client, CFG)
         assert status["live"]["version"] == "v2"
         assert status["live"]["users"] == 3
         assert status["live"]["metrics"] == {"precision@5": 0.25}

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from recsys_batch import columns as C
 from recsys_batch.config import RankerConfig
-from recsys_batch.ranking import (
+from recsys_batch.data import columns as C
+from recsys_batch.model.ranking import (
     fit_ranker,
     load_ranker,
     sample_negatives,
@@ -126,7 +126,7 @@ class TestLabelsAndBagging:
         )
 
     def test_binary_clips_graded_label(self) -> None:
-        from recsys_batch.ranking import training_label  # noqa: PLC0415
+        from recsys_batch.model.ranking import training_label  # noqa: PLC0415
 
         target = pl.Series([0, 1, 2, 3], dtype=pl.Int8)
         assert training_label(target, CFG.model_copy(update={"objective": "binary"})).tolist() == [

@@ -7,20 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from recsys_batch import runs
 from recsys_batch.errors import ConfigError
+from recsys_batch.run import records
 
 
 class TestRuns:
     def test_manifest_written_at_start_and_finish(self, tmp_path: Path) -> None:
-        record = runs.start_run(tmp_path, {"seed": 42}, run_id="r1")
+        record = records.start_run(tmp_path, {"seed": 42}, run_id="r1")
         assert record.models_dir.is_dir()
-        assert runs.read_manifest(record.run_dir)["status"] == "running"
-        record.stages.append(runs.StageRecord("load", 10, 0.5, 812.25))
+        assert records.read_manifest(record.run_dir)["status"] == "running"
+        record.stages.append(records.StageRecord("load", 10, 0.5, 812.25))
         record.metrics = {"precision@5": 0.2}
         record.version = "v1"
-        runs.finish_run(record, "published")
-        manifest = runs.read_manifest(record.run_dir)
+        records.finish_run(record, "published")
+        manifest = records.read_manifest(record.run_dir)
         assert manifest["status"] == "published"
         assert manifest["stages"] == [
             {"name": "load", "rows": 10, "seconds": 0.5, "peak_mb": 812.2}
@@ -31,7 +31,7 @@ class TestRuns:
         assert not [p for p in record.run_dir.iterdir() if p.name.startswith(".manifest")]
 
     def test_run_ids_sortable_and_unique(self) -> None:
-        ids = [runs.new_run_id() for _ in range(10)]
+        ids = [records.new_run_id() for _ in range(10)]
         assert len(set(ids)) > 1
         assert all(len(i) == len(ids[0]) for i in ids)
 
@@ -40,7 +40,7 @@ class TestRuns:
         tmp_path.chmod(0o500)
         try:
             with pytest.raises(ConfigError, match="cannot create the run directory"):
-                runs.start_run(tmp_path / "runs", {})
+                records.start_run(tmp_path / "runs", {})
         finally:
             tmp_path.chmod(0o700)
 
@@ -48,4 +48,4 @@ class TestRuns:
         blocker = tmp_path / "runs"
         blocker.write_text("not a directory")
         with pytest.raises(ConfigError, match="fix:"):
-            runs.start_run(blocker, {})
+            records.start_run(blocker, {})

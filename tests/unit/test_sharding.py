@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from recsys_batch import columns as C
-from recsys_batch import sharding as S
+from recsys_batch.data import columns as C
+from recsys_batch.run import sharding as S
 
 
 class TestHash:

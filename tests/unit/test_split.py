@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_batch import columns as C
-from recsys_batch import split
 from recsys_batch.config import SplitConfig
+from recsys_batch.data import columns as C
 from recsys_batch.errors import DataError
+from recsys_batch.model import split
 
 
 def weeks_frame(first: int, last: int) -> pl.LazyFrame:

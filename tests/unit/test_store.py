@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from recsys_batch import embedded, store
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import ConfigError, PublishError
+from recsys_batch.publish import embedded, store
 
 
 class TestUrls:
@@ -78,7 +78,7 @@ class TestEmbedded:
         # Start it from a child process that exits: the server must keep running.
         code = (
             "from pathlib import Path; from recsys_batch.config import RedisConfig;"
-            "from recsys_batch.embedded import embedded_url;"
+            "from recsys_batch.publish.embedded import embedded_url;"
             f"print(embedded_url(RedisConfig(embedded_dir=Path({str(directory)!r}))))"
         )
         url = subprocess.run(

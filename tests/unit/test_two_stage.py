@@ -8,10 +8,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from recsys_batch import columns as C
-from recsys_batch import split, synth
-from recsys_batch.prefilter import apply_catalogue, prefilter
-from recsys_batch.two_stage import (
+from recsys_batch.data import columns as C
+from recsys_batch.data import synthetic
+from recsys_batch.model import split
+from recsys_batch.model.prefilter import apply_catalogue, prefilter
+from recsys_batch.model.two_stage import (
     load_model,
     popular_fallback,
     recommend,
@@ -25,7 +26,7 @@ from tests.small import SMALL_SETTINGS as SETTINGS
 @pytest.fixture(scope="module")
 def data() -> dict[str, object]:
     """200 synthetic users over 53 weeks, catalogue from the weeks before the test."""
-    generated = synth.generate(200, 3)
+    generated = synthetic.generate(200, 3)
     raw = generated.transactions.filter(pl.col(C.QTY) >= 0)
     lo, hi = split.week_range(raw.lazy())
     windows = split.backtest_windows(lo, hi, SETTINGS.split)

@@ -9,11 +9,11 @@ from typing import Any
 import polars as pl
 import pytest
 
-from recsys_batch import columns as C
-from recsys_batch import io, validation
 from recsys_batch.config import DataConfig, Settings, SplitConfig
+from recsys_batch.data import columns as C
+from recsys_batch.data import sources, validation
+from recsys_batch.data.sources import Dataset, SourceTable
 from recsys_batch.errors import DataError, SchemaMismatchError
-from recsys_batch.io import Dataset, SourceTable
 
 
 def transactions(weeks: int = 16, **overrides: list[Any]) -> pl.LazyFrame:
@@ -69,7 +69,7 @@ class TestReturns:
 
     def test_drop_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
         tx = transactions(**{C.QTY: [-3]})
-        with caplog.at_level(logging.INFO, logger="recsys_batch.validation"):
+        with caplog.at_level(logging.INFO, logger="recsys_batch.data.validation"):
             validation.validated(Dataset(tx, None, None, "t"), SETTINGS)
         assert "dropped 1 return row(s)" in caplog.text
 
@@ -78,7 +78,7 @@ def test_items_absent_from_item_table_is_a_warning_with_a_count(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     dataset = Dataset(transactions(), items([1, 7]), None, "t")
-    with caplog.at_level(logging.WARNING, logger="recsys_batch.validation"):
+    with caplog.at_level(logging.WARNING, logger="recsys_batch.data.validation"):
         report = validation.check(dataset, SETTINGS)
     assert report.missing_items == 1
     assert report.item_rows == 2
@@ -109,7 +109,7 @@ class TestFatal:
         frame.write_csv(tmp_path / "tx.csv")
         cfg = DataConfig(source="files", path=tmp_path / "tx.csv")
         with pytest.raises(DataError, match="1 row\\(s\\) have a negative") as info:
-            validation.check(io.load_dataset(cfg), SETTINGS)
+            validation.check(sources.load_dataset(cfg), SETTINGS)
         assert info.value.file == str(tmp_path / "tx.csv")
 
     def test_negative_user_id_in_users_table(self) -> None:
@@ -179,7 +179,7 @@ class TestColumns:
         frame.write_csv(tmp_path / "tx.csv")
         cfg = DataConfig(source="files", path=tmp_path / "tx.csv")
         with pytest.raises(SchemaMismatchError, match="'1.5kg'") as info:
-            validation.check(io.load_dataset(cfg), SETTINGS)
+            validation.check(sources.load_dataset(cfg), SETTINGS)
         assert info.value.column == C.QTY
         assert info.value.file == str(tmp_path / "tx.csv")
 
@@ -205,7 +205,7 @@ def test_checks_are_one_collect(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 def test_bundled_data_report() -> None:
-    report = validation.check(io.load_dataset(DataConfig()), SETTINGS)
+    report = validation.check(sources.load_dataset(DataConfig()), SETTINGS)
     assert report.rows == 1_469_307
     assert (report.first_week, report.last_week) == (1, 53)
     assert report.dropped_returns == 0

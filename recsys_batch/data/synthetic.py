@@ -28,12 +28,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recsys_batch import columns as C
+from recsys_batch.data import columns as C
 from recsys_batch.errors import DataError
 
 log = logging.getLogger(__name__)
 
 CHUNK_USERS = 5_000
+SYNTH_TRANSACTIONS = "transactions"  # folder of parquet parts
+SYNTH_ITEMS = "items.parquet"
+SYNTH_USERS = "users.parquet"
 """Users generated (and written as one parquet part) at a time; the data depends on it."""
 N_WEEKS = 53
 N_DAYS = N_WEEKS * 7
@@ -345,7 +348,6 @@ def write_synthetic(out_dir: Path, users: int, seed: int, *, overwrite: bool = F
     DataError
         ``out_dir`` already holds synthetic data and ``overwrite`` is false.
     """
-    from recsys_batch.io import SYNTH_ITEMS, SYNTH_TRANSACTIONS, SYNTH_USERS  # noqa: PLC0415
 
     _check_users(users)
     started = time.perf_counter()

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from recsys_batch import columns as C
 from recsys_batch.config import FeaturesConfig, PrefilterConfig
+from recsys_batch.data import columns as C
 
 # Purchases of non-catalogue items carry ``settings.prefilter.placeholder_item``: they count
 # for user totals but are never an item of their own here. Every function takes the configured

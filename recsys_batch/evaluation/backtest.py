@@ -30,13 +30,13 @@ from typing import Any
 
 import polars as pl
 
-from recsys_batch import columns as C
-from recsys_batch import split
 from recsys_batch.config import Settings
-from recsys_batch.io import Dataset
-from recsys_batch.metrics import evaluate, precision_curve
-from recsys_batch.prefilter import apply_catalogue, prefilter
-from recsys_batch.two_stage import (
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import Dataset
+from recsys_batch.evaluation.metrics import evaluate, precision_curve
+from recsys_batch.model import split
+from recsys_batch.model.prefilter import apply_catalogue, prefilter
+from recsys_batch.model.two_stage import (
     TrainedTwoStage,
     popular_fallback,
     rank_candidates,
@@ -273,7 +273,7 @@ def als_baseline(candidates: pl.LazyFrame, k: int) -> pl.LazyFrame:
 
 def _candidate_recall(candidates: pl.LazyFrame, truth: pl.LazyFrame) -> dict[str, Any]:
     try:
-        from recsys_batch.candidate_metrics import candidate_recall  # noqa: PLC0415
+        from recsys_batch.evaluation.candidate_metrics import candidate_recall  # noqa: PLC0415
     except ImportError:  # the stage-1 metrics module is optional for the ranking backtest
         return {}
     return candidate_recall(candidates, truth)
@@ -445,8 +445,8 @@ def run_candidate_backtest(dataset: Dataset, settings: Settings) -> dict[str, An
         ``{"generators": {name: {"recall", "mean_candidates", ...}}, "union": {"recall",
         "mean_candidates", "precision_at_5_upper_bound", ...}}``.
     """
-    from recsys_batch import candidates as stage1  # noqa: PLC0415
-    from recsys_batch.candidate_metrics import candidate_recall  # noqa: PLC0415
+    from recsys_batch.evaluation.candidate_metrics import candidate_recall  # noqa: PLC0415
+    from recsys_batch.model import candidates as stage1  # noqa: PLC0415
 
     prep = prepare(dataset, settings)
     windows: split.Windows = prep["windows"]

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_batch import columns as C
+from recsys_batch.data import columns as C
+from recsys_batch.data import synthetic
+from recsys_batch.data.synthetic import SYNTH_ITEMS, SYNTH_TRANSACTIONS, SYNTH_USERS
 from recsys_batch.config import DataConfig
 from recsys_batch.errors import DataError
 
@@ -422,17 +424,12 @@ def scan_files(cfg: DataConfig) -> Dataset:
 
 
 # --- synthetic ----------------------------------------------------------------------------
-SYNTH_TRANSACTIONS = "transactions"  # folder of parquet parts
-SYNTH_ITEMS = "items.parquet"
-SYNTH_USERS = "users.parquet"
 
 
 def scan_synthetic(cfg: DataConfig) -> Dataset:
     """A folder written by ``recsys data synth``, or data generated in memory (path None)."""
     if cfg.path is None:
-        from recsys_batch import synth  # noqa: PLC0415 - numpy generation only when asked
-
-        generated = synth.generate(cfg.synthetic_users, cfg.synthetic_seed)
+        generated = synthetic.generate(cfg.synthetic_users, cfg.synthetic_seed)
         return Dataset(
             generated.transactions.lazy(),
             generated.items.lazy(),
@@ -476,7 +473,7 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Open the configured source (lazy; nothing is read yet beyond headers and metadata).
 
-    Run :func:`recsys_batch.validation.validated` on the result before using it.
+    Run :func:`recsys_batch.data.validation.validated` on the result before using it.
 
     Raises
     ------

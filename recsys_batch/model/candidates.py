@@ -37,10 +37,10 @@ import polars as pl
 import scipy.sparse as sp
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from recsys_batch import columns as C
-from recsys_batch import ids
 from recsys_batch.config import CandidatesConfig
+from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError
+from recsys_batch.model import ids
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from recsys_batch import columns as C
+from recsys_batch.data import columns as C
 
 _HIT = "_hit"
 _N_REL = "_n_relevant"

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 if TYPE_CHECKING:
-    from recsys_batch.backtest import BacktestResult
+    from recsys_batch.evaluation.backtest import BacktestResult
 
 PRECISION_PNG = "precision_at_k.png"
 RECALL_PNG = "candidate_recall.png"

@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from recsys_batch import columns as C
+from recsys_batch.data import columns as C
 
 K_UPPER = 5
 

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_batch import candidates as stage1
-from recsys_batch import columns as C
-from recsys_batch import split
 from recsys_batch.config import Settings
-from recsys_batch.features import FeatureSet, build_features, targets, with_targets
-from recsys_batch.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
-from recsys_batch.split import Windows
+from recsys_batch.data import columns as C
+from recsys_batch.model import candidates as stage1
+from recsys_batch.model import split
+from recsys_batch.model.features import FeatureSet, build_features, targets, with_targets
+from recsys_batch.model.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
+from recsys_batch.model.split import Windows
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from recsys_batch import columns as C
 from recsys_batch.config import RankerConfig
+from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError
 
 log = logging.getLogger(__name__)

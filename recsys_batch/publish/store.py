@@ -6,7 +6,7 @@ Three places Redis can live, chosen by :class:`~recsys_batch.config.RedisConfig`
   client certificate from ``tls_*_file``): one server;
 - ``url`` is ``redis+cluster://`` / ``rediss+cluster://``, or ``cluster = true``: a Redis
   Cluster reached through any of its nodes;
-- ``url`` is unset: the embedded, persistent server of :mod:`recsys_batch.embedded`.
+- ``url`` is unset: the embedded, persistent server of :mod:`recsys_batch.publish.embedded`.
 
 Passwords never reach logs or error messages: use :func:`mask_url`.
 """
@@ -21,8 +21,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from recsys_batch.config import RedisConfig
-from recsys_batch.embedded import EmbeddedRedisError, embedded_url
 from recsys_batch.errors import ConfigError, PublishError
+from recsys_batch.publish.embedded import EmbeddedRedisError, embedded_url
 
 Client = redis.Redis | RedisCluster
 

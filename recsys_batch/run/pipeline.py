@@ -39,9 +39,10 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from recsys_batch import columns as C
-from recsys_batch import executors, publish, runs, sharding, split, store, validation
 from recsys_batch.config import Settings
+from recsys_batch.data import columns as C
+from recsys_batch.data import validation
+from recsys_batch.data.sources import Dataset, load_dataset
 from recsys_batch.errors import (
     DataError,
     EmptyStageError,
@@ -49,9 +50,11 @@ from recsys_batch.errors import (
     QualityGateError,
     RecsysError,
 )
-from recsys_batch.io import Dataset, load_dataset
-from recsys_batch.lock import run_lock
-from recsys_batch.prefilter import apply_catalogue, prefilter
+from recsys_batch.model import split
+from recsys_batch.model.prefilter import apply_catalogue, prefilter
+from recsys_batch.publish import store, versions
+from recsys_batch.run import executors, records, sharding
+from recsys_batch.run.lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ GATE_METRIC = "precision@5"
 
 
 class Trainer(Protocol):
-    """The stage-2 functions the batch needs (``recsys_batch.two_stage`` in production)."""
+    """The stage-2 functions the batch needs (``recsys_batch.model.two_stage`` in production)."""
 
     def train_two_stage(  # noqa: D102
         self,
@@ -122,20 +125,20 @@ class RunResult:
     version: str | None
     users: int
     metrics: dict[str, Any] = field(default_factory=dict)
-    stages: list[runs.StageRecord] = field(default_factory=list)
+    stages: list[records.StageRecord] = field(default_factory=list)
     peak_memory_mb: float = 0.0
 
 
 def default_trainer() -> Trainer:
     """The production trainer: the ``two_stage`` module (imported on use)."""
-    from recsys_batch import two_stage  # noqa: PLC0415
+    from recsys_batch.model import two_stage  # noqa: PLC0415
 
     return two_stage
 
 
 def backtest_metrics(dataset: Dataset, settings: Settings) -> GateOutcome:
     """The gate's metrics (``backtest.run_backtest``'s two_stage / all-users row) and model."""
-    from recsys_batch import backtest  # noqa: PLC0415
+    from recsys_batch.evaluation import backtest  # noqa: PLC0415
 
     result = backtest.run_backtest(dataset, settings)
     for row in result.rows:
@@ -200,15 +203,15 @@ def check_gate(
 
 
 @contextlib.contextmanager
-def _stage(record: runs.RunRecord, name: str) -> Iterator[list[int]]:
+def _stage(record: records.RunRecord, name: str) -> Iterator[list[int]]:
     """Time a stage; the body appends its row count to the yielded list."""
     rows: list[int] = []
     started = time.perf_counter()
     yield rows
     seconds = time.perf_counter() - started
     count = rows[-1] if rows else 0
-    peak = runs.peak_memory_mb()
-    record.stages.append(runs.StageRecord(name, count, seconds, peak))
+    peak = records.peak_memory_mb()
+    record.stages.append(records.StageRecord(name, count, seconds, peak))
     log.info(
         "stage %-9s rows=%-9d %6.2fs  peak %5.0f MiB",
         name,
@@ -307,10 +310,10 @@ def _check_recommendations(recs: pl.DataFrame, catalogue: pl.DataFrame, settings
 def _live_metrics(client: store.Client | None, settings: Settings) -> dict[str, Any]:
     if client is None:
         return {}
-    live = publish.live_version(client, settings.redis)
+    live = versions.live_version(client, settings.redis)
     if not live:
         return {}
-    return publish.version_info(client, live, settings.redis).metrics
+    return versions.version_info(client, live, settings.redis).metrics
 
 
 def run_nightly(
@@ -371,14 +374,14 @@ def _run_locked(
         "gate": gate and settings.gate.enabled,
         "redis": store.describe(settings.redis),
     }
-    record = runs.start_run(settings.run.runs_dir, parameters)
+    record = records.start_run(settings.run.runs_dir, parameters)
     log.info("run %s started (%s)", record.run_id, record.run_dir)
     try:
         result = _run_stages(record, settings, run_date, dry_run, gate, trainer, evaluator, client)
     except BaseException as exc:
         status = "gate-refused" if isinstance(exc, QualityGateError) else "failed"
         with contextlib.suppress(RecsysError):
-            runs.finish_run(record, status, f"{type(exc).__name__}: {exc}")
+            records.finish_run(record, status, f"{type(exc).__name__}: {exc}")
         raise
     finally:
         shutil.rmtree(record.run_dir / SHARDS_DIR, ignore_errors=True)
@@ -386,7 +389,7 @@ def _run_locked(
 
 
 def _run_stages(
-    record: runs.RunRecord,
+    record: records.RunRecord,
     settings: Settings,
     run_date: date | None,
     dry_run: bool,
@@ -516,7 +519,7 @@ def _run_stages(
         except OSError as exc:
             msg = f"cannot save the models under {record.models_dir}: {exc}"
             raise DataError(msg, fix="free disk space or make the runs directory writable") from exc
-        runs.write_manifest(record)  # also proves the runs disk is writable before publishing
+        records.write_manifest(record)  # also proves the runs disk is writable before publishing
         rows.append(1)
 
     version: str | None = None
@@ -545,14 +548,14 @@ def _run_stages(
                 version, users = sharded.version, sharded.users
             else:
                 items_attrs = _item_attributes(dataset.items, recs, popular)
-                version = publish.publish_version(
+                version = versions.publish_version(
                     client, recs, popular, items_attrs, meta, settings.redis
                 )
             rows.append(users)
         record.version = version
-    record.peak_memory_mb = runs.peak_memory_mb()
+    record.peak_memory_mb = records.peak_memory_mb()
     status = "dry-run" if dry_run else "published"
-    runs.finish_run(record, status)
+    records.finish_run(record, status)
     log.info(
         "run %s %s: %d users, version %s, %.1fs, peak %.0f MiB",
         record.run_id,
@@ -593,7 +596,7 @@ def _refit_stage1_on_everyone(
     settings: Settings,
 ) -> None:
     """Training saw a user sample; stage 1 must know every user to propose their candidates."""
-    from recsys_batch import candidates  # noqa: PLC0415 - heavy (implicit)
+    from recsys_batch.model import candidates  # noqa: PLC0415 - heavy (implicit)
 
     if not hasattr(model, "stage1_for_scoring"):
         return
@@ -618,7 +621,7 @@ def _shard_context(
     Only ``two_stage.TrainedTwoStage`` can be scored shard by shard; an injected trainer
     (tests) keeps the one-call ``recommend`` path.
     """
-    from recsys_batch import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
+    from recsys_batch.model import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
 
     if not isinstance(model, two_stage.TrainedTwoStage):
         return None

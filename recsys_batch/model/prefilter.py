@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from recsys_batch import columns as C
 from recsys_batch.config import PrefilterConfig
+from recsys_batch.data import columns as C
 
 RULES = ("all", "recent", "popularity", "department", "price", "top_n")
 _ROWS = "rows"

@@ -1,6 +1,6 @@
 """Publish one night's recommendations to Redis as a new version, then flip the pointer.
 
-The layout is :mod:`recsys_batch.keys` (golden-tested; docs/redis-format.md). A publish:
+The layout is :mod:`recsys_batch.publish.keys` (golden-tested; docs/redis-format.md). A publish:
 
 1. removes versions left half-written by a crashed run (state ``writing``, neither live nor
    previous) and registers the new version in ``P:versions``;
@@ -41,11 +41,11 @@ import polars as pl
 import redis
 from redis.typing import EncodableT, FieldT
 
-from recsys_batch import columns as C
-from recsys_batch import keys
 from recsys_batch.config import RedisConfig
+from recsys_batch.data import columns as C
 from recsys_batch.errors import PublishError
-from recsys_batch.store import Client, is_cluster
+from recsys_batch.publish import keys
+from recsys_batch.publish.store import Client, is_cluster
 
 # A Redis hash as redis-py types it (its ``mapping`` parameter is invariant in the key type).
 HashFields = dict[FieldT, EncodableT]
@@ -705,7 +705,7 @@ def publish_version(
     Parameters
     ----------
     client
-        From :func:`recsys_batch.store.connect`.
+        From :func:`recsys_batch.publish.store.connect`.
     recs
         Schema ``columns.RECOMMENDATIONS``: each user's top k, rank 1 = best.
     popular

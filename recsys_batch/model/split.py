@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from recsys_batch import columns as C
 from recsys_batch.config import SplitConfig
+from recsys_batch.data import columns as C
 from recsys_batch.errors import DataError
 
 

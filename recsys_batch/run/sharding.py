@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_batch import columns as C
+from recsys_batch.data import columns as C
 
 SHARD = "shard"
 """Column holding a user's shard number (UInt32, 0 .. n_shards - 1)."""

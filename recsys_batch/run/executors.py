@@ -1,10 +1,10 @@
 """Per-shard scoring and publishing, in this process or on a dask.distributed cluster (#8).
 
 The nightly batch trains once, on one node, then splits the users into shards by a stable
-hash of ``user_id`` (:mod:`recsys_batch.sharding`). One shard's work is a task:
+hash of ``user_id`` (:mod:`recsys_batch.run.sharding`). One shard's work is a task:
 
 1. read the shard's transactions (in memory, or its own parquet files written by
-   :func:`recsys_batch.sharding.write_shards`);
+   :func:`recsys_batch.run.sharding.write_shards`);
 2. stage-1 candidates with the trained model, stage-2 features as of the scoring cut;
 3. LightGBM scores and the top k per user;
 4. (publishing) write the shard's users into the new Redis version and check every key is
@@ -43,11 +43,13 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from recsys_batch import columns as C
-from recsys_batch import keys, publish, sharding, split, store
 from recsys_batch.config import Settings
+from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
-from recsys_batch.features import before_cut, item_features
+from recsys_batch.model import split
+from recsys_batch.model.features import before_cut, item_features
+from recsys_batch.publish import keys, store, versions
+from recsys_batch.run import sharding
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +167,8 @@ def shard_recommendations(
     tuple
         Recommendations (schema ``RECOMMENDATIONS``) and seconds per step.
     """
-    from recsys_batch import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
-    from recsys_batch.ranking import score, top_k  # noqa: PLC0415
+    from recsys_batch.model import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
+    from recsys_batch.model.ranking import score, top_k  # noqa: PLC0415
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -236,7 +238,7 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
     The shard's keys are counted back (``EXISTS``) before the task reports success, so a
     lost write fails the shard (and is retried) instead of the whole night at the end.
     """
-    from recsys_batch.runs import peak_memory_mb  # noqa: PLC0415
+    from recsys_batch.run.records import peak_memory_mb  # noqa: PLC0415
 
     recs, seconds = shard_recommendations(ctx, shard, user_ids)
     result = ShardResult(
@@ -275,13 +277,13 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
 def begin_version(client: store.Client, meta: dict[str, Any], settings: Settings) -> str:
     """Remove stale versions and register a new one in state ``writing``; return its id."""
     cfg = settings.redis
-    version = publish.new_version_id()
-    live = publish.live_version(client, cfg)
-    previous = publish.previous_version(client, cfg)
-    publish.cleanup_versions(client, cfg, keep={live, previous})
+    version = versions.new_version_id()
+    live = versions.live_version(client, cfg)
+    previous = versions.previous_version(client, cfg)
+    versions.cleanup_versions(client, cfg, keep={live, previous})
     meta_key = keys.meta_key(version, cfg.key_prefix)
-    ttl = publish.ttl_seconds(cfg)
-    header = publish.encode_meta(  # same encoding as publish_version
+    ttl = versions.ttl_seconds(cfg)
+    header = versions.encode_meta(  # same encoding as publish_version
         {
             **meta,
             "format": keys.FORMAT,
@@ -299,22 +301,22 @@ def begin_version(client: store.Client, meta: dict[str, Any], settings: Settings
         pipe.expire(meta_key, ttl)
         pipe.execute()
 
-    publish.with_retries(start, cfg, "version start")
+    versions.with_retries(start, cfg, "version start")
     return version
 
 
 def write_users(client: store.Client, version: str, recs: pl.DataFrame, settings: Settings) -> int:
     """Write the users of ``recs`` into ``version``; return how many of their keys exist."""
     cfg = settings.redis
-    values = publish.user_values(recs)
+    values = versions.user_values(recs)
     prefix = keys.version_prefix(version, cfg.key_prefix) + "u:"
     # The writers of publish_version: raw RESP on one server, redis-py pipelines otherwise.
-    if publish.fast_path_ok(client):
-        checks = publish.write_users_raw(client, values, prefix, cfg)  # type: ignore[arg-type]
-        return publish.verify_raw(client, checks, cfg)  # type: ignore[arg-type]
-    publish.write_users_pipeline(client, values, prefix, cfg)
+    if versions.fast_path_ok(client):
+        checks = versions.write_users_raw(client, values, prefix, cfg)  # type: ignore[arg-type]
+        return versions.verify_raw(client, checks, cfg)  # type: ignore[arg-type]
+    versions.write_users_pipeline(client, values, prefix, cfg)
     names = values.select(pl.lit(prefix) + pl.col(C.USER).cast(pl.String)).to_series()
-    return publish.count_existing(client, names, cfg)
+    return versions.count_existing(client, names, cfg)
 
 
 def finish_version(
@@ -339,8 +341,8 @@ def finish_version(
     """
     cfg = settings.redis
     prefix = cfg.key_prefix
-    ttl = publish.ttl_seconds(cfg)
-    items = publish.items_mapping(items_attrs)
+    ttl = versions.ttl_seconds(cfg)
+    items = versions.items_mapping(items_attrs)
 
     def extras() -> None:
         pipe = client.pipeline(transaction=False)
@@ -350,27 +352,27 @@ def finish_version(
             pipe.expire(keys.items_key(version, prefix), ttl)
         pipe.execute()
 
-    publish.with_retries(extras, cfg, "popular/items write")
+    versions.with_retries(extras, cfg, "popular/items write")
     meta_key = keys.meta_key(version, prefix)
     names = pl.Series([keys.popular_key(version, prefix), meta_key])
-    found = publish.count_existing(client, names, cfg)
+    found = versions.count_existing(client, names, cfg)
     if found != names.len():
         msg = (
             f"verification failed for version {version}: meta or popular list missing "
             "(evicted? check maxmemory-policy); the live version was left untouched"
         )
         raise PublishError(msg)
-    finished: publish.HashFields = {
+    finished: versions.HashFields = {
         "state": keys.STATE_COMPLETE,
         "users": str(users.len()),
         "items": str(len(items)),
         "popular": str(len(popular)),
         "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    publish.with_retries(lambda: client.hset(meta_key, mapping=finished), cfg, "meta update")
-    old = publish.flip_pointer(client, version, cfg)
+    versions.with_retries(lambda: client.hset(meta_key, mapping=finished), cfg, "meta update")
+    old = versions.flip_pointer(client, version, cfg)
     try:
-        publish.cleanup_versions(client, cfg, keep={version, old}, user_ids=users)
+        versions.cleanup_versions(client, cfg, keep={version, old}, user_ids=users)
     except PublishError as exc:  # the flip succeeded; leftovers expire or go next run
         log.warning("cleanup after publish failed: %s", exc)
     return old
@@ -624,7 +626,7 @@ def publish_shards(
         results = executor.map_shards(fn, ctx, shards)
     except BaseException:
         with contextlib.suppress(RecsysError):
-            publish.unlink_version(client, version, settings.redis)
+            versions.unlink_version(client, version, settings.redis)
         raise
     finally:
         ctx.version = None
@@ -638,7 +640,7 @@ def publish_shards(
         else pl.Series(C.USER, [], dtype=pl.Int64)
     )
     if published.len() == 0:
-        publish.unlink_version(client, version, settings.redis)
+        versions.unlink_version(client, version, settings.redis)
         msg = (
             "stage 'recommend' produced zero recommendations; refusing to publish an empty version"
         )

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recsys_batch import columns as C
+from recsys_batch.data import columns as C
 
 log = logging.getLogger(__name__)
 

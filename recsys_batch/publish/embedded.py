@@ -107,7 +107,7 @@ def _config_text(directory: Path, sock: Path) -> str:
     # Values with spaces are quoted for redis.conf; paths come from our own config.
     return "\n".join(
         [
-            "# Written by recsys_batch.embedded; regenerated on every start.",
+            "# Written by recsys_batch.publish.embedded; regenerated on every start.",
             "port 0",
             f'unixsocket "{sock}"',
             "unixsocketperm 700",

@@ -1,0 +1,62 @@
+"""Digest of the live published version: every user's list, the popular list, the items hash.
+
+Two nightly runs with the same data, settings and seeds must print the same digests (issue #15:
+the one-path redesign changes no published value). Reads ``REDIS_URL`` (or the embedded Redis).
+
+    recsys nightly-batch && python benchmarks/published_digest.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+from recsys_batch.config import Settings
+from recsys_batch.publish import keys, store, versions
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def digest(client: store.Client, prefix: str, version: str) -> dict[str, object]:
+    """sha256 over the sorted user keys and values, the popular list and the item hash."""
+    user_prefix = keys.version_prefix(version, prefix) + "u:"
+    names = sorted(
+        (n.decode() if isinstance(n, bytes) else str(n))
+        for n in client.scan_iter(match=user_prefix + "*", count=10_000)
+    )
+    users = hashlib.sha256()
+    for start in range(0, len(names), 10_000):
+        batch = names[start : start + 10_000]
+        for name, value in zip(batch, client.mget(batch), strict=True):
+            users.update(f"{name[len(user_prefix) :]}={value!r}\n".encode())
+    popular = client.get(keys.popular_key(version, prefix))
+    popular_bytes = popular if isinstance(popular, bytes) else str(popular or "").encode()
+    items = client.hgetall(keys.items_key(version, prefix))
+    items_text = json.dumps(sorted((_text(k), _text(v)) for k, v in items.items()))
+    return {
+        "version": version,
+        "users": len(names),
+        "users_sha256": users.hexdigest(),
+        "popular_sha256": hashlib.sha256(popular_bytes).hexdigest(),
+        "items": len(items),
+        "items_sha256": hashlib.sha256(items_text.encode()).hexdigest(),
+    }
+
+
+def main() -> int:
+    """Print the live version's digest as JSON."""
+    settings = Settings()
+    client = store.connect(settings.redis)
+    live = versions.live_version(client, settings.redis)
+    if live is None:
+        print("no live version", file=sys.stderr)
+        return 1
+    print(json.dumps(digest(client, settings.redis.key_prefix, live), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

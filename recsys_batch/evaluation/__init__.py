@@ -1,0 +1,1 @@
+"""Offline evaluation: metrics, the backtest, candidate recall and the report."""

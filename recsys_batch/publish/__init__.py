@@ -1,0 +1,1 @@
+"""Publishing to Redis: the key contract, connections, the embedded server, versions, writer."""

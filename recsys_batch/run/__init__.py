@@ -1,0 +1,1 @@
+"""The nightly run: the stage pipeline, shard executors, sharding, the lock and run records."""
