@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from recsys_batch.config import RedisConfig
-from recsys_batch.publish import keys
+from recsys_batch.publish import keys, versions
 from tests.conftest import start_redis_server
 
 pytestmark = pytest.mark.integration
