@@ -69,6 +69,7 @@ def test_user_without_candidates_counts_as_zero() -> None:
     assert out["union"]["mean_candidates"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_bundled_backtest_union_recall_at_least_half() -> None:
     """Issue #3 acceptance: union recall >= 0.50 at <= 200 per user on the bundled data.
 
