@@ -300,6 +300,17 @@ class ScaleConfig(_Section):
 
 class Settings(BaseSettings):
     """Everything configurable; build once at the edge with :func:`load_settings`."""
+class EvaluationConfig(_Section):
+    """The offline backtest (``recsys evaluate`` and the nightly quality gate)."""
+
+    k: int = 5
+    """Cut-off of Precision@k and the other ranking metrics, in items per user."""
+    curve_k: int = 10
+    """Longest list scored for the precision@k curves (k = 1..curve_k), in items per user."""
+    seed_min_items: int = 5
+    """A "seed" user bought at least this many distinct catalogue items in the test window."""
+
+
 
     model_config = SettingsConfigDict(
         env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -318,6 +329,7 @@ class Settings(BaseSettings):
     scale: ScaleConfig = ScaleConfig()
 
     @model_validator(mode="before")
+    evaluation: EvaluationConfig = EvaluationConfig()
     @classmethod
     def _redis_url_alias(cls, values: Any) -> Any:
         """Honour the conventional ``REDIS_URL`` when RECSYS_REDIS__URL is not given."""

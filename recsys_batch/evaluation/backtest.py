@@ -12,10 +12,11 @@ Protocol (W = newest week; printed by ``recsys evaluate`` and written in its rep
   test, stage 1 is refit on history + stage-2 window, features are recomputed as of the end
   of that window and the trained ranker scores the candidates.
 - Users: "all" = every user with a purchase in the test window who appears before it;
-  "seed" = those who bought at least 5 distinct catalogue items in the test window.
-- Precision@5 = |top 5 and distinct items bought in the test window| / 5, averaged over
-  users; Recall@5, MAP@5, NDCG@5 against the distinct catalogue items bought; coverage =
-  distinct recommended items / catalogue size.
+  "seed" = those who bought at least ``evaluation.seed_min_items`` (default 5) distinct
+  catalogue items in the test window.
+- Precision@k = |top k and distinct items bought in the test window| / k, averaged over
+  users (k = ``evaluation.k``, default 5); Recall@k, MAP@k, NDCG@k against the distinct
+  catalogue items bought; coverage = distinct recommended items / catalogue size.
 - Baselines on the same catalogue and users: popular (most distinct buyers in the last
   weeks before the test), own purchases (recency-weighted, padded with popular), ALS alone
   (the ALS generator of the refit stage 1), and the two-stage model.
@@ -25,14 +26,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from recsys_batch.config import Settings
+from recsys_batch.config import EvaluationConfig, Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
+from recsys_batch.evaluation.baselines import als_baseline, own_purchases_baseline, popular_baseline
 from recsys_batch.evaluation.metrics import evaluate, precision_curve
 from recsys_batch.model import split
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
@@ -47,15 +51,15 @@ log = logging.getLogger(__name__)
 
 MODELS = ("popular", "own_purchases", "als", "two_stage")
 USER_SETS = ("all", "seed")
-SEED_MIN_ITEMS = 5
-K = 5
-CURVE_K = 10
 POPULAR_WEEKS = 4
+# Defaults for callers without a configuration; a run passes ``settings.evaluation``.
+_DEFAULTS = EvaluationConfig()
 
 
 def protocol_text(settings: Settings, windows: split.Windows | None = None) -> str:
     """The backtest protocol in words, with the concrete weeks when ``windows`` is given."""
     t, s = settings.split.test_weeks, settings.split.stage2_weeks
+    k, seed_min_items = settings.evaluation.k, settings.evaluation.seed_min_items
     lines = [
         f"test: week >= W-{t}; stage-2 window: W-{t + s} <= week < W-{t}; "
         f"stage-1 history: week < W-{t + s} (W = newest week)",
@@ -73,9 +77,9 @@ def protocol_text(settings: Settings, windows: split.Windows | None = None) -> s
         "test: stage 1 refit on history + stage-2 window, features as of its end, "
         "ranker scores the candidates",
         '"all" = users with a test-window purchase who appear before it; '
-        f'"seed" = those with >= {SEED_MIN_ITEMS} distinct catalogue items bought '
+        f'"seed" = those with >= {seed_min_items} distinct catalogue items bought '
         "in the test window",
-        f"precision@{K} = |top {K} and distinct items bought in the test window| / {K}, "
+        f"precision@{k} = |top {k} and distinct items bought in the test window| / {k}, "
         "averaged over users; recall/MAP/NDCG against distinct catalogue items bought",
     ]
     return "\n".join(lines)
@@ -86,8 +90,8 @@ class BacktestResult:
     """Everything ``recsys evaluate`` prints, writes as JSON and plots."""
 
     rows: list[dict[str, Any]]
-    """One dict per (model, user set): model, user_set, users, precision@5, recall@5,
-    map@5, ndcg@5, coverage."""
+    """One dict per (model, user set): model, user_set, users, precision@k, recall@k,
+    map@k, ndcg@k, coverage (k = :attr:`k`)."""
     candidates: dict[str, Any]
     """Candidate recall of the stage-1 union and each generator on the test window."""
     funnel: pl.DataFrame
@@ -99,19 +103,21 @@ class BacktestResult:
     windows: split.Windows
     protocol: str
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    """model -> user set -> precision@k for k = 1..10."""
+    """model -> user set -> precision@k for k = 1..``evaluation.curve_k``."""
     catalogue_size: int = 0
     seed_runs: list[dict[str, Any]] = field(default_factory=list)
     """``recsys evaluate --seeds N``: one entry per seed pair (``als_seed``, ``ranker_seed``,
     ``rows``); empty for a single run."""
     model: TrainedTwoStage | None = None
     """The two-stage model the rows measure (the nightly gate can publish its ranker)."""
+    k: int = _DEFAULTS.k
+    """Cut-off of the rows' metrics (``evaluation.k``), in items per user."""
 
     def precision(self, model: str = "two_stage", user_set: str = "all") -> float:
-        """Precision@5 of one row (the nightly quality gate reads two_stage/all)."""
+        """Precision@k of one row (the nightly quality gate reads two_stage/all)."""
         for row in self.rows:
             if row["model"] == model and row["user_set"] == user_set:
-                return float(row[f"precision@{K}"])
+                return float(row[f"precision@{self.k}"])
         msg = f"no backtest row for model={model!r}, user_set={user_set!r}"
         raise KeyError(msg)
 
@@ -133,7 +139,10 @@ class BacktestResult:
             "importances": self.importances.head(30).to_dicts(),
             "funnel": self.funnel.to_dicts(),
             **(
-                {"seed_runs": self.seed_runs, "seed_spread": seed_spread(self.seed_runs)}
+                {
+                    "seed_runs": self.seed_runs,
+                    "seed_spread": seed_spread(self.seed_runs, f"precision@{self.k}"),
+                }
                 if self.seed_runs
                 else {}
             ),
@@ -153,7 +162,7 @@ def reseeded(settings: Settings, offset: int) -> Settings:
 
 
 def seed_spread(
-    seed_runs: list[dict[str, Any]], metric: str = f"precision@{K}"
+    seed_runs: list[dict[str, Any]], metric: str = f"precision@{_DEFAULTS.k}"
 ) -> list[dict[str, Any]]:
     """Mean, min, max and standard deviation of ``metric`` per (model, user set) over runs.
 
@@ -183,12 +192,16 @@ def seed_spread(
 
 
 def evaluation_users(
-    tx: pl.LazyFrame, test_truth: pl.LazyFrame, windows: split.Windows
+    tx: pl.LazyFrame,
+    test_truth: pl.LazyFrame,
+    windows: split.Windows,
+    *,
+    seed_min_items: int = _DEFAULTS.seed_min_items,
 ) -> dict[str, pl.LazyFrame]:
     """The "all" and "seed" user sets of the protocol (one ``user_id`` column each).
 
     ``tx`` holds every purchase (any item); ``test_truth`` the distinct catalogue items
-    bought in the test window.
+    bought in the test window; a "seed" user bought at least ``seed_min_items`` of them.
     """
     seen_before = split.before_test(tx, windows).select(C.USER).unique()
     all_users = (
@@ -200,75 +213,11 @@ def evaluation_users(
     seed = (
         test_truth.group_by(C.USER)
         .agg(pl.col(C.ITEM).n_unique().alias("_n"))
-        .filter(pl.col("_n") >= SEED_MIN_ITEMS)
+        .filter(pl.col("_n") >= seed_min_items)
         .select(C.USER)
         .join(all_users, on=C.USER, how="semi")
     )
     return {"all": all_users, "seed": seed}
-
-
-def ranked_list(scored: pl.LazyFrame, by: str, k: int, *, descending: bool = True) -> pl.LazyFrame:
-    """Top ``k`` per user of ``scored`` ordered by column ``by`` (schema ``RECOMMENDATIONS``)."""
-    return (
-        scored.sort([C.USER, by, C.ITEM], descending=[False, descending, False])
-        .with_columns(pl.int_range(1, pl.len() + 1).over(C.USER).cast(pl.Int32).alias(C.RANK))
-        .filter(pl.col(C.RANK) <= k)
-        .select(C.USER, C.ITEM, C.RANK, pl.col(by).cast(pl.Float32).alias(C.SCORE))
-    )
-
-
-def popular_baseline(users: pl.LazyFrame, popular: list[int], k: int) -> pl.LazyFrame:
-    """Every user gets the same ``popular`` list."""
-    items = pl.LazyFrame(
-        {
-            C.ITEM: popular[:k],
-            C.RANK: list(range(1, min(k, len(popular)) + 1)),
-        },
-        schema={C.ITEM: pl.Int64, C.RANK: pl.Int32},
-    )
-    return (
-        users.select(C.USER)
-        .join(items, how="cross")
-        .with_columns((1.0 / pl.col(C.RANK)).cast(pl.Float32).alias(C.SCORE))
-    )
-
-
-def own_purchases_baseline(
-    tx: pl.LazyFrame,
-    catalogue: pl.LazyFrame,
-    users: pl.LazyFrame,
-    popular: list[int],
-    half_life_days: float,
-    k: int,
-) -> pl.LazyFrame:
-    """The user's own catalogue purchases by recency-weighted count, padded with popular."""
-    ref_day = pl.col(C.DAY).max() + 1
-    weight = (2.0 ** (-(ref_day - pl.col(C.DAY)).cast(pl.Float64) / half_life_days)).alias("_w")
-    own = (
-        tx.join(catalogue.select(C.ITEM), on=C.ITEM, how="semi")
-        .with_columns(weight)
-        .group_by(C.USER, C.ITEM)
-        .agg(pl.col("_w").sum().alias("_s"))
-        .join(users.select(C.USER), on=C.USER, how="semi")
-    )
-    # Popular items score below any own purchase (own scores are > 0).
-    pad = popular_baseline(users, popular, k).select(
-        C.USER, C.ITEM, (-pl.col(C.RANK).cast(pl.Float64)).alias("_s")
-    )
-    merged = pl.concat([own, pad]).group_by(C.USER, C.ITEM).agg(pl.col("_s").max())
-    return ranked_list(merged, "_s", k)
-
-
-def als_baseline(candidates: pl.LazyFrame, k: int) -> pl.LazyFrame:
-    """ALS alone: the ALS generator's own ranking of the candidates."""
-    rank = C.rank_col("als")
-    return ranked_list(
-        candidates.filter(pl.col(rank).is_not_null()).with_columns(
-            (-pl.col(rank).cast(pl.Float64)).alias("_s")
-        ),
-        "_s",
-        k,
-    )
 
 
 def _candidate_recall(candidates: pl.LazyFrame, truth: pl.LazyFrame) -> dict[str, Any]:
@@ -315,7 +264,7 @@ def run_seeded_backtest(dataset: Dataset, settings: Settings, seeds: int) -> Bac
 
     Run ``i`` moves the ALS and the ranker seed by ``i`` (:func:`reseeded`); every run's rows
     are in ``seed_runs`` so that a change can be judged against the seed-to-seed spread of
-    Precision@5, not against one draw. The prefilter and split do not depend on a seed and
+    Precision@k, not against one draw. The prefilter and split do not depend on a seed and
     are computed once.
     """
     prepared = prepare(dataset, settings)
@@ -337,6 +286,70 @@ def _seed_run(settings: Settings, result: BacktestResult) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Record the seconds the ``with`` block takes as ``timings[step]``."""
+    start = time.perf_counter()
+    yield
+    timings[step] = time.perf_counter() - start
+
+
+def _collected(frame: pl.LazyFrame | None) -> pl.LazyFrame | None:
+    """``frame`` read once into memory (it is joined in several steps), or None."""
+    return frame.collect().lazy() if frame is not None else None
+
+
+def baseline_lists(
+    train_tx: pl.LazyFrame,
+    catalogue: pl.LazyFrame,
+    users: pl.LazyFrame,
+    candidates: pl.LazyFrame,
+    windows: split.Windows,
+    settings: Settings,
+) -> dict[str, pl.DataFrame]:
+    """Top ``evaluation.curve_k`` lists of the popular, own-purchases and ALS baselines.
+
+    Popular is the most distinct buyers over the ``POPULAR_WEEKS`` weeks before the test.
+    """
+    k = settings.evaluation.curve_k
+    recent = train_tx.filter(pl.col(C.WEEK) >= windows.target_end - POPULAR_WEEKS)
+    popular = popular_fallback(recent, catalogue, k)
+    half_life = settings.candidates.own_half_life_days
+    return {
+        "popular": popular_baseline(users, popular, k).collect(),
+        "own_purchases": own_purchases_baseline(
+            train_tx, catalogue, users, popular, half_life, k
+        ).collect(),
+        "als": als_baseline(candidates, k).collect(),
+    }
+
+
+def metric_rows(
+    lists: dict[str, pl.DataFrame],
+    truth: pl.DataFrame,
+    user_sets: dict[str, pl.DataFrame],
+    catalogue_size: int,
+    cfg: EvaluationConfig,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[float]]]]:
+    """One metrics row per (model, user set) in ``MODELS`` x ``USER_SETS`` order, and the
+    precision@k curves (k = 1..``cfg.curve_k``) per model and user set."""
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, dict[str, list[float]]] = {}
+    for model_name in MODELS:
+        recs = lists[model_name].lazy()
+        curves[model_name] = {}
+        for set_name in USER_SETS:
+            set_users = user_sets[set_name].lazy()
+            metrics = evaluate(
+                recs, truth.lazy(), set_users, k=cfg.k, catalogue_size=catalogue_size
+            )
+            rows.append({"model": model_name, "user_set": set_name, **metrics})
+            curves[model_name][set_name] = precision_curve(
+                recs, truth.lazy(), set_users, cfg.curve_k
+            )
+    return rows, curves
+
+
 def run_backtest(
     dataset: Dataset, settings: Settings, *, prepared: dict[str, Any] | None = None
 ) -> BacktestResult:
@@ -352,72 +365,38 @@ def run_backtest(
     EmptyStageError
         No training positive (the stage-2 window holds no purchase of a candidate).
     """
+    cfg = settings.evaluation
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    prep = prepared if prepared is not None else prepare(dataset, settings)
-    windows: split.Windows = prep["windows"]
-    catalogue: pl.DataFrame = prep["catalogue"]
-    tx: pl.DataFrame = prep["tx"]
-    placeholder = settings.prefilter.placeholder_item
-    items = dataset.items.collect().lazy() if dataset.items is not None else None
-    users = dataset.users.collect().lazy() if dataset.users is not None else None
-    timings["prepare"] = time.perf_counter() - start
+    with _timed(timings, "prepare"):
+        prep = prepared if prepared is not None else prepare(dataset, settings)
+        windows: split.Windows = prep["windows"]
+        catalogue: pl.DataFrame = prep["catalogue"]
+        tx: pl.DataFrame = prep["tx"]
+        items, users = _collected(dataset.items), _collected(dataset.users)
+    cat = catalogue.lazy()
     log.info("backtest windows %s, catalogue %d items", windows, catalogue.height)
 
-    truth = test_truth(tx.lazy(), windows, placeholder).collect()
-    user_sets = {
-        name: frame.collect()
-        for name, frame in evaluation_users(tx.lazy(), truth.lazy(), windows).items()
-    }
+    truth = test_truth(tx.lazy(), windows, settings.prefilter.placeholder_item).collect()
+    sets = evaluation_users(tx.lazy(), truth.lazy(), windows, seed_min_items=cfg.seed_min_items)
+    user_sets = {name: frame.collect() for name, frame in sets.items()}
     all_users = user_sets["all"].lazy()
 
-    start = time.perf_counter()
-    train_tx = split.before_test(tx.lazy(), windows)
-    model: TrainedTwoStage = train_two_stage(
-        train_tx, items, users, catalogue.lazy(), windows, settings
-    )
-    timings.update(model.timings)
-    timings["train_total"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    two_stage, cands = rank_candidates(
-        model, train_tx, items, users, catalogue.lazy(), all_users, settings, CURVE_K
-    )
-    timings["score"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    recent = train_tx.filter(pl.col(C.WEEK) >= windows.target_end - POPULAR_WEEKS)
-    popular = popular_fallback(recent, catalogue.lazy(), CURVE_K)
-    lists = {
-        "popular": popular_baseline(all_users, popular, CURVE_K).collect(),
-        "own_purchases": own_purchases_baseline(
-            train_tx,
-            catalogue.lazy(),
-            all_users,
-            popular,
-            settings.candidates.own_half_life_days,
-            CURVE_K,
-        ).collect(),
-        "als": als_baseline(cands.lazy(), CURVE_K).collect(),
-        "two_stage": two_stage,
-    }
-    rows: list[dict[str, Any]] = []
-    curves: dict[str, dict[str, list[float]]] = {}
-    for model_name in MODELS:
-        recs = lists[model_name].lazy()
-        curves[model_name] = {}
-        for set_name in USER_SETS:
-            set_users = user_sets[set_name].lazy()
-            metrics = evaluate(recs, truth.lazy(), set_users, k=K, catalogue_size=catalogue.height)
-            rows.append({"model": model_name, "user_set": set_name, **metrics})
-            curves[model_name][set_name] = precision_curve(recs, truth.lazy(), set_users, CURVE_K)
-    timings["baselines_and_metrics"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    cand_recall = _candidate_recall(
-        cands.lazy(), truth.lazy().join(all_users, on=C.USER, how="semi")
-    )
-    timings["candidate_recall"] = time.perf_counter() - start
+    with _timed(timings, "train_total"):
+        train_tx = split.before_test(tx.lazy(), windows)
+        model = train_two_stage(train_tx, items, users, cat, windows, settings)
+        timings.update(model.timings)
+    with _timed(timings, "score"):
+        two_stage, cands = rank_candidates(
+            model, train_tx, items, users, cat, all_users, settings, cfg.curve_k
+        )
+    with _timed(timings, "baselines_and_metrics"):
+        baselines = baseline_lists(train_tx, cat, all_users, cands.lazy(), windows, settings)
+        lists = {**baselines, "two_stage": two_stage}
+        rows, curves = metric_rows(lists, truth, user_sets, catalogue.height, cfg)
+    with _timed(timings, "candidate_recall"):
+        cand_recall = _candidate_recall(
+            cands.lazy(), truth.lazy().join(all_users, on=C.USER, how="semi")
+        )
     return BacktestResult(
         rows=rows,
         candidates=cand_recall,
@@ -429,6 +408,7 @@ def run_backtest(
         curves=curves,
         catalogue_size=catalogue.height,
         model=model,
+        k=cfg.k,
     )
 
 
@@ -453,7 +433,9 @@ def run_candidate_backtest(dataset: Dataset, settings: Settings) -> dict[str, An
     tx: pl.DataFrame = prep["tx"]
     placeholder = settings.prefilter.placeholder_item
     truth = test_truth(tx.lazy(), windows, placeholder).collect()
-    all_users = evaluation_users(tx.lazy(), truth.lazy(), windows)["all"].collect()
+    seed_min_items = settings.evaluation.seed_min_items
+    sets = evaluation_users(tx.lazy(), truth.lazy(), windows, seed_min_items=seed_min_items)
+    all_users = sets["all"].collect()
     model = stage1.fit_stage1(
         split.before_test(tx.lazy(), windows),
         prep["catalogue"].lazy(),

@@ -1,8 +1,8 @@
 """The ``recsys evaluate --report DIR`` report: PNG plots plus ``index.md`` and ``index.html``.
 
-Plots: precision@k (k = 1..10) per model for each user set, candidate recall by generator,
-the prefilter funnel, and the top feature importances of the ranker. matplotlib runs on the
-non-interactive Agg backend, so no display is needed.
+Plots: precision@k (k = 1..``evaluation.curve_k``) per model for each user set, candidate
+recall by generator, the prefilter funnel, and the top feature importances of the ranker.
+matplotlib runs on the non-interactive Agg backend, so no display is needed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,21 @@ RECALL_PNG = "candidate_recall.png"
 FUNNEL_PNG = "prefilter_funnel.png"
 IMPORTANCE_PNG = "feature_importance.png"
 TOP_FEATURES = 20
-METRIC_COLUMNS = ("users", "precision@5", "recall@5", "map@5", "ndcg@5", "coverage")
+ROW_KEYS = ("model", "user_set")
+
+
+def _saved(fig: Any, path: Path) -> Path:
+    """Lay out, write (100 dpi) and close ``fig``; the written ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _label_bars(ax: Any, values: list[Any], fmt: str) -> None:
+    """Write each bar's value (``format(value, fmt)``) on top of it."""
+    for i, v in enumerate(values):
+        ax.text(i, v, format(v, fmt), ha="center", va="bottom", fontsize=8)
 
 
 def plot_precision_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> Path:
@@ -42,10 +56,7 @@ def plot_precision_curves(curves: dict[str, dict[str, list[float]]], path: Path)
         ax.set_ylabel("precision@k")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def plot_candidate_recall(candidates: dict[str, Any], path: Path) -> Path:
@@ -61,12 +72,8 @@ def plot_candidate_recall(candidates: dict[str, Any], path: Path) -> Path:
     ax.bar(names, values, color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
     ax.set_ylabel("recall of test-window purchases")
     ax.set_title("candidate recall by generator")
-    for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    _label_bars(ax, values, ".3f")
+    return _saved(fig, path)
 
 
 def plot_funnel(funnel: list[dict[str, Any]], path: Path) -> Path:
@@ -78,12 +85,8 @@ def plot_funnel(funnel: list[dict[str, Any]], path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("items left")
     ax.set_title("prefilter funnel")
-    for i, v in enumerate(items):
-        ax.text(i, v, f"{v:,}", ha="center", va="bottom", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    _label_bars(ax, items, ",")
+    return _saved(fig, path)
 
 
 def plot_importances(
@@ -95,10 +98,7 @@ def plot_importances(
     ax.barh([str(r["feature"]) for r in rows], [float(r["importance"]) for r in rows])
     ax.set_xlabel("total gain")
     ax.set_title(f"top {len(rows)} ranker features")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def _fmt(value: Any) -> str:
@@ -107,29 +107,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def metrics_table_md(rows: list[dict[str, Any]]) -> str:
-    """The models x metrics table as GitHub markdown."""
-    head = "| model | user set | " + " | ".join(METRIC_COLUMNS) + " |"
-    sep = "|---|---|" + "---:|" * len(METRIC_COLUMNS)
+def _table_md(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """One line per row: model, user set, then ``columns``, as GitHub markdown."""
+    head = "| model | user set | " + " | ".join(columns) + " |"
+    sep = "|---|---|" + "---:|" * len(columns)
     body = [
-        f"| {r['model']} | {r['user_set']} | "
-        + " | ".join(_fmt(r.get(c)) for c in METRIC_COLUMNS)
-        + " |"
+        f"| {r['model']} | {r['user_set']} | " + " | ".join(_fmt(r.get(c)) for c in columns) + " |"
         for r in rows
     ]
     return "\n".join([head, sep, *body])
 
 
+def metrics_table_md(rows: list[dict[str, Any]]) -> str:
+    """The models x metrics table as GitHub markdown (the metrics the rows carry, in order)."""
+    return _table_md(rows, tuple(c for c in rows[0] if c not in ROW_KEYS) if rows else ())
+
+
 def spread_table_md(spread: list[dict[str, Any]]) -> str:
-    """Precision@5 over the seed runs of ``recsys evaluate --seeds`` as GitHub markdown."""
-    stats = ("runs", "mean", "min", "max", "std")
-    head = "| model | user set | " + " | ".join(stats) + " |"
-    sep = "|---|---|" + "---:|" * len(stats)
-    body = [
-        f"| {r['model']} | {r['user_set']} | " + " | ".join(_fmt(r.get(c)) for c in stats) + " |"
-        for r in spread
-    ]
-    return "\n".join([head, sep, *body])
+    """One metric over the seed runs of ``recsys evaluate --seeds`` as GitHub markdown."""
+    return _table_md(spread, ("runs", "mean", "min", "max", "std"))
 
 
 def write_report(payload: dict[str, Any], folder: Path) -> list[Path]:
@@ -149,9 +145,9 @@ def write_report(payload: dict[str, Any], folder: Path) -> list[Path]:
     if payload.get("rows"):
         sections.append(("Metrics", metrics_table_md(payload["rows"]), None))
     if payload.get("seed_spread"):
-        sections.append(
-            ("Precision@5 over seed runs", spread_table_md(payload["seed_spread"]), None)
-        )
+        spread = payload["seed_spread"]
+        title = f"{str(spread[0]['metric']).capitalize()} over seed runs"
+        sections.append((title, spread_table_md(spread), None))
     if payload.get("precision_curves"):
         written.append(plot_precision_curves(payload["precision_curves"], folder / PRECISION_PNG))
         sections.append(("Precision@k per model", "", PRECISION_PNG))
