@@ -153,11 +153,11 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, debug: DebugOpt =
     """Show the live version (age, users, metrics) and the previous one."""
 
     def work() -> None:
-        from recsys_batch.publish import store, versions  # noqa: PLC0415
+        from recsys_batch.publish import status, store  # noqa: PLC0415
 
         settings = build_settings(config)
         client = store.connect(settings.redis)
-        info = versions.publish_status(client, settings.redis)
+        info = status.publish_status(client, settings.redis)
         info["redis"] = store.describe(settings.redis)
         for name in ("live", "previous"):
             if info[name]:

@@ -200,16 +200,18 @@ class GateConfig(_Section):
     """Quality gate: refuse to publish a model worse than this."""
 
     enabled: bool = True
+    metric: str = "precision@5"
+    """The backtest metric the gate reads (a column of the backtest's rows)."""
+    user_set: Literal["all", "seed"] = "all"
+    """Which users' row of the two-stage model the gate reads."""
     min_precision_at_5: float = 0.15
-    """Absolute floor on holdout Precision@5 ("all" users)."""
+    """Absolute floor on ``metric`` (a share, 0-1)."""
     max_relative_drop: float = 0.10
-    """Refuse if more than this share below the live version's recorded Precision@5."""
+    """Refuse if ``metric`` is more than this share below the live version's recorded value."""
     publish_gated_ranker: bool = True
     """Score with the ranker the gate just measured (trained on the 6 weeks before the gate's
     test window; stage 1 is still refit on everything) instead of fitting a second one on the
-    newest weeks: what ships is what was measured, and the batch skips a ranker fit. The
-    backtest P@5 of a ranker trained 4 weeks earlier: 0.3040 vs 0.3044 (mean of 3 seed pairs,
-    docs/bench/stage2.md)."""
+    newest weeks: what ships is what was measured, and the batch skips a ranker fit."""
 
 
 class RedisConfig(_Section):
@@ -298,8 +300,6 @@ class ScaleConfig(_Section):
     parquet folder per shard under the run directory, and each shard reads only its own."""
 
 
-class Settings(BaseSettings):
-    """Everything configurable; build once at the edge with :func:`load_settings`."""
 class EvaluationConfig(_Section):
     """The offline backtest (``recsys evaluate`` and the nightly quality gate)."""
 
@@ -311,6 +311,8 @@ class EvaluationConfig(_Section):
     """A "seed" user bought at least this many distinct catalogue items in the test window."""
 
 
+class Settings(BaseSettings):
+    """Everything configurable; build once at the edge with :func:`load_settings`."""
 
     model_config = SettingsConfigDict(
         env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -327,9 +329,9 @@ class EvaluationConfig(_Section):
     api: ApiConfig = ApiConfig()
     run: RunConfig = RunConfig()
     scale: ScaleConfig = ScaleConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @model_validator(mode="before")
-    evaluation: EvaluationConfig = EvaluationConfig()
     @classmethod
     def _redis_url_alias(cls, values: Any) -> Any:
         """Honour the conventional ``REDIS_URL`` when RECSYS_REDIS__URL is not given."""

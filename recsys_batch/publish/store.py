@@ -13,8 +13,11 @@ Passwords never reach logs or error messages: use :func:`mask_url`.
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -24,7 +27,12 @@ from recsys_batch.config import RedisConfig
 from recsys_batch.errors import ConfigError, PublishError
 from recsys_batch.publish.embedded import EmbeddedRedisError, embedded_url
 
+log = logging.getLogger(__name__)
+
 Client = redis.Redis | RedisCluster
+T = TypeVar("T")
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+"""Errors worth a retry: the connection broke or a reply timed out."""
 
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _PLAIN_SCHEMES = {"redis", "rediss", "unix"}
@@ -215,3 +223,38 @@ def describe(cfg: RedisConfig) -> str:
     if not cfg.url:
         return f"embedded Redis under {cfg.embedded_dir}"
     return mask_url(cfg.url)
+
+
+def with_retries(func: Callable[[], T], cfg: RedisConfig, what: str) -> T:
+    """Call ``func``; retry on connection errors and timeouts with exponential backoff.
+
+    Raises
+    ------
+    PublishError
+        Still failing after ``cfg.retries`` retries, or Redis answered with an error.
+    """
+    attempts = cfg.retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return func()
+        except RETRYABLE as exc:
+            if attempt == attempts:
+                msg = (
+                    f"Redis failed during {what} after {attempts} attempts: "
+                    f"{type(exc).__name__}: {exc} (the live version was left untouched)"
+                )
+                raise PublishError(msg) from exc
+            delay = cfg.retry_backoff_seconds * 2 ** (attempt - 1)
+            log.warning(
+                "Redis %s failed (%s), retry %d/%d in %.1fs",
+                what,
+                type(exc).__name__,
+                attempt,
+                cfg.retries,
+                delay,
+            )
+            time.sleep(delay)
+        except redis.RedisError as exc:
+            msg = f"Redis refused {what}: {type(exc).__name__}: {exc}"
+            raise PublishError(msg) from exc
+    raise AssertionError  # pragma: no cover - the loop returns or raises

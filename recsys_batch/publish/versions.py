@@ -1,41 +1,35 @@
-"""Publish one night's recommendations to Redis as a new version, then flip the pointer.
+"""The lifecycle of a published version; the only module that begins, verifies, flips or
+removes one. The layout is :mod:`recsys_batch.publish.keys` (docs/redis-format.md).
 
-The layout is :mod:`recsys_batch.publish.keys` (golden-tested; docs/redis-format.md). A publish:
+1. :func:`begin_version` removes versions left half-written by a crashed run (neither live
+   nor previous), registers the new one in ``P:versions`` and writes its meta hash in state
+   ``writing``;
+2. the shards write their users (:func:`recsys_batch.publish.writer.write_users`);
+3. :func:`finish_version` writes the popular list and the item attributes, then
+   :func:`verify_version` counts every key of the version (each user, popular, meta, every
+   item field); any shortfall raises :class:`~recsys_batch.errors.PublishError` and the old
+   version keeps serving;
+4. the meta hash is marked ``complete`` and only then :func:`flip_pointer` moves
+   ``P:current`` (and ``P:previous``) in one MULTI/EXEC. On a Redis Cluster the two pointers
+   live in different slots, so the flip is ``SET current`` then ``SET previous``: readers
+   only read ``current``, which changes in one command;
+5. every version but the live and the previous one is unlinked (``UNLINK``: freed in a
+   background thread).
 
-1. removes versions left half-written by a crashed run (state ``writing``, neither live nor
-   previous) and registers the new version in ``P:versions``;
-2. writes ``P:v:V:meta`` with state ``writing``, then every user's list in chunks of
-   ``cfg.chunk_size`` users per round trip (non-transactional pipelining), then the popular
-   fallback list and the item attributes; every key gets the safety TTL;
-3. verifies the count: ``EXISTS`` over every written key must equal what was written;
-4. marks the meta ``complete`` and only then flips ``P:current`` (and ``P:previous``) in one
-   MULTI/EXEC. On a Redis Cluster ``current`` and ``previous`` live in different slots, so the
-   flip is ``SET current`` then ``SET previous``: readers only ever read ``current``, which
-   changes in one command, so they still see either the old or the new version, never a mix;
-5. unlinks (``UNLINK``: freed in a background thread) every version but the live one and
-   the previous one.
-
-A failed round trip is retried with exponential backoff on connection errors and timeouts;
-after ``cfg.retries`` retries :class:`~recsys_batch.errors.PublishError` is raised and
-``P:current`` was never touched, so the old version keeps serving.
-
-Users are written through a fast path on a single server: the ``SET`` commands of a chunk are
-encoded by Polars straight into the Redis protocol (RESP) and sent in one buffer, and the next
-chunk is encoded while Redis executes the previous one. A Redis Cluster or a test double
-(fakeredis) goes through redis-py's ordinary pipeline instead.
+A failed run calls :func:`abandon_version`: one attempt, no retries (Redis may be the
+reason the run failed), and what it cannot remove the next run's step 1 removes. Every key
+of a version carries the safety TTL, so an abandoned version also expires by itself.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import polars as pl
 import redis
@@ -43,154 +37,39 @@ from redis.typing import EncodableT, FieldT
 
 from recsys_batch.config import RedisConfig
 from recsys_batch.data import columns as C
-from recsys_batch.errors import PublishError
+from recsys_batch.errors import PublishError, RecsysError
 from recsys_batch.publish import keys
-from recsys_batch.publish.store import Client, is_cluster
+from recsys_batch.publish.status import (
+    all_versions,
+    live_version,
+    previous_version,
+    text,
+    version_info,
+)
+from recsys_batch.publish.store import Client, is_cluster, with_retries
+from recsys_batch.publish.writer import (
+    chunks,
+    count_existing,
+    fast_path_ok,
+    integer_replies,
+    resp_multikey_command,
+    ttl_seconds,
+    user_keys,
+)
 
 # A Redis hash as redis-py types it (its ``mapping`` parameter is invariant in the key type).
 HashFields = dict[FieldT, EncodableT]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-VALUE = "value"
-_RETRYABLE = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
-_REAL_CONNECTIONS = (
-    redis.connection.Connection,
-    redis.connection.SSLConnection,
-    redis.connection.UnixDomainSocketConnection,
-)
 SCAN_COUNT = 10_000
 UNLINK_BATCH = 10_000
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """What ``recsys status`` shows about one version."""
-
-    version: str
-    meta: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def state(self) -> str | None:
-        """``writing`` or ``complete`` (None when the meta hash is gone)."""
-        return self.meta.get("state")
-
-    @property
-    def users(self) -> int:
-        """Users published in this version."""
-        return int(self.meta.get("users", "0") or 0)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """Quality metrics recorded by the run (decoded JSON; {} when absent)."""
-        raw = self.meta.get("metrics")
-        if not raw:
-            return {}
-        try:
-            decoded = json.loads(raw)
-        except ValueError:
-            return {}
-        return decoded if isinstance(decoded, dict) else {}
-
-
-# --- pure helpers -------------------------------------------------------------------------
 
 
 def new_version_id(now: datetime | None = None) -> str:
     """A sortable, unique version id such as ``20261128T031500Z-5f3a``."""
     now = now or datetime.now(UTC)
     return keys.check_version(f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}")
-
-
-def ttl_seconds(cfg: RedisConfig) -> int:
-    """The safety TTL of every key of a version, in seconds."""
-    return int(cfg.ttl_days * 86_400)
-
-
-def user_values(recs: pl.DataFrame) -> pl.DataFrame:
-    """One row per user: ``user_id`` and ``value``, the stored list of items best first.
-
-    Parameters
-    ----------
-    recs
-        Schema ``columns.RECOMMENDATIONS`` (user_id, item_id, rank 1..k, score); at most one
-        row per (user, rank).
-
-    Returns
-    -------
-    pl.DataFrame
-        ``user_id`` (Int64) and ``value`` (String, ``keys.encode_items`` format).
-
-    Raises
-    ------
-    ValueError
-        A user id is negative (it could not form a valid key) or a (user, rank) repeats.
-
-    Examples
-    --------
-    >>> recs = pl.DataFrame({"user_id": [7, 7], "item_id": [11, 10], "rank": [2, 1]})
-    >>> user_values(recs).row(0)
-    (7, '10,11')
-    """
-    if recs.height == 0:
-        return pl.DataFrame(schema={C.USER: pl.Int64, VALUE: pl.String})
-    if recs[C.USER].min() < 0:  # type: ignore[operator]
-        msg = "recommendations contain a negative user_id; keys are built from ids >= 0 only"
-        raise ValueError(msg)
-    # A pivot on rank is ~3x faster than a group_by + str.join on millions of rows; it
-    # refuses a repeated (user, rank) pair, which is exactly the check we want.
-    try:
-        wide = recs.select(C.USER, C.ITEM, pl.col(C.RANK).cast(pl.Int64)).pivot(
-            on=C.RANK, index=C.USER, values=C.ITEM
-        )
-    except pl.exceptions.ComputeError as exc:
-        msg = "recommendations repeat a (user_id, rank) pair; expected ranks 1..k per user"
-        raise ValueError(msg) from exc
-    ranks = sorted((c for c in wide.columns if c != C.USER), key=int)
-    value = pl.concat_str(
-        [pl.col(r).cast(pl.String) for r in ranks],
-        separator=keys.ITEM_SEPARATOR,
-        ignore_nulls=True,
-    )
-    return wide.select(pl.col(C.USER).cast(pl.Int64), value.alias(VALUE))
-
-
-def resp_set_commands(values: pl.DataFrame, key_prefix: str, ttl: int) -> pl.Series:
-    """``SET key value EX ttl`` per row, encoded in the Redis protocol (RESP) by Polars.
-
-    ``key_prefix`` is ``keys.version_prefix(version, prefix) + "u:"``; the key of user ``u``
-    is then exactly ``keys.user_key(version, u, prefix)`` (pinned by a golden test).
-
-    Examples
-    --------
-    >>> frame = pl.DataFrame({"user_id": [7], "value": ["1,2"]})
-    >>> resp_set_commands(frame, "p:v:x:u:", 60).item()
-    '*5\\r\\n$3\\r\\nSET\\r\\n$8\\r\\np:v:x:u:7\\r\\n$3\\r\\n1,2\\r\\n$2\\r\\nEX\\r\\n$2\\r\\n60\\r\\n'
-    """
-    key = pl.lit(key_prefix) + pl.col(C.USER).cast(pl.String)
-    value = pl.col(VALUE)
-    ttl_text = str(int(ttl))
-    tail = f"\r\n$2\r\nEX\r\n${len(ttl_text)}\r\n{ttl_text}\r\n"
-    command = pl.concat_str(
-        [
-            pl.lit("*5\r\n$3\r\nSET\r\n$"),
-            key.str.len_bytes().cast(pl.String),
-            pl.lit("\r\n"),
-            key,
-            pl.lit("\r\n$"),
-            value.str.len_bytes().cast(pl.String),
-            pl.lit("\r\n"),
-            value,
-            pl.lit(tail),
-        ]
-    )
-    return values.select(command.alias("resp")).to_series()
-
-
-def _chunks(height: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, height, max(1, size)):
-        yield start, min(size, height - start)
 
 
 def encode_meta(meta: Mapping[str, Any]) -> HashFields:
@@ -206,359 +85,6 @@ def encode_meta(meta: Mapping[str, Any]) -> HashFields:
         else:
             encoded[name] = json.dumps(value, default=str, sort_keys=True)
     return encoded
-
-
-def _decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): (
-            v.decode() if isinstance(v, bytes) else str(v)
-        )
-        for k, v in raw.items()
-    }
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# --- retries ------------------------------------------------------------------------------
-
-
-def with_retries(func: Callable[[], T], cfg: RedisConfig, what: str) -> T:
-    """Call ``func``; retry on connection errors and timeouts with exponential backoff.
-
-    Raises
-    ------
-    PublishError
-        Still failing after ``cfg.retries`` retries, or Redis answered with an error.
-    """
-    attempts = cfg.retries + 1
-    for attempt in range(1, attempts + 1):
-        try:
-            return func()
-        except _RETRYABLE as exc:
-            if attempt == attempts:
-                msg = (
-                    f"Redis failed during {what} after {attempts} attempts: "
-                    f"{type(exc).__name__}: {exc} (the live version was left untouched)"
-                )
-                raise PublishError(msg) from exc
-            delay = cfg.retry_backoff_seconds * 2 ** (attempt - 1)
-            log.warning(
-                "Redis %s failed (%s), retry %d/%d in %.1fs",
-                what,
-                type(exc).__name__,
-                attempt,
-                cfg.retries,
-                delay,
-            )
-            time.sleep(delay)
-        except redis.RedisError as exc:
-            msg = f"Redis refused {what}: {type(exc).__name__}: {exc}"
-            raise PublishError(msg) from exc
-    raise AssertionError  # pragma: no cover - the loop returns or raises
-
-
-# --- writing users ------------------------------------------------------------------------
-
-
-def fast_path_ok(client: Client) -> bool:
-    """Raw RESP writes only on a real single-server connection (not cluster, not fakeredis)."""
-    if is_cluster(client) or not isinstance(client, redis.Redis):
-        return False
-    connection_class = client.connection_pool.connection_class
-    return connection_class in _REAL_CONNECTIONS
-
-
-_OK = b"+OK\r\n"
-
-
-class _OkReader:
-    """Reads the replies to pipelined SETs off one connection, checking that each is ``+OK``.
-
-    Reading raw bytes and comparing them in one C call is ~10x cheaper than parsing reply by
-    reply. The parser is bypassed only on a connection whose earlier replies were all read
-    through this reader; bytes of later replies that arrive early are kept for the next call.
-    """
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.carry = bytearray()
-
-    def read(self, expected: int) -> None:
-        """Consume ``expected`` replies.
-
-        Raises
-        ------
-        redis.ResponseError
-            Redis answered with an error (out of memory, ACL, ...).
-        redis.ConnectionError, redis.TimeoutError
-            The connection broke or timed out.
-        """
-        conn = self.conn
-        sock = getattr(conn, "_sock", None)
-        if sock is None:
-            for _ in range(expected):
-                conn.read_response()
-            return
-        received = self.carry
-        # Every simple reply (+OK, -ERR ...) ends with exactly one newline.
-        lines = received.count(b"\n")
-        want = len(_OK) * expected
-        while lines < expected:
-            try:
-                piece = sock.recv(max(65_536, want - len(received)))
-            except OSError as exc:
-                conn.disconnect()
-                if isinstance(exc, TimeoutError):
-                    msg = f"timeout reading replies: {exc}"
-                    raise redis.TimeoutError(msg) from exc
-                msg = f"error reading replies: {exc}"
-                raise redis.ConnectionError(msg) from exc
-            if not piece:
-                conn.disconnect()
-                msg = "connection closed by server while reading replies"
-                raise redis.ConnectionError(msg)
-            lines += piece.count(b"\n")
-            received += piece
-        if received[:want] == _OK * expected:
-            self.carry = received[want:]
-            return
-        conn.disconnect()
-        for line in bytes(received).split(b"\r\n"):
-            if line and line != b"+OK":
-                raise redis.ResponseError(line.decode(errors="replace").lstrip("-"))
-        msg = "unexpected reply to a pipelined SET"  # pragma: no cover - defensive
-        raise redis.ResponseError(msg)
-
-
-def _write_chunk_raw(client: redis.Redis, payload: bytes, expected: int) -> None:
-    """Send one chunk of packed SETs on a pooled connection and check every reply."""
-    conn = client.connection_pool.get_connection()
-    try:
-        conn.send_packed_command([payload], check_health=False)
-        _OkReader(conn).read(expected)
-    except BaseException:
-        conn.disconnect()  # replies may be left unread: never reuse this connection
-        raise
-    finally:
-        client.connection_pool.release(conn)
-
-
-def sorted_user_chunks(recs: pl.DataFrame, chunk_size: int) -> Iterator[pl.DataFrame]:
-    """``user_values`` of ``chunk_size`` users at a time, computed lazily chunk by chunk.
-
-    The rows are sorted by user once; each chunk is then pivoted when the writer asks for it,
-    i.e. while Redis executes the previous chunk.
-    """
-    ordered = recs.sort(C.USER)
-    chunk_of_row = ordered[C.USER].rle_id() // max(1, chunk_size)
-    n_chunks = int(chunk_of_row[-1]) + 1 if ordered.height else 0
-    starts = chunk_of_row.search_sorted(pl.Series(range(n_chunks + 1)), side="left").to_list()
-    starts[-1] = ordered.height
-    for first, end in zip(starts[:-1], starts[1:], strict=True):
-        yield user_values(ordered.slice(first, end - first))
-
-
-def write_users_raw(
-    client: redis.Redis,
-    values: pl.DataFrame | Iterator[pl.DataFrame],
-    key_prefix: str,
-    cfg: RedisConfig,
-    user_ids: list[pl.Series] | None = None,
-) -> list[bytes]:
-    """Fast path: encode chunk i+1 while Redis executes chunk i (one connection).
-
-    ``values`` is a ``user_values`` frame, or an iterator of such frames (one per chunk,
-    see :func:`sorted_user_chunks`). The user ids written are appended to ``user_ids``.
-
-    Returns the ``EXISTS`` command of every chunk, built while waiting for Redis, for
-    :func:`verify_raw`.
-    """
-    if isinstance(values, pl.DataFrame):
-        frame = values
-        chunks: Iterator[pl.DataFrame] = (
-            frame.slice(start, length) for start, length in _chunks(frame.height, cfg.chunk_size)
-        )
-    else:
-        chunks = values
-    ttl = ttl_seconds(cfg)
-    checks: list[bytes] = []
-    pool = client.connection_pool
-    # Connecting is retried and mapped to PublishError like every other round trip.
-    conn = with_retries(pool.get_connection, cfg, "user write (connect)")
-    reader = _OkReader(conn)
-    pending: tuple[bytes, int] | None = None  # sent, replies not read yet
-    try:
-        for chunk in chunks:
-            length = chunk.height
-            if user_ids is not None:
-                user_ids.append(chunk[C.USER])
-            payload = resp_set_commands(chunk, key_prefix, ttl).str.join("").item().encode()
-            chunk_keys = chunk.select(pl.lit(key_prefix) + pl.col(C.USER).cast(pl.String))
-            check_built = False
-            try:
-                conn.send_packed_command([payload], check_health=False)
-                # Redis is busy with what we just sent: build this chunk's check meanwhile.
-                checks.append(resp_exists_command(chunk_keys.to_series()))
-                check_built = True
-                if pending is not None:
-                    reader.read(pending[1])
-            except _RETRYABLE:
-                # Resend what may be unacknowledged, chunk by chunk, with backoff. SET is
-                # idempotent, so repeating an already applied chunk is harmless.
-                conn.disconnect()
-                reader = _OkReader(conn)
-                for unacked, count in ([pending] if pending else []) + [(payload, length)]:
-                    with_retries(
-                        functools.partial(_write_chunk_raw, client, unacked, count),
-                        cfg,
-                        "user write",
-                    )
-                if not check_built:
-                    checks.append(resp_exists_command(chunk_keys.to_series()))
-                pending = None
-                continue
-            pending = (payload, length)
-        if pending is not None:
-            try:
-                reader.read(pending[1])
-            except _RETRYABLE:
-                conn.disconnect()
-                last = pending
-                with_retries(lambda: _write_chunk_raw(client, *last), cfg, "user write")
-        if reader.carry:  # pragma: no cover - defensive: more replies than commands sent
-            conn.disconnect()
-    except redis.RedisError as exc:
-        conn.disconnect()
-        msg = f"Redis refused a user write: {type(exc).__name__}: {exc}"
-        raise PublishError(msg) from exc
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    return checks
-
-
-def verify_raw(client: redis.Redis, checks: list[bytes], cfg: RedisConfig) -> int:
-    """Send the per-chunk ``EXISTS`` commands back to back; return the total count."""
-    return with_retries(lambda: _integer_replies(client, checks), cfg, "verification")
-
-
-def write_users_pipeline(
-    client: Client, values: pl.DataFrame, key_prefix: str, cfg: RedisConfig
-) -> None:
-    """Portable path (Redis Cluster, fakeredis): redis-py pipelines of ``cfg.chunk_size``."""
-    ttl = ttl_seconds(cfg)
-    user_ids = values[C.USER].to_list()
-    texts = values[VALUE].to_list()
-    for start, length in _chunks(len(user_ids), cfg.chunk_size):
-
-        def write(start: int = start, length: int = length) -> None:
-            pipe = client.pipeline(transaction=False)
-            for user_id, text in zip(
-                user_ids[start : start + length], texts[start : start + length], strict=True
-            ):
-                pipe.set(f"{key_prefix}{user_id}", text, ex=ttl)
-            pipe.execute()
-
-        with_retries(write, cfg, "user write")
-
-
-def resp_multikey_command(command: str, names: pl.Series) -> bytes:
-    """One ``COMMAND name...`` (EXISTS, UNLINK) in RESP for all ``names``."""
-    encoded = pl.concat_str(
-        [pl.lit("$"), names.str.len_bytes().cast(pl.String), pl.lit("\r\n"), names, pl.lit("\r\n")]
-    )
-    body = pl.select(encoded.str.join("")).item() if names.len() else ""
-    return f"*{names.len() + 1}\r\n${len(command)}\r\n{command}\r\n{body}".encode()
-
-
-def resp_exists_command(names: pl.Series) -> bytes:
-    """One ``EXISTS name...`` command in RESP for all ``names``."""
-    return resp_multikey_command("EXISTS", names)
-
-
-def _integer_replies(client: redis.Redis, payloads: list[bytes]) -> int:
-    """Send commands answering one integer each, back to back; return their sum."""
-    conn = client.connection_pool.get_connection()
-    total = 0
-    try:
-        for n, payload in enumerate(payloads):
-            conn.send_packed_command([payload], check_health=False)
-            if n:
-                total += int(conn.read_response())
-        if payloads:
-            total += int(conn.read_response())
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        client.connection_pool.release(conn)
-    return total
-
-
-def count_existing(client: Client, names: pl.Series, cfg: RedisConfig) -> int:
-    """How many of ``names`` exist (``EXISTS`` in chunks; one reply per chunk)."""
-    total = 0
-    fast = fast_path_ok(client)
-    for start, length in _chunks(names.len(), cfg.chunk_size):
-        batch = names.slice(start, length)
-        if fast:
-
-            def count(batch: pl.Series = batch) -> int:
-                assert isinstance(client, redis.Redis)
-                conn = client.connection_pool.get_connection()
-                try:
-                    conn.send_packed_command([resp_exists_command(batch)], check_health=False)
-                    return int(conn.read_response())
-                except BaseException:
-                    conn.disconnect()
-                    raise
-                finally:
-                    client.connection_pool.release(conn)
-        elif is_cluster(client):
-
-            def count(batch: pl.Series = batch) -> int:
-                pipe = client.pipeline(transaction=False)
-                for name in batch.to_list():
-                    pipe.exists(name)
-                return int(sum(pipe.execute()))
-        else:
-
-            def count(batch: pl.Series = batch) -> int:
-                return int(client.exists(*batch.to_list()))
-
-        total += with_retries(count, cfg, "verification")
-    return total
-
-
-# --- versions -----------------------------------------------------------------------------
-
-
-def live_version(client: Client, cfg: RedisConfig) -> str | None:
-    """The version ``P:current`` names, or None before the first publish."""
-    return _text(with_retries(lambda: client.get(keys.current_key(cfg.key_prefix)), cfg, "read"))
-
-
-def previous_version(client: Client, cfg: RedisConfig) -> str | None:
-    """The version ``P:previous`` names (the rollback target), or None."""
-    return _text(with_retries(lambda: client.get(keys.previous_key(cfg.key_prefix)), cfg, "read"))
-
-
-def version_info(client: Client, version: str, cfg: RedisConfig) -> VersionInfo:
-    """The decoded meta hash of ``version`` (empty when it expired or was removed)."""
-    raw = with_retries(lambda: client.hgetall(keys.meta_key(version, cfg.key_prefix)), cfg, "read")
-    return VersionInfo(version, _decode_hash(raw or {}))
-
-
-def all_versions(client: Client, cfg: RedisConfig) -> list[str]:
-    """Every version registered in ``P:versions``, oldest first."""
-    raw = with_retries(lambda: client.zrange(keys.versions_key(cfg.key_prefix), 0, -1), cfg, "read")
-    return [v for v in (_text(x) for x in raw) if v]
 
 
 def _unlink_known_users(
@@ -581,9 +107,9 @@ def _unlink_known_users(
     names = pl.select(pl.lit(user_prefix) + user_ids.cast(pl.String)).to_series()
     payloads = [
         resp_multikey_command("UNLINK", names.slice(start, length))
-        for start, length in _chunks(names.len(), cfg.chunk_size)
+        for start, length in chunks(names.len(), cfg.chunk_size)
     ]
-    removed = with_retries(lambda: _integer_replies(client, payloads), cfg, "cleanup")
+    removed = with_retries(lambda: integer_replies(client, payloads), cfg, "cleanup")
     if removed != meta.users:
         return False
     extras = [keys.popular_key(version, prefix), keys.items_key(version, prefix)]
@@ -656,14 +182,14 @@ def flip_pointer(client: Client, version: str, cfg: RedisConfig) -> str | None:
     def flip() -> str | None:
         if is_cluster(client):
             # Different slots: SET current first (the only key readers use), then previous.
-            old = _text(client.get(current))
+            old = text(client.get(current))
             client.set(current, version)
             if old and old != version:
                 client.set(previous, old)
             return old
         with client.pipeline(transaction=True) as pipe:
             pipe.watch(current)
-            old = _text(pipe.get(current))
+            old = text(pipe.get(current))
             pipe.multi()
             pipe.set(current, version)
             if old and old != version:
@@ -688,157 +214,6 @@ def items_mapping(items_attrs: pl.DataFrame | None) -> HashFields:
         str(row[C.ITEM]): json.dumps({a: row[a] for a in attributes}, sort_keys=True)
         for row in items_attrs.iter_rows(named=True)
     }
-
-
-def publish_version(
-    client: Client,
-    recs: pl.DataFrame,
-    popular: list[int],
-    items_attrs: pl.DataFrame | None,
-    meta: Mapping[str, Any],
-    cfg: RedisConfig,
-    *,
-    version: str | None = None,
-) -> str:
-    """Write a whole new version, verify it, then make it live; return its id.
-
-    Parameters
-    ----------
-    client
-        From :func:`recsys_batch.publish.store.connect`.
-    recs
-        Schema ``columns.RECOMMENDATIONS``: each user's top k, rank 1 = best.
-    popular
-        Fallback items for unknown users, best first.
-    items_attrs
-        Optional item attributes (``item_id`` + attribute columns) stored as JSON per item.
-    meta
-        Extra fields of the meta hash (run id, data range, metrics, durations, ...); nested
-        values are stored as JSON.
-    cfg
-        Key prefix, chunk size, TTL and retry policy.
-    version
-        Version id to use (default: a new timestamped id).
-
-    Raises
-    ------
-    PublishError
-        Redis failed after the retries, refused a write, or the count did not verify. The
-        live version is untouched; the half-written one is removed by the next publish (or
-        expires with its TTL).
-    ValueError
-        ``recs`` is empty or malformed (callers check this before touching Redis).
-    """
-    fast = fast_path_ok(client)
-    if recs.height == 0:
-        msg = "refusing to publish an empty version (no user has recommendations)"
-        raise ValueError(msg)
-    if recs[C.USER].min() < 0:  # type: ignore[operator]
-        msg = "recommendations contain a negative user_id; keys are built from ids >= 0 only"
-        raise ValueError(msg)
-    # The fast path pivots chunk by chunk while Redis works; the others need it all at once.
-    values = None if fast else user_values(recs)
-    version = keys.check_version(version or new_version_id())
-    prefix = cfg.key_prefix
-    ttl = ttl_seconds(cfg)
-    started = time.perf_counter()
-
-    live = live_version(client, cfg)
-    previous = previous_version(client, cfg)
-    stale = cleanup_versions(client, cfg, keep={live, previous})
-    if stale:
-        log.info("cleaned %d stale version(s) before writing: %s", len(stale), ", ".join(stale))
-
-    meta_key = keys.meta_key(version, prefix)
-    header = encode_meta(
-        {
-            **meta,
-            "format": keys.FORMAT,
-            "state": keys.STATE_WRITING,
-            "version": version,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "ttl_seconds": ttl,
-        }
-    )
-
-    def start() -> None:
-        pipe = client.pipeline(transaction=False)
-        pipe.zadd(keys.versions_key(prefix), {version: time.time()})
-        pipe.hset(meta_key, mapping=header)
-        pipe.expire(meta_key, ttl)
-        pipe.execute()
-
-    with_retries(start, cfg, "version start")
-
-    user_prefix = keys.version_prefix(version, prefix) + "u:"
-    checks: list[bytes] | None = None
-    if values is None:
-        assert isinstance(client, redis.Redis)
-        written: list[pl.Series] = []
-        chunks = sorted_user_chunks(recs, cfg.chunk_size)
-        try:
-            checks = write_users_raw(client, chunks, user_prefix, cfg, written)
-        except pl.exceptions.ComputeError as exc:
-            msg = "recommendations repeat a (user_id, rank) pair; expected ranks 1..k per user"
-            raise ValueError(msg) from exc
-        user_ids = pl.concat(written)
-    else:
-        write_users_pipeline(client, values, user_prefix, cfg)
-        user_ids = values[C.USER]
-    n_users = user_ids.len()
-    written_users = time.perf_counter()
-
-    items = items_mapping(items_attrs)
-
-    def extras() -> None:
-        pipe = client.pipeline(transaction=False)
-        pipe.set(keys.popular_key(version, prefix), keys.encode_items(popular), ex=ttl)
-        item_key = keys.items_key(version, prefix)
-        if items:
-            pipe.hset(item_key, mapping=items)
-            pipe.expire(item_key, ttl)
-        pipe.execute()
-
-    with_retries(extras, cfg, "popular/items write")
-
-    names = pl.Series([keys.popular_key(version, prefix), meta_key])
-    if checks is not None:
-        assert isinstance(client, redis.Redis)
-        found = verify_raw(client, checks, cfg) + count_existing(client, names, cfg)
-    else:
-        user_keys = pl.select(pl.lit(user_prefix) + user_ids.cast(pl.String))
-        names = pl.concat([user_keys.to_series(), names])
-        found = count_existing(client, names, cfg)
-    expected = n_users + 2
-    if found != expected:
-        msg = (
-            f"verification failed for version {version}: {found} of {expected} keys exist "
-            "(evicted? check maxmemory-policy); the live version was left untouched"
-        )
-        raise PublishError(msg)
-
-    finished: HashFields = {
-        "state": keys.STATE_COMPLETE,
-        "users": str(n_users),
-        "items": str(len(items)),
-        "popular": str(len(popular)),
-        "write_seconds": f"{written_users - started:.3f}",
-        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    with_retries(lambda: client.hset(meta_key, mapping=finished), cfg, "meta update")
-    old = flip_pointer(client, version, cfg)
-    log.info(
-        "published version %s: %d users in %.2fs (previous: %s)",
-        version,
-        n_users,
-        time.perf_counter() - started,
-        old,
-    )
-    try:
-        cleanup_versions(client, cfg, keep={version, old}, user_ids=user_ids)
-    except PublishError as exc:  # the flip succeeded; leftovers expire or go next run
-        log.warning("cleanup after publish failed: %s", exc)
-    return version
 
 
 def rollback(client: Client, cfg: RedisConfig) -> tuple[str, str]:
@@ -883,19 +258,131 @@ def rollback(client: Client, cfg: RedisConfig) -> tuple[str, str]:
     return target, old or ""
 
 
-def publish_status(client: Client, cfg: RedisConfig) -> dict[str, Any]:
-    """Live and previous versions with their meta, for ``recsys status``."""
-    live = live_version(client, cfg)
-    previous = previous_version(client, cfg)
-    result: dict[str, Any] = {"live": None, "previous": None}
-    for name, version in (("live", live), ("previous", previous)):
-        if version:
-            info = version_info(client, version, cfg)
-            result[name] = {
-                "version": version,
-                "state": info.state,
-                "users": info.users,
-                "metrics": info.metrics,
-                "meta": info.meta,
-            }
-    return result
+def begin_version(client: Client, meta: Mapping[str, Any], cfg: RedisConfig) -> str:
+    """Remove stale versions and register a new one in state ``writing``; return its id.
+
+    ``meta`` holds the run's fields of the meta hash (run id, data range, metrics, ...);
+    nested values are stored as JSON.
+    """
+    version = new_version_id()
+    stale = cleanup_versions(
+        client, cfg, keep={live_version(client, cfg), previous_version(client, cfg)}
+    )
+    if stale:
+        log.info("removed %d stale version(s) before writing: %s", len(stale), ", ".join(stale))
+    meta_key = keys.meta_key(version, cfg.key_prefix)
+    ttl = ttl_seconds(cfg)
+    header = encode_meta(
+        {
+            **meta,
+            "format": keys.FORMAT,
+            "state": keys.STATE_WRITING,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "ttl_seconds": ttl,
+        }
+    )
+
+    def start() -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.zadd(keys.versions_key(cfg.key_prefix), {version: time.time()})
+        pipe.hset(meta_key, mapping=header)
+        pipe.expire(meta_key, ttl)
+        pipe.execute()
+
+    with_retries(start, cfg, "version start")
+    return version
+
+
+def abandon_version(client: Client, version: str, cfg: RedisConfig) -> None:
+    """Best effort, one attempt: remove a version whose run failed (the next run retries)."""
+    try:
+        unlink_version(client, version, cfg.model_copy(update={"retries": 0}))
+    except RecsysError as exc:
+        log.warning("could not remove the unfinished version %s now: %s", version, exc)
+
+
+def verify_version(
+    client: Client, version: str, users: pl.Series, items: int, cfg: RedisConfig
+) -> None:
+    """Count every key of ``version``: each user key, popular, meta, and the item fields.
+
+    Raises
+    ------
+    PublishError
+        A key or item field is missing (evicted? check maxmemory-policy); nothing flipped.
+    """
+    prefix = cfg.key_prefix
+    user_prefix = keys.version_prefix(version, prefix) + "u:"
+    found_users = count_existing(client, user_keys(user_prefix, users), cfg)
+    extras = pl.Series([keys.popular_key(version, prefix), keys.meta_key(version, prefix)])
+    found_extras = count_existing(client, extras, cfg)
+    item_key = keys.items_key(version, prefix)
+    found_items = int(with_retries(lambda: client.hlen(item_key), cfg, "verification"))
+    if (found_users, found_extras, found_items) != (users.len(), 2, items):
+        msg = (
+            f"verification failed for version {version}: {found_users} of {users.len()} user "
+            f"keys, {found_extras} of 2 popular/meta keys, {found_items} of {items} item fields "
+            "exist (evicted? check maxmemory-policy); the live version was left untouched"
+        )
+        raise PublishError(msg)
+
+
+def finish_version(
+    client: Client,
+    version: str,
+    users: pl.Series,
+    popular: list[int],
+    items_attrs: pl.DataFrame | None,
+    cfg: RedisConfig,
+) -> str | None:
+    """Popular list and item attributes, :func:`verify_version`, then the one pointer flip.
+
+    Parameters
+    ----------
+    users
+        Every user id written into the version (by all shards).
+    popular
+        Fallback items for unknown users, best first.
+    items_attrs
+        Item attributes (``item_id`` + attribute columns), stored as JSON per item.
+
+    Returns
+    -------
+    str or None
+        The version that was live before.
+
+    Raises
+    ------
+    PublishError
+        Redis failed, or a key is missing after writing; nothing flipped.
+    """
+    prefix = cfg.key_prefix
+    ttl = ttl_seconds(cfg)
+    items = items_mapping(items_attrs)
+
+    def extras() -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(keys.popular_key(version, prefix), keys.encode_items(popular), ex=ttl)
+        if items:
+            pipe.hset(keys.items_key(version, prefix), mapping=items)
+            pipe.expire(keys.items_key(version, prefix), ttl)
+        pipe.execute()
+
+    with_retries(extras, cfg, "popular/items write")
+    verify_version(client, version, users, len(items), cfg)
+    finished: HashFields = {
+        "state": keys.STATE_COMPLETE,
+        "users": str(users.len()),
+        "items": str(len(items)),
+        "popular": str(len(popular)),
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    meta_key = keys.meta_key(version, prefix)
+    with_retries(lambda: client.hset(meta_key, mapping=finished), cfg, "meta update")
+    old = flip_pointer(client, version, cfg)
+    try:
+        cleanup_versions(client, cfg, keep={version, old}, user_ids=users)
+    except PublishError as exc:  # the flip succeeded; leftovers expire or go next run
+        log.warning("cleanup after publish failed: %s", exc)
+    return old

@@ -37,7 +37,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,7 +47,7 @@ from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
 from recsys_batch.model import split
 from recsys_batch.model.features import before_cut, item_features
-from recsys_batch.publish import keys, store, versions
+from recsys_batch.publish import store, versions, writer
 from recsys_batch.run import sharding
 
 log = logging.getLogger(__name__)
@@ -259,7 +258,7 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         own_client = ctx.driver_client is None
         client = store.connect(ctx.settings.redis) if own_client else ctx.driver_client
         try:
-            written = write_users(client, ctx.version, recs, ctx.settings)
+            written = writer.write_users(client, ctx.version, recs, ctx.settings.redis)
         finally:
             if own_client:
                 client.close()
@@ -269,113 +268,6 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         seconds["publish"] = time.perf_counter() - started
     result.peak_memory_mb = peak_memory_mb()
     return result
-
-
-# --- Redis: one version written by many shards ---------------------------------------------
-
-
-def begin_version(client: store.Client, meta: dict[str, Any], settings: Settings) -> str:
-    """Remove stale versions and register a new one in state ``writing``; return its id."""
-    cfg = settings.redis
-    version = versions.new_version_id()
-    live = versions.live_version(client, cfg)
-    previous = versions.previous_version(client, cfg)
-    versions.cleanup_versions(client, cfg, keep={live, previous})
-    meta_key = keys.meta_key(version, cfg.key_prefix)
-    ttl = versions.ttl_seconds(cfg)
-    header = versions.encode_meta(  # same encoding as publish_version
-        {
-            **meta,
-            "format": keys.FORMAT,
-            "state": keys.STATE_WRITING,
-            "version": version,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "ttl_seconds": ttl,
-        }
-    )
-
-    def start() -> None:
-        pipe = client.pipeline(transaction=False)
-        pipe.zadd(keys.versions_key(cfg.key_prefix), {version: time.time()})
-        pipe.hset(meta_key, mapping=header)
-        pipe.expire(meta_key, ttl)
-        pipe.execute()
-
-    versions.with_retries(start, cfg, "version start")
-    return version
-
-
-def write_users(client: store.Client, version: str, recs: pl.DataFrame, settings: Settings) -> int:
-    """Write the users of ``recs`` into ``version``; return how many of their keys exist."""
-    cfg = settings.redis
-    values = versions.user_values(recs)
-    prefix = keys.version_prefix(version, cfg.key_prefix) + "u:"
-    # The writers of publish_version: raw RESP on one server, redis-py pipelines otherwise.
-    if versions.fast_path_ok(client):
-        checks = versions.write_users_raw(client, values, prefix, cfg)  # type: ignore[arg-type]
-        return versions.verify_raw(client, checks, cfg)  # type: ignore[arg-type]
-    versions.write_users_pipeline(client, values, prefix, cfg)
-    names = values.select(pl.lit(prefix) + pl.col(C.USER).cast(pl.String)).to_series()
-    return versions.count_existing(client, names, cfg)
-
-
-def finish_version(
-    client: store.Client,
-    version: str,
-    users: pl.Series,
-    popular: list[int],
-    items_attrs: pl.DataFrame | None,
-    settings: Settings,
-) -> str | None:
-    """Popular list and item attributes, final checks, then the one pointer flip.
-
-    Returns
-    -------
-    str or None
-        The version that was live before.
-
-    Raises
-    ------
-    PublishError
-        The meta hash or the popular list is missing after writing (nothing flipped).
-    """
-    cfg = settings.redis
-    prefix = cfg.key_prefix
-    ttl = versions.ttl_seconds(cfg)
-    items = versions.items_mapping(items_attrs)
-
-    def extras() -> None:
-        pipe = client.pipeline(transaction=False)
-        pipe.set(keys.popular_key(version, prefix), keys.encode_items(popular), ex=ttl)
-        if items:
-            pipe.hset(keys.items_key(version, prefix), mapping=items)
-            pipe.expire(keys.items_key(version, prefix), ttl)
-        pipe.execute()
-
-    versions.with_retries(extras, cfg, "popular/items write")
-    meta_key = keys.meta_key(version, prefix)
-    names = pl.Series([keys.popular_key(version, prefix), meta_key])
-    found = versions.count_existing(client, names, cfg)
-    if found != names.len():
-        msg = (
-            f"verification failed for version {version}: meta or popular list missing "
-            "(evicted? check maxmemory-policy); the live version was left untouched"
-        )
-        raise PublishError(msg)
-    finished: versions.HashFields = {
-        "state": keys.STATE_COMPLETE,
-        "users": str(users.len()),
-        "items": str(len(items)),
-        "popular": str(len(popular)),
-        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    versions.with_retries(lambda: client.hset(meta_key, mapping=finished), cfg, "meta update")
-    old = versions.flip_pointer(client, version, cfg)
-    try:
-        versions.cleanup_versions(client, cfg, keep={version, old}, user_ids=users)
-    except PublishError as exc:  # the flip succeeded; leftovers expire or go next run
-        log.warning("cleanup after publish failed: %s", exc)
-    return old
 
 
 # --- executors ------------------------------------------------------------------------------
@@ -389,12 +281,14 @@ class Executor(Protocol):
     ) -> list[ShardResult]: ...
 
 
-def _deterministic(exc: BaseException) -> bool:
-    """A ``RecsysError`` about the data or config (not Redis): the same on every attempt.
+def _not_retried(exc: BaseException) -> bool:
+    """A ``RecsysError`` fails the run at once, keeping its type and exit code.
 
-    It keeps its own type and exit code (2 for bad data, an empty stage, ...).
+    Bad data or config is the same on every attempt, and a ``PublishError`` means Redis
+    failed after its own retries (``redis.retries``): retrying the shard on top would
+    multiply the time a frozen Redis holds the batch.
     """
-    return isinstance(exc, RecsysError) and not isinstance(exc, PublishError)
+    return isinstance(exc, RecsysError)
 
 
 def _failed(shard: int, attempts: int, exc: BaseException) -> ShardError:
@@ -422,7 +316,7 @@ class LocalExecutor:
                     results.append(fn(ctx, shard, users))
                     break
                 except Exception as exc:
-                    if _deterministic(exc):
+                    if _not_retried(exc):
                         raise
                     if attempt > self.retries:
                         raise _failed(shard, attempt, exc) from exc
@@ -493,7 +387,7 @@ class DaskExecutor:
                     try:
                         results.append(future.result())
                     except Exception as exc:
-                        if _deterministic(exc):
+                        if _not_retried(exc):
                             raise
                         raise _failed(shard, self.retries + 1, exc) from exc
             finally:
@@ -619,14 +513,13 @@ def publish_shards(
     """
     settings = ctx.settings
     shards = plan_shards(user_ids, ctx.n_shards)
-    version = begin_version(client, meta, settings)
+    version = versions.begin_version(client, meta, settings.redis)
     ctx.version = version
     started = time.perf_counter()
     try:
         results = executor.map_shards(fn, ctx, shards)
     except BaseException:
-        with contextlib.suppress(RecsysError):
-            versions.unlink_version(client, version, settings.redis)
+        versions.abandon_version(client, version, settings.redis)
         raise
     finally:
         ctx.version = None
@@ -640,12 +533,18 @@ def publish_shards(
         else pl.Series(C.USER, [], dtype=pl.Int64)
     )
     if published.len() == 0:
-        versions.unlink_version(client, version, settings.redis)
+        versions.abandon_version(client, version, settings.redis)
         msg = (
             "stage 'recommend' produced zero recommendations; refusing to publish an empty version"
         )
         raise EmptyStageError(msg, fix="check the input data and the prefilter settings")
-    old = finish_version(client, version, published, popular, items_attrs, settings)
+    try:
+        old = versions.finish_version(
+            client, version, published, popular, items_attrs, settings.redis
+        )
+    except BaseException:
+        versions.abandon_version(client, version, settings.redis)
+        raise
     seconds["finish"] = time.perf_counter() - started
     log.info(
         "published version %s from %d shard(s): %d users (previous: %s)",

@@ -1,0 +1,115 @@
+"""The quality gate: the backtest's metric must reach a floor and hold against the live version.
+
+The gate runs the backtest of ``recsys evaluate`` (``recsys_batch.evaluation.backtest``) on
+the run's data and reads the ``gate.metric`` of the two-stage model for ``gate.user_set``
+users. A model below ``gate.min_precision_at_5``, or more than ``gate.max_relative_drop``
+below the metric recorded by the live version, is refused (exit 3) and nothing is published.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from recsys_batch.config import Settings
+from recsys_batch.data.sources import Dataset
+from recsys_batch.errors import QualityGateError, RecsysError
+from recsys_batch.publish import status, store
+
+log = logging.getLogger(__name__)
+
+GATE_MODEL = "two_stage"
+
+
+@dataclass
+class GateOutcome:
+    """What the gate's backtest measured, and the model it measured."""
+
+    metrics: dict[str, Any]
+    """The two-stage row of ``gate.user_set`` users: ``{"precision@5": float, ...}``."""
+    model: Any
+    """The backtest's ``TrainedTwoStage``; its ranker scores when ``gate.publish_gated_ranker``."""
+
+
+def backtest_outcome(dataset: Dataset, settings: Settings) -> GateOutcome:
+    """Run the backtest and pick the two-stage row of ``gate.user_set`` users."""
+    from recsys_batch.evaluation import backtest  # noqa: PLC0415 - heavy (lightgbm, implicit)
+
+    result = backtest.run_backtest(dataset, settings)
+    for row in result.rows:
+        if row.get("model") == GATE_MODEL and row.get("user_set") == settings.gate.user_set:
+            metrics = {k: v for k, v in row.items() if k not in {"model", "user_set"}}
+            return GateOutcome(metrics, result.model)
+    msg = (
+        f"the backtest returned no {GATE_MODEL}/{settings.gate.user_set} row; "
+        "cannot apply the quality gate"
+    )
+    raise QualityGateError(msg)
+
+
+def live_metrics(client: store.Client | None, settings: Settings) -> dict[str, Any]:
+    """The metrics the live version recorded ({} before the first publish or without Redis)."""
+    if client is None:
+        return {}
+    live = status.live_version(client, settings.redis)
+    if not live:
+        return {}
+    return status.version_info(client, live, settings.redis).metrics
+
+
+def check_gate(metrics: dict[str, Any], live: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Refuse a model below the floor or too far below the live version.
+
+    Returns
+    -------
+    dict
+        The decision, recorded in the manifest: metric, value, floor, live value, threshold.
+
+    Raises
+    ------
+    QualityGateError
+        Exit code 3; nothing is published.
+    """
+    cfg = settings.gate
+    value = metrics.get(cfg.metric)
+    if not isinstance(value, int | float):
+        msg = f"the backtest reported no {cfg.metric}; cannot apply the quality gate"
+        raise QualityGateError(msg)
+    live_value = live.get(cfg.metric)
+    decision: dict[str, Any] = {
+        "metric": cfg.metric,
+        "value": value,
+        "floor": cfg.min_precision_at_5,
+        "live": live_value,
+        "max_relative_drop": cfg.max_relative_drop,
+    }
+    if value < cfg.min_precision_at_5:
+        msg = (
+            f"quality gate refused to publish: {cfg.metric} {value:.4f} is below the floor "
+            f"{cfg.min_precision_at_5:.4f} (gate.min_precision_at_5); the live version keeps "
+            "serving"
+        )
+        raise QualityGateError(msg)
+    if isinstance(live_value, int | float) and live_value > 0:
+        threshold = live_value * (1 - cfg.max_relative_drop)
+        decision["threshold"] = threshold
+        if value < threshold:
+            msg = (
+                f"quality gate refused to publish: {cfg.metric} {value:.4f} is more than "
+                f"{cfg.max_relative_drop:.0%} below the live version's {live_value:.4f}; the "
+                "live version keeps serving"
+            )
+            raise QualityGateError(msg)
+    return decision
+
+
+def connect_for_gate(settings: Settings, dry_run: bool) -> store.Client | None:
+    """Redis for the run: required when publishing (exit 4 early), optional for a dry run."""
+    if not dry_run:
+        return store.connect(settings.redis)
+    try:
+        return store.connect(settings.redis)
+    except RecsysError as exc:
+        log.info("dry run without Redis (%s): the gate has no live version to compare", exc)
+        return None

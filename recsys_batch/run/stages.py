@@ -1,0 +1,305 @@
+"""The stages of ``recsys nightly-batch``, each a function of the typed :class:`RunState`.
+
+A stage reads what earlier stages left in the state, sets its own fields and returns the
+number of rows it produced (logged and recorded in the manifest by the runner,
+:mod:`recsys_batch.run.pipeline`). Stages do not catch exceptions: a failure before
+``score_and_publish`` has not touched Redis, and a failure inside it leaves the live version
+serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recsys_batch.config import Settings
+from recsys_batch.data import columns as C
+from recsys_batch.data import validation
+from recsys_batch.data.sources import Dataset, load_dataset
+from recsys_batch.errors import DataError, EmptyStageError
+from recsys_batch.model import split, two_stage
+from recsys_batch.model.prefilter import apply_catalogue, prefilter
+from recsys_batch.publish import store
+from recsys_batch.run import executors, quality_gate, records, sharding
+
+log = logging.getLogger(__name__)
+
+RECOMMENDATIONS_FILE = "recommendations.parquet"
+"""Folder of the run's recommendations, one parquet file per shard."""
+SHARDS_DIR = "shards"
+"""Out-of-core runs: the catalogue-applied transactions, one parquet folder per shard;
+removed when the run ends."""
+
+
+@dataclass
+class Loaded:
+    """The validated input: in memory, or lazy scans for an out-of-core run."""
+
+    dataset: Dataset
+    rows: int
+    users: int
+    first_day: int
+    last_day: int
+    in_memory: bool
+
+
+@dataclass
+class RunState:
+    """What one night knows, filled in stage by stage."""
+
+    settings: Settings
+    record: records.RunRecord
+    run_date: date | None = None
+    dry_run: bool = False
+    gate: bool = True
+    client: store.Client | None = None
+    loaded: Loaded | None = None
+    windows: split.Windows | None = None
+    gated: quality_gate.GateOutcome | None = None
+    catalogue: pl.DataFrame | None = None
+    tx_cat: pl.LazyFrame | None = None
+    model: two_stage.TrainedTwoStage | None = None
+    popular: list[int] = field(default_factory=list)
+    context: executors.ShardContext | None = None
+    version: str | None = None
+    users: int = 0
+
+    @property
+    def data(self) -> Loaded:
+        """The loaded input (set by :func:`load`)."""
+        if self.loaded is None:
+            msg = "stage order: load must run first"
+            raise RuntimeError(msg)
+        return self.loaded
+
+
+def nonempty(rows: int, stage: str, what: str) -> int:
+    """``rows``, or :class:`EmptyStageError` (exit 2) before Redis is touched."""
+    if rows == 0:
+        msg = f"stage {stage!r} produced zero {what}; refusing to publish an empty version"
+        raise EmptyStageError(msg, fix="check the input data and the prefilter settings")
+    return rows
+
+
+def cut_day(run_date: date, origin: date) -> int:
+    """Day number (1-based, day 1 = ``origin``) of ``run_date``: later days are unseen."""
+    return (run_date - origin).days + 1
+
+
+def load(state: RunState) -> int:
+    """Read and validate the source; ``--run-date`` drops what came later."""
+    settings = state.settings
+    dataset = validation.validated(load_dataset(settings.data), settings)
+    tx = dataset.transactions
+    if state.run_date is not None:
+        tx = tx.filter(pl.col(C.DAY) <= cut_day(state.run_date, settings.data.origin_date))
+    rows, users, first_day, last_day = (
+        tx.select(
+            pl.len(),
+            pl.col(C.USER).n_unique(),
+            pl.col(C.DAY).min().alias("first_day"),
+            pl.col(C.DAY).max().alias("last_day"),
+        )
+        .collect(engine="streaming")
+        .row(0)
+    )
+    nonempty(rows, "load", "transactions")
+    in_memory = rows <= settings.scale.in_memory_rows
+    cut = Dataset(
+        transactions=tx.collect().lazy() if in_memory else tx,
+        items=dataset.items.collect().lazy() if dataset.items is not None else None,
+        users=dataset.users.collect().lazy() if dataset.users is not None else None,
+        name=dataset.name,
+    )
+    state.loaded = Loaded(cut, rows, users, first_day or 0, last_day or 0, in_memory)
+    first_week, last_week = split.week_range(cut.transactions)
+    state.windows = split.production_windows(first_week, last_week, settings.split)
+    state.record.data = {
+        "source": cut.name,
+        "rows": rows,
+        "users": users,
+        "first_day": state.loaded.first_day,
+        "last_day": state.loaded.last_day,
+        "first_week": first_week,
+        "last_week": last_week,
+        "in_memory": in_memory,
+    }
+    if not in_memory:
+        log.info(
+            "out of core: %d transactions > scale.in_memory_rows %d; shards on disk",
+            rows,
+            settings.scale.in_memory_rows,
+        )
+    return rows
+
+
+def run_gate(state: RunState) -> int:
+    """The backtest on at most ``scale.train_users`` users; refuse a weak model (exit 3)."""
+    settings = state.settings
+    if not (state.gate and settings.gate.enabled):
+        state.record.metrics = {"gate": "skipped"}
+        log.warning("quality gate skipped (--no-gate or gate.enabled = false)")
+        return 0
+    loaded = state.data
+    sample = sharding.sample_users(
+        loaded.dataset.transactions, loaded.users, settings.scale.train_users
+    )
+    if sample is not loaded.dataset.transactions:
+        log.info(
+            "gate: backtest on a stable sample of ~%d of %d users (scale.train_users)",
+            settings.scale.train_users,
+            loaded.users,
+        )
+    dataset = Dataset(sample, loaded.dataset.items, loaded.dataset.users, loaded.dataset.name)
+    outcome = quality_gate.backtest_outcome(dataset, settings)
+    decision = quality_gate.check_gate(
+        outcome.metrics, quality_gate.live_metrics(state.client, settings), settings
+    )
+    state.gated = outcome
+    state.record.metrics = {**outcome.metrics, "gate": decision}
+    log.info("quality gate passed: %s %.4f", settings.gate.metric, decision["value"])
+    return 1
+
+
+def run_prefilter(state: RunState) -> int:
+    """The catalogue from all (cut) data; other purchases become the placeholder item.
+
+    Out of core, the catalogue-applied transactions are also written one folder per shard.
+    """
+    settings, loaded = state.settings, state.data
+    tx = loaded.dataset.transactions
+    catalogue = prefilter(tx, loaded.dataset.items, settings.prefilter).catalogue
+    state.catalogue = catalogue.collect(engine="streaming")
+    nonempty(state.catalogue.height, "prefilter", "catalogue items")
+    tx_cat = apply_catalogue(tx, state.catalogue.lazy(), settings.prefilter)
+    if loaded.in_memory:
+        state.tx_cat = tx_cat.collect().lazy()
+    else:
+        shards_dir = state.record.run_dir / SHARDS_DIR
+        n_shards = sharding.shard_count(loaded.users, settings.scale.shard_users)
+        sharding.write_shards(tx_cat, n_shards, shards_dir)
+        state.tx_cat = pl.scan_parquet(shards_dir / "*" / "*.parquet", hive_partitioning=False)
+    return state.catalogue.height
+
+
+def train(state: RunState) -> int:
+    """The two-stage model for scoring and the popular fallback list.
+
+    With ``gate.publish_gated_ranker`` the ranker the gate measured scores and only stage 1
+    is refit on everyone; otherwise a ranker is trained on the newest weeks, on at most
+    ``scale.train_users`` users.
+    """
+    settings, loaded = state.settings, state.data
+    tx_cat, catalogue, windows = _model_inputs(state)
+    if state.gated is not None and settings.gate.publish_gated_ranker:
+        state.model = two_stage.with_gated_ranker(
+            state.gated.model, tx_cat, catalogue.lazy(), windows, settings
+        )
+        state.record.metrics["ranker_source"] = "gate"
+    else:
+        sample = sharding.sample_users(tx_cat, loaded.users, settings.scale.train_users)
+        model = two_stage.train_two_stage(
+            sample, loaded.dataset.items, loaded.dataset.users, catalogue.lazy(), windows, settings
+        )
+        if sample is not tx_cat:  # stage 1 must know every user to propose their candidates
+            model.stage1_for_scoring = two_stage.fit_scoring_stage1(
+                tx_cat, catalogue.lazy(), windows, settings
+            )
+        state.model = model
+        state.record.metrics["ranker_source"] = "trained"
+    state.popular = two_stage.popular_fallback(tx_cat, catalogue.lazy(), settings.ranker.top_k)
+    nonempty(len(state.popular), "train", "popular fallback items")
+    return 1
+
+
+def save(state: RunState) -> int:
+    """The models and the manifest under ``runs/<run_id>`` (proves the disk is writable)."""
+    if state.model is None:
+        msg = "stage order: train must run before save"
+        raise RuntimeError(msg)
+    record = state.record
+    try:
+        two_stage.save_model(state.model, record.models_dir)
+    except OSError as exc:
+        msg = f"cannot save the models under {record.models_dir}: {exc}"
+        raise DataError(msg, fix="free disk space or make the runs directory writable") from exc
+    records.write_manifest(record)
+    return 1
+
+
+def score_and_publish(state: RunState) -> int:
+    """Every user's top k, shard by shard, into one new Redis version flipped live once.
+
+    With ``--dry-run`` the shards are scored and written to ``recommendations.parquet/``
+    only. Each shard's recommendations are written there in both cases.
+    """
+    settings, loaded = state.settings, state.data
+    tx_cat, catalogue, _ = _model_inputs(state)
+    assert state.model is not None
+    shards_dir = None if loaded.in_memory else state.record.run_dir / SHARDS_DIR
+    context = executors.build_context(
+        state.model,
+        tx_cat,
+        loaded.dataset.items,
+        loaded.dataset.users,
+        catalogue.lazy(),
+        settings,
+        sharding.shard_count(loaded.users, settings.scale.shard_users),
+        shards_dir=shards_dir,
+    )
+    context.output_dir = state.record.run_dir / RECOMMENDATIONS_FILE
+    user_ids = loaded.dataset.transactions.select(C.USER).unique().sort(C.USER)
+    executor = executors.make_executor(settings)
+    if state.dry_run or state.client is None:
+        scored = executors.score_shards(context, user_ids, executor)
+        state.users = nonempty(scored.users, "score_and_publish", "recommendations")
+        return state.users
+    if isinstance(executor, executors.LocalExecutor):
+        context.driver_client = state.client  # the same server as begin and flip
+    published = executors.publish_shards(
+        context, user_ids, executor, state.client, state.popular, _version_meta(state)
+    )
+    state.version, state.users = published.version, published.users
+    state.record.version = published.version
+    return state.users
+
+
+def _model_inputs(state: RunState) -> tuple[pl.LazyFrame, pl.DataFrame, split.Windows]:
+    if state.tx_cat is None or state.catalogue is None or state.windows is None:
+        msg = "stage order: load and prefilter must run first"
+        raise RuntimeError(msg)
+    return state.tx_cat, state.catalogue, state.windows
+
+
+def _version_meta(state: RunState) -> dict[str, Any]:
+    """The run's fields of the version's meta hash."""
+    record, loaded = state.record, state.data
+    return {
+        "run_id": record.run_id,
+        "data_source": loaded.dataset.name,
+        "first_day": loaded.first_day,
+        "last_day": loaded.last_day,
+        "run_date": state.run_date.isoformat() if state.run_date else None,
+        "metrics": {k: v for k, v in record.metrics.items() if k != "gate"},
+        "durations": {s.name: round(s.seconds, 3) for s in record.stages},
+        "code_version": _code_version(),
+    }
+
+
+def _code_version() -> str:
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("recsys-batch")
+    except Exception:  # noqa: BLE001 - metadata is optional (source checkout)
+        return "unknown"
+
+
+def shards_dir_of(run_dir: Path) -> Path:
+    """Where an out-of-core run keeps its per-shard transactions (removed at the end)."""
+    return run_dir / SHARDS_DIR
