@@ -14,18 +14,16 @@ from recsys_batch.model.candidates import (
     Stage1Model,
     als_candidates,
     copurchase_candidates,
-    copurchase_similarity,
     fit_stage1,
     generate_candidates,
     generated_candidates,
     item_factors,
     load_stage1,
-    own_scores,
-    recent_seed_matrix,
     save_stage1,
     union_candidates,
     user_factors,
 )
+from recsys_batch.model.generators import copurchase_similarity, own_scores, recent_seed_matrix
 from recsys_batch.model.ids import id_map
 
 PLACEHOLDER = 999999
