@@ -6,6 +6,7 @@ import contextlib
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -15,6 +16,7 @@ import redis
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import PublishError
 from recsys_batch.publish import keys, versions
+from tests.conftest import start_redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -236,21 +238,32 @@ class TestRealRedis:
         assert versions.all_versions(real_redis, cfg) == [live, fresh]
         assert list(real_redis.scan_iter(keys.version_prefix(half[0], cfg.key_prefix) + "*")) == []
 
-    def test_out_of_memory_is_publish_error(
-        self, real_redis: redis.Redis, cfg: RedisConfig
-    ) -> None:
+    def test_out_of_memory_is_publish_error(self, key_prefix: str, tmp_path: Path) -> None:
+        """A full Redis refuses the writes (OOM): PublishError, nothing flipped.
+
+        On a redis-server of this test only: a memory limit on the shared server would make
+        every other test's writes fail meanwhile.
+        """
+        limit = 4 * 1024 * 1024
+        proc, port = start_redis_server(
+            tmp_path, "--maxmemory", str(limit), "--maxmemory-policy", "noeviction"
+        )
+        client = redis.Redis(host="127.0.0.1", port=port)
+        cfg = RedisConfig(
+            url=f"redis://127.0.0.1:{port}/0",
+            key_prefix=key_prefix,
+            chunk_size=500,
+            retry_backoff_seconds=0.01,
+        )
         try:
-            before = real_redis.config_get("maxmemory")["maxmemory"]
-        except redis.ResponseError:
-            pytest.skip("this Redis user may not run CONFIG")
-        used = int(real_redis.info("memory")["used_memory"])
-        real_redis.config_set("maxmemory", str(used + 200_000))
-        try:
+            assert int(client.info("memory")["used_memory"]) < limit / 2  # room to start
             with pytest.raises(PublishError, match="OOM|refused"):
-                versions.publish_version(real_redis, synthetic_recs(50_000, 1), [1], None, {}, cfg)
+                versions.publish_version(client, synthetic_recs(50_000, 1), [1], None, {}, cfg)
+            assert client.get(f"{key_prefix}:current") is None
         finally:
-            real_redis.config_set("maxmemory", before)
-        assert real_redis.get(f"{cfg.key_prefix}:current") is None
+            client.close()
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 class TestConnectFailure:
