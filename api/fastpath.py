@@ -20,7 +20,6 @@ import orjson
 
 from api import metrics
 from api.errors import Unavailable
-from api.models import MAX_K
 from api.routes.recommendations import answer
 from recsys_batch.publish.keys import MAX_USER_ID
 
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/v1/recommendations/"
 ROUTE = PREFIX + "{user_id}"
-DEFAULT_K = 5
 _MAX_DIGITS = len(str(MAX_USER_ID))
 _JSON = (b"content-type", b"application/json")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -54,7 +52,9 @@ class _Observer:
         pair[1].inc()
 
 
-def parse_fast(path: str, query: bytes) -> tuple[int, int] | None:
+def parse_fast(
+    path: str, query: bytes, default_k: int = 5, max_k: int = 100
+) -> tuple[int, int] | None:
     """(user_id, k) when the request is the plain lookup shape, else None (use FastAPI)."""
     tail = path[len(PREFIX) :]
     if not (0 < len(tail) <= _MAX_DIGITS and tail.isascii() and tail.isdigit()):
@@ -64,10 +64,10 @@ def parse_fast(path: str, query: bytes) -> tuple[int, int] | None:
         if query[:2] != b"k=" or not (0 < len(value) <= 3 and value.isdigit()):
             return None
         k = int(value)
-        if not 1 <= k <= MAX_K:
+        if not 1 <= k <= max_k:
             return None
     else:
-        k = DEFAULT_K
+        k = default_k
     user_id = int(tail)
     if user_id > MAX_USER_ID:
         return None
@@ -89,12 +89,23 @@ class Service:
     max_body_bytes
         Largest request body accepted; a bigger one gets 413 before anything parses it
         (``Content-Length`` is checked first, a chunked body is counted as it arrives).
+    default_k, max_k
+        ``settings.api.default_k`` / ``max_k``: the fast path answers ``k`` in 1..max_k.
     """
 
-    def __init__(self, api: Any, fast_path: bool = True, max_body_bytes: int = 262_144) -> None:
+    def __init__(
+        self,
+        api: Any,
+        fast_path: bool = True,
+        max_body_bytes: int = 262_144,
+        default_k: int = 5,
+        max_k: int = 100,
+    ) -> None:
         self.api = api
         self.fast_path = fast_path
         self.max_body_bytes = max_body_bytes
+        self.default_k = default_k
+        self.max_k = max_k
         self.observe = _Observer()
 
     @property
@@ -113,7 +124,7 @@ class Service:
         start = time.perf_counter()
         scope["recsys.start"] = start
         if self.fast_path and scope["method"] == "GET" and scope["path"].startswith(PREFIX):
-            parsed = parse_fast(scope["path"], scope["query_string"])
+            parsed = parse_fast(scope["path"], scope["query_string"], self.default_k, self.max_k)
             lookup = self.api.state.lookup if parsed else None
             if parsed is not None and lookup is not None:
                 await self._answer(lookup, parsed, send, start)

@@ -100,7 +100,13 @@ def create_app(
     app.include_router(health.router)
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)
-    return Service(app, fast_path=fast_path, max_body_bytes=settings.api.max_body_bytes)
+    return Service(
+        app,
+        fast_path=fast_path,
+        max_body_bytes=settings.api.max_body_bytes,
+        default_k=settings.api.default_k,
+        max_k=settings.api.max_k,
+    )
 
 
 _APP: Service | None = None

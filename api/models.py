@@ -12,9 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from recsys_batch.publish.keys import MAX_USER_ID
 
-MAX_K = 100
-"""Largest ``k`` accepted (a version stores ``settings.ranker.top_k`` items per user)."""
-
 UserId = Annotated[StrictInt, Field(ge=0, le=MAX_USER_ID)]
 
 

@@ -11,7 +11,7 @@ from redis.backoff import NoBackoff
 
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import ConfigError
-from recsys_batch.publish.store import parse_url
+from recsys_batch.publish.keys import parse_url, tls_options
 
 AsyncClient = aioredis.Redis | RedisCluster
 
@@ -49,13 +49,7 @@ def client_options(cfg: RedisConfig, url: str, timeout: float) -> dict[str, Any]
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 1),
     }
-    if url.lower().startswith("rediss://"):
-        if cfg.tls_ca_file is not None:
-            options["ssl_ca_certs"] = str(cfg.tls_ca_file)
-        if cfg.tls_cert_file is not None:
-            options["ssl_certfile"] = str(cfg.tls_cert_file)
-        if cfg.tls_key_file is not None:
-            options["ssl_keyfile"] = str(cfg.tls_key_file)
+    options.update(tls_options(url, cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file))
     return options
 
 

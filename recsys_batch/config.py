@@ -259,6 +259,10 @@ class ApiConfig(_Section):
     workers: int = 1
     max_batch: int = 1000
     """Largest POST /v1/recommendations batch."""
+    default_k: int = Field(default=5, ge=1)
+    """Items per answer when a request names no ``k``."""
+    max_k: int = Field(default=100, ge=1)
+    """Largest ``k`` a request may ask for (a version stores ``ranker.top_k`` per user)."""
     current_cache_seconds: float = 1.0
     """How long the live-version pointer is cached."""
     redis_timeout_seconds: float = 1.0

@@ -14,14 +14,21 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import LookupDep, SettingsDep
-from api.models import MAX_K, BadRequest, BatchRequest, BatchResponse, ErrorBody, Recommendation
+from api.models import BadRequest, BatchRequest, BatchResponse, ErrorBody, Recommendation
 from api.responses import OrjsonResponse
 from api.service import LiveVersion
 from recsys_batch.publish.keys import MAX_USER_ID
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
-K = Annotated[int, Query(ge=1, le=MAX_K, description="How many items (best first).")]
+K = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        description="How many items, best first (default settings.api.default_k, at "
+        "most settings.api.max_k).",
+    ),
+]
 Details = Annotated[
     bool, Query(description="Add item attributes (department, brand, category, size).")
 ]
@@ -39,6 +46,25 @@ def answer(user_id: int, live: LiveVersion, items: list[int], source: str) -> di
         "version": live.version,
         "generated_at": live.generated_at,
     }
+
+
+def checked_k(k: int | None, settings: Any) -> int:
+    """``k`` or ``settings.api.default_k``; over ``settings.api.max_k`` -> 422."""
+    if k is None:
+        return int(settings.api.default_k)
+    if k > settings.api.max_k:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "less_than_equal",
+                    "loc": ("query", "k"),
+                    "msg": f"Input should be less than or equal to {settings.api.max_k}",
+                    "input": k,
+                    "ctx": {"le": settings.api.max_k},
+                }
+            ]
+        )
+    return k
 
 
 def server_timing(request: Request) -> dict[str, str]:
@@ -60,10 +86,11 @@ async def recommend_one(
     request: Request,
     lookup: LookupDep,
     user_id: Annotated[int, Path(ge=0, le=MAX_USER_ID, description="Non-negative integer.")],
-    k: K = 5,
+    settings: SettingsDep,
+    k: K = None,
     details: Details = False,
 ) -> OrjsonResponse:
-    live, items, source = await lookup.one(user_id, k)
+    live, items, source = await lookup.one(user_id, checked_k(k, settings))
     body = answer(user_id, live, items, source)
     if details:
         attrs = await lookup.details(live, items)
@@ -87,9 +114,10 @@ async def recommend_many(
     payload: BatchRequest,
     lookup: LookupDep,
     settings: SettingsDep,
-    k: K = 5,
+    k: K = None,
     details: Details = False,
 ) -> OrjsonResponse:
+    n_items = checked_k(k, settings)
     limit = settings.api.max_batch
     if len(payload.user_ids) > limit:
         raise RequestValidationError(
@@ -103,7 +131,7 @@ async def recommend_many(
                 }
             ]
         )
-    live, rows = await lookup.many(payload.user_ids, k)
+    live, rows = await lookup.many(payload.user_ids, n_items)
     results: list[dict[str, Any]] = [
         {"user_id": user_id, "items": items, "source": source} for user_id, items, source in rows
     ]

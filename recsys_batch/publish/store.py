@@ -14,11 +14,9 @@ Passwords never reach logs or error messages: use :func:`mask_url`.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.cluster import RedisCluster
@@ -26,6 +24,7 @@ from redis.cluster import RedisCluster
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import ConfigError, PublishError
 from recsys_batch.publish.embedded import EmbeddedRedisError, embedded_url
+from recsys_batch.publish.keys import mask_text, mask_url, parse_url, tls_options
 
 log = logging.getLogger(__name__)
 
@@ -33,80 +32,6 @@ Client = redis.Redis | RedisCluster
 T = TypeVar("T")
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 """Errors worth a retry: the connection broke or a reply timed out."""
-
-_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-_PLAIN_SCHEMES = {"redis", "rediss", "unix"}
-
-
-def _userinfo(url: str) -> tuple[str, str, str] | None:
-    """``(scheme, userinfo, rest)`` split by hand, or None when the URL has no ``@``.
-
-    ``urlsplit`` cannot be trusted with credentials: a password pasted unencoded with a
-    ``#``, ``/`` or ``?`` ends its authority early, so it sees no password at all. The last
-    ``@`` after ``://`` ends the userinfo whatever the password holds (over-masking a URL
-    whose path or query has an ``@`` is the safe side).
-    """
-    scheme, sep, remainder = url.partition("://")
-    if not sep:
-        return None
-    userinfo, at, rest = remainder.rpartition("@")
-    if not at:
-        return None
-    return scheme, userinfo, rest
-
-
-def mask_url(url: str | None) -> str:
-    """The URL with its password replaced by ``***`` (safe for logs and errors).
-
-    Examples: ``redis://app:s3cret@h:6379/0`` -> ``redis://app:***@h:6379/0``; userinfo
-    without a ``:`` (it may be a bare password) -> ``redis://***:***@h:6379/0``.
-    """
-    if not url:
-        return "embedded"
-    split = _userinfo(url)
-    if split is None:
-        return url
-    scheme, userinfo, rest = split
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user if colon else '***'}:***@{rest}"
-
-
-def _secrets(url: str) -> list[str]:
-    """Every form of the URL's password that a message could quote, longest first."""
-    found: set[str] = set()
-    split = _userinfo(url)
-    if split is not None:
-        user, colon, password = split[1].partition(":")
-        secret = password if colon else user
-        found.add(secret)
-        # What urlsplit/redis-py read as the port when an unencoded '#', '/' or '?' ends
-        # the authority early ("batch:12#..." -> port 12): an error may quote that piece.
-        head = re.split(r"[#/?]", secret, maxsplit=1)[0]
-        if head != secret and len(head) >= 2:
-            found.add(head)
-    try:
-        parsed = urlsplit(url).password
-    except ValueError:
-        parsed = None
-    if parsed:
-        found.add(parsed)
-    found |= {unquote(secret) for secret in found}
-    return sorted((s for s in found if s), key=len, reverse=True)
-
-
-def mask_text(text: str, url: str | None) -> str:
-    """``text`` with the URL masked and any occurrence of its password replaced by ``***``.
-
-    The password is taken both from what follows the first ``:`` of the userinfo (see
-    :func:`mask_url`) and from ``urlsplit``, which stops at an unencoded ``#``, ``/`` or
-    ``?``, so a message quoting only the first part of such a password is masked as well.
-    """
-    if not url:
-        return text
-    text = text.replace(url, mask_url(url))
-    for secret in _secrets(url):
-        text = text.replace(secret, "***")
-    return text
 
 
 def resolve_url(cfg: RedisConfig) -> tuple[str, bool]:
@@ -129,43 +54,6 @@ def resolve_url(cfg: RedisConfig) -> tuple[str, bool]:
     return parse_url(cfg.url, cluster=cfg.cluster)
 
 
-def parse_url(url: str, *, cluster: bool = False) -> tuple[str, bool]:
-    """``url`` as redis-py expects it and whether it names a Redis Cluster.
-
-    ``redis+cluster://`` and ``rediss+cluster://`` become ``redis://``/``rediss://`` with the
-    cluster flag set; ``cluster`` (config) marks a plain URL as a cluster seed node. Shared
-    by the batch and the API so both accept exactly the same URLs.
-
-    Raises
-    ------
-    ConfigError
-        The URL's scheme is not one we know (the message masks any password).
-    """
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in _CLUSTER_SCHEMES:
-        return _CLUSTER_SCHEMES[scheme] + url[len(scheme) :], True
-    if scheme in _PLAIN_SCHEMES:
-        return url, cluster
-    msg = (
-        f"unsupported Redis URL scheme {scheme or '(none)'!r} in {mask_url(url)}: "
-        "use redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
-    )
-    raise ConfigError(msg)
-
-
-def _tls_options(cfg: RedisConfig, url: str) -> dict[str, Any]:
-    if not url.lower().startswith("rediss://"):
-        return {}
-    options: dict[str, Any] = {}
-    if cfg.tls_ca_file is not None:
-        options["ssl_ca_certs"] = str(cfg.tls_ca_file)
-    if cfg.tls_cert_file is not None:
-        options["ssl_certfile"] = str(cfg.tls_cert_file)
-    if cfg.tls_key_file is not None:
-        options["ssl_keyfile"] = str(cfg.tls_key_file)
-    return options
-
-
 def connect(cfg: RedisConfig, *, check: bool = True) -> Client:
     """A client for the configured Redis, checked with ``PING`` unless ``check`` is False.
 
@@ -184,7 +72,7 @@ def connect(cfg: RedisConfig, *, check: bool = True) -> Client:
     options: dict[str, Any] = {
         "socket_timeout": cfg.socket_timeout_seconds,
         "socket_connect_timeout": cfg.connect_timeout_seconds,
-        **_tls_options(cfg, url),
+        **tls_options(url, cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file),
     }
     try:
         client: Client

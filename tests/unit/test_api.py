@@ -95,6 +95,21 @@ def api(request: pytest.FixtureRequest, fake: Any) -> Iterator[TestClient]:
         yield client
 
 
+class TestKSettings:
+    """``api.default_k`` and ``api.max_k`` are settings, honoured by both paths (#15)."""
+
+    @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi-route"])
+    def test_default_and_max_k_come_from_settings(self, fake: Any, fast_path: bool) -> None:
+        with make_client(fake, fast_path=fast_path, default_k=2, max_k=3) as client:
+            assert client.get("/v1/recommendations/1").json()["items"] == [11, 12]
+            assert client.get("/v1/recommendations/1?k=3").json()["items"] == [11, 12, 13]
+            assert client.get("/v1/recommendations/1?k=4").status_code == 422
+            batch = client.post("/v1/recommendations?k=4", json={"user_ids": [1]})
+            assert batch.status_code == 422
+            default = client.post("/v1/recommendations", json={"user_ids": [1]})
+            assert default.json()["results"][0]["items"] == [11, 12]
+
+
 class TestGetOne:
     def test_known_user_gets_personal_items(self, api: TestClient) -> None:
         resp = api.get("/v1/recommendations/1")
