@@ -19,16 +19,7 @@ import polars as pl
 import typer
 from rich.table import Table
 
-from cli.common import (
-    ConfigOpt,
-    DebugOpt,
-    PathOpt,
-    SourceOpt,
-    build_settings,
-    console,
-    run_guarded,
-    setup_logging,
-)
+from cli import common
 from recsys_batch.config import PrefilterConfig, Settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -48,8 +39,8 @@ ModeOpt = Annotated[
 @contextlib.contextmanager
 def progress(message: str) -> Iterator[None]:
     """A spinner on a terminal; nothing when the output is piped or captured."""
-    if console.is_terminal:
-        with console.status(message):
+    if common.console.is_terminal:
+        with common.console.status(message):
             yield
     else:
         yield
@@ -71,19 +62,19 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 @app.command("validate")
 def validate_cmd(
-    source: SourceOpt = None,
-    path: PathOpt = None,
-    config: ConfigOpt = None,
+    source: common.SourceOpt = None,
+    path: common.PathOpt = None,
+    config: common.ConfigOpt = None,
     json_path: JsonOpt = None,
-    debug: DebugOpt = False,
+    debug: common.DebugOpt = False,
 ) -> None:
     """Check the data source: files, columns, types, keys, weeks; print a summary."""
-    setup_logging()
+    common.setup_logging()
 
     def run() -> None:
-        settings = build_settings(config, source, path)
+        settings = common.build_settings(config, source, path)
         _, report = _load(settings)
-        console.print(f"source: {report.source}", highlight=False, soft_wrap=True)
+        common.console.print(f"source: {report.source}", highlight=False, soft_wrap=True)
         table = Table(title="data summary", show_header=False)
         table.add_column("what")
         table.add_column("value", justify="right")
@@ -105,12 +96,12 @@ def validate_cmd(
         ]
         for what, value in rows:
             table.add_row(what, value)
-        console.print(table)
-        console.print("[green]ok[/]: the data is valid", highlight=False)
+        common.console.print(table)
+        common.console.print("[green]ok[/]: the data is valid", highlight=False)
         if json_path is not None:
             _write_json(json_path, report.as_dict())
 
-    run_guarded(run, debug=debug)
+    common.run_guarded(run, debug=debug)
 
 
 def _count(value: int | None) -> str:
@@ -155,15 +146,15 @@ def funnel_table(funnel: pl.DataFrame, cfg: PrefilterConfig, title: str) -> Tabl
 
 @app.command("prefilter")
 def prefilter_cmd(
-    source: SourceOpt = None,
-    path: PathOpt = None,
-    config: ConfigOpt = None,
+    source: common.SourceOpt = None,
+    path: common.PathOpt = None,
+    config: common.ConfigOpt = None,
     mode: ModeOpt = "backtest",
     json_path: JsonOpt = None,
-    debug: DebugOpt = False,
+    debug: common.DebugOpt = False,
 ) -> None:
     """Print the prefilter funnel: items, users and rows left after each rule."""
-    setup_logging()
+    common.setup_logging()
 
     def run() -> None:
         from recsys_batch.errors import ConfigError  # noqa: PLC0415
@@ -174,7 +165,7 @@ def prefilter_cmd(
             msg = f"--mode must be backtest or production, got {mode!r}"
             raise ConfigError(msg)
         started = time.perf_counter()
-        settings = build_settings(config, source, path)
+        settings = common.build_settings(config, source, path)
         dataset, report = _load(settings)
         tx = dataset.transactions
         if mode == "backtest":
@@ -188,19 +179,19 @@ def prefilter_cmd(
             funnel = result.funnel.collect()
         seconds = time.perf_counter() - started
         title = f"prefilter funnel, weeks {report.first_week}..{last_week} ({mode})"
-        console.print(f"source: {report.source}", highlight=False, soft_wrap=True)
-        console.print(funnel_table(funnel, settings.prefilter, title))
+        common.console.print(f"source: {report.source}", highlight=False, soft_wrap=True)
+        common.console.print(funnel_table(funnel, settings.prefilter, title))
         kept = _items_after(funnel, "top_n")
         passed = _items_after(funnel, "price")
         if passed < settings.prefilter.top_n:
-            console.print(
+            common.console.print(
                 f"note: only {passed:,} items pass the rules, fewer than top_n="
                 f"{settings.prefilter.top_n:,}; all of them are kept",
                 highlight=False,
             )
         if dataset.items is None:
-            console.print("note: no item table, so the department rule was skipped")
-        console.print(f"catalogue: {kept:,} items ({seconds:.2f} s)", highlight=False)
+            common.console.print("note: no item table, so the department rule was skipped")
+        common.console.print(f"catalogue: {kept:,} items ({seconds:.2f} s)", highlight=False)
         if json_path is not None:
             _write_json(
                 json_path,
@@ -215,7 +206,7 @@ def prefilter_cmd(
                 },
             )
 
-    run_guarded(run, debug=debug)
+    common.run_guarded(run, debug=debug)
 
 
 def _items_after(funnel: pl.DataFrame, rule: str) -> int:
@@ -232,17 +223,17 @@ def synth_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace synthetic data already in --out.")
     ] = False,
-    debug: DebugOpt = False,
+    debug: common.DebugOpt = False,
 ) -> None:
     """Write seeded synthetic data (parquet) readable with --source synthetic --path OUT."""
-    setup_logging(level=logging.WARNING)
+    common.setup_logging(level=logging.WARNING)
 
     def run() -> None:
         from recsys_batch.data.synthetic import write_synthetic  # noqa: PLC0415
 
         with progress(f"generating {users:,} synthetic users"):
             manifest = write_synthetic(out, users, seed, overwrite=overwrite)
-        console.print(
+        common.console.print(
             f"wrote {manifest['rows']:,} transactions of {users:,} users, "
             f"{manifest['items']:,} items, in {manifest['parts']} part(s) to {out} "
             f"({manifest['seconds']:.1f} s); read it with "
@@ -250,4 +241,4 @@ def synth_cmd(
             highlight=False,
         )
 
-    run_guarded(run, debug=debug)
+    common.run_guarded(run, debug=debug)

@@ -18,16 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import (
-    ConfigOpt,
-    DebugOpt,
-    PathOpt,
-    SourceOpt,
-    build_settings,
-    console,
-    run_guarded,
-    setup_logging,
-)
+from cli import common
 
 METRICS = ("precision@5", "recall@5", "map@5", "ndcg@5", "coverage")
 HEADERS = {
@@ -133,17 +124,17 @@ def candidates_table(result: dict[str, Any]) -> Table:
 
 
 def evaluate(
-    source: SourceOpt = None,
-    path: PathOpt = None,
-    config: ConfigOpt = None,
+    source: common.SourceOpt = None,
+    path: common.PathOpt = None,
+    config: common.ConfigOpt = None,
     json_path: JsonOpt = None,
     report: ReportOpt = None,
     stage: StageOpt = Stage.all,
     seeds: SeedsOpt = 1,
-    debug: DebugOpt = False,
+    debug: common.DebugOpt = False,
 ) -> None:
     """Backtest on the newest weeks: two-stage model vs popular, own purchases and ALS."""
-    setup_logging(level=logging.INFO if debug else logging.WARNING)
+    common.setup_logging(level=logging.INFO if debug else logging.WARNING)
 
     def work() -> None:
         from recsys_batch.data.sources import load_dataset  # noqa: PLC0415
@@ -151,41 +142,41 @@ def evaluate(
         from recsys_batch.evaluation import backtest  # noqa: PLC0415 - keep `recsys --help` fast
         from recsys_batch.evaluation.report import write_report  # noqa: PLC0415
 
-        settings = build_settings(config, source, path)
+        settings = common.build_settings(config, source, path)
         start = time.perf_counter()
         dataset = validated(load_dataset(settings.data), settings)
         if stage is Stage.candidates:
             result = backtest.run_candidate_backtest(dataset, settings)
-            console.print(candidates_table(result))
+            common.console.print(candidates_table(result))
             payload = result
             report_payload: dict[str, Any] = {"candidates": result}
         else:
             bt = backtest.run_seeded_backtest(dataset, settings, seeds)
-            console.print("[bold]Protocol[/]")
+            common.console.print("[bold]Protocol[/]")
             for line in bt.protocol.splitlines():
-                console.print(f"  - {line}", highlight=False)
-            console.print(metrics_table(bt.rows))
+                common.console.print(f"  - {line}", highlight=False)
+            common.console.print(metrics_table(bt.rows))
             if bt.candidates:
                 union = bt.candidates.get("union", {})
-                console.print(
+                common.console.print(
                     f"candidate recall (union): {float(union.get('recall', 0.0)):.4f}, "
                     f"{float(union.get('mean_candidates', 0.0)):.1f} per user",
                     highlight=False,
                 )
             payload = bt.to_json()
             if bt.seed_runs:
-                console.print(spread_table(payload["seed_spread"]))
+                common.console.print(spread_table(payload["seed_spread"]))
             report_payload = payload
         elapsed = time.perf_counter() - start
-        console.print(f"evaluated {dataset.name} in {elapsed:.1f}s", highlight=False)
+        common.console.print(f"evaluated {dataset.name} in {elapsed:.1f}s", highlight=False)
         if json_path is not None:
             _write_json(json_path, payload)
-            console.print(f"wrote {json_path}", highlight=False)
+            common.console.print(f"wrote {json_path}", highlight=False)
         if report is not None:
             written = write_report(report_payload, report)
-            console.print(f"wrote report {report / 'index.html'} ({len(written)} files)")
+            common.console.print(f"wrote report {report / 'index.html'} ({len(written)} files)")
 
-    run_guarded(work, debug=debug)
+    common.run_guarded(work, debug=debug)
 
 
 def register(app: typer.Typer) -> None:
