@@ -13,6 +13,8 @@ from recsys_batch.model.features import (
     categorical_codes,
     item_features,
     user_features,
+)
+from recsys_batch.model.user_item_features import (
     user_group_features,
     user_item_features,
     window_hit_rate,
