@@ -1,4 +1,8 @@
-"""The engine sets the OpenMP and allocator environment before polars/lightgbm load."""
+"""The command line sets the OpenMP and allocator environment before polars/lightgbm load.
+
+Only the batch's entry point (``cli``) does so: the Redis contract module and the API leave
+the process as they find it, and load none of the engine's heavy libraries (issue #15).
+"""
 
 from __future__ import annotations
 
@@ -40,3 +44,26 @@ def test_an_explicit_setting_wins(name: str) -> None:
     seen = _probe({**_clean_env(), name: "user-choice"})
     assert seen[name].endswith("user-choice")
     assert "decay_ms:0" not in seen[name]
+
+
+QUIET_PROBE = (
+    "import importlib, json, os, sys; before = dict(os.environ);"
+    "importlib.import_module(sys.argv[1]);"
+    "keys = before.keys() | os.environ.keys();"
+    "changed = sorted(k for k in keys if before.get(k) != os.environ.get(k));"
+    "heavy = sorted(m for m in ('polars', 'numpy', 'lightgbm', 'implicit') if m in sys.modules);"
+    "print(json.dumps({'changed': changed, 'heavy': heavy}))"
+)
+
+
+@pytest.mark.parametrize("module", ["recsys_batch.publish.keys", "api.main"])
+def test_import_leaves_environment_and_heavy_libraries_alone(module: str) -> None:
+    """The API image imports these: no env change, none of polars, numpy, lightgbm, implicit."""
+    out = subprocess.run(
+        [sys.executable, "-c", QUIET_PROBE, module],
+        env=_clean_env(),  # else a default set by this process's own ``import cli`` hides one
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == {"changed": [], "heavy": []}
