@@ -9,8 +9,8 @@ import ctypes
 import os
 import sys
 
-# OpenMP threads that busy-wait for a descheduled sibling made a 2-thread LightGBM fit 5x slower
-# than 1 thread on a busy 2-core machine; passive waiting keeps "all cores" safe. Set before
+# OpenMP threads that busy-wait for a descheduled sibling slow a multi-threaded LightGBM fit
+# down several times on a busy machine; passive waiting keeps "all cores" safe. Set before
 # lightgbm/implicit load libgomp; an explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -109,8 +109,8 @@ class AlsConfig(_Section):
     """0 = all cores."""
     seed: int = 42
     weighting: Literal["none", "bm25", "tfidf"] = "none"
-    """Weighting applied to the user-item matrix before fitting (none: best on the bundled
-    data, ALS P@5 0.146 vs 0.107 with bm25; see docs/candidates.md)."""
+    """Weighting applied to the user-item matrix before fitting (none scores best on the
+    bundled data's backtest; docs/candidates.md)."""
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
     interaction: Literal["count", "quantity", "recency"] = "count"

@@ -133,10 +133,9 @@ ShardFn = Callable[[ShardContext, int, pl.DataFrame], ShardResult]
 def global_item_table(tx: pl.LazyFrame, as_of_week: int, settings: Settings) -> pl.DataFrame:
     """Item features over every user's purchases before ``as_of_week`` (driver, once).
 
-    Collected with the streaming engine: only the per-item result is held, not the
-    transactions (100x the bundled data is ~12 GB of the columns it reads). Without common
-    sub-plan elimination each branch scans the shards itself: a shared scan is cached, which
-    buffers the lines (100x: 8.8 -> 6.6 GiB peak, same table).
+    Collected with the streaming engine, so only the per-item result is held, not the
+    transactions. Common sub-plan elimination is off: each branch scans the shards itself,
+    whereas a shared (cached) scan would buffer every line in memory.
     """
     features = item_features(
         tx, as_of_week, settings.features, placeholder_item=settings.prefilter.placeholder_item
