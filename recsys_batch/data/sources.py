@@ -6,7 +6,6 @@ This is the only module that knows about input paths. Validation of what was rea
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -14,61 +13,47 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys_batch.config import DataConfig
 from recsys_batch.data import columns as C
 from recsys_batch.data import synthetic
 from recsys_batch.data.synthetic import SYNTH_ITEMS, SYNTH_TRANSACTIONS, SYNTH_USERS
-from recsys_batch.config import DataConfig
+from recsys_batch.data.tables import (
+    ITEMS,
+    REQUIRED,
+    TRANSACTIONS,
+    USERS,
+    SourceTable,
+    canonical,
+    check_column_mapping,
+    header,
+    mapped_columns,
+    read_table,
+    resolve_columns,
+)
 from recsys_batch.errors import DataError
 
 # Day 1 of the bundled data is 2017-01-01 (its first transaction timestamp).
 COMPLETEJOURNEY_ORIGIN = date(2017, 1, 1)
-
-
-TRANSACTIONS = "transactions"
-ITEMS = "items"
-USERS = "users"
-
-# Columns a table cannot do without; every other canonical column may be absent (then null).
-REQUIRED: dict[str, tuple[str, ...]] = {
-    TRANSACTIONS: (*C.TRANSACTION_KEYS, C.QTY, C.SALES),
-    ITEMS: (C.ITEM,),
-    USERS: (C.USER,),
+# Canonical column -> column of the bundled parquet files, for the plain renames and casts.
+COMPLETEJOURNEY_ITEMS: dict[str, str] = {
+    C.ITEM: "product_id",
+    C.MANUFACTURER: "manufacturer_id",
+    C.DEPARTMENT: "department",
+    C.BRAND: "brand",
+    C.CATEGORY: "product_category",
+    C.SUB_CATEGORY: "product_type",
+    C.PACKAGE_SIZE: "package_size",
 }
-SCHEMAS: dict[str, pl.Schema] = {TRANSACTIONS: C.TRANSACTIONS, ITEMS: C.ITEMS, USERS: C.USERS}
-
-
-@dataclass(frozen=True)
-class SourceTable:
-    """One input file as scanned, before its columns are renamed and cast.
-
-    ``validation`` checks these (columns present, values castable, keys not null) so that
-    an error can name the file and the column as the user wrote them.
-    """
-
-    table: str
-    """``transactions``, ``items`` or ``users``."""
-    file: str
-    """The path shown in messages."""
-    raw: pl.LazyFrame
-    """The file as scanned (CSV: every column as a string)."""
-    columns: Mapping[str, str]
-    """Canonical name -> column name in the file (the expected name when it is absent)."""
-    fix_hint: str = ""
-    """How to point a canonical column at another file column, e.g. ``data.column_mapping``."""
-
-    @property
-    def schema(self) -> pl.Schema:
-        """Canonical schema of this table."""
-        return SCHEMAS[self.table]
-
-    @property
-    def required(self) -> tuple[str, ...]:
-        """Canonical columns that must be present."""
-        return REQUIRED[self.table]
-
-    def source_column(self, canonical: str) -> str:
-        """Column name in the file for a canonical column."""
-        return self.columns.get(canonical, canonical)
+COMPLETEJOURNEY_USERS: dict[str, str] = {
+    C.USER: "household_id",
+    C.AGE: "age",
+    C.INCOME: "income",
+    C.HOME_OWNERSHIP: "home_ownership",
+    C.MARITAL_STATUS: "marital_status",
+    C.HOUSEHOLD_SIZE: "household_size",
+    C.HOUSEHOLD_COMP: "household_comp",
+    C.KIDS_COUNT: "kids_count",
+}
 
 
 @dataclass(frozen=True)
@@ -115,113 +100,18 @@ def scan_completejourney(folder: Path | None = None) -> Dataset:
         pl.col("coupon_disc").cast(pl.Float64).alias(C.COUPON_DISC),
         pl.col("coupon_match_disc").cast(pl.Float64).alias(C.COUPON_MATCH_DISC),
     )
-    items = pl.scan_parquet(folder / "products.parquet").select(
-        pl.col("product_id").cast(pl.Int64).alias(C.ITEM),
-        pl.col("manufacturer_id").cast(pl.Int64).alias(C.MANUFACTURER),
-        pl.col("department").cast(pl.String).alias(C.DEPARTMENT),
-        pl.col("brand").cast(pl.String).alias(C.BRAND),
-        pl.col("product_category").cast(pl.String).alias(C.CATEGORY),
-        pl.col("product_type").cast(pl.String).alias(C.SUB_CATEGORY),
-        pl.col("package_size").cast(pl.String).alias(C.PACKAGE_SIZE),
-    )
-    users = pl.scan_parquet(folder / "demographics.parquet").select(
-        pl.col("household_id").cast(pl.Int64).alias(C.USER),
-        pl.col("age").cast(pl.String).alias(C.AGE),
-        pl.col("income").cast(pl.String).alias(C.INCOME),
-        pl.col("home_ownership").cast(pl.String).alias(C.HOME_OWNERSHIP),
-        pl.col("marital_status").cast(pl.String).alias(C.MARITAL_STATUS),
-        pl.col("household_size").cast(pl.String).alias(C.HOUSEHOLD_SIZE),
-        pl.col("household_comp").cast(pl.String).alias(C.HOUSEHOLD_COMP),
-        pl.col("kids_count").cast(pl.String).alias(C.KIDS_COUNT),
+    items = renamed(pl.scan_parquet(folder / "products.parquet"), COMPLETEJOURNEY_ITEMS, C.ITEMS)
+    users = renamed(
+        pl.scan_parquet(folder / "demographics.parquet"), COMPLETEJOURNEY_USERS, C.USERS
     )
     return Dataset(transactions, items, users, name=f"completejourney:{folder}")
 
 
-def is_numeric(dtype: pl.DataType) -> bool:
-    """True for integer and float types."""
-    return dtype.is_numeric()
-
-
-def cast_expr(source: str, raw_dtype: pl.DataType, dtype: pl.DataType, *, strict: bool) -> pl.Expr:
-    """``source`` cast to ``dtype``; numbers read from text are stripped of blanks first.
-
-    Whole numbers written with a zero fraction (``"3.0"``, as pandas writes integer columns
-    that hold a missing value) are read as integers; ``"3.5"`` still fails.
-    """
-    expr = pl.col(source)
-    if raw_dtype == pl.String and dtype.is_numeric():
-        expr = expr.str.strip_chars()
-        if dtype.is_integer():
-            expr = expr.str.replace(r"\.0*$", "")
-    return expr.cast(dtype, strict=strict)
-
-
-def canonical(table: SourceTable, *, strict: bool = True) -> pl.LazyFrame:
-    """The table renamed and cast to its canonical schema; absent optional columns are null.
-
-    Only the header is read (``collect_schema``). A required column that is absent still
-    raises when the frame is collected: run :func:`validation.validated` first for a clear
-    error.
-    """
-    present = table.raw.collect_schema()
-    exprs = []
-    for name, dtype in table.schema.items():
-        source = table.source_column(name)
-        if source in present:
-            exprs.append(cast_expr(source, present[source], dtype, strict=strict).alias(name))
-        elif name in table.required:
-            exprs.append(pl.col(source).cast(dtype).alias(name))
-        else:
-            exprs.append(pl.lit(None, dtype=dtype).alias(name))
-    return table.raw.select(exprs)
-
-
-def scan_file(
-    path: Path, *, table: str, required_columns: str, fix: str | None = None
-) -> pl.LazyFrame:
-    """Lazy scan of a parquet file, a folder of parquet parts, or a CSV file.
-
-    CSV columns are all read as strings and cast afterwards, so that one bad value deep in the
-    file becomes a clear validation error instead of a parser failure.
-
-    Raises
-    ------
-    DataError
-        The file does not exist or its format is not recognised.
-    """
-    if not path.exists():
-        msg = f"{table} file not found"
-        raise DataError(
-            msg,
-            file=str(path),
-            column=required_columns,
-            fix=fix or f"create it, or point the config/--path at the file holding the {table}",
-        )
-    if path.is_dir():
-        parts = sorted(path.glob("*.parquet"))
-        if not parts:
-            msg = f"{table} folder holds no *.parquet parts"
-            raise DataError(
-                msg,
-                file=str(path),
-                column=required_columns,
-                fix="write the data with `recsys data synth --out DIR` or pass a parquet file",
-            )
-        return pl.scan_parquet(parts)
-    suffix = path.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
-        return pl.scan_parquet(path)
-    if suffix in {".csv", ".txt"}:
-        return pl.scan_csv(path, infer_schema=False)
-    if suffix == ".tsv":
-        return pl.scan_csv(path, infer_schema=False, separator="\t")
-    msg = f"unrecognised {table} file type {suffix!r}"
-    raise DataError(msg, file=str(path), column=required_columns, fix="use a .parquet or .csv file")
-
-
-def header(path: Path) -> list[str]:
-    """Column names of a CSV file (reads one line)."""
-    return pl.scan_csv(path, infer_schema=False, n_rows=0).collect_schema().names()
+def renamed(raw: pl.LazyFrame, columns: Mapping[str, str], schema: pl.Schema) -> pl.LazyFrame:
+    """``raw``'s columns ``columns`` (canonical -> file column) renamed and cast to ``schema``."""
+    return raw.select(
+        pl.col(source).cast(schema[name]).alias(name) for name, source in columns.items()
+    )
 
 
 # --- dunnhumby: the classic "The Complete Journey" CSV layout -----------------------------
@@ -269,21 +159,6 @@ DUNNHUMBY_USERS: dict[str, str] = {
 _DISCOUNTS = (C.RETAIL_DISC, C.COUPON_DISC, C.COUPON_MATCH_DISC)
 
 
-def resolve_columns(names: list[str], expected: Mapping[str, str]) -> dict[str, str]:
-    """Canonical -> file column, matching ``expected`` names exactly, then ignoring case.
-
-    A canonical column with no match keeps its expected name, which validation reports.
-    """
-    by_lower = {name.lower(): name for name in names}
-    resolved = {}
-    for canonical_name, wanted in expected.items():
-        if wanted in names:
-            resolved[canonical_name] = wanted
-        else:
-            resolved[canonical_name] = by_lower.get(wanted.lower(), wanted)
-    return resolved
-
-
 def dunnhumby_layout(names: list[str]) -> dict[str, str]:
     """Upper-case original layout or the lower-case (retail_train.csv) one, by the header."""
     lower = {name.lower() for name in names}
@@ -320,77 +195,25 @@ def scan_dunnhumby(folder: Path | None) -> Dataset:
         )
     tx_path = found[0]
     names = header(tx_path)
-    tx_table = SourceTable(
-        TRANSACTIONS,
-        str(tx_path),
-        scan_file(tx_path, table=TRANSACTIONS, required_columns=""),
-        resolve_columns(names, dunnhumby_layout(names)),
-        hint,
+    layout = resolve_columns(names, dunnhumby_layout(names))
+    tables = [read_table(TRANSACTIONS, tx_path, layout, hint, required_columns="")]
+    frames: dict[str, pl.LazyFrame | None] = {ITEMS: None, USERS: None}
+    for table, name, expected in (
+        (ITEMS, DUNNHUMBY_ITEM_FILE, DUNNHUMBY_ITEMS),
+        (USERS, DUNNHUMBY_USER_FILE, DUNNHUMBY_USERS),
+    ):
+        path = folder / name
+        if path.is_file():
+            columns = resolve_columns(header(path), expected)
+            tables.append(read_table(table, path, columns, hint, required_columns=""))
+            frames[table] = canonical(tables[-1])
+    transactions = canonical(tables[0]).with_columns(pl.col(d).abs() for d in _DISCOUNTS)
+    return Dataset(
+        transactions, frames[ITEMS], frames[USERS], name=f"dunnhumby:{folder}", tables=tuple(tables)
     )
-    tables = [tx_table]
-    transactions = canonical(tx_table).with_columns(pl.col(d).abs() for d in _DISCOUNTS)
-    items = users = None
-    item_path = folder / DUNNHUMBY_ITEM_FILE
-    if item_path.is_file():
-        item_table = SourceTable(
-            ITEMS,
-            str(item_path),
-            scan_file(item_path, table=ITEMS, required_columns=""),
-            resolve_columns(header(item_path), DUNNHUMBY_ITEMS),
-            hint,
-        )
-        tables.append(item_table)
-        items = canonical(item_table)
-    user_path = folder / DUNNHUMBY_USER_FILE
-    if user_path.is_file():
-        user_table = SourceTable(
-            USERS,
-            str(user_path),
-            scan_file(user_path, table=USERS, required_columns=""),
-            resolve_columns(header(user_path), DUNNHUMBY_USERS),
-            hint,
-        )
-        tables.append(user_table)
-        users = canonical(user_table)
-    return Dataset(transactions, items, users, name=f"dunnhumby:{folder}", tables=tuple(tables))
 
 
 # --- files: any parquet/CSV with a column mapping -----------------------------------------
-def check_column_mapping(mapping: Mapping[str, str]) -> None:
-    """Every key of ``data.column_mapping`` must be a canonical column name.
-
-    A key may be scoped to one table (``items.item_id``) when the files name the same
-    canonical column differently.
-
-    Raises
-    ------
-    DataError
-        A key is not a canonical name (the closest one is suggested).
-    """
-    known = sorted(set(C.TRANSACTIONS.names()) | set(C.ITEMS.names()) | set(C.USERS.names()))
-    scoped = [f"{table}.{name}" for table, schema in SCHEMAS.items() for name in schema.names()]
-    for key in mapping:
-        if key not in known and key not in scoped:
-            close = difflib.get_close_matches(key, known + scoped, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            msg = f"data.column_mapping has unknown canonical column {key!r}"
-            raise DataError(
-                msg,
-                file="data.column_mapping (config)",
-                column=key,
-                fix=f"{hint}keys are canonical names ({', '.join(known)}), optionally "
-                "prefixed by transactions., items. or users.",
-            )
-
-
-def mapped_columns(table: str, mapping: Mapping[str, str]) -> dict[str, str]:
-    """Canonical -> file column of one table: ``table.name`` first, then ``name``."""
-    return {
-        name: mapping.get(f"{table}.{name}", mapping.get(name, name))
-        for name in SCHEMAS[table].names()
-    }
-
-
 def scan_files(cfg: DataConfig) -> Dataset:
     """Parquet or CSV files named in the config, with ``column_mapping`` canonical -> file.
 
@@ -412,10 +235,9 @@ def scan_files(cfg: DataConfig) -> Dataset:
     for table, path in ((TRANSACTIONS, tx_path), (ITEMS, cfg.items_file), (USERS, cfg.users_file)):
         if path is None:
             continue
-        raw = scan_file(Path(path), table=table, required_columns=", ".join(REQUIRED[table]))
-        source = SourceTable(table, str(path), raw, mapped_columns(table, cfg.column_mapping), hint)
-        tables.append(source)
-        frames[table] = canonical(source)
+        columns = mapped_columns(table, cfg.column_mapping)
+        tables.append(read_table(table, Path(path), columns, hint))
+        frames[table] = canonical(tables[-1])
     transactions = frames[TRANSACTIONS]
     assert transactions is not None  # noqa: S101 - the transactions path is checked above
     return Dataset(
@@ -450,15 +272,9 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
         if optional and not path.exists():
             frames[table] = None
             continue
-        raw = scan_file(
-            path,
-            table=table,
-            required_columns=", ".join(REQUIRED[table]),
-            fix=f"write the folder first with `recsys data synth --out {folder}`",
-        )
-        source = SourceTable(table, str(path), raw, identity, hint)
-        tables.append(source)
-        frames[table] = canonical(source)
+        fix = f"write the folder first with `recsys data synth --out {folder}`"
+        tables.append(read_table(table, path, identity, hint, fix=fix))
+        frames[table] = canonical(tables[-1])
     transactions = frames[TRANSACTIONS]
     assert transactions is not None  # noqa: S101 - required above
     return Dataset(

@@ -1,4 +1,4 @@
-"""Load-time checks of a :class:`~recsys_batch.data.sources.Dataset`, with errors a person can act on.
+"""Load-time checks of a :class:`~recsys_batch.data.sources.Dataset`, with errors one can act on.
 
 Every check reads as little as it can: column names come from file headers, and the value
 checks of each table are one aggregate row, all collected together in one
@@ -28,12 +28,19 @@ from typing import Any
 
 import polars as pl
 
-from recsys_batch.data import columns as C
-from recsys_batch.data import sources
-from recsys_batch.model import split
 from recsys_batch.config import Settings
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import Dataset
+from recsys_batch.data.tables import (
+    ITEMS,
+    TRANSACTIONS,
+    USERS,
+    SourceTable,
+    canonical,
+    cast_expr,
+)
 from recsys_batch.errors import DataError, SchemaMismatchError
-from recsys_batch.data.sources import Dataset, SourceTable
+from recsys_batch.model import split
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +87,9 @@ def source_tables(dataset: Dataset) -> tuple[SourceTable, ...]:
         return dataset.tables
     identity = {name: name for name in (*C.TRANSACTIONS, *C.ITEMS, *C.USERS)}
     frames: tuple[tuple[str, pl.LazyFrame | None], ...] = (
-        (sources.TRANSACTIONS, dataset.transactions),
-        (sources.ITEMS, dataset.items),
-        (sources.USERS, dataset.users),
+        (TRANSACTIONS, dataset.transactions),
+        (ITEMS, dataset.items),
+        (USERS, dataset.users),
     )
     return tuple(
         SourceTable(table, f"{dataset.name} ({table})", frame, identity)
@@ -155,7 +162,7 @@ def table_checks(table: SourceTable) -> pl.LazyFrame:
     for name, (source, raw_dtype) in _present(table).items():
         dtype = table.schema[name]
         if raw_dtype != dtype:
-            lenient = sources.cast_expr(source, raw_dtype, dtype, strict=False)
+            lenient = cast_expr(source, raw_dtype, dtype, strict=False)
             failed = pl.col(source).is_not_null() & lenient.is_null()
             exprs.append(failed.sum().alias(f"bad:{name}"))
             exprs.append(pl.col(source).filter(failed).first().cast(pl.String).alias(f"eg:{name}"))
@@ -165,7 +172,7 @@ def table_checks(table: SourceTable) -> pl.LazyFrame:
             value = (
                 pl.col(source)
                 if raw_dtype == dtype
-                else sources.cast_expr(source, raw_dtype, dtype, strict=False)
+                else cast_expr(source, raw_dtype, dtype, strict=False)
             )
             exprs.append((value < 0).sum().alias(f"neg:{name}"))
     return table.raw.select(exprs)
@@ -251,14 +258,14 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
     for table in tables:
         check_columns(table)
     by_name = {t.table: t for t in tables}
-    tx_table = by_name[sources.TRANSACTIONS]
-    lenient_tx = sources.canonical(tx_table, strict=False)
+    tx_table = by_name[TRANSACTIONS]
+    lenient_tx = canonical(tx_table, strict=False)
 
     plans = [table_checks(t) for t in tables]
     plans.append(transaction_stats(lenient_tx))
-    item_table = by_name.get(sources.ITEMS)
+    item_table = by_name.get(ITEMS)
     if item_table is not None:
-        plans.append(missing_items(lenient_tx, sources.canonical(item_table, strict=False)))
+        plans.append(missing_items(lenient_tx, canonical(item_table, strict=False)))
     results = [frame.row(0, named=True) for frame in pl.collect_all(plans)]
 
     for table, row in zip(tables, results, strict=False):
@@ -281,7 +288,7 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
 
     report = ValidationReport(
         source=dataset.name,
-        rows=int(table_rows[sources.TRANSACTIONS]),
+        rows=int(table_rows[TRANSACTIONS]),
         dropped_returns=int(stats["returns"]),
         users=int(stats["users"]),
         items=int(stats["items"]),
@@ -290,9 +297,9 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
         first_day=int(stats["first_day"]),
         last_day=int(stats["last_day"]),
         windows=windows,
-        item_rows=table_rows.get(sources.ITEMS),
+        item_rows=table_rows.get(ITEMS),
         missing_items=None if missing is None else int(missing),
-        user_rows=table_rows.get(sources.USERS),
+        user_rows=table_rows.get(USERS),
     )
     _log_findings(report, tx_table, item_table)
     return report

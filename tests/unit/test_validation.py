@@ -12,7 +12,8 @@ import pytest
 from recsys_batch.config import DataConfig, Settings, SplitConfig
 from recsys_batch.data import columns as C
 from recsys_batch.data import sources, validation
-from recsys_batch.data.sources import Dataset, SourceTable
+from recsys_batch.data.sources import Dataset
+from recsys_batch.data.tables import SourceTable
 from recsys_batch.errors import DataError, SchemaMismatchError
 
 
