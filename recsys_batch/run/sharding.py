@@ -63,6 +63,12 @@ def stable_hash(user_id: int) -> int:
     return z ^ (z >> 31)
 
 
+def _require_positive(value: int, name: str, fix: str = "") -> None:
+    if value < 1:
+        msg = f"{name} must be at least 1, got {value}{fix}"
+        raise ValueError(msg)
+
+
 def shard_of(n_shards: int, user: pl.Expr | str = C.USER) -> pl.Expr:
     """The shard (``UInt32`` in ``0 .. n_shards - 1``) of each user id.
 
@@ -71,9 +77,7 @@ def shard_of(n_shards: int, user: pl.Expr | str = C.USER) -> pl.Expr:
     ValueError
         ``n_shards`` is below 1.
     """
-    if n_shards < 1:
-        msg = f"n_shards must be at least 1, got {n_shards}"
-        raise ValueError(msg)
+    _require_positive(n_shards, "n_shards")
     return (user_hash(user) % _u64(n_shards)).cast(pl.UInt32).alias(SHARD)
 
 
@@ -85,9 +89,7 @@ def shard_count(n_users: int, shard_users: int) -> int:
     ValueError
         ``shard_users`` is below 1.
     """
-    if shard_users < 1:
-        msg = f"shard_users must be at least 1, got {shard_users} (fix: scale.shard_users)"
-        raise ValueError(msg)
+    _require_positive(shard_users, "shard_users", fix=" (fix: scale.shard_users)")
     return max(1, math.ceil(n_users / shard_users))
 
 
