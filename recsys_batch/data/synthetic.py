@@ -200,19 +200,49 @@ def _draw(cdf: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), len(cdf) - 1)
 
 
-def generate_chunk(
-    chunk: int, first_user: int, n_users: int, catalogue: Catalogue, n_stores: int, seed: int
-) -> pl.DataFrame:
-    """Transactions of users ``first_user .. first_user + n_users - 1`` (schema ``TRANSACTIONS``).
+@dataclass(frozen=True)
+class _Shoppers:
+    """Per-user draws of one chunk: activity, span of days, basket size, favourites, store."""
 
-    ``basket_id`` is unique within the chunk; :func:`iter_chunks` offsets it across chunks.
-    """
-    rng = _seeded(seed, 1, chunk)
-    store_cdf = np.cumsum(np.arange(1, n_stores + 1, dtype=np.float64) ** -0.9)
-    store_cdf /= store_cdf[-1]
-    store_ids = 300 + np.arange(n_stores, dtype=np.int64)
+    baskets: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    size_scale: np.ndarray
+    n_fav: np.ndarray
+    fav_share: np.ndarray
+    home: np.ndarray
+    fav_offset: np.ndarray
+    """Where each user's favourites start in ``favourites``."""
+    favourites: np.ndarray
+    """Every user's personal list of item indices, drawn from the global power law."""
 
-    # Users: activity, span of days, basket size, favourites, home store.
+
+@dataclass(frozen=True)
+class _Stores:
+    ids: np.ndarray
+    cdf: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Baskets:
+    owner: np.ndarray
+    day: np.ndarray
+    store: np.ndarray
+    trans_time: np.ndarray
+    lines: np.ndarray
+
+
+def _stores(n_stores: int) -> _Stores:
+    """Store ids from 300 with a power-law share of the visits."""
+    cdf = np.cumsum(np.arange(1, n_stores + 1, dtype=np.float64) ** -0.9)
+    cdf /= cdf[-1]
+    return _Stores(300 + np.arange(n_stores, dtype=np.int64), cdf)
+
+
+def _shoppers(
+    rng: np.random.Generator, n_users: int, catalogue: Catalogue, stores: _Stores
+) -> _Shoppers:
+    """Draw the users of a chunk (the draw order is part of the seeded output)."""
     baskets = np.clip(np.round(rng.lognormal(np.log(43), 0.9, n_users)), 1, 900).astype(np.int64)
     late = rng.random(n_users) < 0.12
     start = np.where(
@@ -226,41 +256,43 @@ def generate_chunk(
         np.int64
     )
     fav_share = rng.beta(5, 4, n_users)
-    home = store_ids[_draw(store_cdf, rng, n_users)]
-
-    # Favourites: each user's personal list, drawn from the global power law.
+    home = stores.ids[_draw(stores.cdf, rng, n_users)]
     fav_offset = np.concatenate(([0], np.cumsum(n_fav)[:-1]))
     favourites = _draw(catalogue.cdf, rng, int(n_fav.sum()))
+    return _Shoppers(
+        baskets, start, end, size_scale, n_fav, fav_share, home, fav_offset, favourites
+    )
 
-    # Baskets: owner, day, store, time.
-    owner = np.repeat(np.arange(n_users), baskets)
+
+def _baskets(rng: np.random.Generator, users: _Shoppers, stores: _Stores) -> _Baskets:
+    """Draw every basket's owner, day, store, time and number of lines, by owner and day."""
+    owner = np.repeat(np.arange(len(users.baskets)), users.baskets)
     n_baskets = len(owner)
-    day = start[owner] + (rng.random(n_baskets) * (end - start + 1)[owner]).astype(np.int64)
+    span = (users.end - users.start + 1)[owner]
+    day = users.start[owner] + (rng.random(n_baskets) * span).astype(np.int64)
     order = np.lexsort((day, owner))
     owner, day = owner[order], day[order]
     store = np.where(
-        rng.random(n_baskets) < 0.8, home[owner], store_ids[_draw(store_cdf, rng, n_baskets)]
+        rng.random(n_baskets) < 0.8,
+        users.home[owner],
+        stores.ids[_draw(stores.cdf, rng, n_baskets)],
     )
     hour = np.clip(np.round(rng.normal(15.5, 3.5, n_baskets)), 0, 23).astype(np.int32)
     trans_time = hour * 100 + rng.integers(0, 60, n_baskets, dtype=np.int32)
-    lines = np.clip(np.round(rng.lognormal(np.log(size_scale[owner]), 0.9)), 1, 160).astype(
+    lines = np.clip(np.round(rng.lognormal(np.log(users.size_scale[owner]), 0.9)), 1, 160).astype(
         np.int64
     )
+    return _Baskets(owner, day, store, trans_time, lines)
 
-    # Lines: favourite (skewed to the top of the user's list) or anything popular.
-    basket_of = np.repeat(np.arange(n_baskets), lines)
-    user_of = owner[basket_of]
-    n_lines = len(basket_of)
-    from_fav = rng.random(n_lines) < fav_share[user_of]
-    fav_pick = fav_offset[user_of] + (rng.random(n_lines) ** 1.8 * n_fav[user_of]).astype(np.int64)
-    item_idx = np.where(from_fav, favourites[fav_pick], _draw(catalogue.cdf, rng, n_lines))
 
-    quantity = rng.choice(
-        np.array(QUANTITY_VALUES),
-        size=n_lines,
-        p=QUANTITY_SHARES,
-    )
-    unit = catalogue.price[item_idx] * rng.lognormal(0.0, 0.08, n_lines)
+def _line_prices(
+    rng: np.random.Generator, unit_price: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw each line's quantity, sales value and discounts: ``quantity, sales, retail_disc,
+    coupon, coupon_match``."""
+    n_lines = len(unit_price)
+    quantity = rng.choice(np.array(QUANTITY_VALUES), size=n_lines, p=QUANTITY_SHARES)
+    unit = unit_price * rng.lognormal(0.0, 0.08, n_lines)
     full = unit * np.maximum(quantity, 1)
     discounted = rng.random(n_lines) < 0.5
     retail_disc = np.where(discounted, np.round(full * rng.uniform(0.05, 0.35, n_lines), 2), 0.0)
@@ -273,8 +305,34 @@ def generate_chunk(
     coupon_match = np.where(
         rng.random(n_lines) < 0.007, np.round(rng.uniform(0.1, 0.6, n_lines), 2), 0
     )
+    return quantity, sales, retail_disc, coupon, coupon_match
 
-    line_day = day[basket_of]
+
+def generate_chunk(
+    chunk: int, first_user: int, n_users: int, catalogue: Catalogue, n_stores: int, seed: int
+) -> pl.DataFrame:
+    """Transactions of users ``first_user .. first_user + n_users - 1`` (schema ``TRANSACTIONS``).
+
+    ``basket_id`` is unique within the chunk; :func:`iter_chunks` offsets it across chunks.
+    """
+    rng = _seeded(seed, 1, chunk)
+    stores = _stores(n_stores)
+    users = _shoppers(rng, n_users, catalogue, stores)
+    baskets = _baskets(rng, users, stores)
+
+    # Lines: favourite (skewed to the top of the user's list) or anything popular.
+    basket_of = np.repeat(np.arange(len(baskets.owner)), baskets.lines)
+    user_of = baskets.owner[basket_of]
+    n_lines = len(basket_of)
+    from_fav = rng.random(n_lines) < users.fav_share[user_of]
+    fav_rank = (rng.random(n_lines) ** 1.8 * users.n_fav[user_of]).astype(np.int64)
+    fav_pick = users.fav_offset[user_of] + fav_rank
+    item_idx = np.where(from_fav, users.favourites[fav_pick], _draw(catalogue.cdf, rng, n_lines))
+    quantity, sales, retail_disc, coupon, coupon_match = _line_prices(
+        rng, catalogue.price[item_idx]
+    )
+
+    line_day = baskets.day[basket_of]
     return pl.DataFrame(
         {
             C.USER: (first_user + user_of).astype(np.int64),
@@ -283,9 +341,9 @@ def generate_chunk(
             C.ITEM: catalogue.item_ids[item_idx],
             C.QTY: quantity.astype(np.int64),
             C.SALES: sales,
-            C.STORE: store[basket_of].astype(np.int64),
+            C.STORE: baskets.store[basket_of].astype(np.int64),
             C.RETAIL_DISC: retail_disc,
-            C.TRANS_TIME: trans_time[basket_of].astype(np.int32),
+            C.TRANS_TIME: baskets.trans_time[basket_of].astype(np.int32),
             C.WEEK: ((line_day - 1) // 7 + 1).astype(np.int32),
             C.COUPON_DISC: coupon.astype(np.float64),
             C.COUPON_MATCH_DISC: coupon_match.astype(np.float64),
