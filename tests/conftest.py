@@ -113,6 +113,21 @@ def pytest_runtest_makereport(
     return report
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """In CI, a whole integration module skipped at import (``importorskip``) fails too."""
+    report: pytest.CollectReport = yield
+    in_integration = "integration" in Path(str(getattr(collector, "path", ""))).parts
+    if report.skipped and in_integration and skips_fail_here():
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"integration module skipped in CI (CI=true): {reason}"
+    return report
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``REDIS_URL`` when set (CI points it at the machine's server), else an embedded one."""

@@ -95,3 +95,30 @@ def test_outside_ci_skips_stay_skips(
     result = suite.runpytest("-rA")
     result.assert_outcomes(passed=1, skipped=4, xfailed=1)
     assert result.ret == pytest.ExitCode.OK
+
+
+MODULE_SKIP = """
+import pytest
+
+pytest.importorskip("a_package_that_is_not_installed")
+
+
+def test_never_collected():
+    pass
+"""
+
+
+@pytest.mark.parametrize(("ci", "failed"), [("true", True), ("", False)])
+def test_an_integration_module_skipped_at_import_fails_in_ci(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str, failed: bool
+) -> None:
+    pytester.makeconftest('pytest_plugins = ["tests.conftest"]')
+    pytester.mkdir("integration")
+    (pytester.path / "integration" / "test_optional.py").write_text(MODULE_SKIP)
+    monkeypatch.setenv("CI", ci)
+    result = pytester.runpytest("-rA")
+    if failed:
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(["*integration module skipped in CI (CI=true)*"])
+    else:
+        result.assert_outcomes(skipped=1)
