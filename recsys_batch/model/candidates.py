@@ -263,13 +263,20 @@ def als_recommend(
     return np.concatenate(out_u), np.concatenate(out_i), np.concatenate(out_s)
 
 
+def _rows_by_id(
+    model: Stage1Model, flat: tuple[np.ndarray, np.ndarray, np.ndarray], gen: str
+) -> pl.LazyFrame:
+    """``GENERATED`` rows of flat ``(user_idx, item_idx, score)`` arrays, as business ids."""
+    u, i, s = flat
+    if u.size == 0:
+        return empty_generated()
+    return generated_rows(model.users.to_ids(u), model.items.to_ids(i), s, gen)
+
+
 def als_candidates(model: Stage1Model, user_ids: np.ndarray, cfg: CandidatesConfig) -> pl.LazyFrame:
     """ALS top ``n_als`` catalogue items per known user (schema ``GENERATED``)."""
     user_idx = _known_user_idx(model, user_ids)
-    u, i, s = als_recommend(model, user_idx, cfg.n_als, cfg.chunk_users)
-    if u.size == 0:
-        return empty_generated()
-    return generated_rows(model.users.to_ids(u), model.items.to_ids(i), s, "als")
+    return _rows_by_id(model, als_recommend(model, user_idx, cfg.n_als, cfg.chunk_users), "als")
 
 
 def copurchase_candidates(
@@ -277,12 +284,8 @@ def copurchase_candidates(
 ) -> pl.LazyFrame:
     """Items co-bought with those of the user's recent baskets (schema ``GENERATED``)."""
     user_idx = _known_user_idx(model, user_ids)
-    u, i, s = sparse_top_n(
-        model.seeds, model.similarity, user_idx, cfg.n_copurchase, cfg.chunk_users
-    )
-    if u.size == 0:
-        return empty_generated()
-    return generated_rows(model.users.to_ids(u), model.items.to_ids(i), s, "copurchase")
+    flat = sparse_top_n(model.seeds, model.similarity, user_idx, cfg.n_copurchase, cfg.chunk_users)
+    return _rows_by_id(model, flat, "copurchase")
 
 
 def generated_candidates(
