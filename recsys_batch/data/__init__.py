@@ -1,0 +1,1 @@
+"""Data sources -> canonical lazy frames: column schemas, sources, validation, synthetic data."""
