@@ -1,9 +1,8 @@
 """The API under load while the batch publishes new versions (issue #7).
 
-Starts a throwaway redis-server (or uses ``--redis-url``), publishes version 1 with the batch's
-own writer (:func:`recsys_batch.publish.versions.publish_version`: ``--users`` users x 5
-items), serves
-the API with uvicorn in a subprocess (uvloop, httptools, ``--workers``), then for
+Starts a throwaway redis-server (or uses ``--redis-url``), publishes version 1 the way the
+nightly batch does (:func:`tests.publishing.publish_lists`: ``--users`` users x 5 items),
+serves the API with uvicorn in a subprocess (uvloop, httptools, ``--workers``), then for
 ``--duration`` seconds:
 
 - ``--clients`` threads send keep-alive requests as fast as they can: 70% ``GET`` of one
@@ -47,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recsys_batch.config import RedisConfig  # noqa: E402
-from recsys_batch.publish import versions  # noqa: E402
+from recsys_batch.publish import status, versions  # noqa: E402
+from tests.publishing import publish_lists  # noqa: E402
 
 UNKNOWN = 10_000_000
 MARK = 100_000_000  # item ids of version m: m * MARK + user * 10 + j (users < 10**7)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def publish_marker(marker: int) -> None:
         started = time.perf_counter()
         recs = marked_recs(marker, args.users)
-        version = versions.publish_version(client, recs, marked_popular(marker), None, {}, cfg)
+        version = publish_lists(client, recs, marked_popular(marker), None, cfg)
         publish_seconds.append(time.perf_counter() - started)
         markers[version] = marker
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stop.set()
         api.terminate()
         api.wait(timeout=30)
-        for version in versions.all_versions(client, cfg):
+        for version in status.all_versions(client, cfg):
             versions.unlink_version(client, version, cfg)
         client.delete(f"{prefix}:current", f"{prefix}:previous", f"{prefix}:versions")
         client.close()

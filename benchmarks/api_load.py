@@ -1,7 +1,8 @@
 """Load benchmark of the lookup API (issue #6); writes JSON and prints a markdown summary.
 
 Publishes a realistic version (``--users`` users x 5 items, a popular list, item attributes)
-under a unique key prefix into the Redis at ``--redis-url``, serves the API with uvicorn
+under a unique key prefix into the Redis at ``--redis-url`` the way the nightly batch does
+(:func:`tests.publishing.publish_lists`), serves the API with uvicorn
 (uvloop, httptools, ``--workers``, no access log) next to the bare ASGI endpoint of
 ``benchmarks/bare_asgi.py`` served the same way, then measures:
 
@@ -15,9 +16,9 @@ under a unique key prefix into the Redis at ``--redis-url``, serves the API with
 
 Usage::
 
-    .venv/bin/python benchmarks/api_load.py --out docs/bench/api.json
+    .venv/bin/python benchmarks/api_load.py --out api.json
 
-The keys it wrote are removed at the end (they also carry a one-hour TTL).
+The keys it wrote are removed at the end (they also carry a one-day TTL).
 """
 
 from __future__ import annotations
@@ -40,16 +41,16 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys_batch.publish import keys  # noqa: E402
-from recsys_batch.publish.versions import HashFields  # noqa: E402
+from recsys_batch.config import RedisConfig  # noqa: E402
+from recsys_batch.data import columns as C  # noqa: E402
+from tests.publishing import publish_lists  # noqa: E402
 
-VERSION = "20261128T031500Z-b3nc"
-TTL = 3600
 DEPARTMENTS = ["GROCERY", "PRODUCE", "MEAT", "DELI", "PASTRY", "DRUG GM"]
 
 
@@ -59,34 +60,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def publish(client: redis.Redis, prefix: str, users: int, seed: int = 7) -> None:
-    """Write one complete version in the keys.py format and make it live."""
+def publish(client: redis.Redis, cfg: RedisConfig, users: int, seed: int = 7) -> str:
+    """Publish one complete version of ``users`` random lists; return its id."""
     rng = random.Random(seed)
     catalogue = list(range(800_000, 802_500))
-    pipe = client.pipeline(transaction=False)
-    for user in range(1, users + 1):
-        items = rng.sample(catalogue, 5)
-        pipe.set(keys.user_key(VERSION, user, prefix), keys.encode_items(items), ex=TTL)
-    pipe.set(keys.popular_key(VERSION, prefix), keys.encode_items(catalogue[:20]), ex=TTL)
-    attrs: HashFields = {
-        str(item): json.dumps(
-            {"department": DEPARTMENTS[item % 6], "brand": "National", "size": "16 OZ"}
-        )
-        for item in catalogue
-    }
-    pipe.hset(keys.items_key(VERSION, prefix), mapping=attrs)
-    pipe.expire(keys.items_key(VERSION, prefix), TTL)
-    meta: HashFields = {
-        "format": str(keys.FORMAT),
-        "state": keys.STATE_COMPLETE,
-        "version": VERSION,
-        "created_at": "2026-11-28T03:15:00+00:00",
-        "users": str(users),
-    }
-    pipe.hset(keys.meta_key(VERSION, prefix), mapping=meta)
-    pipe.expire(keys.meta_key(VERSION, prefix), TTL)
-    pipe.set(keys.current_key(prefix), VERSION, ex=TTL)
-    pipe.execute()
+    lists = [rng.sample(catalogue, 5) for _ in range(users)]
+    recs = pl.DataFrame(
+        {
+            C.USER: [user for user in range(1, users + 1) for _ in range(5)],
+            C.ITEM: [item for items in lists for item in items],
+            C.RANK: [rank for _ in range(users) for rank in range(1, 6)],
+            C.SCORE: [1.0] * (users * 5),
+        },
+        schema=C.RECOMMENDATIONS,
+    )
+    attrs = pl.DataFrame(
+        {
+            C.ITEM: catalogue,
+            "department": [DEPARTMENTS[item % 6] for item in catalogue],
+            "brand": "National",
+            "size": "16 OZ",
+        }
+    )
+    return publish_lists(client, recs, catalogue[:20], attrs, cfg, {"run_id": "api-load"})
 
 
 def unpublish(client: redis.Redis, prefix: str) -> None:
@@ -226,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     client = redis.Redis.from_url(args.redis_url)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    publish(client, prefix, args.users)
+    publish(client, RedisConfig(url=args.redis_url, key_prefix=prefix, ttl_days=1), args.users)
     env = {
         **os.environ,
         "RECSYS_REDIS__URL": args.redis_url,

@@ -48,7 +48,6 @@ from recsys_batch.config import Settings, load_settings  # noqa: E402
 from recsys_batch.data import columns as C  # noqa: E402
 from recsys_batch.data.sources import load_dataset  # noqa: E402
 from recsys_batch.model import split, two_stage  # noqa: E402
-from recsys_batch.model.candidates import fit_stage1  # noqa: E402
 from recsys_batch.model.prefilter import apply_catalogue, prefilter  # noqa: E402
 from recsys_batch.publish import store  # noqa: E402
 from recsys_batch.run import executors as E  # noqa: E402
@@ -162,11 +161,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         )
     if sample is not tx:
         with stage(timings, "refit"):
-            model.stage1_for_scoring = fit_stage1(
-                split.before_test(tx, windows),
-                catalogue.lazy(),
-                settings.candidates,
-                settings.prefilter.placeholder_item,
+            model.stage1_for_scoring = two_stage.fit_scoring_stage1(
+                tx, catalogue.lazy(), windows, settings
             )
 
     with stage(timings, "context"):

@@ -151,14 +151,14 @@ class TestRoutes:
         assert client.get("/v1/recommendations/1%3A*").status_code == 422
 
 
-def test_reads_what_publish_version_wrote(
+def test_reads_what_the_batch_wrote(
     redis_url: str, key_prefix: str, real_redis: redis.Redis
 ) -> None:
-    """End to end with the batch's own writer (recsys_batch.publish.versions)."""
-    pl = pytest.importorskip("polars")
-    publish = pytest.importorskip("recsys_batch.publish.versions")
+    """End to end with the batch's own writer and version lifecycle (tests/publishing.py)."""
+    pl = pytest.importorskip("polars")  # the API image has no polars: the batch side skips
     from recsys_batch.config import RedisConfig  # noqa: PLC0415
     from recsys_batch.data import columns as C  # noqa: PLC0415
+    from tests.publishing import publish_lists  # noqa: PLC0415
 
     recs = pl.DataFrame(
         {
@@ -171,7 +171,7 @@ def test_reads_what_publish_version_wrote(
     )
     attrs = pl.DataFrame({C.ITEM: [701], "department": ["DELI"]})
     cfg = RedisConfig(url=redis_url, key_prefix=key_prefix)
-    version = publish.publish_version(real_redis, recs, [5, 6], attrs, {"run_id": "t"}, cfg)
+    version = publish_lists(real_redis, recs, [5, 6], attrs, cfg, {"run_id": "t"})
     with TestClient(create_app(settings_for(redis_url, key_prefix))) as client:
         seven = client.get("/v1/recommendations/7?details=true").json()
         other = client.get("/v1/recommendations/9").json()

@@ -1,11 +1,12 @@
 """The API under load while the batch's own publisher flips versions (issue #7).
 
 Unlike ``test_api_redis.test_version_flip_while_requests_run`` (which writes versions by hand),
-the versions here are written by :func:`recsys_batch.publish.versions.publish_version`, so the real
-cleanup (UNLINK of every version but the live and the previous one) runs while requests are
-in flight. Every item of version ``m`` encodes ``m`` (``m * 100000 + user * 10 + j``), so an
-answer mixing two versions, or naming one version and carrying another's items, is visible.
-The longer benchmark is ``benchmarks/api_flip_load.py``.
+the versions here are published by the batch's own writer and version lifecycle
+(:func:`tests.publishing.publish_lists`), so the real cleanup (UNLINK of every version but the
+live and the previous one) runs while requests are in flight. Every item of version ``m``
+encodes ``m`` (``m * 100000 + user * 10 + j``), so an answer mixing two versions, or naming one
+version and carrying another's items, is visible. The longer benchmark is
+``benchmarks/api_flip_load.py``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import uvicorn
 
 from api.main import create_app
 from recsys_batch.config import RedisConfig, Settings
-from recsys_batch.publish import versions
+from recsys_batch.publish import status, versions
 from tests.conftest import free_port
+from tests.publishing import publish_lists
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
     warnings.simplefilter("ignore")
@@ -100,7 +102,7 @@ def cfg(redis_url: str, key_prefix: str) -> Iterator[RedisConfig]:
     config = RedisConfig(url=redis_url, key_prefix=key_prefix, chunk_size=1_000)
     yield config
     client = redis.Redis.from_url(redis_url)
-    for version in versions.all_versions(client, config):
+    for version in status.all_versions(client, config):
         versions.unlink_version(client, version, config)
     client.close()
 
@@ -109,9 +111,7 @@ def test_zero_5xx_and_one_version_per_answer_while_publishing(
     real_redis: redis.Redis, cfg: RedisConfig
 ) -> None:
     markers: dict[str, int] = {}
-    markers[
-        versions.publish_version(real_redis, marked_recs(1), marked_popular(1), None, {}, cfg)
-    ] = 1
+    markers[publish_lists(real_redis, marked_recs(1), marked_popular(1), None, cfg)] = 1
     settings = Settings(
         redis={"url": cfg.url, "key_prefix": cfg.key_prefix},
         api={"current_cache_seconds": 0.1, "redis_timeout_seconds": 1.0},
@@ -154,8 +154,8 @@ def test_zero_5xx_and_one_version_per_answer_while_publishing(
         try:
             for marker in range(2, 10):
                 time.sleep(0.25)  # longer than the API's pointer cache, as between real runs
-                version = versions.publish_version(
-                    real_redis, marked_recs(marker), marked_popular(marker), None, {}, cfg
+                version = publish_lists(
+                    real_redis, marked_recs(marker), marked_popular(marker), None, cfg
                 )
                 markers[version] = marker
             time.sleep(0.2)
@@ -182,7 +182,7 @@ def test_known_user_never_gets_fallback_after_fast_republish(
 ) -> None:
     """Publish, read (the pointer is cached), publish twice more (the cleanup unlinks the
     cached version), read again within the cache period: the user must stay ``personal``."""
-    versions.publish_version(real_redis, marked_recs(1, 10), marked_popular(1), None, {}, cfg)
+    publish_lists(real_redis, marked_recs(1, 10), marked_popular(1), None, cfg)
     settings = Settings(
         redis={"url": cfg.url, "key_prefix": cfg.key_prefix},
         api={"current_cache_seconds": 30.0},
@@ -190,8 +190,6 @@ def test_known_user_never_gets_fallback_after_fast_republish(
     with TestClient(create_app(settings)) as api:
         assert api.get("/v1/recommendations/3").json()["source"] == "personal"
         for marker in (2, 3):
-            versions.publish_version(
-                real_redis, marked_recs(marker, 10), marked_popular(marker), None, {}, cfg
-            )
+            publish_lists(real_redis, marked_recs(marker, 10), marked_popular(marker), None, cfg)
         body = api.get("/v1/recommendations/3").json()
     assert body["source"] == "personal"

@@ -8,6 +8,7 @@ keeps failing flips nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from recsys_batch.data import columns as C
 from recsys_batch.data.sources import load_dataset
 from recsys_batch.model import split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
-from recsys_batch.publish import keys, store, versions
+from recsys_batch.publish import keys, status, store, writer
 from recsys_batch.run import executors as E
 
 pytestmark = pytest.mark.integration
@@ -156,12 +157,12 @@ def test_dask_publishes_exactly_what_local_publishes(
     on_dask = publish_with(dask(), trained, settings, client)
     by_dask = published_values(client, on_dask.version or "", settings)
 
-    expected = versions.user_values(trained.expected)
+    expected = writer.user_values(trained.expected)
     assert by_local == dict(zip(expected[C.USER], expected["value"], strict=True))
     assert by_dask == by_local
-    assert versions.live_version(client, settings.redis) == on_dask.version
-    assert versions.previous_version(client, settings.redis) == local.version
-    info = versions.version_info(client, on_dask.version or "", settings.redis)
+    assert status.live_version(client, settings.redis) == on_dask.version
+    assert status.previous_version(client, settings.redis) == local.version
+    info = status.version_info(client, on_dask.version or "", settings.redis)
     assert info.state == keys.STATE_COMPLETE
     assert info.users == len(by_dask) == trained.user_ids.height
 
@@ -195,7 +196,7 @@ def test_a_failed_shard_is_retried(
     assert not isinstance(chosen, str)
     run = publish_with(chosen, trained, settings, client, flaky)
     assert f"{run.version}:1" in FAILURES
-    assert versions.live_version(client, settings.redis) == run.version
+    assert status.live_version(client, settings.redis) == run.version
     assert len(published_values(client, run.version or "", settings)) == trained.user_ids.height
 
 
@@ -208,8 +209,8 @@ def test_a_shard_that_keeps_failing_flips_nothing(
     live = publish_with(E.LocalExecutor(), trained, settings, client)
     with pytest.raises(E.ShardError, match="shard 2 failed after 2 attempt"):
         publish_with(chosen, trained, settings, client, broken)
-    assert versions.live_version(client, settings.redis) == live.version
-    assert versions.all_versions(client, settings.redis) == [live.version]
+    assert status.live_version(client, settings.redis) == live.version
+    assert status.all_versions(client, settings.redis) == [live.version]
     assert len(published_values(client, live.version or "", settings)) == trained.user_ids.height
 
 
@@ -248,21 +249,31 @@ def test_nightly_batch_cli_dask_equals_local(
     }
     runner = CliRunner()
     values = {}
+    saved = {}
     for executor in ("local", "dask"):
         result = runner.invoke(
             app,
-            ["nightly-batch", "--source", "synthetic", "--no-gate", "--executor", executor],
+            ["nightly-batch", "--source", "synthetic", "--no-gate", "--executor", executor]
+            + ["--log-format", "json"],
             env=env,
         )
         assert result.exit_code == 0, result.output
+        folder = Path(json.loads(result.stdout)["run_dir"]) / "recommendations.parquet"
+        assert sorted(p.name for p in folder.iterdir()) == [
+            f"shard={n:05d}.parquet" for n in range(N_SHARDS)
+        ]
+        saved[executor] = pl.read_parquet(folder).sort(C.USER, C.RANK)
         cfg = RedisConfig(url=redis_url, key_prefix=key_prefix)
-        version = versions.live_version(real_redis, cfg)
+        version = status.live_version(real_redis, cfg)
         assert version is not None
         settings = Settings(redis=cfg)
         values[executor] = published_values(real_redis, version, settings)
-        assert versions.version_info(real_redis, version, cfg).users == len(values[executor])
+        assert status.version_info(real_redis, version, cfg).users == len(values[executor])
     assert len(values["local"]) == 150
     assert values["dask"] == values["local"]
+    assert_frame_equal(saved["dask"], saved["local"])
+    expected = writer.user_values(saved["local"])
+    assert values["local"] == dict(zip(expected[C.USER], expected["value"], strict=True))
 
 
 def test_nightly_batch_cli_rejects_an_unknown_executor() -> None:

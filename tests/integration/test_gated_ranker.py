@@ -18,7 +18,7 @@ from recsys_batch.data.sources import load_dataset
 from recsys_batch.model import split
 from recsys_batch.model.two_stage import load_model
 from recsys_batch.publish import store
-from recsys_batch.run import pipeline
+from recsys_batch.run import pipeline, quality_gate
 
 pytestmark = pytest.mark.integration
 
@@ -44,11 +44,7 @@ def _settings(
 
 
 def _run(settings: Settings, *, gate: bool = True) -> pipeline.RunResult:
-    client = store.connect(settings.redis)
-    try:
-        return pipeline.run_nightly(settings, client=client, gate=gate)
-    finally:
-        client.close()
+    return pipeline.run_nightly(settings, gate=gate)
 
 
 def _booster_texts(model: Any) -> list[str]:
@@ -76,7 +72,7 @@ def test_the_published_ranker_is_the_one_the_gate_measured(
     )
     assert "ranker_fit" not in shipped.timings
     # The very model the gate's backtest trains (deterministic for fixed seeds and threads).
-    outcome = pipeline.backtest_metrics(dataset, settings)
+    outcome = quality_gate.backtest_outcome(dataset, settings)
     assert outcome.metrics["precision@5"] == pytest.approx(result.metrics["precision@5"])
     assert _booster_texts(shipped) == _booster_texts(outcome.model)
 

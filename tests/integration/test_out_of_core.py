@@ -20,16 +20,18 @@ from polars.testing import assert_frame_equal
 
 from recsys_batch.config import Settings, load_settings
 from recsys_batch.data import columns as C
-from recsys_batch.data.sources import Dataset
-from recsys_batch.publish import store, versions
-from recsys_batch.run import pipeline
+from recsys_batch.data.sources import load_dataset
+from recsys_batch.publish import status, store
+from recsys_batch.run import pipeline, quality_gate, sharding, stages
 
 pytestmark = pytest.mark.integration
+
+USERS = 160
 
 
 def _settings(tmp_path: Path, redis_url: str, key_prefix: str, **scale: Any) -> Settings:
     return load_settings(
-        data={"source": "synthetic", "synthetic_users": 160, "synthetic_seed": 3},
+        data={"source": "synthetic", "synthetic_users": USERS, "synthetic_seed": 3},
         prefilter={"min_user_share": 0.01},
         candidates={"als": {"iterations": 3, "factors": 16, "threads": 1}},
         ranker={"n_estimators": 30, "early_stopping_rounds": 10, "threads": 1},
@@ -39,13 +41,8 @@ def _settings(tmp_path: Path, redis_url: str, key_prefix: str, **scale: Any) -> 
     )
 
 
-def _gate(dataset: Dataset, settings: Settings) -> dict[str, Any]:
-    users = dataset.transactions.select(pl.col(C.USER).n_unique()).collect().item()
-    return {"precision@5": 0.5, "gate_users": users}
-
-
 def _published(client: store.Client, settings: Settings) -> pl.DataFrame:
-    version = versions.live_version(client, settings.redis)
+    version = status.live_version(client, settings.redis)
     assert version is not None
     prefix = f"{settings.redis.key_prefix}:v:{version}:u:"
     rows = [
@@ -58,12 +55,19 @@ def _published(client: store.Client, settings: Settings) -> pl.DataFrame:
 
 
 def _run(settings: Settings) -> tuple[pipeline.RunResult, pl.DataFrame]:
+    result = pipeline.run_nightly(settings)
     client = store.connect(settings.redis)
     try:
-        result = pipeline.run_nightly(settings, client=client, evaluator=_gate)
         return result, _published(client, settings)
     finally:
         client.close()
+
+
+def _recommendations(result: pipeline.RunResult) -> pl.DataFrame:
+    """The run's ``recommendations.parquet`` folder (one file per shard), as one frame."""
+    folder = result.run_dir / stages.RECOMMENDATIONS_FILE
+    assert folder.is_dir()
+    return pl.read_parquet(folder).sort(C.USER, C.RANK)
 
 
 def test_out_of_core_publishes_what_the_in_memory_path_publishes(
@@ -75,10 +79,11 @@ def test_out_of_core_publishes_what_the_in_memory_path_publishes(
     manifest = json.loads((out_of_core.run_dir / "manifest.json").read_text())
     assert manifest["data"]["in_memory"] is False
     assert json.loads((in_memory.run_dir / "manifest.json").read_text())["data"]["in_memory"]
-    assert out_of_core.users == in_memory.users == expected.height == 160
+    assert out_of_core.users == in_memory.users == expected.height == USERS
     assert_frame_equal(got, expected)
+    assert_frame_equal(_recommendations(out_of_core), _recommendations(in_memory))
     # The shard folders are scratch space: gone once the run ends.
-    assert not (out_of_core.run_dir / pipeline.SHARDS_DIR).exists()
+    assert not stages.shards_dir_of(out_of_core.run_dir).exists()
 
 
 def test_sampled_training_and_gate_still_serve_every_user(
@@ -87,21 +92,28 @@ def test_sampled_training_and_gate_still_serve_every_user(
     settings = _settings(tmp_path, redis_url, key_prefix, in_memory_rows=0, train_users=60)
     result, published = _run(settings)
 
-    assert result.users == 160
-    assert published.height == 160
-    # The gate backtest ran on the sample, not on everyone.
-    assert 30 <= result.metrics["gate_users"] < 160
+    assert result.users == USERS
+    assert published.height == USERS
+    # The gate's backtest ran on the stable sample of ~60 users, not on everyone.
+    transactions = load_dataset(settings.data).transactions
+    sample = sharding.sample_users(transactions, USERS, 60)
+    sampled = sample.select(pl.col(C.USER).n_unique()).collect().item()
+    assert 30 <= sampled < USERS
+    assert 0 < result.metrics["users"] <= sampled
     lists = published["items"].str.split(",")
     assert lists.list.len().min() >= 1
     assert (lists.list.len() == lists.list.unique().list.len()).all()
 
 
-def test_an_injected_client_receives_every_shard_write(tmp_path: Path) -> None:
+def test_shards_write_through_the_driver_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # settings.redis names a port nobody listens on: the local executor's shards must write
     # through the driver's client, the one that opens the version and flips the pointer.
     settings = _settings(tmp_path, "redis://127.0.0.1:1/0", "injected")
     client = fakeredis.FakeRedis()
-    result = pipeline.run_nightly(settings, client=client, evaluator=_gate)
+    monkeypatch.setattr(quality_gate, "connect_for_gate", lambda settings, dry_run: client)
+    result = pipeline.run_nightly(settings)
 
-    assert result.users == 160
-    assert _published(client, settings).height == 160
+    assert result.users == USERS
+    assert _published(client, settings).height == USERS
