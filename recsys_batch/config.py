@@ -104,7 +104,7 @@ class AlsConfig(_Section):
     alpha: float = 1.0
     """Confidence scale: implicit's confidence is 1 + alpha * matrix value."""
     iterations: int = 10
-    """ALS sweeps (10 and 15 give the same candidate recall on the bundled data)."""
+    """ALS sweeps over the user-item matrix."""
     threads: int = 0
     """0 = all cores."""
     seed: int = 42
