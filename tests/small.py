@@ -42,3 +42,34 @@ def small_dataset(users: int = 200, seed: int = 3) -> Dataset:
     """Seeded synthetic data of the bundled shape (53 weeks)."""
     g = synthetic.generate(users, seed)
     return Dataset(g.transactions.lazy(), g.items.lazy(), g.users.lazy(), name="synthetic-test")
+
+
+def small_env(users: int = 300, shard_users: int = 100) -> dict[str, str]:
+    """``RECSYS_*`` variables of :data:`SMALL_SETTINGS` for a real ``recsys nightly-batch``.
+
+    ``users`` synthetic users (``--source synthetic``) scored in shards of ``shard_users``,
+    so a run writes several shards; one thread each for ALS and LightGBM.
+    """
+    return {
+        "RECSYS_DATA__SYNTHETIC_USERS": str(users),
+        "RECSYS_PREFILTER__MIN_USER_SHARE": "0.01",
+        "RECSYS_PREFILTER__MAX_USER_SHARE": "1.0",
+        "RECSYS_PREFILTER__MIN_DEPARTMENT_ITEMS": "0",
+        "RECSYS_PREFILTER__MIN_PRICE": "0",
+        "RECSYS_PREFILTER__MAX_PRICE": "1e9",
+        "RECSYS_PREFILTER__TOP_N": "300",
+        "RECSYS_CANDIDATES__ALS__FACTORS": "8",
+        "RECSYS_CANDIDATES__ALS__ITERATIONS": "3",
+        "RECSYS_CANDIDATES__ALS__THREADS": "1",
+        "RECSYS_CANDIDATES__N_ALS": "20",
+        "RECSYS_CANDIDATES__N_OWN": "20",
+        "RECSYS_CANDIDATES__N_COPURCHASE": "10",
+        "RECSYS_CANDIDATES__N_POPULAR": "10",
+        "RECSYS_CANDIDATES__N_TREND": "5",
+        "RECSYS_CANDIDATES__MAX_PER_USER": "50",
+        "RECSYS_RANKER__N_ESTIMATORS": "30",
+        "RECSYS_RANKER__THREADS": "1",
+        "RECSYS_RANKER__NUM_LEAVES": "7",
+        "RECSYS_RANKER__MIN_CHILD_SAMPLES": "5",
+        "RECSYS_SCALE__SHARD_USERS": str(shard_users),
+    }
