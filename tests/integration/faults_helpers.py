@@ -198,8 +198,7 @@ BATCH_COMMANDS = (
     "ping get set zadd zrange zrem hset hgetall expire exists unlink scan "
     "watch unwatch multi exec discard hlen"
 )
-"""What the batch is granted here: docs/security.md's line, plus ``hlen``, which
-``versions.verify_version`` uses to count the item fields (see
+"""What the batch is granted here: exactly docs/security.md's line (pinned by
 ``test_docs_grant_the_commands_tested_here``)."""
 API_COMMANDS = "get mget hget hmget hgetall ping"
 

@@ -284,15 +284,7 @@ def test_batch_with_the_api_user_is_refused(
 @pytest.mark.parametrize(
     ("user", "commands"),
     [
-        pytest.param(
-            "recsys-batch",
-            BATCH_COMMANDS,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue #15: verify_version counts item fields with HLEN; the batch "
-                "ACL line of docs/security.md lacks +hlen (the real batch then exits 4)",
-            ),
-        ),
+        ("recsys-batch", BATCH_COMMANDS),
         ("recsys-api", API_COMMANDS),
     ],
     ids=["batch", "api"],
