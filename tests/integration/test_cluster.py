@@ -1,25 +1,39 @@
-"""Publishing to a local 3-master Redis Cluster started by the fixture (issue #5)."""
+"""``recsys nightly-batch`` into a local 3-master Redis Cluster started by the fixture (#5, #15).
+
+The real model on small synthetic data publishes through a ``redis+cluster://`` URL; the
+version is then whole on the cluster (every user key the run saved, on whichever master
+holds its slot) and the API reads it from there."""
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import pytest
 from redis.cluster import RedisCluster
+from typer.testing import CliRunner
 
-from recsys_batch.config import RedisConfig
-from recsys_batch.publish import keys, store, versions
+from api.main import create_app
+from cli.main import app
+from recsys_batch.config import Settings
+from recsys_batch.publish import keys, status, store
 from tests.conftest import redis_server_binary, start_redis_server
+from tests.nightly import expected_values, saved_recommendations, version_keys
+from tests.small import small_env
+
+with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 pytestmark = pytest.mark.integration
+runner = CliRunner()
 
 
 def cluster_port() -> int:
@@ -92,37 +106,82 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=10)
 
 
-def recs(users: int, marker: int) -> pl.DataFrame:
-    ids = np.arange(1, users + 1, dtype=np.int64)
-    return pl.DataFrame(
-        {
-            "user_id": np.repeat(ids, 3),
-            "item_id": np.tile(np.arange(1, 4, dtype=np.int64) + 10 * marker, users),
-            "rank": np.tile(np.arange(1, 4, dtype=np.int32), users),
-            "score": np.ones(users * 3, dtype=np.float32),
-        }
-    )
+@pytest.fixture
+def _restore_logging() -> Iterator[None]:
+    """``nightly-batch`` installs its log handler on the root logger; put the old ones back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
+@pytest.mark.usefixtures("_restore_logging")
 class TestCluster:
-    def test_publish_read_back_rollback(self, cluster_url: str) -> None:
-        cfg = RedisConfig(url=cluster_url, chunk_size=300, key_prefix="c1")
-        client = store.connect(cfg)
+    def test_nightly_publish_read_back_rollback(
+        self, cluster_url: str, key_prefix: str, tmp_path: Path
+    ) -> None:
+        env = {
+            **small_env(users=300, shard_users=100),
+            "REDIS_URL": cluster_url,
+            "RECSYS_REDIS__KEY_PREFIX": key_prefix,
+            "RECSYS_REDIS__CHUNK_SIZE": "40",
+            "RECSYS_RUN__RUNS_DIR": str(tmp_path / "runs"),
+            "RECSYS_RUN__LOCK_FILE": str(tmp_path / "nightly.lock"),
+        }
+        settings = Settings(redis={"url": cluster_url, "key_prefix": key_prefix})
+        client = store.connect(settings.redis)
         assert isinstance(client, RedisCluster)
         assert len(client.get_primaries()) == 3
-        v1 = versions.publish_version(client, recs(1_000, 1), [5], None, {}, cfg)
-        v2 = versions.publish_version(client, recs(1_000, 2), [6], None, {}, cfg)
-        v3 = versions.publish_version(client, recs(1_000, 3), [7], None, {}, cfg)
-        assert client.get("c1:current").decode() == v3
-        assert client.get("c1:previous").decode() == v2
-        assert client.get(keys.user_key(v3, 1000, "c1")) == b"31,32,33"
-        assert client.get(keys.popular_key(v3, "c1")) == b"7"
+        published = []
+        for _ in range(3):
+            run = runner.invoke(
+                app, ["nightly-batch", "--source", "synthetic", "--no-gate"], env=env
+            )
+            assert run.exit_code == 0, run.output
+            published.append(status.live_version(client, settings.redis))
+        v1, v2, v3 = published
+        assert len(set(published)) == 3
+        assert status.previous_version(client, settings.redis) == v2
+
+        # The live version is whole: every user the run saved, with its list.
+        run_dir = sorted((tmp_path / "runs").iterdir())[-1]
+        expected = expected_values(saved_recommendations(run_dir))
+        assert len(expected) == 300
+        users = sorted(expected)
+        stored = client.mget_nonatomic([keys.user_key(v3, u, key_prefix) for u in users])
+        assert dict(zip(users, stored, strict=True)) == expected
+        info = status.version_info(client, v3, settings.redis)
+        assert (info.state, info.users) == (keys.STATE_COMPLETE, 300)
+        assert client.get(keys.popular_key(v3, key_prefix))
         # Keys are spread over the three masters.
         sizes = [client.dbsize(target_nodes=node) for node in client.get_primaries()]
         assert all(size > 0 for size in sizes)
-        # The oldest version was removed from every node.
-        assert list(client.scan_iter(match=f"c1:v:{v1}:*")) == []
-        assert versions.rollback(client, cfg) == (v2, v3)
-        assert client.get("c1:current").decode() == v2
-        assert client.get(keys.user_key(v2, 7, "c1")) == b"21,22,23"
+        # The oldest version was removed from every node; two are kept.
+        assert version_keys(client, v1, key_prefix) == set()
+        assert len(version_keys(client, v2, key_prefix)) == 300 + 3
+        assert status.all_versions(client, settings.redis) == [v2, v3]
+
+        # The API reads the live version from the cluster.
+        user = users[7]
+        api_settings = Settings(
+            redis={"url": cluster_url, "key_prefix": key_prefix},
+            api={"current_cache_seconds": 0.0},
+        )
+        service = create_app(api_settings)
+        with TestClient(service) as http:
+            assert service.state.lookup.cluster
+            one = http.get(f"/v1/recommendations/{user}").json()
+            batch = http.post("/v1/recommendations", json={"user_ids": users[:50]}).json()
+            rolled = runner.invoke(app, ["rollback"], env=env)
+            assert rolled.exit_code == 0, rolled.output
+            after = http.get(f"/v1/recommendations/{user}").json()
+        assert (one["version"], one["source"]) == (v3, "personal")
+        assert one["items"] == keys.decode_items(expected[user])
+        assert [r["items"] for r in batch["results"]] == [
+            keys.decode_items(expected[u]) for u in users[:50]
+        ]
+        assert status.live_version(client, settings.redis) == v2
+        assert after["version"] == v2
+        assert after["items"] == keys.decode_items(client.get(keys.user_key(v2, user, key_prefix)))
         client.close()

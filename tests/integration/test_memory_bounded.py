@@ -1,43 +1,33 @@
-"""Redis memory stays bounded across nightly publishes (issue #7).
+"""Redis memory stays bounded across nightly runs (issue #7).
 
-After ten consecutive publishes of the same data, Redis holds two versions (the live one and
-the previous one, for ``recsys rollback``), not ten: the cleanup after each flip unlinks the
-rest, and every key of a version carries the safety TTL, so even a version nobody cleans up
-expires by itself. Measured with ``INFO memory`` on a redis-server of this test only, so other
-tests' keys do not blur the figure.
+After several consecutive ``nightly-batch`` runs of the real model on the same small data,
+Redis holds two versions (the live one and the previous one, for ``recsys rollback``), not
+one per run: the cleanup after each flip unlinks the rest, and every key of a version
+carries the safety TTL, so even a version nobody cleans up expires by itself.
+
+The bytes are the sum of ``MEMORY USAGE`` over every key of a redis-server of this test
+only: with a few hundred users a version is ~100 kB, less than the client buffers that make
+``used_memory`` move between runs, while the keys' own bytes are exact.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import pytest
 import redis
 
-from recsys_batch.config import RedisConfig
-from recsys_batch.publish import keys, versions
+from recsys_batch.publish import keys, status
+from recsys_batch.run import pipeline
 from tests.conftest import start_redis_server
+from tests.nightly import small_run_settings
 
 pytestmark = pytest.mark.integration
 
-USERS = 20_000
-PUBLISHES = 10
-
-
-def recommendations(users: int) -> pl.DataFrame:
-    ids = np.arange(1, users + 1, dtype=np.int64)
-    return pl.DataFrame(
-        {
-            "user_id": np.repeat(ids, 5),
-            "item_id": np.tile(np.arange(840_361, 840_366, dtype=np.int64), users),
-            "rank": np.tile(np.arange(1, 6, dtype=np.int32), users),
-            "score": np.ones(users * 5, dtype=np.float32),
-        }
-    )
+USERS = 300
+RUNS = 4
+PREFIX = "mem"
 
 
 @pytest.fixture
@@ -52,36 +42,44 @@ def own_redis(tmp_path: Path) -> Iterator[redis.Redis]:
         proc.wait(timeout=10)
 
 
-def used_memory(client: redis.Redis) -> int:
-    """``used_memory`` once the background UNLINK thread has freed everything."""
-    deadline = time.monotonic() + 10
-    while client.info("memory")["lazyfree_pending_objects"] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return int(client.info("memory")["used_memory"])
+def stored_bytes(client: redis.Redis) -> int:
+    """Bytes of every key and value in the server (``MEMORY USAGE``, every element)."""
+    return sum(
+        int(client.memory_usage(name, samples=0) or 0) for name in client.scan_iter(count=10_000)
+    )
 
 
-def test_ten_publishes_keep_about_two_versions(own_redis: redis.Redis) -> None:
+def test_nightly_runs_keep_two_versions(own_redis: redis.Redis, tmp_path: Path) -> None:
     url = "redis://{host}:{port}/0".format(**own_redis.connection_pool.connection_kwargs)
-    cfg = RedisConfig(url=url, key_prefix="mem", chunk_size=5_000)
-    recs = recommendations(USERS)
-    baseline = used_memory(own_redis)
-    sizes = []
-    published = []
-    for _ in range(PUBLISHES):
-        published.append(versions.publish_version(own_redis, recs, [1, 2, 3], None, {}, cfg))
-        sizes.append(used_memory(own_redis) - baseline)
+    settings = small_run_settings(tmp_path, url, PREFIX, users=USERS)
+    sizes, published = [], []
+    for _ in range(RUNS):
+        result = pipeline.run_nightly(settings, gate=False)
+        assert result.users == USERS
+        published.append(result.version)
+        sizes.append(stored_bytes(own_redis))
     one = sizes[0]
-    print(f"\nused_memory above baseline after each publish (bytes): {sizes}")  # -s shows it
-    assert one > USERS * 50  # a version really takes room (a key + a value per user)
-    # From the second publish on: two versions, whatever the number of publishes.
-    for n, size in enumerate(sizes[1:], start=2):
-        assert 1.6 * one < size < 2.4 * one, f"after publish {n}: {size} bytes, one = {one}"
-    assert sizes[-1] < 1.15 * sizes[1]  # no slow growth either
-    per_version = USERS + 2  # users, popular list, meta hash
+    print(f"\nbytes of all keys after each run: {sizes}")  # -s shows it
+    assert one > USERS * 100  # a version really takes room (a key + a value per user)
+    for n, size in enumerate(sizes[1:], start=2):  # from the second run on: two versions
+        assert 1.8 * one < size < 2.2 * one, f"after run {n}: {size} bytes, one = {one}"
+    assert sizes[-1] <= 1.05 * sizes[1]  # no slow growth either
+
+    cfg = settings.redis
+    assert status.all_versions(own_redis, cfg) == published[-2:]
+    assert (status.live_version(own_redis, cfg), status.previous_version(own_redis, cfg)) == (
+        published[-1],
+        published[-2],
+    )
+    per_version = USERS + 3  # users, popular list, item attributes, meta hash
     assert own_redis.dbsize() == 2 * per_version + 3  # + current, previous, versions
-    assert versions.all_versions(own_redis, cfg) == published[-2:]
+    for version in published[:-2]:
+        assert list(own_redis.scan_iter(match=keys.version_prefix(version, PREFIX) + "*")) == []
     # Every key of a version expires by itself (safety TTL), the pointers do not.
     ttl = cfg.ttl_days * 86_400
-    for name in own_redis.scan_iter(match="mem:v:*", count=10_000):
+    version_keys = list(own_redis.scan_iter(match=f"{PREFIX}:v:*", count=10_000))
+    assert len(version_keys) == 2 * per_version
+    for name in version_keys:
         assert 0 < own_redis.ttl(name) <= ttl
-    assert own_redis.ttl(keys.current_key("mem")) == -1
+    for pointer in (keys.current_key(PREFIX), keys.previous_key(PREFIX)):
+        assert own_redis.ttl(pointer) == -1

@@ -1,63 +1,83 @@
-"""versions.py against a real Redis: fast path, readers never see a mix, faults (issues #5, #7)."""
+"""The nightly publish against a real Redis: raw path, readers never see a mix, faults (#5, #7).
+
+Every version here is written by ``run_nightly`` with the real two-stage model on small
+synthetic data (several shards of 100 users), so the writer, the version lifecycle and the
+executor are the ones that ship. Faults come from a TCP proxy in front of Redis or from a
+redis-server of the test's own.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import polars as pl
 import pytest
 import redis
 
-from recsys_batch.config import RedisConfig
+from recsys_batch.config import Settings
 from recsys_batch.errors import PublishError
-from recsys_batch.publish import keys, versions
+from recsys_batch.publish import keys, status, writer
+from recsys_batch.run import pipeline
 from tests.conftest import start_redis_server
+from tests.nightly import expected_values, saved_recommendations, small_run_settings
 
 pytestmark = pytest.mark.integration
 
-
-def synthetic_recs(users: int, marker: int) -> pl.DataFrame:
-    """Every user of version ``marker`` gets items marker*10+1 .. marker*10+5."""
-    ids = np.arange(1, users + 1, dtype=np.int64)
-    return pl.DataFrame(
-        {
-            "user_id": np.repeat(ids, 5),
-            "item_id": np.tile(np.arange(1, 6, dtype=np.int64) + marker * 10, users),
-            "rank": np.tile(np.arange(1, 6, dtype=np.int32), users),
-            "score": np.ones(users * 5, dtype=np.float32),
-        }
-    )
-
-
-def expected_value(marker: int) -> bytes:
-    return keys.encode_items([marker * 10 + r for r in range(1, 6)]).encode()
+USERS = 300
 
 
 @pytest.fixture
-def cfg(redis_url: str, key_prefix: str) -> RedisConfig:
-    return RedisConfig(
-        url=redis_url, key_prefix=key_prefix, chunk_size=500, retry_backoff_seconds=0.01
-    )
+def settings(tmp_path: Path, redis_url: str, key_prefix: str) -> Settings:
+    return small_run_settings(tmp_path, redis_url, key_prefix, users=USERS)
+
+
+def nightly(settings: Settings, **redis_update: Any) -> pipeline.RunResult:
+    """One publishing run without the gate (the gate is not the subject here)."""
+    if redis_update:
+        settings = settings.model_copy(
+            update={"redis": settings.redis.model_copy(update=redis_update)}
+        )
+    return pipeline.run_nightly(settings, gate=False)
+
+
+def assert_whole(client: redis.Redis, result: pipeline.RunResult, prefix: str) -> None:
+    """Every user the run saved is in its version with the saved list, and it is live."""
+    version = result.version or ""
+    expected = expected_values(saved_recommendations(result.run_dir))
+    users = sorted(expected)
+    stored = client.mget([keys.user_key(version, u, prefix) for u in users])
+    assert dict(zip(users, stored, strict=True)) == expected
+    assert client.hget(keys.meta_key(version, prefix), "users") == str(len(users)).encode()
+    assert client.get(keys.current_key(prefix)) == version.encode()
 
 
 class FaultProxy:
-    """TCP proxy to Redis that dies for good after forwarding ``cut_after`` client bytes."""
+    """TCP proxy to Redis that cuts the connection on which ``trigger`` is first sent.
 
-    def __init__(self, upstream: tuple[str, int], cut_after: int) -> None:
+    The data carrying ``trigger`` is not forwarded. ``forever``: the proxy then dies for
+    good (Redis is gone); otherwise only that connection is cut and new ones pass.
+    """
+
+    def __init__(self, upstream: tuple[str, int], trigger: bytes, *, forever: bool) -> None:
         self.upstream = upstream
-        self.cut_after = cut_after
-        self.forwarded = 0
+        self.trigger = trigger
+        self.forever = forever
+        self.cuts = 0
         self.dead = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def _accept(self) -> None:
         while not self.dead.is_set():
@@ -68,32 +88,39 @@ class FaultProxy:
             server = socket.create_connection(self.upstream)
             with self.lock:
                 self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+            pair = (client, server)
+            threading.Thread(target=self._pump, args=(client, server, pair), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, pair: tuple[socket.socket, ...] | None
+    ) -> None:
         try:
             while data := src.recv(65536):
-                if upstream:
+                if pair is not None and self.trigger in data:
                     with self.lock:
-                        self.forwarded += len(data)
-                        over = self.forwarded > self.cut_after
-                    if over:
-                        self.kill()
+                        first = self.cuts == 0
+                        self.cuts += 1
+                    if first or self.forever:
+                        self.kill() if self.forever else self._close(pair)
                         return
                 dst.sendall(data)
         except OSError:
             pass
+
+    @staticmethod
+    def _close(sockets: tuple[socket.socket, ...] | list[socket.socket]) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
     def kill(self) -> None:
         self.dead.set()
         with contextlib.suppress(OSError):
             self.listener.close()
         with self.lock:
-            for sock in self.sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                    sock.close()
+            self._close(self.sockets)
 
 
 @pytest.fixture
@@ -107,188 +134,181 @@ def upstream(redis_url: str) -> tuple[str, int]:
 
 
 class TestRealRedis:
-    def test_fast_path_layout_and_ttl(self, real_redis: redis.Redis, cfg: RedisConfig) -> None:
-        version = versions.publish_version(
-            real_redis, synthetic_recs(2_000, 1), [7, 8], None, {}, cfg
-        )
-        assert versions.fast_path_ok(real_redis)
-        p = cfg.key_prefix
-        assert real_redis.get(f"{p}:current").decode() == version
-        assert real_redis.get(keys.user_key(version, 1999, p)) == expected_value(1)
-        assert real_redis.get(keys.popular_key(version, p)) == b"7,8"
-        ttl = real_redis.ttl(keys.user_key(version, 5, p))
-        assert cfg.ttl_days * 86_400 - 60 < ttl <= cfg.ttl_days * 86_400
-        assert real_redis.hget(keys.meta_key(version, p), "users") == b"2000"
-
-    def test_memory_bounded_to_two_versions(
-        self, real_redis: redis.Redis, cfg: RedisConfig
+    def test_raw_path_layout_and_ttl(
+        self,
+        settings: Settings,
+        real_redis: redis.Redis,
+        key_prefix: str,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        for marker in range(1, 6):
-            versions.publish_version(real_redis, synthetic_recs(300, marker), [1], None, {}, cfg)
-        user_keys = list(real_redis.scan_iter(f"{cfg.key_prefix}:v:*:u:*", count=10_000))
-        assert len(user_keys) == 2 * 300
-        assert real_redis.zcard(f"{cfg.key_prefix}:versions") == 2
+        raw_chunks: list[int] = []
+        original = writer.write_users_raw
+
+        def counted(client: Any, values: Any, *args: Any) -> list[bytes]:
+            checks = original(client, values, *args)
+            raw_chunks.append(len(checks))
+            return checks
+
+        monkeypatch.setattr(writer, "write_users_raw", counted)
+        result = nightly(settings)
+        assert writer.fast_path_ok(real_redis)
+        assert len(raw_chunks) >= 2  # one call per shard, all on the raw RESP path
+        assert_whole(real_redis, result, key_prefix)
+        version = result.version or ""
+        popular = real_redis.get(keys.popular_key(version, key_prefix))
+        assert len(keys.decode_items(popular)) == settings.ranker.top_k
+        ttl = settings.redis.ttl_days * 86_400
+        for name in real_redis.scan_iter(keys.version_prefix(version, key_prefix) + "*"):
+            assert ttl - 60 < real_redis.ttl(name) <= ttl
 
     def test_reader_never_sees_mixed_or_missing(
-        self, real_redis: redis.Redis, cfg: RedisConfig, redis_url: str
+        self, tmp_path: Path, redis_url: str, key_prefix: str, real_redis: redis.Redis
     ) -> None:
-        users = 3_000
-        first = versions.publish_version(
-            real_redis, synthetic_recs(users, 0), [0], None, {"marker": 0}, cfg
-        )
-        assert first
+        """Each run draws other synthetic data (seed), so each version has its own lists."""
+
+        def run(seed: int) -> pipeline.RunResult:
+            return nightly(
+                small_run_settings(tmp_path, redis_url, key_prefix, data={"synthetic_seed": seed})
+            )
+
+        first = run(1)
+        users = sorted(expected_values(saved_recommendations(first.run_dir)))
         stop = threading.Event()
-        problems: list[str] = []
-        reads = {"n": 0}
-        p = cfg.key_prefix
+        seen: list[tuple[str, int, bytes | None, bytes | None, bytes | None]] = []
 
         def reader() -> None:
             client = redis.Redis.from_url(redis_url)
-            rng = np.random.default_rng(1)
+            rng = random.Random(1)
             while not stop.is_set():
-                version = client.get(f"{p}:current").decode()
-                marker = int(client.hget(keys.meta_key(version, p), "marker") or -1)
-                user = int(rng.integers(1, users + 1))
-                value = client.get(keys.user_key(version, user, p))
-                popular = client.get(keys.popular_key(version, p))
-                state = client.hget(keys.meta_key(version, p), "state")
-                if value != expected_value(marker) or popular != str(marker).encode():
-                    problems.append(f"{version} user {user}: {value!r} {popular!r}")
-                if state != b"complete":
-                    problems.append(f"{version} state {state!r}")
-                reads["n"] += 1
+                version = client.get(keys.current_key(key_prefix)).decode()
+                user = rng.choice(users)
+                value = client.get(keys.user_key(version, user, key_prefix))
+                popular = client.get(keys.popular_key(version, key_prefix))
+                state = client.hget(keys.meta_key(version, key_prefix), "state")
+                seen.append((version, user, value, popular, state))
             client.close()
 
         thread = threading.Thread(target=reader)
         thread.start()
         try:
-            for marker in range(1, 7):
-                versions.publish_version(
-                    real_redis,
-                    synthetic_recs(users, marker),
-                    [marker],
-                    None,
-                    {"marker": marker},
-                    cfg,
-                )
+            results = [first, run(2), run(3)]
         finally:
             stop.set()
             thread.join(timeout=30)
+        by_version = {r.version: expected_values(saved_recommendations(r.run_dir)) for r in results}
+        assert len({tuple(v.items()) for v in by_version.values()}) == 3  # distinct versions
+        problems = [
+            row
+            for row in seen
+            if row[0] not in by_version
+            or row[2] != by_version[row[0]].get(row[1])
+            or row[3] is None
+            or row[4] != keys.STATE_COMPLETE.encode()
+        ]
         assert problems == []
-        assert reads["n"] > 20
+        assert len(seen) > 100
+        assert len({row[0] for row in seen}) >= 2  # the flips were really observed
 
-    def test_connection_killed_mid_publish_is_retried(
-        self, real_redis: redis.Redis, cfg: RedisConfig
+    def test_connection_cut_while_writing_users_is_retried(
+        self,
+        settings: Settings,
+        real_redis: redis.Redis,
+        key_prefix: str,
+        upstream: tuple[str, int],
     ) -> None:
-        users = 100_000
-        big = cfg.model_copy(update={"chunk_size": 5_000})
-        name = f"publish-{big.key_prefix}"
-        # Only this publisher's connections are killed, never other clients of a shared server.
-        publisher = redis.Redis.from_url(big.url, client_name=name)
-        killer = redis.Redis.from_url(big.url)
-        killed = {"n": 0}
-        done = threading.Event()
-
-        def kill_when_writing() -> None:
-            while not done.is_set():
-                if killer.zcard(f"{big.key_prefix}:versions"):
-                    for client in killer.client_list():
-                        if client.get("name") == name:
-                            killed["n"] += int(killer.client_kill_filter(_id=client["id"]))
-                    return
-                time.sleep(0.001)
-
-        thread = threading.Thread(target=kill_when_writing)
-        thread.start()
+        proxy = FaultProxy(upstream, b":u:", forever=False)
         try:
-            version = versions.publish_version(
-                publisher, synthetic_recs(users, 2), [1], None, {}, big
-            )
+            result = nightly(settings, url=proxy.url, chunk_size=40)
         finally:
-            done.set()
-            thread.join()
-            killer.close()
-            publisher.close()
-        assert killed["n"] >= 1
-        assert real_redis.get(f"{big.key_prefix}:current").decode() == version
-        meta = keys.meta_key(version, big.key_prefix)
-        assert real_redis.hget(meta, "users") == str(users).encode()
-        assert real_redis.get(keys.user_key(version, users, big.key_prefix)) == expected_value(2)
-        # Bulk cleanup here: the fixture's key-by-key teardown is slow on 10^5 keys.
-        versions.unlink_version(real_redis, version, big)
+            proxy.kill()
+        assert proxy.cuts >= 1
+        assert result.status == "published"
+        assert_whole(real_redis, result, key_prefix)
 
     def test_redis_gone_mid_publish_leaves_live_version(
-        self, real_redis: redis.Redis, cfg: RedisConfig, upstream: tuple[str, int]
+        self,
+        settings: Settings,
+        real_redis: redis.Redis,
+        key_prefix: str,
+        upstream: tuple[str, int],
     ) -> None:
-        live = versions.publish_version(real_redis, synthetic_recs(1_000, 1), [1], None, {}, cfg)
-        proxy = FaultProxy(upstream, cut_after=20_000)
-        broken = cfg.model_copy(update={"url": f"redis://127.0.0.1:{proxy.port}/0"})
-        client = redis.Redis.from_url(broken.url, socket_timeout=2, socket_connect_timeout=1)
+        live = nightly(settings)
+        proxy = FaultProxy(upstream, b":u:", forever=True)
         with pytest.raises(PublishError) as info:
-            versions.publish_version(client, synthetic_recs(5_000, 2), [2], None, {}, broken)
+            nightly(settings, url=proxy.url)
         assert info.value.exit_code == 4
         assert proxy.dead.is_set()
-        assert real_redis.get(f"{cfg.key_prefix}:current").decode() == live
-        assert real_redis.get(keys.user_key(live, 10, cfg.key_prefix)) == expected_value(1)
-        half = [v for v in versions.all_versions(real_redis, cfg) if v != live]
-        assert len(half) == 1
-        assert real_redis.hget(keys.meta_key(half[0], cfg.key_prefix), "state") == b"writing"
+        assert_whole(real_redis, live, key_prefix)  # still live, still whole
+        cfg = settings.redis
+        half = [v for v in status.all_versions(real_redis, cfg) if v != live.version]
+        assert len(half) == 1  # abandon could not reach Redis either
+        assert status.version_info(real_redis, half[0], cfg).state == keys.STATE_WRITING
         # A rerun succeeds and removes the half-written version.
-        fresh = versions.publish_version(real_redis, synthetic_recs(1_000, 3), [3], None, {}, cfg)
-        assert versions.all_versions(real_redis, cfg) == [live, fresh]
-        assert list(real_redis.scan_iter(keys.version_prefix(half[0], cfg.key_prefix) + "*")) == []
+        fresh = nightly(settings)
+        assert status.all_versions(real_redis, cfg) == [live.version, fresh.version]
+        assert list(real_redis.scan_iter(keys.version_prefix(half[0], key_prefix) + "*")) == []
 
-    def test_out_of_memory_is_publish_error(self, key_prefix: str, tmp_path: Path) -> None:
-        """A full Redis refuses the writes (OOM): PublishError, nothing flipped.
+    def test_out_of_memory_is_publish_error(self, settings: Settings, tmp_path: Path) -> None:
+        """A full Redis refuses the user writes (OOM): PublishError, nothing flipped.
 
         On a redis-server of this test only: a memory limit on the shared server would make
-        every other test's writes fail meanwhile.
+        every other test's writes fail meanwhile. The server is filled up to 120 kB below its
+        limit: room for the run's connections and to begin the version (about 70 kB), not
+        for its users as well (more than 200 kB with their replies in flight).
         """
         limit = 4 * 1024 * 1024
         proc, port = start_redis_server(
             tmp_path, "--maxmemory", str(limit), "--maxmemory-policy", "noeviction"
         )
         client = redis.Redis(host="127.0.0.1", port=port)
-        cfg = RedisConfig(
-            url=f"redis://127.0.0.1:{port}/0",
-            key_prefix=key_prefix,
-            chunk_size=500,
-            retry_backoff_seconds=0.01,
-        )
+        prefix = settings.redis.key_prefix
         try:
-            assert int(client.info("memory")["used_memory"]) < limit / 2  # room to start
-            with pytest.raises(PublishError, match="OOM|refused"):
-                versions.publish_version(client, synthetic_recs(50_000, 1), [1], None, {}, cfg)
-            assert client.get(f"{key_prefix}:current") is None
+            assert used_memory(client) < limit / 2  # room to start
+            fill(client, limit - 120_000)
+            with pytest.raises(PublishError, match="OOM") as info:
+                nightly(settings, url=f"redis://127.0.0.1:{port}/0")
+            assert info.value.exit_code == 4
+            assert "user write" in str(info.value)
+            assert client.get(keys.current_key(prefix)) is None
         finally:
             client.close()
             proc.kill()
             proc.wait(timeout=10)
 
 
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def fill(client: redis.Redis, target: int) -> None:
+    """Add filler keys until ``used_memory`` is just under ``target`` bytes."""
+    piece = 32_768  # small values: a big one would itself go over the limit in transit
+    for n in range(10_000):
+        room = target - used_memory(client)
+        if room < 1_000:
+            return
+        client.set(f"filler:{n}", b"x" * min(piece, room // 2))
+    msg = "could not fill the server"
+    raise AssertionError(msg)
+
+
 class TestConnectFailure:
     def test_redis_gone_when_writer_connects_is_publish_error(
         self,
-        redis_url: str,
-        cfg: RedisConfig,
-        upstream: tuple[str, int],
+        settings: Settings,
+        real_redis: redis.Redis,
+        key_prefix: str,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Regression (issue #7): the writer's own connect was outside the retry wrapper."""
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5)
-        original = versions.write_users_raw
+        original: Callable[..., list[bytes]] = writer.write_users_raw
 
-        def redis_vanishes(*args: object) -> list[bytes]:
+        def redis_vanishes(client: redis.Redis, *args: Any) -> list[bytes]:
             client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
             client.connection_pool.reset()  # drop pooled connections to the real port
-            return original(*args)  # type: ignore[arg-type]
+            return original(client, *args)
 
-        monkeypatch.setattr(versions, "write_users_raw", redis_vanishes)
-        with pytest.raises(PublishError, match="connect"):
-            versions.publish_version(client, synthetic_recs(100, 1), [1], None, {}, cfg)
-        client.connection_pool.connection_kwargs["port"] = upstream[1]
-        client.connection_pool.reset()
-        assert client.get(f"{cfg.key_prefix}:current") is None
-        for version in versions.all_versions(client, cfg):
-            versions.unlink_version(client, version, cfg)
-        client.close()
+        monkeypatch.setattr(writer, "write_users_raw", redis_vanishes)
+        with pytest.raises(PublishError, match=r"user write \(connect\) after 4 attempts"):
+            nightly(settings)
+        assert real_redis.get(keys.current_key(key_prefix)) is None

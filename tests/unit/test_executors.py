@@ -1,12 +1,22 @@
-"""Executors: shard order, retries, the error that stops a run (no model, no Redis)."""
+"""Executors: shard order, retries, the error that stops a run; the publishing driver (#8, #15).
+
+No model here: a shard function stands for :func:`executors.run_shard` (the real one runs in
+``tests/integration``), and the driver's version lifecycle runs on fakeredis.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import fakeredis
 import polars as pl
 import pytest
+import redis
 
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
+from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
+from recsys_batch.publish import keys, status, writer
 from recsys_batch.run import executors as E
 from recsys_batch.run import sharding
 
@@ -108,8 +118,6 @@ def test_a_failed_shard_exits_like_a_failed_publish() -> None:
 
 
 def test_a_data_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> None:
-    from recsys_batch.errors import EmptyStageError  # noqa: PLC0415
-
     calls: list[int] = []
 
     def empty(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
@@ -136,3 +144,170 @@ def test_partitioned_transactions_match_the_filter() -> None:
     assert ctx.partitions is not None
     assert ctx.partitions[-1].height == 0
     assert ctx.partitions[-1].columns == [C.USER, C.ITEM]
+
+
+def test_a_publish_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> None:
+    """Redis failed after the writer's own retries (redis.retries): no second layer (#15)."""
+    calls: list[int] = []
+
+    def redis_gone(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+        calls.append(shard)
+        msg = "Redis failed during user write after 4 attempts"
+        raise PublishError(msg)
+
+    with pytest.raises(PublishError, match="user write after 4 attempts") as caught:
+        E.LocalExecutor(retries=3).map_shards(redis_gone, context(), shards(3))
+    assert type(caught.value) is PublishError  # not wrapped in a ShardError
+    assert caught.value.exit_code == 4
+    assert calls == [0]
+
+
+@pytest.mark.parametrize(
+    "error", [RuntimeError("boom"), redis.ConnectionError("reset"), OSError("disk")]
+)
+def test_other_errors_in_a_shard_are_retried(error: Exception) -> None:
+    calls: list[int] = []
+
+    def flaky(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+        calls.append(shard)
+        if calls.count(shard) == 1:
+            raise error
+        return echo(ctx, shard, users)
+
+    results = E.LocalExecutor(retries=1).map_shards(flaky, context(), shards(2))
+    assert [r.shard for r in results] == [0, 1]
+    assert calls == [0, 0, 1, 1]
+
+
+class TestCheckRecommendations:
+    """The contract of the published lists (placeholder 999999 is never recommended)."""
+
+    @staticmethod
+    def ctx() -> E.ShardContext:
+        ctx = context()
+        ctx.catalogue_items = pl.DataFrame({C.ITEM: [1, 2, 3, 4, 5, 6]})
+        return ctx
+
+    @staticmethod
+    def recs(users: list[int], items: list[int]) -> pl.DataFrame:
+        ranks = [sum(1 for u in users[: n + 1] if u == user) for n, user in enumerate(users)]
+        return pl.DataFrame({C.USER: users, C.ITEM: items, C.RANK: ranks})
+
+    def test_clean_lists_pass(self) -> None:
+        E.check_recommendations(self.recs([1, 1, 2], [1, 2, 1]), self.ctx())
+
+    @pytest.mark.parametrize(
+        ("users", "items", "problem"),
+        [
+            ([1, 1], [1, 999999], "1 non-catalogue/placeholder rows"),
+            ([1, 1], [1, 77], "1 non-catalogue/placeholder rows"),
+            ([1, 1, 2], [3, 3, 3], "2 duplicate rows"),
+            ([1] * 6, [1, 2, 3, 4, 5, 6], "1 users with more than 5 items"),
+        ],
+    )
+    def test_broken_lists_are_refused(
+        self, users: list[int], items: list[int], problem: str
+    ) -> None:
+        with pytest.raises(RecsysError, match=problem):
+            E.check_recommendations(self.recs(users, items), self.ctx())
+
+
+class TestPublishShards:
+    """The driver: begin once, every shard writes, finish and flip once; else abandon."""
+
+    USERS = pl.LazyFrame({C.USER: list(range(30))})
+
+    @pytest.fixture
+    def client(self) -> fakeredis.FakeRedis:
+        return fakeredis.FakeRedis()
+
+    @staticmethod
+    def ctx(client: fakeredis.FakeRedis) -> E.ShardContext:
+        ctx = context()
+        ctx.settings = Settings(redis={"url": "redis://unused", "retry_backoff_seconds": 0})
+        ctx.driver_client = client
+        return ctx
+
+    @staticmethod
+    def writing(live_seen: list[Any], marker: int = 7) -> E.ShardFn:
+        """Writes item ``marker`` for each user, as run_shard writes its scored lists."""
+
+        def shard_fn(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+            assert ctx.version is not None
+            live_seen.append(status.live_version(ctx.driver_client, ctx.settings.redis))
+            recs = users.with_columns(
+                pl.lit(marker, pl.Int64).alias(C.ITEM), pl.lit(1, pl.Int32).alias(C.RANK)
+            )
+            written = writer.write_users(ctx.driver_client, ctx.version, recs, ctx.settings.redis)
+            return E.ShardResult(shard, written, written, [marker], user_ids=users[C.USER].sort())
+
+        return shard_fn
+
+    def publish(
+        self, client: fakeredis.FakeRedis, fn: E.ShardFn, executor: Any = None
+    ) -> E.ShardedRun:
+        return E.publish_shards(
+            self.ctx(client),
+            self.USERS,
+            executor or E.LocalExecutor(retries=1),
+            client,
+            [5, 6],
+            {"run_id": "r"},
+            fn=fn,
+        )
+
+    def test_every_shard_into_one_version_flipped_once(self, client: fakeredis.FakeRedis) -> None:
+        first = self.publish(client, self.writing([], marker=1))
+        seen: list[Any] = []
+        run = self.publish(client, self.writing(seen, marker=2))
+        assert len(seen) == 3  # three shards, each while the old version was still live
+        assert seen == [first.version] * 3
+        assert status.live_version(client, Settings().redis) == run.version
+        assert run.users == 30
+        info = status.version_info(client, run.version or "", Settings().redis)
+        assert (info.state, info.users, info.meta["run_id"]) == (keys.STATE_COMPLETE, 30, "r")
+        values = {client.get(keys.user_key(run.version or "", u)) for u in range(30)}
+        assert values == {b"2"}
+        assert client.get(keys.popular_key(run.version or "")) == b"5,6"
+
+    def test_a_failed_shard_abandons_the_version_and_flips_nothing(
+        self, client: fakeredis.FakeRedis
+    ) -> None:
+        live = self.publish(client, self.writing([])).version
+        calls: list[int] = []
+        write = self.writing([])
+
+        def third_fails(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+            calls.append(shard)
+            if len(calls) == 3:
+                msg = "Redis failed during user write after 4 attempts"
+                raise PublishError(msg)
+            return write(ctx, shard, users)
+
+        with pytest.raises(PublishError, match="user write"):
+            self.publish(client, third_fails)
+        assert len(calls) == 3  # not retried
+        cfg = Settings().redis
+        assert status.live_version(client, cfg) == live
+        assert status.all_versions(client, cfg) == [live]  # the half-written one was removed
+        assert len(list(client.scan_iter("recsys:v:*:u:*"))) == 30
+
+    def test_a_shard_that_keeps_failing_is_a_shard_error(self, client: fakeredis.FakeRedis) -> None:
+        def always(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+            msg = "worker lost"
+            raise RuntimeError(msg)
+
+        with pytest.raises(E.ShardError, match="after 2 attempt") as caught:
+            self.publish(client, always)
+        assert caught.value.exit_code == 4
+        assert status.all_versions(client, Settings().redis) == []
+        assert client.dbsize() == 0
+
+    def test_zero_recommendations_publish_nothing(self, client: fakeredis.FakeRedis) -> None:
+        def nobody(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+            return E.ShardResult(shard, 0, 0, user_ids=pl.Series(C.USER, [], pl.Int64))
+
+        with pytest.raises(EmptyStageError, match="zero recommendations") as caught:
+            self.publish(client, nobody)
+        assert caught.value.exit_code == 2
+        assert client.dbsize() == 0

@@ -353,10 +353,7 @@ def test_cli_exit_code_2_without_traceback(tmp_path: Path, fmt: str) -> None:
 def test_negative_user_id_is_a_data_error_before_training(tmp_path: Path) -> None:
     """Keys are built from ids >= 0 only (``publish.user_values``), so a negative user id must
     be refused at load time with exit 2, not after a full training run with exit 1."""
-    import fakeredis  # noqa: PLC0415
-
-    from recsys_batch.run import pipeline  # noqa: PLC0415
-    from tests.unit.test_pipeline import FakeTrainer  # noqa: PLC0415
+    from recsys_batch.run import pipeline, records  # noqa: PLC0415
 
     tx = base_transactions()
     tx[C.USER] = [-u if u == 10 else u for u in tx[C.USER]]
@@ -365,16 +362,17 @@ def test_negative_user_id_is_a_data_error_before_training(tmp_path: Path) -> Non
         update={
             "run": cfg.run.model_copy(
                 update={"runs_dir": tmp_path / "runs", "lock_file": tmp_path / "lock"}
-            )
+            ),
+            # A dry run goes on without Redis: nothing listens on port 1.
+            "redis": cfg.redis.model_copy(update={"url": "redis://127.0.0.1:1/0"}),
         }
     )
-    with pytest.raises(DataError, match="user_id"):
-        pipeline.run_nightly(
-            cfg,
-            gate=False,
-            trainer=FakeTrainer(),
-            client=fakeredis.FakeRedis(),
-        )
+    with pytest.raises(DataError, match="user_id") as info:
+        pipeline.run_nightly(cfg, dry_run=True, gate=False)
+    assert info.value.exit_code == 2
+    (run_dir,) = cfg.run.runs_dir.iterdir()
+    manifest = records.read_manifest(run_dir)
+    assert (manifest["status"], manifest["stages"]) == ("failed", [])  # stopped in "load"
 
 
 DEGENERATE: list[tuple[str, Callable[[Table], Table]]] = [

@@ -1,212 +1,220 @@
-"""run_nightly orchestration with a tiny fake trainer on small synthetic data (issue #5)."""
+"""The nightly run: its stage list, the quality gate, and dry runs of the real model (#5, #15).
+
+A run that publishes needs Redis: those tests are in
+``tests/integration/test_pipeline_run.py``. Here Redis is unreachable, so a dry run scores
+without it (as ``recsys nightly-batch --dry-run`` does on a machine without Redis).
+"""
 
 from __future__ import annotations
 
-import json
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
-import fakeredis
-import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
-from recsys_batch.config import Settings, load_settings
+from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
-from recsys_batch.data.sources import Dataset
 from recsys_batch.errors import EmptyStageError, LockError, QualityGateError
-from recsys_batch.run import pipeline
+from recsys_batch.run import pipeline, quality_gate, records, stages
 from recsys_batch.run.lock import run_lock
+from recsys_batch.run.stages import RunState
+from tests.nightly import saved_recommendations, shard_files, small_run_settings
 
-
-class FakeTrainer:
-    """Recommends the catalogue's best sellers to everyone (known answer)."""
-
-    def __init__(self) -> None:
-        self.seen_max_week: int | None = None
-        self.windows: Any = None
-
-    def train_two_stage(self, tx, items, users, catalogue, windows, settings) -> dict:  # noqa: ANN001
-        self.seen_max_week = tx.select(pl.col(C.WEEK).max()).collect().item()
-        self.windows = windows
-        top = catalogue.select(C.ITEM).head(settings.ranker.top_k).collect()
-        return {"top": top[C.ITEM].to_list()}
-
-    def recommend(self, model, tx, items, users, catalogue, user_ids, settings) -> pl.DataFrame:  # noqa: ANN001
-        top = model["top"]
-        return (
-            user_ids.collect()
-            .join(pl.DataFrame({C.ITEM: top, C.RANK: list(range(1, len(top) + 1))}), how="cross")
-            .with_columns(pl.col(C.RANK).cast(pl.Int32), pl.lit(1.0, pl.Float32).alias(C.SCORE))
-            .select(C.USER, C.ITEM, C.RANK, C.SCORE)
-        )
-
-    def popular_fallback(self, tx, catalogue, k: int) -> list[int]:  # noqa: ANN001
-        return catalogue.select(C.ITEM).head(k).collect()[C.ITEM].to_list()
-
-    def save_model(self, model: dict, directory: Path) -> None:
-        (directory / "model.json").write_text(json.dumps(model))
-
-
-def fixed_gate(value: float):  # noqa: ANN201
-    def evaluate(dataset: Dataset, settings: Settings) -> dict[str, Any]:
-        return {"precision@5": value, "recall@5": 0.1}
-
-    return evaluate
+UNREACHABLE = "redis://127.0.0.1:1/0"
+"""Nothing listens on port 1: a dry run goes on without Redis."""
+STAGE_NAMES = ["load", "gate", "prefilter", "train", "save", "score_and_publish"]
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings(
-        None,
-        data={"source": "synthetic", "synthetic_users": 300},
-        prefilter={"min_department_items": 1, "min_user_share": 0.0},
-        run={"runs_dir": tmp_path / "runs", "lock_file": tmp_path / "nightly.lock"},
-        redis={"url": "redis://unused:1/0", "retry_backoff_seconds": 0},
-        gate={"min_precision_at_5": 0.1, "max_relative_drop": 0.1},
+    return small_run_settings(tmp_path, UNREACHABLE, "unit")
+
+
+class TestStageList:
+    def test_names_and_order(self) -> None:
+        assert [name for name, _ in pipeline.STAGES] == STAGE_NAMES
+
+    def test_each_name_is_its_stage_function(self) -> None:
+        functions = dict(pipeline.STAGES)
+        assert functions["load"] is stages.load
+        assert functions["gate"] is stages.run_gate
+        assert functions["prefilter"] is stages.run_prefilter
+        assert functions["train"] is stages.train
+        assert functions["save"] is stages.save
+        assert functions["score_and_publish"] is stages.score_and_publish
+
+    def test_publishing_comes_after_the_gate_and_the_saved_models(self) -> None:
+        names = [name for name, _ in pipeline.STAGES]
+        assert names[-1] == "score_and_publish"
+        assert names.index("gate") < names.index("train") < names.index("save")
+
+
+def gate_settings(metric: str = "precision@5", floor: float = 0.15, drop: float = 0.1) -> Settings:
+    return Settings(gate={"metric": metric, "min_precision_at_5": floor, "max_relative_drop": drop})
+
+
+class TestCheckGate:
+    @pytest.mark.parametrize("value", [0.15, 0.2, 1.0])
+    def test_at_or_above_the_floor_passes(self, value: float) -> None:
+        decision = quality_gate.check_gate({"precision@5": value}, {}, gate_settings())
+        assert decision["value"] == value
+        assert decision["floor"] == 0.15
+        assert decision["metric"] == "precision@5"
+        assert "threshold" not in decision  # no live version to compare with
+
+    @pytest.mark.parametrize("value", [0.0, 0.1, 0.1499])
+    def test_below_the_floor_is_refused(self, value: float) -> None:
+        with pytest.raises(QualityGateError, match="below the floor") as info:
+            quality_gate.check_gate({"precision@5": value}, {}, gate_settings())
+        assert info.value.exit_code == 3
+
+    @pytest.mark.parametrize(
+        ("value", "live", "refused"),
+        [
+            (0.35, 0.40, True),  # -12.5% > 10%
+            (0.37, 0.40, False),  # -7.5%
+            (0.361, 0.40, False),  # -9.75%
+            (0.50, 0.40, False),  # better than live
+            (0.20, 0.0, False),  # a live value of 0 is no reference
+        ],
     )
-
-
-@pytest.fixture
-def client() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
-
-
-def run(settings: Settings, client: fakeredis.FakeRedis, **kwargs: Any) -> pipeline.RunResult:
-    kwargs.setdefault("evaluator", fixed_gate(0.3))
-    kwargs.setdefault("trainer", FakeTrainer())
-    return pipeline.run_nightly(settings, client=client, **kwargs)
-
-
-class TestRunNightly:
-    def test_publishes_every_user_and_records_manifest(
-        self, settings: Settings, client: fakeredis.FakeRedis
+    def test_relative_drop_against_the_live_version(
+        self, value: float, live: float, refused: bool
     ) -> None:
-        result = run(settings, client)
-        assert result.status == "published"
-        assert client.get("recsys:current").decode() == result.version
-        users = pl.DataFrame(
-            {"user_id": [int(k.split(b":")[-1]) for k in client.scan_iter("recsys:v:*:u:*")]}
-        )
-        assert users.height == result.users == 300
-        manifest = json.loads((result.run_dir / "manifest.json").read_text())
-        assert manifest["status"] == "published"
-        assert manifest["version"] == result.version
-        names = [s["name"] for s in manifest["stages"]]
-        assert names == [
-            "load",
-            "gate",
-            "prefilter",
-            "train",
-            "recommend",
-            "popular",
-            "save",
-            "publish",
-        ]
-        assert all(s["rows"] > 0 for s in manifest["stages"])
+        metrics, live_metrics = {"precision@5": value}, {"precision@5": live}
+        if refused:
+            with pytest.raises(QualityGateError, match="below the live version"):
+                quality_gate.check_gate(metrics, live_metrics, gate_settings())
+        else:
+            decision = quality_gate.check_gate(metrics, live_metrics, gate_settings())
+            assert decision["live"] == live
+            if live > 0:
+                assert decision["threshold"] == pytest.approx(live * 0.9)
+
+    def test_live_without_the_metric_is_no_reference(self) -> None:
+        decision = quality_gate.check_gate({"precision@5": 0.2}, {"recall@5": 0.9}, gate_settings())
+        assert decision["live"] is None
+        assert "threshold" not in decision
+
+    @pytest.mark.parametrize("metrics", [{}, {"recall@5": 0.5}, {"precision@5": "0.3"}])
+    def test_missing_metric_is_refused(self, metrics: dict[str, object]) -> None:
+        with pytest.raises(QualityGateError, match="reported no precision@5"):
+            quality_gate.check_gate(metrics, {}, gate_settings())
+
+    def test_reads_the_configured_metric(self) -> None:
+        settings = gate_settings(metric="recall@5", floor=0.3)
+        metrics = {"precision@5": 0.01, "recall@5": 0.4}
+        decision = quality_gate.check_gate(metrics, {"recall@5": 0.42}, settings)
+        assert (decision["metric"], decision["value"]) == ("recall@5", 0.4)
+        with pytest.raises(QualityGateError, match="recall@5 0.4000 is more than 10%"):
+            quality_gate.check_gate(metrics, {"recall@5": 0.5}, settings)
+        with pytest.raises(QualityGateError, match="reported no recall@5"):
+            quality_gate.check_gate({"precision@5": 0.9}, {}, settings)
+
+
+class TestCutDay:
+    @pytest.mark.parametrize(
+        ("run_date", "day"),
+        [(date(2017, 1, 1), 1), (date(2017, 1, 8), 8), (date(2017, 12, 31), 365)],
+    )
+    def test_day_one_is_the_origin(self, run_date: date, day: int) -> None:
+        assert stages.cut_day(run_date, date(2017, 1, 1)) == day
+
+    def test_before_the_origin_is_not_positive(self) -> None:
+        assert stages.cut_day(date(2016, 12, 31), date(2017, 1, 1)) == 0
+
+
+class TestLoadStage:
+    def test_run_date_hides_later_data_and_sets_the_windows(
+        self, settings: Settings, tmp_path: Path
+    ) -> None:
+        cut = settings.data.origin_date + timedelta(days=7 * 30 - 1)
+        record = records.start_run(tmp_path / "runs", {})
+        state = RunState(settings, record, run_date=cut)
+        rows = stages.load(state)
+        tx = state.data.dataset.transactions.collect()
+        assert rows == tx.height > 0
+        assert tx[C.DAY].max() <= stages.cut_day(cut, settings.data.origin_date) == 7 * 30
+        assert record.data["last_day"] == tx[C.DAY].max()
+        assert state.windows is not None
+        assert state.windows.target_end == record.data["last_week"] + 1 == tx[C.WEEK].max() + 1
+
+
+class TestDryRunWithoutRedis:
+    def test_scores_every_user_in_shards_and_records_each_stage(self, settings: Settings) -> None:
+        result = pipeline.run_nightly(settings, dry_run=True, gate=False)
+        assert (result.status, result.version) == ("dry-run", None)
+        recs = saved_recommendations(result.run_dir)
+        assert len(shard_files(result.run_dir)) >= 2  # 300 users in shards of 100
+        assert recs[C.USER].n_unique() == result.users == 300
+        assert recs.group_by(C.USER).len()["len"].max() <= settings.ranker.top_k
+        manifest = records.read_manifest(result.run_dir)
+        assert manifest["status"] == "dry-run"
+        assert [s["name"] for s in manifest["stages"]] == STAGE_NAMES
+        rows = {s["name"]: s["rows"] for s in manifest["stages"]}
+        assert rows["gate"] == 0  # skipped
+        assert rows["score_and_publish"] == 300
+        assert all(rows[name] > 0 for name in STAGE_NAMES if name != "gate")
         peaks = [s["peak_mb"] for s in manifest["stages"]]
         assert peaks[0] > 0
         assert peaks == sorted(peaks)  # a high-water mark per stage
-        assert manifest["metrics"]["precision@5"] == 0.3
-        assert manifest["parameters"]["settings"]["redis"]["url"] == "redis://unused:1/0"
-        assert (result.run_dir / "models" / "model.json").exists()
-        saved = pl.read_parquet(result.run_dir / "recommendations.parquet")
-        assert saved[C.USER].n_unique() == 300
-        meta = client.hgetall(f"recsys:v:{result.version}:meta")
-        assert json.loads(meta[b"metrics"])["precision@5"] == 0.3
-        assert meta[b"run_id"].decode() == result.run_id
+        assert manifest["metrics"] == {"gate": "skipped", "ranker_source": "trained"}
+        assert manifest["parameters"]["settings"]["redis"]["url"] == UNREACHABLE
+        assert any((result.run_dir / "models").iterdir())
+        assert not (result.run_dir / stages.SHARDS_DIR).exists()
 
-    def test_dry_run_publishes_nothing(
-        self, settings: Settings, client: fakeredis.FakeRedis
-    ) -> None:
-        result = run(settings, client, dry_run=True)
-        assert result.status == "dry-run"
-        assert result.version is None
-        assert client.dbsize() == 0
+    def test_gate_runs_without_a_live_version(self, settings: Settings) -> None:
+        result = pipeline.run_nightly(settings, dry_run=True)
+        gate = result.metrics["gate"]
+        assert gate["metric"] == "precision@5"
+        assert gate["value"] == result.metrics["precision@5"] >= settings.gate.min_precision_at_5
+        assert gate["live"] is None
+        assert result.metrics["ranker_source"] == "gate"
 
-    def test_gate_floor_refuses_and_flips_nothing(
-        self, settings: Settings, client: fakeredis.FakeRedis
-    ) -> None:
-        first = run(settings, client)
+    def test_gate_refusal_is_recorded(self, tmp_path: Path) -> None:
+        strict = small_run_settings(
+            tmp_path, UNREACHABLE, "unit", gate={"min_precision_at_5": 0.99}
+        )
         with pytest.raises(QualityGateError, match="below the floor") as info:
-            run(settings, client, evaluator=fixed_gate(0.05))
+            pipeline.run_nightly(strict, dry_run=True)
         assert info.value.exit_code == 3
-        assert client.get("recsys:current").decode() == first.version
-        manifests = sorted(settings.run.runs_dir.glob("*/manifest.json"))
-        statuses = {json.loads(m.read_text())["status"] for m in manifests}
-        assert statuses == {"published", "gate-refused"}
+        (run_dir,) = strict.run.runs_dir.iterdir()
+        manifest = records.read_manifest(run_dir)
+        assert manifest["status"] == "gate-refused"
+        assert [s["name"] for s in manifest["stages"]] == ["load"]
+        assert not (run_dir / stages.RECOMMENDATIONS_FILE).exists()
 
-    def test_gate_relative_drop_against_live(
-        self, settings: Settings, client: fakeredis.FakeRedis
-    ) -> None:
-        run(settings, client, evaluator=fixed_gate(0.40))
-        with pytest.raises(QualityGateError, match="below the live version"):
-            run(settings, client, evaluator=fixed_gate(0.35))  # -12.5% > 10%
-        run(settings, client, evaluator=fixed_gate(0.37))  # -7.5% passes
+    def test_empty_stage_stops_the_run(self, settings: Settings) -> None:
+        with pytest.raises(EmptyStageError, match="'load' produced zero transactions") as info:
+            pipeline.run_nightly(settings, run_date=date(2000, 1, 1), dry_run=True)
+        assert info.value.exit_code == 2
+        (run_dir,) = settings.run.runs_dir.iterdir()
+        manifest = records.read_manifest(run_dir)
+        assert manifest["status"] == "failed"
+        assert "EmptyStageError" in manifest["error"]
+        assert not (run_dir / stages.RECOMMENDATIONS_FILE).exists()
 
-    def test_no_gate_skips_backtest(self, settings: Settings, client: fakeredis.FakeRedis) -> None:
-        def never(dataset: Dataset, settings: Settings) -> dict[str, Any]:
-            raise AssertionError("gate must not run")
-
-        result = run(settings, client, gate=False, evaluator=never)
-        assert result.status == "published"
-
-    def test_run_date_hides_later_data(
-        self, settings: Settings, client: fakeredis.FakeRedis
-    ) -> None:
-        trainer = FakeTrainer()
-        cut = settings.data.origin_date + timedelta(days=7 * 30 - 1)
-        result = run(settings, client, trainer=trainer, run_date=cut)
-        manifest = json.loads((result.run_dir / "manifest.json").read_text())
-        assert manifest["data"]["last_day"] <= 7 * 30
-        assert trainer.seen_max_week is not None and trainer.seen_max_week <= 31
-        assert trainer.windows.target_end == manifest["data"]["last_week"] + 1
-
-    def test_empty_after_cut_stops_before_redis(
-        self, settings: Settings, client: fakeredis.FakeRedis
-    ) -> None:
-        with pytest.raises(EmptyStageError, match="zero transactions"):
-            run(settings, client, run_date=date(2000, 1, 1))
-        assert client.dbsize() == 0
-
-    def test_empty_recommendations_stop_before_redis(
-        self, settings: Settings, client: fakeredis.FakeRedis
-    ) -> None:
-        class Empty(FakeTrainer):
-            def recommend(self, *args: Any) -> pl.DataFrame:
-                return super().recommend(*args).head(0)
-
-        with pytest.raises(EmptyStageError, match="recommend"):
-            run(settings, client, trainer=Empty())
-        assert client.dbsize() == 0
-
-    def test_placeholder_in_recommendations_refused(
-        self, settings: Settings, client: fakeredis.FakeRedis
-    ) -> None:
-        class Bad(FakeTrainer):
-            def recommend(self, *args: Any) -> pl.DataFrame:
-                recs = super().recommend(*args)
-                return recs.with_columns(
-                    pl.when(pl.col(C.RANK) == 1)
-                    .then(pl.lit(999999, pl.Int64))
-                    .otherwise(pl.col(C.ITEM))
-                    .alias(C.ITEM)
-                )
-
-        with pytest.raises(Exception, match="placeholder"):
-            run(settings, client, trainer=Bad())
-        assert client.dbsize() == 0
-
-    def test_locked_run_refused(self, settings: Settings, client: fakeredis.FakeRedis) -> None:
-        with run_lock(settings.run.lock_file), pytest.raises(LockError):
-            run(settings, client)
-        assert client.dbsize() == 0
+    def test_locked_run_is_refused_before_it_starts(self, settings: Settings) -> None:
+        with run_lock(settings.run.lock_file), pytest.raises(LockError) as info:
+            pipeline.run_nightly(settings, dry_run=True)
+        assert info.value.exit_code == 5
+        assert not settings.run.runs_dir.exists()
 
 
-class TestHelpers:
-    def test_cut_day(self) -> None:
-        assert pipeline.cut_day(date(2017, 1, 1), date(2017, 1, 1)) == 1
-        assert pipeline.cut_day(date(2017, 1, 8), date(2017, 1, 1)) == 8
+def test_saved_recommendations_match_a_single_scoring(settings: Settings) -> None:
+    """Shards change nothing: one shard of everybody gives the same lists (issue #15)."""
+    sharded = pipeline.run_nightly(settings, dry_run=True, gate=False)
+    whole = settings.model_copy(
+        update={"scale": settings.scale.model_copy(update={"shard_users": 10_000})}
+    )
+    single = pipeline.run_nightly(whole, dry_run=True, gate=False)
+    assert len(shard_files(single.run_dir)) == 1
+    assert_frame_equal(
+        saved_recommendations(sharded.run_dir).drop(C.SCORE),
+        saved_recommendations(single.run_dir).drop(C.SCORE),
+        check_row_order=False,
+    )
 
 
 class TestDockerCompose:

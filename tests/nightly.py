@@ -1,0 +1,67 @@
+"""The real ``recsys nightly-batch`` on small synthetic data, for tests that publish.
+
+A test that puts a version into Redis runs the shipped night (real ALS and LightGBM with the
+small settings of :mod:`tests.small`, a few hundred synthetic users, several shards), then
+compares Redis with the recommendations the run saved under its run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recsys_batch.config import Settings
+from recsys_batch.data import columns as C
+from recsys_batch.publish import keys
+from recsys_batch.run import stages
+from tests.small import SMALL_SETTINGS
+
+
+def small_run_settings(
+    tmp_path: Path,
+    redis_url: str,
+    key_prefix: str,
+    *,
+    users: int = 300,
+    shard_users: int = 100,
+    **sections: dict[str, Any],
+) -> Settings:
+    """:data:`SMALL_SETTINGS` on ``users`` synthetic users, publishing to ``redis_url``.
+
+    ``sections`` update single fields of a section, e.g. ``gate={"min_precision_at_5": 0.99}``.
+    """
+    merged = SMALL_SETTINGS.model_dump()
+    merged["data"].update(source="synthetic", synthetic_users=users)
+    merged["scale"].update(shard_users=shard_users)
+    merged["run"].update(runs_dir=tmp_path / "runs", lock_file=tmp_path / "nightly.lock")
+    merged["redis"].update(url=redis_url, key_prefix=key_prefix, retry_backoff_seconds=0.01)
+    for section, values in sections.items():
+        merged[section].update(values)
+    return Settings.model_validate(merged)
+
+
+def shard_files(run_dir: Path) -> list[Path]:
+    """The run's ``recommendations.parquet/shard=NNNNN.parquet`` files, in shard order."""
+    return sorted((run_dir / stages.RECOMMENDATIONS_FILE).glob("shard=*.parquet"))
+
+
+def saved_recommendations(run_dir: Path) -> pl.DataFrame:
+    """Every shard's recommendations of the run (schema ``RECOMMENDATIONS``)."""
+    return pl.concat([pl.read_parquet(path) for path in shard_files(run_dir)])
+
+
+def expected_values(recs: pl.DataFrame) -> dict[int, bytes]:
+    """``user_id`` -> the value its Redis key must hold: items best first (``keys`` format)."""
+    lists = recs.sort(C.USER, C.RANK).group_by(C.USER, maintain_order=True).agg(C.ITEM)
+    return {user: keys.encode_items(items).encode() for user, items in lists.iter_rows()}
+
+
+def version_keys(client: Any, version: str, prefix: str) -> set[str]:
+    """Every key of ``version`` (SCAN; on a cluster client, over all masters)."""
+    pattern = keys.version_prefix(version, prefix) + "*"
+    return {
+        name.decode() if isinstance(name, bytes) else name
+        for name in client.scan_iter(match=pattern, count=10_000)
+    }
