@@ -209,7 +209,7 @@ def _write_chunk_raw(client: redis.Redis, payload: bytes, expected: int) -> None
         client.connection_pool.release(conn)
 
 
-def sorted_userchunks(recs: pl.DataFrame, chunk_size: int) -> Iterator[pl.DataFrame]:
+def sorted_user_chunks(recs: pl.DataFrame, chunk_size: int) -> Iterator[pl.DataFrame]:
     """``user_values`` of ``chunk_size`` users at a time, computed lazily chunk by chunk.
 
     The rows are sorted by user once; each chunk is then pivoted when the writer asks for it,
@@ -410,7 +410,7 @@ def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConf
             msg = "recommendations contain a negative user_id; keys are built from ids >= 0 only"
             raise ValueError(msg)
         try:
-            checks = write_users_raw(client, sorted_userchunks(recs, cfg.chunk_size), prefix, cfg)
+            checks = write_users_raw(client, sorted_user_chunks(recs, cfg.chunk_size), prefix, cfg)
         except pl.exceptions.ComputeError as exc:
             msg = "recommendations repeat a (user_id, rank) pair; expected ranks 1..k per user"
             raise ValueError(msg) from exc

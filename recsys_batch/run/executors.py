@@ -534,7 +534,8 @@ def publish_shards(
     if published.len() == 0:
         versions.abandon_version(client, version, settings.redis)
         msg = (
-            "stage 'recommend' produced zero recommendations; refusing to publish an empty version"
+            "stage 'score_and_publish' produced zero recommendations; refusing to publish an "
+            "empty version"
         )
         raise EmptyStageError(msg, fix="check the input data and the prefilter settings")
     try:

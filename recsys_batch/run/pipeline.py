@@ -102,6 +102,7 @@ def run_nightly(
             settings.run.runs_dir, _parameters(settings, run_date, dry_run, gate)
         )
         log.info("run %s started (%s)", record.run_id, record.run_dir)
+        client = None
         try:
             # Fail fast on an unreachable Redis (exit 4) before an expensive training run.
             client = quality_gate.connect_for_gate(settings, dry_run)
@@ -114,6 +115,8 @@ def run_nightly(
             raise
         finally:
             shutil.rmtree(stages.shards_dir_of(record.run_dir), ignore_errors=True)
+            if client is not None:
+                client.close()
         return _finish(state)
 
 

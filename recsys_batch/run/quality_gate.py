@@ -9,6 +9,7 @@ below the metric recorded by the live version, is refused (exit 3) and nothing i
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,8 @@ def check_gate(metrics: dict[str, Any], live: dict[str, Any], settings: Settings
     if isinstance(live_value, int | float) and live_value > 0:
         threshold = live_value * (1 - cfg.max_relative_drop)
         decision["threshold"] = threshold
-        if value < threshold:
+        # A drop of exactly max_relative_drop passes (0.4 * 0.9 is 0.36000000000000004).
+        if value < threshold and not math.isclose(value, threshold, rel_tol=1e-9):
             msg = (
                 f"quality gate refused to publish: {cfg.metric} {value:.4f} is more than "
                 f"{cfg.max_relative_drop:.0%} below the live version's {live_value:.4f}; the "

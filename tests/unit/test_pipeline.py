@@ -74,7 +74,7 @@ class TestCheckGate:
         [
             (0.35, 0.40, True),  # -12.5% > 10%
             (0.37, 0.40, False),  # -7.5%
-            (0.361, 0.40, False),  # -9.75%
+            (0.36, 0.40, False),  # exactly -10%: passes (not 0.4 * 0.9 = 0.36000000000000004)
             (0.50, 0.40, False),  # better than live
             (0.20, 0.0, False),  # a live value of 0 is no reference
         ],
