@@ -1,4 +1,8 @@
-"""End to end: ``recsys nightly-batch`` / ``status`` / ``rollback`` through Typer (issue #5)."""
+"""End to end: ``recsys nightly-batch`` / ``status`` / ``rollback`` through Typer (issue #5).
+
+The real two-stage model and the real quality gate run on 300 synthetic users
+(:func:`tests.small.small_env`), scored in three shards of 100 users.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 import redis
 from typer.testing import CliRunner
 
 from cli.main import app
-from recsys_batch.config import Settings
-from recsys_batch.data.sources import Dataset
-from recsys_batch.publish import embedded
+from recsys_batch.data import columns as C
+from recsys_batch.publish import embedded, keys
 from recsys_batch.run import pipeline
 from recsys_batch.run.lock import run_lock
-from tests.unit.test_pipeline import FakeTrainer
+from tests.small import small_env
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
+
+USERS = 300
+SHARD_USERS = 100
+UNREACHABLE_FLOOR = "0.99"  # gate.min_precision_at_5 no model reaches on this data
 
 
 @pytest.fixture(autouse=True)
@@ -36,92 +44,112 @@ def _restore_logging() -> Iterator[None]:
 @pytest.fixture
 def env(tmp_path: Path, redis_url: str, key_prefix: str) -> dict[str, str]:
     return {
+        **small_env(USERS, SHARD_USERS),
         "REDIS_URL": redis_url,
         "RECSYS_REDIS__KEY_PREFIX": key_prefix,
         "RECSYS_RUN__RUNS_DIR": str(tmp_path / "runs"),
         "RECSYS_RUN__LOCK_FILE": str(tmp_path / "nightly.lock"),
-        "RECSYS_DATA__SYNTHETIC_USERS": "300",
-        "RECSYS_PREFILTER__MIN_DEPARTMENT_ITEMS": "1",
-        "RECSYS_PREFILTER__MIN_USER_SHARE": "0",
     }
-
-
-@pytest.fixture
-def gate_value(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
-    """Fake trainer and a controllable gate metric (the real ones are tested elsewhere)."""
-    value = {"precision@5": 0.3}
-
-    def evaluate(dataset: Dataset, settings: Settings) -> dict[str, Any]:
-        return dict(value)
-
-    monkeypatch.setattr(pipeline, "default_trainer", FakeTrainer)
-    monkeypatch.setattr(pipeline, "backtest_metrics", evaluate)
-    return value
 
 
 def invoke(args: list[str], env: dict[str, str]) -> Any:
     return runner.invoke(app, args, env=env)
 
 
+def nightly(env: dict[str, str], *options: str) -> dict[str, Any]:
+    """Run ``nightly-batch --source synthetic``; return its JSON summary (stdout)."""
+    result = invoke(
+        ["nightly-batch", "--source", "synthetic", "--log-format", "json", *options], env
+    )
+    assert result.exit_code == 0, result.output
+    summary: dict[str, Any] = json.loads(result.stdout)
+    summary["log"] = [json.loads(line) for line in result.stderr.splitlines() if line]
+    return summary
+
+
 def current(redis_url: str, prefix: str) -> str | None:
     client = redis.Redis.from_url(redis_url)
     try:
-        value = client.get(f"{prefix}:current")
+        value = client.get(keys.current_key(prefix))
         return value.decode() if value else None
     finally:
         client.close()
 
 
-@pytest.mark.usefixtures("gate_value")
+def shard_files(run_dir: str) -> list[str]:
+    """The files of the run's ``recommendations.parquet`` folder."""
+    folder = Path(run_dir) / "recommendations.parquet"
+    assert folder.is_dir()
+    return sorted(path.name for path in folder.iterdir())
+
+
 class TestNightlyCli:
     def test_publish_status_rerun_rollback(
         self, env: dict[str, str], redis_url: str, key_prefix: str
     ) -> None:
-        first = invoke(["nightly-batch", "--source", "synthetic"], env)
-        assert first.exit_code == 0, first.output
+        first = nightly(env)
         v1 = current(redis_url, key_prefix)
-        assert v1 and v1 in first.output
+        assert v1 is not None and first["version"] == v1
         status = invoke(["status", "--json"], env)
         assert status.exit_code == 0, status.output
         info = json.loads(status.output)
         assert info["live"]["version"] == v1
-        assert info["live"]["users"] == 300
-        assert info["live"]["metrics"]["precision@5"] == 0.3
-        second = invoke(["nightly-batch", "--source", "synthetic", "--log-format", "json"], env)
-        assert second.exit_code == 0, second.output
-        log_lines = [json.loads(line) for line in second.stderr.splitlines() if line]
-        stages = {line["stage"]: line["rows"] for line in log_lines if "stage" in line}
-        assert stages["recommend"] == 300 * 5
-        assert set(stages) >= {"load", "gate", "prefilter", "train", "recommend", "publish"}
+        assert info["live"]["users"] == USERS
+        # The version records the metric the real gate measured on this run.
+        assert info["live"]["metrics"]["precision@5"] == first["metrics"]["precision@5"] > 0
+        second = nightly(env)
+        stages = [(line["stage"], line["rows"]) for line in second["log"] if "stage" in line]
+        assert [name for name, _ in stages] == [name for name, _ in pipeline.STAGES]
+        assert dict(stages)["score_and_publish"] == USERS
         v2 = current(redis_url, key_prefix)
-        assert v2 != v1
+        assert v2 == second["version"] != v1
         human = invoke(["status"], env)
         assert f"live:     {v2}" in human.output and f"previous: {v1}" in human.output
         back = invoke(["rollback"], env)
         assert back.exit_code == 0, back.output
         assert current(redis_url, key_prefix) == v1
 
-    def test_gate_refusal_exit_3_nothing_flipped(
-        self, env: dict[str, str], redis_url: str, key_prefix: str, gate_value: dict[str, float]
+    def test_redis_holds_what_the_shards_wrote_to_disk(
+        self, env: dict[str, str], real_redis: redis.Redis, key_prefix: str
     ) -> None:
-        assert invoke(["nightly-batch", "--source", "synthetic"], env).exit_code == 0
+        summary = nightly(env)
+        run_dir, version = summary["run_dir"], summary["version"]
+        assert shard_files(run_dir) == [f"shard={n:05d}.parquet" for n in range(3)]
+        manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+        assert manifest["version"] == version
+        assert [s["name"] for s in manifest["stages"]] == [name for name, _ in pipeline.STAGES]
+        recs = pl.read_parquet(Path(run_dir) / "recommendations.parquet")
+        assert recs[C.USER].n_unique() == USERS
+        assert recs.group_by(C.USER).len()["len"].unique().to_list() == [5]
+        lists = recs.sort(C.USER, C.RANK).group_by(C.USER, maintain_order=True).agg(C.ITEM)
+        names = [keys.user_key(version, user, key_prefix) for user in lists[C.USER]]
+        stored = [keys.decode_items(value) for value in real_redis.mget(names)]
+        assert stored == lists[C.ITEM].to_list()
+
+    def test_gate_refusal_exit_3_nothing_flipped(
+        self, env: dict[str, str], redis_url: str, key_prefix: str
+    ) -> None:
+        nightly(env)
         live = current(redis_url, key_prefix)
-        gate_value["precision@5"] = 0.01
-        refused = invoke(["nightly-batch", "--source", "synthetic"], env)
+        strict = {**env, "RECSYS_GATE__MIN_PRECISION_AT_5": UNREACHABLE_FLOOR}
+        refused = invoke(["nightly-batch", "--source", "synthetic"], strict)
         assert refused.exit_code == 3, refused.output
         assert "quality gate refused" in refused.output
         assert current(redis_url, key_prefix) == live
         # --no-gate publishes anyway.
-        assert invoke(["nightly-batch", "--source", "synthetic", "--no-gate"], env).exit_code == 0
-        assert current(redis_url, key_prefix) != live
+        published = nightly(strict, "--no-gate")
+        assert current(redis_url, key_prefix) == published["version"] != live
 
     def test_dry_run_publishes_nothing(
-        self, env: dict[str, str], redis_url: str, key_prefix: str
+        self, env: dict[str, str], redis_url: str, key_prefix: str, real_redis: redis.Redis
     ) -> None:
-        result = invoke(["nightly-batch", "--source", "synthetic", "--dry-run"], env)
-        assert result.exit_code == 0, result.output
-        assert "dry-run" in result.output
+        summary = nightly(env, "--dry-run")
+        assert (summary["status"], summary["version"], summary["users"]) == ("dry-run", None, USERS)
         assert current(redis_url, key_prefix) is None
+        assert list(real_redis.scan_iter(match=f"{key_prefix}:*")) == []
+        assert shard_files(summary["run_dir"]) == [f"shard={n:05d}.parquet" for n in range(3)]
+        recs = pl.read_parquet(Path(summary["run_dir"]) / "recommendations.parquet")
+        assert recs[C.USER].n_unique() == USERS
 
     def test_locked_exit_5(self, env: dict[str, str]) -> None:
         with run_lock(Path(env["RECSYS_RUN__LOCK_FILE"])):
@@ -147,7 +175,6 @@ class TestNightlyCli:
         assert result.exit_code == 2
 
 
-@pytest.mark.usefixtures("gate_value")
 def test_embedded_redis_outlives_the_batch(
     env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,7 +189,7 @@ def test_embedded_redis_outlives_the_batch(
         assert first.exit_code == 0, first.output
         status = invoke(["status", "--json"], env)
         info = json.loads(status.output)
-        assert info["live"]["users"] == 300
+        assert info["live"]["users"] == USERS
         assert info["redis"].startswith("embedded")
         assert (directory / "appendonly.aof").exists()
     finally:
@@ -172,10 +199,6 @@ def test_embedded_redis_outlives_the_batch(
 @pytest.mark.slow
 def test_bundled_data_real_two_stage(redis_url: str, key_prefix: str, tmp_path: Path) -> None:
     """The real pipeline (two_stage + backtest gate off) on the bundled data."""
-    try:
-        pipeline.default_trainer()
-    except ImportError as exc:
-        pytest.skip(f"two_stage not importable yet: {exc}")
     env = {
         "REDIS_URL": redis_url,
         "RECSYS_REDIS__KEY_PREFIX": key_prefix,
