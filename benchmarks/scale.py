@@ -51,6 +51,7 @@ from recsys_batch.model import split, two_stage  # noqa: E402
 from recsys_batch.model.prefilter import apply_catalogue, prefilter  # noqa: E402
 from recsys_batch.publish import store  # noqa: E402
 from recsys_batch.run import executors as E  # noqa: E402
+from recsys_batch.run import shard_task as T  # noqa: E402
 from recsys_batch.run import sharding  # noqa: E402
 
 log = logging.getLogger("scale")
@@ -151,31 +152,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     with stage(timings, "train"):
         sample = sharding.sample_users(tx, n_users, settings.scale.train_users)
-        model = two_stage.train_two_stage(
-            sample,
+        data = two_stage.ModelData(
+            tx,
+            catalogue.lazy(),
             items.lazy() if items is not None else None,
             users_table.lazy() if users_table is not None else None,
-            catalogue.lazy(),
-            windows,
-            settings,
         )
+        model = two_stage.train_two_stage(data.with_transactions(sample), windows, settings)
     if sample is not tx:
         with stage(timings, "refit"):
-            model.stage1_for_scoring = two_stage.fit_scoring_stage1(
-                tx, catalogue.lazy(), windows, settings
-            )
+            model.stage1_for_scoring = two_stage.fit_scoring_stage1(data, windows, settings)
 
     with stage(timings, "context"):
-        ctx = E.build_context(
-            model,
-            tx,
-            items.lazy() if items is not None else None,
-            users_table.lazy() if users_table is not None else None,
-            catalogue.lazy(),
-            settings,
-            n_shards,
-            shards_dir=shards_dir,
-        )
+        ctx = T.build_context(model, data, settings, n_shards, shards_dir=shards_dir)
         popular = two_stage.popular_fallback(tx, catalogue.lazy(), settings.ranker.top_k)
 
     client = store.connect(settings.redis)

@@ -44,7 +44,12 @@ from recsys_batch.evaluation.metrics import evaluate
 from recsys_batch.model import split
 from recsys_batch.model.features import FeatureSet, targets, with_targets
 from recsys_batch.model.ranking import fit_ranker, score, top_k
-from recsys_batch.model.two_stage import featured_candidates, fit_scoring_stage1, training_frame
+from recsys_batch.model.two_stage import (
+    ModelData,
+    featured_candidates,
+    fit_scoring_stage1,
+    training_frame,
+)
 
 K = 5
 IN_SAMPLE_TREES = 300
@@ -74,10 +79,9 @@ def labelled_test_frame(
     placeholder = settings.prefilter.placeholder_item
     items, demo = side_tables(dataset)
     train_tx = split.before_test(tx.lazy(), windows)
-    model = fit_scoring_stage1(train_tx, catalogue.lazy(), windows, settings)
-    feats = featured_candidates(
-        model, train_tx, items, demo, users.lazy(), windows.target_end, settings
-    )
+    data = ModelData(train_tx, catalogue.lazy(), items, demo)
+    model = fit_scoring_stage1(data, windows, settings)
+    feats = featured_candidates(model, data, users.lazy(), windows.target_end, settings)
     allowed = catalogue.lazy().select(C.ITEM).filter(pl.col(C.ITEM) != placeholder)
     labels = targets(split.test_window(tx.lazy(), windows), placeholder, settings.ranker.max_label)
     frame = with_targets(feats.frame.join(allowed, on=C.ITEM, how="semi"), labels)
@@ -89,9 +93,8 @@ def protocol_training_frame(
 ) -> pl.DataFrame:
     """The backtest's stage-2 training frame, its users moved out of the test users' ids."""
     items, demo = side_tables(dataset)
-    frame, _, _ = training_frame(
-        prep["tx"].lazy(), items, demo, prep["catalogue"].lazy(), prep["windows"], settings
-    )
+    data = ModelData(prep["tx"].lazy(), prep["catalogue"].lazy(), items, demo)
+    frame, _, _ = training_frame(data, prep["windows"], settings)
     return frame.select(columns).with_columns(pl.col(C.USER) + POOLED_USER_OFFSET).collect()
 
 

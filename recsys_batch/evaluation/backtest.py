@@ -41,6 +41,7 @@ from recsys_batch.evaluation.metrics import evaluate, precision_curve
 from recsys_batch.model import split
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.model.two_stage import (
+    ModelData,
     TrainedTwoStage,
     popular_fallback,
     rank_candidates,
@@ -383,12 +384,11 @@ def run_backtest(
 
     with _timed(timings, "train_total"):
         train_tx = split.before_test(tx.lazy(), windows)
-        model = train_two_stage(train_tx, items, users, cat, windows, settings)
+        data = ModelData(train_tx, cat, items, users)
+        model = train_two_stage(data, windows, settings)
         timings.update(model.timings)
     with _timed(timings, "score"):
-        two_stage, cands = rank_candidates(
-            model, train_tx, items, users, cat, all_users, settings, cfg.curve_k
-        )
+        two_stage, cands = rank_candidates(model, data, all_users, settings, cfg.curve_k)
     with _timed(timings, "baselines_and_metrics"):
         baselines = baseline_lists(train_tx, cat, all_users, cands.lazy(), windows, settings)
         lists = {**baselines, "two_stage": two_stage}

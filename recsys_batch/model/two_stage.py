@@ -63,6 +63,24 @@ class TrainedTwoStage:
 TwoStageModel = TrainedTwoStage
 
 
+@dataclass(frozen=True)
+class ModelData:
+    """What the two-stage model reads, passed around as one object."""
+
+    transactions: pl.LazyFrame
+    """Catalogue-applied purchases (schema ``TRANSACTIONS``); other items are the placeholder."""
+    catalogue: pl.LazyFrame
+    """The prefilter's catalogue (schema ``CATALOGUE``)."""
+    items: pl.LazyFrame | None = None
+    """Product attributes, when the source has them."""
+    users: pl.LazyFrame | None = None
+    """Household demographics, when the source has them."""
+
+    def with_transactions(self, transactions: pl.LazyFrame) -> ModelData:
+        """The same tables with other purchases (a time cut, a user shard)."""
+        return dataclasses.replace(self, transactions=transactions)
+
+
 def _factors(model: stage1.Stage1Model) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
     user_f = getattr(stage1, "user_factors", None)
     item_f = getattr(stage1, "item_factors", None)
@@ -73,9 +91,7 @@ def _factors(model: stage1.Stage1Model) -> tuple[pl.DataFrame | None, pl.DataFra
 
 def featured_candidates(
     model: stage1.Stage1Model,
-    tx: pl.LazyFrame,
-    items: pl.LazyFrame | None,
-    users: pl.LazyFrame | None,
+    data: ModelData,
     user_ids: pl.LazyFrame,
     as_of_week: int,
     settings: Settings,
@@ -90,9 +106,9 @@ def featured_candidates(
     user_f, item_f = _factors(model)
     return build_features(
         cands,
-        tx,
-        items,
-        users,
+        data.transactions,
+        data.items,
+        data.users,
         as_of_week,
         settings.features,
         user_factors=user_f,
@@ -107,12 +123,7 @@ def history_users(tx: pl.LazyFrame, before_week: int) -> pl.LazyFrame:
 
 
 def training_frame(
-    tx: pl.LazyFrame,
-    items: pl.LazyFrame | None,
-    users: pl.LazyFrame | None,
-    catalogue: pl.LazyFrame,
-    windows: Windows,
-    settings: Settings,
+    data: ModelData, windows: Windows, settings: Settings
 ) -> tuple[pl.LazyFrame, FeatureSet, stage1.Stage1Model]:
     """The ranker's training set: history candidates, features as of ``history_end``, target.
 
@@ -128,9 +139,9 @@ def training_frame(
         names and the stage-1 model fit on the history.
     """
     placeholder = settings.prefilter.placeholder_item
-    tx = split.before_test(tx, windows)
+    tx = split.before_test(data.transactions, windows)
     history_model = stage1.fit_stage1(
-        split.history(tx, windows), catalogue, settings.candidates, placeholder
+        split.history(tx, windows), data.catalogue, settings.candidates, placeholder
     )
     target_users = (
         split.stage2_window(tx, windows)
@@ -139,34 +150,23 @@ def training_frame(
         .join(history_users(tx, windows.history_end), on=C.USER, how="semi")
     )
     feats = featured_candidates(
-        history_model, tx, items, users, target_users, windows.history_end, settings
+        history_model, data.with_transactions(tx), target_users, windows.history_end, settings
     )
     truth = targets(split.stage2_window(tx, windows), placeholder, settings.ranker.max_label)
     return with_targets(feats.frame, truth), feats, history_model
 
 
-def train_two_stage(
-    tx: pl.LazyFrame,
-    items: pl.LazyFrame | None,
-    users: pl.LazyFrame | None,
-    catalogue: pl.LazyFrame,
-    windows: Windows,
-    settings: Settings,
-) -> TrainedTwoStage:
+def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> TrainedTwoStage:
     """Fit stage 1 on history, train the ranker on the stage-2 window, refit stage 1.
 
-    Parameters
-    ----------
-    tx
-        Catalogue-applied transactions; only ``week < windows.target_end`` is read.
-    catalogue
-        The prefilter's catalogue (schema ``CATALOGUE``), computed without the test window.
+    Only ``week < windows.target_end`` of ``data.transactions`` is read; the catalogue must
+    have been computed without the test window.
     """
     timings: dict[str, float] = {}
-    tx = split.before_test(tx, windows)
+    data = data.with_transactions(split.before_test(data.transactions, windows))
 
     start = time.perf_counter()
-    train, feats, _ = training_frame(tx, items, users, catalogue, windows, settings)
+    train, feats, _ = training_frame(data, windows, settings)
     timings["train_set"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -174,7 +174,7 @@ def train_two_stage(
     timings["ranker_fit"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    scoring_model = fit_scoring_stage1(tx, catalogue, windows, settings)
+    scoring_model = fit_scoring_stage1(data, windows, settings)
     timings["stage1_fit_scoring"] = time.perf_counter() - start
     log.info("two-stage trained: %s", {k: round(v, 1) for k, v in timings.items()})
     return TrainedTwoStage(
@@ -187,24 +187,18 @@ def train_two_stage(
     )
 
 
-def fit_scoring_stage1(
-    tx: pl.LazyFrame, catalogue: pl.LazyFrame, windows: Windows, settings: Settings
-) -> stage1.Stage1Model:
+def fit_scoring_stage1(data: ModelData, windows: Windows, settings: Settings) -> stage1.Stage1Model:
     """Stage 1 for scoring: fit on every purchase before ``windows.target_end``."""
     return stage1.fit_stage1(
-        split.before_test(tx, windows),
-        catalogue,
+        split.before_test(data.transactions, windows),
+        data.catalogue,
         settings.candidates,
         settings.prefilter.placeholder_item,
     )
 
 
 def with_gated_ranker(
-    gated: TrainedTwoStage,
-    tx: pl.LazyFrame,
-    catalogue: pl.LazyFrame,
-    windows: Windows,
-    settings: Settings,
+    gated: TrainedTwoStage, data: ModelData, windows: Windows, settings: Settings
 ) -> TrainedTwoStage:
     """The gate's ranker with stage 1 refit on everything before ``windows.target_end``.
 
@@ -213,7 +207,7 @@ def with_gated_ranker(
     ``windows.target_end`` at scoring, as for a freshly trained model.
     """
     start = time.perf_counter()
-    scoring_model = fit_scoring_stage1(tx, catalogue, windows, settings)
+    scoring_model = fit_scoring_stage1(data, windows, settings)
     seconds = time.perf_counter() - start
     trained_on = gated.ranker_windows or gated.windows
     log.info(
@@ -234,14 +228,7 @@ def with_gated_ranker(
 
 
 def rank_candidates(
-    model: TrainedTwoStage,
-    tx: pl.LazyFrame,
-    items: pl.LazyFrame | None,
-    users: pl.LazyFrame | None,
-    catalogue: pl.LazyFrame,
-    user_ids: pl.LazyFrame,
-    settings: Settings,
-    k: int,
+    model: TrainedTwoStage, data: ModelData, user_ids: pl.LazyFrame, settings: Settings, k: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Top ``k`` per user and the featured candidates they were ranked from.
 
@@ -252,11 +239,13 @@ def rank_candidates(
         candidates as generated by stage 1 (schema ``CANDIDATES``), for candidate recall.
     """
     windows = model.windows
-    tx = split.before_test(tx, windows)
+    data = data.with_transactions(split.before_test(data.transactions, windows))
     feats = featured_candidates(
-        model.stage1_for_scoring, tx, items, users, user_ids, windows.target_end, settings
+        model.stage1_for_scoring, data, user_ids, windows.target_end, settings
     )
-    allowed = catalogue.select(C.ITEM).filter(pl.col(C.ITEM) != settings.prefilter.placeholder_item)
+    allowed = data.catalogue.select(C.ITEM).filter(
+        pl.col(C.ITEM) != settings.prefilter.placeholder_item
+    )
     frame = feats.frame.join(allowed, on=C.ITEM, how="semi").collect()
     scored = score(model.ranker, frame.lazy())
     recs = top_k(scored.lazy(), k).collect()
@@ -264,22 +253,15 @@ def rank_candidates(
 
 
 def recommend(
-    model: TrainedTwoStage,
-    tx: pl.LazyFrame,
-    items: pl.LazyFrame | None,
-    users: pl.LazyFrame | None,
-    catalogue: pl.LazyFrame,
-    user_ids: pl.LazyFrame,
-    settings: Settings,
+    model: TrainedTwoStage, data: ModelData, user_ids: pl.LazyFrame, settings: Settings
 ) -> pl.DataFrame:
     """Top ``settings.ranker.top_k`` catalogue items per user, best first (``RECOMMENDATIONS``).
 
-    Features are computed as of ``model.windows.target_end`` from ``tx``; users unknown to
-    stage 1 get the popular candidates, ranked by the same model.
+    All users at once: the reference the sharded scoring of the nightly batch must equal.
+    Features are computed as of ``model.windows.target_end``; users unknown to stage 1 get
+    the popular candidates, ranked by the same model.
     """
-    recs, _ = rank_candidates(
-        model, tx, items, users, catalogue, user_ids, settings, settings.ranker.top_k
-    )
+    recs, _ = rank_candidates(model, data, user_ids, settings, settings.ranker.top_k)
     return recs
 
 

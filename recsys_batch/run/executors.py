@@ -1,28 +1,13 @@
-"""Per-shard scoring and publishing, in this process or on a dask.distributed cluster (#8).
+"""Run the shard tasks in this process or on a dask.distributed cluster, and publish them.
 
-The nightly batch trains once, on one node, then splits the users into shards by a stable
-hash of ``user_id`` (:mod:`recsys_batch.run.sharding`). One shard's work is a task:
-
-1. read the shard's transactions (in memory, or its own parquet files written by
-   :func:`recsys_batch.run.sharding.write_shards`);
-2. stage-1 candidates with the trained model, stage-2 features as of the scoring cut;
-3. LightGBM scores and the top k per user;
-4. (publishing) write the shard's users into the new Redis version and check every key is
-   there.
-
-The driver opens the version (meta hash in state ``writing``) before the first task and,
-only after every shard succeeded, writes the popular list and item attributes, marks the
-version complete and flips ``P:current`` once. A shard that raises is retried
-``scale.shard_retries`` times (SET is idempotent, so a repeated write is harmless); if it
-still fails, :class:`ShardError` is raised, the half-written version is removed and nothing
-flips: the old version keeps serving.
-
-Features of a user depend on that user's purchases only, except the item features
-(popularity over all users) and the reference day (the newest purchase before the cut). A
-shard therefore gets its users' rows plus one sentinel row carrying the global newest day,
-and the item features are computed once on the driver over all transactions and joined in
-place of the shard-local ones: a shard's cost is proportional to its users, and its output
-is the same as scoring everybody at once.
+:func:`publish_shards` opens the version (:func:`recsys_batch.publish.versions.begin_version`)
+before the first task and, only after every shard succeeded, writes the popular list and
+item attributes, verifies every key and flips ``P:current`` once
+(:func:`~recsys_batch.publish.versions.finish_version`). A shard that raises is retried
+``scale.shard_retries`` times (SET is idempotent, so a repeated write is harmless), except
+for a ``RecsysError``: bad data fails at once, and a ``PublishError`` has already used
+``redis.retries``. If a shard still fails, :class:`ShardError` is raised, the half-written
+version is abandoned and nothing flips: the old version keeps serving.
 
 :class:`LocalExecutor` runs the shards one after another; :class:`DaskExecutor` submits
 them to a scheduler (``scale.scheduler_address``) or to a ``LocalCluster`` it starts. The
@@ -35,9 +20,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
@@ -45,231 +29,15 @@ import polars as pl
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
-from recsys_batch.model import split
-from recsys_batch.model.features import before_cut, item_features
-from recsys_batch.publish import store, versions, writer
+from recsys_batch.publish import store, versions
 from recsys_batch.run import sharding
+from recsys_batch.run.shard_task import ShardContext, ShardFn, ShardResult, run_shard
 
 log = logging.getLogger(__name__)
-
-SENTINEL_USER = -1
-"""User id of the row that carries the global reference day into a shard (never scored)."""
-ITEM_PREFIX = "i_"
-DERIVED_FROM_ITEMS = {"ui_price_vs_basket": pl.col("i_price") / pl.col("u_basket_spend")}
-"""Features mixing item and user columns: recomputed after the global item join."""
 
 
 class ShardError(PublishError):
     """A shard still failed after its retries; nothing was flipped (exit 4, as a publish)."""
-
-
-@dataclass
-class ShardContext:
-    """Everything a shard task needs; built once by the driver and shipped to workers."""
-
-    model: Any
-    """``two_stage.TrainedTwoStage`` (its ``stage1_for_scoring`` and ``ranker``)."""
-    catalogue_items: pl.DataFrame
-    """``item_id`` of the catalogue, placeholder excluded."""
-    item_table: pl.DataFrame
-    """Item features (``i_*``) over all users' transactions as of the scoring cut."""
-    reference_rows: pl.DataFrame
-    """One transaction of the newest day before the cut, with ``user_id = SENTINEL_USER``."""
-    settings: Settings
-    n_shards: int
-    items: pl.DataFrame | None = None
-    users: pl.DataFrame | None = None
-    transactions: pl.DataFrame | None = None
-    """All catalogue-applied transactions in memory, or None when ``shards_dir`` is set."""
-    partitions: dict[int, pl.DataFrame] | None = None
-    """The same rows split by shard once (:func:`partition_transactions`), when in memory."""
-    shards_dir: Path | None = None
-    """Per-shard parquet folders (``sharding.write_shards``), read by each task."""
-    version: str | None = None
-    """The Redis version being written (None: score only, nothing is published)."""
-    output_dir: Path | None = None
-    """When set, each shard also writes its recommendations to ``shard=NNNNN.parquet`` here."""
-    driver_client: Any = field(default=None, repr=False)
-    """The driver's Redis client, reused by shards run in this process (local executor);
-    None: each shard connects from ``settings.redis`` (a Dask worker has no other way)."""
-
-    def shard_transactions(self, shard: int) -> pl.DataFrame:
-        """The rows of the users of ``shard``."""
-        if self.shards_dir is not None:
-            return sharding.scan_shard(self.shards_dir, shard).collect()
-        if self.partitions is not None:
-            empty = self.partitions.get(-1)
-            return self.partitions.get(shard, empty if empty is not None else pl.DataFrame())
-        if self.transactions is None:
-            msg = "ShardContext needs transactions or shards_dir"
-            raise ValueError(msg)
-        return self.transactions.filter(sharding.shard_of(self.n_shards) == shard)
-
-
-@dataclass
-class ShardResult:
-    """What one shard did (small: it travels back to the driver)."""
-
-    shard: int
-    users: int
-    rows: int
-    """Recommendation rows (users x k, fewer for users with short lists)."""
-    items: list[int] = field(default_factory=list)
-    """Distinct items recommended in the shard (for the item attributes)."""
-    seconds: dict[str, float] = field(default_factory=dict)
-    peak_memory_mb: float = 0.0
-    user_ids: pl.Series | None = None
-    """Users with recommendations (the published keys)."""
-    recommendations: pl.DataFrame | None = None
-    """Only when not publishing (``context.version is None``)."""
-
-
-ShardFn = Callable[[ShardContext, int, pl.DataFrame], ShardResult]
-
-
-# --- the work of one shard ----------------------------------------------------------------
-
-
-def global_item_table(tx: pl.LazyFrame, as_of_week: int, settings: Settings) -> pl.DataFrame:
-    """Item features over every user's purchases before ``as_of_week`` (driver, once).
-
-    Collected with the streaming engine, so only the per-item result is held, not the
-    transactions. Common sub-plan elimination is off: each branch scans the shards itself,
-    whereas a shared (cached) scan would buffer every line in memory.
-    """
-    features = item_features(
-        tx, as_of_week, settings.features, placeholder_item=settings.prefilter.placeholder_item
-    )
-    return features.collect(
-        engine="streaming", optimizations=pl.QueryOptFlags(comm_subplan_elim=False)
-    )
-
-
-def reference_rows(tx: pl.LazyFrame, as_of_week: int) -> pl.DataFrame:
-    """One purchase of the newest day before the cut, relabelled to :data:`SENTINEL_USER`."""
-    return (
-        before_cut(tx, as_of_week)
-        .top_k(1, by=[C.DAY, C.USER, C.BASKET, C.ITEM])
-        .with_columns(pl.lit(SENTINEL_USER, dtype=pl.Int64).alias(C.USER))
-        .collect()
-    )
-
-
-def shard_recommendations(
-    ctx: ShardContext, shard: int, user_ids: pl.DataFrame
-) -> tuple[pl.DataFrame, dict[str, float]]:
-    """Top k of ``user_ids`` (all in ``shard``), as ``two_stage.recommend`` would give them.
-
-    Returns
-    -------
-    tuple
-        Recommendations (schema ``RECOMMENDATIONS``) and seconds per step.
-    """
-    from recsys_batch.model import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
-    from recsys_batch.model.ranking import score, top_k  # noqa: PLC0415
-
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    model = ctx.model
-    cut = model.windows.target_end
-    own = ctx.shard_transactions(shard)
-    tx = pl.concat([own, ctx.reference_rows.select(own.columns).cast(own.schema)]).lazy()
-    tx = split.before_test(tx, model.windows)
-    seconds["read"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    feats = two_stage.featured_candidates(
-        model.stage1_for_scoring,
-        tx,
-        ctx.items.lazy() if ctx.items is not None else None,
-        ctx.users.lazy() if ctx.users is not None else None,
-        user_ids.lazy(),
-        cut,
-        ctx.settings,
-    )
-    plan = feats.frame.join(ctx.catalogue_items.lazy(), on=C.ITEM, how="semi")
-    local_items = [c for c in plan.collect_schema().names() if c.startswith(ITEM_PREFIX)]
-    derived = [c for c in DERIVED_FROM_ITEMS if c in plan.collect_schema().names()]
-    frame = (
-        plan.drop(local_items)
-        .join(ctx.item_table.lazy().select(C.ITEM, *local_items), on=C.ITEM, how="left")
-        .with_columns(DERIVED_FROM_ITEMS[c].alias(c) for c in derived)
-        .collect()
-    )
-    seconds["features"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    scored = score(model.ranker, frame.lazy())
-    recs = top_k(scored.lazy(), ctx.settings.ranker.top_k).collect()
-    seconds["score"] = time.perf_counter() - started
-    check_recommendations(recs, ctx)
-    return recs, seconds
-
-
-def check_recommendations(recs: pl.DataFrame, ctx: ShardContext) -> None:
-    """Catalogue items only, no placeholder, no duplicate, at most k per user.
-
-    Raises
-    ------
-    RecsysError
-        The contract of the published lists is broken (nothing is published).
-    """
-    placeholder = ctx.settings.prefilter.placeholder_item
-    bad = recs.filter(
-        (pl.col(C.ITEM) == placeholder)
-        | ~pl.col(C.ITEM).is_in(ctx.catalogue_items[C.ITEM].implode())
-    ).height
-    dups = recs.select(pl.struct(C.USER, C.ITEM).is_duplicated().sum()).item()
-    too_many = recs.group_by(C.USER).len().filter(pl.col("len") > ctx.settings.ranker.top_k).height
-    if bad or dups or too_many:
-        msg = (
-            f"recommendations break their contract: {bad} non-catalogue/placeholder rows, "
-            f"{dups} duplicate rows, {too_many} users with more than "
-            f"{ctx.settings.ranker.top_k} items"
-        )
-        raise RecsysError(msg)
-
-
-def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardResult:
-    """Score one shard and, when ``ctx.version`` is set, write it into that version.
-
-    The shard's keys are counted back (``EXISTS``) before the task reports success, so a
-    lost write fails the shard (and is retried) instead of the whole night at the end.
-    """
-    from recsys_batch.run.records import peak_memory_mb  # noqa: PLC0415
-
-    recs, seconds = shard_recommendations(ctx, shard, user_ids)
-    result = ShardResult(
-        shard=shard,
-        users=recs[C.USER].n_unique(),
-        rows=recs.height,
-        items=recs[C.ITEM].unique().sort().to_list(),
-        seconds=seconds,
-        user_ids=recs[C.USER].unique().sort(),
-    )
-    if ctx.output_dir is not None:
-        Path(ctx.output_dir).mkdir(parents=True, exist_ok=True)
-        recs.write_parquet(Path(ctx.output_dir) / f"{sharding.SHARD}={shard:05d}.parquet")
-    if ctx.version is None:
-        result.recommendations = recs
-    elif recs.height:
-        started = time.perf_counter()
-        own_client = ctx.driver_client is None
-        client = store.connect(ctx.settings.redis) if own_client else ctx.driver_client
-        try:
-            written = writer.write_users(client, ctx.version, recs, ctx.settings.redis)
-        finally:
-            if own_client:
-                client.close()
-        if written != result.users:
-            msg = f"shard {shard}: {written} of {result.users} user keys verified"
-            raise PublishError(msg)
-        seconds["publish"] = time.perf_counter() - started
-    result.peak_memory_mb = peak_memory_mb()
-    return result
-
-
-# --- executors ------------------------------------------------------------------------------
 
 
 class Executor(Protocol):
@@ -402,9 +170,6 @@ def make_executor(settings: Settings) -> Executor:
     return LocalExecutor(cfg.shard_retries)
 
 
-# --- the driver -----------------------------------------------------------------------------
-
-
 @dataclass
 class ShardedRun:
     """What :func:`score_shards` / :func:`publish_shards` did."""
@@ -424,54 +189,6 @@ class ShardedRun:
         if not parts:
             return pl.DataFrame(schema=C.RECOMMENDATIONS)
         return pl.concat(parts).sort(C.USER, C.RANK)
-
-
-def build_context(
-    model: Any,
-    tx: pl.LazyFrame,
-    items: pl.LazyFrame | None,
-    users: pl.LazyFrame | None,
-    catalogue: pl.LazyFrame,
-    settings: Settings,
-    n_shards: int,
-    *,
-    shards_dir: Path | None = None,
-) -> ShardContext:
-    """Everything the shards share: item features, reference day, catalogue, small tables.
-
-    ``tx`` are the catalogue-applied transactions; they are kept in memory unless
-    ``shards_dir`` holds them already split by :func:`sharding.write_shards`.
-    """
-    cut = model.windows.target_end
-    tx = split.before_test(tx, model.windows)
-    placeholder = settings.prefilter.placeholder_item
-    return ShardContext(
-        model=model,
-        catalogue_items=catalogue.select(C.ITEM)
-        .filter(pl.col(C.ITEM) != placeholder)
-        .unique()
-        .collect(),
-        item_table=global_item_table(tx, cut, settings),
-        reference_rows=reference_rows(tx, cut),
-        settings=settings,
-        n_shards=n_shards,
-        items=items.collect() if items is not None else None,
-        users=users.collect() if users is not None else None,
-        partitions=None
-        if shards_dir is not None
-        else partition_transactions(tx.collect(), n_shards),
-        shards_dir=shards_dir,
-    )
-
-
-def partition_transactions(tx: pl.DataFrame, n_shards: int) -> dict[int, pl.DataFrame]:
-    """Rows of each shard, split in one pass (key -1: an empty frame with the schema)."""
-    parts = tx.with_columns(sharding.shard_of(n_shards)).partition_by(
-        sharding.SHARD, as_dict=True, include_key=False
-    )
-    split_parts = {int(key[0]): part for key, part in parts.items()}
-    split_parts[-1] = tx.clear()
-    return split_parts
 
 
 def plan_shards(user_ids: pl.LazyFrame, n_shards: int) -> list[tuple[int, pl.DataFrame]]:

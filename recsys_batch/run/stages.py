@@ -25,7 +25,7 @@ from recsys_batch.errors import DataError, EmptyStageError
 from recsys_batch.model import split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.publish import store
-from recsys_batch.run import executors, quality_gate, records, sharding
+from recsys_batch.run import executors, quality_gate, records, shard_task, sharding
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ class RunState:
     tx_cat: pl.LazyFrame | None = None
     model: two_stage.TrainedTwoStage | None = None
     popular: list[int] = field(default_factory=list)
-    context: executors.ShardContext | None = None
     version: str | None = None
     users: int = 0
 
@@ -195,24 +194,20 @@ def train(state: RunState) -> int:
     ``scale.train_users`` users.
     """
     settings, loaded = state.settings, state.data
-    tx_cat, catalogue, windows = _model_inputs(state)
+    data, windows = _model_data(state), _windows(state)
     if state.gated is not None and settings.gate.publish_gated_ranker:
-        state.model = two_stage.with_gated_ranker(
-            state.gated.model, tx_cat, catalogue.lazy(), windows, settings
-        )
+        state.model = two_stage.with_gated_ranker(state.gated.model, data, windows, settings)
         state.record.metrics["ranker_source"] = "gate"
     else:
-        sample = sharding.sample_users(tx_cat, loaded.users, settings.scale.train_users)
-        model = two_stage.train_two_stage(
-            sample, loaded.dataset.items, loaded.dataset.users, catalogue.lazy(), windows, settings
-        )
-        if sample is not tx_cat:  # stage 1 must know every user to propose their candidates
-            model.stage1_for_scoring = two_stage.fit_scoring_stage1(
-                tx_cat, catalogue.lazy(), windows, settings
-            )
+        sample = sharding.sample_users(data.transactions, loaded.users, settings.scale.train_users)
+        model = two_stage.train_two_stage(data.with_transactions(sample), windows, settings)
+        if sample is not data.transactions:  # stage 1 must know every user to propose theirs
+            model.stage1_for_scoring = two_stage.fit_scoring_stage1(data, windows, settings)
         state.model = model
         state.record.metrics["ranker_source"] = "trained"
-    state.popular = two_stage.popular_fallback(tx_cat, catalogue.lazy(), settings.ranker.top_k)
+    state.popular = two_stage.popular_fallback(
+        data.transactions, data.catalogue, settings.ranker.top_k
+    )
     nonempty(len(state.popular), "train", "popular fallback items")
     return 1
 
@@ -239,18 +234,15 @@ def score_and_publish(state: RunState) -> int:
     only. Each shard's recommendations are written there in both cases.
     """
     settings, loaded = state.settings, state.data
-    tx_cat, catalogue, _ = _model_inputs(state)
-    assert state.model is not None
-    shards_dir = None if loaded.in_memory else state.record.run_dir / SHARDS_DIR
-    context = executors.build_context(
+    if state.model is None:
+        msg = "stage order: train must run before score_and_publish"
+        raise RuntimeError(msg)
+    context = shard_task.build_context(
         state.model,
-        tx_cat,
-        loaded.dataset.items,
-        loaded.dataset.users,
-        catalogue.lazy(),
+        _model_data(state),
         settings,
         sharding.shard_count(loaded.users, settings.scale.shard_users),
-        shards_dir=shards_dir,
+        shards_dir=None if loaded.in_memory else shards_dir_of(state.record.run_dir),
     )
     context.output_dir = state.record.run_dir / RECOMMENDATIONS_FILE
     user_ids = loaded.dataset.transactions.select(C.USER).unique().sort(C.USER)
@@ -269,11 +261,20 @@ def score_and_publish(state: RunState) -> int:
     return state.users
 
 
-def _model_inputs(state: RunState) -> tuple[pl.LazyFrame, pl.DataFrame, split.Windows]:
-    if state.tx_cat is None or state.catalogue is None or state.windows is None:
+def _model_data(state: RunState) -> two_stage.ModelData:
+    """The catalogue-applied purchases, the catalogue and the side tables of this run."""
+    if state.tx_cat is None or state.catalogue is None:
         msg = "stage order: load and prefilter must run first"
         raise RuntimeError(msg)
-    return state.tx_cat, state.catalogue, state.windows
+    dataset = state.data.dataset
+    return two_stage.ModelData(state.tx_cat, state.catalogue.lazy(), dataset.items, dataset.users)
+
+
+def _windows(state: RunState) -> split.Windows:
+    if state.windows is None:
+        msg = "stage order: load must run first"
+        raise RuntimeError(msg)
+    return state.windows
 
 
 def _version_meta(state: RunState) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from recsys_batch.model import split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.publish import keys, status, store, writer
 from recsys_batch.run import executors as E
+from recsys_batch.run import shard_task as T
 
 pytestmark = pytest.mark.integration
 
@@ -61,24 +62,15 @@ def trained() -> Trained:
     windows = split.production_windows(first, last, settings.split)
     items = dataset.items.collect() if dataset.items is not None else None
     users = dataset.users.collect() if dataset.users is not None else None
-    model = two_stage.train_two_stage(
+    data = two_stage.ModelData(
         tx_cat.lazy(),
+        catalogue.lazy(),
         items.lazy() if items is not None else None,
         users.lazy() if users is not None else None,
-        catalogue.lazy(),
-        windows,
-        settings,
     )
+    model = two_stage.train_two_stage(data, windows, settings)
     user_ids = tx.select(C.USER).unique().sort(C.USER)
-    expected = two_stage.recommend(
-        model,
-        tx_cat.lazy(),
-        items.lazy() if items is not None else None,
-        users.lazy() if users is not None else None,
-        catalogue.lazy(),
-        user_ids.lazy(),
-        settings,
-    )
+    expected = two_stage.recommend(model, data, user_ids.lazy(), settings)
     return Trained(settings, model, tx_cat, items, users, catalogue, user_ids, expected)
 
 
@@ -97,16 +89,14 @@ def client(settings: Settings, real_redis: redis.Redis) -> Iterator[store.Client
     connected.close()
 
 
-def context(trained: Trained, settings: Settings) -> E.ShardContext:
-    return E.build_context(
-        trained.model,
+def context(trained: Trained, settings: Settings) -> T.ShardContext:
+    data = two_stage.ModelData(
         trained.tx.lazy(),
+        trained.catalogue.lazy(),
         trained.items.lazy() if trained.items is not None else None,
         trained.users.lazy() if trained.users is not None else None,
-        trained.catalogue.lazy(),
-        settings,
-        N_SHARDS,
     )
+    return T.build_context(trained.model, data, settings, N_SHARDS)
 
 
 def published_values(client: store.Client, version: str, settings: Settings) -> dict[int, str]:
@@ -124,7 +114,7 @@ def publish_with(
     trained: Trained,
     settings: Settings,
     client: store.Client,
-    fn: E.ShardFn = E.run_shard,
+    fn: T.ShardFn = T.run_shard,
 ) -> E.ShardedRun:
     return E.publish_shards(
         context(trained, settings),
@@ -170,22 +160,22 @@ def test_dask_publishes_exactly_what_local_publishes(
 FAILURES: dict[str, int] = {}
 
 
-def flaky(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+def flaky(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
     """Shard 1 fails on its first attempt (per test, keyed by the version)."""
     key = f"{ctx.version}:{shard}"
     if shard == 1 and FAILURES.get(key, 0) == 0:
         FAILURES[key] = 1
         msg = "worker lost"
         raise ConnectionError(msg)
-    return E.run_shard(ctx, shard, users)
+    return T.run_shard(ctx, shard, users)
 
 
-def broken(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+def broken(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
     """Shard 2 always fails."""
     if shard == 2:
         msg = "disk full"
         raise OSError(msg)
-    return E.run_shard(ctx, shard, users)
+    return T.run_shard(ctx, shard, users)
 
 
 @pytest.mark.parametrize("executor", [E.LocalExecutor(retries=1), "dask"], ids=["local", "dask"])

@@ -1,6 +1,6 @@
 """Executors: shard order, retries, the error that stops a run; the publishing driver (#8, #15).
 
-No model here: a shard function stands for :func:`executors.run_shard` (the real one runs in
+No model here: a shard function stands for :func:`shard_task.run_shard` (the real one runs in
 ``tests/integration``), and the driver's version lifecycle runs on fakeredis.
 """
 
@@ -18,6 +18,7 @@ from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
 from recsys_batch.publish import keys, status, writer
 from recsys_batch.run import executors as E
+from recsys_batch.run import shard_task as T
 from recsys_batch.run import sharding
 
 
@@ -25,19 +26,19 @@ def shards(n: int) -> list[tuple[int, pl.DataFrame]]:
     return [(s, pl.DataFrame({C.USER: [s * 10, s * 10 + 1]})) for s in range(n)]
 
 
-def context() -> E.ShardContext:
-    return E.ShardContext(
+def context() -> T.ShardContext:
+    return T.ShardContext(
         model=None,
         catalogue_items=pl.DataFrame({C.ITEM: [1]}),
         item_table=pl.DataFrame({C.ITEM: [1]}),
-        reference_rows=pl.DataFrame({C.USER: [E.SENTINEL_USER]}),
+        reference_rows=pl.DataFrame({C.USER: [T.SENTINEL_USER]}),
         settings=Settings(),
         n_shards=3,
     )
 
 
-def echo(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
-    return E.ShardResult(shard=shard, users=users.height, rows=users.height * 5)
+def echo(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
+    return T.ShardResult(shard=shard, users=users.height, rows=users.height * 5)
 
 
 class TestLocalExecutor:
@@ -52,7 +53,7 @@ class TestLocalExecutor:
     def test_retries(self, failures: int, retries: int, ok: bool) -> None:
         calls: list[int] = []
 
-        def flaky(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+        def flaky(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
             calls.append(shard)
             if shard == 1 and calls.count(1) <= failures:
                 msg = "boom"
@@ -107,10 +108,10 @@ def test_reference_rows_carry_the_newest_day_before_the_cut() -> None:
             C.WEEK: [2, 3, 5],
         }
     )
-    ref = E.reference_rows(tx, as_of_week=5)
+    ref = T.reference_rows(tx, as_of_week=5)
     assert ref.height == 1
     assert ref.row(0, named=True)[C.DAY] == 20
-    assert ref[C.USER].to_list() == [E.SENTINEL_USER]
+    assert ref[C.USER].to_list() == [T.SENTINEL_USER]
 
 
 def test_a_failed_shard_exits_like_a_failed_publish() -> None:
@@ -120,7 +121,7 @@ def test_a_failed_shard_exits_like_a_failed_publish() -> None:
 def test_a_data_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> None:
     calls: list[int] = []
 
-    def empty(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+    def empty(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
         calls.append(shard)
         msg = "no candidates"
         raise EmptyStageError(msg)
@@ -134,7 +135,7 @@ def test_a_data_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> Non
 def test_partitioned_transactions_match_the_filter() -> None:
     ctx = context()
     tx = pl.DataFrame({C.USER: list(range(40)), C.ITEM: list(range(40))})
-    ctx.partitions = E.partition_transactions(tx, 3)
+    ctx.partitions = T.partition_transactions(tx, 3)
     ctx.transactions = tx
     for s in range(3):
         by_partition = ctx.shard_transactions(s)
@@ -150,7 +151,7 @@ def test_a_publish_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> 
     """Redis failed after the writer's own retries (redis.retries): no second layer (#15)."""
     calls: list[int] = []
 
-    def redis_gone(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+    def redis_gone(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
         calls.append(shard)
         msg = "Redis failed during user write after 4 attempts"
         raise PublishError(msg)
@@ -168,7 +169,7 @@ def test_a_publish_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> 
 def test_other_errors_in_a_shard_are_retried(error: Exception) -> None:
     calls: list[int] = []
 
-    def flaky(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+    def flaky(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
         calls.append(shard)
         if calls.count(shard) == 1:
             raise error
@@ -183,7 +184,7 @@ class TestCheckRecommendations:
     """The contract of the published lists (placeholder 999999 is never recommended)."""
 
     @staticmethod
-    def ctx() -> E.ShardContext:
+    def ctx() -> T.ShardContext:
         ctx = context()
         ctx.catalogue_items = pl.DataFrame({C.ITEM: [1, 2, 3, 4, 5, 6]})
         return ctx
@@ -194,7 +195,7 @@ class TestCheckRecommendations:
         return pl.DataFrame({C.USER: users, C.ITEM: items, C.RANK: ranks})
 
     def test_clean_lists_pass(self) -> None:
-        E.check_recommendations(self.recs([1, 1, 2], [1, 2, 1]), self.ctx())
+        T.check_recommendations(self.recs([1, 1, 2], [1, 2, 1]), self.ctx())
 
     @pytest.mark.parametrize(
         ("users", "items", "problem"),
@@ -209,7 +210,7 @@ class TestCheckRecommendations:
         self, users: list[int], items: list[int], problem: str
     ) -> None:
         with pytest.raises(RecsysError, match=problem):
-            E.check_recommendations(self.recs(users, items), self.ctx())
+            T.check_recommendations(self.recs(users, items), self.ctx())
 
 
 class TestPublishShards:
@@ -222,29 +223,29 @@ class TestPublishShards:
         return fakeredis.FakeRedis()
 
     @staticmethod
-    def ctx(client: fakeredis.FakeRedis) -> E.ShardContext:
+    def ctx(client: fakeredis.FakeRedis) -> T.ShardContext:
         ctx = context()
         ctx.settings = Settings(redis={"url": "redis://unused", "retry_backoff_seconds": 0})
         ctx.driver_client = client
         return ctx
 
     @staticmethod
-    def writing(live_seen: list[Any], marker: int = 7) -> E.ShardFn:
+    def writing(live_seen: list[Any], marker: int = 7) -> T.ShardFn:
         """Writes item ``marker`` for each user, as run_shard writes its scored lists."""
 
-        def shard_fn(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+        def shard_fn(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
             assert ctx.version is not None
             live_seen.append(status.live_version(ctx.driver_client, ctx.settings.redis))
             recs = users.with_columns(
                 pl.lit(marker, pl.Int64).alias(C.ITEM), pl.lit(1, pl.Int32).alias(C.RANK)
             )
             written = writer.write_users(ctx.driver_client, ctx.version, recs, ctx.settings.redis)
-            return E.ShardResult(shard, written, written, [marker], user_ids=users[C.USER].sort())
+            return T.ShardResult(shard, written, written, [marker], user_ids=users[C.USER].sort())
 
         return shard_fn
 
     def publish(
-        self, client: fakeredis.FakeRedis, fn: E.ShardFn, executor: Any = None
+        self, client: fakeredis.FakeRedis, fn: T.ShardFn, executor: Any = None
     ) -> E.ShardedRun:
         return E.publish_shards(
             self.ctx(client),
@@ -277,7 +278,7 @@ class TestPublishShards:
         calls: list[int] = []
         write = self.writing([])
 
-        def third_fails(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+        def third_fails(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
             calls.append(shard)
             if len(calls) == 3:
                 msg = "Redis failed during user write after 4 attempts"
@@ -293,7 +294,7 @@ class TestPublishShards:
         assert len(list(client.scan_iter("recsys:v:*:u:*"))) == 30
 
     def test_a_shard_that_keeps_failing_is_a_shard_error(self, client: fakeredis.FakeRedis) -> None:
-        def always(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
+        def always(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
             msg = "worker lost"
             raise RuntimeError(msg)
 
@@ -304,8 +305,8 @@ class TestPublishShards:
         assert client.dbsize() == 0
 
     def test_zero_recommendations_publish_nothing(self, client: fakeredis.FakeRedis) -> None:
-        def nobody(ctx: E.ShardContext, shard: int, users: pl.DataFrame) -> E.ShardResult:
-            return E.ShardResult(shard, 0, 0, user_ids=pl.Series(C.USER, [], pl.Int64))
+        def nobody(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
+            return T.ShardResult(shard, 0, 0, user_ids=pl.Series(C.USER, [], pl.Int64))
 
         with pytest.raises(EmptyStageError, match="zero recommendations") as caught:
             self.publish(client, nobody)

@@ -13,6 +13,7 @@ from recsys_batch.data import synthetic
 from recsys_batch.model import split
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.model.two_stage import (
+    ModelData,
     load_model,
     popular_fallback,
     recommend,
@@ -43,12 +44,13 @@ def data() -> dict[str, object]:
     }
 
 
+def model_data(d: dict) -> ModelData:
+    return ModelData(d["tx"].lazy(), d["catalogue"].lazy(), d["items"].lazy(), d["users"].lazy())
+
+
 def _train_frame(d: dict, tx: pl.DataFrame) -> pl.DataFrame:
     frame, _, _ = training_frame(
-        tx.lazy(),
-        d["items"].lazy(),
-        d["users"].lazy(),
-        d["catalogue"].lazy(),
+        ModelData(tx.lazy(), d["catalogue"].lazy(), d["items"].lazy(), d["users"].lazy()),
         d["windows"],
         SETTINGS,
     )
@@ -98,22 +100,12 @@ class TestLeakage:
 class TestContract:
     @pytest.fixture(scope="class")
     def model(self, data: dict) -> object:
-        return train_two_stage(
-            data["tx"].lazy(),
-            data["items"].lazy(),
-            data["users"].lazy(),
-            data["catalogue"].lazy(),
-            data["windows"],
-            SETTINGS,
-        )
+        return train_two_stage(model_data(data), data["windows"], SETTINGS)
 
     def _recommend(self, model: object, data: dict, user_ids: list[int]) -> pl.DataFrame:
         return recommend(
             model,  # type: ignore[arg-type]
-            data["tx"].lazy(),
-            data["items"].lazy(),
-            data["users"].lazy(),
-            data["catalogue"].lazy(),
+            model_data(data),
             pl.LazyFrame({C.USER: user_ids}, schema={C.USER: pl.Int64}),
             SETTINGS,
         )
