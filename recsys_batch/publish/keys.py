@@ -9,6 +9,7 @@ Layout (``P`` is the key prefix, ``recsys`` by default; ``V`` a version id such 
     P:current               string  the live version id (flipped in one SET after a verified write)
     P:previous              string  the version that was live before it (for ``recsys rollback``)
     P:versions              zset    every version ever started, scored by start time (unix s)
+    P:runs                  list    run summaries, newest first, capped at 30 (JSON each; #19)
     P:v:V:u:{user_id}       string  the user's items, best first: "840361,1029743,995242,..."
     P:v:V:popular           string  fallback items for unknown users, same format
     P:v:V:items             hash    item_id -> JSON attributes (department, brand, ...)
@@ -93,6 +94,11 @@ def previous_key(prefix: str = "recsys") -> str:
 def versions_key(prefix: str = "recsys") -> str:
     """Sorted set of every version started, scored by start time."""
     return f"{_check_prefix(prefix)}:versions"
+
+
+def runs_key(prefix: str = "recsys") -> str:
+    """List of run summaries (JSON), newest first, capped (``publish.run_log``)."""
+    return f"{_check_prefix(prefix)}:runs"
 
 
 def version_prefix(version: str, prefix: str = "recsys") -> str:
