@@ -2,8 +2,10 @@
 
 ``--stage all`` (default) trains the two-stage model on the backtest split, scores the test
 window and prints models x metrics for the "all" and "seed" user sets, next to the
-baselines (popular, own purchases, ALS alone). ``--stage candidates`` only measures the
-recall of the stage-1 candidate set on the test window.
+baselines (popular, own purchases, ALS alone, TIFU-KNN), at ``--origins`` rolling origins
+4 weeks apart (the newest is the final test, the older ones validation; #16), with the
+paired bootstrap interval of the two-stage P@5 minus each baseline's. ``--stage
+candidates`` only measures the recall of the stage-1 candidate set on the newest test window.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import typer
 from rich.table import Table
 
 from cli import common
+from cli.progress import step
 
 METRICS = ("precision@5", "recall@5", "map@5", "ndcg@5", "coverage")
 HEADERS = {
@@ -60,6 +63,15 @@ SeedsOpt = Annotated[
         "and print the spread of P@5; the main table is the configured seeds' run.",
     ),
 ]
+OriginsOpt = Annotated[
+    int,
+    typer.Option(
+        "--origins",
+        min=1,
+        help="Backtest at this many origins 4 weeks apart (evaluation.origin_step_weeks), "
+        "each from the data before its test window only; the newest is the final test.",
+    ),
+]
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -67,9 +79,12 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def metrics_table(rows: list[dict[str, Any]]) -> Table:
+def metrics_table(
+    rows: list[dict[str, Any]],
+    title: str = "Backtest on the test window (best P@5 per user set in bold)",
+) -> Table:
     """Models x metrics, one line per (model, user set); the best precision@5 in bold."""
-    table = Table(title="Backtest on the test window (best P@5 per user set in bold)")
+    table = Table(title=title)
     table.add_column("model", no_wrap=True)
     table.add_column("users", no_wrap=True)
     table.add_column("n", justify="right")
@@ -87,6 +102,38 @@ def metrics_table(rows: list[dict[str, Any]]) -> Table:
             cells.append(text)
         table.add_row(row["model"], row["user_set"], str(row["users"]), *cells)
     return table
+
+
+def diff_table(diff: dict[str, dict[str, Any]], title: str) -> Table:
+    """Two-stage P@5 minus each baseline's, with the paired bootstrap 95% interval."""
+    table = Table(title=title)
+    for name in ("baseline", "users", "two-stage - baseline", "95% lo", "95% hi"):
+        table.add_column(name, justify="left" if name == "baseline" else "right")
+    for name, d in diff.items():
+        table.add_row(
+            name,
+            str(d.get("users", "")),
+            f"{float(d['mean']):+.4f}",
+            f"{float(d['lo']):+.4f}",
+            f"{float(d['hi']):+.4f}",
+        )
+    return table
+
+
+def print_origins(payload: dict[str, Any]) -> None:
+    """One metrics and one difference table per origin (oldest first), then the mean."""
+    for origin in reversed(payload["origins"]):
+        a, b = origin["test_weeks"]
+        label = f"test weeks {a}-{b} ({origin['role']})"
+        common.console.print(metrics_table(origin["rows"], f"Backtest, {label}"))
+        common.console.print(
+            diff_table(origin["diff"], f'P@5 two-stage minus baseline, "all" users, {label}')
+        )
+    n = len(payload["origins"])
+    if n > 1:
+        common.console.print(
+            metrics_table(payload["mean_over_origins"], f"Mean over the {n} origins")
+        )
 
 
 def spread_table(spread: list[dict[str, Any]]) -> Table:
@@ -131,6 +178,7 @@ def evaluate(
     report: ReportOpt = None,
     stage: StageOpt = Stage.all,
     seeds: SeedsOpt = 1,
+    origins: OriginsOpt = 3,
     debug: common.DebugOpt = False,
 ) -> None:
     """Backtest on the newest weeks: two-stage model vs popular, own purchases and ALS."""
@@ -140,22 +188,28 @@ def evaluate(
         from recsys_batch.data.sources import load_dataset  # noqa: PLC0415
         from recsys_batch.data.validation import validated  # noqa: PLC0415
         from recsys_batch.evaluation import backtest  # noqa: PLC0415 - keep `recsys --help` fast
+        from recsys_batch.evaluation.origins import run_origins  # noqa: PLC0415
         from recsys_batch.evaluation.report import write_report  # noqa: PLC0415
 
         settings = common.build_settings(config, source, path)
         start = time.perf_counter()
-        dataset = validated(load_dataset(settings.data), settings)
+        with step("evaluate", "load", 1, 2):
+            dataset = validated(load_dataset(settings.data), settings)
         if stage is Stage.candidates:
-            result = backtest.run_candidate_backtest(dataset, settings)
+            with step("evaluate", "candidates", 2, 2):
+                result = backtest.run_candidate_backtest(dataset, settings)
             common.console.print(candidates_table(result))
             payload = result
             report_payload: dict[str, Any] = {"candidates": result}
         else:
-            bt = backtest.run_seeded_backtest(dataset, settings, seeds)
-            common.console.print("[bold]Protocol[/]")
+            with step("evaluate", f"backtest ({seeds} seed run(s))", 2, 2):
+                result_origins = run_origins(dataset, settings, origins, seeds=seeds)
+            bt = result_origins.newest
+            common.console.print("[bold]Protocol[/] (at each origin; the newest is the final test)")
             for line in bt.protocol.splitlines():
                 common.console.print(f"  - {line}", highlight=False)
-            common.console.print(metrics_table(bt.rows))
+            payload = result_origins.to_json()
+            print_origins(payload)
             if bt.candidates:
                 union = bt.candidates.get("union", {})
                 common.console.print(
@@ -163,7 +217,6 @@ def evaluate(
                     f"{float(union.get('mean_candidates', 0.0)):.1f} per user",
                     highlight=False,
                 )
-            payload = bt.to_json()
             if bt.seed_runs:
                 common.console.print(spread_table(payload["seed_spread"]))
             report_payload = payload

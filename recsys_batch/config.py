@@ -304,6 +304,24 @@ class ScaleConfig(_Section):
     parquet folder per shard under the run directory, and each shard reads only its own."""
 
 
+class TifuKnnConfig(_Section):
+    """The TIFU-KNN baseline of the backtest (Hu et al., SIGIR 2020); chosen on validation
+    origins only (docs/evaluation.md)."""
+
+    groups: int = 7
+    """Each user's baskets are split, oldest to newest, into at most this many groups."""
+    within_decay: float = 0.9
+    """Basket weight within a group: ``within_decay ** (baskets after it in the group)``."""
+    group_decay: float = 0.7
+    """Group weight: ``group_decay ** (groups after it)``."""
+    neighbours: int = 300
+    """Nearest users (Euclidean distance of the user vectors, the user excluded) averaged."""
+    alpha: float = 0.7
+    """Score = alpha * own vector + (1 - alpha) * mean of the neighbours' vectors."""
+    chunk_users: int = 2000
+    """Users per block of the user x user distance computation; bounds memory."""
+
+
 class EvaluationConfig(_Section):
     """The offline backtest (``recsys evaluate`` and the nightly quality gate)."""
 
@@ -313,6 +331,13 @@ class EvaluationConfig(_Section):
     """Longest list scored for the precision@k curves (k = 1..curve_k), in items per user."""
     seed_min_items: int = 5
     """A "seed" user bought at least this many distinct catalogue items in the test window."""
+    origin_step_weeks: int = 4
+    """``recsys evaluate --origins N``: weeks between the test windows of two origins."""
+    bootstrap_draws: int = 1000
+    """Paired bootstrap of the P@k difference to each baseline: resamples of the users."""
+    bootstrap_seed: int = 42
+    """Seed of the bootstrap resampling."""
+    tifu_knn: TifuKnnConfig = TifuKnnConfig()
 
 
 class Settings(BaseSettings):

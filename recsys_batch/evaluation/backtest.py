@@ -19,7 +19,12 @@ Protocol (W = newest week; printed by ``recsys evaluate`` and written in its rep
   catalogue items bought; coverage = distinct recommended items / catalogue size.
 - Baselines on the same catalogue and users: popular (most distinct buyers in the last
   weeks before the test), own purchases (recency-weighted, padded with popular), ALS alone
-  (the ALS generator of the refit stage 1), and the two-stage model.
+  (the refit stage 1's ALS model, its own top k over the whole catalogue), TIFU-KNN
+  (:mod:`recsys_batch.evaluation.tifu_knn`), and the two-stage model.
+- ``diff``: paired bootstrap interval of two-stage Precision@k minus each baseline's over the
+  "all" users (:mod:`recsys_batch.evaluation.bootstrap`).
+
+Several origins (``recsys evaluate --origins N``) are in :mod:`recsys_batch.evaluation.origins`.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from recsys_batch.config import EvaluationConfig, Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
 from recsys_batch.evaluation.baselines import als_baseline, own_purchases_baseline, popular_baseline
-from recsys_batch.evaluation.metrics import evaluate, precision_curve
+from recsys_batch.evaluation.bootstrap import paired_differences
+from recsys_batch.evaluation.metrics import evaluate, metric_key, per_user_metrics, precision_curve
+from recsys_batch.evaluation.tifu_knn import tifu_knn_baseline
 from recsys_batch.model import split
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.model.two_stage import (
@@ -50,7 +57,7 @@ from recsys_batch.model.two_stage import (
 
 log = logging.getLogger(__name__)
 
-MODELS = ("popular", "own_purchases", "als", "two_stage")
+MODELS = ("popular", "own_purchases", "als", "tifu_knn", "two_stage")
 USER_SETS = ("all", "seed")
 POPULAR_WEEKS = 4
 # Defaults for callers without a configuration; a run passes ``settings.evaluation``.
@@ -113,6 +120,11 @@ class BacktestResult:
     """The two-stage model the rows measure (the nightly gate can publish its ranker)."""
     k: int = _DEFAULTS.k
     """Cut-off of the rows' metrics (``evaluation.k``), in items per user."""
+    diff: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """baseline -> ``{"mean", "lo", "hi", "users"}``: two-stage Precision@k minus the
+    baseline's over the "all" users, with its paired bootstrap 95% interval."""
+    lists: dict[str, pl.DataFrame] = field(default_factory=dict)
+    """model -> its top ``evaluation.curve_k`` lists for the "all" users (not in the JSON)."""
 
     def precision(self, model: str = "two_stage", user_set: str = "all") -> float:
         """Precision@k of one row (the nightly quality gate reads two_stage/all)."""
@@ -126,6 +138,7 @@ class BacktestResult:
         """The machine-readable form of ``recsys evaluate --json``."""
         return {
             "rows": self.rows,
+            "diff": self.diff,
             "candidates": self.candidates,
             "protocol": self.protocol,
             "windows": {
@@ -221,12 +234,12 @@ def evaluation_users(
     return {"all": all_users, "seed": seed}
 
 
-def _candidate_recall(candidates: pl.LazyFrame, truth: pl.LazyFrame) -> dict[str, Any]:
-    try:
-        from recsys_batch.evaluation.candidate_metrics import candidate_recall  # noqa: PLC0415
-    except ImportError:  # the stage-1 metrics module is optional for the ranking backtest
-        return {}
-    return candidate_recall(candidates, truth)
+def _candidate_recall(
+    candidates: pl.LazyFrame, truth: pl.LazyFrame, users: pl.LazyFrame
+) -> dict[str, Any]:
+    from recsys_batch.evaluation.candidate_metrics import candidate_recall  # noqa: PLC0415
+
+    return candidate_recall(candidates, truth, users)
 
 
 def prepare(dataset: Dataset, settings: Settings) -> dict[str, Any]:
@@ -301,28 +314,51 @@ def _collected(frame: pl.LazyFrame | None) -> pl.LazyFrame | None:
 
 
 def baseline_lists(
-    train_tx: pl.LazyFrame,
-    catalogue: pl.LazyFrame,
+    data: ModelData,
     users: pl.LazyFrame,
-    candidates: pl.LazyFrame,
+    model: TrainedTwoStage,
     windows: split.Windows,
     settings: Settings,
 ) -> dict[str, pl.DataFrame]:
-    """Top ``evaluation.curve_k`` lists of the popular, own-purchases and ALS baselines.
+    """Top ``evaluation.curve_k`` lists of the baselines for ``users``.
 
-    Popular is the most distinct buyers over the ``POPULAR_WEEKS`` weeks before the test.
+    ``data.transactions`` holds the purchases before the test window only. Popular is the
+    most distinct buyers over the ``POPULAR_WEEKS`` weeks before the test; ALS alone is the
+    scoring stage 1's ALS model (fit on the same purchases as the two-stage model's).
     """
     k = settings.evaluation.curve_k
+    train_tx, catalogue = data.transactions, data.catalogue
     recent = train_tx.filter(pl.col(C.WEEK) >= windows.target_end - POPULAR_WEEKS)
     popular = popular_fallback(recent, catalogue, k)
     half_life = settings.candidates.own_half_life_days
+    placeholder = settings.prefilter.placeholder_item
+    chunk = settings.candidates.chunk_users
     return {
         "popular": popular_baseline(users, popular, k).collect(),
         "own_purchases": own_purchases_baseline(
             train_tx, catalogue, users, popular, half_life, k
         ).collect(),
-        "als": als_baseline(candidates, k).collect(),
+        "als": als_baseline(model.stage1_for_scoring, users, k, chunk).collect(),
+        "tifu_knn": tifu_knn_baseline(
+            train_tx, catalogue, users, settings.evaluation.tifu_knn, k, placeholder
+        ).collect(),
     }
+
+
+def precision_diff(
+    lists: dict[str, pl.DataFrame], truth: pl.DataFrame, users: pl.DataFrame, cfg: EvaluationConfig
+) -> dict[str, dict[str, Any]]:
+    """Two-stage Precision@k minus each baseline's over ``users``, with bootstrap intervals."""
+    metric = metric_key("precision", cfg.k)
+    per_user = {
+        name: per_user_metrics(recs.lazy(), truth.lazy(), users.lazy(), cfg.k)
+        .select(C.USER, metric)
+        .collect()
+        for name, recs in lists.items()
+    }
+    return paired_differences(
+        per_user, metric, "two_stage", cfg.bootstrap_draws, cfg.bootstrap_seed
+    )
 
 
 def metric_rows(
@@ -389,13 +425,17 @@ def run_backtest(
         timings.update(model.timings)
     with _timed(timings, "score"):
         two_stage, cands = rank_candidates(model, data, all_users, settings, cfg.curve_k)
-    with _timed(timings, "baselines_and_metrics"):
-        baselines = baseline_lists(train_tx, cat, all_users, cands.lazy(), windows, settings)
-        lists = {**baselines, "two_stage": two_stage}
+    with _timed(timings, "baselines"):
+        lists = {
+            **baseline_lists(data, all_users, model, windows, settings),
+            "two_stage": two_stage,
+        }
+    with _timed(timings, "metrics"):
         rows, curves = metric_rows(lists, truth, user_sets, catalogue.height, cfg)
+        diff = precision_diff(lists, truth, user_sets["all"], cfg)
     with _timed(timings, "candidate_recall"):
         cand_recall = _candidate_recall(
-            cands.lazy(), truth.lazy().join(all_users, on=C.USER, how="semi")
+            cands.lazy(), truth.lazy().join(all_users, on=C.USER, how="semi"), all_users
         )
     return BacktestResult(
         rows=rows,
@@ -409,6 +449,8 @@ def run_backtest(
         catalogue_size=catalogue.height,
         model=model,
         k=cfg.k,
+        diff=diff,
+        lists=lists,
     )
 
 
@@ -443,4 +485,6 @@ def run_candidate_backtest(dataset: Dataset, settings: Settings) -> dict[str, An
         placeholder,
     )
     cands = stage1.generate_candidates(model, all_users.lazy(), settings.candidates)
-    return candidate_recall(cands, truth.lazy().join(all_users.lazy(), on=C.USER, how="semi"))
+    return candidate_recall(
+        cands, truth.lazy().join(all_users.lazy(), on=C.USER, how="semi"), all_users.lazy()
+    )

@@ -2,13 +2,16 @@
 
 Each returns schema ``RECOMMENDATIONS`` (``user_id, item_id, rank, score``), best first, so
 that :func:`recsys_batch.evaluation.metrics.evaluate` scores them like the two-stage model.
+TIFU-KNN is in :mod:`recsys_batch.evaluation.tifu_knn`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from recsys_batch.data import columns as C
+from recsys_batch.model import candidates as stage1
 
 
 def ranked_list(scored: pl.LazyFrame, by: str, k: int, *, descending: bool = True) -> pl.LazyFrame:
@@ -63,13 +66,24 @@ def own_purchases_baseline(
     return ranked_list(merged, "_s", k)
 
 
-def als_baseline(candidates: pl.LazyFrame, k: int) -> pl.LazyFrame:
-    """ALS alone: the ALS generator's own ranking of the candidates."""
-    rank = C.rank_col("als")
-    return ranked_list(
-        candidates.filter(pl.col(rank).is_not_null()).with_columns(
-            (-pl.col(rank).cast(pl.Float64)).alias("_s")
-        ),
-        "_s",
-        k,
+def als_baseline(
+    model: stage1.Stage1Model, users: pl.LazyFrame, k: int, chunk_users: int
+) -> pl.LazyFrame:
+    """ALS alone: the fitted ALS model's own top ``k`` over the whole catalogue.
+
+    implicit's ``recommend`` scores every catalogue item for each user known to ``model``
+    (already-bought items allowed, the placeholder never); it does not see the other
+    generators or the candidate cap.
+    """
+    wanted = users.select(C.USER).unique().collect()[C.USER].to_numpy()
+    user_idx = model.users.to_idx(wanted)
+    user_idx = np.sort(user_idx[user_idx >= 0])
+    u, i, s = stage1.als_recommend(model, user_idx, k, chunk_users)
+    scored = pl.DataFrame(
+        {
+            C.USER: pl.Series(model.users.to_ids(u), dtype=pl.Int64),
+            C.ITEM: pl.Series(model.items.to_ids(i), dtype=pl.Int64),
+            "_s": pl.Series(s, dtype=pl.Float64),
+        }
     )
+    return ranked_list(scored.lazy(), "_s", k)

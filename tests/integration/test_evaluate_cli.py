@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from recsys_batch.evaluation.backtest import MODELS
 
 CONFIG = """
 [data]
@@ -65,12 +66,14 @@ def test_evaluate_table_json_and_report(config_file: Path, tmp_path: Path) -> No
             str(out_json),
             "--report",
             str(report),
+            "--origins",
+            "1",
         ],
     )
     assert result.exit_code == 0, result.output
     assert "two_stage" in result.output and "Protocol" in result.output
     rows = json.loads(out_json.read_text())["rows"]
-    assert {r["model"] for r in rows} == {"popular", "own_purchases", "als", "two_stage"}
+    assert {r["model"] for r in rows} == {*MODELS}
     assert {r["user_set"] for r in rows} == {"all", "seed"}
     for name in (
         "precision_at_k.png",
@@ -89,6 +92,7 @@ def test_evaluate_seeds_prints_and_writes_the_spread(config_file: Path, tmp_path
     out_json = tmp_path / "eval.json"
     report = tmp_path / "report"
     args = ["evaluate", "--config", str(config_file), "--seeds", "2", "--json", str(out_json)]
+    args += ["--origins", "1"]
     result = CliRunner().invoke(app, [*args, "--report", str(report)])
     assert result.exit_code == 0, result.output
     assert "over seed runs" in result.output
@@ -100,6 +104,30 @@ def test_evaluate_seeds_prints_and_writes_the_spread(config_file: Path, tmp_path
     for row in spread.values():
         assert row["runs"] == 2 and row["min"] <= row["mean"] <= row["max"]
     assert "Precision@5 over seed runs" in (report / "index.md").read_text()
+
+
+def test_evaluate_two_origins_issue_16(config_file: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "eval.json"
+    args = ["evaluate", "--config", str(config_file), "--origins", "2", "--json", str(out_json)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for text in (
+        "test weeks 46-49 (validation)",
+        "test weeks 50-53 (final test)",
+        "Mean over the 2 origins",
+        "two-stage minus baseline",
+    ):
+        assert text in result.output
+    payload = json.loads(out_json.read_text())
+    origins = payload["origins"]
+    assert [o["test_weeks"] for o in origins] == [[50, 53], [46, 49]]
+    assert payload["rows"] == origins[0]["rows"]
+    assert origins[0]["rows"] != origins[1]["rows"]
+    for origin in origins:
+        assert set(origin["diff"]) == {"popular", "own_purchases", "als", "tifu_knn"}
+        for d in origin["diff"].values():
+            assert d["lo"] <= d["mean"] <= d["hi"]
+    assert {r["origins"] for r in payload["mean_over_origins"]} == {2}
 
 
 def test_evaluate_seeds_must_be_positive(config_file: Path) -> None:

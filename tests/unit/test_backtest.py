@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
@@ -20,6 +22,7 @@ from recsys_batch.evaluation.backtest import (
     run_seeded_backtest,
     seed_spread,
 )
+from recsys_batch.evaluation.origins import OriginsResult, cut_after, holdout_weeks, run_origins
 from recsys_batch.model import split
 from tests.small import SMALL_SETTINGS as SETTINGS
 from tests.small import small_dataset as dataset
@@ -146,6 +149,36 @@ class TestResult:
         assert payload["importances"]
         assert "stage-2 window" in payload["protocol"]
 
+    def test_diff_is_a_paired_interval_per_baseline(self, result: BacktestResult) -> None:
+        assert set(result.diff) == set(MODELS) - {"two_stage"}
+        all_users = next(r["users"] for r in result.rows if r["user_set"] == "all")
+        for baseline, d in result.diff.items():
+            gap = result.precision("two_stage") - result.precision(baseline)
+            assert d["mean"] == pytest.approx(gap)
+            assert d["lo"] <= d["mean"] <= d["hi"]
+            assert d["users"] == all_users
+        assert result.to_json()["diff"] == result.diff
+
+    def test_als_is_the_als_model_alone_issue_16(self, result: BacktestResult) -> None:
+        # ALS's own top k over the whole catalogue: implicit's recommend, not the candidates.
+        assert result.model is not None
+        stage1_model = result.model.stage1_for_scoring
+        als = result.lists["als"]
+        some = als[C.USER].unique().sort().head(3).to_numpy()
+        idx = stage1_model.users.to_idx(some)
+        items, _ = stage1_model.als.recommend(  # type: ignore[attr-defined]
+            idx,
+            stage1_model.user_items[idx],
+            N=SETTINGS.evaluation.curve_k,
+            filter_already_liked_items=False,
+            filter_items=np.flatnonzero(
+                ~np.isin(np.arange(len(stage1_model.items)), stage1_model.candidate_items)
+            ),
+        )
+        for row, user in enumerate(some):
+            got = als.filter(pl.col(C.USER) == user).sort(C.RANK)[C.ITEM].to_list()
+            assert got == stage1_model.items.to_ids(np.asarray(items[row])).tolist()
+
     def test_deterministic_for_a_fixed_seed(self, result: BacktestResult) -> None:
         again = run_backtest(dataset(), SETTINGS)
         # Same models and rankings; float means may differ in the last bit (parallel sums).
@@ -221,3 +254,71 @@ def test_seeded_backtest_keeps_the_configured_run_first(result: BacktestResult) 
     ]
     assert two_stage_all["min"] == min(values) and two_stage_all["max"] == max(values)
     assert "seed_runs" not in result.to_json()
+
+
+def poisoned(ds: Dataset, from_week: int) -> Dataset:
+    """``ds`` with every purchase at or after ``from_week`` changed for the same users.
+
+    Items are reversed (the same users buy other items, 10x the quantity) and new users who
+    never bought before appear: what a model that reads those rows would notice.
+    """
+    tx = ds.transactions.collect()
+    late = tx.filter(pl.col(C.WEEK) >= from_week)
+    changed = late.with_columns(
+        late[C.ITEM].reverse().alias(C.ITEM), (pl.col(C.QTY) * 10).alias(C.QTY)
+    )
+    strangers = late.head(500).with_columns((pl.col(C.USER) + 10_000_000).alias(C.USER))
+    rows = pl.concat([tx.filter(pl.col(C.WEEK) < from_week), changed, strangers])
+    return Dataset(rows.lazy(), ds.items, ds.users, "poisoned")
+
+
+@pytest.fixture(scope="module")
+def two_origins() -> OriginsResult:
+    return run_origins(dataset(), SETTINGS, 2)
+
+
+class TestOrigins:
+    def test_test_windows_are_four_weeks_apart(self, two_origins: OriginsResult) -> None:
+        weeks = [holdout_weeks(r.windows) for r in two_origins.results]
+        assert weeks == [[50, 53], [46, 49]]  # synthetic data spans weeks 1..53
+        older = two_origins.results[1].windows
+        assert (older.history_end, older.target_end) == (46 - 6, 46)  # same protocol, 4 back
+
+    def test_json_keeps_rows_and_adds_origins(self, two_origins: OriginsResult) -> None:
+        payload = two_origins.to_json()
+        assert payload["rows"] == two_origins.newest.rows
+        assert [o["test_weeks"] for o in payload["origins"]] == [[50, 53], [46, 49]]
+        assert [o["role"] for o in payload["origins"]] == ["final test", "validation"]
+        assert payload["origins"][1]["diff"] == two_origins.results[1].diff
+        mean = {(r["model"], r["user_set"]): r for r in payload["mean_over_origins"]}
+        got = mean[("two_stage", "all")]["precision@5"]
+        assert got == pytest.approx(sum(r.precision("two_stage") for r in two_origins.results) / 2)
+
+    @pytest.mark.parametrize("origin", [0, 1])
+    def test_no_model_reads_its_test_window_or_later(
+        self, two_origins: OriginsResult, origin: int
+    ) -> None:
+        # Leakage test (#16): poison every row from the origin's test window on. The user sets
+        # and every model's lists must not move (only the truth does).
+        kept = two_origins.results[origin]
+        first_test_week, last_test_week = holdout_weeks(kept.windows)
+        again = run_backtest(
+            cut_after(poisoned(dataset(), first_test_week), last_test_week), SETTINGS
+        )
+        assert again.windows == kept.windows
+        assert set(again.lists) == set(MODELS)
+        for name in MODELS:
+            assert_frame_equal(again.lists[name], kept.lists[name], check_row_order=False)
+
+    def test_older_origin_reads_nothing_after_its_test_window(
+        self, two_origins: OriginsResult
+    ) -> None:
+        older = two_origins.results[1]
+        _, last_test_week = holdout_weeks(older.windows)
+        again = run_origins(poisoned(dataset(), last_test_week + 1), SETTINGS, 2).results[1]
+        assert [(r["model"], r["user_set"], r["users"]) for r in again.rows] == [
+            (r["model"], r["user_set"], r["users"]) for r in older.rows
+        ]
+        for a, b in zip(again.rows, older.rows, strict=True):
+            assert a["precision@5"] == pytest.approx(b["precision@5"], rel=1e-12)
+        assert again.diff == older.diff

@@ -69,6 +69,18 @@ def test_user_without_candidates_counts_as_zero() -> None:
     assert out["union"]["mean_candidates"] == pytest.approx(0.5)
 
 
+def test_upper_bound_over_the_same_users_as_precision_issue_16() -> None:
+    # P@5 averages over every evaluated user, including user 2 who bought no catalogue item
+    # in the test window (precision 0): the bound must average over the same two users.
+    cands = _cands([(1, i, "own") for i in range(1, 6)] + [(2, 1, "own"), (3, 1, "own")])
+    truth = _truth([(1, i) for i in range(1, 6)] + [(3, 1)])  # user 3 is not evaluated
+    users = pl.LazyFrame({C.USER: [1, 2]}, schema={C.USER: pl.Int64})
+    union = candidate_recall(cands, truth, users)["union"]
+    assert union["precision_at_5_upper_bound"] == pytest.approx((1.0 + 0.0) / 2)
+    assert union["recall"] == 1.0  # micro recall: user 2 has nothing to recall
+    assert union["mean_candidates"] == pytest.approx(6 / 2)
+
+
 @pytest.mark.slow
 def test_bundled_backtest_union_recall_at_least_half() -> None:
     """Issue #3 acceptance: union recall >= 0.50 at <= 200 per user on the bundled data.

@@ -1,0 +1,39 @@
+"""The paired bootstrap interval against cases computed by hand (#16)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys_batch.data import columns as C
+from recsys_batch.evaluation.bootstrap import interval, paired_differences, resampled_means
+
+
+def test_two_users_by_hand() -> None:
+    # Differences 0 and 0.4: a resample of 2 users has mean 0 (prob 1/4), 0.2 (1/2) or
+    # 0.4 (1/4), so with 1,000 draws the 2.5th and 97.5th percentiles are 0 and 0.4.
+    out = interval(np.array([0.0, 0.4]), draws=1000, seed=1)
+    assert out == pytest.approx({"mean": 0.2, "lo": 0.0, "hi": 0.4})
+    means = resampled_means(np.array([0.0, 0.4]), 1000, 1)
+    assert set(np.round(means, 9)) == {0.0, 0.2, 0.4}
+    assert np.mean(means == 0.2) == pytest.approx(0.5, abs=0.05)
+
+
+def test_constant_difference_has_a_point_interval() -> None:
+    assert interval(np.full(7, 0.2), draws=50, seed=0) == pytest.approx(
+        {"mean": 0.2, "lo": 0.2, "hi": 0.2}
+    )
+
+
+def test_seeded_and_paired_by_user() -> None:
+    # Rows arrive in different orders: the pairing is by user id, not by position.
+    ref = pl.DataFrame({C.USER: [1, 2, 3], "p": [0.4, 0.2, 0.0]})
+    base = pl.DataFrame({C.USER: [3, 1, 2], "p": [0.0, 0.2, 0.2]})
+    per_user = {"two_stage": ref, "own": base}
+    out = paired_differences(per_user, "p", "two_stage", draws=200, seed=5)
+    assert set(out) == {"own"}
+    assert out["own"]["users"] == 3
+    assert out["own"]["mean"] == pytest.approx(0.2 / 3)  # differences 0.2, 0, 0
+    assert 0.0 == out["own"]["lo"] <= out["own"]["mean"] <= out["own"]["hi"] == pytest.approx(0.2)
+    assert paired_differences(per_user, "p", "two_stage", draws=200, seed=5) == out
