@@ -23,6 +23,7 @@ from cli.common import (
     run_guarded,
     setup_logging,
 )
+from cli.progress import live_progress
 
 RunDateOpt = Annotated[
     datetime | None,
@@ -113,7 +114,10 @@ def nightly_batch(
 
         settings = with_executor(build_settings(config, source, path), executor, scheduler)
         day: date | None = run_date.date() if run_date else None
-        result = run_nightly(settings, run_date=day, dry_run=dry_run, gate=not no_gate)
+        with live_progress("stages", log_format) as progress:
+            result = run_nightly(
+                settings, run_date=day, dry_run=dry_run, gate=not no_gate, progress=progress
+            )
         summary = {
             "run_id": result.run_id,
             "status": result.status,

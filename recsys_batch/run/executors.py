@@ -11,7 +11,9 @@ version is abandoned and nothing flips: the old version keeps serving.
 
 :class:`LocalExecutor` runs the shards one after another; :class:`DaskExecutor` submits
 them to a scheduler (``scale.scheduler_address``) or to a ``LocalCluster`` it starts. The
-context (model, item table, settings) is scattered once to every worker.
+context (model, item table, settings) is scattered once to every worker. Both report each
+finished shard to a :class:`~recsys_batch.run.progress.Progress` (by default the run's
+:func:`~recsys_batch.run.progress.current` one, which is silent outside a CLI display).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
 from recsys_batch.publish import store, versions
+from recsys_batch.run import progress as progress_events
 from recsys_batch.run import sharding
 from recsys_batch.run.shard_task import ShardContext, ShardFn, ShardResult, run_shard
 
@@ -44,7 +47,11 @@ class Executor(Protocol):
     """Runs one function per shard and returns the results in shard order."""
 
     def map_shards(  # noqa: D102
-        self, fn: ShardFn, ctx: ShardContext, shards: Sequence[tuple[int, pl.DataFrame]]
+        self,
+        fn: ShardFn,
+        ctx: ShardContext,
+        shards: Sequence[tuple[int, pl.DataFrame]],
+        progress: progress_events.Progress | None = None,
     ) -> list[ShardResult]: ...
 
 
@@ -73,14 +80,21 @@ class LocalExecutor:
     retries: int = 2
 
     def map_shards(
-        self, fn: ShardFn, ctx: ShardContext, shards: Sequence[tuple[int, pl.DataFrame]]
+        self,
+        fn: ShardFn,
+        ctx: ShardContext,
+        shards: Sequence[tuple[int, pl.DataFrame]],
+        progress: progress_events.Progress | None = None,
     ) -> list[ShardResult]:
         """Run ``fn`` on every shard; raise :class:`ShardError` when one keeps failing."""
+        events = progress or progress_events.current()
+        events.shards_started(len(shards))
         results = []
         for shard, users in shards:
             for attempt in range(1, self.retries + 2):
                 try:
                     results.append(fn(ctx, shard, users))
+                    events.shard_done(shard, results[-1].users)
                     break
                 except Exception as exc:
                     if _not_retried(exc):
@@ -130,9 +144,15 @@ class DaskExecutor:
             yield client
 
     def map_shards(
-        self, fn: ShardFn, ctx: ShardContext, shards: Sequence[tuple[int, pl.DataFrame]]
+        self,
+        fn: ShardFn,
+        ctx: ShardContext,
+        shards: Sequence[tuple[int, pl.DataFrame]],
+        progress: progress_events.Progress | None = None,
     ) -> list[ShardResult]:
         """Submit every shard, gather in shard order; :class:`ShardError` if one keeps failing."""
+        events = progress or progress_events.current()
+        events.shards_started(len(shards))
         run = uuid.uuid4().hex[:8]
         with self.client() as client:
             shared = client.scatter(ctx, broadcast=True, hash=False)
@@ -153,6 +173,7 @@ class DaskExecutor:
                 for shard, future in futures.items():
                     try:
                         results.append(future.result())
+                        events.shard_done(shard, results[-1].users)
                     except Exception as exc:
                         if _not_retried(exc):
                             raise

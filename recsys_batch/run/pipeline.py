@@ -16,9 +16,11 @@ The night is the ordered list :data:`STAGES` of named functions over one
                        (``--dry-run``: scored and saved only)
 
 The runner times every stage, logs one line per stage and records it in
-``runs/<run_id>/manifest.json``. A stage producing zero rows raises
-:class:`~recsys_batch.errors.EmptyStageError` before Redis is touched, and every failure
-leaves the live version serving.
+``runs/<run_id>/manifest.json``, and reports it to an optional
+:class:`~recsys_batch.run.progress.Progress` (the CLI's live display on a terminal). A stage
+producing zero rows raises :class:`~recsys_batch.errors.EmptyStageError` before Redis is
+touched, and every failure leaves the live version serving. Whatever the outcome, a short
+summary of the run is pushed to ``P:runs`` (:mod:`recsys_batch.publish.run_log`, best effort).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from typing import Any
 
 from recsys_batch.config import Settings
 from recsys_batch.errors import QualityGateError, RecsysError
-from recsys_batch.publish import store
+from recsys_batch.publish import run_log, store
+from recsys_batch.run import progress as progress_events
 from recsys_batch.run import quality_gate, records, stages
 from recsys_batch.run.lock import run_lock
 from recsys_batch.run.stages import RunState
@@ -71,7 +74,11 @@ class RunResult:
 
 
 def run_nightly(
-    settings: Settings, run_date: date | None = None, dry_run: bool = False, gate: bool = True
+    settings: Settings,
+    run_date: date | None = None,
+    dry_run: bool = False,
+    gate: bool = True,
+    progress: progress_events.Progress | None = None,
 ) -> RunResult:
     """Train, score every user and publish atomically; see the module docstring.
 
@@ -85,6 +92,8 @@ def run_nightly(
         Do everything but the publish (Redis is only read, for the gate, when reachable).
     gate
         Apply the quality gate (also needs ``settings.gate.enabled``).
+    progress
+        Receives stage and shard events (default: none, the log lines only).
 
     Raises
     ------
@@ -102,30 +111,51 @@ def run_nightly(
             settings.run.runs_dir, _parameters(settings, run_date, dry_run, gate)
         )
         log.info("run %s started (%s)", record.run_id, record.run_dir)
+        started = time.perf_counter()
         client = None
+        summary: dict[str, Any] | None = None
         try:
             # Fail fast on an unreachable Redis (exit 4) before an expensive training run.
             client = quality_gate.connect_for_gate(settings, dry_run)
             state = RunState(settings, record, run_date, dry_run, gate, client)
-            run_stages(state, STAGES)
+            with progress_events.reporting(progress):
+                run_stages(state, STAGES, progress)
+            result = _finish(state)
+            summary = run_log.run_summary(
+                record, result.status, time.perf_counter() - started,
+                users=result.users, version=result.version,
+            )  # fmt: skip
         except BaseException as exc:
             status = "gate-refused" if isinstance(exc, QualityGateError) else "failed"
+            error = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(RecsysError):
-                records.finish_run(record, status, f"{type(exc).__name__}: {exc}")
+                records.finish_run(record, status, error)
+            summary = run_log.run_summary(
+                record, status, time.perf_counter() - started, error=error
+            )
             raise
         finally:
             shutil.rmtree(stages.shards_dir_of(record.run_dir), ignore_errors=True)
             if client is not None:
+                if summary is not None:
+                    run_log.push_summary(client, summary, settings.redis)
                 client.close()
-        return _finish(state)
+        return result
 
 
-def run_stages(state: RunState, stage_list: list[tuple[str, Stage]]) -> None:
-    """Run each stage in order; time it, log it and record it in the manifest."""
-    for name, stage in stage_list:
+def run_stages(
+    state: RunState,
+    stage_list: list[tuple[str, Stage]],
+    progress: progress_events.Progress | None = None,
+) -> None:
+    """Run each stage in order; time it, log it, record it in the manifest and report it."""
+    events = progress if progress is not None else progress_events.NO_PROGRESS
+    for index, (name, stage) in enumerate(stage_list, start=1):
+        events.stage_started(name, index, len(stage_list))
         started = time.perf_counter()
         rows = stage(state)
         seconds = time.perf_counter() - started
+        events.stage_finished(name, rows, seconds, _note(state, name))
         peak = records.peak_memory_mb()
         state.record.stages.append(records.StageRecord(name, rows, seconds, peak))
         log.info(
@@ -143,6 +173,16 @@ def run_stages(state: RunState, stage_list: list[tuple[str, Stage]]) -> None:
                 }
             },
         )
+
+
+def _note(state: RunState, name: str) -> str:
+    """A stage's one-line result for the progress display (the gate's decision)."""
+    if name != "gate":
+        return ""
+    decision = state.record.metrics.get("gate")
+    if isinstance(decision, dict):
+        return f"passed: {decision.get('metric')} {float(decision.get('value') or 0):.4f}"
+    return "skipped" if decision == "skipped" else ""
 
 
 def _parameters(

@@ -196,11 +196,11 @@ SECRETS = (ADMIN_PASSWORD, BATCH_PASSWORD, API_PASSWORD)
 
 BATCH_COMMANDS = (
     "ping get set zadd zrange zrem hset hgetall expire exists unlink scan "
-    "watch unwatch multi exec discard hlen"
+    "watch unwatch multi exec discard hlen lpush ltrim"
 )
 """What the batch is granted here: exactly docs/security.md's line (pinned by
 ``test_docs_grant_the_commands_tested_here``)."""
-API_COMMANDS = "get mget hget hmget hgetall ping"
+API_COMMANDS = "get mget hget hmget hgetall ping lrange"
 
 
 def acl_user(name: str, password: str, commands: str) -> list[str]:

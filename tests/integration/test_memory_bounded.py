@@ -72,7 +72,7 @@ def test_nightly_runs_keep_two_versions(own_redis: redis.Redis, tmp_path: Path) 
         published[-2],
     )
     per_version = USERS + 3  # users, popular list, item attributes, meta hash
-    assert own_redis.dbsize() == 2 * per_version + 3  # + current, previous, versions
+    assert own_redis.dbsize() == 2 * per_version + 4  # + current, previous, versions, runs
     for version in published[:-2]:
         assert list(own_redis.scan_iter(match=keys.version_prefix(version, PREFIX) + "*")) == []
     # Every key of a version expires by itself (safety TTL), the pointers do not.

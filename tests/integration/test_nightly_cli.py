@@ -146,7 +146,10 @@ class TestNightlyCli:
         summary = nightly(env, "--dry-run")
         assert (summary["status"], summary["version"], summary["users"]) == ("dry-run", None, USERS)
         assert current(redis_url, key_prefix) is None
-        assert list(real_redis.scan_iter(match=f"{key_prefix}:*")) == []
+        # Only the run history (#19): a dry run publishes nothing.
+        assert list(real_redis.scan_iter(match=f"{key_prefix}:*")) == [
+            keys.runs_key(key_prefix).encode()
+        ]
         assert shard_files(summary["run_dir"]) == [f"shard={n:05d}.parquet" for n in range(3)]
         recs = pl.read_parquet(Path(summary["run_dir"]) / "recommendations.parquet")
         assert recs[C.USER].n_unique() == USERS

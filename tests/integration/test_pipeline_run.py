@@ -39,7 +39,14 @@ def settings(tmp_path: Path, redis_url: str, key_prefix: str) -> Settings:
 
 
 def prefix_keys(client: redis.Redis, prefix: str) -> list[bytes]:
-    return list(client.scan_iter(match=f"{prefix}:*", count=10_000))
+    """Every key under ``prefix`` but the run history ``P:runs``, which every run writes."""
+    runs = keys.runs_key(prefix).encode()
+    return [k for k in client.scan_iter(match=f"{prefix}:*", count=10_000) if k != runs]
+
+
+def run_history(client: redis.Redis, prefix: str) -> list[str]:
+    """The statuses in ``P:runs``, newest first (#19)."""
+    return [json.loads(v)["status"] for v in client.lrange(keys.runs_key(prefix), 0, -1)]
 
 
 def statuses(settings: Settings) -> list[str]:
@@ -91,6 +98,14 @@ class TestPublishedRun:
         assert info.meta["run_id"] == result.run_id
         assert info.metrics["precision@5"] == precision
         assert "gate" not in info.metrics
+        (run,) = [json.loads(v) for v in real_redis.lrange(keys.runs_key(key_prefix), 0, -1)]
+        assert (run["run_id"], run["status"], run["version"]) == (
+            result.run_id,
+            "published",
+            version,
+        )
+        assert (run["users"], run["gate"], run["gate_value"]) == (300, "passed", precision)
+        assert run["seconds"] >= sum(s["seconds"] for s in manifest["stages"]) - 0.01
         durations = json.loads(info.meta["durations"])
         assert set(durations) == {name for name, _ in pipeline.STAGES} - {"score_and_publish"}
         assert not (result.run_dir / stages.SHARDS_DIR).exists()
@@ -101,6 +116,7 @@ class TestPublishedRun:
         result = pipeline.run_nightly(settings, dry_run=True, gate=False)
         assert (result.status, result.version) == ("dry-run", None)
         assert prefix_keys(real_redis, key_prefix) == []
+        assert run_history(real_redis, key_prefix) == ["dry-run"]
         recs = saved_recommendations(result.run_dir)
         assert len(shard_files(result.run_dir)) >= 2
         assert recs["user_id"].n_unique() == result.users == 300
@@ -113,6 +129,7 @@ class TestPublishedRun:
         assert info.value.exit_code == 2
         assert prefix_keys(real_redis, key_prefix) == []
         assert statuses(settings) == ["failed"]
+        assert run_history(real_redis, key_prefix) == ["failed"]
 
 
 class TestQualityGate:
@@ -131,6 +148,7 @@ class TestQualityGate:
         assert status.all_versions(real_redis, settings.redis) == [first.version]
         assert sorted(prefix_keys(real_redis, key_prefix)) == keys_before
         assert statuses(settings) == ["published", "gate-refused"]
+        assert run_history(real_redis, key_prefix) == ["gate-refused", "published"]
 
     def test_relative_drop_against_the_live_version(
         self, settings: Settings, real_redis: redis.Redis, key_prefix: str
@@ -179,3 +197,4 @@ def test_cli_gate_refusal_exits_3_and_publishes_nothing(
     assert result.exit_code == 3, result.output
     assert "quality gate refused" in result.output
     assert prefix_keys(real_redis, key_prefix) == []
+    assert run_history(real_redis, key_prefix) == ["gate-refused"]

@@ -1,0 +1,92 @@
+"""The run history in Redis: ``P:runs``, the newest run summaries first (issue #19).
+
+Every ``recsys nightly-batch`` that got as far as opening its run (published, dry run, gate
+refused or failed) pushes one small JSON object and trims the list to :data:`MAX_RUNS`::
+
+    LPUSH P:runs '{"run_id": ..., "status": "published", "started_at": ..., "seconds": 812.4,
+                   "users": 2469, "version": ..., "gate": "passed", "gate_metric": "precision@5",
+                   "gate_value": 0.2134, "error": null}'
+    LTRIM P:runs 0 29
+
+It is a log for people (the console page at ``/ui/``, ``GET /v1/runs``), not part of a
+version: writing it is best effort, one attempt, and a failure is a warning that never
+changes the run's outcome or exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from recsys_batch.config import RedisConfig
+from recsys_batch.publish import keys
+from recsys_batch.publish.store import Client
+from recsys_batch.run.records import RunRecord
+
+log = logging.getLogger(__name__)
+
+MAX_RUNS = 30
+"""How many summaries ``P:runs`` keeps (about a month of nights)."""
+MAX_ERROR_CHARS = 300
+
+
+def run_summary(
+    record: RunRecord,
+    status: str,
+    seconds: float,
+    *,
+    users: int = 0,
+    version: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The JSON-ready summary of one run.
+
+    ``gate`` is ``passed``, ``skipped``, ``refused`` (status ``gate-refused``) or None when
+    the run failed before the gate decided; ``gate_value`` is the gate metric's value when
+    the gate passed.
+    """
+    decision = record.metrics.get("gate")
+    gate_metric = gate_value = None
+    if isinstance(decision, dict):
+        gate: str | None = "passed"
+        gate_metric, gate_value = decision.get("metric"), decision.get("value")
+    elif decision == "skipped":
+        gate = "skipped"
+    else:
+        gate = "refused" if status == "gate-refused" else None
+    return {
+        "run_id": record.run_id,
+        "status": status,
+        "started_at": record.started_at,
+        "seconds": round(seconds, 2),
+        "users": users,
+        "version": version,
+        "gate": gate,
+        "gate_metric": gate_metric,
+        "gate_value": gate_value,
+        "data_days": [record.data["first_day"], record.data["last_day"]]
+        if "first_day" in record.data
+        else None,
+        "error": error[:MAX_ERROR_CHARS] if error else None,
+    }
+
+
+def push_summary(client: Client | None, summary: dict[str, Any], cfg: RedisConfig) -> bool:
+    """``LPUSH`` + ``LTRIM`` ``P:runs`` in one round trip; False (and a warning) on failure.
+
+    Best effort: one attempt, any exception is logged and swallowed, so a Redis failure
+    never changes the run's exit code.
+    """
+    if client is None:
+        return False
+    key = keys.runs_key(cfg.key_prefix)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.lpush(key, json.dumps(summary, default=str, separators=(",", ":")))
+        pipe.ltrim(key, 0, MAX_RUNS - 1)
+        pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - the history is best effort by design
+        log.warning("run summary not written to %s: %s: %s", key, type(exc).__name__, exc)
+        return False
+    return True
