@@ -4,6 +4,9 @@ The gate runs the backtest of ``recsys evaluate`` (``recsys_batch.evaluation.bac
 the run's data and reads the ``gate.metric`` of the two-stage model for ``gate.user_set``
 users. A model below ``gate.min_precision_at_5``, or more than ``gate.max_relative_drop``
 below the metric recorded by the live version, is refused (exit 3) and nothing is published.
+When the live version recorded no such metric (it was published by a ``--no-gate`` night),
+the relative check cannot run: the gate logs a WARNING and records
+``"relative_check": "skipped: the live version has no measured <metric>"`` (#16).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from recsys_batch.publish import status, store
 log = logging.getLogger(__name__)
 
 GATE_MODEL = "two_stage"
+LIVE_VERSION = "live_version"
+"""Key of :func:`live_metrics`'s answer naming the live version (absent: none is live)."""
 
 
 @dataclass
@@ -50,22 +55,29 @@ def backtest_outcome(dataset: Dataset, settings: Settings) -> GateOutcome:
 
 
 def live_metrics(client: store.Client | None, settings: Settings) -> dict[str, Any]:
-    """The metrics the live version recorded ({} before the first publish or without Redis)."""
+    """The metrics the live version recorded and its name under ``LIVE_VERSION``.
+
+    ``{}`` before the first publish or without Redis; ``{LIVE_VERSION: v}`` alone when the
+    live version recorded no metric (a ``--no-gate`` night).
+    """
     if client is None:
         return {}
     live = status.live_version(client, settings.redis)
     if not live:
         return {}
-    return status.version_info(client, live, settings.redis).metrics
+    return {**status.version_info(client, live, settings.redis).metrics, LIVE_VERSION: live}
 
 
 def check_gate(metrics: dict[str, Any], live: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Refuse a model below the floor or too far below the live version.
 
+    ``live`` is :func:`live_metrics`'s answer: {} when no version is live.
+
     Returns
     -------
     dict
-        The decision, recorded in the manifest: metric, value, floor, live value, threshold.
+        The decision, recorded in the manifest: metric, value, floor, live value, threshold
+        and ``relative_check`` (``passed`` or why it was skipped).
 
     Raises
     ------
@@ -92,7 +104,11 @@ def check_gate(metrics: dict[str, Any], live: dict[str, Any], settings: Settings
             "serving"
         )
         raise QualityGateError(msg)
-    if isinstance(live_value, int | float) and live_value > 0:
+    if not isinstance(live_value, int | float) or live_value <= 0:
+        decision["relative_check"] = _skipped_relative_check(live, live_value, cfg.metric)
+        if not isinstance(live_value, int | float):
+            decision["live"] = None
+    else:
         threshold = live_value * (1 - cfg.max_relative_drop)
         decision["threshold"] = threshold
         # A drop of exactly max_relative_drop passes (0.4 * 0.9 is 0.36000000000000004).
@@ -103,7 +119,26 @@ def check_gate(metrics: dict[str, Any], live: dict[str, Any], settings: Settings
                 "live version keeps serving"
             )
             raise QualityGateError(msg)
+        decision["relative_check"] = "passed"
     return decision
+
+
+def _skipped_relative_check(live: dict[str, Any], live_value: object, metric: str) -> str:
+    """Why the relative-drop check cannot run; a WARNING when a live version exists."""
+    if not live:
+        return "skipped: no live version"
+    reason = (
+        f"skipped: the live version has no measured {metric}"
+        if not isinstance(live_value, int | float)
+        else f"skipped: the live version's {metric} is 0"
+    )
+    log.warning(
+        "quality gate: nothing to compare with: live version %s: %s (published by a --no-gate "
+        "night?); only the floor gate.min_precision_at_5 applies",
+        live.get(LIVE_VERSION, "?"),
+        reason,
+    )
+    return reason
 
 
 def connect_for_gate(settings: Settings, dry_run: bool) -> store.Client | None:
