@@ -11,21 +11,26 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
 
 from api.deps import get_settings
 from api.errors import Unavailable
 from api.fastpath import Service
 from api.redis_client import make_client
 from api.responses import OrjsonResponse
-from api.routes import health, recommendations
+from api.routes import console, health, recommendations
 from api.service import Lookup
 from recsys_batch.config import Settings
 
 log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+"""The console page served at ``/ui/`` (plain HTML, CSS and JavaScript; no build step)."""
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
@@ -98,6 +103,8 @@ def create_app(
     app.state.lookup = None
     app.include_router(recommendations.router)
     app.include_router(health.router)
+    app.include_router(console.router)
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)
     return Service(
