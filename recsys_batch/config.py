@@ -308,11 +308,11 @@ class TifuKnnConfig(_Section):
     """The TIFU-KNN baseline of the backtest (Hu et al., SIGIR 2020); chosen on validation
     origins only (docs/evaluation.md)."""
 
-    groups: int = 7
+    groups: int = 3
     """Each user's baskets are split, oldest to newest, into at most this many groups."""
     within_decay: float = 0.9
     """Basket weight within a group: ``within_decay ** (baskets after it in the group)``."""
-    group_decay: float = 0.7
+    group_decay: float = 0.6
     """Group weight: ``group_decay ** (groups after it)``."""
     neighbours: int = 300
     """Nearest users (Euclidean distance of the user vectors, the user excluded) averaged."""
