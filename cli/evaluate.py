@@ -100,7 +100,7 @@ def metrics_table(
             if name == "precision@5" and float(row[name]) == best[row["user_set"]]:
                 text = f"[bold]{text}[/]"
             cells.append(text)
-        table.add_row(row["model"], row["user_set"], str(row["users"]), *cells)
+        table.add_row(row["model"], row["user_set"], f"{float(row['users']):.0f}", *cells)
     return table
 
 
