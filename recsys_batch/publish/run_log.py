@@ -43,18 +43,19 @@ def run_summary(
     """The JSON-ready summary of one run.
 
     ``gate`` is ``passed``, ``skipped``, ``refused`` (status ``gate-refused``) or None when
-    the run failed before the gate decided; ``gate_value`` is the gate metric's value when
-    the gate passed.
+    the run failed before the gate decided; ``gate_value`` is the gate metric's value
+    whenever the gate's backtest measured it (passed or refused).
     """
     decision = record.metrics.get("gate")
     gate_metric = gate_value = None
+    gate: str | None = "refused" if status == "gate-refused" else None
     if isinstance(decision, dict):
-        gate: str | None = "passed"
-        gate_metric, gate_value = decision.get("metric"), decision.get("value")
+        gate_metric = decision.get("metric")
+        gate_value = record.metrics.get(gate_metric) if gate_metric else None
+        if gate is None and "value" in decision:
+            gate = "passed"
     elif decision == "skipped":
         gate = "skipped"
-    else:
-        gate = "refused" if status == "gate-refused" else None
     return {
         "run_id": record.run_id,
         "status": status,

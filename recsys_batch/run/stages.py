@@ -156,6 +156,8 @@ def run_gate(state: RunState) -> int:
         )
     dataset = Dataset(sample, loaded.dataset.items, loaded.dataset.users, loaded.dataset.name)
     outcome = quality_gate.backtest_outcome(dataset, settings)
+    # Recorded before the decision, so a refused run's manifest and summary keep the value.
+    state.record.metrics = {**outcome.metrics, "gate": {"metric": settings.gate.metric}}
     decision = quality_gate.check_gate(
         outcome.metrics, quality_gate.live_metrics(state.client, settings), settings
     )

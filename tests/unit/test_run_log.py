@@ -30,8 +30,15 @@ def test_runs_key_golden() -> None:
 @pytest.mark.parametrize(
     ("metrics", "status", "gate", "value"),
     [
-        ({"gate": {"metric": "precision@5", "value": 0.21}}, "published", "passed", 0.21),
+        (
+            {"precision@5": 0.21, "gate": {"metric": "precision@5", "value": 0.21}},
+            "published",
+            "passed",
+            0.21,
+        ),
         ({"gate": "skipped"}, "dry-run", "skipped", None),
+        # The gate's backtest measured the value before refusing it: the summary keeps it.
+        ({"precision@5": 0.12, "gate": {"metric": "precision@5"}}, "gate-refused", "refused", 0.12),
         ({}, "gate-refused", "refused", None),
         ({}, "failed", None, None),
     ],
