@@ -372,7 +372,7 @@ def metric_rows(
     precision@k curves (k = 1..``cfg.curve_k``) per model and user set."""
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, list[float]]] = {}
-    for model_name in MODELS:
+    for model_name in (m for m in MODELS if m in lists):
         recs = lists[model_name].lazy()
         curves[model_name] = {}
         for set_name in USER_SETS:
@@ -388,12 +388,17 @@ def metric_rows(
 
 
 def run_backtest(
-    dataset: Dataset, settings: Settings, *, prepared: dict[str, Any] | None = None
+    dataset: Dataset,
+    settings: Settings,
+    *,
+    prepared: dict[str, Any] | None = None,
+    baselines: bool = True,
 ) -> BacktestResult:
     """Run the issue-#4 protocol: train, score the test window, compare with the baselines.
 
     ``prepared`` is :func:`prepare`'s output for the same dataset and settings (computed
-    here when None).
+    here when None). ``baselines=False`` (the nightly quality gate) measures the two-stage
+    model only: no baseline lists, no bootstrap intervals.
 
     Raises
     ------
@@ -426,13 +431,11 @@ def run_backtest(
     with _timed(timings, "score"):
         two_stage, cands = rank_candidates(model, data, all_users, settings, cfg.curve_k)
     with _timed(timings, "baselines"):
-        lists = {
-            **baseline_lists(data, all_users, model, windows, settings),
-            "two_stage": two_stage,
-        }
+        others = baseline_lists(data, all_users, model, windows, settings) if baselines else {}
+        lists = {**others, "two_stage": two_stage}
     with _timed(timings, "metrics"):
         rows, curves = metric_rows(lists, truth, user_sets, catalogue.height, cfg)
-        diff = precision_diff(lists, truth, user_sets["all"], cfg)
+        diff = precision_diff(lists, truth, user_sets["all"], cfg) if baselines else {}
     with _timed(timings, "candidate_recall"):
         cand_recall = _candidate_recall(
             cands.lazy(), truth.lazy().join(all_users, on=C.USER, how="semi"), all_users

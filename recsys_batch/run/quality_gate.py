@@ -42,7 +42,7 @@ def backtest_outcome(dataset: Dataset, settings: Settings) -> GateOutcome:
     """Run the backtest and pick the two-stage row of ``gate.user_set`` users."""
     from recsys_batch.evaluation import backtest  # noqa: PLC0415 - heavy (lightgbm, implicit)
 
-    result = backtest.run_backtest(dataset, settings)
+    result = backtest.run_backtest(dataset, settings, baselines=False)
     for row in result.rows:
         if row.get("model") == GATE_MODEL and row.get("user_set") == settings.gate.user_set:
             metrics = {k: v for k, v in row.items() if k not in {"model", "user_set"}}
