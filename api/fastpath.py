@@ -190,8 +190,8 @@ class Service:
     async def _answer(self, lookup: Any, parsed: tuple[int, int], send: Any, start: float) -> None:
         user_id, k = parsed
         try:
-            live, items, source = await lookup.one(user_id, k)
-            body = orjson.dumps(answer(user_id, live, items, source))
+            live, found = await lookup.one(user_id, k)
+            body = orjson.dumps(answer(user_id, live, found))
             status = 200
         except Unavailable as exc:
             body = orjson.dumps(exc.body())

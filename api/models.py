@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from recsys_batch.publish.keys import MAX_USER_ID
 
 UserId = Annotated[StrictInt, Field(ge=0, le=MAX_USER_ID)]
+ItemId = Annotated[StrictInt, Field(ge=0, le=MAX_USER_ID)]
+MAX_EXCLUDE = 100
+"""Most item ids one user's exclusion list may hold."""
+Reason = dict[str, int | str]
 
 
 class Recommendation(BaseModel):
@@ -22,6 +26,16 @@ class Recommendation(BaseModel):
     items: list[int] = Field(description="Item ids, best first.", examples=[[840361, 1029743]])
     source: Literal["personal", "fallback"] = Field(
         description="`fallback`: the user is unknown to the version; popular items instead."
+    )
+    fallback_items: int = Field(
+        description="How many of `items` came from the popular list (all of them for an "
+        "unknown user; for a known one, those refilled after exclusions or a short list)."
+    )
+    reasons: list[Reason] | None = Field(
+        default=None,
+        description="With `explain=true`: per item, why it was proposed, e.g. "
+        '`{"code": "repeat", "times": 9, "last_days": 12}`, `{"code": "bought_with"}`, '
+        '`{"code": "als"}`, `{"code": "trending"}`, `{"code": "popular"}`.',
     )
     version: str = Field(description="The version the items were read from.")
     generated_at: str | None = Field(description="When the batch generated the version (ISO).")
@@ -40,6 +54,12 @@ class BatchRequest(BaseModel):
         description="Non-negative integer user ids; at most `settings.api.max_batch` (1000).",
         examples=[[1, 2, 3]],
     )
+    exclude: dict[str, Annotated[list[ItemId], Field(max_length=MAX_EXCLUDE)]] | None = Field(
+        default=None,
+        description=f"Per user id (as a string): item ids never to return, at most "
+        f"{MAX_EXCLUDE} each.",
+        examples=[{"1": [840361, 1029743]}],
+    )
 
 
 class BatchResult(BaseModel):
@@ -48,6 +68,8 @@ class BatchResult(BaseModel):
     user_id: int
     items: list[int]
     source: Literal["personal", "fallback"]
+    fallback_items: int
+    reasons: list[Reason] | None = None
     details: list[dict[str, Any]] | None = None
 
 

@@ -2,16 +2,16 @@
 
 A lookup is one round trip: the live-version pointer (``P:current``) is cached for
 ``current_cache_seconds`` together with everything immutable about that version (format,
-generated_at, the popular fallback list), so answering a user is one ``GET`` of
-``P:v:V:u:{user_id}`` and a batch one ``MGET``; single lookups arriving together share one
-``MGET`` (:class:`Coalescer`). Each answer is built from exactly one version: the one its key
-was read from, which is also the version it names.
+generated_at, bucket count, the popular fallback list), so answering users is one pipeline:
+an ``HGET`` of each user's field in its bucket hash (format 2, :mod:`keys`), the tail and
+reasons fields when the request needs them, and one ``GET P:current``. Single lookups
+arriving together share one pipeline (:class:`Coalescer`).
 
-A cached pointer can outlive its version: two publishes within ``current_cache_seconds``
-unlink the version the cache still names. So a missing user key is not trusted at once: the
-pointer is read again (concurrent misses share that one ``GET``), and when it moved on, the
-key is read again from the new version (a batch: the whole ``MGET``, so it still comes from
-one version). A hit costs nothing extra; a miss one ``GET`` (two when the version changed).
+The pointer read in the same round trip makes every answer trustworthy without a second
+one: when it still names the cached version, that version is live and complete, so a
+missing field is an unknown user (popular list); when it moved (a flip, or two publishes
+within ``current_cache_seconds`` unlinking the cached version), the new version is loaded
+and the batch read again, so each answer still comes from exactly one version.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,7 +34,7 @@ from recsys_batch.publish import keys
 log = logging.getLogger(__name__)
 
 _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
-_META_FIELDS = ("format", "state", "generated_at", "created_at")
+_META_FIELDS = ("format", "state", "generated_at", "created_at", "buckets")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +46,17 @@ class LiveVersion:
     generated_at: str | None
     generated_ts: float | None
     popular: tuple[int, ...]
-    user_prefix: str
+    buckets: int
     items_key: str
+
+    def key(self, user_id: int, family: str = "u") -> str:
+        """The bucket hash of ``user_id`` in this version (``u`` head, ``t`` tail, ``r``)."""
+        return self.prefix + family + ":" + str(keys.bucket_of(user_id, self.buckets))
+
+    @property
+    def prefix(self) -> str:
+        """``P:v:V:``: the common prefix of this version's keys."""
+        return self.items_key[: -len("items")]
 
     def age_seconds(self, now: float | None = None) -> float | None:
         """Seconds since the version was generated (None when unknown)."""
@@ -80,35 +90,46 @@ def redis_down(exc: BaseException) -> Unavailable:
 
 @dataclass(frozen=True, slots=True)
 class _Failed:
-    """What a coalesced GET resolves to when its MGET failed."""
+    """What a coalesced read resolves to when its pipeline failed."""
 
     error: BaseException
 
 
+Read = tuple[str, str]
+"""One ``HGET``: (bucket key, field)."""
+
+
+async def read_with_pointer(client: Any, reads: list[Read], pointer_key: str) -> list[Any]:
+    """One pipeline round trip: every ``HGET`` of ``reads``, then ``GET pointer_key``."""
+    pipe = client.pipeline(transaction=False)
+    for key, field in reads:
+        pipe.hget(key, field)
+    pipe.get(pointer_key)
+    return list(await pipe.execute())
+
+
 class Coalescer:
-    """Auto-pipelining: GETs issued in the same event-loop turn go out as one ``MGET``.
+    """Auto-pipelining: reads issued in the same event-loop turn share one pipeline.
 
     Under concurrency, requests whose bytes arrived together reach their Redis read in the
-    same loop iteration; instead of one command each (redis-py spends ~40 us of CPU per
-    command) they share one ``MGET``, scheduled with ``call_soon`` so a lone request waits
-    only for the end of the current iteration. Each caller still reads its own key, so an
-    answer is built from the version it names exactly as without coalescing.
+    same loop iteration; instead of one round trip each they share one pipeline (their
+    ``HGET``s and a single ``GET`` of the live pointer), scheduled with ``call_soon`` so a
+    lone request waits only for the end of the current iteration. Each caller still reads
+    its own fields, so an answer is built from the version it names.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, pointer_key: str) -> None:
         self.client = client
-        self._pending: list[tuple[str, asyncio.Future[Any]]] = []
+        self.pointer_key = pointer_key
+        self._pending: list[tuple[list[Read], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
 
-    def get(self, key: str) -> asyncio.Future[Any]:
-        """A future of ``(value, received)``, or a :class:`_Failed`.
-
-        ``value`` is bytes or None; ``received`` the ``time.monotonic()`` when the reply came.
-        """
+    def read(self, reads: list[Read]) -> asyncio.Future[Any]:
+        """A future of ``(values, pointer)``, or a :class:`_Failed`."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((key, future))
+        self._pending.append((reads, future))
         if len(self._pending) == 1:
             loop.call_soon(self._flush)
         return future
@@ -119,14 +140,11 @@ class Coalescer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[tuple[list[Read], asyncio.Future[Any]]]) -> None:
         self.batches += 1
         try:
-            if len(batch) == 1:
-                values = [await self.client.get(batch[0][0])]
-            else:
-                values = await self.client.mget([key for key, _ in batch])
-            received = time.monotonic()
+            flat = [read for reads, _ in batch for read in reads]
+            values = await read_with_pointer(self.client, flat, self.pointer_key)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
             for _, future in batch:
                 if not future.done():
@@ -134,9 +152,53 @@ class Coalescer:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), value in zip(batch, values, strict=True):
+        pointer, at = values[-1], 0
+        for reads, future in batch:
+            mine = values[at : at + len(reads)]
+            at += len(reads)
             if not future.done():  # a cancelled request (client went away)
-                future.set_result((value, received))
+                future.set_result((mine, pointer))
+
+
+Stored = tuple[Any, Any, Any]
+"""A user's raw (head, tail, reasons) field values (None where not read or absent)."""
+POPULAR_REASON: dict[str, int | str] = {"code": "popular"}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One user's answer: items best first, where they came from, and why."""
+
+    items: list[int]
+    source: str
+    """``personal`` (the user's own list) or ``fallback`` (unknown user: popular items)."""
+    fallback_items: int
+    """How many of ``items`` came from the popular list."""
+    reasons: list[dict[str, int | str]]
+
+
+def pick(
+    own: Sequence[int], popular: Sequence[int], k: int, exclude: Sequence[int] = ()
+) -> tuple[list[int], int]:
+    """The first ``k`` of ``own`` then ``popular``, skipping ``exclude``, never repeating.
+
+    Returns the items and how many came from ``popular``.
+
+    >>> pick([1, 2, 3], [3, 9, 8], 4, exclude=[2])
+    ([1, 3, 9, 8], 2)
+    """
+    seen = set(exclude)
+    items: list[int] = []
+    from_popular = 0
+    for source, candidates in ((0, own), (1, popular)):
+        for item in candidates:
+            if len(items) == k:
+                return items, from_popular
+            if item not in seen:
+                seen.add(item)
+                items.append(item)
+                from_popular += source
+    return items, from_popular
 
 
 class Lookup:
@@ -167,9 +229,9 @@ class Lookup:
         coalesce: bool = False,
     ) -> None:
         self.client = client
-        self.coalescer = Coalescer(client) if coalesce and not cluster else None
         self.prefix = prefix
         self.current_key = keys.current_key(prefix)
+        self.coalescer = Coalescer(client, self.current_key) if coalesce and not cluster else None
         self.cache_seconds = cache_seconds
         self.cluster = cluster
         self._live: LiveVersion | None = None
@@ -245,27 +307,6 @@ class Lookup:
             self._expires = time.monotonic() + self.cache_seconds
             return found
 
-    async def recheck(self, since: float) -> LiveVersion:
-        """The live version after a key was found missing at ``since`` (``time.monotonic()``).
-
-        A pointer read sent at or after ``since`` is reused; otherwise one ``GET`` goes out,
-        through the coalescer when there is one (concurrent misses and lookups share an
-        ``MGET``) and without the lock. Only when the pointer moved does it take the lock
-        and load the new version (:meth:`refresh`).
-        """
-        live = self._live
-        if live is not None and self._read_at >= since:
-            return live
-        sent = time.monotonic()
-        raw, _ = await self._get(self.current_key)
-        version = self._version_of(raw)
-        live = self._live
-        if live is not None and live.version == version:
-            self._read_at = max(self._read_at, sent)
-            self._expires = max(self._expires, time.monotonic() + self.cache_seconds)
-            return live
-        return await self.refresh(force=True, since=sent)
-
     async def _pointer(self) -> str:
         """The version id ``P:current`` names (one ``GET``)."""
         try:
@@ -331,86 +372,114 @@ class Lookup:
             generated_at=generated_at,
             generated_ts=_timestamp(generated_at),
             popular=popular,
-            user_prefix=keys.version_prefix(version, self.prefix) + "u:",
+            buckets=max(1, int(meta["buckets"] or 1)),
             items_key=keys.items_key(version, self.prefix),
         )
         return live, popular_raw is not None
 
     # --- lookups ---------------------------------------------------------------------------
 
-    def _items(self, live: LiveVersion, user_id: int, raw: Any, k: int) -> tuple[list[int], str]:
-        if raw is None:
-            metrics.FALLBACK.inc()
-            return list(live.popular[:k]), "fallback"
-        try:
-            items = keys.decode_items(raw)
-        except ValueError:
-            detail = f"{live.user_prefix}{user_id} is not a comma-separated list of item ids"
-            raise Unavailable("corrupt_value", detail) from None
-        metrics.PERSONAL.inc()
-        return items[:k], "personal"
+    async def one(
+        self, user_id: int, k: int, exclude: Sequence[int] = (), *, explain: bool = False
+    ) -> tuple[LiveVersion, Answer]:
+        """One user's top ``k`` items, one round trip (:meth:`many` of one user)."""
+        live, answers = await self.many([user_id], k, [exclude], explain=explain)
+        return live, answers[0]
 
-    async def one(self, user_id: int, k: int) -> tuple[LiveVersion, list[int], str]:
-        """One user's top ``k`` items: (version read, items best first, source).
+    async def many(
+        self,
+        user_ids: list[int],
+        k: int,
+        excludes: Sequence[Sequence[int]] | None = None,
+        *,
+        explain: bool = False,
+    ) -> tuple[LiveVersion, list[Answer]]:
+        """Users' top ``k`` items from one version, in one pipeline round trip.
 
-        ``source`` is ``personal``, or ``fallback`` (the version's popular list) for a user the
-        version does not know.
+        Each user's head field (and tail field when ``k`` plus the exclusions may reach
+        past the first 16 items, and reasons field with ``explain``) is read together with
+        the live pointer. A pointer that moved means the cached version may be gone: the
+        version is reloaded and the whole batch read again, so every answer comes from one
+        version. Otherwise a missing field is an unknown user (the popular list).
+
+        The version's facts are trusted past ``cache_seconds`` too: the pointer read in the
+        same pipeline says whether they still apply, so a lookup stays one round trip when
+        the cache period ends (only a flip costs a second one, once for all waiting lookups).
         """
-        live = self.cached() or await self.refresh()
-        raw, received = await self._get(live.user_prefix + str(user_id))
-        if raw is None:  # unknown user, or a cached pointer naming an unlinked version
-            fresh = await self.recheck(received)
-            if fresh.version != live.version:
-                live = fresh
-                raw, _ = await self._get(live.user_prefix + str(user_id))
-        items, source = self._items(live, user_id, raw, k)
-        return live, items, source
+        live = self._live if self._live is not None else await self.refresh()
+        excludes = excludes or [()] * len(user_ids)
+        values, pointer = await self._read(live, user_ids, k, excludes, explain)
+        if self._version_of(pointer) != live.version:
+            live = await self.refresh(force=True, since=time.monotonic())
+            values, _ = await self._read(live, user_ids, k, excludes, explain)
+        return live, [
+            self._answer(live, user_id, got, k, exclude)
+            for user_id, got, exclude in zip(user_ids, values, excludes, strict=True)
+        ]
 
-    async def _get(self, key: str) -> tuple[Any, float]:
-        """One key's value (bytes or None) and the ``time.monotonic()`` its reply came.
+    def _reads(self, live: LiveVersion, user_id: int, need_tail: bool, explain: bool) -> list[Read]:
+        field = str(user_id)
+        reads = [(live.key(user_id), field)]
+        if need_tail:
+            reads.append((live.key(user_id, "t"), field))
+        if explain:
+            reads.append((live.key(user_id, "r"), field))
+        return reads
 
-        Goes through the coalescer when there is one.
-        """
+    async def _read(
+        self,
+        live: LiveVersion,
+        user_ids: list[int],
+        k: int,
+        excludes: Sequence[Sequence[int]],
+        explain: bool,
+    ) -> tuple[list[Stored], Any]:
+        """Each user's (head, tail, reasons) values and the pointer, in one round trip."""
+        plans = []
+        for user_id, exclude in zip(user_ids, excludes, strict=True):
+            need_tail = k + len(exclude) > keys.ITEMS_PER_FIELD
+            plans.append((need_tail, self._reads(live, user_id, need_tail, explain)))
+        flat = [read for _, reads in plans for read in reads]
         if self.coalescer is not None:
-            got = await self.coalescer.get(key)
+            got = await self.coalescer.read(flat)
             if isinstance(got, _Failed):
                 if isinstance(got.error, _REDIS_FAILURES):
                     raise redis_down(got.error)
                 raise got.error
-            return got
-        try:
-            return await self.client.get(key), time.monotonic()
-        except _REDIS_FAILURES as exc:
-            raise redis_down(exc) from None
+            values, pointer = got
+        else:
+            try:
+                *values, pointer = await read_with_pointer(self.client, flat, self.current_key)
+            except _REDIS_FAILURES as exc:
+                raise redis_down(exc) from None
+        stored: list[Stored] = []
+        at = 0
+        for need_tail, reads in plans:
+            mine = values[at : at + len(reads)]
+            at += len(reads)
+            tail = mine[1] if need_tail else None
+            stored.append((mine[0], tail, mine[-1] if explain else None))
+        return stored, pointer
 
-    async def _mget(self, live: LiveVersion, user_ids: list[int]) -> list[Any]:
-        """The users' values under ``live`` (one ``MGET``; slot-aware split on a cluster)."""
-        names = [live.user_prefix + str(u) for u in user_ids]
+    def _answer(
+        self, live: LiveVersion, user_id: int, got: Stored, k: int, exclude: Sequence[int]
+    ) -> Answer:
+        head, tail, reasons_raw = got
+        if head is None:
+            metrics.FALLBACK.inc()
+            items, from_popular = pick((), live.popular, k, exclude)
+            return Answer(items, "fallback", from_popular, [POPULAR_REASON] * len(items))
         try:
-            if self.cluster:
-                return list(await self.client.mget_nonatomic(names))
-            return list(await self.client.mget(names))
-        except _REDIS_FAILURES as exc:
-            raise redis_down(exc) from None
-
-    async def many(
-        self, user_ids: list[int], k: int
-    ) -> tuple[LiveVersion, list[tuple[int, list[int], str]]]:
-        """Several users in one round trip (``MGET``; slot-aware split on a cluster)."""
-        live = self.cached() or await self.refresh()
-        if not user_ids:
-            return live, []
-        values = await self._mget(live, user_ids)
-        if any(value is None for value in values):
-            fresh = await self.recheck(time.monotonic())  # the reply just came
-            if fresh.version != live.version:  # the whole batch again: one version per answer
-                live = fresh
-                values = await self._mget(live, user_ids)
-        results = []
-        for user_id, raw in zip(user_ids, values, strict=True):
-            items, source = self._items(live, user_id, raw, k)
-            results.append((user_id, items, source))
-        return live, results
+            own = keys.unpack_items(head, tail)
+            reasons = keys.decode_reasons(reasons_raw)
+        except ValueError:
+            detail = f"{live.key(user_id)} field {user_id} is not a packed list of item ids"
+            raise Unavailable("corrupt_value", detail) from None
+        metrics.PERSONAL.inc()
+        items, from_popular = pick(own, live.popular, k, exclude)
+        why = dict(zip(own, reasons, strict=False))
+        explained = [why.get(i, POPULAR_REASON) for i in items]
+        return Answer(items, "personal", from_popular, explained)
 
     async def details(self, live: LiveVersion, item_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Attributes of items (department, brand, ...) published with ``live`` (one HMGET).

@@ -12,7 +12,8 @@ One run measures, on the same server and machine:
    nightly run publishes them (:func:`tests.publishing.publish_lists`: ``begin_version``,
    ``writer.write_users``, ``finish_version``; steady state: from the third publish on, every
    publish also unlinks the oldest version). Reported in users per second, median over the
-   repeats: the user-write phase (``write_users``: the SETs and their ``EXISTS`` count-back),
+   repeats: the user-write phase (``write_users``: ``HSET`` of many fields per bucket hash,
+   ``EXPIRE``, pipelined through redis-py, and the ``HMGET`` count-back; format 2, #18),
    "to live" (begin + write + verify + flip: when the new version starts serving) and the
    whole call (also the cleanup of the oldest version, which happens after the flip).
 """

@@ -12,8 +12,8 @@ import hashlib
 import json
 import sys
 
-from recsys_batch.config import Settings
-from recsys_batch.publish import keys, store, versions
+from recsys_batch.config import RedisConfig, Settings
+from recsys_batch.publish import keys, status, store, versions
 
 
 def _text(value: object) -> str:
@@ -21,24 +21,27 @@ def _text(value: object) -> str:
 
 
 def digest(client: store.Client, prefix: str, version: str) -> dict[str, object]:
-    """sha256 over the sorted user keys and values, the popular list and the item hash."""
-    user_prefix = keys.version_prefix(version, prefix) + "u:"
-    names = sorted(
-        (n.decode() if isinstance(n, bytes) else str(n))
-        for n in client.scan_iter(match=user_prefix + "*", count=10_000)
-    )
+    """sha256 over every user's item list (sorted by user), the popular list and the item hash.
+
+    Users are read through the format-2 helpers (``status.version_user_ids`` /
+    ``status.user_items``), one line ``user=item,item,...`` each: the digest names the
+    published lists, not their byte layout (#18 changed the layout, not the lists).
+    """
+    cfg = RedisConfig(key_prefix=prefix)
+    user_ids = status.version_user_ids(client, version, cfg)
     users = hashlib.sha256()
-    for start in range(0, len(names), 10_000):
-        batch = names[start : start + 10_000]
-        for name, value in zip(batch, client.mget(batch), strict=True):
-            users.update(f"{name[len(user_prefix) :]}={value!r}\n".encode())
+    for start in range(0, len(user_ids), 10_000):
+        batch = user_ids[start : start + 10_000]
+        stored = status.user_items(client, version, batch, cfg)
+        for user in batch:
+            users.update(f"{user}={keys.encode_items(stored.get(user, []))}\n".encode())
     popular = client.get(keys.popular_key(version, prefix))
     popular_bytes = popular if isinstance(popular, bytes) else str(popular or "").encode()
     items = client.hgetall(keys.items_key(version, prefix))
     items_text = json.dumps(sorted((_text(k), _text(v)) for k, v in items.items()))
     return {
         "version": version,
-        "users": len(names),
+        "users": len(user_ids),
         "users_sha256": users.hexdigest(),
         "popular_sha256": hashlib.sha256(popular_bytes).hexdigest(),
         "items": len(items),

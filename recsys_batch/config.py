@@ -226,7 +226,11 @@ class RedisConfig(_Section):
     ttl_days: int = 14
     """Safety TTL on every published key, in days."""
     chunk_size: int = 10_000
-    """Users per pipeline round trip."""
+    """Users per pipeline round trip when writing; keys per SCAN/UNLINK/EXPIRE batch when a
+    version is cleaned up or rolled back (#15: batch sizes live in Settings)."""
+    user_buckets: int = Field(default=0, ge=0)
+    """Bucket hashes of a version's users; 0 = sized from the users (the nightly run counts
+    them before scoring), ``keys.USERS_PER_BUCKET`` users each."""
     retries: int = 3
     retry_backoff_seconds: float = 0.5
     socket_timeout_seconds: float = 5.0
@@ -251,6 +255,15 @@ class RedisConfig(_Section):
         return value
 
 
+class PublishConfig(_Section):
+    """What a version stores per user."""
+
+    top_n: int = Field(default=20, ge=1, le=32)
+    """Ranked items stored per user (the API serves ``k`` up to this), in items."""
+    reasons: bool = True
+    """Store a reason per item (``?explain=true``) in the version's ``r`` bucket hashes."""
+
+
 class ApiConfig(_Section):
     """The lookup service."""
 
@@ -262,7 +275,7 @@ class ApiConfig(_Section):
     default_k: int = Field(default=5, ge=1)
     """Items per answer when a request names no ``k``."""
     max_k: int = Field(default=100, ge=1)
-    """Largest ``k`` a request may ask for (a version stores ``ranker.top_k`` per user)."""
+    """Largest ``k`` a request may ask for (a version stores ``publish.top_n`` per user)."""
     current_cache_seconds: float = 1.0
     """How long the live-version pointer is cached."""
     redis_timeout_seconds: float = 1.0
@@ -355,6 +368,7 @@ class Settings(BaseSettings):
     ranker: RankerConfig = RankerConfig()
     gate: GateConfig = GateConfig()
     redis: RedisConfig = RedisConfig()
+    publish: PublishConfig = PublishConfig()
     api: ApiConfig = ApiConfig()
     run: RunConfig = RunConfig()
     scale: ScaleConfig = ScaleConfig()

@@ -12,9 +12,9 @@ from typing import Any
 
 import polars as pl
 
-from recsys_batch.config import Settings
+from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.data import columns as C
-from recsys_batch.publish import keys
+from recsys_batch.publish import keys, status
 from recsys_batch.run import stages
 from tests.small import SMALL_SETTINGS
 
@@ -52,10 +52,35 @@ def saved_recommendations(run_dir: Path) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(path) for path in shard_files(run_dir)])
 
 
-def expected_values(recs: pl.DataFrame) -> dict[int, bytes]:
-    """``user_id`` -> the value its Redis key must hold: items best first (``keys`` format)."""
+def expected_values(recs: pl.DataFrame) -> dict[int, list[int]]:
+    """``user_id`` -> the items Redis must hold for the user, best first."""
     lists = recs.sort(C.USER, C.RANK).group_by(C.USER, maintain_order=True).agg(C.ITEM)
-    return {user: keys.encode_items(items).encode() for user, items in lists.iter_rows()}
+    return dict(lists.iter_rows())
+
+
+def stored_values(
+    client: Any, version: str, prefix: str, users: list[int] | None = None
+) -> dict[int, list[int]]:
+    """``user_id`` -> the items ``version`` holds, read back through the format-2 helpers
+    (``status.version_user_ids`` / ``status.user_items``): every user, or only ``users``."""
+    cfg = RedisConfig(key_prefix=prefix)
+    wanted = status.version_user_ids(client, version, cfg) if users is None else users
+    return status.user_items(client, version, wanted, cfg)
+
+
+def user_bucket_keys(client: Any, version: str, prefix: str, users: list[int]) -> set[str]:
+    """The bucket hashes (``u``, ``t`` when a user has > 16 items, ``r``) ``users`` occupy."""
+    cfg = RedisConfig(key_prefix=prefix)
+    buckets = status.version_buckets(client, version, cfg)
+    lists = status.user_items(client, version, users, cfg)
+    found = set()
+    for user in users:
+        bucket = keys.bucket_of(user, buckets)
+        found.add(keys.user_bucket_key(version, bucket, prefix, "u"))
+        found.add(keys.user_bucket_key(version, bucket, prefix, "r"))
+        if len(lists.get(user, ())) > keys.ITEMS_PER_FIELD:
+            found.add(keys.user_bucket_key(version, bucket, prefix, "t"))
+    return found
 
 
 def version_keys(client: Any, version: str, prefix: str) -> set[str]:

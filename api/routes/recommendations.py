@@ -14,9 +14,16 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import LookupDep, SettingsDep
-from api.models import BadRequest, BatchRequest, BatchResponse, ErrorBody, Recommendation
+from api.models import (
+    MAX_EXCLUDE,
+    BadRequest,
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+    Recommendation,
+)
 from api.responses import OrjsonResponse
-from api.service import LiveVersion
+from api.service import Answer, LiveVersion
 from recsys_batch.publish.keys import MAX_USER_ID
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
@@ -32,20 +39,71 @@ K = Annotated[
 Details = Annotated[
     bool, Query(description="Add item attributes (department, brand, category, size).")
 ]
+Explain = Annotated[
+    bool,
+    Query(
+        description="Add `reasons`: per item, why it was proposed (`repeat` with `times` and "
+        "`last_days`, `bought_with`, `als`, `trending`, `popular`)."
+    ),
+]
+Exclude = Annotated[
+    str | None,
+    Query(
+        description=f"Comma-separated item ids never to return (at most {MAX_EXCLUDE}); the "
+        "list is refilled from the user's next items, then the popular list.",
+        examples=["840361,1029743"],
+    ),
+]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "Redis down or no readable live version."}
 }
 
 
-def answer(user_id: int, live: LiveVersion, items: list[int], source: str) -> dict[str, Any]:
+def user_result(user_id: int, found: Answer, *, explain: bool = False) -> dict[str, Any]:
+    """One user's part of an answer (also one entry of a batch's ``results``)."""
+    body: dict[str, Any] = {
+        "user_id": user_id,
+        "items": found.items,
+        "source": found.source,
+        "fallback_items": found.fallback_items,
+    }
+    if explain:
+        body["reasons"] = found.reasons
+    return body
+
+
+def answer(
+    user_id: int, live: LiveVersion, found: Answer, *, explain: bool = False
+) -> dict[str, Any]:
     """The JSON body of one user's recommendations."""
     return {
-        "user_id": user_id,
-        "items": items,
-        "source": source,
+        **user_result(user_id, found, explain=explain),
         "version": live.version,
         "generated_at": live.generated_at,
     }
+
+
+def checked_exclude(
+    exclude: str | None, where: tuple[str, ...] = ("query", "exclude")
+) -> list[int]:
+    """``1,2,3`` as item ids; anything else, or more than ``MAX_EXCLUDE`` ids -> 422."""
+    if not exclude:
+        return []
+    parts = exclude.split(",")
+    if len(parts) > MAX_EXCLUDE or not all(
+        p.isascii() and p.isdigit() and len(p) < 19 for p in parts
+    ):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": where,
+                    "msg": f"expected at most {MAX_EXCLUDE} comma-separated item ids",
+                    "input": exclude[:200],
+                }
+            ]
+        )
+    return [int(p) for p in parts]
 
 
 def checked_k(k: int | None, settings: Any) -> int:
@@ -89,9 +147,13 @@ async def recommend_one(
     settings: SettingsDep,
     k: K = None,
     details: Details = False,
+    explain: Explain = False,
+    exclude: Exclude = None,
 ) -> OrjsonResponse:
-    live, items, source = await lookup.one(user_id, checked_k(k, settings))
-    body = answer(user_id, live, items, source)
+    excluded = checked_exclude(exclude)
+    live, found = await lookup.one(user_id, checked_k(k, settings), excluded, explain=explain)
+    body = answer(user_id, live, found, explain=explain)
+    items = found.items
     if details:
         attrs = await lookup.details(live, items)
         body["details"] = [{"item_id": i, **attrs.get(i, {})} for i in items]
@@ -116,6 +178,7 @@ async def recommend_many(
     settings: SettingsDep,
     k: K = None,
     details: Details = False,
+    explain: Explain = False,
 ) -> OrjsonResponse:
     n_items = checked_k(k, settings)
     limit = settings.api.max_batch
@@ -131,12 +194,19 @@ async def recommend_many(
                 }
             ]
         )
-    live, rows = await lookup.many(payload.user_ids, n_items)
-    results: list[dict[str, Any]] = [
-        {"user_id": user_id, "items": items, "source": source} for user_id, items, source in rows
+    excludes = payload.exclude or {}
+    live, found = await lookup.many(
+        payload.user_ids,
+        n_items,
+        [excludes.get(str(u), []) for u in payload.user_ids],
+        explain=explain,
+    )
+    results = [
+        user_result(user_id, one, explain=explain)
+        for user_id, one in zip(payload.user_ids, found, strict=True)
     ]
     if details:
-        attrs = await lookup.details(live, [i for _, items, _ in rows for i in items])
+        attrs = await lookup.details(live, [i for one in found for i in one.items])
         for result in results:
             result["details"] = [{"item_id": i, **attrs.get(i, {})} for i in result["items"]]
     body = {"version": live.version, "generated_at": live.generated_at, "results": results}

@@ -10,16 +10,30 @@ Layout (``P`` is the key prefix, ``recsys`` by default; ``V`` a version id such 
     P:previous              string  the version that was live before it (for ``recsys rollback``)
     P:versions              zset    every version ever started, scored by start time (unix s)
     P:runs                  list    run summaries, newest first, capped at 30 (JSON each; #19)
-    P:v:V:u:{user_id}       string  the user's items, best first: "840361,1029743,995242,..."
-    P:v:V:popular           string  fallback items for unknown users, same format
+    P:v:V:u:{bucket}        hash    user_id -> the user's first 16 items, packed (below)
+    P:v:V:t:{bucket}        hash    user_id -> items 17..top_n, packed (only users with > 16)
+    P:v:V:r:{bucket}        hash    user_id -> reasons of the user's items (``?explain=true``)
+    P:v:V:popular           string  fallback items for unknown users: "840361,1029743,..."
     P:v:V:items             hash    item_id -> JSON attributes (department, brand, ...)
-    P:v:V:meta              hash    format, state, run_id, created_at, users, metrics, ...
+    P:v:V:meta              hash    format, state, buckets, top_n, run_id, users, metrics, ...
+
+Format 2 (compact). A user lives in bucket ``bucket_of(user_id, buckets)`` (SplitMix64 of the
+id, high 32 bits, mod ``buckets`` from the meta hash), as a field named by the decimal id.
+A packed list is 4 bytes per item, unsigned big-endian, best first (``pack_items``): 16 items
+are 64 bytes, Redis' default ``hash-max-listpack-value``, and a bucket holds on average
+``USERS_PER_BUCKET`` users, well under the default ``hash-max-listpack-entries`` (128), so
+every user hash stays in the compact listpack encoding. Reasons (``encode_reasons``) are
+2 bytes per item, unsigned big-endian: ``0x8000 | times << 9 | last_days`` for a repeat
+(bought on ``times`` distinct days, capped at 63; last ``last_days`` ago, capped at 511),
+else 0 = ALS, 1 = often bought with the user's items, 2 = trending, 3 = popular; 20 items
+are 40 bytes, so reason hashes stay listpacks too.
 
 Connections: :func:`parse_url` accepts ``redis://``, ``rediss://`` (TLS), ``unix://`` and
 ``redis+cluster://`` / ``rediss+cluster://``; :func:`tls_options` maps the CA and client
 certificate files; :func:`mask_url` / :func:`mask_text` hide passwords in anything shown.
 
-Values stay readable on purpose: ``redis-cli GET recsys:v:V:u:1`` is enough to debug.
+Debugging one user: ``redis-cli HGET recsys:v:V:u:$(bucket) 1 | xxd`` (``recsys_batch.publish
+.status.user_items`` decodes it); the popular list and the meta hash stay readable.
 Every key of a version carries a safety TTL, so an abandoned version expires by itself.
 ``FORMAT`` is bumped whenever the shape of a value changes; a reader that meets a format it
 does not know refuses it instead of guessing.
@@ -28,13 +42,24 @@ does not know refuses it instead of guessing.
 from __future__ import annotations
 
 import re
+import struct
 from urllib.parse import unquote, urlsplit
 
 from recsys_batch.errors import ConfigError
 
-FORMAT = 1
-SUPPORTED_FORMATS = frozenset({1})
+FORMAT = 2
+SUPPORTED_FORMATS = frozenset({2})
 ITEM_SEPARATOR = ","
+ITEM_BYTES = 4
+"""Bytes per packed item id (unsigned big-endian): ids 0 .. 2**32 - 1."""
+MAX_ITEM_ID = 2 ** (8 * ITEM_BYTES) - 1
+ITEMS_PER_FIELD = 16
+"""Items in one packed value: 16 x 4 = 64 bytes, the default ``hash-max-listpack-value``."""
+MAX_TOP_N = 2 * ITEMS_PER_FIELD
+"""Most items a version stores per user (head ``u`` + tail ``t``)."""
+USERS_PER_BUCKET = 64
+"""Average users per bucket: under the default ``hash-max-listpack-entries`` (128) with room
+for the spread of a hash (the fullest of 100,000 buckets holds ~105)."""
 
 STATE_WRITING = "writing"
 STATE_COMPLETE = "complete"
@@ -106,9 +131,132 @@ def version_prefix(version: str, prefix: str = "recsys") -> str:
     return f"{_check_prefix(prefix)}:v:{check_version(version)}:"
 
 
-def user_key(version: str, user_id: object, prefix: str = "recsys") -> str:
-    """Key of one user's recommendations in ``version``."""
-    return f"{version_prefix(version, prefix)}u:{check_user_id(user_id)}"
+_MASK64 = (1 << 64) - 1
+
+
+def stable_hash(user_id: int) -> int:
+    """SplitMix64 of ``user_id`` (the same as ``recsys_batch.run.sharding.stable_hash``)."""
+    z = (user_id + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def bucket_count(users: int) -> int:
+    """Buckets for a version of about ``users`` users (``USERS_PER_BUCKET`` each, >= 1)."""
+    return max(1, -(-int(users) // USERS_PER_BUCKET))
+
+
+def bucket_of(user_id: object, buckets: int) -> int:
+    """The bucket of a user: high 32 bits of SplitMix64(user_id) mod ``buckets``.
+
+    The high bits, so that buckets do not follow the shards (low bits mod the shard count).
+    """
+    return (stable_hash(check_user_id(user_id)) >> 32) % buckets
+
+
+USER_FAMILIES = ("u", "t", "r")
+"""Bucket hash families of a version: head items, tail items, reasons."""
+
+
+def user_bucket_key(version: str, bucket: int, prefix: str = "recsys", family: str = "u") -> str:
+    """Key of one bucket hash: ``u`` (first 16 items), ``t`` (the rest) or ``r`` (reasons)."""
+    if family not in USER_FAMILIES:
+        msg = f"unknown bucket family {family!r}: expected one of {USER_FAMILIES}"
+        raise ValueError(msg)
+    return f"{version_prefix(version, prefix)}{family}:{int(bucket)}"
+
+
+def user_key(version: str, user_id: object, buckets: int, prefix: str = "recsys") -> str:
+    """Key of the hash holding ``user_id``'s first items in ``version`` (field: the id)."""
+    return user_bucket_key(version, bucket_of(user_id, buckets), prefix)
+
+
+def pack_items(items: list[int] | tuple[int, ...]) -> bytes:
+    """Item ids, best first, as 4 bytes each (unsigned big-endian).
+
+    Raises
+    ------
+    ValueError
+        An id outside 0 .. 2**32 - 1.
+    """
+    try:
+        return struct.pack(f">{len(items)}I", *items)
+    except struct.error as exc:
+        msg = f"item ids must be 0..{MAX_ITEM_ID} to be packed: {exc}"
+        raise ValueError(msg) from None
+
+
+def unpack_items(*values: bytes | None) -> list[int]:
+    """Item ids of packed values, concatenated (``None`` -> nothing).
+
+    Raises
+    ------
+    ValueError
+        A value whose length is not a multiple of 4.
+    """
+    data = b"".join(v for v in values if v)
+    if len(data) % ITEM_BYTES:
+        msg = f"packed item list of {len(data)} bytes is not a multiple of {ITEM_BYTES}"
+        raise ValueError(msg)
+    return list(struct.unpack(f">{len(data) // ITEM_BYTES}I", data))
+
+
+REASON_BYTES = 2
+"""Bytes per packed reason (unsigned big-endian 16 bits), one per stored item."""
+MAX_REASON_TIMES = 63
+"""Repeat reasons cap the times bought at this (6 bits)."""
+MAX_REASON_DAYS = 511
+"""Repeat reasons cap the days since the last purchase at this (9 bits)."""
+_REPEAT = 0x8000
+REASON_CODES = ("als", "bought_with", "trending", "popular")
+"""Codes of the other reasons, by their packed value (0..3)."""
+_LETTERS = {"a": 0, "b": 1, "t": 2, "p": 3}
+
+
+def reason_value(text: str | None) -> int:
+    """One item's reason as the batch writes it (``r9.12``, ``b``, ``a``, ``t``, ``p``) as its
+    packed 16-bit value: ``0x8000 | times << 9 | last_days`` for a repeat (capped at
+    ``MAX_REASON_TIMES`` / ``MAX_REASON_DAYS``), else the index in ``REASON_CODES``.
+
+    >>> reason_value("r9.12"), reason_value("b"), reason_value(None)
+    (37388, 1, 0)
+    """
+    if text and text[0] == "r":
+        times, _, days = text[1:].partition(".")
+        times_n = min(max(int(times or 0), 0), MAX_REASON_TIMES)
+        days_n = min(max(int(days or 0), 0), MAX_REASON_DAYS)
+        return _REPEAT | times_n << 9 | days_n
+    return _LETTERS.get(text[:1], 0) if text else 0
+
+
+def encode_reasons(texts: list[str | None] | tuple[str | None, ...]) -> bytes:
+    """Reasons of a user's items, best first, packed 2 bytes each (:func:`reason_value`)."""
+    return struct.pack(f">{len(texts)}H", *(reason_value(t) for t in texts))
+
+
+def decode_reasons(value: bytes | None) -> list[dict[str, int | str]]:
+    """Packed reasons back to one dict per item (``None`` -> ``[]``).
+
+    Raises
+    ------
+    ValueError
+        A value whose length is odd.
+    """
+    if not value:
+        return []
+    if len(value) % REASON_BYTES:
+        msg = f"packed reasons of {len(value)} bytes are not a multiple of {REASON_BYTES}"
+        raise ValueError(msg)
+    reasons: list[dict[str, int | str]] = []
+    for packed in struct.unpack(f">{len(value) // REASON_BYTES}H", value):
+        if packed & _REPEAT:
+            times, days = (packed >> 9) & MAX_REASON_TIMES, packed & MAX_REASON_DAYS
+            reasons.append({"code": "repeat", "times": times, "last_days": days})
+        else:
+            code = REASON_CODES[packed] if packed < len(REASON_CODES) else "als"
+            reasons.append({"code": code})
+    return reasons
 
 
 def popular_key(version: str, prefix: str = "recsys") -> str:

@@ -98,3 +98,51 @@ def publish_status(client: Client, cfg: RedisConfig) -> dict[str, Any]:
                 "meta": info.meta,
             }
     return result
+
+
+def version_buckets(client: Client, version: str, cfg: RedisConfig) -> int:
+    """The bucket count of ``version`` (its meta ``buckets``; 0 when unknown)."""
+    raw = with_retries(
+        lambda: client.hget(keys.meta_key(version, cfg.key_prefix), "buckets"), cfg, "read"
+    )
+    return int(text(raw) or 0)
+
+
+def user_items(
+    client: Client, version: str, user_ids: list[int], cfg: RedisConfig
+) -> dict[int, list[int]]:
+    """The stored items of each known user of ``version``, best first (unknown users left out).
+
+    For debugging, tests and ``recsys status``: reads the head and tail bucket hashes.
+    """
+    buckets = version_buckets(client, version, cfg)
+    if not buckets or not user_ids:
+        return {}
+
+    def read() -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for user in user_ids:
+            bucket = keys.bucket_of(user, buckets)
+            for family in ("u", "t"):
+                pipe.hget(keys.user_bucket_key(version, bucket, cfg.key_prefix, family), str(user))
+        return list(pipe.execute())
+
+    values = with_retries(read, cfg, "read")
+    return {
+        user: keys.unpack_items(head, tail)
+        for user, head, tail in zip(user_ids, values[::2], values[1::2], strict=True)
+        if head is not None
+    }
+
+
+def version_user_ids(client: Client, version: str, cfg: RedisConfig) -> list[int]:
+    """Every user id stored in ``version`` (``HKEYS`` of each head bucket), sorted."""
+    buckets = version_buckets(client, version, cfg)
+
+    def read() -> list[int]:
+        pipe = client.pipeline(transaction=False)
+        for bucket in range(buckets):
+            pipe.hkeys(keys.user_bucket_key(version, bucket, cfg.key_prefix))
+        return sorted(int(name) for names in pipe.execute() for name in names)
+
+    return with_retries(read, cfg, "read")

@@ -144,5 +144,11 @@ def with_retries(func: Callable[[], T], cfg: RedisConfig, what: str) -> T:
             time.sleep(delay)
         except redis.RedisError as exc:
             msg = f"Redis refused {what}: {type(exc).__name__}: {exc}"
+            if isinstance(exc, redis.exceptions.OutOfMemoryError):
+                # redis-py drops the server's "OOM" code from the text: say it, and the fix.
+                msg += (
+                    " (OOM command not allowed: Redis reached maxmemory; raise maxmemory or "
+                    "free memory, the live version was left untouched)"
+                )
             raise PublishError(msg) from exc
     raise AssertionError  # pragma: no cover - the loop returns or raises

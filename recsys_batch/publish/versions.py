@@ -47,23 +47,12 @@ from recsys_batch.publish.status import (
     version_info,
 )
 from recsys_batch.publish.store import Client, is_cluster, with_retries
-from recsys_batch.publish.writer import (
-    chunks,
-    count_existing,
-    fast_path_ok,
-    integer_replies,
-    resp_multikey_command,
-    ttl_seconds,
-    user_keys,
-)
+from recsys_batch.publish.writer import BUCKETS_FIELD, chunks, ttl_seconds
 
 # A Redis hash as redis-py types it (its ``mapping`` parameter is invariant in the key type).
 HashFields = dict[FieldT, EncodableT]
 
 log = logging.getLogger(__name__)
-
-SCAN_COUNT = 10_000
-UNLINK_BATCH = 10_000
 
 
 def new_version_id(now: datetime | None = None) -> str:
@@ -87,41 +76,31 @@ def encode_meta(meta: Mapping[str, Any]) -> HashFields:
     return encoded
 
 
-def _unlink_known_users(
-    client: Client, version: str, user_ids: pl.Series | None, cfg: RedisConfig
-) -> bool:
-    """UNLINK ``version``'s keys for ``user_ids`` without a SCAN; True if that was all of them.
+def version_keys(client: Client, version: str, cfg: RedisConfig) -> list[str] | None:
+    """Every key ``version`` can hold, built from its meta hash; None when that is gone.
 
-    Most nights publish the same users, so the old version's user keys are known without
-    scanning the whole keyspace. Only when the number removed equals the user count recorded
-    in its meta hash is the SCAN skipped.
+    A version of ``buckets`` buckets holds at most ``3 * buckets`` bucket hashes (``u``, ``t``
+    and ``r``) plus ``popular``, ``items`` and ``meta``: no keyspace SCAN is needed.
     """
-    if user_ids is None or not fast_path_ok(client):
-        return False
-    assert isinstance(client, redis.Redis)
+    raw = with_retries(
+        lambda: client.hget(keys.meta_key(version, cfg.key_prefix), BUCKETS_FIELD),
+        cfg,
+        "cleanup",
+    )
+    if raw is None:
+        return None
     prefix = cfg.key_prefix
-    meta = version_info(client, version, cfg)
-    if meta.state != keys.STATE_COMPLETE:
-        return False
-    user_prefix = keys.version_prefix(version, prefix) + "u:"
-    names = pl.select(pl.lit(user_prefix) + user_ids.cast(pl.String)).to_series()
-    payloads = [
-        resp_multikey_command("UNLINK", names.slice(start, length))
-        for start, length in chunks(names.len(), cfg.chunk_size)
+    names = [
+        keys.user_bucket_key(version, bucket, prefix, family)
+        for family in keys.USER_FAMILIES
+        for bucket in range(int(raw))
     ]
-    removed = with_retries(lambda: integer_replies(client, payloads), cfg, "cleanup")
-    if removed != meta.users:
-        return False
-    extras = [keys.popular_key(version, prefix), keys.items_key(version, prefix)]
-
-    def finish() -> None:
-        pipe = client.pipeline(transaction=False)
-        pipe.unlink(*extras, keys.meta_key(version, prefix))
-        pipe.zrem(keys.versions_key(prefix), version)
-        pipe.execute()
-
-    with_retries(finish, cfg, "cleanup")
-    return True
+    return [
+        *names,
+        keys.popular_key(version, prefix),
+        keys.items_key(version, prefix),
+        keys.meta_key(version, prefix),
+    ]
 
 
 def unlink_version(
@@ -129,32 +108,47 @@ def unlink_version(
 ) -> int:
     """Remove every key of ``version`` with ``UNLINK`` (non-blocking).
 
-    With ``user_ids`` (the users just published) the user keys are unlinked directly, and the
-    keyspace SCAN runs only when that did not account for every user of the version.
+    The keys are built from the version's bucket count (:func:`version_keys`); a keyspace
+    ``SCAN MATCH P:v:V:*`` runs only when the meta hash is gone (or holds no bucket count:
+    a run that failed before any user was written). ``user_ids`` is accepted for
+    compatibility and not needed.
 
     Returns
     -------
     int
-        Keys removed by the SCAN pass (0 when the direct pass removed everything).
+        Keys removed.
     """
-    if _unlink_known_users(client, version, user_ids, cfg):
-        return 0
+    del user_ids
+    known = version_keys(client, version, cfg)
     pattern = keys.version_prefix(version, cfg.key_prefix) + "*"
 
     def remove() -> int:
         removed = 0
+        names = (
+            known if known is not None else client.scan_iter(match=pattern, count=cfg.chunk_size)
+        )
         batch: list[Any] = []
-        for name in client.scan_iter(match=pattern, count=SCAN_COUNT):
+        for name in names:
             batch.append(name)
-            if len(batch) >= UNLINK_BATCH:
-                removed += int(client.unlink(*batch))
+            if len(batch) >= cfg.chunk_size:
+                removed += _unlink(client, batch)
                 batch = []
         if batch:
-            removed += int(client.unlink(*batch))
+            removed += _unlink(client, batch)
         client.zrem(keys.versions_key(cfg.key_prefix), version)
         return removed
 
     return with_retries(remove, cfg, f"cleanup of version {version}")
+
+
+def _unlink(client: Client, names: list[Any]) -> int:
+    """``UNLINK`` of ``names`` (one command; on a cluster one per key, pipelined by node)."""
+    if not is_cluster(client):
+        return int(client.unlink(*names))
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.unlink(name)
+    return int(sum(pipe.execute()))
 
 
 def cleanup_versions(
@@ -241,11 +235,15 @@ def rollback(client: Client, cfg: RedisConfig) -> tuple[str, str]:
         msg = f"cannot roll back to {target}: its keys expired or were removed"
         raise PublishError(msg)
     ttl = ttl_seconds(cfg)
+    known = version_keys(client, target, cfg)
     pattern = keys.version_prefix(target, cfg.key_prefix) + "*"
 
     def refresh() -> None:
+        names = (
+            known if known is not None else client.scan_iter(match=pattern, count=cfg.chunk_size)
+        )
         pipe = client.pipeline(transaction=False)
-        for n, name in enumerate(client.scan_iter(match=pattern, count=SCAN_COUNT), start=1):
+        for n, name in enumerate(names, start=1):
             pipe.expire(name, ttl)
             if n % cfg.chunk_size == 0:
                 pipe.execute()
@@ -302,28 +300,54 @@ def abandon_version(client: Client, version: str, cfg: RedisConfig) -> None:
         log.warning("could not remove the unfinished version %s now: %s", version, exc)
 
 
+def count_users(client: Client, version: str, cfg: RedisConfig, family: str = "u") -> int:
+    """Fields of every ``family`` bucket hash of ``version`` (``HLEN`` per bucket, pipelined)."""
+    raw = with_retries(
+        lambda: client.hget(keys.meta_key(version, cfg.key_prefix), BUCKETS_FIELD),
+        cfg,
+        "verification",
+    )
+    buckets = int(raw or 0)
+    total = 0
+    for start, length in chunks(buckets, cfg.chunk_size):
+
+        def count(start: int = start, length: int = length) -> int:
+            pipe = client.pipeline(transaction=False)
+            for bucket in range(start, start + length):
+                pipe.hlen(keys.user_bucket_key(version, bucket, cfg.key_prefix, family))
+            return int(sum(pipe.execute()))
+
+        total += with_retries(count, cfg, "verification")
+    return total
+
+
 def verify_version(
     client: Client, version: str, users: pl.Series, items: int, cfg: RedisConfig
 ) -> None:
-    """Count every key of ``version``: each user key, popular, meta, and the item fields.
+    """Count every part of ``version``: its users, popular, meta, and the item fields.
+
+    Users are counted with ``HLEN`` over every bucket hash (their sum must equal the users
+    written); ``popular`` and ``meta`` with ``EXISTS``, the item attributes with ``HLEN``.
 
     Raises
     ------
     PublishError
-        A key or item field is missing (evicted? check maxmemory-policy); nothing flipped.
+        A user, key or item field is missing (evicted? check maxmemory-policy); nothing
+        flipped.
     """
     prefix = cfg.key_prefix
-    user_prefix = keys.version_prefix(version, prefix) + "u:"
-    found_users = count_existing(client, user_keys(user_prefix, users), cfg)
-    extras = pl.Series([keys.popular_key(version, prefix), keys.meta_key(version, prefix)])
-    found_extras = count_existing(client, extras, cfg)
+    found_users = count_users(client, version, cfg)
+    extras = [keys.popular_key(version, prefix), keys.meta_key(version, prefix)]
+    found_extras = int(
+        with_retries(lambda: sum(int(client.exists(e)) for e in extras), cfg, "verification")
+    )
     item_key = keys.items_key(version, prefix)
     found_items = int(with_retries(lambda: client.hlen(item_key), cfg, "verification"))
     if (found_users, found_extras, found_items) != (users.len(), 2, items):
         msg = (
-            f"verification failed for version {version}: {found_users} of {users.len()} user "
-            f"keys, {found_extras} of 2 popular/meta keys, {found_items} of {items} item fields "
-            "exist (evicted? check maxmemory-policy); the live version was left untouched"
+            f"verification failed for version {version}: {found_users} of {users.len()} "
+            f"users, {found_extras} of 2 popular/meta keys, {found_items} of {items} item "
+            "fields exist (evicted? check maxmemory-policy); the live version was left untouched"
         )
         raise PublishError(msg)
 

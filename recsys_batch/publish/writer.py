@@ -1,39 +1,44 @@
-"""Write one shard's recommendations into a version: the one writer of user keys.
+"""Write one shard's recommendations into a version: the one writer of a version's users.
 
 :func:`write_users` is called once per shard by the nightly run (an in-memory run is one
-shard). It writes every user's list as ``P:v:V:u:{user_id}`` (format: :mod:`keys`) with the
-version's safety TTL, then counts the keys back with ``EXISTS`` and returns that count, so a
-lost write fails the shard instead of the night at the end.
+shard). Format 2 (:mod:`keys`): every user is one field of a bucket hash
+``P:v:V:u:{bucket}`` (field = decimal user id, value = the first 16 items packed 4 bytes
+each), items 17..N go to ``P:v:V:t:{bucket}`` and, when ``recs`` carries a ``reason`` column,
+the reasons to ``P:v:V:r:{bucket}``. Every bucket key gets the version's safety TTL.
 
-On a single server the ``SET`` commands of a chunk of ``cfg.chunk_size`` users are encoded by
-Polars straight into the Redis protocol (RESP) and sent in one buffer; the next chunk is
-encoded while Redis executes the previous one, and the ``+OK`` replies are checked in one
-comparison. A Redis Cluster or a test double (fakeredis) goes through redis-py's ordinary
-pipelines instead. A failed round trip is retried with backoff (:func:`store.with_retries`);
-``SET`` is idempotent, so resending an applied chunk is harmless.
+Commands are ordinary redis-py ones: ``HSET key f1 v1 f2 v2 ...`` (one per bucket touched in a
+chunk of ``cfg.chunk_size`` users) and ``EXPIRE``, sent through ``pipeline(transaction=False)``
+(on a Redis Cluster redis-py's cluster pipeline groups them by node), so TLS, ACL users and
+clusters need nothing of their own here. A failed round trip is retried with backoff
+(:func:`store.with_retries`); ``HSET`` is idempotent, so resending an applied chunk is harmless.
+The shard's users are then counted back (``HMGET`` of their fields, per bucket), so a lost
+write fails the shard instead of the night at the end.
+
+The number of buckets is fixed per version in its meta hash (field ``buckets``): the first
+writer sets it (``HSETNX``) from ``cfg.user_buckets`` (set by the run from the expected
+number of users), or from the users it writes when that is 0; every later writer reads it.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
-import redis
 
 from recsys_batch.config import RedisConfig
 from recsys_batch.data import columns as C
-from recsys_batch.errors import PublishError
 from recsys_batch.publish import keys
-from recsys_batch.publish.store import RETRYABLE, Client, is_cluster, with_retries
+from recsys_batch.publish.store import Client, with_retries
 
-VALUE = "value"
-_REAL_CONNECTIONS = (
-    redis.connection.Connection,
-    redis.connection.SSLConnection,
-    redis.connection.UnixDomainSocketConnection,
-)
+REASON = "reason"
+"""Optional column of ``recs``: the item's reason as text (``r9.12``, ``b``, ``a``, ``t``,
+``p``; see ``keys.reason_value``), packed 2 bytes per item into the ``r`` bucket hashes."""
+BUCKETS_FIELD = "buckets"
+TOP_N_FIELD = "top_n"
+
+_MASK = np.uint64((1 << 64) - 1)
 
 
 def ttl_seconds(cfg: RedisConfig) -> int:
@@ -41,385 +46,210 @@ def ttl_seconds(cfg: RedisConfig) -> int:
     return int(cfg.ttl_days * 86_400)
 
 
-def user_values(recs: pl.DataFrame) -> pl.DataFrame:
-    """One row per user: ``user_id`` and ``value``, the stored list of items best first.
-
-    Parameters
-    ----------
-    recs
-        Schema ``columns.RECOMMENDATIONS`` (user_id, item_id, rank 1..k, score); at most one
-        row per (user, rank).
-
-    Returns
-    -------
-    pl.DataFrame
-        ``user_id`` (Int64) and ``value`` (String, ``keys.encode_items`` format).
-
-    Raises
-    ------
-    ValueError
-        A user id is negative (it could not form a valid key) or a (user, rank) repeats.
-
-    Examples
-    --------
-    >>> recs = pl.DataFrame({"user_id": [7, 7], "item_id": [11, 10], "rank": [2, 1]})
-    >>> user_values(recs).row(0)
-    (7, '10,11')
-    """
-    if recs.height == 0:
-        return pl.DataFrame(schema={C.USER: pl.Int64, VALUE: pl.String})
-    if recs[C.USER].min() < 0:  # type: ignore[operator]
-        msg = "recommendations contain a negative user_id; keys are built from ids >= 0 only"
-        raise ValueError(msg)
-    # A pivot on rank is ~3x faster than a group_by + str.join on millions of rows; it
-    # refuses a repeated (user, rank) pair, which is exactly the check we want.
-    try:
-        wide = recs.select(C.USER, C.ITEM, pl.col(C.RANK).cast(pl.Int64)).pivot(
-            on=C.RANK, index=C.USER, values=C.ITEM
-        )
-    except pl.exceptions.ComputeError as exc:
-        msg = "recommendations repeat a (user_id, rank) pair; expected ranks 1..k per user"
-        raise ValueError(msg) from exc
-    ranks = sorted((c for c in wide.columns if c != C.USER), key=int)
-    value = pl.concat_str(
-        [pl.col(r).cast(pl.String) for r in ranks],
-        separator=keys.ITEM_SEPARATOR,
-        ignore_nulls=True,
-    )
-    return wide.select(pl.col(C.USER).cast(pl.Int64), value.alias(VALUE))
-
-
-def resp_set_commands(values: pl.DataFrame, key_prefix: str, ttl: int) -> pl.Series:
-    """``SET key value EX ttl`` per row, encoded in the Redis protocol (RESP) by Polars.
-
-    ``key_prefix`` is ``keys.version_prefix(version, prefix) + "u:"``; the key of user ``u``
-    is then exactly ``keys.user_key(version, u, prefix)`` (pinned by a golden test).
-
-    Examples
-    --------
-    >>> frame = pl.DataFrame({"user_id": [7], "value": ["1,2"]})
-    >>> resp_set_commands(frame, "p:v:x:u:", 60).item()
-    '*5\\r\\n$3\\r\\nSET\\r\\n$8\\r\\np:v:x:u:7\\r\\n$3\\r\\n1,2\\r\\n$2\\r\\nEX\\r\\n$2\\r\\n60\\r\\n'
-    """
-    key = pl.lit(key_prefix) + pl.col(C.USER).cast(pl.String)
-    value = pl.col(VALUE)
-    ttl_text = str(int(ttl))
-    tail = f"\r\n$2\r\nEX\r\n${len(ttl_text)}\r\n{ttl_text}\r\n"
-    command = pl.concat_str(
-        [
-            pl.lit("*5\r\n$3\r\nSET\r\n$"),
-            key.str.len_bytes().cast(pl.String),
-            pl.lit("\r\n"),
-            key,
-            pl.lit("\r\n$"),
-            value.str.len_bytes().cast(pl.String),
-            pl.lit("\r\n"),
-            value,
-            pl.lit(tail),
-        ]
-    )
-    return values.select(command.alias("resp")).to_series()
-
-
 def chunks(height: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, length)`` of consecutive slices of ``size`` over ``height`` rows."""
     for start in range(0, height, max(1, size)):
         yield start, min(size, height - start)
 
 
-def fast_path_ok(client: Client) -> bool:
-    """Raw RESP writes only on a real single-server connection (not cluster, not fakeredis)."""
-    if is_cluster(client) or not isinstance(client, redis.Redis):
-        return False
-    connection_class = client.connection_pool.connection_class
-    return connection_class in _REAL_CONNECTIONS
+def buckets_of(user_ids: np.ndarray, buckets: int) -> np.ndarray:
+    """``keys.bucket_of`` of every id, vectorised (SplitMix64 with wrapping uint64 math)."""
+    with np.errstate(over="ignore"):
+        z = user_ids.astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return ((z >> np.uint64(32)) % np.uint64(buckets)).astype(np.int64)
 
 
-_OK = b"+OK\r\n"
+@dataclass(frozen=True)
+class PackedUsers:
+    """One row per user, sorted by bucket: what :func:`write_users` sends."""
+
+    user_ids: np.ndarray
+    bucket: np.ndarray
+    head: list[bytes]
+    """Packed items 1..16 of each user."""
+    tail: list[bytes]
+    """Packed items 17..N (``b""`` for users with at most 16)."""
+    reasons: list[bytes] | None
+    """Packed reasons per user (``keys.encode_reasons``), when ``recs`` has a ``reason``
+    column."""
 
 
-class _OkReader:
-    """Reads the replies to pipelined SETs off one connection, checking that each is ``+OK``.
+def check_recommendations(recs: pl.DataFrame) -> None:
+    """Refuse what cannot be stored, before anything is written.
 
-    Reading raw bytes and comparing them in one C call is ~10x cheaper than parsing reply by
-    reply. The parser is bypassed only on a connection whose earlier replies were all read
-    through this reader; bytes of later replies that arrive early are kept for the next call.
+    Raises
+    ------
+    ValueError
+        A negative user id, an item id outside 0..2**32-1, more than ``keys.MAX_TOP_N`` items
+        for a user, or a repeated (user, rank) pair.
     """
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.carry = bytearray()
-
-    def read(self, expected: int) -> None:
-        """Consume ``expected`` replies.
-
-        Raises
-        ------
-        redis.ResponseError
-            Redis answered with an error (out of memory, ACL, ...).
-        redis.ConnectionError, redis.TimeoutError
-            The connection broke or timed out.
-        """
-        conn = self.conn
-        sock = getattr(conn, "_sock", None)
-        if sock is None:
-            for _ in range(expected):
-                conn.read_response()
-            return
-        received = self.carry
-        # Every simple reply (+OK, -ERR ...) ends with exactly one newline.
-        lines = received.count(b"\n")
-        want = len(_OK) * expected
-        while lines < expected:
-            try:
-                piece = sock.recv(max(65_536, want - len(received)))
-            except OSError as exc:
-                conn.disconnect()
-                if isinstance(exc, TimeoutError):
-                    msg = f"timeout reading replies: {exc}"
-                    raise redis.TimeoutError(msg) from exc
-                msg = f"error reading replies: {exc}"
-                raise redis.ConnectionError(msg) from exc
-            if not piece:
-                conn.disconnect()
-                msg = "connection closed by server while reading replies"
-                raise redis.ConnectionError(msg)
-            lines += piece.count(b"\n")
-            received += piece
-        if received[:want] == _OK * expected:
-            self.carry = received[want:]
-            return
-        conn.disconnect()
-        for line in bytes(received).split(b"\r\n"):
-            if line and line != b"+OK":
-                raise redis.ResponseError(line.decode(errors="replace").lstrip("-"))
-        msg = "unexpected reply to a pipelined SET"  # pragma: no cover - defensive
-        raise redis.ResponseError(msg)
+    if recs[C.USER].min() < 0:  # type: ignore[operator]
+        msg = "recommendations contain a negative user_id; keys are built from ids >= 0 only"
+        raise ValueError(msg)
+    items_min, items_max = int(recs[C.ITEM].min()), int(recs[C.ITEM].max())  # type: ignore[arg-type]
+    if items_min < 0 or items_max > keys.MAX_ITEM_ID:
+        msg = f"item ids must be 0..{keys.MAX_ITEM_ID} to be packed; got {items_min}..{items_max}"
+        raise ValueError(msg)
+    if recs.select(pl.struct(C.USER, C.RANK).is_duplicated().any()).item():
+        msg = "recommendations repeat a (user_id, rank) pair; expected ranks 1..k per user"
+        raise ValueError(msg)
+    longest = int(recs.group_by(C.USER).len()["len"].max())  # type: ignore[arg-type]
+    if longest > keys.MAX_TOP_N:
+        msg = f"a user has {longest} items; a version stores at most {keys.MAX_TOP_N}"
+        raise ValueError(msg)
 
 
-def _write_chunk_raw(client: redis.Redis, payload: bytes, expected: int) -> None:
-    """Send one chunk of packed SETs on a pooled connection and check every reply."""
-    conn = client.connection_pool.get_connection()
-    try:
-        conn.send_packed_command([payload], check_health=False)
-        _OkReader(conn).read(expected)
-    except BaseException:
-        conn.disconnect()  # replies may be left unread: never reuse this connection
-        raise
-    finally:
-        client.connection_pool.release(conn)
+def packed_users(recs: pl.DataFrame, buckets: int) -> PackedUsers:
+    """Each user's items packed (``keys.pack_items``), sorted by bucket then user.
 
-
-def sorted_user_chunks(recs: pl.DataFrame, chunk_size: int) -> Iterator[pl.DataFrame]:
-    """``user_values`` of ``chunk_size`` users at a time, computed lazily chunk by chunk.
-
-    The rows are sorted by user once; each chunk is then pivoted when the writer asks for it,
-    i.e. while Redis executes the previous chunk.
+    ``recs`` has the schema ``columns.RECOMMENDATIONS`` (user_id, item_id, rank 1..N,
+    score), optionally a ``reason`` column, and passed :func:`check_recommendations`.
     """
-    ordered = recs.sort(C.USER)
-    chunk_of_row = ordered[C.USER].rle_id() // max(1, chunk_size)
-    n_chunks = int(chunk_of_row[-1]) + 1 if ordered.height else 0
-    starts = chunk_of_row.search_sorted(pl.Series(range(n_chunks + 1)), side="left").to_list()
-    starts[-1] = ordered.height
-    for first, end in zip(starts[:-1], starts[1:], strict=True):
-        yield user_values(ordered.slice(first, end - first))
-
-
-def write_users_raw(
-    client: redis.Redis,
-    values: Iterator[pl.DataFrame],
-    key_prefix: str,
-    cfg: RedisConfig,
-) -> list[bytes]:
-    """Fast path: encode chunk i+1 while Redis executes chunk i (one connection).
-
-    ``values`` yields one ``user_values`` frame per chunk (:func:`sorted_user_chunks`).
-    Returns the ``EXISTS`` command of every chunk, built while waiting for Redis, for
-    :func:`verify_raw`.
-    """
-    ttl = ttl_seconds(cfg)
-    checks: list[bytes] = []
-    pool = client.connection_pool
-    # Connecting is retried and mapped to PublishError like every other round trip.
-    conn = with_retries(pool.get_connection, cfg, "user write (connect)")
-    reader = _OkReader(conn)
-    pending: tuple[bytes, int] | None = None  # sent, replies not read yet
-    try:
-        for chunk in values:
-            length = chunk.height
-            payload = resp_set_commands(chunk, key_prefix, ttl).str.join("").item().encode()
-            chunk_keys = chunk.select(pl.lit(key_prefix) + pl.col(C.USER).cast(pl.String))
-            check_built = False
-            try:
-                conn.send_packed_command([payload], check_health=False)
-                # Redis is busy with what we just sent: build this chunk's check meanwhile.
-                checks.append(resp_exists_command(chunk_keys.to_series()))
-                check_built = True
-                if pending is not None:
-                    reader.read(pending[1])
-            except RETRYABLE:
-                # Resend what may be unacknowledged, chunk by chunk, with backoff. SET is
-                # idempotent, so repeating an already applied chunk is harmless.
-                conn.disconnect()
-                reader = _OkReader(conn)
-                for unacked, count in ([pending] if pending else []) + [(payload, length)]:
-                    with_retries(
-                        functools.partial(_write_chunk_raw, client, unacked, count),
-                        cfg,
-                        "user write",
-                    )
-                if not check_built:
-                    checks.append(resp_exists_command(chunk_keys.to_series()))
-                pending = None
-                continue
-            pending = (payload, length)
-        if pending is not None:
-            try:
-                reader.read(pending[1])
-            except RETRYABLE:
-                conn.disconnect()
-                last = pending
-                with_retries(lambda: _write_chunk_raw(client, *last), cfg, "user write")
-        if reader.carry:  # pragma: no cover - defensive: more replies than commands sent
-            conn.disconnect()
-    except redis.RedisError as exc:
-        conn.disconnect()
-        msg = f"Redis refused a user write: {type(exc).__name__}: {exc}"
-        raise PublishError(msg) from exc
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    return checks
-
-
-def verify_raw(client: redis.Redis, checks: list[bytes], cfg: RedisConfig) -> int:
-    """Send the per-chunk ``EXISTS`` commands back to back; return the total count."""
-    return with_retries(lambda: integer_replies(client, checks), cfg, "verification")
-
-
-def write_users_pipeline(
-    client: Client, values: pl.DataFrame, key_prefix: str, cfg: RedisConfig
-) -> None:
-    """Portable path (Redis Cluster, fakeredis): redis-py pipelines of ``cfg.chunk_size``."""
-    ttl = ttl_seconds(cfg)
-    user_ids = values[C.USER].to_list()
-    texts = values[VALUE].to_list()
-    for start, length in chunks(len(user_ids), cfg.chunk_size):
-
-        def write(start: int = start, length: int = length) -> None:
-            pipe = client.pipeline(transaction=False)
-            for user_id, text in zip(
-                user_ids[start : start + length], texts[start : start + length], strict=True
-            ):
-                pipe.set(f"{key_prefix}{user_id}", text, ex=ttl)
-            pipe.execute()
-
-        with_retries(write, cfg, "user write")
-
-
-def resp_multikey_command(command: str, names: pl.Series) -> bytes:
-    """One ``COMMAND name...`` (EXISTS, UNLINK) in RESP for all ``names``."""
-    encoded = pl.concat_str(
-        [pl.lit("$"), names.str.len_bytes().cast(pl.String), pl.lit("\r\n"), names, pl.lit("\r\n")]
+    ordered = recs.sort(C.USER, C.RANK)
+    users, starts, counts = (
+        ordered.select(
+            pl.col(C.USER).rle_id().alias("run"), pl.col(C.USER), pl.int_range(pl.len()).alias("i")
+        )
+        .group_by("run", maintain_order=True)
+        .agg(pl.col(C.USER).first(), pl.col("i").first().alias("start"), pl.len().alias("n"))
+        .select(C.USER, "start", "n")
+        .get_columns()
     )
-    body = pl.select(encoded.str.join("")).item() if names.len() else ""
-    return f"*{names.len() + 1}\r\n${len(command)}\r\n{command}\r\n{body}".encode()
+    blob = ordered[C.ITEM].to_numpy().astype(">u4").tobytes()
+    width, per_field = keys.ITEM_BYTES, keys.ITEMS_PER_FIELD
+    user_ids = users.to_numpy()
+    bucket = buckets_of(user_ids, buckets)
+    order = np.lexsort((user_ids, bucket))
+    begin = starts.to_numpy()[order] * width
+    end = begin + counts.to_numpy()[order] * width
+    split = np.minimum(end, begin + per_field * width)
+    head = [blob[a:b] for a, b in zip(begin.tolist(), split.tolist(), strict=True)]
+    tail = [blob[a:b] for a, b in zip(split.tolist(), end.tolist(), strict=True)]
+    reasons = None
+    if REASON in recs.columns:
+        packed = ordered.select(reason_values(pl.col(REASON)))[REASON].to_numpy()
+        why = packed.astype(">u2").tobytes()
+        # begin/end are offsets in the 4-byte item blob: the same rows, 2 bytes each here.
+        lo, hi = begin * keys.REASON_BYTES // width, end * keys.REASON_BYTES // width
+        reasons = [why[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+    return PackedUsers(user_ids[order], bucket[order], head, tail, reasons)
 
 
-def resp_exists_command(names: pl.Series) -> bytes:
-    """One ``EXISTS name...`` command in RESP for all ``names``."""
-    return resp_multikey_command("EXISTS", names)
+def reason_values(text: pl.Expr) -> pl.Expr:
+    """``keys.reason_value`` of each reason text, vectorised (UInt16, named ``reason``)."""
+    text = text.fill_null("a")
+    parts = text.str.slice(1).str.split_exact(".", 1)
+
+    def capped(field: str, top: int) -> pl.Expr:
+        value = parts.struct.field(field).cast(pl.Int64, strict=False).fill_null(0)
+        return value.clip(0, top)
+
+    repeat = (
+        0x8000
+        + capped("field_0", keys.MAX_REASON_TIMES) * 512
+        + capped("field_1", keys.MAX_REASON_DAYS)
+    )
+    head = text.str.slice(0, 1)
+    return (
+        pl.when(head == "r")
+        .then(repeat)
+        .when(head == "b")
+        .then(1)
+        .when(head == "t")
+        .then(2)
+        .when(head == "p")
+        .then(3)
+        .otherwise(0)
+        .cast(pl.UInt16)
+        .alias(REASON)
+    )
 
 
-def integer_replies(client: redis.Redis, payloads: list[bytes]) -> int:
-    """Send commands answering one integer each, back to back; return their sum."""
-    conn = client.connection_pool.get_connection()
-    total = 0
-    try:
-        for n, payload in enumerate(payloads):
-            conn.send_packed_command([payload], check_health=False)
-            if n:
-                total += int(conn.read_response())
-        if payloads:
-            total += int(conn.read_response())
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        client.connection_pool.release(conn)
-    return total
+def version_buckets(client: Client, version: str, proposed: int, cfg: RedisConfig) -> int:
+    """The version's bucket count: ``proposed`` if this writer is first, else the stored one."""
+    meta = keys.meta_key(version, cfg.key_prefix)
+
+    def settle() -> int:
+        pipe = client.pipeline(transaction=False)
+        pipe.hsetnx(meta, BUCKETS_FIELD, proposed)
+        pipe.hget(meta, BUCKETS_FIELD)
+        _, stored = pipe.execute()
+        return int(stored)
+
+    return with_retries(settle, cfg, "user write")
 
 
-def count_existing(client: Client, names: pl.Series, cfg: RedisConfig) -> int:
-    """How many of ``names`` exist (``EXISTS`` in chunks; one reply per chunk)."""
-    total = 0
-    fast = fast_path_ok(client)
-    for start, length in chunks(names.len(), cfg.chunk_size):
-        batch = names.slice(start, length)
-        if fast:
+def _families(packed: PackedUsers) -> list[tuple[str, list[bytes]]]:
+    families: list[tuple[str, list[bytes]]] = [("u", packed.head)]
+    if any(packed.tail):
+        families.append(("t", packed.tail))
+    if packed.reasons is not None:
+        families.append(("r", packed.reasons))
+    return families
 
-            def count(batch: pl.Series = batch) -> int:
-                assert isinstance(client, redis.Redis)
-                conn = client.connection_pool.get_connection()
-                try:
-                    conn.send_packed_command([resp_exists_command(batch)], check_health=False)
-                    return int(conn.read_response())
-                except BaseException:
-                    conn.disconnect()
-                    raise
-                finally:
-                    client.connection_pool.release(conn)
-        elif is_cluster(client):
 
-            def count(batch: pl.Series = batch) -> int:
-                pipe = client.pipeline(transaction=False)
-                for name in batch.to_list():
-                    pipe.exists(name)
-                return int(sum(pipe.execute()))
-        else:
-
-            def count(batch: pl.Series = batch) -> int:
-                return int(client.exists(*batch.to_list()))
-
-        total += with_retries(count, cfg, "verification")
-    return total
+def _bucket_runs(bucket: np.ndarray, start: int, length: int) -> list[tuple[int, int, int]]:
+    """``(bucket, first, end)`` row ranges of one chunk (rows are sorted by bucket)."""
+    part = bucket[start : start + length]
+    cuts = np.flatnonzero(np.diff(part)) + 1
+    firsts = np.concatenate(([0], cuts)) + start
+    ends = np.concatenate((cuts, [length])) + start
+    return list(zip(part[firsts - start].tolist(), firsts.tolist(), ends.tolist(), strict=True))
 
 
 def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConfig) -> int:
-    """Write the users of ``recs`` into ``version``; return how many of their keys exist.
+    """Write the users of ``recs`` into ``version``; return how many of them are stored.
 
     Parameters
     ----------
     recs
-        Schema ``columns.RECOMMENDATIONS``: each user's top k, rank 1 = best.
+        Schema ``columns.RECOMMENDATIONS``: each user's top N, rank 1 = best (at most
+        ``keys.MAX_TOP_N``), optionally with a ``reason`` column (one reason per item).
 
     Raises
     ------
     PublishError
         Redis failed after the retries or refused a write (out of memory, ACL).
     ValueError
-        A negative user id or a repeated (user, rank) pair.
+        A negative user id, an item id that cannot be packed, or a repeated (user, rank).
     """
     if recs.height == 0:
         return 0
-    prefix = keys.version_prefix(version, cfg.key_prefix) + "u:"
-    if fast_path_ok(client):
-        assert isinstance(client, redis.Redis)
-        if recs[C.USER].min() < 0:  # type: ignore[operator]
-            msg = "recommendations contain a negative user_id; keys are built from ids >= 0 only"
-            raise ValueError(msg)
-        try:
-            checks = write_users_raw(client, sorted_user_chunks(recs, cfg.chunk_size), prefix, cfg)
-        except pl.exceptions.ComputeError as exc:
-            msg = "recommendations repeat a (user_id, rank) pair; expected ranks 1..k per user"
-            raise ValueError(msg) from exc
-        return verify_raw(client, checks, cfg)
-    values = user_values(recs)
-    write_users_pipeline(client, values, prefix, cfg)
-    return count_existing(client, user_keys(prefix, values[C.USER]), cfg)
+    check_recommendations(recs)
+    n_users = recs[C.USER].n_unique()
+    proposed = cfg.user_buckets or keys.bucket_count(n_users)
+    buckets = version_buckets(client, version, proposed, cfg)
+    packed = packed_users(recs, buckets)
+    prefix, ttl = cfg.key_prefix, ttl_seconds(cfg)
+    fields = [str(u).encode() for u in packed.user_ids.tolist()]
+    families = _families(packed)
+    found = 0
+    for start, length in chunks(len(fields), cfg.chunk_size):
+        runs = _bucket_runs(packed.bucket, start, length)
 
+        def write(runs: list[tuple[int, int, int]] = runs) -> None:
+            pipe = client.pipeline(transaction=False)
+            for family, values in families:
+                for bucket, first, end in runs:
+                    flat: list[bytes] = []
+                    for field, value in zip(fields[first:end], values[first:end], strict=True):
+                        if value:
+                            flat += (field, value)
+                    if flat:
+                        key = keys.user_bucket_key(version, bucket, prefix, family)
+                        pipe.hset(key, items=list(flat))
+                        pipe.expire(key, ttl)
+            pipe.execute()
 
-def user_keys(user_prefix: str, user_ids: pl.Series) -> pl.Series:
-    """The key of every user id: ``user_prefix`` (``P:v:V:u:``) + id."""
-    return pl.select(pl.lit(user_prefix) + user_ids.cast(pl.String)).to_series()
+        def count(runs: list[tuple[int, int, int]] = runs) -> int:
+            pipe = client.pipeline(transaction=False)
+            for bucket, first, end in runs:
+                pipe.hmget(keys.user_bucket_key(version, bucket, prefix), fields[first:end])
+            return sum(v is not None for values in pipe.execute() for v in values)
+
+        with_retries(write, cfg, "user write")
+        found += with_retries(count, cfg, "user count-back")
+    return found

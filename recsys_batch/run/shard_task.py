@@ -6,7 +6,7 @@ hash of ``user_id`` (:mod:`recsys_batch.run.sharding`). One shard's task (:func:
 1. read the shard's transactions (in memory, or its own parquet files written by
    :func:`recsys_batch.run.sharding.write_shards`);
 2. stage-1 candidates with the trained model, stage-2 features as of the scoring cut;
-3. LightGBM scores and the top k per user;
+3. LightGBM scores, the top ``publish.top_n`` per user and the reason of each item;
 4. (publishing) write the shard's users into the new Redis version with
    :func:`recsys_batch.publish.writer.write_users`, which counts them back.
 
@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from recsys_batch.config import Settings
+from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.data import columns as C
 from recsys_batch.errors import PublishError, RecsysError
 from recsys_batch.model import split
 from recsys_batch.model.features import before_cut, item_features
-from recsys_batch.publish import store, writer
+from recsys_batch.publish import keys, store, writer
 from recsys_batch.run import sharding
 
 if TYPE_CHECKING:
@@ -75,6 +75,9 @@ class ShardContext:
     """The Redis version being written (None: score only, nothing is published)."""
     output_dir: Path | None = None
     """When set, each shard also writes its recommendations to ``shard=NNNNN.parquet`` here."""
+    expected_users: int | None = None
+    """Users of the whole run (sizes the version's bucket hashes); None: shards x
+    ``scale.shard_users``, an upper bound."""
     driver_client: Any = field(default=None, repr=False)
     """The driver's Redis client, reused by shards run in this process (local executor);
     None: each shard connects from ``settings.redis`` (a Dask worker has no other way)."""
@@ -183,10 +186,53 @@ def shard_recommendations(
 
     started = time.perf_counter()
     scored = score(model.ranker, frame.lazy())
-    recs = top_k(scored.lazy(), ctx.settings.ranker.top_k).collect()
+    recs = top_k(scored.lazy(), ctx.settings.publish.top_n).collect()
+    if ctx.settings.publish.reasons:
+        recs = recs.lazy().join(item_reasons(frame), on=[C.USER, C.ITEM], how="left").collect()
     seconds["score"] = time.perf_counter() - started
     check_recommendations(recs, ctx)
     return recs, seconds
+
+
+REASON = "reason"
+"""Column of the published recommendations: the item's reason as text (``r9.12``, ``b``,
+``a``, ``t``, ``p``), packed by the writer (``keys.reason_value``)."""
+
+
+def item_reasons(frame: pl.DataFrame) -> pl.LazyFrame:
+    """``user_id, item_id, reason``: why each candidate was proposed (``?explain=true``).
+
+    The user's own purchases say how often (distinct days) and how long ago they were
+    bought (``r9.12``); otherwise the generator that proposed the item, in the order
+    co-purchase (``b``), ALS (``a``), trend (``t``), popular (``p``). The co-purchase
+    generator does not keep the seed item, so ``b`` carries no item id.
+    """
+    names = frame.columns
+
+    def proposed(generator: str) -> pl.Expr:
+        column = C.rank_col(generator)
+        return pl.col(column).is_not_null() if column in names else pl.lit(value=False)
+
+    repeat = pl.format(
+        "r{}.{}",
+        pl.col("ui_days").cast(pl.Int64),
+        pl.col("ui_days_since").fill_null(0).cast(pl.Int64),
+    )
+    bought = (pl.col("ui_days").fill_null(0) > 0) if "ui_days" in names else pl.lit(value=False)
+    reason = (
+        pl.when(bought)
+        .then(repeat if "ui_days" in names else pl.lit("a"))
+        .when(proposed("copurchase"))
+        .then(pl.lit("b"))
+        .when(proposed("als"))
+        .then(pl.lit("a"))
+        .when(proposed("trend"))
+        .then(pl.lit("t"))
+        .when(proposed("popular"))
+        .then(pl.lit("p"))
+        .otherwise(pl.lit("a"))
+    )
+    return frame.lazy().select(C.USER, C.ITEM, reason.alias(REASON)).unique([C.USER, C.ITEM])
 
 
 def check_recommendations(recs: pl.DataFrame, ctx: ShardContext) -> None:
@@ -203,12 +249,13 @@ def check_recommendations(recs: pl.DataFrame, ctx: ShardContext) -> None:
         | ~pl.col(C.ITEM).is_in(ctx.catalogue_items[C.ITEM].implode())
     ).height
     dups = recs.select(pl.struct(C.USER, C.ITEM).is_duplicated().sum()).item()
-    too_many = recs.group_by(C.USER).len().filter(pl.col("len") > ctx.settings.ranker.top_k).height
+    top_n = ctx.settings.publish.top_n
+    too_many = recs.group_by(C.USER).len().filter(pl.col("len") > top_n).height
     if bad or dups or too_many:
         msg = (
             f"recommendations break their contract: {bad} non-catalogue/placeholder rows, "
             f"{dups} duplicate rows, {too_many} users with more than "
-            f"{ctx.settings.ranker.top_k} items"
+            f"{top_n} items"
         )
         raise RecsysError(msg)
 
@@ -240,7 +287,7 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         own_client = ctx.driver_client is None
         client = store.connect(ctx.settings.redis) if own_client else ctx.driver_client
         try:
-            written = writer.write_users(client, ctx.version, recs, ctx.settings.redis)
+            written = writer.write_users(client, ctx.version, recs, publish_config(ctx))
         finally:
             if own_client:
                 client.close()
@@ -250,6 +297,20 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         seconds["publish"] = time.perf_counter() - started
     result.peak_memory_mb = peak_memory_mb()
     return result
+
+
+def publish_config(ctx: ShardContext) -> RedisConfig:
+    """``settings.redis`` with the version's bucket count sized for all its users.
+
+    Every shard proposes the same count (the run's users, counted before scoring; else
+    shards x ``scale.shard_users``, an upper bound), so the version's buckets hold about
+    ``keys.USERS_PER_BUCKET`` users each.
+    """
+    cfg = ctx.settings.redis
+    if cfg.user_buckets:
+        return cfg
+    expected = ctx.expected_users or ctx.n_shards * ctx.settings.scale.shard_users
+    return cfg.model_copy(update={"user_buckets": keys.bucket_count(expected)})
 
 
 def build_context(

@@ -208,7 +208,7 @@ def train(state: RunState) -> int:
         state.model = model
         state.record.metrics["ranker_source"] = "trained"
     state.popular = two_stage.popular_fallback(
-        data.transactions, data.catalogue, settings.ranker.top_k
+        data.transactions, data.catalogue, settings.publish.top_n
     )
     nonempty(len(state.popular), "train", "popular fallback items")
     return 1
@@ -247,6 +247,7 @@ def score_and_publish(state: RunState) -> int:
         shards_dir=None if loaded.in_memory else shards_dir_of(state.record.run_dir),
     )
     context.output_dir = state.record.run_dir / RECOMMENDATIONS_FILE
+    context.expected_users = loaded.users
     user_ids = loaded.dataset.transactions.select(C.USER).unique().sort(C.USER)
     executor = executors.make_executor(settings)
     if state.dry_run or state.client is None:

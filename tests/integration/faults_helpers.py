@@ -32,8 +32,10 @@ import redis
 from typer.testing import CliRunner
 
 from cli.main import app
-from recsys_batch.publish import keys
+from recsys_batch.config import RedisConfig
+from recsys_batch.publish import keys, status
 from tests.conftest import free_port, start_redis_server
+from tests.nightly import stored_values
 from tests.small import small_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +102,16 @@ def version_keys(client: redis.Redis, prefix: str, version: str) -> list[bytes]:
     return list(client.scan_iter(match=pattern, count=10_000))
 
 
+def users_written(client: redis.Redis, prefix: str, version: str) -> int:
+    """Users stored in ``version`` so far: fields of its ``u`` bucket hashes (format 2)."""
+    head = keys.version_prefix(version, prefix) + "u:"
+    return sum(
+        int(client.hlen(k))
+        for k in version_keys(client, prefix, version)
+        if k.decode().startswith(head)
+    )
+
+
 def versions_with_keys(client: redis.Redis, prefix: str) -> set[str]:
     """Versions that still own at least one key (``P:v:V:...``)."""
     found = set()
@@ -131,16 +143,18 @@ def assert_live_is_whole(client: redis.Redis, prefix: str) -> str:
         k.decode(): v.decode() for k, v in client.hgetall(keys.meta_key(version, prefix)).items()
     }
     assert meta["state"] == keys.STATE_COMPLETE
-    user_keys = list(client.scan_iter(match=f"{prefix}:v:{version}:u:*", count=10_000))
-    assert len(user_keys) == int(meta["users"]) == USERS
+    users = status.version_user_ids(client, version, RedisConfig(key_prefix=prefix))
+    assert len(users) == int(meta["users"]) == USERS
+    assert len(stored_values(client, version, prefix, users)) == USERS
     assert client.get(keys.popular_key(version, prefix))
     return version
 
 
-def a_user(client: redis.Redis, prefix: str, version: str) -> tuple[int, list[int]]:
-    """One user of ``version`` and the items published for them, best first."""
-    name = next(iter(client.scan_iter(match=f"{prefix}:v:{version}:u:*", count=10_000)))
-    return int(name.decode().rsplit(":", 1)[1]), keys.decode_items(client.get(name))
+def a_user(client: redis.Redis, prefix: str, version: str, k: int = 5) -> tuple[int, list[int]]:
+    """One user of ``version`` and the first ``k`` items published for them (what the API
+    answers by default), best first."""
+    user = status.version_user_ids(client, version, RedisConfig(key_prefix=prefix))[0]
+    return user, stored_values(client, version, prefix, [user])[user][:k]
 
 
 # --- a redis-server of one test -------------------------------------------------------------
@@ -195,7 +209,7 @@ API_PASSWORD = "api-S3cret-pw"
 SECRETS = (ADMIN_PASSWORD, BATCH_PASSWORD, API_PASSWORD)
 
 BATCH_COMMANDS = (
-    "ping get set zadd zrange zrem hset hgetall expire exists unlink scan "
+    "ping get set zadd zrange zrem hset hsetnx hget hmget hgetall expire exists unlink scan "
     "watch unwatch multi exec discard hlen lpush ltrim"
 )
 """What the batch is granted here: exactly docs/security.md's line (pinned by

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 
 from api.main import create_app
 from recsys_batch.config import Settings
-from recsys_batch.publish import keys
 from tests.conftest import free_port
+from tests.publishing import write_version
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import checks as st_checks  # noqa: E402
@@ -37,16 +37,16 @@ pytestmark = pytest.mark.integration
 
 
 def _seed(client: redis.Redis, prefix: str) -> None:
-    version = "20261128T031500Z-fuzz"
-    pipe = client.pipeline(transaction=False)
-    meta = {"format": "1", "state": keys.STATE_COMPLETE, "created_at": "2026-11-28T03:15:00Z"}
-    pipe.hset(keys.meta_key(version, prefix), mapping=meta)
-    pipe.set(keys.popular_key(version, prefix), "91,92,93,94,95")
-    for user in range(0, 200):
-        pipe.set(keys.user_key(version, user, prefix), f"{user}1,{user}2,{user}3,{user}4,{user}5")
-    pipe.hset(keys.items_key(version, prefix), mapping={"91": '{"department": "DELI"}'})
-    pipe.set(keys.current_key(prefix), version)
-    pipe.execute()
+    users = {user: [user * 10 + j for j in range(1, 6)] for user in range(200)}
+    write_version(
+        client,
+        prefix,
+        "20261128T031500Z-fuzz",
+        users,
+        [91, 92, 93, 94, 95],
+        items={91: '{"department": "DELI"}'},
+        reasons={user: ["r2.3", "b", "a", "t", "p"] for user in users},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ import uvicorn
 
 from api.main import create_app
 from recsys_batch.config import Settings
-from recsys_batch.publish import keys
 from tests.conftest import free_port, start_redis_server
 from tests.integration.test_cluster import cluster_url  # noqa: F401 - a fixture, reused
+from tests.publishing import write_version
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
     warnings.simplefilter("ignore")
@@ -45,18 +45,10 @@ def seed(
     *,
     flip: bool = True,
 ) -> None:
-    """Write a complete version in the keys.py layout (as publish.py does) and flip to it."""
-    pipe = client.pipeline(transaction=False)
-    meta = {"format": "1", "state": keys.STATE_COMPLETE, "created_at": GENERATED}
-    pipe.hset(keys.meta_key(version, prefix), mapping=meta)
-    pipe.set(keys.popular_key(version, prefix), keys.encode_items(popular))
-    for user, recs in users.items():
-        pipe.set(keys.user_key(version, user, prefix), keys.encode_items(recs))
-    if items:
-        pipe.hset(keys.items_key(version, prefix), mapping={str(i): v for i, v in items.items()})
-    if flip:
-        pipe.set(keys.current_key(prefix), version)
-    pipe.execute()
+    """Write a complete version in the keys.py layout (format 2) and flip to it."""
+    write_version(
+        client, prefix, version, users, popular, items=items, flip=flip, created_at=GENERATED
+    )
 
 
 def settings_for(url: str, prefix: str, **api: Any) -> Settings:
@@ -116,6 +108,7 @@ class TestRoutes:
             "user_id": 30,
             "items": [31, 32, 33],
             "source": "personal",
+            "fallback_items": 0,
             "version": "20261128T031500Z-aaaa",
             "generated_at": GENERATED,
         }
@@ -175,7 +168,8 @@ def test_reads_what_the_batch_wrote(
     with TestClient(create_app(settings_for(redis_url, key_prefix))) as client:
         seven = client.get("/v1/recommendations/7?details=true").json()
         other = client.get("/v1/recommendations/9").json()
-    assert (seven["items"], seven["version"]) == ([701, 702, 703], version)
+    assert (seven["items"], seven["version"]) == ([701, 702, 703, 5, 6], version)
+    assert seven["fallback_items"] == 2  # a short list is refilled from the popular one
     assert seven["details"][0] == {"item_id": 701, "department": "DELI"}
     assert (other["items"], other["source"]) == ([5, 6], "fallback")
 
@@ -287,12 +281,7 @@ def test_against_a_redis_cluster(cluster_url: str) -> None:  # noqa: F811
     prefix = f"api{random.randrange(16**6):06x}"
     client = RedisCluster.from_url(cluster_url.replace("redis+cluster", "redis"))
     users = {u: [u * 10 + j for j in range(5)] for u in range(1, 201)}
-    meta = {"format": "1", "state": keys.STATE_COMPLETE, "created_at": GENERATED}
-    client.hset(keys.meta_key("c1", prefix), mapping=meta)
-    client.set(keys.popular_key("c1", prefix), "7,8,9")
-    for user, recs in users.items():
-        client.set(keys.user_key("c1", user, prefix), keys.encode_items(recs))
-    client.set(keys.current_key(prefix), "c1")
+    write_version(client, prefix, "c1", users, [7, 8, 9], buckets=8)
     app = create_app(settings_for(cluster_url, prefix))
     with TestClient(app) as http:
         assert app.state.lookup.cluster

@@ -60,7 +60,7 @@ def test_nightly_runs_keep_two_versions(own_redis: redis.Redis, tmp_path: Path) 
         sizes.append(stored_bytes(own_redis))
     one = sizes[0]
     print(f"\nbytes of all keys after each run: {sizes}")  # -s shows it
-    assert one > USERS * 100  # a version really takes room (a key + a value per user)
+    assert one > USERS * 50  # a version really takes room (a packed field per user)
     for n, size in enumerate(sizes[1:], start=2):  # from the second run on: two versions
         assert 1.8 * one < size < 2.2 * one, f"after run {n}: {size} bytes, one = {one}"
     assert sizes[-1] <= 1.05 * sizes[1]  # no slow growth either
@@ -71,14 +71,21 @@ def test_nightly_runs_keep_two_versions(own_redis: redis.Redis, tmp_path: Path) 
         published[-1],
         published[-2],
     )
-    per_version = USERS + 3  # users, popular list, item attributes, meta hash
-    assert own_redis.dbsize() == 2 * per_version + 4  # + current, previous, versions, runs
+    # Bucket hashes of users (u: head items, t: items past 16, r: reasons), popular list,
+    # item attributes, meta hash (format 2, #18).
+    per_version = [
+        len(list(own_redis.scan_iter(match=keys.version_prefix(v, PREFIX) + "*", count=10_000)))
+        for v in published[-2:]
+    ]
+    buckets = int(own_redis.hget(keys.meta_key(published[-1], PREFIX), "buckets"))
+    assert all(3 < n <= 3 * buckets + 3 for n in per_version)
+    assert own_redis.dbsize() == sum(per_version) + 4  # + current, previous, versions, runs
     for version in published[:-2]:
         assert list(own_redis.scan_iter(match=keys.version_prefix(version, PREFIX) + "*")) == []
     # Every key of a version expires by itself (safety TTL), the pointers do not.
     ttl = cfg.ttl_days * 86_400
     version_keys = list(own_redis.scan_iter(match=f"{PREFIX}:v:*", count=10_000))
-    assert len(version_keys) == 2 * per_version
+    assert len(version_keys) == sum(per_version)
     for name in version_keys:
         assert 0 < own_redis.ttl(name) <= ttl
     for pointer in (keys.current_key(PREFIX), keys.previous_key(PREFIX)):

@@ -18,10 +18,12 @@ import redis
 from typer.testing import CliRunner
 
 from cli.main import app
+from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.data import columns as C
-from recsys_batch.publish import embedded, keys
+from recsys_batch.publish import embedded, keys, status
 from recsys_batch.run import pipeline
 from recsys_batch.run.lock import run_lock
+from tests.nightly import stored_values
 from tests.small import small_env
 
 pytestmark = pytest.mark.integration
@@ -120,11 +122,9 @@ class TestNightlyCli:
         assert [s["name"] for s in manifest["stages"]] == [name for name, _ in pipeline.STAGES]
         recs = pl.read_parquet(Path(run_dir) / "recommendations.parquet")
         assert recs[C.USER].n_unique() == USERS
-        assert recs.group_by(C.USER).len()["len"].unique().to_list() == [5]
+        assert recs.group_by(C.USER).len()["len"].unique().to_list() == [Settings().publish.top_n]
         lists = recs.sort(C.USER, C.RANK).group_by(C.USER, maintain_order=True).agg(C.ITEM)
-        names = [keys.user_key(version, user, key_prefix) for user in lists[C.USER]]
-        stored = [keys.decode_items(value) for value in real_redis.mget(names)]
-        assert stored == lists[C.ITEM].to_list()
+        assert stored_values(real_redis, version, key_prefix) == dict(lists.iter_rows())
 
     def test_gate_refusal_exit_3_nothing_flipped(
         self, env: dict[str, str], redis_url: str, key_prefix: str
@@ -222,8 +222,9 @@ def test_bundled_data_real_two_stage(redis_url: str, key_prefix: str, tmp_path: 
     try:
         users = int(client.hget(f"{key_prefix}:v:{version}:meta", "users"))
         assert users > 2_000
-        first_user = next(client.scan_iter(f"{key_prefix}:v:{version}:u:*"))
-        items = client.get(first_user).decode().split(",")
-        assert len(items) == 5 and "999999" not in items and len(set(items)) == 5
+        first_user = status.version_user_ids(client, version, RedisConfig(key_prefix=key_prefix))[0]
+        items = stored_values(client, version, key_prefix, [first_user])[first_user]
+        top_n = Settings().publish.top_n
+        assert len(items) == top_n and 999999 not in items and len(set(items)) == top_n
     finally:
         client.close()

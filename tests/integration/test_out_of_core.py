@@ -21,7 +21,7 @@ from polars.testing import assert_frame_equal
 from recsys_batch.config import Settings, load_settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import load_dataset
-from recsys_batch.publish import status, store
+from recsys_batch.publish import keys, status, store
 from recsys_batch.run import pipeline, quality_gate, sharding, stages
 
 pytestmark = pytest.mark.integration
@@ -44,11 +44,9 @@ def _settings(tmp_path: Path, redis_url: str, key_prefix: str, **scale: Any) -> 
 def _published(client: store.Client, settings: Settings) -> pl.DataFrame:
     version = status.live_version(client, settings.redis)
     assert version is not None
-    prefix = f"{settings.redis.key_prefix}:v:{version}:u:"
-    rows = [
-        (int(key.decode().removeprefix(prefix)), client.get(key).decode())
-        for key in client.scan_iter(match=f"{prefix}*", count=1000)
-    ]
+    users = status.version_user_ids(client, version, settings.redis)
+    stored = status.user_items(client, version, users, settings.redis)
+    rows = [(user, keys.encode_items(items)) for user, items in stored.items()]
     return pl.DataFrame(rows, schema={C.USER: pl.Int64, "items": pl.String}, orient="row").sort(
         C.USER
     )

@@ -26,6 +26,8 @@ from tests.nightly import (
     saved_recommendations,
     shard_files,
     small_run_settings,
+    stored_values,
+    user_bucket_keys,
     version_keys,
 )
 from tests.small import small_env
@@ -67,17 +69,16 @@ class TestPublishedRun:
         expected = expected_values(recs)
         assert len(expected) == result.users == 300
         users = sorted(expected)
-        stored = real_redis.mget([keys.user_key(version, u, key_prefix) for u in users])
-        assert dict(zip(users, stored, strict=True)) == expected
-        assert version_keys(real_redis, version, key_prefix) == {
-            keys.user_key(version, u, key_prefix) for u in users
-        } | {
+        assert stored_values(real_redis, version, key_prefix) == expected
+        assert version_keys(real_redis, version, key_prefix) == user_bucket_keys(
+            real_redis, version, key_prefix, users
+        ) | {
             keys.popular_key(version, key_prefix),
             keys.items_key(version, key_prefix),
             keys.meta_key(version, key_prefix),
         }
         popular = keys.decode_items(real_redis.get(keys.popular_key(version, key_prefix)))
-        assert len(popular) == settings.ranker.top_k
+        assert len(popular) == settings.publish.top_n
         served = set(recs["item_id"]) | set(popular)
         items = real_redis.hkeys(keys.items_key(version, key_prefix))
         assert {int(i) for i in items} == served

@@ -24,7 +24,12 @@ from recsys_batch.errors import PublishError
 from recsys_batch.publish import keys, status, writer
 from recsys_batch.run import pipeline
 from tests.conftest import start_redis_server
-from tests.nightly import expected_values, saved_recommendations, small_run_settings
+from tests.nightly import (
+    expected_values,
+    saved_recommendations,
+    small_run_settings,
+    stored_values,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +55,7 @@ def assert_whole(client: redis.Redis, result: pipeline.RunResult, prefix: str) -
     version = result.version or ""
     expected = expected_values(saved_recommendations(result.run_dir))
     users = sorted(expected)
-    stored = client.mget([keys.user_key(version, u, prefix) for u in users])
-    assert dict(zip(users, stored, strict=True)) == expected
+    assert stored_values(client, version, prefix) == expected
     assert client.hget(keys.meta_key(version, prefix), "users") == str(len(users)).encode()
     assert client.get(keys.current_key(prefix)) == version.encode()
 
@@ -134,29 +138,28 @@ def upstream(redis_url: str) -> tuple[str, int]:
 
 
 class TestRealRedis:
-    def test_raw_path_layout_and_ttl(
+    def test_layout_and_ttl(
         self,
         settings: Settings,
         real_redis: redis.Redis,
         key_prefix: str,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        raw_chunks: list[int] = []
-        original = writer.write_users_raw
+        """Every shard writes through redis-py's public pipeline (#18: no raw RESP)."""
+        shards: list[int] = []
+        original = writer.write_users
 
-        def counted(client: Any, values: Any, *args: Any) -> list[bytes]:
-            checks = original(client, values, *args)
-            raw_chunks.append(len(checks))
-            return checks
+        def counted(client: Any, version: str, recs: Any, cfg: Any) -> int:
+            shards.append(original(client, version, recs, cfg))
+            return shards[-1]
 
-        monkeypatch.setattr(writer, "write_users_raw", counted)
+        monkeypatch.setattr(writer, "write_users", counted)
         result = nightly(settings)
-        assert writer.fast_path_ok(real_redis)
-        assert len(raw_chunks) >= 2  # one call per shard, all on the raw RESP path
+        assert len(shards) >= 2 and sum(shards) == result.users  # one call per shard
         assert_whole(real_redis, result, key_prefix)
         version = result.version or ""
         popular = real_redis.get(keys.popular_key(version, key_prefix))
-        assert len(keys.decode_items(popular)) == settings.ranker.top_k
+        assert len(keys.decode_items(popular)) == settings.publish.top_n
         ttl = settings.redis.ttl_days * 86_400
         for name in real_redis.scan_iter(keys.version_prefix(version, key_prefix) + "*"):
             assert ttl - 60 < real_redis.ttl(name) <= ttl
@@ -174,7 +177,7 @@ class TestRealRedis:
         first = run(1)
         users = sorted(expected_values(saved_recommendations(first.run_dir)))
         stop = threading.Event()
-        seen: list[tuple[str, int, bytes | None, bytes | None, bytes | None]] = []
+        seen: list[tuple[str, int, list[int] | None, bytes | None, bytes | None]] = []
 
         def reader() -> None:
             client = redis.Redis.from_url(redis_url)
@@ -182,7 +185,7 @@ class TestRealRedis:
             while not stop.is_set():
                 version = client.get(keys.current_key(key_prefix)).decode()
                 user = rng.choice(users)
-                value = client.get(keys.user_key(version, user, key_prefix))
+                value = stored_values(client, version, key_prefix, [user]).get(user)
                 popular = client.get(keys.popular_key(version, key_prefix))
                 state = client.hget(keys.meta_key(version, key_prefix), "state")
                 seen.append((version, user, value, popular, state))
@@ -196,7 +199,8 @@ class TestRealRedis:
             stop.set()
             thread.join(timeout=30)
         by_version = {r.version: expected_values(saved_recommendations(r.run_dir)) for r in results}
-        assert len({tuple(v.items()) for v in by_version.values()}) == 3  # distinct versions
+        distinct = {tuple((u, tuple(items)) for u, items in v.items()) for v in by_version.values()}
+        assert len(distinct) == 3  # distinct versions
         problems = [
             row
             for row in seen
@@ -301,14 +305,14 @@ class TestConnectFailure:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Regression (issue #7): the writer's own connect was outside the retry wrapper."""
-        original: Callable[..., list[bytes]] = writer.write_users_raw
+        original: Callable[..., int] = writer.write_users
 
-        def redis_vanishes(client: redis.Redis, *args: Any) -> list[bytes]:
+        def redis_vanishes(client: redis.Redis, *args: Any) -> int:
             client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
             client.connection_pool.reset()  # drop pooled connections to the real port
             return original(client, *args)
 
-        monkeypatch.setattr(writer, "write_users_raw", redis_vanishes)
-        with pytest.raises(PublishError, match=r"user write \(connect\) after 4 attempts"):
+        monkeypatch.setattr(writer, "write_users", redis_vanishes)
+        with pytest.raises(PublishError, match=r"user write after 4 attempts"):
             nightly(settings)
         assert real_redis.get(keys.current_key(key_prefix)) is None

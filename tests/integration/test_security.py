@@ -242,10 +242,14 @@ def test_api_user_cannot_write_or_leave_its_prefix(
     p, version = published.prefix, published.version
     api = redis.Redis.from_url(secure.url("api", API_PASSWORD), ssl_ca_certs=str(secure.ca_file))
     assert api.ping()
-    user_key = keys.user_key(version, published.user, p)
+    admin = secure.admin()
+    buckets = int(admin.hget(keys.meta_key(version, p), "buckets"))
+    admin.close()
+    user_key = keys.user_key(version, published.user, buckets, p)
     for command in (
         ("SET", keys.current_key(p), "x"),
         ("SET", user_key, "1,2,3"),
+        ("HSET", user_key, str(published.user), "x"),
         ("DEL", keys.current_key(p)),
         ("UNLINK", keys.meta_key(version, p)),
         ("HSET", keys.meta_key(version, p), "state", "writing"),

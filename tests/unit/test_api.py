@@ -28,6 +28,7 @@ with warnings.catch_warnings():  # starlette warns about httpx at import; nothin
 
 PREFIX = "recsys"
 GENERATED = "2026-11-28T03:00:00+00:00"
+BUCKETS = 3
 
 
 def run(coro: Any) -> Any:
@@ -42,18 +43,40 @@ async def seed_version(
     *,
     prefix: str = PREFIX,
     items: dict[int, dict[str, Any]] | None = None,
-    fmt: str = "1",
+    fmt: str = str(keys.FORMAT),
     state: str = keys.STATE_COMPLETE,
     live: bool = True,
+    buckets: int = BUCKETS,
+    reasons: dict[int, list[str]] | None = None,
 ) -> None:
-    """Write one version the way publish.py lays it out (keys.py format)."""
+    """Write one version the way the batch lays it out (keys.py format 2)."""
     await client.hset(
         keys.meta_key(version, prefix),
-        mapping={"format": fmt, "state": state, "version": version, "created_at": GENERATED},
+        mapping={
+            "format": fmt,
+            "state": state,
+            "version": version,
+            "created_at": GENERATED,
+            "buckets": buckets,
+        },
     )
     await client.set(keys.popular_key(version, prefix), keys.encode_items(popular))
     for user, recs in users.items():
-        await client.set(keys.user_key(version, user, prefix), keys.encode_items(recs))
+        bucket = keys.bucket_of(user, buckets)
+        head, tail = recs[: keys.ITEMS_PER_FIELD], recs[keys.ITEMS_PER_FIELD :]
+        await client.hset(
+            keys.user_bucket_key(version, bucket, prefix), str(user), keys.pack_items(head)
+        )
+        if tail:
+            await client.hset(
+                keys.user_bucket_key(version, bucket, prefix, "t"), str(user), keys.pack_items(tail)
+            )
+        if reasons and user in reasons:
+            await client.hset(
+                keys.user_bucket_key(version, bucket, prefix, "r"),
+                str(user),
+                keys.encode_reasons(reasons[user]),
+            )
     if items:
         import orjson  # noqa: PLC0415
 
@@ -118,6 +141,7 @@ class TestGetOne:
             "user_id": 1,
             "items": USERS[1],
             "source": "personal",
+            "fallback_items": 0,
             "version": "v1",
             "generated_at": GENERATED,
         }
@@ -131,9 +155,15 @@ class TestGetOne:
         assert body["source"] == "fallback"
         assert body["version"] == "v1"
 
-    @pytest.mark.parametrize(("k", "expected"), [(1, [11]), (3, [11, 12, 13]), (100, USERS[1])])
-    def test_k_truncates(self, api: TestClient, k: int, expected: list[int]) -> None:
-        assert api.get(f"/v1/recommendations/1?k={k}").json()["items"] == expected
+    @pytest.mark.parametrize(
+        ("k", "expected", "fallback_items"),
+        [(1, [11], 0), (3, [11, 12, 13], 0), (100, USERS[1] + POPULAR, 5)],
+    )
+    def test_k_truncates_then_refills_from_popular(
+        self, api: TestClient, k: int, expected: list[int], fallback_items: int
+    ) -> None:
+        body = api.get(f"/v1/recommendations/1?k={k}").json()
+        assert (body["items"], body["fallback_items"]) == (expected, fallback_items)
 
     def test_details_in_item_order(self, api: TestClient) -> None:
         body = api.get("/v1/recommendations/1?k=3&details=true").json()
@@ -189,15 +219,19 @@ def test_parse_fast(path: str, query: bytes, expected: tuple[int, int] | None) -
     assert parse_fast(path, query) == expected
 
 
-def test_cached_user_prefix_builds_the_golden_key() -> None:
+def test_cached_version_builds_the_golden_key() -> None:
     fake = fakeredis.FakeAsyncRedis()
-    run(seed_version(fake, "20261128T031500Z-5f3a", USERS, POPULAR, prefix="p1"))
+    run(seed_version(fake, "20261128T031500Z-5f3a", USERS, POPULAR, prefix="p1", buckets=1000))
 
-    async def check() -> str:
+    async def check() -> list[str]:
         live = await Lookup(fake, "p1", 1.0).live()
-        return live.user_prefix + "123"
+        return [live.key(42), live.key(42, "t"), live.key(42, "r")]
 
-    assert run(check()) == keys.user_key("20261128T031500Z-5f3a", 123, "p1")
+    assert run(check()) == [
+        "p1:v:20261128T031500Z-5f3a:u:902",
+        "p1:v:20261128T031500Z-5f3a:t:902",
+        "p1:v:20261128T031500Z-5f3a:r:902",
+    ]
 
 
 class TestBatch:
@@ -266,8 +300,8 @@ class TestUnavailable:
         ("seed", "reason", "words"),
         [
             ({"live": False}, "no_live_version", "recsys nightly-batch"),
-            ({"fmt": "2"}, "unsupported_format", "format '2'"),
-            ({"fmt": "json-v7"}, "unsupported_format", "reads format 1"),
+            ({"fmt": "1"}, "unsupported_format", "format '1'"),
+            ({"fmt": "json-v7"}, "unsupported_format", "reads format 2"),
             ({"state": keys.STATE_WRITING}, "version_incomplete", "'writing'"),
         ],
     )
@@ -288,12 +322,12 @@ class TestUnavailable:
     def test_corrupt_value_is_refused(self) -> None:
         fake = fakeredis.FakeAsyncRedis()
         run(seed_version(fake, "v9", USERS, POPULAR))
-        run(fake.set(keys.user_key("v9", 1), "[1, 2, 3]"))
+        run(fake.hset(keys.user_key("v9", 1, BUCKETS), "1", b"[1, 2, 3]"))  # 9 bytes, not 4 x n
         with make_client(fake) as client:
             resp = client.get("/v1/recommendations/1")
         assert resp.status_code == 503
         assert resp.json()["error"] == "corrupt_value"
-        assert keys.user_key("v9", 1) in resp.json()["detail"]
+        assert keys.user_key("v9", 1, BUCKETS) in resp.json()["detail"]
 
     def test_redis_down_then_back(self, server: fakeredis.FakeServer, fake: Any) -> None:
         errors = metrics.REDIS_ERRORS._value.get()
@@ -315,15 +349,14 @@ class TestUnavailable:
 
 
 class TestVersionCache:
-    def test_pointer_is_cached_then_followed(self, fake: Any) -> None:
+    def test_pointer_read_with_each_lookup_follows_a_flip(self, fake: Any) -> None:
+        """The pointer travels in every lookup's pipeline (#18): a flip is followed at once."""
         run(seed_version(fake, "v2", {1: [31, 32]}, [99], live=False))
         with make_client(fake, current_cache_seconds=60.0) as client:
             assert client.get("/v1/recommendations/1").json()["version"] == "v1"
             run(fake.set(keys.current_key(PREFIX), "v2"))
-            assert client.get("/v1/recommendations/1").json()["version"] == "v1"  # cached
-            ready = client.get("/readyz").json()  # readiness re-reads the pointer
-            assert ready["version"] == "v2"
-            body = client.get("/v1/recommendations/1").json()
+            body = client.get("/v1/recommendations/1?k=2").json()
+            assert client.get("/readyz").json()["version"] == "v2"
         assert (body["version"], body["items"]) == ("v2", [31, 32])
 
     def test_one_round_trip_per_cached_lookup(self, fake: Any) -> None:
@@ -342,10 +375,12 @@ class TestVersionCache:
                 await lookup.one(user, 5)
             hits = list(calls)
             calls.clear()
-            await lookup.one(3, 5)  # unknown: the pointer is re-read before falling back
+            await lookup.one(3, 5, [91])  # unknown, with an exclusion: still one pipeline
+            await lookup.one(1, 5, explain=True)
+            await lookup.many([1, 2, 3], 20)
             return [hits, list(calls)]
 
-        assert run(lookups()) == [["get", "get"], ["get", "get"]]
+        assert run(lookups()) == [["pipeline", "pipeline"], ["pipeline"] * 3]
 
     def test_stale_pointer_is_followed_on_a_miss(self, fake: Any) -> None:
         """Issue #7: the cached version was unlinked by two quick publishes; a miss re-reads
@@ -357,17 +392,21 @@ class TestVersionCache:
             await seed_version(fake, "v3", {1: [31], 2: [32]}, [93])
             for name in [k async for k in fake.scan_iter(match=f"{PREFIX}:v:v1:*")]:
                 await fake.unlink(name)
-            one = await lookup.one(2, 5)
+            one = await lookup.one(2, 1)
             await seed_version(fake, "v4", {1: [41], 2: [42]}, [94])
             for name in [k async for k in fake.scan_iter(match=f"{PREFIX}:v:v3:u:1")]:
                 await fake.unlink(name)  # only part of v3 gone: the batch is read again whole
-            live, many = await lookup.many([1, 2, 3], 5)
+            live, many = await lookup.many([1, 2, 3], 1)
             return one, live, many
 
-        (live1, items1, source1), live, many = run(go())
-        assert (live1.version, items1, source1) == ("v3", [32], "personal")
+        (live1, answer1), live, many = run(go())
+        assert (live1.version, answer1.items, answer1.source) == ("v3", [32], "personal")
         assert live.version == "v4"
-        assert many == [(1, [41], "personal"), (2, [42], "personal"), (3, [94], "fallback")]
+        assert [(a.items, a.source) for a in many] == [
+            ([41], "personal"),
+            ([42], "personal"),
+            ([94], "fallback"),
+        ]
 
     def test_concurrent_misses_share_one_pointer_read(self, fake: Any) -> None:
         calls: list[str] = []
@@ -384,8 +423,8 @@ class TestVersionCache:
             return await asyncio.gather(*(lookup.one(u, 2) for u in (7, 8, 9)))
 
         answers = run(go())
-        assert [source for *_, source in answers] == ["fallback"] * 3
-        assert calls == ["mget", "mget"]  # the users, then the pointer re-read by all three
+        assert [answer.source for _, answer in answers] == ["fallback"] * 3
+        assert calls == ["pipeline"]  # the users' fields and the pointer, shared by all three
 
     def test_version_whose_popular_key_is_gone_is_not_cached(self, fake: Any) -> None:
         """The pointer named a version whose keys are being removed (popular gone, meta not
@@ -533,7 +572,7 @@ class TestCoalescing:
 
         return Lookup(Counting(), PREFIX, 60.0, coalesce=True)
 
-    def test_concurrent_lookups_share_one_mget(self, fake: Any) -> None:
+    def test_concurrent_lookups_share_one_pipeline(self, fake: Any) -> None:
         calls: list[str] = []
 
         async def go() -> list[Any]:
@@ -543,15 +582,15 @@ class TestCoalescing:
             return await asyncio.gather(*(lookup.one(u, 2) for u in (1, 2, 3, 1)))
 
         answers = run(go())
-        assert calls == ["mget", "get"]  # user 3 is unknown: the pointer is re-read once
-        assert [(items, source) for _, items, source in answers] == [
+        assert calls == ["pipeline"]  # every user's field and the pointer, one round trip
+        assert [(a.items, a.source) for _, a in answers] == [
             ([11, 12], "personal"),
             ([21, 22], "personal"),
             ([91, 92], "fallback"),
             ([11, 12], "personal"),
         ]
 
-    def test_a_lone_lookup_is_one_get(self, fake: Any) -> None:
+    def test_a_lone_lookup_is_one_pipeline(self, fake: Any) -> None:
         calls: list[str] = []
 
         async def go() -> Any:
@@ -560,8 +599,8 @@ class TestCoalescing:
             calls.clear()
             return await lookup.one(2, 5)
 
-        assert run(go())[1] == USERS[2]
-        assert calls == ["get"]
+        assert run(go())[1].items == USERS[2]
+        assert calls == ["pipeline"]
 
     def test_failure_reaches_every_waiting_request(
         self, server: fakeredis.FakeServer, fake: Any
@@ -583,7 +622,7 @@ class TestCoalescing:
 
 def test_unexpected_error_behind_fastapi_is_json_too(fake: Any) -> None:
     class Broken:
-        async def many(self, user_ids: list[int], k: int) -> Any:
+        async def many(self, user_ids: list[int], k: int, *args: Any, **kwargs: Any) -> Any:
             raise KeyError("internal detail")
 
     app = create_app(Settings(), redis_client=fake)

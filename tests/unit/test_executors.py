@@ -186,7 +186,7 @@ class TestCheckRecommendations:
     @staticmethod
     def ctx() -> T.ShardContext:
         ctx = context()
-        ctx.catalogue_items = pl.DataFrame({C.ITEM: [1, 2, 3, 4, 5, 6]})
+        ctx.catalogue_items = pl.DataFrame({C.ITEM: list(range(1, 22))})
         return ctx
 
     @staticmethod
@@ -203,7 +203,7 @@ class TestCheckRecommendations:
             ([1, 1], [1, 999999], "1 non-catalogue/placeholder rows"),
             ([1, 1], [1, 77], "1 non-catalogue/placeholder rows"),
             ([1, 1, 2], [3, 3, 3], "2 duplicate rows"),
-            ([1] * 6, [1, 2, 3, 4, 5, 6], "1 users with more than 5 items"),
+            ([1] * 21, list(range(1, 22)), "1 users with more than 20 items"),
         ],
     )
     def test_broken_lists_are_refused(
@@ -267,8 +267,9 @@ class TestPublishShards:
         assert run.users == 30
         info = status.version_info(client, run.version or "", Settings().redis)
         assert (info.state, info.users, info.meta["run_id"]) == (keys.STATE_COMPLETE, 30, "r")
-        values = {client.get(keys.user_key(run.version or "", u)) for u in range(30)}
-        assert values == {b"2"}
+        stored = status.user_items(client, run.version or "", list(range(30)), Settings().redis)
+        assert set(stored) == set(range(30))
+        assert {tuple(items) for items in stored.values()} == {(2,)}
         assert client.get(keys.popular_key(run.version or "")) == b"5,6"
 
     def test_a_failed_shard_abandons_the_version_and_flips_nothing(
@@ -291,7 +292,7 @@ class TestPublishShards:
         cfg = Settings().redis
         assert status.live_version(client, cfg) == live
         assert status.all_versions(client, cfg) == [live]  # the half-written one was removed
-        assert len(list(client.scan_iter("recsys:v:*:u:*"))) == 30
+        assert len(status.version_user_ids(client, live or "", cfg)) == 30
 
     def test_a_shard_that_keeps_failing_is_a_shard_error(self, client: fakeredis.FakeRedis) -> None:
         def always(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:

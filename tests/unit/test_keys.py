@@ -12,8 +12,14 @@ class TestKeyBuilders:
             (keys.current_key(), "recsys:current"),
             (keys.previous_key(), "recsys:previous"),
             (keys.versions_key(), "recsys:versions"),
-            (keys.user_key("20261128T031500Z-5f3a", 42), "recsys:v:20261128T031500Z-5f3a:u:42"),
-            (keys.user_key("v1", "42"), "recsys:v:v1:u:42"),
+            (
+                keys.user_key("20261128T031500Z-5f3a", 42, 1000),
+                "recsys:v:20261128T031500Z-5f3a:u:902",
+            ),
+            (keys.user_key("v1", "42", 1000), "recsys:v:v1:u:902"),
+            (keys.user_bucket_key("v1", 7), "recsys:v:v1:u:7"),
+            (keys.user_bucket_key("v1", 7, family="t"), "recsys:v:v1:t:7"),
+            (keys.user_bucket_key("v1", 7, "shop2", "r"), "shop2:v:v1:r:7"),
             (keys.popular_key("v1"), "recsys:v:v1:popular"),
             (keys.items_key("v1"), "recsys:v:v1:items"),
             (keys.meta_key("v1"), "recsys:v:v1:meta"),
@@ -27,12 +33,12 @@ class TestKeyBuilders:
     @pytest.mark.parametrize("bad", ["*", "1:2", "1 2", "", "-1", "1\n", "١٢", 1.5, None, True])
     def test_user_id_injection_refused(self, bad: object) -> None:
         with pytest.raises(ValueError, match="invalid user id"):
-            keys.user_key("v1", bad)
+            keys.user_key("v1", bad, 10)
 
     @pytest.mark.parametrize("bad", ["", "a:b", "a*", "x" * 65, "-lead"])
     def test_bad_version_refused(self, bad: str) -> None:
         with pytest.raises(ValueError, match="invalid version id"):
-            keys.user_key(bad, 1)
+            keys.user_key(bad, 1, 10)
 
 
 class TestValues:
@@ -49,3 +55,66 @@ class TestValues:
     def test_round_trip(self) -> None:
         items = [5, 4, 3, 2, 1]
         assert keys.decode_items(keys.encode_items(items).encode()) == items
+
+
+class TestCompactFormat:
+    """Format 2 (issue #18): buckets, packed items and reasons are pinned byte for byte."""
+
+    def test_format_number(self) -> None:
+        assert keys.FORMAT == 2
+        assert keys.SUPPORTED_FORMATS == {2}
+
+    @pytest.mark.parametrize(
+        ("user", "buckets", "bucket"),
+        [(0, 1000, 33), (1, 1000, 436), (42, 1000, 902), (1364, 1000, 783), (42, 1, 0)],
+    )
+    def test_bucket_golden(self, user: int, buckets: int, bucket: int) -> None:
+        assert keys.bucket_of(user, buckets) == bucket
+
+    def test_bucket_hash_is_the_shard_hash(self) -> None:
+        from recsys_batch.run.sharding import stable_hash
+
+        assert all(keys.stable_hash(u) == stable_hash(u) for u in (0, 1, 7, 2**40, 2**63 - 1))
+
+    @pytest.mark.parametrize(
+        ("users", "buckets"), [(0, 1), (1, 1), (64, 1), (65, 2), (10**7, 156_250)]
+    )
+    def test_bucket_count(self, users: int, buckets: int) -> None:
+        assert keys.bucket_count(users) == buckets
+
+    def test_pack_golden(self) -> None:
+        assert keys.pack_items([840361, 1029743]) == bytes.fromhex("000cd2a9000fb66f")
+        assert keys.unpack_items(bytes.fromhex("000cd2a9"), None, bytes.fromhex("000fb66f")) == [
+            840361,
+            1029743,
+        ]
+
+    @pytest.mark.parametrize("bad", [[-1], [2**32]])
+    def test_unpackable_items(self, bad: list[int]) -> None:
+        with pytest.raises(ValueError, match="item ids must be"):
+            keys.pack_items(bad)
+
+    def test_truncated_value(self) -> None:
+        with pytest.raises(ValueError, match="multiple of 4"):
+            keys.unpack_items(b"\x00\x01\x02")
+
+    def test_reasons_golden(self) -> None:
+        """2 bytes per item: 0x8000 | times << 9 | days for a repeat, else the code index."""
+        packed = keys.encode_reasons(["r9.12", "b", "a", "p", "t", "r70.600", None])
+        assert packed.hex() == "920c" + "0001" + "0000" + "0003" + "0002" + "ffff" + "0000"
+        assert keys.decode_reasons(packed) == [
+            {"code": "repeat", "times": 9, "last_days": 12},
+            {"code": "bought_with"},
+            {"code": "als"},
+            {"code": "popular"},
+            {"code": "trending"},
+            {"code": "repeat", "times": 63, "last_days": 511},  # capped
+            {"code": "als"},
+        ]
+        assert keys.decode_reasons(None) == []
+        with pytest.raises(ValueError, match="multiple of 2"):
+            keys.decode_reasons(b"\x92")
+
+    def test_unknown_family_refused(self) -> None:
+        with pytest.raises(ValueError, match="unknown bucket family"):
+            keys.user_bucket_key("v1", 0, family="x")

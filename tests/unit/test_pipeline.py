@@ -148,7 +148,7 @@ class TestDryRunWithoutRedis:
         recs = saved_recommendations(result.run_dir)
         assert len(shard_files(result.run_dir)) >= 2  # 300 users in shards of 100
         assert recs[C.USER].n_unique() == result.users == 300
-        assert recs.group_by(C.USER).len()["len"].max() <= settings.ranker.top_k
+        assert recs.group_by(C.USER).len()["len"].max() <= settings.publish.top_n
         manifest = records.read_manifest(result.run_dir)
         assert manifest["status"] == "dry-run"
         assert [s["name"] for s in manifest["stages"]] == STAGE_NAMES

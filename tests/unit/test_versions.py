@@ -70,6 +70,10 @@ def current(client: fakeredis.FakeRedis) -> str | None:
     return status.live_version(client, CFG)
 
 
+def has_user(client: fakeredis.FakeRedis, version: str, user: int) -> bool:
+    return user in status.user_items(client, version, [user], CFG)
+
+
 class TestIdsAndMeta:
     def test_version_ids_are_valid_sortable_and_distinct(self) -> None:
         ids = [versions.new_version_id() for _ in range(20)]
@@ -114,7 +118,7 @@ class TestBegin:
         fresh = versions.begin_version(client, {}, CFG)
         assert status.all_versions(client, CFG) == [first, second, fresh]
         assert list(client.scan_iter(keys.version_prefix(crashed) + "*")) == []
-        assert client.exists(keys.user_key(first, 10), keys.user_key(second, 10)) == 2
+        assert has_user(client, first, 10) and has_user(client, second, 10)
 
 
 class TestFinish:
@@ -125,9 +129,12 @@ class TestFinish:
         assert old is None
         assert client.get("recsys:current") == version.encode()
         assert client.get("recsys:previous") is None
-        assert client.get(f"recsys:v:{version}:u:10") == b"101,102,103,104,105"
-        assert client.get(f"recsys:v:{version}:u:20") == b"106,101"
-        assert client.get(f"recsys:v:{version}:u:30") == b"103"
+        assert status.user_items(client, version, [10, 20, 30], CFG) == {
+            10: [101, 102, 103, 104, 105],
+            20: [106, 101],
+            30: [103],
+        }
+        assert client.hget(f"recsys:v:{version}:u:0", "20") == bytes.fromhex("0000006a00000065")
         assert client.get(f"recsys:v:{version}:popular") == b"106,105"
         items = client.hgetall(f"recsys:v:{version}:items")
         assert {k: json.loads(v) for k, v in items.items()} == {
@@ -143,8 +150,7 @@ class TestFinish:
         assert status.all_versions(client, CFG) == [version]
         names = {k.decode() for k in client.scan_iter(f"recsys:v:{version}:*")}
         assert names == {
-            f"recsys:v:{version}:{suffix}"
-            for suffix in ("u:10", "u:20", "u:30", "popular", "items", "meta")
+            f"recsys:v:{version}:{suffix}" for suffix in ("u:0", "popular", "items", "meta")
         }
         for name in names:  # every key of a version expires by itself, the pointers do not
             assert 0 < client.ttl(name) <= TTL
@@ -162,7 +168,7 @@ class TestFinish:
     ) -> None:
         v1, v2, v3 = publish(client), publish(client), publish(client)
         assert (current(client), status.previous_version(client, CFG)) == (v3, v2)
-        assert client.exists(keys.user_key(v2, 10)) == 1
+        assert has_user(client, v2, 10)
         assert list(client.scan_iter(keys.version_prefix(v1) + "*")) == []
         assert status.all_versions(client, CFG) == [v2, v3]
 
@@ -172,23 +178,23 @@ class TestFinish:
         live = publish(client)
         version = begin_and_write(client)
         users = pl.Series("user_id", [10, 20, 30, 40])
-        with pytest.raises(PublishError, match="3 of 4 user keys"):
+        with pytest.raises(PublishError, match="3 of 4 users"):
             versions.finish_version(client, version, users, [1], None, CFG)
         assert current(client) == live
         assert status.version_info(client, version, CFG).state == keys.STATE_WRITING
 
 
 MISSING = {
-    "user": lambda c, v: c.delete(keys.user_key(v, 20)),
+    "user": lambda c, v: c.hdel(keys.user_bucket_key(v, 0), "20"),
     "popular": lambda c, v: c.delete(keys.popular_key(v)),
     "meta": lambda c, v: c.delete(keys.meta_key(v)),
     "item": lambda c, v: c.hdel(keys.items_key(v), "106"),
 }
 SHORTFALL = {
-    "user": "2 of 3 user keys, 2 of 2 popular/meta keys, 2 of 2 item fields",
-    "popular": "3 of 3 user keys, 1 of 2 popular/meta keys, 2 of 2 item fields",
-    "meta": "3 of 3 user keys, 1 of 2 popular/meta keys, 2 of 2 item fields",
-    "item": "3 of 3 user keys, 2 of 2 popular/meta keys, 1 of 2 item fields",
+    "user": "2 of 3 users, 2 of 2 popular/meta keys, 2 of 2 item fields",
+    "popular": "3 of 3 users, 1 of 2 popular/meta keys, 2 of 2 item fields",
+    "meta": "0 of 3 users, 1 of 2 popular/meta keys, 2 of 2 item fields",  # no bucket count
+    "item": "3 of 3 users, 2 of 2 popular/meta keys, 1 of 2 item fields",
 }
 
 
@@ -235,7 +241,7 @@ class TestAbandonAndCleanup:
         assert list(client.scan_iter(keys.version_prefix(version) + "*")) == []
         assert status.all_versions(client, CFG) == [live]
         assert current(client) == live
-        assert client.exists(keys.user_key(live, 30)) == 1
+        assert has_user(client, live, 30)
 
     def test_abandon_tries_once_and_does_not_raise(
         self, client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
@@ -247,7 +253,7 @@ class TestAbandonAndCleanup:
             calls["n"] += 1
             raise redis.ConnectionError("gone")
 
-        monkeypatch.setattr(fakeredis.FakeRedis, "scan_iter", broken)
+        monkeypatch.setattr(fakeredis.FakeRedis, "unlink", broken)
         versions.abandon_version(client, version, CFG)  # logs, the next run removes it
         assert calls["n"] == 1
         monkeypatch.undo()
@@ -259,11 +265,11 @@ class TestAbandonAndCleanup:
         assert versions.cleanup_versions(client, CFG, keep={v2, v3}) == [v1]
         assert status.all_versions(client, CFG) == [v2, v3]
         assert list(client.scan_iter(keys.version_prefix(v1) + "*")) == []
-        assert client.exists(keys.user_key(v2, 10), keys.user_key(v3, 10)) == 2
+        assert has_user(client, v2, 10) and has_user(client, v3, 10)
 
     def test_unlink_version_counts_what_it_removed(self, client: fakeredis.FakeRedis) -> None:
         version = begin_and_write(client)
-        assert versions.unlink_version(client, version, CFG) == 4  # 3 users + meta
+        assert versions.unlink_version(client, version, CFG) == 2  # 1 user bucket + meta
         assert client.zcard(keys.versions_key()) == 0
 
     def test_begin_retries_then_publish_error(
@@ -300,10 +306,10 @@ class TestFlip:
 class TestRollbackAndStatus:
     def test_rollback_swaps_and_refreshes_ttl(self, client: fakeredis.FakeRedis) -> None:
         v1, v2 = publish(client), publish(client)
-        client.expire(keys.user_key(v1, 10), 5)
+        client.expire(keys.user_key(v1, 10, 1), 5)
         assert versions.rollback(client, CFG) == (v1, v2)
         assert (current(client), status.previous_version(client, CFG)) == (v1, v2)
-        assert client.ttl(keys.user_key(v1, 10)) > TTL - 5
+        assert client.ttl(keys.user_key(v1, 10, 1)) > TTL - 5
         assert versions.rollback(client, CFG) == (v2, v1)  # rolling back undoes the rollback
 
     def test_rollback_without_previous_fails(self, client: fakeredis.FakeRedis) -> None:

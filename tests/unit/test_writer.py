@@ -1,7 +1,7 @@
-"""writer.py: stored values, the RESP encoding, and writing a shard's users (issue #5, #15).
+"""writer.py: packing a shard's users into bucket hashes and writing them (issues #5, #15, #18).
 
-The raw RESP path needs a real server (``tests/integration/test_publish_redis.py``); fakeredis
-takes the portable path of redis-py pipelines, which a Redis Cluster takes too.
+fakeredis and a real server take the same path (redis-py pipelines); the real server, TLS,
+ACL and cluster cases are in ``tests/integration``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import redis
 
 from recsys_batch.config import RedisConfig
 from recsys_batch.errors import PublishError
-from recsys_batch.publish import keys, store, writer
+from recsys_batch.publish import keys, status, store, writer
 
 CFG = RedisConfig(url="redis://unused", key_prefix="recsys", chunk_size=2, retry_backoff_seconds=0)
 VERSION = "v1"
@@ -32,8 +32,8 @@ def recs_frame(users: dict[int, list[int]]) -> pl.DataFrame:
     )
 
 
-RECS = recs_frame({10: [101, 102, 103, 104, 105], 20: [106, 101], 30: [103]})
-VALUES = {10: "101,102,103,104,105", 20: "106,101", 30: "103"}
+LISTS = {10: [101, 102, 103, 104, 105], 20: [106, 101], 30: [103]}
+RECS = recs_frame(LISTS)
 
 
 @pytest.fixture
@@ -41,121 +41,112 @@ def client() -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis()
 
 
-class TestUserValues:
+class TestPacking:
     def test_items_best_first_whatever_the_row_order(self) -> None:
-        shuffled = RECS.sample(fraction=1.0, shuffle=True, seed=3)
-        assert dict(writer.user_values(shuffled).iter_rows()) == VALUES
+        packed = writer.packed_users(RECS.reverse(), buckets=1)
+        got = dict(zip(packed.user_ids.tolist(), packed.head, strict=True))
+        assert got == {u: keys.pack_items(items) for u, items in LISTS.items()}
 
-    def test_schema(self) -> None:
-        assert writer.user_values(RECS).schema == pl.Schema(
-            {"user_id": pl.Int64, "value": pl.String}
-        )
-        assert writer.user_values(RECS.head(0)).schema == writer.user_values(RECS).schema
+    def test_sorted_by_bucket(self) -> None:
+        many = recs_frame({u: [1] for u in range(200)})
+        packed = writer.packed_users(many, buckets=7)
+        assert packed.bucket.tolist() == sorted(packed.bucket.tolist())
+        assert packed.bucket.tolist() == [keys.bucket_of(u, 7) for u in packed.user_ids.tolist()]
 
-    def test_repeated_rank_refused(self) -> None:
-        bad = recs_frame({1: [5]}).vstack(recs_frame({1: [6]}))
-        with pytest.raises(ValueError, match="repeat a"):
-            writer.user_values(bad)
+    def test_head_holds_16_items_and_the_tail_the_rest(self) -> None:
+        packed = writer.packed_users(recs_frame({1: list(range(100, 120))}), buckets=1)
+        assert keys.unpack_items(packed.head[0]) == list(range(100, 116))
+        assert keys.unpack_items(packed.tail[0]) == list(range(116, 120))
+        assert len(packed.head[0]) == 64  # the default hash-max-listpack-value
 
-    def test_negative_user_refused(self) -> None:
-        with pytest.raises(ValueError, match="negative"):
-            writer.user_values(recs_frame({-1: [5]}))
-
-
-class TestResp:
-    def test_set_commands_golden(self) -> None:
-        values = pl.DataFrame({"user_id": [7, 123], "value": ["1,2", "840361"]})
-        prefix = keys.version_prefix(VERSION, "recsys") + "u:"
-        commands = writer.resp_set_commands(values, prefix, 1_209_600).to_list()
-        assert commands == [
-            "*5\r\n$3\r\nSET\r\n$15\r\nrecsys:v:v1:u:7\r\n$3\r\n1,2\r\n"
-            "$2\r\nEX\r\n$7\r\n1209600\r\n",
-            "*5\r\n$3\r\nSET\r\n$17\r\nrecsys:v:v1:u:123\r\n$6\r\n840361\r\n"
-            "$2\r\nEX\r\n$7\r\n1209600\r\n",
-        ]
-
-    def test_set_command_keys_are_the_keys_module_keys(self) -> None:
-        values = writer.user_values(RECS)
-        prefix = keys.version_prefix(VERSION, "recsys") + "u:"
-        commands = writer.resp_set_commands(values, prefix, 60).to_list()
-        for user, command in zip(values["user_id"], commands, strict=True):
-            key = keys.user_key(VERSION, user)
-            assert f"\r\n${len(key)}\r\n{key}\r\n" in command
-
-    def test_exists_command_golden(self) -> None:
-        payload = writer.resp_exists_command(pl.Series(["a", "bc"]))
-        assert payload == b"*3\r\n$6\r\nEXISTS\r\n$1\r\na\r\n$2\r\nbc\r\n"
-
-    def test_user_keys(self) -> None:
-        names = writer.user_keys("p:v:x:u:", pl.Series([0, 42]))
-        assert names.to_list() == ["p:v:x:u:0", "p:v:x:u:42"]
-
-
-class TestFastPathChoice:
-    def test_fakeredis_takes_the_portable_path(self, client: fakeredis.FakeRedis) -> None:
-        assert not writer.fast_path_ok(client)
-
-    def test_a_tcp_client_takes_the_raw_path(self) -> None:
-        tcp = redis.Redis(host="127.0.0.1", port=1)  # never connects: only its class is read
-        assert writer.fast_path_ok(tcp)
+    @pytest.mark.parametrize(
+        ("bad", "match"),
+        [
+            (recs_frame({-5: [101]}), "negative"),
+            (recs_frame({10: [999]}), "repeat a"),
+            (recs_frame({7: [2**32]}), "item ids must be"),
+            (recs_frame({7: list(range(33))}), "at most 32"),
+        ],
+    )
+    def test_refused(self, bad: pl.DataFrame, match: str) -> None:
+        with pytest.raises(ValueError, match=match):
+            writer.check_recommendations(RECS.vstack(bad))
 
 
 class TestWriteUsers:
-    def test_portable_path_writes_every_user_with_the_ttl(
-        self, client: fakeredis.FakeRedis
-    ) -> None:
+    def test_writes_every_user_into_buckets_with_the_ttl(self, client: fakeredis.FakeRedis) -> None:
         assert writer.write_users(client, VERSION, RECS, CFG) == 3  # chunks of 2 users
-        stored = {
-            int(name.rsplit(b":", 1)[1]): client.get(name).decode()
-            for name in client.scan_iter("recsys:v:v1:u:*")
-        }
-        assert stored == VALUES
+        assert status.user_items(client, VERSION, [10, 20, 30, 40], CFG) == LISTS
         ttl = writer.ttl_seconds(CFG)
         assert ttl == CFG.ttl_days * 86_400
-        for user in VALUES:
-            assert ttl - 5 < client.ttl(keys.user_key(VERSION, user)) <= ttl
-        assert client.dbsize() == 3  # user keys only: no pointer, no meta
+        names = set(client.scan_iter("recsys:v:v1:u:*"))
+        assert names == {keys.user_key(VERSION, u, 1).encode() for u in LISTS}
+        for name in names:
+            assert ttl - 5 < client.ttl(name) <= ttl
+        # user buckets and the bucket count in the meta hash: no pointer
+        assert client.hget(keys.meta_key(VERSION), "buckets") == b"1"
+        assert client.dbsize() == 2
+
+    def test_bucket_count_is_the_first_writers(self, client: fakeredis.FakeRedis) -> None:
+        cfg = CFG.model_copy(update={"user_buckets": 5})
+        writer.write_users(client, VERSION, RECS, cfg)
+        more = recs_frame({u: [1, 2] for u in range(100, 300)})
+        assert writer.write_users(client, VERSION, more, CFG) == 200  # proposes 4, uses 5
+        assert client.hget(keys.meta_key(VERSION), "buckets") == b"5"
+        assert len(status.version_user_ids(client, VERSION, CFG)) == 203
+
+    def test_tail_and_reasons_in_their_own_hashes(self, client: fakeredis.FakeRedis) -> None:
+        long = recs_frame({7: list(range(100, 120))}).with_columns(
+            pl.Series("reason", ["r2.3"] + ["a"] * 19)
+        )
+        writer.write_users(client, VERSION, long, CFG)
+        assert status.user_items(client, VERSION, [7], CFG) == {7: list(range(100, 120))}
+        reasons = client.hget(keys.user_bucket_key(VERSION, 0, family="r"), "7")
+        assert reasons == keys.encode_reasons(["r2.3"] + ["a"] * 19)  # 40 bytes: a listpack
+        assert keys.decode_reasons(reasons)[:2] == [
+            {"code": "repeat", "times": 2, "last_days": 3},
+            {"code": "als"},
+        ]
+
+    def test_vectorised_reasons_match_the_contract(self) -> None:
+        texts = ["r9.12", "r0.0", "r70.600", "b", "a", "t", "p", None, "x"]
+        got = pl.select(writer.reason_values(pl.Series("t", texts, pl.String)))["reason"]
+        assert got.to_list() == [keys.reason_value(t) for t in texts]
 
     def test_key_prefix_is_honoured(self, client: fakeredis.FakeRedis) -> None:
         cfg = CFG.model_copy(update={"key_prefix": "other"})
         writer.write_users(client, VERSION, RECS, cfg)
-        assert client.get("other:v:v1:u:20") == b"106,101"
+        assert status.user_items(client, VERSION, [20], cfg) == {20: [106, 101]}
         assert list(client.scan_iter("recsys:*")) == []
 
     def test_no_rows_write_nothing(self, client: fakeredis.FakeRedis) -> None:
         assert writer.write_users(client, VERSION, RECS.head(0), CFG) == 0
         assert client.dbsize() == 0
 
-    def test_negative_ids_write_nothing(self, client: fakeredis.FakeRedis) -> None:
-        bad = RECS.vstack(recs_frame({-5: [101]}))
-        with pytest.raises(ValueError, match="negative"):
-            writer.write_users(client, VERSION, bad, CFG)
+    @pytest.mark.parametrize(
+        "bad", [recs_frame({-5: [101]}), recs_frame({10: [999]}), recs_frame({1: [-1]})]
+    )
+    def test_bad_rows_write_nothing(self, client: fakeredis.FakeRedis, bad: pl.DataFrame) -> None:
+        with pytest.raises(ValueError):
+            writer.write_users(client, VERSION, RECS.vstack(bad), CFG)
         assert client.dbsize() == 0
 
-    def test_repeated_ranks_write_nothing(self, client: fakeredis.FakeRedis) -> None:
-        bad = RECS.vstack(recs_frame({10: [999]}))  # user 10 has a second rank 1
-        with pytest.raises(ValueError, match="repeat a"):
-            writer.write_users(client, VERSION, bad, CFG)
-        assert client.dbsize() == 0
-
-    def test_returns_the_keys_that_exist_not_the_ones_sent(
+    def test_returns_the_users_found_not_the_ones_sent(
         self, client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        original = writer.write_users_pipeline
+        original = writer.packed_users
 
-        def loses_a_user(
-            client: fakeredis.FakeRedis, values: pl.DataFrame, prefix: str, cfg: RedisConfig
-        ) -> None:
-            original(client, values.head(2), prefix, cfg)
+        def loses_a_user(recs: pl.DataFrame, buckets: int) -> writer.PackedUsers:
+            return original(recs.filter(pl.col("user_id") != 20), buckets)
 
-        monkeypatch.setattr(writer, "write_users_pipeline", loses_a_user)
+        monkeypatch.setattr(writer, "packed_users", loses_a_user)
         assert writer.write_users(client, VERSION, RECS, CFG) == 2
 
     def test_rewriting_a_shard_is_harmless(self, client: fakeredis.FakeRedis) -> None:
-        """A retried shard writes its users again (SET is idempotent)."""
+        """A retried shard writes its users again (HSET is idempotent)."""
         writer.write_users(client, VERSION, RECS, CFG)
         assert writer.write_users(client, VERSION, RECS, CFG) == 3
-        assert client.dbsize() == 3
+        assert status.version_user_ids(client, VERSION, CFG) == [10, 20, 30]
 
     def test_connection_errors_retried_then_publish_error(
         self, client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
@@ -170,7 +161,7 @@ class TestWriteUsers:
         with pytest.raises(PublishError, match="user write after 4 attempts") as info:
             writer.write_users(client, VERSION, RECS, CFG)
         assert info.value.exit_code == 4
-        assert calls["n"] == CFG.retries + 1  # the first chunk, then the run stops
+        assert calls["n"] == CFG.retries + 1  # the first round trip, then the run stops
 
     def test_a_refused_write_is_not_retried(
         self, client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
