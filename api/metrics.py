@@ -60,5 +60,13 @@ VERSION_CHANGES = Counter(
     registry=REGISTRY,
 )
 
+VARIANT_LOOKUPS = Counter(
+    "recsys_api_variant_lookups",
+    "Users answered, by A/B variant (control: the live version; treatment: recsys ab).",
+    ["variant"],
+    registry=REGISTRY,
+)
+CONTROL = VARIANT_LOOKUPS.labels(variant="control")
+TREATMENT = VARIANT_LOOKUPS.labels(variant="treatment")
 PERSONAL = LOOKUPS.labels(source="personal")
 FALLBACK = LOOKUPS.labels(source="fallback")

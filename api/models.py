@@ -31,6 +31,10 @@ class Recommendation(BaseModel):
         description="How many of `items` came from the popular list (all of them for an "
         "unknown user; for a known one, those refilled after exclusions or a short list)."
     )
+    variant: Literal["control", "treatment"] = Field(
+        description="A/B arm: `control` (the live version) or `treatment` (the version a "
+        "running `recsys ab` experiment serves to a stable share of the users)."
+    )
     reasons: list[Reason] | None = Field(
         default=None,
         description="With `explain=true`: per item, why it was proposed, e.g. "
@@ -69,6 +73,12 @@ class BatchResult(BaseModel):
     items: list[int]
     source: Literal["personal", "fallback"]
     fallback_items: int
+    variant: Literal["control", "treatment"]
+    version: str | None = Field(
+        default=None,
+        description="Only for an A/B treatment user: the experiment's version (the others "
+        "come from the batch's top-level `version`).",
+    )
     reasons: list[Reason] | None = None
     details: list[dict[str, Any]] | None = None
 

@@ -97,15 +97,34 @@ class _Failed:
 
 Read = tuple[str, str]
 """One ``HGET``: (bucket key, field)."""
+_EXPERIMENT_FIELDS = ("version", "share")
 
 
-async def read_with_pointer(client: Any, reads: list[Read], pointer_key: str) -> list[Any]:
-    """One pipeline round trip: every ``HGET`` of ``reads``, then ``GET pointer_key``."""
+async def read_with_pointer(
+    client: Any, reads: list[Read], pointer_key: str, experiment_key: str
+) -> list[Any]:
+    """One pipeline round trip: every ``HGET`` of ``reads``, ``GET pointer_key`` and the
+    experiment's ``HMGET experiment_key version share``."""
     pipe = client.pipeline(transaction=False)
     for key, field in reads:
         pipe.hget(key, field)
     pipe.get(pointer_key)
+    pipe.hmget(experiment_key, list(_EXPERIMENT_FIELDS))
     return list(await pipe.execute())
+
+
+def experiment_state(raw: Any) -> tuple[str | None, str | None]:
+    """``(version, share)`` of an ``HMGET P:ab version share`` reply, as text."""
+    version, share = raw if raw else (None, None)
+    return _text(version), _text(share)
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """A running A/B experiment: its version (cached like the live one) and share."""
+
+    live: LiveVersion
+    share: float
 
 
 class Coalescer:
@@ -118,15 +137,16 @@ class Coalescer:
     its own fields, so an answer is built from the version it names.
     """
 
-    def __init__(self, client: Any, pointer_key: str) -> None:
+    def __init__(self, client: Any, pointer_key: str, experiment_key: str) -> None:
         self.client = client
         self.pointer_key = pointer_key
+        self.experiment_key = experiment_key
         self._pending: list[tuple[list[Read], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
 
     def read(self, reads: list[Read]) -> asyncio.Future[Any]:
-        """A future of ``(values, pointer)``, or a :class:`_Failed`."""
+        """A future of ``(values, pointer, experiment)``, or a :class:`_Failed`."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((reads, future))
@@ -144,7 +164,9 @@ class Coalescer:
         self.batches += 1
         try:
             flat = [read for reads, _ in batch for read in reads]
-            values = await read_with_pointer(self.client, flat, self.pointer_key)
+            values = await read_with_pointer(
+                self.client, flat, self.pointer_key, self.experiment_key
+            )
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
             for _, future in batch:
                 if not future.done():
@@ -152,12 +174,12 @@ class Coalescer:
             if not isinstance(exc, Exception):
                 raise
             return
-        pointer, at = values[-1], 0
+        pointer, state, at = values[-2], values[-1], 0
         for reads, future in batch:
             mine = values[at : at + len(reads)]
             at += len(reads)
             if not future.done():  # a cancelled request (client went away)
-                future.set_result((mine, pointer))
+                future.set_result((mine, pointer, state))
 
 
 Stored = tuple[Any, Any, Any]
@@ -175,6 +197,10 @@ class Answer:
     fallback_items: int
     """How many of ``items`` came from the popular list."""
     reasons: list[dict[str, int | str]]
+    variant: str = "control"
+    """A/B arm: ``control`` (the live version) or ``treatment`` (the experiment's version)."""
+    live: LiveVersion | None = None
+    """The version the answer was read from (the live one or the experiment's)."""
 
 
 def pick(
@@ -231,10 +257,18 @@ class Lookup:
         self.client = client
         self.prefix = prefix
         self.current_key = keys.current_key(prefix)
-        self.coalescer = Coalescer(client, self.current_key) if coalesce and not cluster else None
+        self.experiment_key = keys.experiment_key(prefix)
+        self.coalescer = (
+            Coalescer(client, self.current_key, self.experiment_key)
+            if coalesce and not cluster
+            else None
+        )
         self.cache_seconds = cache_seconds
         self.cluster = cluster
         self._live: LiveVersion | None = None
+        self._experiment: Experiment | None = None
+        self._experiment_state: tuple[str | None, str | None] = (None, None)
+        """``(version, share)`` of ``P:ab`` when ``_experiment`` was loaded."""
         self._expires = 0.0
         self._read_at = float("-inf")
         """``time.monotonic()`` when the pointer ``GET`` that gave ``_live`` was sent."""
@@ -303,9 +337,43 @@ class Lookup:
                     metrics.VERSION_CHANGES.inc()
                     log.info("live version is now %s (was %s)", version, self._live.version)
             self._live = found
+            await self._refresh_experiment(found)
             self._read_at = sent
             self._expires = time.monotonic() + self.cache_seconds
             return found
+
+    async def _refresh_experiment(self, live: LiveVersion) -> None:
+        """Read ``P:ab`` (one ``HMGET``); load the experiment's version when it changed.
+
+        An experiment whose version cannot be served (gone, incomplete, the live one) is
+        ignored with a warning: everyone gets the live version rather than a 503.
+        """
+        try:
+            raw = await self.client.hmget(self.experiment_key, list(_EXPERIMENT_FIELDS))
+        except _REDIS_FAILURES as exc:
+            raise redis_down(exc) from None
+        state = experiment_state(raw)
+        if state == self._experiment_state and (
+            self._experiment is None or self._experiment.live.version != live.version
+        ):
+            return
+        self._experiment_state, self._experiment = state, None
+        version, share_text = state
+        if version is None or version == live.version:
+            return
+        try:
+            share = float(share_text or 0)
+            loaded, _ = await self._load(version)
+        except ValueError:
+            log.warning("A/B experiment ignored: share %r is not a number", share_text)
+            return
+        except Unavailable as exc:
+            if exc.reason == "redis_unavailable":
+                raise
+            log.warning("A/B experiment ignored: %s", exc.detail)
+            return
+        self._experiment = Experiment(loaded, min(max(share, 0.0), 1.0))
+        log.info("A/B experiment: %s serves %.1f%% of the users", version, 100 * share)
 
     async def _pointer(self) -> str:
         """The version id ``P:current`` names (one ``GET``)."""
@@ -382,9 +450,13 @@ class Lookup:
     async def one(
         self, user_id: int, k: int, exclude: Sequence[int] = (), *, explain: bool = False
     ) -> tuple[LiveVersion, Answer]:
-        """One user's top ``k`` items, one round trip (:meth:`many` of one user)."""
+        """One user's top ``k`` items, one round trip (:meth:`many` of one user).
+
+        Returns the version the answer was read from (the experiment's for a user in its
+        arm) and the answer.
+        """
         live, answers = await self.many([user_id], k, [exclude], explain=explain)
-        return live, answers[0]
+        return answers[0].live or live, answers[0]
 
     async def many(
         self,
@@ -405,16 +477,36 @@ class Lookup:
         The version's facts are trusted past ``cache_seconds`` too: the pointer read in the
         same pipeline says whether they still apply, so a lookup stays one round trip when
         the cache period ends (only a flip costs a second one, once for all waiting lookups).
+
+        With an A/B experiment (``P:ab``), a user whose slot is in its share is read from
+        the experiment's version instead (``keys.in_treatment``); ``P:ab`` is read in the same
+        pipeline, and a change reloads it like a moved pointer. Returns the live version.
         """
         live = self._live if self._live is not None else await self.refresh()
         excludes = excludes or [()] * len(user_ids)
-        values, pointer = await self._read(live, user_ids, k, excludes, explain)
-        if self._version_of(pointer) != live.version:
+        arms = self._arms(live, user_ids)
+        values, pointer, state = await self._read(arms, user_ids, k, excludes, explain)
+        if self._version_of(pointer) != live.version or (
+            experiment_state(state) != self._experiment_state
+        ):
             live = await self.refresh(force=True, since=time.monotonic())
-            values, _ = await self._read(live, user_ids, k, excludes, explain)
+            arms = self._arms(live, user_ids)
+            values, _, _ = await self._read(arms, user_ids, k, excludes, explain)
         return live, [
-            self._answer(live, user_id, got, k, exclude)
-            for user_id, got, exclude in zip(user_ids, values, excludes, strict=True)
+            self._answer(arm, variant, user_id, got, k, exclude)
+            for (arm, variant), user_id, got, exclude in zip(
+                arms, user_ids, values, excludes, strict=True
+            )
+        ]
+
+    def _arms(self, live: LiveVersion, user_ids: list[int]) -> list[tuple[LiveVersion, str]]:
+        """Each user's version and variant: the experiment's for users in its share."""
+        found = self._experiment
+        if found is None:
+            return [(live, "control")] * len(user_ids)
+        return [
+            (found.live, "treatment") if keys.in_treatment(u, found.share) else (live, "control")
+            for u in user_ids
         ]
 
     def _reads(self, live: LiveVersion, user_id: int, need_tail: bool, explain: bool) -> list[Read]:
@@ -428,15 +520,16 @@ class Lookup:
 
     async def _read(
         self,
-        live: LiveVersion,
+        arms: list[tuple[LiveVersion, str]],
         user_ids: list[int],
         k: int,
         excludes: Sequence[Sequence[int]],
         explain: bool,
-    ) -> tuple[list[Stored], Any]:
-        """Each user's (head, tail, reasons) values and the pointer, in one round trip."""
+    ) -> tuple[list[Stored], Any, Any]:
+        """Each user's (head, tail, reasons) values, the pointer and the experiment state,
+        in one round trip."""
         plans = []
-        for user_id, exclude in zip(user_ids, excludes, strict=True):
+        for (live, _), user_id, exclude in zip(arms, user_ids, excludes, strict=True):
             need_tail = k + len(exclude) > keys.ITEMS_PER_FIELD
             plans.append((need_tail, self._reads(live, user_id, need_tail, explain)))
         flat = [read for _, reads in plans for read in reads]
@@ -446,10 +539,12 @@ class Lookup:
                 if isinstance(got.error, _REDIS_FAILURES):
                     raise redis_down(got.error)
                 raise got.error
-            values, pointer = got
+            values, pointer, state = got
         else:
             try:
-                *values, pointer = await read_with_pointer(self.client, flat, self.current_key)
+                *values, pointer, state = await read_with_pointer(
+                    self.client, flat, self.current_key, self.experiment_key
+                )
             except _REDIS_FAILURES as exc:
                 raise redis_down(exc) from None
         stored: list[Stored] = []
@@ -459,16 +554,24 @@ class Lookup:
             at += len(reads)
             tail = mine[1] if need_tail else None
             stored.append((mine[0], tail, mine[-1] if explain else None))
-        return stored, pointer
+        return stored, pointer, state
 
     def _answer(
-        self, live: LiveVersion, user_id: int, got: Stored, k: int, exclude: Sequence[int]
+        self,
+        live: LiveVersion,
+        variant: str,
+        user_id: int,
+        got: Stored,
+        k: int,
+        exclude: Sequence[int],
     ) -> Answer:
         head, tail, reasons_raw = got
+        (metrics.TREATMENT if variant == "treatment" else metrics.CONTROL).inc()
         if head is None:
             metrics.FALLBACK.inc()
             items, from_popular = pick((), live.popular, k, exclude)
-            return Answer(items, "fallback", from_popular, [POPULAR_REASON] * len(items))
+            popular_why = [POPULAR_REASON] * len(items)
+            return Answer(items, "fallback", from_popular, popular_why, variant, live)
         try:
             own = keys.unpack_items(head, tail)
             reasons = keys.decode_reasons(reasons_raw)
@@ -479,7 +582,7 @@ class Lookup:
         items, from_popular = pick(own, live.popular, k, exclude)
         why = dict(zip(own, reasons, strict=False))
         explained = [why.get(i, POPULAR_REASON) for i in items]
-        return Answer(items, "personal", from_popular, explained)
+        return Answer(items, "personal", from_popular, explained, variant, live)
 
     async def details(self, live: LiveVersion, item_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Attributes of items (department, brand, ...) published with ``live`` (one HMGET).

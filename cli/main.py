@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import batch, data, evaluate, serve
+from cli import ab, batch, data, evaluate, serve
 
 app = typer.Typer(
     name="recsys",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data", help="Inspect, validate, prefilter and synthesise data.")
+app.add_typer(ab.app, name="ab", help="A/B test a second published version.")
 evaluate.register(app)
 batch.register(app)
 serve.register(app)

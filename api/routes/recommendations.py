@@ -66,6 +66,7 @@ def user_result(user_id: int, found: Answer, *, explain: bool = False) -> dict[s
         "items": found.items,
         "source": found.source,
         "fallback_items": found.fallback_items,
+        "variant": found.variant,
     }
     if explain:
         body["reasons"] = found.reasons
@@ -205,9 +206,17 @@ async def recommend_many(
         user_result(user_id, one, explain=explain)
         for user_id, one in zip(payload.user_ids, found, strict=True)
     ]
+    for result, one in zip(results, found, strict=True):
+        if one.live is not None and one.live.version != live.version:
+            result["version"] = one.live.version  # an A/B treatment user's version
     if details:
-        attrs = await lookup.details(live, [i for one in found for i in one.items])
-        for result in results:
-            result["details"] = [{"item_id": i, **attrs.get(i, {})} for i in result["items"]]
+        by_version = {one.live.version: one.live for one in found if one.live is not None}
+        attrs: dict[str, dict[int, dict[str, Any]]] = {}
+        for version, arm in by_version.items():
+            wanted = [i for one in found if one.live is arm for i in one.items]
+            attrs[version] = await lookup.details(arm, wanted)
+        for result, one in zip(results, found, strict=True):
+            mine = attrs.get(one.live.version if one.live else live.version, {})
+            result["details"] = [{"item_id": i, **mine.get(i, {})} for i in result["items"]]
     body = {"version": live.version, "generated_at": live.generated_at, "results": results}
     return OrjsonResponse(body, headers=server_timing(request))

@@ -10,6 +10,7 @@ Layout (``P`` is the key prefix, ``recsys`` by default; ``V`` a version id such 
     P:previous              string  the version that was live before it (for ``recsys rollback``)
     P:versions              zset    every version ever started, scored by start time (unix s)
     P:runs                  list    run summaries, newest first, capped at 30 (JSON each; #19)
+    P:ab                    hash    the A/B experiment: version, share, started_at (#18)
     P:v:V:u:{bucket}        hash    user_id -> the user's first 16 items, packed (below)
     P:v:V:t:{bucket}        hash    user_id -> items 17..top_n, packed (only users with > 16)
     P:v:V:r:{bucket}        hash    user_id -> reasons of the user's items (``?explain=true``)
@@ -126,6 +127,11 @@ def runs_key(prefix: str = "recsys") -> str:
     return f"{_check_prefix(prefix)}:runs"
 
 
+def experiment_key(prefix: str = "recsys") -> str:
+    """Hash of the running A/B experiment: ``version``, ``share``, ``started_at``."""
+    return f"{_check_prefix(prefix)}:ab"
+
+
 def version_prefix(version: str, prefix: str = "recsys") -> str:
     """Common prefix of every key of one version (for SCAN MATCH ``...*``)."""
     return f"{_check_prefix(prefix)}:v:{check_version(version)}:"
@@ -140,6 +146,22 @@ def stable_hash(user_id: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return z ^ (z >> 31)
+
+
+AB_SLOTS = 10_000
+"""A/B slots: a share of 0.1 serves the experiment's version to slots 0 .. 999."""
+
+
+def variant_slot(user_id: object) -> int:
+    """The user's A/B slot, ``0 .. AB_SLOTS - 1``: bits 16..63 of SplitMix64(user_id) mod
+    ``AB_SLOTS``, so the same user always lands in the same arm, independently of the bucket
+    (high 32 bits) and in practice of the shard (the whole hash mod the shard count)."""
+    return (stable_hash(check_user_id(user_id)) >> 16) % AB_SLOTS
+
+
+def in_treatment(user_id: object, share: float) -> bool:
+    """Whether an experiment serving ``share`` of the users serves this user."""
+    return variant_slot(user_id) < round(share * AB_SLOTS)
 
 
 def bucket_count(users: int) -> int:

@@ -100,6 +100,19 @@ def publish_status(client: Client, cfg: RedisConfig) -> dict[str, Any]:
     return result
 
 
+def experiment(client: Client, cfg: RedisConfig) -> dict[str, str] | None:
+    """The running A/B experiment (``P:ab``: version, share, started_at), or None."""
+    raw = with_retries(lambda: client.hgetall(keys.experiment_key(cfg.key_prefix)), cfg, "read")
+    found = _decode_hash(raw)
+    return found if found.get("version") else None
+
+
+def experiment_version(client: Client, cfg: RedisConfig) -> str | None:
+    """The version the running A/B experiment serves, or None."""
+    found = experiment(client, cfg)
+    return found["version"] if found else None
+
+
 def version_buckets(client: Client, version: str, cfg: RedisConfig) -> int:
     """The bucket count of ``version`` (its meta ``buckets``; 0 when unknown)."""
     raw = with_retries(

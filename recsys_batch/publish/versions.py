@@ -41,6 +41,7 @@ from recsys_batch.errors import PublishError, RecsysError
 from recsys_batch.publish import keys
 from recsys_batch.publish.status import (
     all_versions,
+    experiment_version,
     live_version,
     previous_version,
     text,
@@ -157,7 +158,11 @@ def cleanup_versions(
     keep: set[str | None],
     user_ids: pl.Series | None = None,
 ) -> list[str]:
-    """Unlink every registered version not in ``keep`` (half-written ones included)."""
+    """Unlink every registered version not in ``keep`` (half-written ones included).
+
+    The version an A/B experiment serves (``P:ab``, ``recsys ab start``) is always kept.
+    """
+    keep = keep | {experiment_version(client, cfg)}
     removed = []
     for version in all_versions(client, cfg):
         if version in keep:
@@ -234,9 +239,17 @@ def rollback(client: Client, cfg: RedisConfig) -> tuple[str, str]:
     if info.state != keys.STATE_COMPLETE:
         msg = f"cannot roll back to {target}: its keys expired or were removed"
         raise PublishError(msg)
+    refresh_ttl(client, target, cfg, "rollback TTL refresh")
+    old = flip_pointer(client, target, cfg)
+    log.info("rolled back: live version %s (was %s)", target, old)
+    return target, old or ""
+
+
+def refresh_ttl(client: Client, version: str, cfg: RedisConfig, what: str) -> None:
+    """Give every key of ``version`` the full safety TTL again (rollback, ``recsys ab start``)."""
     ttl = ttl_seconds(cfg)
-    known = version_keys(client, target, cfg)
-    pattern = keys.version_prefix(target, cfg.key_prefix) + "*"
+    known = version_keys(client, version, cfg)
+    pattern = keys.version_prefix(version, cfg.key_prefix) + "*"
 
     def refresh() -> None:
         names = (
@@ -250,10 +263,7 @@ def rollback(client: Client, cfg: RedisConfig) -> tuple[str, str]:
                 pipe = client.pipeline(transaction=False)
         pipe.execute()
 
-    with_retries(refresh, cfg, "rollback TTL refresh")
-    old = flip_pointer(client, target, cfg)
-    log.info("rolled back: live version %s (was %s)", target, old)
-    return target, old or ""
+    with_retries(refresh, cfg, what)
 
 
 def begin_version(client: Client, meta: Mapping[str, Any], cfg: RedisConfig) -> str:

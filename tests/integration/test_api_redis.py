@@ -109,6 +109,7 @@ class TestRoutes:
             "items": [31, 32, 33],
             "source": "personal",
             "fallback_items": 0,
+            "variant": "control",
             "version": "20261128T031500Z-aaaa",
             "generated_at": GENERATED,
         }

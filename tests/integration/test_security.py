@@ -438,7 +438,7 @@ def test_user_ids_cannot_inject_keys(secure: SecureRedis, published: Published) 
         api={"current_cache_seconds": 0.0},
     )  # fmt: skip
     allowed = re.compile(
-        rf"^{p}:(current|v:{re.escape(version)}:(u:\d{{1,19}}|meta|popular|items))$"
+        rf"^{p}:(current|ab|v:{re.escape(version)}:([utr]:\d{{1,19}}|meta|popular|items))$"
     )
     with TestClient(create_app(settings)) as api, Monitor(secure.admin()) as monitor:
         for raw in INJECTIONS:

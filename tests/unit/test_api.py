@@ -142,6 +142,7 @@ class TestGetOne:
             "items": USERS[1],
             "source": "personal",
             "fallback_items": 0,
+            "variant": "control",
             "version": "v1",
             "generated_at": GENERATED,
         }

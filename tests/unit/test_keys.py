@@ -118,3 +118,28 @@ class TestCompactFormat:
     def test_unknown_family_refused(self) -> None:
         with pytest.raises(ValueError, match="unknown bucket family"):
             keys.user_bucket_key("v1", 0, family="x")
+
+
+class TestExperiment:
+    """A/B arms (issue #18): a stable slot per user, pinned, independent of the bucket."""
+
+    def test_experiment_key_golden(self) -> None:
+        assert keys.experiment_key() == "recsys:ab"
+        assert keys.experiment_key("p1") == "p1:ab"
+
+    @pytest.mark.parametrize(("user", "slot"), [(0, 205), (1, 6770), (42, 1739), (1364, 6931)])
+    def test_slot_golden(self, user: int, slot: int) -> None:
+        assert keys.variant_slot(user) == slot
+
+    def test_share_is_respected_and_nested(self) -> None:
+        users = range(100_000)
+        tenth = {u for u in users if keys.in_treatment(u, 0.1)}
+        fifth = {u for u in users if keys.in_treatment(u, 0.2)}
+        assert 9_700 < len(tenth) < 10_300
+        assert tenth < fifth  # growing the share keeps every treated user treated
+        assert all(keys.in_treatment(u, 1.0) for u in range(1000))
+
+    def test_arm_does_not_follow_the_bucket(self) -> None:
+        treated = [u for u in range(20_000) if keys.in_treatment(u, 0.1)]
+        buckets = {keys.bucket_of(u, 16) for u in treated}
+        assert buckets == set(range(16))
