@@ -305,7 +305,14 @@ class ScaleConfig(_Section):
     scheduler_address: str | None = None
     """Dask scheduler (``tcp://host:8786``); None = a LocalCluster on this machine."""
     dask_workers: int = 2
-    """LocalCluster only: number of workers (one thread each)."""
+    """LocalCluster only: number of worker processes."""
+    dask_threads_per_worker: int = 1
+    """LocalCluster only: threads per worker process (shards a worker runs at once)."""
+    shared_dir: str | None = None
+    """Dask only: folder every worker can read (a shared mount, or an object-store URL such
+    as ``s3://bucket/recsys``), where the batch writes the shard inputs once, under
+    ``<shared_dir>/<run_id>/shards``; None = the run directory (absolute: fine for a
+    LocalCluster, or when ``run.runs_dir`` is itself on shared storage)."""
     shard_retries: int = 2
     """A failed shard is retried this many times before the run fails (nothing flips)."""
     train_users: int | None = 25_000

@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import polars as pl
@@ -33,8 +33,14 @@ from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
 from recsys_batch.publish import store, versions
 from recsys_batch.run import progress as progress_events
-from recsys_batch.run import sharding
-from recsys_batch.run.shard_task import ShardContext, ShardFn, ShardResult, run_shard
+from recsys_batch.run import shard_task, sharding
+from recsys_batch.run.shard_task import (
+    ShardContext,
+    ShardFn,
+    ShardResult,
+    run_shard,
+    write_recommendations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +118,22 @@ class DaskExecutor:
     """Shards as tasks on a dask.distributed cluster.
 
     ``address`` names a running scheduler; None starts a ``LocalCluster`` of ``workers``
-    single-threaded workers for the duration of :meth:`map_shards` (threads in this process
-    when ``processes`` is False: nothing is pickled). ``retries`` uses Dask's own task
-    retries, so a shard whose worker died is rerun elsewhere.
+    worker processes (``threads_per_worker`` threads each; threads in this process when
+    ``processes`` is False) for the duration of :meth:`map_shards`.
+
+    Workers get the context of :func:`~recsys_batch.run.shard_task.for_workers`: the model,
+    the per-item table and the small tables, and the *location* of the shard inputs, never
+    the transactions themselves; each worker connects to Redis from the settings and hands
+    its recommendations back, which the driver writes to ``ctx.output_dir``. ``retries`` are
+    Dask's task retries (a shard that raised); a shard whose worker died is rescheduled on
+    another worker by the scheduler (``distributed.scheduler.allowed-failures`` times).
     """
 
     address: str | None = None
     workers: int = 2
     retries: int = 2
-    processes: bool = False
+    processes: bool = True
+    threads_per_worker: int = 1
 
     @contextlib.contextmanager
     def client(self) -> Iterator[Any]:
@@ -134,7 +147,7 @@ class DaskExecutor:
         with (
             LocalCluster(
                 n_workers=self.workers,
-                threads_per_worker=1,
+                threads_per_worker=self.threads_per_worker,
                 processes=self.processes,
                 dashboard_address=":0",  # any free port: never collide with a 8787
                 silence_logs=logging.WARNING,
@@ -142,6 +155,18 @@ class DaskExecutor:
             Client(cluster, set_as_default=False) as client,
         ):
             yield client
+
+    def shipped(self, ctx: ShardContext) -> ShardContext:
+        """The context the tasks get: :func:`shard_task.for_workers`, unless the workers are
+        threads of this process, which may keep in-memory shards (nothing is pickled)."""
+        if self.address is None and not self.processes and ctx.shards_dir is None:
+            return replace(
+                ctx,
+                output_dir=None,
+                driver_client=None,
+                return_recommendations=ctx.output_dir is not None,
+            )
+        return shard_task.for_workers(ctx)
 
     def map_shards(
         self,
@@ -154,8 +179,9 @@ class DaskExecutor:
         events = progress or progress_events.current()
         events.shards_started(len(shards))
         run = uuid.uuid4().hex[:8]
+        shipped = self.shipped(ctx)
         with self.client() as client:
-            shared = client.scatter(ctx, broadcast=True, hash=False)
+            shared = client.scatter(shipped, broadcast=True, hash=False)
             futures = {
                 shard: client.submit(
                     fn,
@@ -172,22 +198,39 @@ class DaskExecutor:
             try:
                 for shard, future in futures.items():
                     try:
-                        results.append(future.result())
-                        events.shard_done(shard, results[-1].users)
+                        result = future.result()
                     except Exception as exc:
                         if _not_retried(exc):
                             raise
                         raise _failed(shard, self.retries + 1, exc) from exc
+                    results.append(_saved(result, ctx))
+                    events.shard_done(shard, result.users)
             finally:
                 client.cancel(list(futures.values()))
         return results
+
+
+def _saved(result: ShardResult, ctx: ShardContext) -> ShardResult:
+    """Write a worker's recommendations to ``ctx.output_dir`` as the shard itself would;
+    keep them in the result only when not publishing (``ctx.version`` None)."""
+    recs = result.recommendations
+    if recs is not None and ctx.output_dir is not None:
+        write_recommendations(recs, ctx.output_dir, result.shard)
+    if ctx.version is not None:
+        result.recommendations = None
+    return result
 
 
 def make_executor(settings: Settings) -> Executor:
     """The executor ``settings.scale`` asks for."""
     cfg = settings.scale
     if cfg.executor == "dask":
-        return DaskExecutor(cfg.scheduler_address, cfg.dask_workers, cfg.shard_retries)
+        return DaskExecutor(
+            cfg.scheduler_address,
+            cfg.dask_workers,
+            cfg.shard_retries,
+            threads_per_worker=cfg.dask_threads_per_worker,
+        )
     return LocalExecutor(cfg.shard_retries)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,7 +134,7 @@ def run_nightly(
             )
             raise
         finally:
-            shutil.rmtree(stages.shards_dir_of(record.run_dir), ignore_errors=True)
+            stages.remove_shards(settings, record)
             if client is not None:
                 if summary is not None:
                     run_log.push_summary(client, summary, settings.redis)

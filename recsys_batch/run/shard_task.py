@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,8 +69,9 @@ class ShardContext:
     """All catalogue-applied transactions in memory, or None when ``shards_dir`` is set."""
     partitions: dict[int, pl.DataFrame] | None = None
     """The same rows split by shard once (:func:`partition_transactions`), when in memory."""
-    shards_dir: Path | None = None
-    """Per-shard parquet folders (``sharding.write_shards``), read by each task."""
+    shards_dir: sharding.Location | None = None
+    """Per-shard parquet folders (``sharding.write_shards``), read by each task: an absolute
+    path or a URL, the same for the driver and every worker."""
     version: str | None = None
     """The Redis version being written (None: score only, nothing is published)."""
     output_dir: Path | None = None
@@ -81,6 +82,9 @@ class ShardContext:
     driver_client: Any = field(default=None, repr=False)
     """The driver's Redis client, reused by shards run in this process (local executor);
     None: each shard connects from ``settings.redis`` (a Dask worker has no other way)."""
+    return_recommendations: bool = False
+    """The shard hands its recommendations back even when publishing (a Dask worker: the
+    driver writes ``output_dir``, so workers need no write access to the run directory)."""
 
     def shard_transactions(self, shard: int) -> pl.DataFrame:
         """The rows of the users of ``shard``."""
@@ -278,11 +282,10 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         user_ids=recs[C.USER].unique().sort(),
     )
     if ctx.output_dir is not None:
-        Path(ctx.output_dir).mkdir(parents=True, exist_ok=True)
-        recs.write_parquet(Path(ctx.output_dir) / f"{sharding.SHARD}={shard:05d}.parquet")
-    if ctx.version is None:
+        write_recommendations(recs, ctx.output_dir, shard)
+    if ctx.version is None or ctx.return_recommendations:
         result.recommendations = recs
-    elif recs.height:
+    if ctx.version is not None and recs.height:
         started = time.perf_counter()
         own_client = ctx.driver_client is None
         client = store.connect(ctx.settings.redis) if own_client else ctx.driver_client
@@ -313,13 +316,21 @@ def publish_config(ctx: ShardContext) -> RedisConfig:
     return cfg.model_copy(update={"user_buckets": keys.bucket_count(expected)})
 
 
+def write_recommendations(recs: pl.DataFrame, folder: Path, shard: int) -> Path:
+    """``folder/shard=NNNNN.parquet``: one shard's recommendations in the run directory."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"{sharding.SHARD}={shard:05d}.parquet"
+    recs.write_parquet(path)
+    return path
+
+
 def build_context(
     model: Any,
     data: ModelData,
     settings: Settings,
     n_shards: int,
     *,
-    shards_dir: Path | None = None,
+    shards_dir: sharding.Location | None = None,
 ) -> ShardContext:
     """Everything the shards share: item features, reference day, catalogue, small tables.
 
@@ -357,3 +368,46 @@ def partition_transactions(tx: pl.DataFrame, n_shards: int) -> dict[int, pl.Data
     split_parts = {int(key[0]): part for key, part in parts.items()}
     split_parts[-1] = tx.clear()
     return split_parts
+
+
+def for_workers(ctx: ShardContext) -> ShardContext:
+    """``ctx`` as shipped to Dask workers: no driver client, no in-memory transactions, no
+    output folder (the driver writes the files), and settings that do not depend on the
+    worker's current directory (:func:`worker_settings`).
+
+    Raises
+    ------
+    ValueError
+        The shard inputs are in memory only (``shards_dir`` is None): pickling them would
+        ship the whole data to every worker.
+    """
+    if ctx.shards_dir is None:
+        msg = (
+            "a Dask worker reads its shard from shards_dir (sharding.write_shards), "
+            "but the context holds the transactions in memory only"
+        )
+        raise ValueError(msg)
+    return replace(
+        ctx,
+        settings=worker_settings(ctx.settings),
+        transactions=None,
+        partitions=None,
+        shards_dir=sharding.absolute(ctx.shards_dir),
+        output_dir=None,
+        driver_client=None,
+        return_recommendations=ctx.output_dir is not None or ctx.return_recommendations,
+    )
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """``settings`` with every path of ``redis`` absolute and the embedded Redis named by its
+    socket, so a worker started in another folder connects to the driver's server."""
+    redis_cfg = settings.redis
+    update: dict[str, Any] = {
+        name: Path(value).expanduser().resolve()
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file", "embedded_dir")
+        if (value := getattr(redis_cfg, name)) is not None
+    }
+    if not redis_cfg.url:  # the driver started it already: this only names its socket
+        update["url"] = store.resolve_url(redis_cfg)[0]
+    return settings.model_copy(update={"redis": redis_cfg.model_copy(update=update)})

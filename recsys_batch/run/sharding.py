@@ -13,7 +13,9 @@ size of the customer base (issue #8).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -115,46 +117,92 @@ def user_shards(users: pl.LazyFrame, n_shards: int) -> list[pl.DataFrame]:
     return [parts[s].select(C.USER) if s in parts else empty.clone() for s in range(n_shards)]
 
 
-def shard_dir(folder: Path, shard: int) -> Path:
+Location = Path | str
+"""A local or mounted folder, or an object-store URL (``s3://bucket/x``, ``gs://...``,
+``file:///...``) that Polars reads and writes natively."""
+
+
+def is_url(location: Location) -> bool:
+    """Whether ``location`` is a URL (``scheme://...``) rather than a filesystem path."""
+    return isinstance(location, str) and "://" in location
+
+
+def absolute(location: Location) -> Location:
+    """``location`` independent of any current directory: a resolved path, or the URL."""
+    if is_url(location):
+        return str(location).rstrip("/")
+    return Path(location).expanduser().resolve()
+
+
+def join(location: Location, *parts: str) -> Location:
+    """``location / part / ...`` for a path or a URL (a URL keeps its ``//``)."""
+    if is_url(location):
+        return "/".join([str(location).rstrip("/"), *parts])
+    return Path(location).joinpath(*parts)
+
+
+def remove(location: Location) -> None:
+    """Delete the folder ``location`` and everything under it; a missing one is fine."""
+    if not is_url(location):
+        shutil.rmtree(location, ignore_errors=True)
+        return
+    import fsspec  # noqa: PLC0415 - a dask dependency, needed only for URLs
+
+    fs, path = fsspec.core.url_to_fs(str(location))
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)
+
+
+def shard_dir(folder: Location, shard: int) -> Location:
     """Where :func:`write_shards` puts the rows of ``shard`` (one or more parquet files)."""
-    return Path(folder) / f"{SHARD}={shard:05d}"
+    return join(folder, f"{SHARD}={shard:05d}")
 
 
-def scan_shard(folder: Path, shard: int) -> pl.LazyFrame:
+def scan_shard(folder: Location, shard: int) -> pl.LazyFrame:
     """The rows :func:`write_shards` wrote for ``shard``."""
-    return pl.scan_parquet(shard_dir(folder, shard) / "*.parquet", hive_partitioning=False)
+    files = join(shard_dir(folder, shard), "*.parquet")
+    return pl.scan_parquet(str(files), hive_partitioning=False)
 
 
-def write_shards(frame: pl.LazyFrame, n_shards: int, folder: Path) -> list[Path]:
+def scan_shards(folder: Location) -> pl.LazyFrame:
+    """The rows of every shard :func:`write_shards` wrote under ``folder``."""
+    return pl.scan_parquet(str(join(folder, "*", "*.parquet")), hive_partitioning=False)
+
+
+def write_shards(frame: pl.LazyFrame, n_shards: int, folder: Location) -> list[Location]:
     """Write the rows of ``frame`` to one folder per user shard, in one streaming pass.
 
     A shard's task then reads only its own users' rows (:func:`scan_shard`), wherever it runs
-    (on a cluster, ``folder`` must be storage every worker can read).
+    (on a cluster, ``folder`` must be storage every worker can read: a shared mount or an
+    object-store URL).
 
     Returns
     -------
-    list[Path]
+    list
         Folder of shard ``s`` at position ``s`` (a shard without rows gets an empty file).
     """
-    # Absolute: the partitioned sink joins a relative path from the provider onto its base
-    # again (runs/x/shards/runs/x/shards/...), and the shards would then look empty.
-    folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    # Absolute, and file names relative to it: the partitioned sink joins the provider's
+    # path onto its base (a relative base would be doubled: runs/x/shards/runs/x/shards/...).
+    folder = absolute(folder)
+    if not is_url(folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
     schema = frame.collect_schema()
 
-    def path_of(args: pl.io.partition.FileProviderArgs) -> Path:
+    def path_of(args: pl.io.partition.FileProviderArgs) -> str:
         shard = int(args.partition_keys.item(0, 0))
-        return shard_dir(folder, shard) / f"part-{args.index_in_partition:05d}.parquet"
+        return f"{SHARD}={shard:05d}/part-{args.index_in_partition:05d}.parquet"
 
     frame.with_columns(shard_of(n_shards)).sink_parquet(
-        pl.PartitionBy(folder, key=SHARD, include_key=False, file_path_provider=path_of),
+        pl.PartitionBy(str(folder), key=SHARD, include_key=False, file_path_provider=path_of),
         mkdir=True,
     )
     paths = [shard_dir(folder, s) for s in range(n_shards)]
     for path in paths:
-        if not any(path.glob("*.parquet")):
-            path.mkdir(parents=True, exist_ok=True)
-            pl.DataFrame(schema=schema).write_parquet(path / "part-00000.parquet")
+        if is_url(path):  # listing a bucket costs a request per shard: an empty file each
+            pl.DataFrame(schema=schema).write_parquet(str(join(path, "part-empty.parquet")))
+        elif not any(Path(path).glob("*.parquet")):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            pl.DataFrame(schema=schema).write_parquet(Path(path) / "part-00000.parquet")
     return paths
 
 

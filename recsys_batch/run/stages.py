@@ -170,7 +170,8 @@ def run_gate(state: RunState) -> int:
 def run_prefilter(state: RunState) -> int:
     """The catalogue from all (cut) data; other purchases become the placeholder item.
 
-    Out of core, the catalogue-applied transactions are also written one folder per shard.
+    Out of core, or for Dask workers, the catalogue-applied transactions are also written
+    once, one folder per shard, under :func:`shards_location` (every worker reads its own).
     """
     settings, loaded = state.settings, state.data
     tx = loaded.dataset.transactions
@@ -179,12 +180,14 @@ def run_prefilter(state: RunState) -> int:
     nonempty(state.catalogue.height, "prefilter", "catalogue items")
     tx_cat = apply_catalogue(tx, state.catalogue.lazy(), settings.prefilter)
     if loaded.in_memory:
-        state.tx_cat = tx_cat.collect().lazy()
-    else:
-        shards_dir = state.record.run_dir / SHARDS_DIR
+        tx_cat = tx_cat.collect().lazy()
+        state.tx_cat = tx_cat
+    if shards_on_disk(state):
+        shards_dir = shards_location(settings, state.record)
         n_shards = sharding.shard_count(loaded.users, settings.scale.shard_users)
         sharding.write_shards(tx_cat, n_shards, shards_dir)
-        state.tx_cat = pl.scan_parquet(shards_dir / "*" / "*.parquet", hive_partitioning=False)
+        if not loaded.in_memory:
+            state.tx_cat = sharding.scan_shards(shards_dir)
     return state.catalogue.height
 
 
@@ -244,7 +247,7 @@ def score_and_publish(state: RunState) -> int:
         _model_data(state),
         settings,
         sharding.shard_count(loaded.users, settings.scale.shard_users),
-        shards_dir=None if loaded.in_memory else shards_dir_of(state.record.run_dir),
+        shards_dir=shards_location(settings, state.record) if shards_on_disk(state) else None,
     )
     context.output_dir = state.record.run_dir / RECOMMENDATIONS_FILE
     context.expected_users = loaded.users
@@ -305,5 +308,29 @@ def _code_version() -> str:
 
 
 def shards_dir_of(run_dir: Path) -> Path:
-    """Where an out-of-core run keeps its per-shard transactions (removed at the end)."""
+    """Where a run keeps its per-shard transactions by default (removed at the end)."""
     return run_dir / SHARDS_DIR
+
+
+def shards_on_disk(state: RunState) -> bool:
+    """Whether the shard inputs are written as files: out of core, or for Dask workers
+    (which get the location, never the transactions)."""
+    return not state.data.in_memory or state.settings.scale.executor == "dask"
+
+
+def shards_location(settings: Settings, record: records.RunRecord) -> sharding.Location:
+    """Absolute folder (or URL) of the run's per-shard transactions:
+    ``<scale.shared_dir>/<run_id>/shards``, or ``<run_dir>/shards`` when unset."""
+    shared = settings.scale.shared_dir
+    if shared is None:
+        return sharding.absolute(shards_dir_of(record.run_dir))
+    return sharding.join(sharding.absolute(shared), record.run_id, SHARDS_DIR)
+
+
+def remove_shards(settings: Settings, record: records.RunRecord) -> None:
+    """Delete the run's shard inputs (and its folder under ``scale.shared_dir``)."""
+    shared = settings.scale.shared_dir
+    if shared is None:
+        sharding.remove(shards_location(settings, record))
+    else:
+        sharding.remove(sharding.join(sharding.absolute(shared), record.run_id))
