@@ -9,6 +9,7 @@ keeps failing flips nothing.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.publish import keys, status, store
 from recsys_batch.run import executors as E
 from recsys_batch.run import shard_task as T
+from recsys_batch.run import sharding
 from tests.nightly import expected_values, stored_values
 
 pytestmark = pytest.mark.integration
@@ -277,3 +279,30 @@ def test_nightly_batch_cli_rejects_an_unknown_executor() -> None:
     result = CliRunner().invoke(app, ["nightly-batch", "--executor", "spark", "--dry-run"])
     assert result.exit_code == 2
     assert "local or dask" in result.output
+
+
+def test_workers_get_the_shard_location_not_the_transactions(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """The pickled context holds the model and small tables, and a path (#17)."""
+    sharding.write_shards(trained.tx.lazy(), N_SHARDS, tmp_path / "shards")
+    data = two_stage.ModelData(
+        trained.tx.lazy(),
+        trained.catalogue.lazy(),
+        trained.items.lazy() if trained.items is not None else None,
+        trained.users.lazy() if trained.users is not None else None,
+    )
+    ctx = T.build_context(
+        trained.model, data, trained.settings, N_SHARDS, shards_dir=tmp_path / "shards"
+    )
+    shipped = E.DaskExecutor().shipped(ctx)
+    assert shipped.partitions is None and shipped.transactions is None
+    size = len(pickle.dumps(shipped, protocol=5))
+    model_size = len(pickle.dumps(shipped.model, protocol=5))
+    data_size = len(pickle.dumps(trained.tx, protocol=5))
+    # Besides the model (its per-user parts are issue #17's open point), small tables only.
+    assert size - model_size < data_size / 4, (size, model_size, data_size)
+    in_memory = E.DaskExecutor(processes=False).shipped(context(trained, trained.settings))
+    assert len(pickle.dumps(in_memory, protocol=5)) > size + data_size / 2  # what it saves
+    run = E.score_shards(shipped, trained.user_ids.lazy(), E.LocalExecutor())
+    assert_frame_equal(run.recommendations(), trained.expected.sort(C.USER, C.RANK))

@@ -6,6 +6,7 @@ No model here: a shard function stands for :func:`shard_task.run_shard` (the rea
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -313,3 +314,64 @@ class TestPublishShards:
             self.publish(client, nobody)
         assert caught.value.exit_code == 2
         assert client.dbsize() == 0
+
+
+class TestShippedToWorkers:
+    """What a Dask worker gets (#17): the shard location, never the transactions."""
+
+    def test_make_executor_starts_worker_processes(self) -> None:
+        settings = Settings(
+            scale={"executor": "dask", "dask_workers": 3, "dask_threads_per_worker": 2}
+        )
+        executor = E.make_executor(settings)
+        assert isinstance(executor, E.DaskExecutor)
+        assert (executor.address, executor.workers) == (None, 3)
+        assert (executor.processes, executor.threads_per_worker) == (True, 2)
+
+    def test_in_memory_shards_are_refused(self) -> None:
+        ctx = context()
+        ctx.partitions = T.partition_transactions(pl.DataFrame({C.USER: [1], C.ITEM: [2]}), 3)
+        with pytest.raises(ValueError, match="shards_dir"):
+            T.for_workers(ctx)
+        with pytest.raises(ValueError, match="shards_dir"):
+            E.DaskExecutor(address="tcp://h:8786", processes=False).shipped(ctx)
+
+    def test_threads_in_this_process_may_keep_in_memory_shards(self) -> None:
+        ctx = context()
+        ctx.partitions = {-1: pl.DataFrame()}
+        assert E.DaskExecutor(processes=False).shipped(ctx).partitions is ctx.partitions
+
+    def test_paths_are_absolute_and_the_driver_keeps_its_client(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        ctx = context()
+        ctx.settings = Settings(
+            redis={"url": "rediss://r:6380/0", "tls_ca_file": "tls/ca.pem", "cluster": False}
+        )
+        ctx.shards_dir = Path("runs/r1/shards")
+        ctx.output_dir = Path("runs/r1/recommendations.parquet")
+        ctx.driver_client = object()
+        shipped = T.for_workers(ctx)
+        assert shipped.shards_dir == tmp_path / "runs/r1/shards"
+        assert shipped.settings.redis.tls_ca_file == tmp_path / "tls/ca.pem"
+        assert shipped.settings.redis.embedded_dir.is_absolute()
+        assert shipped.settings.redis.url == "rediss://r:6380/0"
+        assert shipped.driver_client is None and shipped.output_dir is None
+        assert shipped.return_recommendations
+        assert ctx.driver_client is not None  # the driver's context is unchanged
+
+    def test_a_url_location_stays_a_url(self) -> None:
+        ctx = context()
+        ctx.shards_dir = "s3://bucket/recsys/r1/shards/"
+        assert T.for_workers(ctx).shards_dir == "s3://bucket/recsys/r1/shards"
+        assert sharding.shard_dir("s3://b/x", 7) == "s3://b/x/shard=00007"
+
+    def test_the_driver_writes_what_a_worker_hands_back(self, tmp_path: Path) -> None:
+        ctx = context()
+        ctx.output_dir = tmp_path / "recommendations.parquet"
+        ctx.version = "v1"
+        recs = pl.DataFrame({C.USER: [1], C.ITEM: [2], C.RANK: [1]})
+        result = E._saved(T.ShardResult(shard=4, users=1, rows=1, recommendations=recs), ctx)
+        assert result.recommendations is None  # publishing: not kept in memory
+        assert pl.read_parquet(ctx.output_dir / "shard=00004.parquet").equals(recs)
