@@ -9,8 +9,13 @@ COPY pyproject.toml README.md ./
 COPY recsys_batch ./recsys_batch
 COPY cli ./cli
 COPY api ./api
-RUN pip install .
-RUN useradd --create-home --uid 1000 recsys && mkdir -p /data && chown recsys /data
+# EXTRAS="[dask]" adds dask.distributed (docker-compose.yml's `dask` profile).
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS}"
+# /shared: the data location Dask workers read (scale.shared_dir); a fresh named volume
+# takes this owner.
+RUN useradd --create-home --uid 1000 recsys && mkdir -p /data /shared \
+    && chown recsys /data /shared
 USER recsys
 EXPOSE 8000
 CMD ["recsys", "--help"]

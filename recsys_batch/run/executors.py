@@ -10,10 +10,13 @@ for a ``RecsysError``: bad data fails at once, and a ``PublishError`` has alread
 version is abandoned and nothing flips: the old version keeps serving.
 
 :class:`LocalExecutor` runs the shards one after another; :class:`DaskExecutor` submits
-them to a scheduler (``scale.scheduler_address``) or to a ``LocalCluster`` it starts. The
-context (model, item table, settings) is scattered once to every worker. Both report each
-finished shard to a :class:`~recsys_batch.run.progress.Progress` (by default the run's
-:func:`~recsys_batch.run.progress.current` one, which is silent outside a CLI display).
+them to a scheduler (``scale.scheduler_address``) or to a ``LocalCluster`` of worker
+processes it starts. The context (model, item table, settings and the *location* of the shard
+inputs, :func:`~recsys_batch.run.shard_task.for_workers`) is scattered once to every worker;
+workers connect to Redis themselves and the driver writes their recommendation files.
+Both report each finished shard to a :class:`~recsys_batch.run.progress.Progress` (by
+default the run's :func:`~recsys_batch.run.progress.current` one, which is silent outside a
+CLI display).
 """
 
 from __future__ import annotations

@@ -220,12 +220,29 @@ def test_saved_recommendations_match_a_single_scoring(settings: Settings) -> Non
 class TestDockerCompose:
     """No Docker engine here: check the file's structure (issue #5)."""
 
+    def test_the_dask_profile_runs_the_batch_on_its_scheduler(self) -> None:
+        """Issue #17: scheduler + 2 workers + a batch using --scheduler, one shared volume."""
+        yaml = pytest.importorskip("yaml")
+        root = Path(__file__).resolve().parents[2]
+        services = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]
+        dask = {name for name, svc in services.items() if "dask" in svc.get("profiles", [])}
+        assert dask == {"dask-scheduler", "dask-worker", "batch-dask"}
+        assert services["dask-worker"]["deploy"]["replicas"] == 2
+        batch = services["batch-dask"]
+        assert "--scheduler tcp://dask-scheduler:8786" in " ".join(batch["command"])
+        shared = batch["environment"]["RECSYS_SCALE__SHARED_DIR"]
+        assert f"shared:{shared}" in batch["volumes"]
+        assert f"shared:{shared}:ro" in services["dask-worker"]["volumes"]
+        worker_env = services["dask-worker"]["environment"]
+        assert worker_env["REDIS_URL"] == batch["environment"]["REDIS_URL"]
+
     def test_services_share_config_and_redis_is_healthy_and_persistent(self) -> None:
         yaml = pytest.importorskip("yaml")
         root = Path(__file__).resolve().parents[2]
         compose = yaml.safe_load((root / "docker-compose.yml").read_text())
         services = compose["services"]
-        assert set(services) == {"redis", "api", "batch"}
+        by_default = {name for name, svc in services.items() if "profiles" not in svc}
+        assert by_default == {"redis", "api", "batch"}
         redis_cmd = " ".join(services["redis"]["command"])
         assert "--appendonly yes" in redis_cmd
         assert "healthcheck" in services["redis"]
