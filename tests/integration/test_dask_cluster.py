@@ -29,7 +29,7 @@ from cli.main import app
 from recsys_batch.publish import keys
 from tests.conftest import free_port
 from tests.integration import dask_worker_faults
-from tests.nightly import expected_values, saved_recommendations
+from tests.nightly import expected_values, saved_recommendations, stored_values
 from tests.small import small_env
 
 pytestmark = pytest.mark.integration
@@ -166,6 +166,15 @@ def published(url: str, prefix: str, version: str) -> dict[str, Any]:
         client.close()
 
 
+def stored(url: str, prefix: str, version: str) -> dict[int, list[int]]:
+    """Every user's stored items in ``version``, read back through the format-2 helpers."""
+    client = redis.Redis.from_url(url)
+    try:
+        return stored_values(client, version, prefix)
+    finally:
+        client.close()
+
+
 def test_the_cluster_publishes_exactly_what_the_local_executor_publishes(
     cluster: Cluster, batch_env: dict[str, str], redis_url: str, key_prefix: str
 ) -> None:
@@ -175,11 +184,14 @@ def test_the_cluster_publishes_exactly_what_the_local_executor_publishes(
 
     by_local = published(redis_url, key_prefix, local["version"])
     by_cluster = published(redis_url, key_prefix, remote["version"])
-    user_keys = [k for k in by_cluster if k.startswith("u:")]
-    assert len(user_keys) == remote["users"] == USERS
+    assert remote["users"] == USERS
+    assert len(stored(redis_url, key_prefix, remote["version"])) == USERS
     assert by_cluster == by_local
-    assert saved_recommendations(Path(remote["run_dir"])).equals(
-        saved_recommendations(Path(local["run_dir"]))
+    by_user_rank = ["user_id", "rank"]
+    assert (
+        saved_recommendations(Path(remote["run_dir"]))
+        .sort(by_user_rank)
+        .equals(saved_recommendations(Path(local["run_dir"])).sort(by_user_rank))
     )
     # The shards ran in the worker processes, and nothing landed in their folder.
     ran = cluster.started()[before:]
@@ -209,11 +221,8 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_version_completes(
     assert key.startswith("shard-")
     assert int(pid) != os.getpid()
 
-    values = published(redis_url, key_prefix, summary["version"])
     expected = expected_values(saved_recommendations(Path(summary["run_dir"])))
-    assert {int(k.removeprefix("u:")): v for k, v in values.items() if k.startswith("u:")} == (
-        expected
-    )
+    assert stored(redis_url, key_prefix, summary["version"]) == expected
     assert len(expected) == USERS
     client = redis.Redis.from_url(redis_url)
     try:

@@ -305,4 +305,4 @@ def test_workers_get_the_shard_location_not_the_transactions(
     in_memory = E.DaskExecutor(processes=False).shipped(context(trained, trained.settings))
     assert len(pickle.dumps(in_memory, protocol=5)) > size + data_size / 2  # what it saves
     run = E.score_shards(shipped, trained.user_ids.lazy(), E.LocalExecutor())
-    assert_frame_equal(run.recommendations(), trained.expected.sort(C.USER, C.RANK))
+    assert_frame_equal(first_k(run.recommendations()), trained.expected.sort(C.USER, C.RANK))
