@@ -168,7 +168,7 @@ def test_known_user_lookup_renders_items(
     wait_for(browser, "#lookup-result li.item")
     result = browser.find_element(By.ID, "lookup-result")
     items = result.find_elements(By.CSS_SELECTOR, "li.item")
-    assert len(items) == 5  # settings.ranker.top_k
+    assert len(items) == 10  # the page asks k=10; a version stores publish.top_n (20) (#18)
     assert "department:" in result.text
     assert result.find_elements(By.CSS_SELECTOR, ".badge.personal")
     assert not result.find_elements(By.CSS_SELECTOR, ".badge.fallback")
