@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 from recsys_batch.errors import ConfigError
@@ -252,7 +253,7 @@ def reason_value(text: str | None) -> int:
     return _LETTERS.get(text[:1], 0) if text else 0
 
 
-def encode_reasons(texts: list[str | None] | tuple[str | None, ...]) -> bytes:
+def encode_reasons(texts: Sequence[str | None]) -> bytes:
     """Reasons of a user's items, best first, packed 2 bytes each (:func:`reason_value`)."""
     return struct.pack(f">{len(texts)}H", *(reason_value(t) for t in texts))
 
