@@ -234,6 +234,30 @@ def test_api_serves_with_read_only_user_over_tls(secure: SecureRedis, published:
         assert api.get("/readyz").json()["version"] == published.version
 
 
+def test_console_and_serving_features_with_read_only_user_over_tls(
+    secure: SecureRedis, published: Published
+) -> None:
+    """The console's endpoints and page, exclusions and reasons work behind the same
+    read-only ``api`` user (issues #18, #19); the run history was written by the batch user."""
+    url = secure.url("api", API_PASSWORD)
+    with TestClient(create_app(api_settings(url, published.prefix, secure))) as api:
+        runs = api.get("/v1/runs")
+        assert runs.status_code == 200, runs.text
+        newest = runs.json()["runs"][0]
+        assert (newest["status"], newest["version"]) == ("published", published.version)
+        live = api.get("/v1/versions/live")
+        assert live.status_code == 200, live.text
+        assert live.json()["version"] == published.version
+        assert api.get("/v1/popular").status_code == 200
+        assert api.get("/ui/").status_code == 200
+        first = published.items[0]
+        answer = api.get(f"/v1/recommendations/{published.user}?exclude={first}&explain=true")
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert first not in body["items"] and len(body["items"]) == len(published.items)
+        assert len(body["reasons"]) == len(body["items"])
+
+
 def test_api_user_cannot_write_or_leave_its_prefix(
     secure: SecureRedis, published: Published
 ) -> None:
