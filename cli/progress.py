@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -105,12 +106,22 @@ def live_progress(
     streams = [h.stream for h in handlers]
     with display.bars:
         for handler in handlers:
-            handler.setStream(sys.stderr)  # the display's proxy while it is live
+            _use_stream(handler, sys.stderr)  # the display's proxy while it is live
         try:
             yield display
         finally:
             for handler, stream in zip(handlers, streams, strict=True):
-                handler.setStream(stream)
+                _use_stream(handler, stream)
+
+
+def _use_stream(handler: logging.StreamHandler[Any], stream: Any) -> None:
+    """Point ``handler`` at ``stream`` without flushing the old one (``setStream`` does, and
+    a stream left behind by an earlier caller may be closed already)."""
+    handler.acquire()
+    try:
+        handler.stream = stream
+    finally:
+        handler.release()
 
 
 @contextlib.contextmanager

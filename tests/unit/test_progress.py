@@ -109,3 +109,19 @@ class TestLiveDisplay:
         tty = Console(file=io.StringIO(), force_terminal=True)
         with cli_progress.live_progress("stages", "json", console=tty) as display:
             assert display is None
+
+
+def test_a_closed_stream_left_on_a_log_handler_does_not_break_the_display() -> None:
+    """Regression: a root handler still holding an earlier run's closed stream (CliRunner
+    closes its capture) made ``setStream`` raise when the display took the handlers over."""
+    closed = io.StringIO()
+    handler = logging.StreamHandler(closed)
+    logging.getLogger().addHandler(handler)
+    closed.close()
+    try:
+        console = Console(file=io.StringIO(), force_terminal=True, width=80)
+        with cli_progress.live_progress("stages", console=console) as display:
+            assert display is not None
+        assert handler.stream is closed  # given back as it was
+    finally:
+        logging.getLogger().removeHandler(handler)
