@@ -187,9 +187,29 @@ async function loadRuns() {
 
 // --- items (lookup and popular) ------------------------------------------------------------
 
+function reasonText(v) {
+  // The machine-readable reasons of explain=true (docs/api.md), in words for people.
+  if (!v || typeof v !== "object" || Array.isArray(v)) return v;
+  const plural = (n, word) => n + " " + word + (n === 1 ? "" : "s");
+  switch (v.code) {
+    case "repeat":
+      return "Bought " + plural(v.times, "time") + ", last " + plural(v.last_days, "day") + " ago";
+    case "bought_with":
+      return v.item_id ? "Often bought with #" + v.item_id : "Often bought with this customer's items";
+    case "als":
+      return "Bought by customers with similar baskets";
+    case "trending":
+      return "Trending in recent weeks";
+    case "popular":
+      return "Popular with many customers";
+    default:
+      return v.text || v.reason || v.label || JSON.stringify(v);
+  }
+}
+
 function reasonOf(body, item, index, detail) {
   // Reasons appear with explain=true (issue #18); accept the shapes it may take.
-  const pick = (v) => (v && typeof v === "object" && !Array.isArray(v) ? (v.text || v.reason || v.label || JSON.stringify(v)) : v);
+  const pick = reasonText;
   if (detail) {
     if (detail.reason) return pick(detail.reason);
     if (Array.isArray(detail.reasons)) return detail.reasons.map(pick).join("; ");

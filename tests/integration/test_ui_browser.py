@@ -170,6 +170,10 @@ def test_known_user_lookup_renders_items(
     items = result.find_elements(By.CSS_SELECTOR, "li.item")
     assert len(items) == 10  # the page asks k=10; a version stores publish.top_n (20) (#18)
     assert "department:" in result.text
+    # Every item carries its reason, in words (explain=true; docs/api.md), never raw JSON.
+    reasons = [r.text for r in result.find_elements(By.CSS_SELECTOR, ".reason")]
+    assert len(reasons) == len(items)
+    assert all(r.startswith("Why: ") and "{" not in r for r in reasons), reasons
     assert result.find_elements(By.CSS_SELECTOR, ".badge.personal")
     assert not result.find_elements(By.CSS_SELECTOR, ".badge.fallback")
     assert f"user={user}" in browser.current_url
