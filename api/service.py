@@ -4,8 +4,10 @@ A lookup is one round trip: the live-version pointer (``P:current``) is cached f
 ``current_cache_seconds`` together with everything immutable about that version (format,
 generated_at, bucket count, the popular fallback list), so answering users is one pipeline:
 an ``HGET`` of each user's field in its bucket hash (format 2, :mod:`keys`), the tail and
-reasons fields when the request needs them, and one ``GET P:current``. Single lookups
-arriving together share one pipeline (:class:`Coalescer`).
+reasons fields when the request needs them, one ``GET P:current`` and the A/B state
+(``HMGET P:ab``). Lookups arriving together share one pipeline (:class:`Coalescer`), whose
+commands are packed by hand and whose replies are parsed in one pass (:mod:`api.wire`); each
+request's answer is built in that same pass, so a request costs the event loop one wake-up.
 
 The pointer read in the same round trip makes every answer trustworthy without a second
 one: when it still names the cached version, that version is live and complete, so a
@@ -29,6 +31,7 @@ from redis.exceptions import RedisError
 
 from api import metrics
 from api.errors import Unavailable
+from api.wire import Wire, pack, pack_hget
 from recsys_batch.publish import keys
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ class LiveVersion:
     popular: tuple[int, ...]
     buckets: int
     items_key: str
+    wire_prefix: bytes = b""
+    """``P:v:V:`` as bytes: the start of every bucket key of this version."""
 
     def key(self, user_id: int, family: str = "u") -> str:
         """The bucket hash of ``user_id`` in this version (``u`` head, ``t`` tail, ``r``)."""
@@ -90,27 +95,14 @@ def redis_down(exc: BaseException) -> Unavailable:
 
 @dataclass(frozen=True, slots=True)
 class _Failed:
-    """What a coalesced read resolves to when its pipeline failed."""
+    """What a lookup resolves to when its pipeline (or building its answer) failed."""
 
     error: BaseException
 
 
-Read = tuple[str, str]
+Read = tuple[bytes, bytes]
 """One ``HGET``: (bucket key, field)."""
 _EXPERIMENT_FIELDS = ("version", "share")
-
-
-async def read_with_pointer(
-    client: Any, reads: list[Read], pointer_key: str, experiment_key: str
-) -> list[Any]:
-    """One pipeline round trip: every ``HGET`` of ``reads``, ``GET pointer_key`` and the
-    experiment's ``HMGET experiment_key version share``."""
-    pipe = client.pipeline(transaction=False)
-    for key, field in reads:
-        pipe.hget(key, field)
-    pipe.get(pointer_key)
-    pipe.hmget(experiment_key, list(_EXPERIMENT_FIELDS))
-    return list(await pipe.execute())
 
 
 def experiment_state(raw: Any) -> tuple[str | None, str | None]:
@@ -127,59 +119,49 @@ class Experiment:
     share: float
 
 
+Plan = tuple[LiveVersion, str, int, Sequence[int], bool]
+"""One user of a job: (version to read, variant, user id, exclusions, tail needed)."""
+Job = tuple[
+    list[Plan],
+    int,
+    bool,
+    "str | None",
+    "tuple[str | None, str | None]",
+    list[Read],
+    "asyncio.Future[Any]",
+]
+"""One lookup's share of a round trip: (plans, k, explain, the live version it expects or
+None, the A/B state it expects, its reads, its future)."""
+
+
 class Coalescer:
-    """Auto-pipelining: reads issued in the same event-loop turn share one pipeline.
+    """Auto-pipelining: lookups issued in the same event-loop turn share one round trip.
 
     Under concurrency, requests whose bytes arrived together reach their Redis read in the
     same loop iteration; instead of one round trip each they share one pipeline (their
-    ``HGET``s and a single ``GET`` of the live pointer), scheduled with ``call_soon`` so a
-    lone request waits only for the end of the current iteration. Each caller still reads
-    its own fields, so an answer is built from the version it names.
+    ``HGET``s and a single ``GET`` of the live pointer and ``HMGET`` of the A/B state),
+    scheduled with ``call_soon`` so a lone request waits only for the end of the current
+    iteration. Each job is answered from the version it names (see :meth:`Lookup._run`).
     """
 
-    def __init__(self, client: Any, pointer_key: str, experiment_key: str) -> None:
-        self.client = client
-        self.pointer_key = pointer_key
-        self.experiment_key = experiment_key
-        self._pending: list[tuple[list[Read], asyncio.Future[Any]]] = []
+    def __init__(self, run: Any) -> None:
+        self._run = run
+        self._pending: list[Job] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
 
-    def read(self, reads: list[Read]) -> asyncio.Future[Any]:
-        """A future of ``(values, pointer, experiment)``, or a :class:`_Failed`."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append((reads, future))
+    def add(self, job: Job) -> None:
+        """Queue ``job`` for the round trip sent at the end of this loop iteration."""
+        self._pending.append(job)
         if len(self._pending) == 1:
-            loop.call_soon(self._flush)
-        return future
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self.batches += 1
+        task = asyncio.get_running_loop().create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[list[Read], asyncio.Future[Any]]]) -> None:
-        self.batches += 1
-        try:
-            flat = [read for reads, _ in batch for read in reads]
-            values = await read_with_pointer(
-                self.client, flat, self.pointer_key, self.experiment_key
-            )
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(_Failed(exc))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        pointer, state, at = values[-2], values[-1], 0
-        for reads, future in batch:
-            mine = values[at : at + len(reads)]
-            at += len(reads)
-            if not future.done():  # a cancelled request (client went away)
-                future.set_result((mine, pointer, state))
 
 
 Stored = tuple[Any, Any, Any]
@@ -187,7 +169,7 @@ Stored = tuple[Any, Any, Any]
 POPULAR_REASON: dict[str, int | str] = {"code": "popular"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """One user's answer: items best first, where they came from, and why."""
 
@@ -213,6 +195,10 @@ def pick(
     >>> pick([1, 2, 3], [3, 9, 8], 4, exclude=[2])
     ([1, 3, 9, 8], 2)
     """
+    if not exclude and len(own) >= k:
+        head = list(own[:k])
+        if len(set(head)) == k:  # the usual case: k distinct own items
+            return head, 0
     seen = set(exclude)
     items: list[int] = []
     from_popular = 0
@@ -241,8 +227,8 @@ class Lookup:
     cluster
         True for a Redis Cluster client: batches use a slot-aware ``MGET`` split.
     coalesce
-        Let concurrent single-user lookups share one ``MGET`` (:class:`Coalescer`); ignored
-        on a cluster, where keys of one ``MGET`` must share a slot.
+        Let lookups issued together share one round trip (:class:`Coalescer`); ignored on
+        a cluster, where a pipeline is split by node anyway.
     """
 
     def __init__(
@@ -258,10 +244,11 @@ class Lookup:
         self.prefix = prefix
         self.current_key = keys.current_key(prefix)
         self.experiment_key = keys.experiment_key(prefix)
-        self.coalescer = (
-            Coalescer(client, self.current_key, self.experiment_key)
-            if coalesce and not cluster
-            else None
+        self.coalescer = Coalescer(self._run) if coalesce and not cluster else None
+        self.wire = None if cluster else Wire.for_client(client)
+        """Packs and parses the lookup pipeline itself; None: redis-py's pipeline."""
+        self._pointer_reads = pack(b"GET", self.current_key.encode()) + pack(
+            b"HMGET", self.experiment_key.encode(), *(f.encode() for f in _EXPERIMENT_FIELDS)
         )
         self.cache_seconds = cache_seconds
         self.cluster = cluster
@@ -357,21 +344,25 @@ class Lookup:
             self._experiment is None or self._experiment.live.version != live.version
         ):
             return
-        self._experiment_state, self._experiment = state, None
         version, share_text = state
         if version is None or version == live.version:
+            self._experiment_state, self._experiment = state, None
             return
         try:
             share = float(share_text or 0)
             loaded, _ = await self._load(version)
         except ValueError:
             log.warning("A/B experiment ignored: share %r is not a number", share_text)
+            self._experiment_state, self._experiment = state, None
             return
         except Unavailable as exc:
             if exc.reason == "redis_unavailable":
-                raise
+                raise  # state kept: the next lookup sees P:ab differ and tries again
             log.warning("A/B experiment ignored: %s", exc.detail)
+            self._experiment_state, self._experiment = state, None
             return
+        # Both at once: a lookup planned meanwhile sees the old pair or the new one.
+        self._experiment_state = state
         self._experiment = Experiment(loaded, min(max(share, 0.0), 1.0))
         log.info("A/B experiment: %s serves %.1f%% of the users", version, 100 * share)
 
@@ -442,6 +433,7 @@ class Lookup:
             popular=popular,
             buckets=max(1, int(meta["buckets"] or 1)),
             items_key=keys.items_key(version, self.prefix),
+            wire_prefix=keys.version_prefix(version, self.prefix).encode(),
         )
         return live, popular_raw is not None
 
@@ -484,77 +476,135 @@ class Lookup:
         """
         live = self._live if self._live is not None else await self.refresh()
         excludes = excludes or [()] * len(user_ids)
-        arms = self._arms(live, user_ids)
-        values, pointer, state = await self._read(arms, user_ids, k, excludes, explain)
-        if self._version_of(pointer) != live.version or (
-            experiment_state(state) != self._experiment_state
-        ):
+        answers = await self._lookup(live, user_ids, k, excludes, explain, check=True)
+        if answers is None:  # the pointer or the experiment moved: reload, read again
             live = await self.refresh(force=True, since=time.monotonic())
-            arms = self._arms(live, user_ids)
-            values, _, _ = await self._read(arms, user_ids, k, excludes, explain)
-        return live, [
-            self._answer(arm, variant, user_id, got, k, exclude)
-            for (arm, variant), user_id, got, exclude in zip(
-                arms, user_ids, values, excludes, strict=True
-            )
-        ]
+            answers = await self._lookup(live, user_ids, k, excludes, explain, check=False)
+        if answers is None:  # pragma: no cover - an unchecked lookup always answers
+            raise Unavailable("version_incomplete", "the live version changed twice")
+        return live, answers
 
-    def _arms(self, live: LiveVersion, user_ids: list[int]) -> list[tuple[LiveVersion, str]]:
-        """Each user's version and variant: the experiment's for users in its share."""
-        found = self._experiment
-        if found is None:
-            return [(live, "control")] * len(user_ids)
-        return [
-            (found.live, "treatment") if keys.in_treatment(u, found.share) else (live, "control")
-            for u in user_ids
-        ]
-
-    def _reads(self, live: LiveVersion, user_id: int, need_tail: bool, explain: bool) -> list[Read]:
-        field = str(user_id)
-        reads = [(live.key(user_id), field)]
-        if need_tail:
-            reads.append((live.key(user_id, "t"), field))
-        if explain:
-            reads.append((live.key(user_id, "r"), field))
-        return reads
-
-    async def _read(
+    async def _lookup(
         self,
-        arms: list[tuple[LiveVersion, str]],
+        live: LiveVersion,
         user_ids: list[int],
         k: int,
         excludes: Sequence[Sequence[int]],
         explain: bool,
-    ) -> tuple[list[Stored], Any, Any]:
-        """Each user's (head, tail, reasons) values, the pointer and the experiment state,
-        in one round trip."""
-        plans = []
-        for (live, _), user_id, exclude in zip(arms, user_ids, excludes, strict=True):
+        *,
+        check: bool,
+    ) -> list[Answer] | None:
+        """Plan the users' reads, send them (in the round trip shared with concurrent
+        lookups when coalescing) and return their answers; None when ``check`` and the
+        pointer or the A/B state no longer match what the plan assumed."""
+        experiment = self._experiment
+        plans: list[Plan] = []
+        reads: list[Read] = []
+        for user_id, exclude in zip(user_ids, excludes, strict=True):
+            arm, variant = live, "control"
+            if experiment is not None and keys.in_treatment(user_id, experiment.share):
+                arm, variant = experiment.live, "treatment"
+            field = b"%d" % user_id
+            bucket = b":%d" % keys.bucket_of(user_id, arm.buckets)
+            reads.append((arm.wire_prefix + b"u" + bucket, field))
             need_tail = k + len(exclude) > keys.ITEMS_PER_FIELD
-            plans.append((need_tail, self._reads(live, user_id, need_tail, explain)))
-        flat = [read for _, reads in plans for read in reads]
+            if need_tail:
+                reads.append((arm.wire_prefix + b"t" + bucket, field))
+            if explain:
+                reads.append((arm.wire_prefix + b"r" + bucket, field))
+            plans.append((arm, variant, user_id, exclude, need_tail))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        expected = live.version if check else None
+        job: Job = (plans, k, explain, expected, self._experiment_state, reads, future)
         if self.coalescer is not None:
-            got = await self.coalescer.read(flat)
-            if isinstance(got, _Failed):
-                if isinstance(got.error, _REDIS_FAILURES):
-                    raise redis_down(got.error)
-                raise got.error
-            values, pointer, state = got
+            self.coalescer.add(job)
         else:
-            try:
-                *values, pointer, state = await read_with_pointer(
-                    self.client, flat, self.current_key, self.experiment_key
-                )
-            except _REDIS_FAILURES as exc:
-                raise redis_down(exc) from None
-        stored: list[Stored] = []
+            await self._run([job])
+        got = await future
+        if type(got) is _Failed:
+            if isinstance(got.error, _REDIS_FAILURES):
+                raise redis_down(got.error)
+            raise got.error
+        return got
+
+    async def _read(self, reads: list[Read]) -> list[Any]:
+        """One round trip: every ``HGET`` of ``reads``, ``GET P:current`` and
+        ``HMGET P:ab version share``; their replies in that order."""
+        if self.wire is not None:
+            packed = b"".join([pack_hget(key, field) for key, field in reads])
+            return await self.wire.exchange(packed + self._pointer_reads, len(reads) + 2)
+        pipe = self.client.pipeline(transaction=False)
+        for key, field in reads:
+            pipe.hget(key, field)
+        pipe.get(self.current_key)
+        pipe.hmget(self.experiment_key, list(_EXPERIMENT_FIELDS))
+        return list(await pipe.execute())
+
+    async def _run(self, batch: list[Job]) -> None:
+        """Send the jobs' reads in one round trip and resolve each job's future: its
+        answers, None (it expected another version or A/B state: read again), or
+        :class:`_Failed`."""
+        try:
+            values = await self._read([read for job in batch for read in job[5]])
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
+            for job in batch:
+                if not job[6].done():
+                    job[6].set_result(_Failed(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        pointer, state = _text(values[-2]), experiment_state(values[-1])
+        counts = [0, 0, 0]  # treatment, personal, fallback
         at = 0
-        for need_tail, reads in plans:
+        for plans, k, explain, expected, expected_state, reads, future in batch:
             mine = values[at : at + len(reads)]
             at += len(reads)
-            tail = mine[1] if need_tail else None
-            stored.append((mine[0], tail, mine[-1] if explain else None))
-        return stored, pointer, state
+            if future.done():  # a cancelled request (client went away)
+                continue
+            if expected is not None and (pointer != expected or state != expected_state):
+                try:
+                    self._version_of(pointer)  # not set at all: 503 no_live_version
+                    future.set_result(None)
+                except Unavailable as exc:
+                    future.set_result(_Failed(exc))
+                continue
+            try:
+                future.set_result(self._answers(plans, mine, k, explain, counts))
+            except Exception as exc:  # noqa: BLE001 - this request's error, not the batch's
+                future.set_result(_Failed(exc))
+        treatment, personal, fallback = counts
+        if personal + fallback > treatment:
+            metrics.CONTROL.inc(personal + fallback - treatment)
+        if treatment:
+            metrics.TREATMENT.inc(treatment)
+        if personal:
+            metrics.PERSONAL.inc(personal)
+        if fallback:
+            metrics.FALLBACK.inc(fallback)
+
+    def _answers(
+        self, plans: list[Plan], values: list[Any], k: int, explain: bool, counts: list[int]
+    ) -> list[Answer]:
+        """Each planned user's answer from its replies; ``counts`` (treatment, personal,
+        fallback) is added to once all of them were built."""
+        answers: list[Answer] = []
+        at = 0
+        for live, variant, user_id, exclude, need_tail in plans:
+            head = values[at]
+            at += 1
+            tail = None
+            if need_tail:
+                tail = values[at]
+                at += 1
+            reasons = None
+            if explain:
+                reasons = values[at]
+                at += 1
+            answers.append(self._answer(live, variant, user_id, (head, tail, reasons), k, exclude))
+        for found in answers:
+            counts[0] += found.variant == "treatment"
+            counts[1 if found.source == "personal" else 2] += 1
+        return answers
 
     def _answer(
         self,
@@ -566,9 +616,7 @@ class Lookup:
         exclude: Sequence[int],
     ) -> Answer:
         head, tail, reasons_raw = got
-        (metrics.TREATMENT if variant == "treatment" else metrics.CONTROL).inc()
         if head is None:
-            metrics.FALLBACK.inc()
             items, from_popular = pick((), live.popular, k, exclude)
             popular_why = [POPULAR_REASON] * len(items)
             return Answer(items, "fallback", from_popular, popular_why, variant, live)
@@ -578,10 +626,12 @@ class Lookup:
         except ValueError:
             detail = f"{live.key(user_id)} field {user_id} is not a packed list of item ids"
             raise Unavailable("corrupt_value", detail) from None
-        metrics.PERSONAL.inc()
         items, from_popular = pick(own, live.popular, k, exclude)
-        why = dict(zip(own, reasons, strict=False))
-        explained = [why.get(i, POPULAR_REASON) for i in items]
+        if reasons:
+            why = dict(zip(own, reasons, strict=False))
+            explained = [why.get(i, POPULAR_REASON) for i in items]
+        else:
+            explained = [POPULAR_REASON] * len(items)
         return Answer(items, "personal", from_popular, explained, variant, live)
 
     async def details(self, live: LiveVersion, item_ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -606,6 +656,11 @@ class Lookup:
                     attrs = {}
             found[item] = attrs if isinstance(attrs, dict) else {}
         return found
+
+    async def aclose(self) -> None:
+        """Give the connections the lookup pipeline keeps back to the client's pool."""
+        if self.wire is not None:
+            await self.wire.aclose()
 
     async def ping(self) -> None:
         """Raise :class:`Unavailable` unless Redis answers ``PING``."""

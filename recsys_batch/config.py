@@ -281,7 +281,7 @@ class ApiConfig(_Section):
     redis_timeout_seconds: float = 1.0
     """Socket and connect timeout of the API's Redis client: a lookup fails fast (503)."""
     coalesce_lookups: bool = True
-    """Single-user lookups arriving together share one MGET (one server only, not cluster)."""
+    """Lookups arriving together share one Redis round trip (one server only, not cluster)."""
     max_body_bytes: int = 262_144
     """Largest request body; a bigger one is refused with 413 before it is parsed."""
 
