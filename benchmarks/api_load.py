@@ -8,11 +8,14 @@ under a unique key prefix into the Redis at ``--redis-url`` the way the nightly 
 
 1. one connection: HTTP latency (Python keep-alive client over random users, and Debian's
    ``hey -c 1``) and the server-side lookup time the service reports in ``Server-Timing``;
-2. a fixed offered load (``hey -q``; default 2,000 req/s over 20 connections): latency
-   percentiles and errors;
-3. saturation at 50 connections: the API next to the bare endpoint, in ``--rounds``
-   interleaved rounds (the median round is reported), and ``redis-benchmark -t get`` on the
-   same Redis.
+2. a fixed offered load of random known users (default 2,000 req/s over 20 connections,
+   ``benchmarks/loadgen.py``: open loop, latency counted from the scheduled send time when a
+   connection was still busy): latency percentiles and errors, and the bare endpoint at the
+   same load;
+3. saturation at 50 connections: the API over random known users next to the bare endpoint,
+   in ``--rounds`` interleaved rounds (the median round is reported), with ``wrk`` (a Lua
+   script draws the user of each request) or, where ``wrk`` is not installed, ``hey`` over
+   one user; and ``redis-benchmark -t get`` on the same Redis.
 
 Usage::
 
@@ -46,6 +49,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from loadgen import fixed_rate  # noqa: E402 - benchmarks/ is sys.path[0]
 
 from recsys_batch.config import RedisConfig  # noqa: E402
 from recsys_batch.data import columns as C  # noqa: E402
@@ -189,6 +194,47 @@ def hey(url: str, *args: str) -> dict[str, Any]:
     return result
 
 
+WRK_SCRIPT = """
+math.randomseed(%(seed)d)
+request = function()
+  return wrk.format("GET", "%(prefix)s" .. math.random(%(first)d, %(last)d))
+end
+"""
+
+
+def wrk(base: str, path: str, connections: int, duration: int, users: int | None) -> dict[str, Any]:
+    """Run ``wrk -t2`` against ``base + path``; with ``users``, a Lua script appends a user id
+    drawn from ``1..users`` to ``path`` for each request. Returns its parsed summary."""
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
+    script = None
+    if users is not None:
+        script = Path(f"/tmp/api_load_{os.getpid()}.lua")
+        script.write_text(WRK_SCRIPT % {"seed": 1, "prefix": path, "first": 1, "last": users})
+        cmd += ["-s", str(script)]
+    try:
+        out = subprocess.run(
+            [*cmd, base + path], capture_output=True, text=True, check=True, timeout=600
+        ).stdout
+    finally:
+        if script is not None:
+            script.unlink(missing_ok=True)
+    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    result: dict[str, Any] = {"args": " ".join(cmd[1:5]) + (" random users" if users else "")}
+    match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    result["rps"] = round(float(match.group(1)), 1) if match else None
+    result["latency_ms"] = {
+        int(q): round(float(v) * unit[u], 3)
+        for q, v, u in re.findall(r"^\s+(\d+)%\s+([0-9.]+)(us|ms|s)$", out, flags=re.M)
+    }
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    result["errors"] = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1))) if socket_errors else 0
+    )
+    result["statuses"] = {}
+    return result
+
+
 def redis_benchmark(host: str, port: int, requests: int) -> float | None:
     if shutil.which("redis-benchmark") is None:
         return None
@@ -208,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--users", type=int, default=2500)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per hey run")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
     parser.add_argument("--rate", type=int, default=2000, help="offered load, req/s")
     parser.add_argument("--connections", type=int, default=20, help="for the fixed load")
     parser.add_argument("--single", type=int, default=5000, help="requests on one connection")
@@ -254,32 +300,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         report["single_connection"] = single_connection(api_port, args.single, args.users)
         report["single_connection_hey"] = hey(api_url, "-n", str(args.single), "-c", "1")
-        per_conn = args.rate / args.connections
-        report["fixed_load"] = hey(
-            api_url,
-            "-z",
-            f"{args.duration}s",
-            "-c",
-            str(args.connections),
-            "-q",
-            f"{per_conn:g}",
+        known = [f"/v1/recommendations/{u}" for u in range(1, args.users + 1)]
+        report["fixed_load"] = fixed_rate(
+            "127.0.0.1", api_port, known, args.rate, args.connections, args.duration
         )
-        report["fixed_load"]["offered_rps"] = args.rate
-        report["fixed_load_bare"] = hey(  # the machine's own tail at the same load
-            bare_url,
-            "-z",
-            f"{args.duration}s",
-            "-c",
-            str(args.connections),
-            "-q",
-            f"{per_conn:g}",
+        report["fixed_load_bare"] = fixed_rate(  # the machine's own tail at the same load
+            "127.0.0.1", bare_port, ["/"], args.rate, args.connections, args.duration
+        )
+        use_wrk = shutil.which("wrk") is not None
+        report["saturation_client"] = (
+            "wrk -t2 -c50, random known users" if use_wrk else "hey -c 50, one user (42)"
         )
         sat = ["-z", f"{args.duration}s", "-c", "50"]
-        rounds: list[
-            dict[str, Any]
-        ] = []  # interleaved, so both see the same (shared, noisy) machine
+        rounds: list[dict[str, Any]] = []  # interleaved: both see the same (noisy) machine
         for _ in range(args.rounds):
-            api_run, bare_run = hey(api_url, *sat), hey(bare_url, *sat)
+            if use_wrk:
+                base = "http://127.0.0.1:"
+                api_run = wrk(
+                    f"{base}{api_port}", "/v1/recommendations/", 50, args.duration, args.users
+                )
+                bare_run = wrk(f"{base}{bare_port}", "/", 50, args.duration, None)
+            else:
+                api_run, bare_run = hey(api_url, *sat), hey(bare_url, *sat)
             share = (api_run["rps"] or 0.0) / (bare_run["rps"] or 1.0)
             rounds.append({"api": api_run, "bare": bare_run, "share": round(share, 3)})
         median = sorted(rounds, key=lambda r: r["share"])[len(rounds) // 2]
@@ -308,9 +350,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def _failed(run: dict[str, Any]) -> int:
+    """Requests of a fixed-rate run that failed or were not answered 200."""
+    not_ok = sum(n for code, n in run["statuses"].items() if code != 200)
+    return int(run["errors"] + not_ok + run["requests"] - run["answered"])
+
+
 def summary(r: dict[str, Any]) -> str:
     one, one_hey = r["single_connection"], r["single_connection_hey"]
     fixed, api, bare = r["fixed_load"], r["saturation_api"], r["saturation_bare"]
+    bare_fixed = r["fixed_load_bare"]
     lines = [
         f"workers: {r['workers']} (API and bare endpoint); users published: {r['users']}",
         f"machine: {r['machine']}",
@@ -323,13 +372,13 @@ def summary(r: dict[str, Any]) -> str:
         f"{one_hey['latency_ms'].get(99)} | {one_hey['rps']} | {one_hey['errors']} |",
         f"| 1 connection, lookup inside the service | {one['server_lookup_ms'][50]} | "
         f"{one['server_lookup_ms'][99]} | - | - |",
-        f"| offered {fixed['offered_rps']} req/s, {fixed['args']} | "
-        f"{fixed['latency_ms'].get(50)} | {fixed['latency_ms'].get(99)} | {fixed['rps']} | "
-        f"{fixed['errors'] + sum(v for k, v in fixed['statuses'].items() if k != 200)} |",
-        f"| same offered load, bare ASGI endpoint | {r['fixed_load_bare']['latency_ms'].get(50)} | "
-        f"{r['fixed_load_bare']['latency_ms'].get(99)} | {r['fixed_load_bare']['rps']} | "
-        f"{r['fixed_load_bare']['errors']} |",
-        f"| saturation, API, 50 connections (median round) | {api['latency_ms'].get(50)} | "
+        f"| offered {fixed['offered_rps']} req/s over {fixed['connections']} connections, "
+        f"random known users (loadgen) | {fixed['latency_ms'][50]} | {fixed['latency_ms'][99]}"
+        f" | {fixed['achieved_rps']} | {_failed(fixed)} |",
+        f"| same offered load, bare ASGI endpoint | {bare_fixed['latency_ms'][50]} | "
+        f"{bare_fixed['latency_ms'][99]} | {bare_fixed['achieved_rps']} | {_failed(bare_fixed)} |",
+        f"| saturation, API, 50 connections, {r['saturation_client']} (median round) | "
+        f"{api['latency_ms'].get(50)} | "
         f"{api['latency_ms'].get(99)} | {api['rps']} | "
         f"{api['errors'] + sum(v for k, v in api['statuses'].items() if k != 200)} |",
         f"| saturation, bare ASGI, 50 connections (same round) | {bare['latency_ms'].get(50)} | "
