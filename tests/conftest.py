@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -126,6 +127,21 @@ def pytest_make_collect_report(
         report.outcome = "failed"
         report.longrepr = f"integration module skipped in CI (CI=true): {reason}"
     return report
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Give every test the root logger it started with.
+
+    A CLI command run in process (Typer's ``CliRunner``) points the root handler at the
+    runner's captured stderr, which is closed when the command returns; a later log line
+    from another test (a server thread) would then fail on the closed stream.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
