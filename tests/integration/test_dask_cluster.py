@@ -10,8 +10,10 @@ worker starts and, when a test arms it, kills the worker that starts the first s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,26 +66,25 @@ class Cluster:
 def _start(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "dask", *args], cwd=cwd, env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "dask", *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,  # one process group: the nanny and its worker go together
         )
 
 
-def _stop(address: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    """Ask the scheduler to close itself and its workers, then make sure they are gone."""
-    try:
-        with Client(address, timeout=5, set_as_default=False) as client:
-            client.shutdown()
-    except OSError:
-        pass  # the scheduler never came up: terminate below
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Kill the scheduler and the workers with their nannies' children (process groups).
+
+    Nothing of the cluster outlives the module; a graceful shutdown would only add seconds.
+    """
     for proc in reversed(procs):
-        if proc.poll() is None:
-            proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         started.wait_for_workers()
         yield started
     finally:
-        _stop(address, procs)
+        _stop(procs)
 
 
 @pytest.fixture
