@@ -22,195 +22,29 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-import orjson
-from redis.exceptions import RedisError
-
 from api import metrics
+from api.answers import Answer, Plan, answers_of
+from api.coalesce import Coalescer, Job, Read
 from api.errors import Unavailable
+from api.live import (
+    EXPERIMENT_FIELDS,
+    META_FIELDS,
+    REDIS_FAILURES,
+    Experiment,
+    Failed,
+    LiveVersion,
+    experiment_state,
+    item_details,
+    redis_down,
+    text,
+    timestamp,
+)
 from api.wire import Wire, pack, pack_hget
 from recsys_batch.publish import keys
 
 log = logging.getLogger(__name__)
-
-_REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
-_META_FIELDS = ("format", "state", "generated_at", "created_at", "buckets")
-
-
-@dataclass(frozen=True, slots=True)
-class LiveVersion:
-    """What the service caches about the live version (all of it immutable per version)."""
-
-    version: str
-    format: int
-    generated_at: str | None
-    generated_ts: float | None
-    popular: tuple[int, ...]
-    buckets: int
-    items_key: str
-    wire_prefix: bytes = b""
-    """``P:v:V:`` as bytes: the start of every bucket key of this version."""
-
-    def key(self, user_id: int, family: str = "u") -> str:
-        """The bucket hash of ``user_id`` in this version (``u`` head, ``t`` tail, ``r``)."""
-        return self.prefix + family + ":" + str(keys.bucket_of(user_id, self.buckets))
-
-    @property
-    def prefix(self) -> str:
-        """``P:v:V:``: the common prefix of this version's keys."""
-        return self.items_key[: -len("items")]
-
-    def age_seconds(self, now: float | None = None) -> float | None:
-        """Seconds since the version was generated (None when unknown)."""
-        if self.generated_ts is None:
-            return None
-        return (time.time() if now is None else now) - self.generated_ts
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _timestamp(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
-def redis_down(exc: BaseException) -> Unavailable:
-    """Count a failed Redis command and turn it into a 503 answer."""
-    metrics.REDIS_ERRORS.inc()
-    detail = f"Redis did not answer: {type(exc).__name__}"
-    log.warning("redis error: %s: %s", type(exc).__name__, exc)
-    return Unavailable("redis_unavailable", detail)
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    """What a lookup resolves to when its pipeline (or building its answer) failed."""
-
-    error: BaseException
-
-
-Read = tuple[bytes, bytes]
-"""One ``HGET``: (bucket key, field)."""
-_EXPERIMENT_FIELDS = ("version", "share")
-
-
-def experiment_state(raw: Any) -> tuple[str | None, str | None]:
-    """``(version, share)`` of an ``HMGET P:ab version share`` reply, as text."""
-    version, share = raw if raw else (None, None)
-    return _text(version), _text(share)
-
-
-@dataclass(frozen=True, slots=True)
-class Experiment:
-    """A running A/B experiment: its version (cached like the live one) and share."""
-
-    live: LiveVersion
-    share: float
-
-
-Plan = tuple[LiveVersion, str, int, Sequence[int], bool]
-"""One user of a job: (version to read, variant, user id, exclusions, tail needed)."""
-Job = tuple[
-    list[Plan],
-    int,
-    bool,
-    "str | None",
-    "tuple[str | None, str | None]",
-    list[Read],
-    "asyncio.Future[Any]",
-]
-"""One lookup's share of a round trip: (plans, k, explain, the live version it expects or
-None, the A/B state it expects, its reads, its future)."""
-
-
-class Coalescer:
-    """Auto-pipelining: lookups issued in the same event-loop turn share one round trip.
-
-    Under concurrency, requests whose bytes arrived together reach their Redis read in the
-    same loop iteration; instead of one round trip each they share one pipeline (their
-    ``HGET``s and a single ``GET`` of the live pointer and ``HMGET`` of the A/B state),
-    scheduled with ``call_soon`` so a lone request waits only for the end of the current
-    iteration. Each job is answered from the version it names (see :meth:`Lookup._run`).
-    """
-
-    def __init__(self, run: Any) -> None:
-        self._run = run
-        self._pending: list[Job] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0
-
-    def add(self, job: Job) -> None:
-        """Queue ``job`` for the round trip sent at the end of this loop iteration."""
-        self._pending.append(job)
-        if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        self.batches += 1
-        task = asyncio.get_running_loop().create_task(self._run(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-
-Stored = tuple[Any, Any, Any]
-"""A user's raw (head, tail, reasons) field values (None where not read or absent)."""
-POPULAR_REASON: dict[str, int | str] = {"code": "popular"}
-
-
-@dataclass(slots=True)
-class Answer:
-    """One user's answer: items best first, where they came from, and why."""
-
-    items: list[int]
-    source: str
-    """``personal`` (the user's own list) or ``fallback`` (unknown user: popular items)."""
-    fallback_items: int
-    """How many of ``items`` came from the popular list."""
-    reasons: list[dict[str, int | str]]
-    variant: str = "control"
-    """A/B arm: ``control`` (the live version) or ``treatment`` (the experiment's version)."""
-    live: LiveVersion | None = None
-    """The version the answer was read from (the live one or the experiment's)."""
-
-
-def pick(
-    own: Sequence[int], popular: Sequence[int], k: int, exclude: Sequence[int] = ()
-) -> tuple[list[int], int]:
-    """The first ``k`` of ``own`` then ``popular``, skipping ``exclude``, never repeating.
-
-    Returns the items and how many came from ``popular``.
-
-    >>> pick([1, 2, 3], [3, 9, 8], 4, exclude=[2])
-    ([1, 3, 9, 8], 2)
-    """
-    if not exclude and len(own) >= k:
-        head = list(own[:k])
-        if len(set(head)) == k:  # the usual case: k distinct own items
-            return head, 0
-    seen = set(exclude)
-    items: list[int] = []
-    from_popular = 0
-    for source, candidates in ((0, own), (1, popular)):
-        for item in candidates:
-            if len(items) == k:
-                return items, from_popular
-            if item not in seen:
-                seen.add(item)
-                items.append(item)
-                from_popular += source
-    return items, from_popular
 
 
 class Lookup:
@@ -248,7 +82,7 @@ class Lookup:
         self.wire = None if cluster else Wire.for_client(client)
         """Packs and parses the lookup pipeline itself; None: redis-py's pipeline."""
         self._pointer_reads = pack(b"GET", self.current_key.encode()) + pack(
-            b"HMGET", self.experiment_key.encode(), *(f.encode() for f in _EXPERIMENT_FIELDS)
+            b"HMGET", self.experiment_key.encode(), *(f.encode() for f in EXPERIMENT_FIELDS)
         )
         self.cache_seconds = cache_seconds
         self.cluster = cluster
@@ -336,8 +170,8 @@ class Lookup:
         ignored with a warning: everyone gets the live version rather than a 503.
         """
         try:
-            raw = await self.client.hmget(self.experiment_key, list(_EXPERIMENT_FIELDS))
-        except _REDIS_FAILURES as exc:
+            raw = await self.client.hmget(self.experiment_key, list(EXPERIMENT_FIELDS))
+        except REDIS_FAILURES as exc:
             raise redis_down(exc) from None
         state = experiment_state(raw)
         if state == self._experiment_state and (
@@ -370,7 +204,7 @@ class Lookup:
         """The version id ``P:current`` names (one ``GET``)."""
         try:
             raw = await self.client.get(self.current_key)
-        except _REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             raise redis_down(exc) from None
         return self._version_of(raw)
 
@@ -382,7 +216,7 @@ class Lookup:
                 "(fix: run `recsys nightly-batch`, or check RECSYS_REDIS__KEY_PREFIX)"
             )
             raise Unavailable("no_live_version", detail)
-        return _text(raw) or ""
+        return text(raw) or ""
 
     async def _load(self, version: str) -> tuple[LiveVersion, bool]:
         """The version's cached facts, and whether its popular key was there."""
@@ -395,12 +229,12 @@ class Lookup:
         popular_key = keys.popular_key(version, self.prefix)
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.hmget(meta_key, list(_META_FIELDS))
+            pipe.hmget(meta_key, list(META_FIELDS))
             pipe.get(popular_key)
             meta_values, popular_raw = await pipe.execute()
-        except _REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             raise redis_down(exc) from None
-        meta = dict(zip(_META_FIELDS, (_text(v) for v in meta_values), strict=True))
+        meta = dict(zip(META_FIELDS, (text(v) for v in meta_values), strict=True))
         fmt = meta["format"]
         if fmt is None:
             detail = (
@@ -429,7 +263,7 @@ class Lookup:
             version=version,
             format=int(fmt),
             generated_at=generated_at,
-            generated_ts=_timestamp(generated_at),
+            generated_ts=timestamp(generated_at),
             popular=popular,
             buckets=max(1, int(meta["buckets"] or 1)),
             items_key=keys.items_key(version, self.prefix),
@@ -521,8 +355,8 @@ class Lookup:
         else:
             await self._run([job])
         got = await future
-        if type(got) is _Failed:
-            if isinstance(got.error, _REDIS_FAILURES):
+        if type(got) is Failed:
+            if isinstance(got.error, REDIS_FAILURES):
                 raise redis_down(got.error)
             raise got.error
         return got
@@ -537,23 +371,23 @@ class Lookup:
         for key, field in reads:
             pipe.hget(key, field)
         pipe.get(self.current_key)
-        pipe.hmget(self.experiment_key, list(_EXPERIMENT_FIELDS))
+        pipe.hmget(self.experiment_key, list(EXPERIMENT_FIELDS))
         return list(await pipe.execute())
 
     async def _run(self, batch: list[Job]) -> None:
         """Send the jobs' reads in one round trip and resolve each job's future: its
         answers, None (it expected another version or A/B state: read again), or
-        :class:`_Failed`."""
+        :class:`Failed`."""
         try:
             values = await self._read([read for job in batch for read in job[5]])
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
             for job in batch:
                 if not job[6].done():
-                    job[6].set_result(_Failed(exc))
+                    job[6].set_result(Failed(exc))
             if not isinstance(exc, Exception):
                 raise
             return
-        pointer, state = _text(values[-2]), experiment_state(values[-1])
+        pointer, state = text(values[-2]), experiment_state(values[-1])
         counts = [0, 0, 0]  # treatment, personal, fallback
         at = 0
         for plans, k, explain, expected, expected_state, reads, future in batch:
@@ -566,12 +400,12 @@ class Lookup:
                     self._version_of(pointer)  # not set at all: 503 no_live_version
                     future.set_result(None)
                 except Unavailable as exc:
-                    future.set_result(_Failed(exc))
+                    future.set_result(Failed(exc))
                 continue
             try:
-                future.set_result(self._answers(plans, mine, k, explain, counts))
+                future.set_result(answers_of(plans, mine, k, explain, counts))
             except Exception as exc:  # noqa: BLE001 - this request's error, not the batch's
-                future.set_result(_Failed(exc))
+                future.set_result(Failed(exc))
         treatment, personal, fallback = counts
         if personal + fallback > treatment:
             metrics.CONTROL.inc(personal + fallback - treatment)
@@ -582,80 +416,9 @@ class Lookup:
         if fallback:
             metrics.FALLBACK.inc(fallback)
 
-    def _answers(
-        self, plans: list[Plan], values: list[Any], k: int, explain: bool, counts: list[int]
-    ) -> list[Answer]:
-        """Each planned user's answer from its replies; ``counts`` (treatment, personal,
-        fallback) is added to once all of them were built."""
-        answers: list[Answer] = []
-        at = 0
-        for live, variant, user_id, exclude, need_tail in plans:
-            head = values[at]
-            at += 1
-            tail = None
-            if need_tail:
-                tail = values[at]
-                at += 1
-            reasons = None
-            if explain:
-                reasons = values[at]
-                at += 1
-            answers.append(self._answer(live, variant, user_id, (head, tail, reasons), k, exclude))
-        for found in answers:
-            counts[0] += found.variant == "treatment"
-            counts[1 if found.source == "personal" else 2] += 1
-        return answers
-
-    def _answer(
-        self,
-        live: LiveVersion,
-        variant: str,
-        user_id: int,
-        got: Stored,
-        k: int,
-        exclude: Sequence[int],
-    ) -> Answer:
-        head, tail, reasons_raw = got
-        if head is None:
-            items, from_popular = pick((), live.popular, k, exclude)
-            popular_why = [POPULAR_REASON] * len(items)
-            return Answer(items, "fallback", from_popular, popular_why, variant, live)
-        try:
-            own = keys.unpack_items(head, tail)
-            reasons = keys.decode_reasons(reasons_raw)
-        except ValueError:
-            detail = f"{live.key(user_id)} field {user_id} is not a packed list of item ids"
-            raise Unavailable("corrupt_value", detail) from None
-        items, from_popular = pick(own, live.popular, k, exclude)
-        if reasons:
-            why = dict(zip(own, reasons, strict=False))
-            explained = [why.get(i, POPULAR_REASON) for i in items]
-        else:
-            explained = [POPULAR_REASON] * len(items)
-        return Answer(items, "personal", from_popular, explained, variant, live)
-
     async def details(self, live: LiveVersion, item_ids: list[int]) -> dict[int, dict[str, Any]]:
-        """Attributes of items (department, brand, ...) published with ``live`` (one HMGET).
-
-        Items the version has no attributes for map to ``{}``.
-        """
-        unique = list(dict.fromkeys(item_ids))
-        if not unique:
-            return {}
-        try:
-            values = await self.client.hmget(live.items_key, [str(i) for i in unique])
-        except _REDIS_FAILURES as exc:
-            raise redis_down(exc) from None
-        found: dict[int, dict[str, Any]] = {}
-        for item, raw in zip(unique, values, strict=True):
-            attrs: Any = {}
-            if raw is not None:
-                try:
-                    attrs = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    attrs = {}
-            found[item] = attrs if isinstance(attrs, dict) else {}
-        return found
+        """Attributes of items published with ``live`` (:func:`api.live.item_details`)."""
+        return await item_details(self.client, live, item_ids)
 
     async def aclose(self) -> None:
         """Give the connections the lookup pipeline keeps back to the client's pool."""
@@ -666,5 +429,5 @@ class Lookup:
         """Raise :class:`Unavailable` unless Redis answers ``PING``."""
         try:
             await self.client.ping()
-        except _REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             raise redis_down(exc) from None

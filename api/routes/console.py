@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from api.deps import LookupDep
+from api.live import LiveVersion, redis_down
 from api.models import ErrorBody
 from api.responses import OrjsonResponse
-from api.service import LiveVersion, Lookup, redis_down
+from api.service import Lookup
 from recsys_batch.publish import keys
 
 router = APIRouter(prefix="/v1", tags=["console"])

@@ -13,7 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
+from api.answers import Answer
 from api.deps import LookupDep, SettingsDep
+from api.live import LiveVersion
 from api.models import (
     MAX_EXCLUDE,
     BadRequest,
@@ -23,7 +25,6 @@ from api.models import (
     Recommendation,
 )
 from api.responses import OrjsonResponse
-from api.service import Answer, LiveVersion
 from recsys_batch.publish.keys import MAX_USER_ID
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
