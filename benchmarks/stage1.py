@@ -20,8 +20,8 @@ import polars as pl
 from recsys_batch.config import CandidatesConfig, Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import load_dataset
-from recsys_batch.evaluation.backtest import evaluation_users, prepare, test_truth
 from recsys_batch.evaluation.candidate_metrics import candidate_recall
+from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth
 from recsys_batch.model import split
 from recsys_batch.model.candidates import fit_stage1, generate_candidates
 

@@ -33,14 +33,9 @@ import polars as pl
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset, load_dataset
-from recsys_batch.evaluation.backtest import (
-    evaluation_users,
-    prepare,
-    reseeded,
-    run_backtest,
-    test_truth,
-)
+from recsys_batch.evaluation.backtest import reseeded, run_backtest
 from recsys_batch.evaluation.metrics import evaluate
+from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth
 from recsys_batch.model import split
 from recsys_batch.model.features import FeatureSet, targets, with_targets
 from recsys_batch.model.ranking import fit_ranker, score, top_k

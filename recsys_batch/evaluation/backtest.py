@@ -44,9 +44,9 @@ from recsys_batch.data.sources import Dataset
 from recsys_batch.evaluation.baselines import als_baseline, own_purchases_baseline, popular_baseline
 from recsys_batch.evaluation.bootstrap import paired_differences
 from recsys_batch.evaluation.metrics import evaluate, metric_key, per_user_metrics, precision_curve
+from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth
 from recsys_batch.evaluation.tifu_knn import tifu_knn_baseline
 from recsys_batch.model import split
-from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.model.two_stage import (
     ModelData,
     TrainedTwoStage,
@@ -205,72 +205,12 @@ def seed_spread(
     )
 
 
-def evaluation_users(
-    tx: pl.LazyFrame,
-    test_truth: pl.LazyFrame,
-    windows: split.Windows,
-    *,
-    seed_min_items: int = _DEFAULTS.seed_min_items,
-) -> dict[str, pl.LazyFrame]:
-    """The "all" and "seed" user sets of the protocol (one ``user_id`` column each).
-
-    ``tx`` holds every purchase (any item); ``test_truth`` the distinct catalogue items
-    bought in the test window; a "seed" user bought at least ``seed_min_items`` of them.
-    """
-    seen_before = split.before_test(tx, windows).select(C.USER).unique()
-    all_users = (
-        split.test_window(tx, windows)
-        .select(C.USER)
-        .unique()
-        .join(seen_before, on=C.USER, how="semi")
-    )
-    seed = (
-        test_truth.group_by(C.USER)
-        .agg(pl.col(C.ITEM).n_unique().alias("_n"))
-        .filter(pl.col("_n") >= seed_min_items)
-        .select(C.USER)
-        .join(all_users, on=C.USER, how="semi")
-    )
-    return {"all": all_users, "seed": seed}
-
-
 def _candidate_recall(
     candidates: pl.LazyFrame, truth: pl.LazyFrame, users: pl.LazyFrame
 ) -> dict[str, Any]:
     from recsys_batch.evaluation.candidate_metrics import candidate_recall  # noqa: PLC0415
 
     return candidate_recall(candidates, truth, users)
-
-
-def prepare(dataset: Dataset, settings: Settings) -> dict[str, Any]:
-    """Windows, catalogue, funnel and catalogue-applied transactions of the backtest.
-
-    Negative quantities (returns) are dropped here, whether or not validation ran first.
-    """
-    raw = dataset.transactions.filter(pl.col(C.QTY) >= 0)
-    first_week, last_week = split.week_range(raw)
-    windows = split.backtest_windows(first_week, last_week, settings.split)
-    pre = prefilter(split.before_test(raw, windows), dataset.items, settings.prefilter)
-    catalogue = pre.catalogue.collect()
-    funnel = pre.funnel.collect()
-    tx = apply_catalogue(raw, catalogue.lazy(), settings.prefilter).collect()
-    return {
-        "raw": raw,
-        "windows": windows,
-        "catalogue": catalogue,
-        "funnel": funnel,
-        "tx": tx,
-    }
-
-
-def test_truth(tx: pl.LazyFrame, windows: split.Windows, placeholder: int) -> pl.LazyFrame:
-    """Distinct catalogue items each user bought in the test window."""
-    return (
-        split.test_window(tx, windows)
-        .filter(pl.col(C.ITEM) != placeholder)
-        .select(C.USER, C.ITEM)
-        .unique()
-    )
 
 
 def run_seeded_backtest(dataset: Dataset, settings: Settings, seeds: int) -> BacktestResult:

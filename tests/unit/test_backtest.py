@@ -13,9 +13,7 @@ from recsys_batch.evaluation.backtest import (
     MODELS,
     USER_SETS,
     BacktestResult,
-    evaluation_users,
     own_purchases_baseline,
-    prepare,
     reseeded,
     run_backtest,
     run_candidate_backtest,
@@ -23,6 +21,7 @@ from recsys_batch.evaluation.backtest import (
     seed_spread,
 )
 from recsys_batch.evaluation.origins import OriginsResult, cut_after, holdout_weeks, run_origins
+from recsys_batch.evaluation.protocol import evaluation_users, prepare
 from recsys_batch.model import split
 from tests.small import SMALL_SETTINGS as SETTINGS
 from tests.small import small_dataset as dataset

@@ -90,7 +90,7 @@ def test_bundled_backtest_union_recall_at_least_half() -> None:
     """
     from recsys_batch.config import Settings  # noqa: PLC0415
     from recsys_batch.data.sources import load_dataset  # noqa: PLC0415
-    from recsys_batch.evaluation.backtest import evaluation_users, prepare, test_truth  # noqa: PLC0415
+    from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth  # noqa: PLC0415
     from recsys_batch.model import split  # noqa: PLC0415
     from recsys_batch.model.candidates import fit_stage1, generate_candidates  # noqa: PLC0415
 

@@ -1,0 +1,79 @@
+"""The data the backtest protocol defines: windows, catalogue, test truth and user sets.
+
+Shared by ``recsys evaluate`` (:mod:`recsys_batch.evaluation.backtest`), the candidate
+recall and the benchmarks, so every one of them evaluates the same users on the same truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from recsys_batch.config import EvaluationConfig, Settings
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import Dataset
+from recsys_batch.model import split
+from recsys_batch.model.prefilter import apply_catalogue, prefilter
+
+_DEFAULTS = EvaluationConfig()
+
+
+def evaluation_users(
+    tx: pl.LazyFrame,
+    test_truth: pl.LazyFrame,
+    windows: split.Windows,
+    *,
+    seed_min_items: int = _DEFAULTS.seed_min_items,
+) -> dict[str, pl.LazyFrame]:
+    """The "all" and "seed" user sets of the protocol (one ``user_id`` column each).
+
+    ``tx`` holds every purchase (any item); ``test_truth`` the distinct catalogue items
+    bought in the test window; a "seed" user bought at least ``seed_min_items`` of them.
+    """
+    seen_before = split.before_test(tx, windows).select(C.USER).unique()
+    all_users = (
+        split.test_window(tx, windows)
+        .select(C.USER)
+        .unique()
+        .join(seen_before, on=C.USER, how="semi")
+    )
+    seed = (
+        test_truth.group_by(C.USER)
+        .agg(pl.col(C.ITEM).n_unique().alias("_n"))
+        .filter(pl.col("_n") >= seed_min_items)
+        .select(C.USER)
+        .join(all_users, on=C.USER, how="semi")
+    )
+    return {"all": all_users, "seed": seed}
+
+
+def prepare(dataset: Dataset, settings: Settings) -> dict[str, Any]:
+    """Windows, catalogue, funnel and catalogue-applied transactions of the backtest.
+
+    Negative quantities (returns) are dropped here, whether or not validation ran first.
+    """
+    raw = dataset.transactions.filter(pl.col(C.QTY) >= 0)
+    first_week, last_week = split.week_range(raw)
+    windows = split.backtest_windows(first_week, last_week, settings.split)
+    pre = prefilter(split.before_test(raw, windows), dataset.items, settings.prefilter)
+    catalogue = pre.catalogue.collect()
+    funnel = pre.funnel.collect()
+    tx = apply_catalogue(raw, catalogue.lazy(), settings.prefilter).collect()
+    return {
+        "raw": raw,
+        "windows": windows,
+        "catalogue": catalogue,
+        "funnel": funnel,
+        "tx": tx,
+    }
+
+
+def test_truth(tx: pl.LazyFrame, windows: split.Windows, placeholder: int) -> pl.LazyFrame:
+    """Distinct catalogue items each user bought in the test window."""
+    return (
+        split.test_window(tx, windows)
+        .filter(pl.col(C.ITEM) != placeholder)
+        .select(C.USER, C.ITEM)
+        .unique()
+    )
