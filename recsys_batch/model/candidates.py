@@ -336,30 +336,35 @@ def union_candidates(generated: pl.LazyFrame, cfg: CandidatesConfig) -> pl.LazyF
     """
     sizes = generator_sizes(cfg)
     aggs: list[pl.Expr] = []
+    # A (user, item) has at most one row per generator, so max/min of the generator's
+    # masked column is its value: a plain aggregation, several times faster than
+    # ``filter().first()`` per group.
     for g in C.GENERATORS:
         is_g = pl.col(C.GENERATOR) == g
-        aggs.append(pl.col(C.SCORE).filter(is_g).first().alias(C.score_col(g)))
-        aggs.append(pl.col(C.RANK).filter(is_g).first().alias(C.rank_col(g)))
+        aggs.append(pl.when(is_g).then(pl.col(C.SCORE)).max().alias(C.score_col(g)))
+        aggs.append(pl.when(is_g).then(pl.col(C.RANK)).min().alias(C.rank_col(g)))
     wide = generated.group_by(C.USER, C.ITEM).agg(
-        *aggs, pl.col(C.GENERATOR).n_unique().cast(pl.UInt8).alias(C.N_GENERATORS)
+        *aggs, pl.len().cast(pl.UInt8).alias(C.N_GENERATORS)
     )
     own_rank = pl.col(C.rank_col("own"))
-    own_rows = wide.filter(own_rank.is_not_null()).with_columns(
-        pl.lit(0, dtype=pl.Int8).alias("_group"), own_rank.cast(pl.Float64).alias(_BEST)
-    )
+    # Relative ranks count only the items that are not own purchases (nulls stay null).
     relative = [
-        pl.col(C.rank_col(g)).rank("ordinal").over(C.USER) / max(sizes[g], 1)
+        pl.when(own_rank.is_null()).then(pl.col(C.rank_col(g))).rank("ordinal").over(C.USER)
+        / max(sizes[g], 1)
         for g in C.GENERATORS
         if g != "own"
     ]
-    other_rows = wide.filter(own_rank.is_null()).with_columns(
-        pl.lit(1, dtype=pl.Int8).alias("_group"),
-        pl.min_horizontal(relative).cast(pl.Float64).alias(_BEST),
+    is_own = own_rank.is_not_null()
+    ranked = wide.with_columns(
+        pl.when(is_own).then(0).otherwise(1).cast(pl.Int8).alias("_group"),
+        pl.when(is_own)
+        .then(own_rank.cast(pl.Float64))
+        .otherwise(pl.min_horizontal(relative).cast(pl.Float64))
+        .alias(_BEST),
     )
     # One sort instead of a ranked struct per user: the order is the capping priority.
     return (
-        pl.concat([own_rows, other_rows])
-        .sort(
+        ranked.sort(
             [C.USER, "_group", _BEST, C.N_GENERATORS, C.ITEM],
             descending=[False, False, False, True, False],
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from recsys_batch.config import FeaturesConfig
@@ -204,33 +205,41 @@ def categorical_codes(table: pl.LazyFrame, key: str, columns: tuple[str, ...]) -
     ).unique(subset=key, keep="first")
 
 
+def factor_rows(ids: pl.Series, factor_ids: pl.Series) -> pl.Series:
+    """Row of each of ``ids`` in a factor table keyed by ``factor_ids`` (null: absent)."""
+    lookup = pl.DataFrame(
+        {"_id": factor_ids, "_row": pl.int_range(len(factor_ids), eager=True, dtype=pl.Int64)}
+    )
+    return ids.to_frame("_id").join(lookup, on="_id", how="left", maintain_order="left")["_row"]
+
+
 def dot_product(
-    candidates: pl.LazyFrame, user_factors: pl.DataFrame | None, item_factors: pl.DataFrame | None
-) -> pl.LazyFrame:
-    """``candidates`` plus ``als_dot``: user factor . item factor (null when either is absent)."""
+    keys: pl.DataFrame, user_factors: pl.DataFrame | None, item_factors: pl.DataFrame | None
+) -> pl.DataFrame:
+    """``als_dot`` of every row of ``keys``: user factor . item factor (null when absent)."""
     if (
         user_factors is None
         or item_factors is None
         or user_factors.is_empty()
         or item_factors.is_empty()
     ):
-        return candidates.with_columns(pl.lit(None, dtype=pl.Float32).alias("als_dot"))
-    u_cols = [c for c in user_factors.columns if c != C.USER]
-    i_cols = [c for c in item_factors.columns if c != C.ITEM]
-    shared = [c for c in u_cols if c in i_cols]
-    users = user_factors.lazy().select(C.USER, pl.concat_list(shared).alias("_uf"))
-    items = item_factors.lazy().select(C.ITEM, pl.concat_list(shared).alias("_if"))
-    return (
-        candidates.join(users, on=C.USER, how="left")
-        .join(items, on=C.ITEM, how="left")
-        .with_columns(
-            (pl.col("_uf").list.to_array(len(shared)) * pl.col("_if").list.to_array(len(shared)))
-            .arr.sum()
-            .cast(pl.Float32)
-            .alias("als_dot")
-        )
-        .drop("_uf", "_if")
-    )
+        return pl.DataFrame({"als_dot": pl.Series([None] * keys.height, dtype=pl.Float32)})
+    shared = [c for c in user_factors.columns if c != C.USER and c in item_factors.columns]
+    user_rows = factor_rows(keys[C.USER], user_factors[C.USER])
+    item_rows = factor_rows(keys[C.ITEM], item_factors[C.ITEM])
+    known = (user_rows.is_not_null() & item_rows.is_not_null()).to_numpy()
+    u = user_rows.to_numpy()[known].astype(np.int64)
+    i = item_rows.to_numpy()[known].astype(np.int64)
+    users = user_factors.select(shared).to_numpy().astype(np.float32)
+    items = item_factors.select(shared).to_numpy().astype(np.float32)
+    # Summed factor by factor in float32: the same value, bit for bit, as a row-wise sum of
+    # the float32 products, whatever the number of candidates.
+    dot = np.zeros(u.size, dtype=np.float32)
+    for f in range(len(shared)):
+        dot += users[u, f] * items[i, f]
+    values = np.full(keys.height, np.nan, dtype=np.float32)
+    values[known] = dot
+    return pl.DataFrame({"als_dot": pl.Series(values).fill_nan(None)})
 
 
 @dataclass(frozen=True)
@@ -261,76 +270,103 @@ UI_ZERO_SHARES = (
 )
 
 
-def with_history_features(
-    candidates: pl.LazyFrame,
+def aligned(keys: pl.DataFrame, table: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+    """``table``'s other columns for every row of ``keys``, in the same order (null: absent).
+
+    Joining each family onto the narrow key columns and putting the blocks side by side
+    copies every feature once; joining family after family onto the growing frame copied
+    the whole frame at each join.
+    """
+    block = keys.select(on).join(table, on=on, how="left", maintain_order="left").drop(on)
+    if block.height != keys.height:
+        msg = f"feature table is not unique on {on}: {block.height} rows for {keys.height} keys"
+        raise ValueError(msg)
+    return block
+
+
+def family_tables(
     transactions: pl.LazyFrame,
+    items: pl.LazyFrame | None,
+    users: pl.LazyFrame | None,
     as_of_week: int,
     cfg: FeaturesConfig,
     placeholder_item: int,
-) -> pl.LazyFrame:
-    """``candidates`` joined with the user, item, user x item and hit-rate families."""
+    *,
+    item_table: pl.DataFrame | None = None,
+) -> dict[str, pl.DataFrame]:
+    """Every feature family as of the cut, one small table each, collected together.
+
+    ``item_table`` replaces the ``item`` family (a shard's item features are computed over
+    every user's purchases, not the shard's). Keys: ``user``/``demographics`` by user,
+    ``item``/``codes``/``groups`` by item, ``ui``/``hit`` by (user, item), the group
+    families' prefixes by (user, group value).
+    """
     ph = {"placeholder_item": placeholder_item}
-    return (
-        candidates.join(user_features(transactions, as_of_week, cfg, **ph), on=C.USER, how="left")
-        .join(item_features(transactions, as_of_week, cfg, **ph), on=C.ITEM, how="left")
-        .join(
-            user_item_features(transactions, as_of_week, cfg, **ph),
-            on=[C.USER, C.ITEM],
-            how="left",
+    plans: dict[str, pl.LazyFrame] = {
+        "user": user_features(transactions, as_of_week, cfg, **ph),
+        "ui": user_item_features(transactions, as_of_week, cfg, **ph),
+        "hit": window_hit_rate(transactions, as_of_week, cfg.horizon_weeks, cfg, **ph),
+    }
+    if item_table is None:
+        plans["item"] = item_features(transactions, as_of_week, cfg, **ph)
+    if items is not None:
+        plans["codes"] = categorical_codes(items, C.ITEM, cfg.item_attributes)
+        plans["groups"] = items.select(C.ITEM, *(g for g, _ in GROUP_FAMILIES)).unique(
+            subset=C.ITEM, keep="first"
         )
-        .join(
-            window_hit_rate(transactions, as_of_week, cfg.horizon_weeks, cfg, **ph),
-            on=[C.USER, C.ITEM],
-            how="left",
-        )
-        .with_columns(
-            pl.col(*UI_ZERO_COUNTS).fill_null(0),
-            pl.col(*UI_ZERO_SHARES).fill_null(0.0),
-            (pl.col("i_price") / pl.col("u_basket_spend")).alias("ui_price_vs_basket"),
-        )
-    )
+        for group, prefix in GROUP_FAMILIES:
+            plans[prefix] = user_group_features(
+                transactions, items, as_of_week, group, prefix, cfg, **ph
+            )
+    if users is not None and cfg.use_demographics:
+        plans["demographics"] = categorical_codes(users, C.USER, USER_CATEGORICALS)
+    tables = dict(zip(plans, pl.collect_all(list(plans.values())), strict=True))
+    if item_table is not None:
+        tables["item"] = item_table.select(C.ITEM, *ITEM_FEATURES)
+    return tables
 
 
-def with_item_group_features(
-    frame: pl.LazyFrame,
-    transactions: pl.LazyFrame,
-    items: pl.LazyFrame,
-    as_of_week: int,
-    cfg: FeaturesConfig,
-    placeholder_item: int,
-) -> pl.LazyFrame:
-    """``frame`` plus the product-attribute codes, the user x group families and loyalty."""
-    ph = {"placeholder_item": placeholder_item}
-    frame = frame.join(categorical_codes(items, C.ITEM, cfg.item_attributes), on=C.ITEM, how="left")
-    item_groups = items.select(C.ITEM, C.DEPARTMENT, C.CATEGORY, C.SUB_CATEGORY).unique(
-        subset=C.ITEM, keep="first"
+def history_blocks(keys: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> list[pl.DataFrame]:
+    """The user, item, user x item and hit-rate columns of ``keys``' rows."""
+    ui = aligned(keys, tables["ui"], [C.USER, C.ITEM]).with_columns(
+        pl.col(*UI_ZERO_COUNTS).fill_null(0), pl.col(*UI_ZERO_SHARES).fill_null(0.0)
     )
-    frame = frame.join(item_groups, on=C.ITEM, how="left")
+    user = aligned(keys, tables["user"], [C.USER])
+    item = aligned(keys, tables["item"], [C.ITEM])
+    derived = pl.DataFrame([(item["i_price"] / user["u_basket_spend"]).alias("ui_price_vs_basket")])
+    return [user, item, ui, aligned(keys, tables["hit"], [C.USER, C.ITEM]), derived]
+
+
+def item_group_blocks(
+    keys: pl.DataFrame, tables: dict[str, pl.DataFrame], ui_days: pl.Series
+) -> list[pl.DataFrame]:
+    """The product-attribute codes, the user x group families and loyalty of ``keys``' rows."""
+    groups = aligned(keys, tables["groups"], [C.ITEM])
+    with_groups = pl.concat([keys, groups], how="horizontal")
+    blocks = [aligned(keys, tables["codes"], [C.ITEM])]
     for group, prefix in GROUP_FAMILIES:
-        frame = frame.join(
-            user_group_features(transactions, items, as_of_week, group, prefix, cfg, **ph),
-            on=[C.USER, group],
-            how="left",
-        ).with_columns(
-            pl.col(f"{prefix}_baskets", f"{prefix}_items", f"{prefix}_days").fill_null(0),
-            pl.col(f"{prefix}_share", f"{prefix}_basket_share").fill_null(0.0),
+        blocks.append(
+            aligned(with_groups, tables[prefix], [C.USER, group]).with_columns(
+                pl.col(f"{prefix}_baskets", f"{prefix}_items", f"{prefix}_days").fill_null(0),
+                pl.col(f"{prefix}_share", f"{prefix}_basket_share").fill_null(0.0),
+            )
         )
     # Loyalty within the (sub-)category: share of the user's shopping days in it with
     # this item.
-    return frame.drop(C.DEPARTMENT, C.CATEGORY, C.SUB_CATEGORY).with_columns(
-        (pl.col("ui_days") / pl.col("uc_days")).alias("ui_category_loyalty"),
-        (pl.col("ui_days") / pl.col("us_days")).alias("ui_sub_category_loyalty"),
+    uc_days, us_days = blocks[2]["uc_days"], blocks[3]["us_days"]
+    blocks.append(
+        pl.DataFrame(
+            [
+                (ui_days / uc_days).alias("ui_category_loyalty"),
+                (ui_days / us_days).alias("ui_sub_category_loyalty"),
+            ]
+        )
     )
-
-
-def with_demographics(frame: pl.LazyFrame, users: pl.LazyFrame) -> pl.LazyFrame:
-    """``frame`` plus one ``{demographic}_code`` per ``USER_CATEGORICALS`` (0 = unknown)."""
-    frame = frame.join(categorical_codes(users, C.USER, USER_CATEGORICALS), on=C.USER, how="left")
-    return frame.with_columns(pl.col(f"{n}_code").fill_null(0) for n in USER_CATEGORICALS)
+    return blocks
 
 
 def build_features(
-    candidates: pl.LazyFrame,
+    candidates: pl.LazyFrame | pl.DataFrame,
     transactions: pl.LazyFrame,
     items: pl.LazyFrame | None,
     users: pl.LazyFrame | None,
@@ -340,6 +376,7 @@ def build_features(
     user_factors: pl.DataFrame | None = None,
     item_factors: pl.DataFrame | None = None,
     placeholder_item: int = PLACEHOLDER,
+    item_table: pl.DataFrame | None = None,
 ) -> FeatureSet:
     """Join every feature family onto the candidates (schema ``CANDIDATES``), as of the cut.
 
@@ -353,29 +390,40 @@ def build_features(
         Product attributes and demographics, or None (their features are then constant).
     placeholder_item
         The id non-catalogue purchases carry (``settings.prefilter.placeholder_item``).
+    item_table
+        The item family (``item_id`` and ``ITEM_FEATURES``) computed elsewhere, e.g. over
+        every user for a shard of users; None: computed from ``transactions``.
 
     Returns
     -------
     FeatureSet
-        The joined frame (one row per candidate, nulls where a user never bought the item)
-        and the ordered feature names; ``categorical`` lists the integer-coded categoricals.
+        The joined frame (one row per candidate in the candidates' order, nulls where a
+        user never bought the item) and the ordered feature names; ``categorical`` lists
+        the integer-coded categoricals.
     """
-    base_cols = [c for c in candidates.collect_schema().names() if c not in (C.USER, C.ITEM)]
-    frame = with_history_features(candidates, transactions, as_of_week, cfg, placeholder_item)
+    keys = candidates.collect() if isinstance(candidates, pl.LazyFrame) else candidates
+    base_cols = [c for c in keys.columns if c not in (C.USER, C.ITEM)]
+    tables = family_tables(
+        transactions, items, users, as_of_week, cfg, placeholder_item, item_table=item_table
+    )
+    blocks = [keys, *history_blocks(keys, tables)]
     categorical: list[str] = []
     if items is not None:
-        frame = with_item_group_features(
-            frame, transactions, items, as_of_week, cfg, placeholder_item
-        )
+        blocks += item_group_blocks(keys, tables, blocks[3]["ui_days"])
         categorical += [f"{name}_code" for name in cfg.item_attributes]
-    if users is not None and cfg.use_demographics:
-        frame = with_demographics(frame, users)
+    if "demographics" in tables:
+        blocks.append(
+            aligned(keys, tables["demographics"], [C.USER]).with_columns(
+                pl.col(f"{n}_code").fill_null(0) for n in USER_CATEGORICALS
+            )
+        )
         categorical += [f"{name}_code" for name in USER_CATEGORICALS]
-    frame = dot_product(frame, user_factors, item_factors)
-    names = [c for c in frame.collect_schema().names() if c not in (C.USER, C.ITEM, C.TARGET)]
+    blocks.append(dot_product(keys, user_factors, item_factors))
+    frame = pl.concat(blocks, how="horizontal")
+    names = [c for c in frame.columns if c not in (C.USER, C.ITEM, C.TARGET)]
     # LightGBM bins float32 anyway; half the width halves the peak memory of the training
     # and scoring frames (about a hundred features per candidate).
-    frame = frame.with_columns(pl.col(names).cast(pl.Float32))
+    frame = frame.with_columns(pl.col(names).cast(pl.Float32)).lazy()
     ordered = [c for c in base_cols if c in names] + [c for c in names if c not in base_cols]
     return FeatureSet(frame=frame, feature_names=tuple(ordered), categorical=tuple(categorical))
 

@@ -95,14 +95,15 @@ def featured_candidates(
     user_ids: pl.LazyFrame,
     as_of_week: int,
     settings: Settings,
+    *,
+    item_table: pl.DataFrame | None = None,
 ) -> FeatureSet:
     """Stage-1 candidates of ``user_ids`` with every feature as of ``as_of_week``.
 
-    The candidates are collected once (ALS is eager anyway) so the feature joins start from
-    an in-memory frame.
+    ``item_table``: the item features over every user (a shard's users see only their own
+    purchases); None computes them from ``data.transactions``.
     """
     cands = stage1.generate_candidates(model, user_ids.select(C.USER).unique(), settings.candidates)
-    cands = cands.collect().lazy()
     user_f, item_f = _factors(model)
     return build_features(
         cands,
@@ -114,6 +115,7 @@ def featured_candidates(
         user_factors=user_f,
         item_factors=item_f,
         placeholder_item=settings.prefilter.placeholder_item,
+        item_table=item_table,
     )
 
 

@@ -14,7 +14,7 @@ Features of a user depend on that user's purchases only, except the item feature
 (popularity over all users) and the reference day (the newest purchase before the cut). A
 shard therefore gets its users' rows plus one sentinel row carrying the global newest day,
 and the item features are computed once on the driver (:func:`build_context`) over all
-transactions and joined in place of the shard-local ones: a shard's cost is proportional to
+transactions and used in place of shard-local ones: a shard's cost is proportional to
 its users, and its output is the same as scoring everybody at once.
 """
 
@@ -44,9 +44,6 @@ log = logging.getLogger(__name__)
 
 SENTINEL_USER = -1
 """User id of the row that carries the global reference day into a shard (never scored)."""
-ITEM_PREFIX = "i_"
-DERIVED_FROM_ITEMS = {"ui_price_vs_basket": pl.col("i_price") / pl.col("u_basket_spend")}
-"""Features mixing item and user columns: recomputed after the global item join."""
 
 
 @dataclass
@@ -175,17 +172,14 @@ def shard_recommendations(
         ctx.users.lazy() if ctx.users is not None else None,
     )
     feats = two_stage.featured_candidates(
-        model.stage1_for_scoring, data, user_ids.lazy(), cut, ctx.settings
+        model.stage1_for_scoring,
+        data,
+        user_ids.lazy(),
+        cut,
+        ctx.settings,
+        item_table=ctx.item_table,
     )
-    plan = feats.frame.join(ctx.catalogue_items.lazy(), on=C.ITEM, how="semi")
-    local_items = [c for c in plan.collect_schema().names() if c.startswith(ITEM_PREFIX)]
-    derived = [c for c in DERIVED_FROM_ITEMS if c in plan.collect_schema().names()]
-    frame = (
-        plan.drop(local_items)
-        .join(ctx.item_table.lazy().select(C.ITEM, *local_items), on=C.ITEM, how="left")
-        .with_columns(DERIVED_FROM_ITEMS[c].alias(c) for c in derived)
-        .collect()
-    )
+    frame = feats.frame.join(ctx.catalogue_items.lazy(), on=C.ITEM, how="semi").collect()
     seconds["features"] = time.perf_counter() - started
 
     started = time.perf_counter()
