@@ -78,13 +78,14 @@ def feature_matrix(frame: pl.DataFrame, feature_names: tuple[str, ...]) -> np.nd
 
 
 def sample_negatives(frame: FrameT, per_user: int | None, seed: int) -> FrameT:
-    """Keep every positive and at most ``per_user`` random negatives per user (None = all)."""
+    """Keep every positive (any ``target`` > 0, graded labels included) and at most
+    ``per_user`` random negatives per user (None = all)."""
     if per_user is None:
         return frame
     keyed = frame.with_columns(
         pl.col(C.ITEM).hash(seed).rank("ordinal").over(C.USER, C.TARGET).alias("_pick")
     )
-    return keyed.filter((pl.col(C.TARGET) == 1) | (pl.col("_pick") <= per_user)).drop("_pick")
+    return keyed.filter((pl.col(C.TARGET) > 0) | (pl.col("_pick") <= per_user)).drop("_pick")
 
 
 def validation_users(users: pl.Series, share: float, seed: int) -> pl.Series:

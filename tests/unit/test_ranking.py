@@ -87,6 +87,18 @@ class TestHelpers:
         assert per_user.max() <= 3
         assert sample_negatives(frame, None, seed=1).height == frame.height
 
+    def test_sample_negatives_keeps_graded_positives(self) -> None:
+        # A label of 2 (bought on two days) is a positive, never a sampled-away negative.
+        frame = training().with_columns(
+            pl.when(pl.col(C.TARGET) == 1).then(2).otherwise(0).cast(pl.Int8).alias(C.TARGET)
+        )
+        sampled = sample_negatives(frame, 1, seed=1)
+        assert (
+            sampled.filter(pl.col(C.TARGET) == 2).height
+            == frame.filter(pl.col(C.TARGET) == 2).height
+        )
+        assert sampled.filter(pl.col(C.TARGET) == 0).group_by(C.USER).len()["len"].max() <= 1
+
     def test_validation_users_deterministic_share(self) -> None:
         users = pl.Series(C.USER, list(range(100)) * 2)
         a = validation_users(users, 0.2, seed=3)
