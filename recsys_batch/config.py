@@ -133,8 +133,10 @@ class CandidatesConfig(_Section):
     """Popular items per user (not already own); also the list new users get."""
     n_trend: int = 60
     """Recent-trend items per user (not already own)."""
-    max_per_user: int = 200
-    """Hard cap on the union per user."""
+    max_per_user: int = 100
+    """Hard cap on the union per user (the candidates stage 2 features and ranks). 100 ranks
+    as well as 200 on the validation origins at half the stage-2 cost (docs/benchmarks.md);
+    200 reaches the higher union recall of docs/candidates.md."""
     recent_baskets: int = 15
     """Co-purchase: seed items are those in the user's last N baskets."""
     copurchase_neighbours: int = 100

@@ -95,6 +95,9 @@ def test_bundled_backtest_union_recall_at_least_half() -> None:
     from recsys_batch.model.candidates import fit_stage1, generate_candidates  # noqa: PLC0415
 
     settings = Settings()
+    settings = settings.model_copy(
+        update={"candidates": settings.candidates.model_copy(update={"max_per_user": 200})}
+    )
     prep = prepare(load_dataset(settings.data), settings)
     windows, tx = prep["windows"], prep["tx"].lazy()
     placeholder = settings.prefilter.placeholder_item
