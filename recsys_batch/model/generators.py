@@ -258,14 +258,26 @@ def list_candidates(
 ) -> pl.LazyFrame:
     """The top ``n`` of a ranked ``item_id, score`` list per user (schema ``GENERATED``).
 
-    Items of ``exclude`` (``user_id, item_id``, at most ``lookahead`` per user) are skipped,
-    so every user gets ``n`` items they are not already offered; ranks are 1..n per user.
+    ``ranked`` is best first. Items of ``exclude`` (``user_id, item_id``, at most
+    ``lookahead`` per user) are skipped, so every user gets ``n`` items they are not already
+    offered; ranks are 1..n per user.
     """
-    pool = ranked.head(n + (lookahead if exclude is not None else 0))
-    rows = users.join(pool.lazy(), how="cross")
+    pool = ranked.head(n + (lookahead if exclude is not None else 0)).lazy()
+    # Every user's rows come in the list's order, so ranks are positions: no sort.
+    rows = users.sort(C.USER).join(pool, how="cross", maintain_order="left_right")
     if exclude is not None:
-        rows = rows.join(exclude, on=[C.USER, C.ITEM], how="anti")
-    return top_rows(rows, n, gen)
+        rows = rows.join(exclude, on=[C.USER, C.ITEM], how="anti", maintain_order="left")
+    return (
+        rows.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.USER).alias(C.RANK))
+        .filter(pl.col(C.RANK) <= n)
+        .select(
+            pl.col(C.USER),
+            pl.col(C.ITEM),
+            pl.lit(gen).alias(C.GENERATOR),
+            pl.col(C.SCORE).cast(pl.Float32),
+            pl.col(C.RANK),
+        )
+    )
 
 
 def sparse_top_n(
