@@ -183,12 +183,17 @@ class DaskExecutor:
         events.shards_started(len(shards))
         run = uuid.uuid4().hex[:8]
         shipped = self.shipped(ctx)
+        # Every worker gets the item-level context once; each task its own users' slice of
+        # stage 1 (a few KB per user), so no worker holds every user's rows.
+        item_level = shard_task.with_stage1(shipped, shard_task.stage1_for_users(shipped, None))
         with self.client() as client:
-            shared = client.scatter(shipped, broadcast=True, hash=False)
+            shared = client.scatter(item_level, broadcast=True, hash=False)
             futures = {
                 shard: client.submit(
+                    shard_task.run_sliced,
                     fn,
                     shared,
+                    shard_task.stage1_for_users(shipped, users[C.USER]),
                     shard,
                     users,
                     key=f"shard-{run}-{shard:05d}",

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from recsys_batch.config import RedisConfig, Settings
@@ -294,6 +295,27 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         seconds["publish"] = time.perf_counter() - started
     result.peak_memory_mb = peak_memory_mb()
     return result
+
+
+def with_stage1(ctx: ShardContext, stage1_model: Any) -> ShardContext:
+    """``ctx`` whose model scores with ``stage1_model`` (a slice of its stage 1)."""
+    return replace(ctx, model=replace(ctx.model, stage1_for_scoring=stage1_model))
+
+
+def stage1_for_users(ctx: ShardContext, user_ids: pl.Series | None) -> Any:
+    """The model's stage 1 sliced to ``user_ids`` (None: to nobody, the item-level parts)."""
+    from recsys_batch.model.candidates import for_users  # noqa: PLC0415 - heavy
+
+    ids = user_ids.to_numpy() if user_ids is not None else np.empty(0, dtype=np.int64)
+    return for_users(ctx.model.stage1_for_scoring, ids)
+
+
+def run_sliced(
+    fn: ShardFn, ctx: ShardContext, stage1_model: Any, shard: int, user_ids: pl.DataFrame
+) -> ShardResult:
+    """``fn`` on ``ctx`` with the shard's own slice of stage 1 (a Dask task: the context
+    broadcast to every worker holds only stage 1's item-level parts)."""
+    return fn(with_stage1(ctx, stage1_model), shard, user_ids)
 
 
 def publish_config(ctx: ShardContext) -> RedisConfig:
