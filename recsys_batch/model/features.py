@@ -419,11 +419,11 @@ def build_features(
         )
         categorical += [f"{name}_code" for name in USER_CATEGORICALS]
     blocks.append(dot_product(keys, user_factors, item_factors))
-    frame = pl.concat(blocks, how="horizontal")
-    names = [c for c in frame.columns if c not in (C.USER, C.ITEM, C.TARGET)]
+    joined = pl.concat(blocks, how="horizontal")
+    names = [c for c in joined.columns if c not in (C.USER, C.ITEM, C.TARGET)]
     # LightGBM bins float32 anyway; half the width halves the peak memory of the training
     # and scoring frames (about a hundred features per candidate).
-    frame = frame.with_columns(pl.col(names).cast(pl.Float32)).lazy()
+    frame = joined.with_columns(pl.col(names).cast(pl.Float32)).lazy()
     ordered = [c for c in base_cols if c in names] + [c for c in names if c not in base_cols]
     return FeatureSet(frame=frame, feature_names=tuple(ordered), categorical=tuple(categorical))
 
