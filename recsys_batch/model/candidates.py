@@ -111,7 +111,8 @@ def fit_lines(transactions: pl.LazyFrame, cfg: CandidatesConfig) -> ids.FitLines
     # Only the "quantity" interaction reads the quantity once returns are dropped; the other
     # interactions leave the column out (8 bytes a line of the biggest frame stage 1 holds).
     extra = [C.QTY] if cfg.als.interaction == "quantity" else []
-    fit = ids.compact_lines(transactions.filter(pl.col(C.QTY) >= 0), extra)
+    purchases = transactions.filter(pl.col(C.QTY) >= 0)
+    fit = ids.compact_lines(purchases, extra, cfg.fit_part_lines)
     if fit.lines.is_empty():
         msg = "stage 1 got no transactions to fit on"
         raise EmptyStageError(
@@ -144,8 +145,7 @@ def als_matrix(fit: ids.FitLines, cfg: CandidatesConfig, cut_day: int) -> sp.csr
     """The weighted user x item matrix ALS is fit on (``als.interaction``, ``als.weighting``)."""
     a = cfg.als
     return ids.user_item_matrix(
-        fit.lines.lazy(),
-        fit.shape,
+        fit,
         a.interaction,
         a.weighting,
         half_life_days=a.recency_half_life_days,
@@ -194,7 +194,7 @@ def fit_stage1(
         candidate_items=cand_idx,
         als=als,
         user_items=user_items,
-        own=own_scores(fit, cand_idx, cut_day, cfg.own_half_life_days).collect(),
+        own=own_scores(fit, cand_idx, cut_day, cfg.own_half_life_days),
         seeds=recent_seed_matrix(fit, cfg.recent_baskets),
         similarity=copurchase_similarity(fit, cand_idx, cfg.copurchase_neighbours),
         popular=popular_items(fit, cand_idx).collect(),

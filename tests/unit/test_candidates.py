@@ -353,7 +353,7 @@ class TestRepeatedLinesCountOnce:
 
     def test_own_scores_count_baskets_not_lines(self) -> None:
         fit = compact_lines(self.LINES.lazy())
-        got = own_scores(fit, self._candidates(fit), cut_day=9, half_life_days=4.0).collect()
+        got = own_scores(fit, self._candidates(fit), cut_day=9, half_life_days=4.0)
         scores = {(r[C.USER], r[C.ITEM]): r[C.SCORE] for r in got.iter_rows(named=True)}
         # user 1, item 101: baskets on day 1 (age 8 = 2 half-lives) and day 5 (1 half-life)
         assert scores[(1, 101)] == pytest.approx(0.25 + 0.5)
@@ -401,6 +401,19 @@ class TestCompactFit:
         returned = tx.head(3).with_columns(pl.lit(-1, dtype=pl.Int64).alias(C.QTY))
         fit = fit_lines(pl.concat([tx, returned]).lazy(), CFG)
         assert fit.lines.height == tx.height
+
+    def test_parts_change_nothing(self, tx: pl.DataFrame, catalogue: pl.DataFrame) -> None:
+        # 100 lines a part: every group-by runs over several ranges of users or baskets
+        cfg = CFG.model_copy(update={"fit_part_lines": 100})
+        assert fit_lines(tx.lazy(), cfg).lines.height > 3 * 100
+        whole = fit_stage1(tx.lazy(), catalogue.lazy(), CFG, PLACEHOLDER)
+        parts = fit_stage1(tx.lazy(), catalogue.lazy(), cfg, PLACEHOLDER)
+        for name in ("user_items", "seeds", "similarity"):
+            a, b = getattr(whole, name), getattr(parts, name)
+            assert (a != b).nnz == 0, name
+            assert a.nnz == b.nnz, name
+        sort = [C.USER, C.ITEM]
+        assert_frame_equal(whole.own.sort(sort), parts.own.sort(sort))
 
     def test_model_rows_and_columns_in_id_order(self, model: Stage1Model) -> None:
         assert model.users.ids.tolist() == sorted(GROUP_A_USERS + GROUP_B_USERS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from recsys_batch.data import columns as C
 from recsys_batch.errors import DataError
@@ -54,6 +55,7 @@ class TestCompactLines:
         fit = compact_lines(TX.lazy())
         assert fit.lines.schema == C.FIT_LINES
         assert fit.shape == (3, 4)
+        assert fit.n_baskets == 4
 
     def test_indexes_follow_ascending_ids_and_rows_keep_their_order(self) -> None:
         fit = compact_lines(TX.lazy())
@@ -105,7 +107,7 @@ def test_interaction_weights(interaction: str, expected_20_101: float) -> None:
 
 def test_csr_shape_order_and_values() -> None:
     fit = compact_lines(TX.lazy())
-    m = user_item_matrix(fit.lines.lazy(), fit.shape, "count", "none")
+    m = user_item_matrix(fit, "count", "none")
     assert m.shape == (3, 4)
     assert m.dtype == np.float32
     dense = m.toarray()
@@ -114,6 +116,23 @@ def test_csr_shape_order_and_values() -> None:
         dense[fit.users.to_idx(np.array([10]))[0], fit.items.to_idx(np.array([999999]))[0]] == 1.0
     )
     assert m.nnz == 4
+
+
+@pytest.mark.parametrize("key", [C.USER_IDX, C.BASKET_IDX])
+def test_collect_by_parts_keeps_every_line_once(key: str) -> None:
+    fit = compact_lines(TX.lazy(), part_lines=2)
+    got = fit.collect_by(key, lambda lines: lines.with_columns(pl.len().over(key).alias("n")))
+    assert got.height == TX.height
+    # each part holds whole values of the key: the per-key counts are those of every line
+    expected = fit.lines.with_columns(pl.len().over(key).alias("n"))
+    assert_frame_equal(got, expected, check_row_order=False)
+
+
+def test_user_item_matrix_in_parts_equals_whole() -> None:
+    whole = user_item_matrix(compact_lines(TX.lazy()), "recency", as_of_day=None)
+    parts = user_item_matrix(compact_lines(TX.lazy(), part_lines=1), "recency", as_of_day=None)
+    # None = the newest day of every line (11), not of each part's
+    np.testing.assert_array_equal(whole.toarray(), parts.toarray())
 
 
 def test_csr_from_index_frame() -> None:
@@ -129,7 +148,7 @@ def test_csr_from_index_frame() -> None:
 @pytest.mark.parametrize("weighting", ["bm25", "tfidf"])
 def test_weighting_keeps_pattern(weighting: str) -> None:
     fit = compact_lines(TX.lazy())
-    raw = user_item_matrix(fit.lines.lazy(), fit.shape, "count", "none")
+    raw = user_item_matrix(fit, "count", "none")
     w = weighted(raw, weighting)  # type: ignore[arg-type]
     assert w.shape == raw.shape
     assert w.dtype == np.float32
