@@ -104,6 +104,19 @@ CATALOGUE = pl.Schema(
 # --- stage 1 / stage 2 --------------------------------------------------------------------
 USER_IDX = "user_idx"
 ITEM_IDX = "item_idx"
+BASKET_IDX = "basket_idx"  # dense rank of basket_id among stage 1's fit lines (order kept)
+
+# Stage 1's fit lines in index space (``ids.compact_lines``): 16 bytes a line where the
+# business ids took 32 (issue #17: the 100x refit's peak).
+FIT_LINES = pl.Schema(
+    {
+        USER_IDX: pl.UInt32,
+        BASKET_IDX: pl.UInt32,
+        DAY: pl.Int16,
+        ITEM_IDX: pl.UInt32,
+        WEEK: pl.Int16,
+    }
+)
 GENERATOR = "generator"
 SCORE = "score"
 RANK = "rank"  # 1 = best

@@ -97,32 +97,34 @@ class Stage1Model:
 # --- fitting ----------------------------------------------------------------------------
 
 
-def fit_lines(transactions: pl.LazyFrame, cfg: CandidatesConfig) -> pl.DataFrame:
-    """The purchases stage 1 fits on, collected once: returns dropped, only the columns read.
+def fit_lines(transactions: pl.LazyFrame, cfg: CandidatesConfig) -> ids.FitLines:
+    """The purchases stage 1 fits on, collected once in index space: returns dropped.
+
+    Schema ``FIT_LINES`` (plus ``quantity`` for that interaction) and the id maps of its
+    users and items (:func:`recsys_batch.model.ids.compact_lines`).
 
     Raises
     ------
     EmptyStageError
         No purchase is left.
+    DataError
+        A day or week does not fit Int16.
     """
     # Only the "quantity" interaction reads the quantity once returns are dropped; the other
     # interactions leave the column out (8 bytes a line of the biggest frame stage 1 holds).
-    kept = [C.USER, C.BASKET, C.DAY, C.ITEM, C.WEEK]
-    if cfg.als.interaction == "quantity":
-        kept.append(C.QTY)
-    tx = transactions.filter(pl.col(C.QTY) >= 0).select(kept).collect()
-    if tx.is_empty():
+    extra = [C.QTY] if cfg.als.interaction == "quantity" else []
+    purchases = transactions.filter(pl.col(C.QTY) >= 0)
+    fit = ids.compact_lines(purchases, extra, cfg.fit_part_lines)
+    if fit.lines.is_empty():
         msg = "stage 1 got no transactions to fit on"
         raise EmptyStageError(
             msg, column=C.USER, fix="check the split windows and that the data is not empty"
         )
-    return tx
+    return fit
 
 
-def candidate_index(
-    catalogue: pl.LazyFrame, items: ids.IdMap, placeholder_item: int
-) -> tuple[pl.DataFrame, np.ndarray]:
-    """The catalogue's ``item_id`` frame (placeholder left out) and its sorted indices in ``items``.
+def candidate_index(catalogue: pl.LazyFrame, items: ids.IdMap, placeholder_item: int) -> np.ndarray:
+    """Sorted indices in ``items`` of the catalogue's items (placeholder left out).
 
     Raises
     ------
@@ -138,18 +140,14 @@ def candidate_index(
         raise EmptyStageError(
             msg, column=C.ITEM, fix="check the catalogue was computed on the same data"
         )
-    return cat_ids, cand_idx
+    return cand_idx
 
 
-def als_matrix(
-    lines: pl.LazyFrame, users: ids.IdMap, items: ids.IdMap, cfg: CandidatesConfig, cut_day: int
-) -> sp.csr_matrix:
+def als_matrix(fit: ids.FitLines, cfg: CandidatesConfig, cut_day: int) -> sp.csr_matrix:
     """The weighted user x item matrix ALS is fit on (``als.interaction``, ``als.weighting``)."""
     a = cfg.als
     return ids.user_item_matrix(
-        lines,
-        users,
-        items,
+        fit,
         a.interaction,
         a.weighting,
         half_life_days=a.recency_half_life_days,
@@ -181,28 +179,28 @@ def fit_stage1(
     ------
     EmptyStageError
         No transactions, or no catalogue item among them.
+    DataError
+        A day or week does not fit Int16.
     """
     start = time.perf_counter()
-    tx = fit_lines(transactions, cfg)
-    users = ids.id_map(tx[C.USER], C.USER, C.USER_IDX)
-    items = ids.id_map(tx[C.ITEM], C.ITEM, C.ITEM_IDX)
-    cat_ids, cand_idx = candidate_index(catalogue, items, placeholder_item)
-    cut_day = int(tx.select(pl.col(C.DAY).max()).item()) + 1
-    lazy, cat_lazy = tx.lazy(), cat_ids.lazy()
-    user_items = als_matrix(lazy, users, items, cfg, cut_day)
+    fit = fit_lines(transactions, cfg)
+    users, items = fit.users, fit.items
+    cand_idx = candidate_index(catalogue, items, placeholder_item)
+    cut_day = int(fit.lines.select(pl.col(C.DAY).max()).item()) + 1
+    user_items = als_matrix(fit, cfg, cut_day)
     als = fit_als(user_items, cfg)
-    trend_from = int(tx.select(pl.col(C.WEEK).max()).item()) - cfg.trend_weeks + 1
+    trend_from = int(fit.lines.select(pl.col(C.WEEK).max()).item()) - cfg.trend_weeks + 1
     model = Stage1Model(
         users=users,
         items=items,
         candidate_items=cand_idx,
         als=als,
         user_items=user_items,
-        own=own_scores(lazy, cat_lazy, cut_day, cfg.own_half_life_days).collect(),
-        seeds=recent_seed_matrix(lazy, users, items, cfg.recent_baskets),
-        similarity=copurchase_similarity(lazy, items, cand_idx, cfg.copurchase_neighbours),
-        popular=popular_items(lazy, cat_lazy).collect(),
-        trend=popular_items(lazy.filter(pl.col(C.WEEK) >= trend_from), cat_lazy).collect(),
+        own=own_scores(fit, cand_idx, cut_day, cfg.own_half_life_days),
+        seeds=recent_seed_matrix(fit, cfg.recent_baskets),
+        similarity=copurchase_similarity(fit, cand_idx, cfg.copurchase_neighbours),
+        popular=popular_items(fit, cand_idx).collect(),
+        trend=popular_items(fit, cand_idx, from_week=trend_from).collect(),
         cut_day=cut_day,
     )
     log.info(

@@ -74,89 +74,124 @@ def fit_als(user_items: sp.csr_matrix, cfg: CandidatesConfig) -> object:
 
 def recency_weight(cut_day: int, half_life_days: float) -> pl.Expr:
     """Weight of one basket line: ``0.5 ** ((cut_day - day) / half_life_days)``."""
-    age = (pl.lit(cut_day) - pl.col(C.DAY)).clip(lower_bound=0).cast(pl.Float64)
-    return pl.lit(0.5).pow(age / half_life_days)
+    # Int32: the fit lines' day is Int16, and cut_day may be one past its range.
+    age = (pl.lit(cut_day, dtype=pl.Int32) - pl.col(C.DAY).cast(pl.Int32)).clip(lower_bound=0)
+    return pl.lit(0.5).pow(age.cast(pl.Float64) / half_life_days)
+
+
+def is_candidate(candidate_items: np.ndarray) -> pl.Expr:
+    """Whether a line's ``item_idx`` is among ``candidate_items`` (the catalogue's indices)."""
+    return pl.col(C.ITEM_IDX).is_in(pl.Series(candidate_items, dtype=pl.UInt32).implode())
 
 
 def own_scores(
-    transactions: pl.LazyFrame, candidate_ids: pl.LazyFrame, cut_day: int, half_life_days: float
-) -> pl.LazyFrame:
-    """Recency-weighted count of baskets per (user, catalogue item): ``user_id, item_id, score``."""
+    fit: ids.FitLines, candidate_items: np.ndarray, cut_day: int, half_life_days: float
+) -> pl.DataFrame:
+    """Recency-weighted count of baskets per (user, catalogue item): ``user_id, item_id, score``.
+
+    Collected in parts of users (:meth:`~recsys_batch.model.ids.FitLines.collect_by`).
+    """
     weight = recency_weight(cut_day, half_life_days)
-    return (
-        # Filter before de-duplicating: the placeholder's lines (half of them) never reach
-        # the hash table of ``unique``.
-        transactions.join(candidate_ids, on=C.ITEM, how="semi")
-        .select(C.USER, C.ITEM, C.BASKET, C.DAY)
-        .unique()
-        .group_by(C.USER, C.ITEM)
-        .agg(weight.sum().cast(pl.Float32).alias(C.SCORE))
-    )
 
-
-def popular_items(transactions: pl.LazyFrame, candidate_ids: pl.LazyFrame) -> pl.LazyFrame:
-    """Catalogue items by distinct buyers, best first (``item_id, score``); ties by item id."""
-    return (
-        transactions.join(candidate_ids, on=C.ITEM, how="semi")
-        .group_by(C.ITEM)
-        .agg(pl.col(C.USER).n_unique().cast(pl.Float32).alias(C.SCORE))
-        .sort([C.SCORE, C.ITEM], descending=[True, False])
-    )
-
-
-def recent_seed_matrix(
-    transactions: pl.LazyFrame, users: ids.IdMap, items: ids.IdMap, recent_baskets: int
-) -> sp.csr_matrix:
-    """User x item count of each item over the user's last ``recent_baskets`` baskets."""
-    baskets = (
-        transactions.select(C.USER, C.BASKET, C.DAY)
-        .group_by(C.USER, C.BASKET)
-        .agg(pl.col(C.DAY).max())
-        .with_columns(
-            pl.struct(pl.col(C.DAY), pl.col(C.BASKET))
-            .rank("ordinal", descending=True)
-            .over(C.USER)
-            .alias("_recent")
+    def scores(lines: pl.LazyFrame) -> pl.LazyFrame:
+        return (
+            # Filter before de-duplicating: the placeholder's lines (half of them) never reach
+            # the hash table of ``unique``.
+            lines.filter(is_candidate(candidate_items))
+            .select(C.USER_IDX, C.ITEM_IDX, C.BASKET_IDX, C.DAY)
+            .unique()
+            .group_by(C.USER_IDX, C.ITEM_IDX)
+            .agg(weight.sum().cast(pl.Float32).alias(C.SCORE))
+            .select(
+                fit.users.id_of(pl.col(C.USER_IDX)), fit.items.id_of(pl.col(C.ITEM_IDX)), C.SCORE
+            )
         )
-        .filter(pl.col("_recent") <= recent_baskets)
-        .select(C.USER, C.BASKET)
+
+    return fit.collect_by(C.USER_IDX, scores)
+
+
+def popular_items(
+    fit: ids.FitLines, candidate_items: np.ndarray, from_week: int | None = None
+) -> pl.LazyFrame:
+    """Catalogue items by distinct buyers, best first (``item_id, score``); ties by item id.
+
+    Only the weeks from ``from_week`` on count (all of them when None).
+    """
+    lines = fit.lines.lazy()
+    if from_week is not None:
+        lines = lines.filter(pl.col(C.WEEK) >= from_week)
+    return (
+        lines.filter(is_candidate(candidate_items))
+        .group_by(C.ITEM_IDX)
+        .agg(pl.col(C.USER_IDX).n_unique().cast(pl.Float32).alias(C.SCORE))
+        .sort([C.SCORE, C.ITEM_IDX], descending=[True, False])
+        .select(fit.items.id_of(pl.col(C.ITEM_IDX)), C.SCORE)
     )
-    seeds = (
-        transactions.join(baskets, on=[C.USER, C.BASKET], how="semi")
-        .select(C.USER, C.BASKET, C.ITEM)
-        .unique()
-        .group_by(C.USER, C.ITEM)
-        .agg(pl.len().cast(pl.Float32).alias(ids.WEIGHT))
-        .collect()
-    )
-    return ids.to_csr(seeds, users, items)
+
+
+def recent_seed_matrix(fit: ids.FitLines, recent_baskets: int) -> sp.csr_matrix:
+    """User x item count of each item over the user's last ``recent_baskets`` baskets.
+
+    Baskets of the same day: the higher ``basket_idx`` (i.e. basket id) is the later one.
+    Collected in parts of users (:meth:`~recsys_batch.model.ids.FitLines.collect_by`).
+    """
+
+    def seeds(lines: pl.LazyFrame) -> pl.LazyFrame:
+        baskets = (
+            lines.select(C.USER_IDX, C.BASKET_IDX, C.DAY)
+            .group_by(C.USER_IDX, C.BASKET_IDX)
+            .agg(pl.col(C.DAY).max())
+            .with_columns(
+                pl.struct(pl.col(C.DAY), pl.col(C.BASKET_IDX))
+                .rank("ordinal", descending=True)
+                .over(C.USER_IDX)
+                .alias("_recent")
+            )
+            .filter(pl.col("_recent") <= recent_baskets)
+            .select(C.USER_IDX, C.BASKET_IDX)
+        )
+        return (
+            lines.join(baskets, on=[C.USER_IDX, C.BASKET_IDX], how="semi")
+            .select(C.USER_IDX, C.BASKET_IDX, C.ITEM_IDX)
+            .unique()
+            .group_by(C.USER_IDX, C.ITEM_IDX)
+            .agg(pl.len().cast(pl.Float32).alias(ids.WEIGHT))
+        )
+
+    return ids.to_csr(fit.collect_by(C.USER_IDX, seeds), fit.shape)
 
 
 def copurchase_similarity(
-    transactions: pl.LazyFrame, items: ids.IdMap, candidate_items: np.ndarray, neighbours: int
+    fit: ids.FitLines, candidate_items: np.ndarray, neighbours: int
 ) -> sp.csr_matrix:
     """Item x item cosine similarity of basket co-occurrence, top ``neighbours`` per row.
 
-    Only catalogue items take part (the placeholder would co-occur with everything).
+    Only catalogue items take part (the placeholder would co-occur with everything). The
+    basket x item pairs are collected in parts of baskets.
     """
-    allowed = items.frame().filter(
-        pl.col(C.ITEM_IDX).is_in(pl.Series(candidate_items, dtype=pl.Int32).implode())
+    pairs = fit.collect_by(
+        C.BASKET_IDX,
+        lambda lines: (
+            lines.filter(is_candidate(candidate_items))
+            .select(C.BASKET_IDX, C.ITEM_IDX)
+            .unique()
+            .sort(C.BASKET_IDX, C.ITEM_IDX)
+        ),
     )
-    lines = (
-        transactions.join(allowed.lazy(), on=C.ITEM)
-        .select(C.BASKET, C.ITEM_IDX)
-        .unique()
-        .select((pl.col(C.BASKET).rank("dense") - 1).cast(pl.Int64).alias("_b"), pl.col(C.ITEM_IDX))
-        .collect()
-    )
-    n_baskets = int(lines.select(pl.col("_b").max()).item() or 0) + 1 if lines.height else 0
+    # The parts are ascending ranges of baskets, so the pairs are in CSR order: the basket x
+    # item matrix is built in place (through a COO it took twice their memory). Baskets
+    # without a catalogue item are empty rows and add nothing.
+    basket_idx = pairs[C.BASKET_IDX].to_numpy()
+    row_starts = np.arange(fit.n_baskets + 1, dtype=basket_idx.dtype)
     baskets = sp.csr_matrix(
         (
-            np.ones(lines.height, dtype=np.float32),
-            (lines["_b"].to_numpy(), lines[C.ITEM_IDX].to_numpy()),
+            np.ones(pairs.height, dtype=np.float32),
+            pairs[C.ITEM_IDX].to_numpy().astype(np.int32),
+            np.searchsorted(basket_idx, row_starts),
         ),
-        shape=(n_baskets, len(items)),
+        shape=(fit.n_baskets, len(fit.items)),
     )
+    del pairs, basket_idx  # not needed for the product (0.8 GB at 100x)
     co = (baskets.T @ baskets).tocsr().astype(np.float32)
     norms = np.sqrt(co.diagonal()).astype(np.float32)
     co.setdiag(0)

@@ -14,6 +14,7 @@ from recsys_batch.model.candidates import (
     Stage1Model,
     als_candidates,
     copurchase_candidates,
+    fit_lines,
     fit_stage1,
     generate_candidates,
     generated_candidates,
@@ -24,7 +25,7 @@ from recsys_batch.model.candidates import (
     user_factors,
 )
 from recsys_batch.model.generators import copurchase_similarity, own_scores, recent_seed_matrix
-from recsys_batch.model.ids import id_map
+from recsys_batch.model.ids import FitLines, compact_lines
 
 PLACEHOLDER = 999999
 GROUP_A_USERS = list(range(1, 9))
@@ -341,39 +342,86 @@ class TestRepeatedLinesCountOnce:
             C.BASKET: [10, 10, 10, 11, 12, 20, 20],
             C.DAY: [1, 1, 1, 5, 9, 3, 3],
             C.ITEM: [101, 101, PLACEHOLDER, 101, 102, 101, 102],
+            C.WEEK: [1, 1, 1, 1, 2, 1, 1],
         },
-        schema_overrides={C.DAY: pl.Int32},
+        schema_overrides={C.DAY: pl.Int32, C.WEEK: pl.Int32},
     )
 
-    def test_own_scores_count_baskets_not_lines(self) -> None:
+    @staticmethod
+    def _candidates(fit: FitLines) -> np.ndarray:
+        return np.sort(fit.items.to_idx(np.array([101, 102])))
 
-        cat = pl.LazyFrame({C.ITEM: [101, 102]})
-        got = own_scores(self.LINES.lazy(), cat, cut_day=9, half_life_days=4.0).collect()
+    def test_own_scores_count_baskets_not_lines(self) -> None:
+        fit = compact_lines(self.LINES.lazy())
+        got = own_scores(fit, self._candidates(fit), cut_day=9, half_life_days=4.0)
         scores = {(r[C.USER], r[C.ITEM]): r[C.SCORE] for r in got.iter_rows(named=True)}
         # user 1, item 101: baskets on day 1 (age 8 = 2 half-lives) and day 5 (1 half-life)
         assert scores[(1, 101)] == pytest.approx(0.25 + 0.5)
         assert scores[(1, 102)] == pytest.approx(1.0)
         assert set(scores) == {(1, 101), (1, 102), (2, 101), (2, 102)}  # no placeholder
+        assert got.schema == pl.Schema({C.USER: pl.Int64, C.ITEM: pl.Int64, C.SCORE: pl.Float32})
 
     def test_recent_seeds_count_each_basket_once(self) -> None:
-
-        users = id_map(self.LINES[C.USER], C.USER, C.USER_IDX)
-        items = id_map(self.LINES[C.ITEM], C.ITEM, C.ITEM_IDX)
-        seeds = recent_seed_matrix(self.LINES.lazy(), users, items, recent_baskets=2).toarray()
-        row = seeds[users.to_idx(np.array([1]))[0]]
+        fit = compact_lines(self.LINES.lazy())
+        seeds = recent_seed_matrix(fit, recent_baskets=2).toarray()
+        row = seeds[fit.users.to_idx(np.array([1]))[0]]
         # user 1's last two baskets are 12 (day 9: 102) and 11 (day 5: 101)
-        assert row[items.to_idx(np.array([101]))[0]] == 1.0
-        assert row[items.to_idx(np.array([102]))[0]] == 1.0
-        assert row[items.to_idx(np.array([PLACEHOLDER]))[0]] == 0.0
+        assert row[fit.items.to_idx(np.array([101]))[0]] == 1.0
+        assert row[fit.items.to_idx(np.array([102]))[0]] == 1.0
+        assert row[fit.items.to_idx(np.array([PLACEHOLDER]))[0]] == 0.0
 
     def test_copurchase_ignores_repeated_scans(self) -> None:
-
-        items = id_map(self.LINES[C.ITEM], C.ITEM, C.ITEM_IDX)
-        cand = np.sort(items.to_idx(np.array([101, 102])))
-        once = self.LINES.unique(subset=[C.BASKET, C.ITEM])
-        sim = copurchase_similarity(self.LINES.lazy(), items, cand, neighbours=5).toarray()
-        sim_once = copurchase_similarity(once.lazy(), items, cand, neighbours=5).toarray()
+        fit = compact_lines(self.LINES.lazy())
+        once = compact_lines(self.LINES.unique(subset=[C.BASKET, C.ITEM]).lazy())
+        cand = self._candidates(fit)
+        sim = copurchase_similarity(fit, cand, neighbours=5).toarray()
+        sim_once = copurchase_similarity(once, cand, neighbours=5).toarray()
         np.testing.assert_allclose(sim, sim_once)
-        a, b = items.to_idx(np.array([101, 102]))
+        a, b = fit.items.to_idx(np.array([101, 102]))
         # 101 in 3 baskets, 102 in 2, together in 1 (basket 20): cosine 1 / sqrt(3 * 2)
         assert sim[a, b] == pytest.approx(1 / np.sqrt(6))
+
+
+class TestCompactFit:
+    """Stage 1 fits in index space (issue #17): dense UInt32 indexes in business-id order."""
+
+    def test_fit_lines_are_compact(self, tx: pl.DataFrame) -> None:
+        fit = fit_lines(tx.lazy(), CFG)
+        assert fit.lines.schema == C.FIT_LINES
+        assert fit.lines.height == tx.height
+        # the rows, in order, are the input's lines
+        assert fit.users.to_ids(fit.lines[C.USER_IDX].to_numpy()).tolist() == tx[C.USER].to_list()
+        assert fit.items.to_ids(fit.lines[C.ITEM_IDX].to_numpy()).tolist() == tx[C.ITEM].to_list()
+
+    def test_quantity_interaction_keeps_the_quantity(self, tx: pl.DataFrame) -> None:
+        cfg = CFG.model_copy(update={"als": CFG.als.model_copy(update={"interaction": "quantity"})})
+        assert fit_lines(tx.lazy(), cfg).lines.schema == pl.Schema({**C.FIT_LINES, C.QTY: pl.Int64})
+
+    def test_returns_are_dropped(self, tx: pl.DataFrame) -> None:
+        returned = tx.head(3).with_columns(pl.lit(-1, dtype=pl.Int64).alias(C.QTY))
+        fit = fit_lines(pl.concat([tx, returned]).lazy(), CFG)
+        assert fit.lines.height == tx.height
+
+    def test_parts_change_nothing(self, tx: pl.DataFrame, catalogue: pl.DataFrame) -> None:
+        # 100 lines a part: every group-by runs over several ranges of users or baskets
+        cfg = CFG.model_copy(update={"fit_part_lines": 100})
+        assert fit_lines(tx.lazy(), cfg).lines.height > 3 * 100
+        whole = fit_stage1(tx.lazy(), catalogue.lazy(), CFG, PLACEHOLDER)
+        parts = fit_stage1(tx.lazy(), catalogue.lazy(), cfg, PLACEHOLDER)
+        for name in ("user_items", "seeds", "similarity"):
+            a, b = getattr(whole, name), getattr(parts, name)
+            assert (a != b).nnz == 0, name
+            assert a.nnz == b.nnz, name
+        sort = [C.USER, C.ITEM]
+        assert_frame_equal(whole.own.sort(sort), parts.own.sort(sort))
+
+    def test_model_rows_and_columns_in_id_order(self, model: Stage1Model) -> None:
+        assert model.users.ids.tolist() == sorted(GROUP_A_USERS + GROUP_B_USERS)
+        assert model.items.ids.tolist() == sorted([*GROUP_A_ITEMS, *GROUP_B_ITEMS, PLACEHOLDER])
+        # user 1 is row 0 and bought the placeholder (the last column) in each of 8 baskets
+        assert model.user_items[0, len(model.items) - 1] == 8.0
+        assert model.candidate_items.tolist() == list(range(len(GROUP_A_ITEMS + GROUP_B_ITEMS)))
+        assert model.own.schema == pl.Schema(
+            {C.USER: pl.Int64, C.ITEM: pl.Int64, C.SCORE: pl.Float32}
+        )
+        assert model.popular.schema == pl.Schema({C.ITEM: pl.Int64, C.SCORE: pl.Float32})
