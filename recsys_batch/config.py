@@ -147,7 +147,7 @@ class CandidatesConfig(_Section):
     """Own-purchase score: half-life of the recency weight, in days."""
     chunk_users: int = 2000
     """Users per batched ``recommend`` call; bounds memory."""
-    fit_part_lines: int = 20_000_000
+    fit_part_lines: int = Field(default=20_000_000, ge=1)
     """About this many fit lines per part of a stage-1 group-by (each part whole users or
     baskets); bounds the fit's memory."""
 

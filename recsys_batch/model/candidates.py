@@ -114,7 +114,7 @@ def fit_lines(transactions: pl.LazyFrame, cfg: CandidatesConfig) -> ids.FitLines
     # interactions leave the column out (8 bytes a line of the biggest frame stage 1 holds).
     extra = [C.QTY] if cfg.als.interaction == "quantity" else []
     purchases = transactions.filter(pl.col(C.QTY) >= 0)
-    fit = ids.compact_lines(purchases, extra, cfg.fit_part_lines)
+    fit = ids.compact_lines(purchases, extra=extra, part_lines=cfg.fit_part_lines)
     if fit.lines.is_empty():
         msg = "stage 1 got no transactions to fit on"
         raise EmptyStageError(

@@ -13,6 +13,9 @@ generator, score, rank``), best first within each user:
     :func:`copurchase_similarity` (item x item cosine), top-n by :func:`sparse_top_n`.
 ``popular`` / ``trend``
     :func:`popular_items` (distinct buyers) and :func:`list_candidates`.
+
+The fitting functions read the fit lines in index space (``ids.FitLines``: dense UInt32
+users, items and baskets); only their outputs carry business ids again.
 """
 
 from __future__ import annotations

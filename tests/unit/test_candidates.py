@@ -352,7 +352,7 @@ class TestRepeatedLinesCountOnce:
         return np.sort(fit.items.to_idx(np.array([101, 102])))
 
     def test_own_scores_count_baskets_not_lines(self) -> None:
-        fit = compact_lines(self.LINES.lazy())
+        fit = compact_lines(self.LINES.lazy(), part_lines=1_000)
         got = own_scores(fit, self._candidates(fit), cut_day=9, half_life_days=4.0)
         scores = {(r[C.USER], r[C.ITEM]): r[C.SCORE] for r in got.iter_rows(named=True)}
         # user 1, item 101: baskets on day 1 (age 8 = 2 half-lives) and day 5 (1 half-life)
@@ -362,7 +362,7 @@ class TestRepeatedLinesCountOnce:
         assert got.schema == pl.Schema({C.USER: pl.Int64, C.ITEM: pl.Int64, C.SCORE: pl.Float32})
 
     def test_recent_seeds_count_each_basket_once(self) -> None:
-        fit = compact_lines(self.LINES.lazy())
+        fit = compact_lines(self.LINES.lazy(), part_lines=1_000)
         seeds = recent_seed_matrix(fit, recent_baskets=2).toarray()
         row = seeds[fit.users.to_idx(np.array([1]))[0]]
         # user 1's last two baskets are 12 (day 9: 102) and 11 (day 5: 101)
@@ -371,8 +371,8 @@ class TestRepeatedLinesCountOnce:
         assert row[fit.items.to_idx(np.array([PLACEHOLDER]))[0]] == 0.0
 
     def test_copurchase_ignores_repeated_scans(self) -> None:
-        fit = compact_lines(self.LINES.lazy())
-        once = compact_lines(self.LINES.unique(subset=[C.BASKET, C.ITEM]).lazy())
+        fit = compact_lines(self.LINES.lazy(), part_lines=1_000)
+        once = compact_lines(self.LINES.unique(subset=[C.BASKET, C.ITEM]).lazy(), part_lines=1_000)
         cand = self._candidates(fit)
         sim = copurchase_similarity(fit, cand, neighbours=5).toarray()
         sim_once = copurchase_similarity(once, cand, neighbours=5).toarray()

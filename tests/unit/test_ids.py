@@ -29,6 +29,7 @@ TX = pl.DataFrame(
     },
     schema_overrides={C.DAY: pl.Int32, C.WEEK: pl.Int32},
 )
+PART = 1_000  # lines a part of a group-by: all of TX in one
 
 
 def test_id_map_roundtrip_and_unknown() -> None:
@@ -52,13 +53,13 @@ class TestCompactLines:
     """Issue #17: the fit lines in index space, in the order ``id_map`` assigns."""
 
     def test_schema(self) -> None:
-        fit = compact_lines(TX.lazy())
+        fit = compact_lines(TX.lazy(), part_lines=PART)
         assert fit.lines.schema == C.FIT_LINES
         assert fit.shape == (3, 4)
         assert fit.n_baskets == 4
 
     def test_indexes_follow_ascending_ids_and_rows_keep_their_order(self) -> None:
-        fit = compact_lines(TX.lazy())
+        fit = compact_lines(TX.lazy(), part_lines=PART)
         assert fit.users.ids.tolist() == id_map(TX[C.USER], C.USER, C.USER_IDX).ids.tolist()
         assert fit.items.ids.tolist() == [101, 102, 103, 999999]
         assert fit.lines[C.USER_IDX].to_list() == [1, 1, 1, 0, 0, 2]
@@ -69,7 +70,7 @@ class TestCompactLines:
         assert fit.lines[C.WEEK].to_list() == TX[C.WEEK].to_list()
 
     def test_extra_columns_kept_as_they_are(self) -> None:
-        fit = compact_lines(TX.lazy(), [C.QTY])
+        fit = compact_lines(TX.lazy(), extra=[C.QTY], part_lines=PART)
         assert fit.lines[C.QTY].to_list() == TX[C.QTY].to_list()
         assert fit.lines.schema[C.QTY] == pl.Int64
 
@@ -78,10 +79,10 @@ class TestCompactLines:
         out_of_range = pl.when(pl.col(C.USER) == 30).then(value).otherwise(pl.col(col))
         bad = TX.with_columns(out_of_range.cast(pl.Int32).alias(col))
         with pytest.raises(DataError, match=f"{col} runs from .* Int16"):
-            compact_lines(bad.lazy())
+            compact_lines(bad.lazy(), part_lines=PART)
 
     def test_no_lines(self) -> None:
-        fit = compact_lines(TX.clear().lazy())
+        fit = compact_lines(TX.clear().lazy(), part_lines=PART)
         assert fit.lines.is_empty()
         assert fit.lines.schema == C.FIT_LINES
         assert fit.shape == (0, 0)
@@ -96,7 +97,7 @@ class TestCompactLines:
     ],
 )
 def test_interaction_weights(interaction: str, expected_20_101: float) -> None:
-    fit = compact_lines(TX.lazy(), [C.QTY])
+    fit = compact_lines(TX.lazy(), extra=[C.QTY], part_lines=PART)
     lines = fit.lines.lazy()
     w = interaction_weights(lines, interaction, half_life_days=10.0, as_of_day=11).collect()  # type: ignore[arg-type]
     u, i = fit.users.to_idx(np.array([20]))[0], fit.items.to_idx(np.array([101]))[0]
@@ -106,7 +107,7 @@ def test_interaction_weights(interaction: str, expected_20_101: float) -> None:
 
 
 def test_csr_shape_order_and_values() -> None:
-    fit = compact_lines(TX.lazy())
+    fit = compact_lines(TX.lazy(), part_lines=PART)
     m = user_item_matrix(fit, "count", "none")
     assert m.shape == (3, 4)
     assert m.dtype == np.float32
@@ -129,7 +130,7 @@ def test_collect_by_parts_keeps_every_line_once(key: str) -> None:
 
 
 def test_user_item_matrix_in_parts_equals_whole() -> None:
-    whole = user_item_matrix(compact_lines(TX.lazy()), "recency", as_of_day=None)
+    whole = user_item_matrix(compact_lines(TX.lazy(), part_lines=PART), "recency", as_of_day=None)
     parts = user_item_matrix(compact_lines(TX.lazy(), part_lines=1), "recency", as_of_day=None)
     # None = the newest day of every line (11), not of each part's
     np.testing.assert_array_equal(whole.toarray(), parts.toarray())
@@ -147,7 +148,7 @@ def test_csr_from_index_frame() -> None:
 
 @pytest.mark.parametrize("weighting", ["bm25", "tfidf"])
 def test_weighting_keeps_pattern(weighting: str) -> None:
-    fit = compact_lines(TX.lazy())
+    fit = compact_lines(TX.lazy(), part_lines=PART)
     raw = user_item_matrix(fit, "count", "none")
     w = weighted(raw, weighting)  # type: ignore[arg-type]
     assert w.shape == raw.shape
