@@ -232,8 +232,7 @@ def dot_product(
     i = item_rows.to_numpy()[known].astype(np.int64)
     users = user_factors.select(shared).to_numpy().astype(np.float32)
     items = item_factors.select(shared).to_numpy().astype(np.float32)
-    # Summed factor by factor in float32: the same value, bit for bit, as a row-wise sum of
-    # the float32 products, whatever the number of candidates.
+    # Factor by factor in float32: bit-equal to a row-wise sum of the float32 products.
     dot = np.zeros(u.size, dtype=np.float32)
     for f in range(len(shared)):
         dot += users[u, f] * items[i, f]

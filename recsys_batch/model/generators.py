@@ -261,9 +261,17 @@ def top_rows(scored: pl.LazyFrame, n: int, gen: str) -> pl.LazyFrame:
 
     Schema ``GENERATED`` with ``generator`` = ``gen``.
     """
+    return first_rows(
+        scored.sort([C.USER, C.SCORE, C.ITEM], descending=[False, True, False]), n, gen
+    )
+
+
+def first_rows(ordered: pl.LazyFrame, n: int, gen: str) -> pl.LazyFrame:
+    """The first ``n`` rows of each user of ``ordered`` (best first), ranked 1..n."""
     return (
-        scored.sort([C.USER, C.SCORE, C.ITEM], descending=[False, True, False])
-        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.USER).alias(C.RANK))
+        ordered.with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.USER).alias(C.RANK)
+        )
         .filter(pl.col(C.RANK) <= n)
         .select(
             pl.col(C.USER),
@@ -305,17 +313,7 @@ def list_candidates(
     rows = users.sort(C.USER).join(pool, how="cross", maintain_order="left_right")
     if exclude is not None:
         rows = rows.join(exclude, on=[C.USER, C.ITEM], how="anti", maintain_order="left")
-    return (
-        rows.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.USER).alias(C.RANK))
-        .filter(pl.col(C.RANK) <= n)
-        .select(
-            pl.col(C.USER),
-            pl.col(C.ITEM),
-            pl.lit(gen).alias(C.GENERATOR),
-            pl.col(C.SCORE).cast(pl.Float32),
-            pl.col(C.RANK),
-        )
-    )
+    return first_rows(rows, n, gen)
 
 
 def sparse_top_n(

@@ -304,7 +304,7 @@ def with_stage1(ctx: ShardContext, stage1_model: Any) -> ShardContext:
 
 def stage1_for_users(ctx: ShardContext, user_ids: pl.Series | None) -> Any:
     """The model's stage 1 sliced to ``user_ids`` (None: to nobody, the item-level parts)."""
-    from recsys_batch.model.candidates import for_users  # noqa: PLC0415 - heavy
+    from recsys_batch.model.stage1_slice import for_users  # noqa: PLC0415 - heavy
 
     ids = user_ids.to_numpy() if user_ids is not None else np.empty(0, dtype=np.int64)
     return for_users(ctx.model.stage1_for_scoring, ids)

@@ -9,7 +9,8 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from recsys_batch.data import columns as C
-from recsys_batch.model.candidates import fit_stage1, for_users, generate_candidates
+from recsys_batch.model.candidates import fit_stage1, generate_candidates
+from recsys_batch.model.stage1_slice import for_users
 from tests.unit.test_candidates import CFG, PLACEHOLDER, _transactions
 
 
