@@ -323,10 +323,11 @@ class ScaleConfig(_Section):
     train_users: int | None = 25_000
     """Stage-2 training and the gate's backtest use at most this many users (stable hash
     sample; None = all). Stage 1 is then refit on every user for scoring."""
-    in_memory_rows: int = 20_000_000
-    """Above this many transactions ``recsys nightly-batch`` runs out of core: the catalogue
-    is computed by a streaming scan, the catalogue-applied transactions are written to one
-    parquet folder per shard under the run directory, and each shard reads only its own."""
+    in_memory_rows: int = Field(default=20_000_000, ge=1)
+    """Above this many transactions ``recsys nightly-batch`` runs out of core: the catalogue's
+    item statistics are computed in parts of whole items of about this many lines, the
+    catalogue-applied transactions are written to one parquet folder per shard under the run
+    directory, and each shard reads only its own."""
 
 
 class TifuKnnConfig(_Section):

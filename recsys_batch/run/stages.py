@@ -23,7 +23,7 @@ from recsys_batch.data import validation
 from recsys_batch.data.sources import Dataset, load_dataset
 from recsys_batch.errors import DataError, EmptyStageError
 from recsys_batch.model import split, two_stage
-from recsys_batch.model.prefilter import apply_catalogue, prefilter
+from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.publish import store
 from recsys_batch.run import executors, quality_gate, records, shard_task, sharding
 
@@ -175,7 +175,10 @@ def run_prefilter(state: RunState) -> int:
     """
     settings, loaded = state.settings, state.data
     tx = loaded.dataset.transactions
-    catalogue = prefilter(tx, loaded.dataset.items, settings.prefilter).catalogue
+    stats = None
+    if not loaded.in_memory:  # item stats in parts of about scale.in_memory_rows lines
+        stats = item_stats_in_parts(tx, -(-loaded.rows // settings.scale.in_memory_rows))
+    catalogue = prefilter(tx, loaded.dataset.items, settings.prefilter, stats).catalogue
     state.catalogue = catalogue.collect(engine="streaming")
     nonempty(state.catalogue.height, "prefilter", "catalogue items")
     tx_cat = apply_catalogue(tx, state.catalogue.lazy(), settings.prefilter)

@@ -100,7 +100,7 @@ def test_out_of_core_with_a_sampled_gate_still_serves_every_user(
 ) -> None:
     # Shards on disk and a ~60-user gate sample: the gate's ranker ships, stage 1 is refit
     # on everyone, so all 160 users get recommendations.
-    scale = {"in_memory_rows": 0, "shard_users": 50, "train_users": 60}
+    scale = {"in_memory_rows": 20_000, "shard_users": 50, "train_users": 60}
     result = _run(_settings(tmp_path, redis_url, key_prefix, scale=scale))
     assert result.metrics["ranker_source"] == "gate"
     assert result.status == "published" and result.users == 160

@@ -72,10 +72,11 @@ def test_out_of_core_publishes_what_the_in_memory_path_publishes(
     tmp_path: Path, real_redis: redis.Redis, redis_url: str, key_prefix: str
 ) -> None:
     in_memory, expected = _run(_settings(tmp_path / "a", redis_url, key_prefix))
-    out_of_core, got = _run(_settings(tmp_path / "b", redis_url, key_prefix, in_memory_rows=0))
+    out_of_core, got = _run(_settings(tmp_path / "b", redis_url, key_prefix, in_memory_rows=20_000))
 
     manifest = json.loads((out_of_core.run_dir / "manifest.json").read_text())
     assert manifest["data"]["in_memory"] is False
+    assert manifest["data"]["rows"] > 3 * 20_000  # the item stats ran in 4+ parts
     assert json.loads((in_memory.run_dir / "manifest.json").read_text())["data"]["in_memory"]
     assert out_of_core.users == in_memory.users == expected.height == USERS
     assert_frame_equal(got, expected)
@@ -87,7 +88,7 @@ def test_out_of_core_publishes_what_the_in_memory_path_publishes(
 def test_sampled_training_and_gate_still_serve_every_user(
     tmp_path: Path, real_redis: redis.Redis, redis_url: str, key_prefix: str
 ) -> None:
-    settings = _settings(tmp_path, redis_url, key_prefix, in_memory_rows=0, train_users=60)
+    settings = _settings(tmp_path, redis_url, key_prefix, in_memory_rows=20_000, train_users=60)
     result, published = _run(settings)
 
     assert result.users == USERS

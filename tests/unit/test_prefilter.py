@@ -10,7 +10,14 @@ from recsys_batch.config import DataConfig, PrefilterConfig
 from recsys_batch.data import columns as C
 from recsys_batch.data import synthetic
 from recsys_batch.data.sources import load_dataset
-from recsys_batch.model.prefilter import FUNNEL, RULES, apply_catalogue, prefilter
+from recsys_batch.model.prefilter import (
+    FUNNEL,
+    RULES,
+    apply_catalogue,
+    item_stats,
+    item_stats_in_parts,
+    prefilter,
+)
 
 
 def eager_prefilter(
@@ -95,6 +102,22 @@ def test_lazy_equals_eager(seed: int, config: PrefilterConfig) -> None:
     assert_frame_equal(funnel, expected_funnel)
     assert_frame_equal(catalogue, expected_catalogue)
     assert catalogue.height > 0
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 7])
+def test_item_stats_in_parts_equal_one_pass(n_parts: int) -> None:
+    data = synthetic.generate(300, 4)
+    tx = data.transactions.lazy()
+    by_item = [C.ITEM]
+    one_pass = item_stats(tx).collect().sort(by_item)
+    assert_frame_equal(item_stats_in_parts(tx, n_parts).collect().sort(by_item), one_pass)
+    config = CONFIGS["default"]
+    expected = prefilter(tx, data.items.lazy(), config).catalogue.collect()
+    stats = item_stats_in_parts(tx, n_parts)
+    assert_frame_equal(
+        prefilter(tx, data.items.lazy(), config, stats).catalogue.collect(), expected
+    )
+    assert expected.height > 0
 
 
 def test_lazy_equals_eager_without_item_table() -> None:
