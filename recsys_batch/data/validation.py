@@ -1,7 +1,7 @@
 """Load-time checks of a :class:`~recsys_batch.data.sources.Dataset`, with errors one can act on.
 
 Every check reads as little as it can: column names come from file headers, and the value
-checks of each table are one aggregate row, all collected together in one
+checks of each table are one aggregate row, all collected together in one streaming
 ``pl.collect_all`` (one pass over each file; the bundled 1.47M rows take a fraction of a
 second). Problems found, in the order they are reported:
 
@@ -266,7 +266,8 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
     item_table = by_name.get(ITEMS)
     if item_table is not None:
         plans.append(missing_items(lenient_tx, canonical(item_table, strict=False)))
-    results = [frame.row(0, named=True) for frame in pl.collect_all(plans)]
+    # Streaming: the in-memory engine read every checked column first (5.6 GB at 100x).
+    results = [frame.row(0, named=True) for frame in pl.collect_all(plans, engine="streaming")]
 
     for table, row in zip(tables, results, strict=False):
         _raise_on_values(table, row)

@@ -21,13 +21,12 @@ import polars as pl
 
 from recsys_batch.config import FeaturesConfig
 from recsys_batch.data import columns as C
+from recsys_batch.model.item_features import ITEM_FEATURES, item_features
 from recsys_batch.model.point_in_time import (
     COUPONED,
     DISCOUNTED,
     PLACEHOLDER,
-    PRICE,
     REF_DAY,
-    before_cut,
     prepared,
 )
 from recsys_batch.model.user_item_features import (
@@ -88,97 +87,6 @@ def user_features(
         (pl.col("u_baskets") / (pl.col("u_tenure_days") / 7.0).clip(1.0, None)).alias(
             "u_baskets_per_week"
         )
-    )
-
-
-# The ranker's feature order of the item family; kept as it always was.
-ITEM_FEATURES = (
-    "i_baskets",
-    "i_buyers",
-    "i_recent_buyers",
-    "i_previous_buyers",
-    "i_quantity",
-    "i_price",
-    "i_discount_share",
-    "i_coupon_share",
-    "i_stores",
-    "i_weeks_sold",
-    "i_days_since_sold",
-    "i_repeat_buyer_share",
-    "i_baskets_per_buyer",
-    "i_user_share",
-    "i_trend",
-)
-
-
-def item_buyer_counts(lines: pl.LazyFrame, recent: pl.Expr, previous: pl.Expr) -> pl.LazyFrame:
-    """Per item: baskets, buyers, recent/previous-window buyers and repeat-buyer share.
-
-    One (item, user) group-by: a basket belongs to one user, so the item's distinct baskets
-    are the sum of its buyers' distinct baskets. Per-item distinct counts of users and
-    baskets over every line would cost a hash set each on the biggest frame.
-    """
-    return (
-        lines.group_by(C.ITEM, C.USER)
-        .agg(
-            pl.col(C.BASKET).n_unique().alias("_n"),
-            recent.any().alias("_recent"),
-            previous.any().alias("_previous"),
-        )
-        .group_by(C.ITEM)
-        .agg(
-            pl.col("_n").sum().cast(pl.UInt32).alias("i_baskets"),
-            pl.len().cast(pl.UInt32).alias("i_buyers"),
-            pl.col("_recent").sum().cast(pl.UInt32).alias("i_recent_buyers"),
-            pl.col("_previous").sum().cast(pl.UInt32).alias("i_previous_buyers"),
-            (pl.col("_n") >= 2).mean().alias("i_repeat_buyer_share"),
-            pl.col("_n").mean().alias("i_baskets_per_buyer"),
-        )
-    )
-
-
-def item_features(
-    transactions: pl.LazyFrame,
-    as_of_week: int,
-    cfg: FeaturesConfig,
-    *,
-    placeholder_item: int = PLACEHOLDER,
-) -> pl.LazyFrame:
-    """One row per item: popularity and its trend, price, discount share, stores, weeks sold.
-
-    Columns are prefixed ``i_``.
-    """
-    tx = prepared(transactions, as_of_week).filter(pl.col(C.ITEM) != placeholder_item)
-    recent = pl.col(C.WEEK) >= as_of_week - cfg.recent_weeks
-    previous = pl.col(C.WEEK).is_between(
-        as_of_week - 2 * cfg.recent_weeks, as_of_week - cfg.recent_weeks, closed="left"
-    )
-    n_users = tx.select(pl.col(C.USER).n_unique().alias("_all_users"))
-    # A one-row frame, not prepared's broadcast column: a whole-frame max broadcast to every
-    # line makes the streaming engine hold all the lines until the max is known.
-    reference_day = before_cut(transactions, as_of_week).select(
-        (pl.col(C.DAY).max() + 1).alias(REF_DAY)
-    )
-    return (
-        tx.group_by(C.ITEM)
-        .agg(
-            pl.col(C.QTY).sum().alias("i_quantity"),
-            pl.col(PRICE).median().alias("i_price"),
-            pl.col(DISCOUNTED).mean().alias("i_discount_share"),
-            pl.col(COUPONED).mean().alias("i_coupon_share"),
-            pl.col(C.STORE).n_unique().alias("i_stores"),
-            pl.col(C.WEEK).n_unique().alias("i_weeks_sold"),
-            pl.col(C.DAY).max().alias("_last_day"),
-        )
-        .join(item_buyer_counts(tx, recent, previous), on=C.ITEM, how="left")
-        .join(n_users, how="cross")
-        .join(reference_day, how="cross")
-        .with_columns(
-            (pl.col(REF_DAY) - pl.col("_last_day")).alias("i_days_since_sold"),
-            (pl.col("i_buyers") / pl.col("_all_users")).alias("i_user_share"),
-            ((pl.col("i_recent_buyers") + 1) / (pl.col("i_previous_buyers") + 1)).alias("i_trend"),
-        )
-        .select(C.ITEM, *ITEM_FEATURES)
     )
 
 
@@ -307,7 +215,9 @@ def family_tables(
         "hit": window_hit_rate(transactions, as_of_week, cfg.horizon_weeks, cfg, **ph),
     }
     if item_table is None:
-        plans["item"] = item_features(transactions, as_of_week, cfg, **ph)
+        plans["item"] = item_features(
+            transactions, as_of_week, cfg, placeholder_item=placeholder_item
+        )
     if items is not None:
         plans["codes"] = categorical_codes(items, C.ITEM, cfg.item_attributes)
         plans["groups"] = items.select(C.ITEM, *(g for g, _ in GROUP_FAMILIES)).unique(

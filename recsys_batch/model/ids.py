@@ -70,6 +70,15 @@ class IdMap:
         return pl.lit(pl.Series(self.ids, dtype=pl.Int64)).gather(idx).alias(self.id_col)
 
 
+def item_part(n_parts: int, part: int) -> pl.Expr:
+    """Whether a line's item is in part ``part`` of ``n_parts`` parts of whole items.
+
+    For group-bys by item collected part by part: every item's lines fall in one part. The
+    hash is Polars' own, stable within a process (parts never outlive one).
+    """
+    return pl.col(C.ITEM).hash() % n_parts == part
+
+
 def id_map(ids: pl.Series | np.ndarray, id_col: str, idx_col: str) -> IdMap:
     """Build an :class:`IdMap` from any (possibly repeated) ids."""
     # polars' unique and sort: np.unique takes ~40 s on the 16M basket ids at 100x, this ~1 s.

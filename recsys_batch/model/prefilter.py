@@ -12,6 +12,7 @@ import polars as pl
 
 from recsys_batch.config import PrefilterConfig
 from recsys_batch.data import columns as C
+from recsys_batch.model.ids import item_part
 
 RULES = ("all", "recent", "popularity", "department", "price", "top_n")
 _ROWS = "rows"
@@ -69,9 +70,11 @@ def item_stats_in_parts(transactions: pl.LazyFrame, n_parts: int) -> pl.LazyFram
     if n_parts <= 1:
         return item_stats(transactions)
     n_users = transactions.select(pl.col(C.USER).n_unique()).collect(engine="streaming").item()
-    part = pl.col(C.ITEM).hash() % n_parts
     return pl.concat(
-        [item_stats(transactions.filter(part == p), n_users).collect() for p in range(n_parts)]
+        [
+            item_stats(transactions.filter(item_part(n_parts, p)), n_users).collect()
+            for p in range(n_parts)
+        ]
     ).lazy()
 
 

@@ -34,7 +34,8 @@ from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.data import columns as C
 from recsys_batch.errors import PublishError, RecsysError
 from recsys_batch.model import split
-from recsys_batch.model.features import before_cut, item_features
+from recsys_batch.model.item_features import item_table_in_parts
+from recsys_batch.model.point_in_time import before_cut
 from recsys_batch.publish import keys, store, writer
 from recsys_batch.run import sharding
 
@@ -118,18 +119,17 @@ class ShardResult:
 ShardFn = Callable[[ShardContext, int, pl.DataFrame], ShardResult]
 
 
-def global_item_table(tx: pl.LazyFrame, as_of_week: int, settings: Settings) -> pl.DataFrame:
-    """Item features over every user's purchases before ``as_of_week`` (driver, once).
-
-    Collected with the streaming engine, so only the per-item result is held, not the
-    transactions. Common sub-plan elimination is off: each branch scans the shards itself,
-    whereas a shared (cached) scan would buffer every line in memory.
-    """
-    features = item_features(
-        tx, as_of_week, settings.features, placeholder_item=settings.prefilter.placeholder_item
-    )
-    return features.collect(
-        engine="streaming", optimizations=pl.QueryOptFlags(comm_subplan_elim=False)
+def global_item_table(
+    tx: pl.LazyFrame, as_of_week: int, settings: Settings, n_parts: int = 1
+) -> pl.DataFrame:
+    """Item features over every user's purchases before ``as_of_week`` (driver, once), in
+    ``n_parts`` parts of whole items (streaming: only the per-item result is held)."""
+    return item_table_in_parts(
+        tx,
+        as_of_week,
+        settings.features,
+        n_parts,
+        placeholder_item=settings.prefilter.placeholder_item,
     )
 
 
@@ -347,11 +347,13 @@ def build_context(
     n_shards: int,
     *,
     shards_dir: sharding.Location | None = None,
+    item_parts: int = 1,
 ) -> ShardContext:
     """Everything the shards share: item features, reference day, catalogue, small tables.
 
     ``data`` is the run's ``two_stage.ModelData``; its transactions are kept in memory
     unless ``shards_dir`` holds them already split by :func:`sharding.write_shards`.
+    ``item_parts``: the item features are computed in that many parts of whole items.
     """
     cut = model.windows.target_end
     tx = split.before_test(data.transactions, model.windows)
@@ -363,7 +365,7 @@ def build_context(
         .filter(pl.col(C.ITEM) != placeholder)
         .unique()
         .collect(),
-        item_table=global_item_table(tx, cut, settings),
+        item_table=global_item_table(tx, cut, settings, item_parts),
         reference_rows=reference_rows(tx, cut),
         settings=settings,
         n_shards=n_shards,

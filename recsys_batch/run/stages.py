@@ -175,9 +175,7 @@ def run_prefilter(state: RunState) -> int:
     """
     settings, loaded = state.settings, state.data
     tx = loaded.dataset.transactions
-    stats = None
-    if not loaded.in_memory:  # item stats in parts of about scale.in_memory_rows lines
-        stats = item_stats_in_parts(tx, -(-loaded.rows // settings.scale.in_memory_rows))
+    stats = None if loaded.in_memory else item_stats_in_parts(tx, item_parts(state))
     catalogue = prefilter(tx, loaded.dataset.items, settings.prefilter, stats).catalogue
     state.catalogue = catalogue.collect(engine="streaming")
     nonempty(state.catalogue.height, "prefilter", "catalogue items")
@@ -251,6 +249,7 @@ def score_and_publish(state: RunState) -> int:
         settings,
         sharding.shard_count(loaded.users, settings.scale.shard_users),
         shards_dir=shards_location(settings, state.record) if shards_on_disk(state) else None,
+        item_parts=item_parts(state),
     )
     context.output_dir = state.record.run_dir / RECOMMENDATIONS_FILE
     context.expected_users = loaded.users
@@ -268,6 +267,13 @@ def score_and_publish(state: RunState) -> int:
     state.version, state.users = published.version, published.users
     state.record.version = published.version
     return state.users
+
+
+def item_parts(state: RunState) -> int:
+    """Parts of whole items for the per-item statistics over every line: 1 in memory, else
+    one per ``scale.in_memory_rows`` lines (their hash tables hold one part at a time)."""
+    loaded = state.data
+    return 1 if loaded.in_memory else -(-loaded.rows // state.settings.scale.in_memory_rows)
 
 
 def _model_data(state: RunState) -> two_stage.ModelData:

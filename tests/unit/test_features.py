@@ -8,12 +8,14 @@ from polars.testing import assert_frame_equal
 
 from recsys_batch.config import FeaturesConfig
 from recsys_batch.data import columns as C
+from recsys_batch.data import synthetic
 from recsys_batch.model.features import (
     build_features,
     categorical_codes,
     item_features,
     user_features,
 )
+from recsys_batch.model.item_features import item_table_in_parts
 from recsys_batch.model.user_item_features import (
     user_group_features,
     user_item_features,
@@ -263,3 +265,13 @@ class TestSubCategoryAffinity:
         changed = self.featured([*BEFORE, (20, 12, 22, 102, 4)])
         assert changed.filter(pl.col(C.USER) == 20)["us_days"].item() == 1
         assert not changed.equals(before)
+
+
+@pytest.mark.parametrize("n_parts", [2, 5])
+def test_item_table_in_parts_equals_one_query(n_parts: int) -> None:
+    tx = synthetic.generate(300, 5).transactions.lazy()
+    cut = 40
+    one_query = item_features(tx, cut, CFG).collect().sort(C.ITEM)
+    assert one_query.height > 100
+    assert_frame_equal(item_table_in_parts(tx, cut, CFG, 1), one_query)
+    assert_frame_equal(item_table_in_parts(tx, cut, CFG, n_parts), one_query)
