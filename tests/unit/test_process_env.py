@@ -32,18 +32,18 @@ def _clean_env() -> dict[str, str]:
     }
 
 
-def test_cli_import_sets_passive_openmp_and_eager_page_return() -> None:
+def test_cli_import_sets_passive_openmp_and_prompt_page_return() -> None:
     seen = _probe(_clean_env())
     assert seen["OMP_WAIT_POLICY"] == "PASSIVE"
     # polars prepends its own defaults when it loads; jemalloc lets the later options win.
-    assert seen["_RJEM_MALLOC_CONF"].endswith("dirty_decay_ms:0,muzzy_decay_ms:0")
+    assert seen["_RJEM_MALLOC_CONF"].endswith("dirty_decay_ms:2000,muzzy_decay_ms:0")
 
 
 @pytest.mark.parametrize("name", ["OMP_WAIT_POLICY", "_RJEM_MALLOC_CONF"])
 def test_an_explicit_setting_wins(name: str) -> None:
     seen = _probe({**_clean_env(), name: "user-choice"})
     assert seen[name].endswith("user-choice")
-    assert "decay_ms:0" not in seen[name]
+    assert "dirty_decay_ms:2000" not in seen[name]
 
 
 QUIET_PROBE = (
