@@ -16,7 +16,7 @@ the same model print the same lines (issue #17: compact ids change no output).
 
     PYTHONPATH=. python benchmarks/stage1_refit.py --candidates
     PYTHONPATH=. python benchmarks/stage1_refit.py --source synthetic \
-        --path /work/data/synth-100x --work /tmp/refit-100x
+        --path DIR/100x --work DIR/refit
 """
 
 from __future__ import annotations

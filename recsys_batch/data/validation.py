@@ -178,16 +178,26 @@ def table_checks(table: SourceTable) -> pl.LazyFrame:
     return table.raw.select(exprs)
 
 
+def distinct_count(frame: pl.LazyFrame, column: str, alias: str) -> pl.LazyFrame:
+    """One row: the distinct values of ``column``, as ``alias``.
+
+    A ``unique`` then a count, which the streaming engine runs on a hash set; its
+    ``n_unique`` over a whole frame buffered the column (5.5 GB for users and items at 100x).
+    """
+    return frame.select(pl.col(column).unique()).select(pl.len().alias(alias))
+
+
 def transaction_stats(transactions: pl.LazyFrame) -> pl.LazyFrame:
     """One row: week/day range, users, items and returns of the (lenient) transactions."""
-    return transactions.select(
+    ranges = transactions.select(
         pl.col(C.WEEK).min().alias("first_week"),
         pl.col(C.WEEK).max().alias("last_week"),
         pl.col(C.DAY).min().alias("first_day"),
         pl.col(C.DAY).max().alias("last_day"),
-        pl.col(C.USER).n_unique().alias("users"),
-        pl.col(C.ITEM).n_unique().alias("items"),
         (~KEEP_ROW).sum().alias("returns"),
+    )
+    return ranges.join(distinct_count(transactions, C.USER, "users"), how="cross").join(
+        distinct_count(transactions, C.ITEM, "items"), how="cross"
     )
 
 
@@ -266,8 +276,11 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
     item_table = by_name.get(ITEMS)
     if item_table is not None:
         plans.append(missing_items(lenient_tx, canonical(item_table, strict=False)))
-    # Streaming: the in-memory engine read every checked column first (5.6 GB at 100x).
-    results = [frame.row(0, named=True) for frame in pl.collect_all(plans, engine="streaming")]
+    # Streaming, and each plan scans its files itself: the in-memory engine, or one cached
+    # scan shared by the plans, buffered every checked column (5.5 GB at 100x).
+    no_cache = pl.QueryOptFlags(comm_subplan_elim=False)
+    collected = pl.collect_all(plans, engine="streaming", optimizations=no_cache)
+    results = [frame.row(0, named=True) for frame in collected]
 
     for table, row in zip(tables, results, strict=False):
         _raise_on_values(table, row)

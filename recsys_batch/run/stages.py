@@ -97,14 +97,14 @@ def load(state: RunState) -> int:
     tx = dataset.transactions
     if state.run_date is not None:
         tx = tx.filter(pl.col(C.DAY) <= cut_day(state.run_date, settings.data.origin_date))
-    rows, users, first_day, last_day = (
+    rows, first_day, last_day, users = (
         tx.select(
             pl.len(),
-            pl.col(C.USER).n_unique(),
             pl.col(C.DAY).min().alias("first_day"),
             pl.col(C.DAY).max().alias("last_day"),
         )
-        .collect(engine="streaming")
+        .join(validation.distinct_count(tx, C.USER, "users"), how="cross")
+        .collect(engine="streaming", optimizations=pl.QueryOptFlags(comm_subplan_elim=False))
         .row(0)
     )
     nonempty(rows, "load", "transactions")
