@@ -6,8 +6,10 @@ the prefilter's item statistics (buyers, median unit price) and the shards' item
 (``scale.in_memory_rows`` lines each) one part at a time. Each measurement runs in a child
 process, so each peak is its own; the tables of both ways are compared (they must be equal).
 
-Run: ``python benchmarks/item_parts.py --source synthetic --path DIR/100x [--parts 7]``
-(``--parts`` 0: as the nightly chooses, one per ``scale.in_memory_rows`` lines).
+Run: ``python benchmarks/item_parts.py --source synthetic --path DIR/100x [--parts 7]
+[--tables prefilter,item_table]`` (``--parts`` 0: as the nightly chooses, one per
+``scale.in_memory_rows`` lines). The item table is computed on the nightly's catalogue,
+which the parent computes once, in parts, before the children start.
 """
 
 from __future__ import annotations
@@ -32,18 +34,14 @@ from recsys_batch.model.split import production_windows, week_range
 
 def _measure(settings: Settings, table: str, n_parts: int, out: str) -> None:
     """Child process: compute one table, write it to ``out`` with its wall and peak."""
-    dataset = load_dataset(settings.data)
-    tx = dataset.transactions
+    tx = load_dataset(settings.data).transactions
     started = time.perf_counter()
     if table == "prefilter":
         frame = item_stats_in_parts(tx, n_parts).collect().sort("item_id")
     else:
-        catalogue = prefilter(tx, dataset.items, settings.prefilter).catalogue.collect(
-            engine="streaming"
-        )
+        catalogue = pl.read_parquet(Path(out).with_name(CATALOGUE))
         tx_cat = apply_catalogue(tx, catalogue.lazy(), settings.prefilter)
         cut = production_windows(*week_range(tx), settings.split).target_end
-        started = time.perf_counter()  # the catalogue is the prefilter's, not this table's
         frame = item_table_in_parts(
             tx_cat,
             cut,
@@ -57,18 +55,31 @@ def _measure(settings: Settings, table: str, n_parts: int, out: str) -> None:
     Path(out + ".json").write_text(json.dumps({"seconds": seconds, "peak_mib": peak}))
 
 
+CATALOGUE = "catalogue.parquet"
+"""The nightly's catalogue, computed once by the parent for the item-table children."""
+
+
+def _write_catalogue(settings: Settings, n_parts: int, folder: Path) -> None:
+    dataset = load_dataset(settings.data)
+    stats = item_stats_in_parts(dataset.transactions, n_parts)
+    result = prefilter(dataset.transactions, dataset.items, settings.prefilter, stats)
+    result.catalogue.collect(engine="streaming").write_parquet(folder / CATALOGUE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="completejourney")
     parser.add_argument("--path", default=None)
     parser.add_argument("--parts", type=int, default=0)
+    parser.add_argument("--tables", default="prefilter,item_table")
     args = parser.parse_args()
     settings = load_settings(data={"source": args.source, "path": args.path})
     rows = load_dataset(settings.data).transactions.select(pl.len()).collect().item()
     n_parts = args.parts or max(1, -(-rows // settings.scale.in_memory_rows))
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as work:
-        for table in ("prefilter", "item_table"):
+        _write_catalogue(settings, n_parts, Path(work))
+        for table in args.tables.split(","):
             frames = {}
             for parts in (1, n_parts):
                 out = str(Path(work) / f"{table}-{parts}.parquet")
