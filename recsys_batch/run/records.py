@@ -26,9 +26,13 @@ MODELS = "models"
 
 
 def new_run_id(now: datetime | None = None) -> str:
-    """A sortable, unique run id such as ``20261128T031500Z-9c2e``."""
+    """A unique run id such as ``20261128T031500.123Z-9c2e``, in start order when sorted.
+
+    Milliseconds, so that runs started within one second (tests; fast retries) still sort in
+    the order they started.
+    """
     now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(2)}"
 
 
 def peak_memory_mb() -> float:

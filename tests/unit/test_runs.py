@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,12 @@ class TestRuns:
         ids = [records.new_run_id() for _ in range(10)]
         assert len(set(ids)) > 1
         assert all(len(i) == len(ids[0]) for i in ids)
+        # Runs started within one second sort in start order (a random suffix would not).
+        second = datetime(2026, 11, 30, 3, 15, 0, tzinfo=UTC)
+        starts = [second.replace(microsecond=ms * 1000) for ms in (999, 5, 120, 0, 42)]
+        by_id = sorted(starts, key=lambda start: records.new_run_id(start))
+        assert by_id == sorted(starts)
+        assert records.new_run_id(second).startswith("20261130T031500.000Z-")
 
     @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
     def test_read_only_runs_dir_is_clear_config_error(self, tmp_path: Path) -> None:
