@@ -151,6 +151,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
     if url:
         yield url
+        _remove_test_keys(url)
         return
     proc, port = start_redis_server(tmp_path_factory.mktemp("redis"))
     try:
@@ -160,10 +161,30 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+_PREFIXES: list[str] = []
+"""Every prefix :func:`key_prefix` handed out in this session."""
+
+
+def _remove_test_keys(url: str) -> None:
+    """Delete the keys of this session's prefixes from a shared server (tests that publish
+    through the CLI or the pipeline leave their versions behind)."""
+    client = redis.Redis.from_url(url)
+    try:
+        for prefix in _PREFIXES:
+            for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+                client.unlink(key)
+    except redis.RedisError:
+        pass  # a test stopped the server on purpose; nothing to tidy
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def key_prefix() -> str:
     """A unique key prefix per test, so tests never see each other's keys on a shared server."""
-    return f"t{uuid.uuid4().hex[:12]}"
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    _PREFIXES.append(prefix)
+    return prefix
 
 
 @pytest.fixture
