@@ -11,7 +11,7 @@ import polars as pl
 
 from recsys_batch.config import FeaturesConfig
 from recsys_batch.data import columns as C
-from recsys_batch.model.ids import item_part
+from recsys_batch.model.ids import distinct_count, item_part
 from recsys_batch.model.point_in_time import (
     COUPONED,
     DISCOUNTED,
@@ -74,7 +74,7 @@ def item_totals(
     """One row over every line before the cut: users with a catalogue purchase
     (``_all_users``) and the reference day."""
     tx = prepared(transactions, as_of_week).filter(pl.col(C.ITEM) != placeholder_item)
-    n_users = tx.select(pl.col(C.USER).n_unique().alias("_all_users"))
+    n_users = distinct_count(tx, C.USER, "_all_users")
     # A one-row frame, not prepared's broadcast column: a whole-frame max broadcast to every
     # line makes the streaming engine hold all the lines until the max is known.
     reference_day = before_cut(transactions, as_of_week).select(
@@ -143,20 +143,17 @@ def item_table_in_parts(
     shared (cached) scan would buffer every line in memory.
     """
     no_cache = pl.QueryOptFlags(comm_subplan_elim=False)
-    ph = {"placeholder_item": placeholder_item}
-    if n_parts <= 1:
-        query = item_features(transactions, as_of_week, cfg, placeholder_item=placeholder_item)
-        return query.collect(engine="streaming", optimizations=no_cache).sort(C.ITEM)
-    totals = item_totals(transactions, as_of_week, **ph).collect(engine="streaming")
+    totals = item_totals(transactions, as_of_week, placeholder_item=placeholder_item)
+    totals_row = totals.collect(engine="streaming", optimizations=no_cache).lazy()
     parts = [
         item_features(
             transactions,
             as_of_week,
             cfg,
             placeholder_item=placeholder_item,
-            only_items=item_part(n_parts, part),
-            totals=totals.lazy(),
+            only_items=item_part(n_parts, part) if n_parts > 1 else None,
+            totals=totals_row,
         ).collect(engine="streaming", optimizations=no_cache)
-        for part in range(n_parts)
+        for part in range(max(n_parts, 1))
     ]
     return pl.concat(parts).sort(C.ITEM)

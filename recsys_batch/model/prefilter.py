@@ -12,7 +12,7 @@ import polars as pl
 
 from recsys_batch.config import PrefilterConfig
 from recsys_batch.data import columns as C
-from recsys_batch.model.ids import item_part
+from recsys_batch.model.ids import distinct_count, item_part
 
 RULES = ("all", "recent", "popularity", "department", "price", "top_n")
 _ROWS = "rows"
@@ -69,7 +69,7 @@ def item_stats_in_parts(transactions: pl.LazyFrame, n_parts: int) -> pl.LazyFram
     """
     if n_parts <= 1:
         return item_stats(transactions)
-    n_users = transactions.select(pl.col(C.USER).n_unique()).collect(engine="streaming").item()
+    n_users = distinct_count(transactions, C.USER, "users").collect(engine="streaming").item()
     return pl.concat(
         [
             item_stats(transactions.filter(item_part(n_parts, p)), n_users).collect()

@@ -23,6 +23,7 @@ from recsys_batch.data import validation
 from recsys_batch.data.sources import Dataset, load_dataset
 from recsys_batch.errors import DataError, EmptyStageError
 from recsys_batch.model import split, two_stage
+from recsys_batch.model.ids import distinct_count
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.publish import store
 from recsys_batch.run import executors, quality_gate, records, shard_task, sharding
@@ -103,7 +104,7 @@ def load(state: RunState) -> int:
             pl.col(C.DAY).min().alias("first_day"),
             pl.col(C.DAY).max().alias("last_day"),
         )
-        .join(validation.distinct_count(tx, C.USER, "users"), how="cross")
+        .join(distinct_count(tx, C.USER, "users"), how="cross")
         .collect(engine="streaming", optimizations=pl.QueryOptFlags(comm_subplan_elim=False))
         .row(0)
     )
