@@ -409,25 +409,18 @@ def generate_candidates(
 # --- exports ----------------------------------------------------------------------------
 
 
-def _factor_frame(ids_: np.ndarray, factors: np.ndarray, id_col: str) -> pl.DataFrame:
-    data: dict[str, object] = {id_col: pl.Series(ids_, dtype=pl.Int64)}
-    factors = np.asarray(factors, dtype=np.float32)
-    for f in range(factors.shape[1] if factors.ndim == 2 else 0):
-        data[f"als_f{f}"] = pl.Series(factors[:, f], dtype=pl.Float32)
-    return pl.DataFrame(data)
-
-
-def item_factors(model: Stage1Model) -> pl.DataFrame:
-    """``item_id, als_f0..`` for the catalogue items (float32)."""
-    factors = np.asarray(model.als.item_factors)  # type: ignore[attr-defined]
+def item_factors(model: Stage1Model) -> ids.Factors:
+    """ALS factors of the catalogue items (float32)."""
     idx = model.candidate_items
-    return _factor_frame(model.items.to_ids(idx), factors[idx], C.ITEM)
+    factors = np.asarray(model.als.item_factors, dtype=np.float32)  # type: ignore[attr-defined]
+    catalogue = ids.IdMap(model.items.to_ids(idx), C.ITEM, C.ITEM_IDX)
+    return ids.Factors(catalogue, factors[idx])
 
 
-def user_factors(model: Stage1Model) -> pl.DataFrame:
-    """``user_id, als_f0..`` for every user known to the model (float32)."""
-    factors = np.asarray(model.als.user_factors)  # type: ignore[attr-defined]
-    return _factor_frame(model.users.ids, factors, C.USER)
+def user_factors(model: Stage1Model) -> ids.Factors:
+    """ALS factors of every user known to the model (float32; not copied)."""
+    factors = np.asarray(model.als.user_factors, dtype=np.float32)  # type: ignore[attr-defined]
+    return ids.Factors(model.users, factors)
 
 
 def save_stage1(model: Stage1Model, path: Path) -> None:

@@ -21,6 +21,7 @@ import polars as pl
 
 from recsys_batch.config import FeaturesConfig
 from recsys_batch.data import columns as C
+from recsys_batch.model.ids import Factors
 from recsys_batch.model.item_features import ITEM_FEATURES, item_features
 from recsys_batch.model.point_in_time import (
     COUPONED,
@@ -113,37 +114,30 @@ def categorical_codes(table: pl.LazyFrame, key: str, columns: tuple[str, ...]) -
     ).unique(subset=key, keep="first")
 
 
-def factor_rows(ids: pl.Series, factor_ids: pl.Series) -> pl.Series:
-    """Row of each of ``ids`` in a factor table keyed by ``factor_ids`` (null: absent)."""
-    lookup = pl.DataFrame(
-        {"_id": factor_ids, "_row": pl.int_range(len(factor_ids), eager=True, dtype=pl.Int64)}
-    )
-    return ids.to_frame("_id").join(lookup, on="_id", how="left", maintain_order="left")["_row"]
+_DOT_CHUNK = 1 << 14
+"""Candidate rows whose factors are gathered at once (4 MiB each at 64 factors: in cache)."""
 
 
 def dot_product(
-    keys: pl.DataFrame, user_factors: pl.DataFrame | None, item_factors: pl.DataFrame | None
+    keys: pl.DataFrame, user_factors: Factors | None, item_factors: Factors | None
 ) -> pl.DataFrame:
     """``als_dot`` of every row of ``keys``: user factor . item factor (null when absent)."""
-    if (
-        user_factors is None
-        or item_factors is None
-        or user_factors.is_empty()
-        or item_factors.is_empty()
-    ):
+    if not user_factors or not item_factors:
         return pl.DataFrame({"als_dot": pl.Series([None] * keys.height, dtype=pl.Float32)})
-    shared = [c for c in user_factors.columns if c != C.USER and c in item_factors.columns]
-    user_rows = factor_rows(keys[C.USER], user_factors[C.USER])
-    item_rows = factor_rows(keys[C.ITEM], item_factors[C.ITEM])
-    known = (user_rows.is_not_null() & item_rows.is_not_null()).to_numpy()
-    u = user_rows.to_numpy()[known].astype(np.int64)
-    i = item_rows.to_numpy()[known].astype(np.int64)
-    users = user_factors.select(shared).to_numpy().astype(np.float32)
-    items = item_factors.select(shared).to_numpy().astype(np.float32)
-    # Factor by factor in float32: bit-equal to a row-wise sum of the float32 products.
-    dot = np.zeros(u.size, dtype=np.float32)
-    for f in range(len(shared)):
-        dot += users[u, f] * items[i, f]
+    user_rows = user_factors.ids.to_idx(keys[C.USER].to_numpy())
+    item_rows = item_factors.ids.to_idx(keys[C.ITEM].to_numpy())
+    known = (user_rows >= 0) & (item_rows >= 0)
+    user_rows, item_rows = user_rows[known], item_rows[known]
+    dot = np.zeros(user_rows.size, dtype=np.float32)
+    width = min(user_factors.matrix.shape[1], item_factors.matrix.shape[1])
+    for start in range(0, user_rows.size, _DOT_CHUNK):
+        rows = slice(start, start + _DOT_CHUNK)
+        users = user_factors.matrix[user_rows[rows]]
+        items = item_factors.matrix[item_rows[rows]]
+        chunk = dot[rows]
+        # Factor by factor in float32: bit-equal to a row-wise sum of the float32 products.
+        for f in range(width):
+            chunk += users[:, f] * items[:, f]
     values = np.full(keys.height, np.nan, dtype=np.float32)
     values[known] = dot
     return pl.DataFrame({"als_dot": pl.Series(values).fill_nan(None)})
@@ -282,8 +276,8 @@ def build_features(
     as_of_week: int,
     cfg: FeaturesConfig,
     *,
-    user_factors: pl.DataFrame | None = None,
-    item_factors: pl.DataFrame | None = None,
+    user_factors: Factors | None = None,
+    item_factors: Factors | None = None,
     placeholder_item: int = PLACEHOLDER,
     item_table: pl.DataFrame | None = None,
 ) -> FeatureSet:

@@ -70,6 +70,18 @@ class IdMap:
         return pl.lit(pl.Series(self.ids, dtype=pl.Int64)).gather(idx).alias(self.id_col)
 
 
+@dataclass(frozen=True)
+class Factors:
+    """ALS factors of some ids: row ``i`` of ``matrix`` (float32) belongs to ``ids.ids[i]``."""
+
+    ids: IdMap
+    matrix: np.ndarray
+
+    def __len__(self) -> int:
+        """Number of ids with factors."""
+        return len(self.ids)
+
+
 def distinct_count(frame: pl.LazyFrame, column: str, alias: str) -> pl.LazyFrame:
     """One row: the distinct values of ``column``, as ``alias``.
 

@@ -81,14 +81,6 @@ class ModelData:
         return dataclasses.replace(self, transactions=transactions)
 
 
-def _factors(model: stage1.Stage1Model) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
-    user_f = getattr(stage1, "user_factors", None)
-    item_f = getattr(stage1, "item_factors", None)
-    if user_f is None or item_f is None:
-        return None, None
-    return user_f(model), item_f(model)
-
-
 def featured_candidates(
     model: stage1.Stage1Model,
     data: ModelData,
@@ -104,7 +96,6 @@ def featured_candidates(
     purchases); None computes them from ``data.transactions``.
     """
     cands = stage1.generate_candidates(model, user_ids.select(C.USER).unique(), settings.candidates)
-    user_f, item_f = _factors(model)
     return build_features(
         cands,
         data.transactions,
@@ -112,8 +103,8 @@ def featured_candidates(
         data.users,
         as_of_week,
         settings.features,
-        user_factors=user_f,
-        item_factors=item_f,
+        user_factors=stage1.user_factors(model),
+        item_factors=stage1.item_factors(model),
         placeholder_item=settings.prefilter.placeholder_item,
         item_table=item_table,
     )

@@ -211,10 +211,14 @@ def test_deterministic_for_a_seed(tx: pl.DataFrame, catalogue: pl.DataFrame) -> 
 def test_factors_exported(model: Stage1Model) -> None:
     items = item_factors(model)
     users = user_factors(model)
-    assert items.columns == [C.ITEM, *[f"als_f{i}" for i in range(CFG.als.factors)]]
-    assert set(items[C.ITEM]) == set(GROUP_A_ITEMS + GROUP_B_ITEMS)
-    assert set(users[C.USER]) == set(GROUP_A_USERS + GROUP_B_USERS)
-    assert users.width == CFG.als.factors + 1
+    assert items.matrix.shape == (len(GROUP_A_ITEMS + GROUP_B_ITEMS), CFG.als.factors)
+    assert set(items.ids.ids) == set(GROUP_A_ITEMS + GROUP_B_ITEMS)
+    assert set(users.ids.ids) == set(GROUP_A_USERS + GROUP_B_USERS)
+    assert users.matrix.shape == (len(users), CFG.als.factors)
+    assert items.matrix.dtype == users.matrix.dtype == np.float32
+    # Row i of each matrix is the factor of ids[i] in the fitted model.
+    first_item = int(model.items.to_idx(items.ids.ids[:1])[0])
+    assert np.array_equal(items.matrix[0], np.asarray(model.als.item_factors)[first_item])
 
 
 def test_save_load_roundtrip(model: Stage1Model, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -12,9 +13,11 @@ from recsys_batch.data import synthetic
 from recsys_batch.model.features import (
     build_features,
     categorical_codes,
+    dot_product,
     item_features,
     user_features,
 )
+from recsys_batch.model.ids import Factors, IdMap
 from recsys_batch.model.item_features import item_table_in_parts
 from recsys_batch.model.user_item_features import (
     user_group_features,
@@ -275,3 +278,22 @@ def test_item_table_in_parts_equals_one_query(n_parts: int) -> None:
     assert one_query.height > 100
     assert_frame_equal(item_table_in_parts(tx, cut, CFG, 1), one_query)
     assert_frame_equal(item_table_in_parts(tx, cut, CFG, n_parts), one_query)
+
+
+class TestDotProduct:
+    USERS = Factors(IdMap(np.array([10, 20]), C.USER, "u"), np.array([[1, 2], [3, -1]], "f4"))
+    ITEMS = Factors(IdMap(np.array([101, 102]), C.ITEM, "i"), np.array([[0.5, 1], [2, 4]], "f4"))
+
+    def test_values_and_absent_ids(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        keys = pl.DataFrame({C.USER: [20, 10, 30, 10], C.ITEM: [102, 101, 101, 999]})
+        expected = [3 * 2 - 1 * 4, 1 * 0.5 + 2 * 1, None, None]
+        assert dot_product(keys, self.USERS, self.ITEMS)["als_dot"].to_list() == expected
+        # Rows are gathered in chunks: a chunk of one row gives the same values.
+        monkeypatch.setattr("recsys_batch.model.features._DOT_CHUNK", 1)
+        assert dot_product(keys, self.USERS, self.ITEMS)["als_dot"].to_list() == expected
+
+    def test_without_factors_all_null(self) -> None:
+        keys = pl.DataFrame({C.USER: [10], C.ITEM: [101]})
+        got = dot_product(keys, None, self.ITEMS)["als_dot"]
+        assert got.dtype == pl.Float32
+        assert got.null_count() == 1

@@ -1,0 +1,148 @@
+"""The cost of one shard's task (candidates, features, scores, top k) on big data (issue #17).
+
+A shard of the nightly batch is scored by :func:`recsys_batch.run.shard_task.run_shard`
+with a trained model and the context the driver builds once. This benchmark rebuilds that
+context for a few shards only, from a finished run's models folder, and times the shards
+(score only, no Redis), so a change to the shard path can be measured and its output
+compared in minutes instead of a whole night::
+
+    PYTHONPATH=. python benchmarks/shard_profile.py --source synthetic --path DIR/100x \\
+        --models RUNS/<run_id>/models --work DIR/shard-work --shards 0,1,2 \\
+        --out DIR/recs-after.parquet [--compare DIR/recs-before.parquet]
+
+The first call caches the catalogue, the item table (over every line, in parts as the
+nightly computes it), the reference row and the chosen shards' transactions under
+``--work``; later calls reuse them. ``--compare``: the recommendations must equal those of
+an earlier call (same shards), else the exit code is 1. Run it under ``pyinstrument`` for
+the profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+from polars.testing import assert_frame_equal
+
+from recsys_batch.config import Settings, load_settings
+from recsys_batch.data import columns as C
+from recsys_batch.data.sources import load_dataset
+from recsys_batch.model import split, two_stage
+from recsys_batch.model.ids import distinct_count
+from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
+from recsys_batch.run import shard_task, sharding
+
+
+def _cached(path: Path, make) -> pl.DataFrame:  # noqa: ANN001 - a zero-argument callable
+    if not path.exists():
+        started = time.perf_counter()
+        make().write_parquet(path)
+        print(f"cached {path.name} in {time.perf_counter() - started:.1f}s", flush=True)
+    return pl.read_parquet(path)
+
+
+def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tuple:
+    """The shard context of a finished run's model, for ``shards`` only, and the shard count."""
+    work.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(settings.data)
+    tx = dataset.transactions
+    model = two_stage.load_model(models)
+    rows = tx.select(pl.len()).collect(engine="streaming").item()
+    n_parts = max(1, -(-rows // settings.scale.in_memory_rows))
+    catalogue = _cached(
+        work / "catalogue.parquet",
+        lambda: prefilter(
+            tx, dataset.items, settings.prefilter, item_stats_in_parts(tx, n_parts)
+        ).catalogue.collect(engine="streaming"),
+    )
+    tx_cat = split.before_test(
+        apply_catalogue(tx, catalogue.lazy(), settings.prefilter), model.windows
+    )
+    cut = model.windows.target_end
+    item_table = _cached(
+        work / "item_table.parquet",
+        lambda: shard_task.global_item_table(tx_cat, cut, settings, n_parts),
+    )
+    reference = _cached(work / "reference.parquet", lambda: shard_task.reference_rows(tx_cat, cut))
+    users = distinct_count(tx, C.USER, "n").collect(engine="streaming").item()
+    n_shards = sharding.shard_count(users, settings.scale.shard_users)
+    partitions = {
+        shard: _cached(
+            work / f"shard={shard}.parquet",
+            lambda shard=shard: tx_cat.filter(sharding.shard_of(n_shards) == shard).collect(
+                engine="streaming"
+            ),
+        )
+        for shard in shards
+    }
+    context = shard_task.ShardContext(
+        model=model,
+        catalogue_items=catalogue.select(C.ITEM)
+        .filter(pl.col(C.ITEM) != settings.prefilter.placeholder_item)
+        .unique(),
+        item_table=item_table,
+        reference_rows=reference,
+        settings=settings,
+        n_shards=n_shards,
+        items=dataset.items.collect() if dataset.items is not None else None,
+        users=dataset.users.collect() if dataset.users is not None else None,
+        partitions=partitions,
+    )
+    return context, n_shards
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default="synthetic")
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--models", required=True, type=Path)
+    parser.add_argument("--work", required=True, type=Path)
+    parser.add_argument("--shards", default="0,1,2")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--compare", type=Path)
+    parser.add_argument(
+        "--slice", action="store_true", help="each shard gets its slice of stage 1 (as on Dask)"
+    )
+    args = parser.parse_args()
+    settings = load_settings(None, data={"source": args.source, "path": args.path})
+    shards = [int(s) for s in args.shards.split(",")]
+    context, n_shards = build(settings, args.models, args.work, shards)
+    results, timings = [], []
+    for shard in shards:
+        user_ids = context.partitions[shard].select(C.USER).unique().sort(C.USER)
+        sliced = (
+            shard_task.with_stage1(context, shard_task.stage1_for_users(context, user_ids[C.USER]))
+            if args.slice
+            else context
+        )
+        started, cpu = time.perf_counter(), time.process_time()
+        result = shard_task.run_shard(sliced, shard, user_ids)
+        wall = time.perf_counter() - started
+        cores = (time.process_time() - cpu) / wall
+        row = {"shard": shard, "users": result.users, "wall": round(wall, 3)}
+        timings.append({**row, "cores": round(cores, 2)})
+        timings[-1].update({k: round(v, 3) for k, v in result.seconds.items()})
+        print(json.dumps(timings[-1]), flush=True)
+        results.append(result.recommendations)
+    walls = [t["wall"] for t in timings]
+    print(f"{n_shards} shards in the run; mean wall {sum(walls) / len(walls):.2f}s per shard")
+    recs = pl.concat(results).sort(C.USER, "rank") if "rank" in results[0].columns else None
+    recs = recs if recs is not None else pl.concat(results).sort(C.USER, C.ITEM)
+    if args.out:
+        recs.write_parquet(args.out)
+    if args.compare:
+        try:
+            assert_frame_equal(recs, pl.read_parquet(args.compare))
+        except AssertionError as exc:
+            print(f"recommendations differ from {args.compare}: {exc}", file=sys.stderr)
+            return 1
+        print(f"recommendations equal to {args.compare}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
