@@ -163,21 +163,31 @@ def window_hit_rate(
     name = f"ui_hit_rate_{horizon_weeks}w"
     first = tx.group_by(C.USER).agg(pl.col(C.WEEK).min().alias("_first_week"))
     last_start = as_of_week - horizon_weeks
-    starts = (
+    # A purchase in week w hits the windows starting in w - horizon + 1 .. w: the hits are
+    # the length of the union of those ranges over the (user, item)'s distinct weeks,
+    # clipped to [first week, last start]. In week order, each week adds the part of its
+    # range after the previous week (ranges of equal length), a sum instead of one row per
+    # window start.
+    same_pair = (pl.col(C.USER) == pl.col(C.USER).shift(1)) & (
+        pl.col(C.ITEM) == pl.col(C.ITEM).shift(1)
+    )
+    after_previous = pl.when(same_pair).then(pl.col(C.WEEK).shift(1) + 1)
+    start = pl.max_horizontal(
+        pl.col(C.WEEK) - horizon_weeks + 1, pl.col("_first_week"), after_previous
+    )
+    end = pl.min_horizontal(pl.col(C.WEEK), pl.lit(last_start))
+    hits = (
         tx.filter(pl.col(C.ITEM) != placeholder_item)
         .select(C.USER, C.ITEM, C.WEEK)
         .unique()
-        # A purchase in week w hits every window starting in w - horizon + 1 .. w.
-        .with_columns(
-            pl.int_ranges(pl.col(C.WEEK) - horizon_weeks + 1, pl.col(C.WEEK) + 1).alias("_s")
-        )
-        .explode("_s")
         .join(first, on=C.USER)
-        .filter(pl.col("_s").is_between(pl.col("_first_week"), last_start))
+        .filter(pl.col("_first_week") <= last_start)
+        .sort(C.USER, C.ITEM, C.WEEK)
+        .with_columns((end - start + 1).clip(0, None).alias("_new"))
         .group_by(C.USER, C.ITEM)
-        .agg(pl.col("_s").n_unique().alias("_hits"), pl.col("_first_week").first())
+        .agg(pl.col("_new").sum().alias("_hits"), pl.col("_first_week").first())
     )
-    return starts.select(
+    return hits.select(
         C.USER,
         C.ITEM,
         (pl.col("_hits") / (last_start - pl.col("_first_week") + 1).clip(1, None)).alias(name),

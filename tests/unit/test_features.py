@@ -115,6 +115,39 @@ class TestUserItem:
         u10 = out.filter(pl.col(C.USER) == 10).sort(C.ITEM)
         assert u10["ui_hit_rate_2w"].to_list() == pytest.approx([1.0, 2 / 3])
 
+    @pytest.mark.parametrize("horizon", [1, 2, 4, 7])
+    def test_window_hit_rate_counts_every_window_start_once(self, horizon: int) -> None:
+        # Random weeks (repeats, gaps, purchases after the cut): the rate must be the share
+        # of window starts s in [first week, cut - horizon] with a purchase in s..s+horizon-1.
+        rng = np.random.default_rng(horizon)
+        cut = 20
+        rows = [
+            (int(u), int(b), int(w) * 7, int(i), int(w))
+            for b, (u, i, w) in enumerate(
+                zip(
+                    rng.integers(1, 6, 300),
+                    rng.choice([101, 102, 103, 999999], 300),
+                    rng.integers(1, cut + 3, 300),
+                    strict=True,
+                )
+            )
+        ]
+        out = window_hit_rate(tx_rows(rows), cut, horizon, CFG).collect()
+        got = {(u, i): r for u, i, r in out.rows()}
+        expected = {}
+        for user in {r[0] for r in rows}:
+            seen = [r for r in rows if r[0] == user and r[4] < cut]
+            first = min(r[4] for r in seen)
+            starts = range(first, cut - horizon + 1)
+            for item in {r[3] for r in seen} - {999999}:
+                weeks = {r[4] for r in seen if r[3] == item}
+                hits = sum(any(s <= w < s + horizon for w in weeks) for s in starts)
+                if hits:
+                    expected[(user, item)] = hits / max(len(starts), 1)
+        assert got.keys() == expected.keys()
+        for key, rate in expected.items():
+            assert got[key] == pytest.approx(rate, rel=1e-12)
+
     def test_placeholder_is_never_an_item(self) -> None:
         out = user_item_features(tx_rows(BEFORE), CUT, CFG).collect()
         assert 999999 not in out[C.ITEM].to_list()
