@@ -196,7 +196,7 @@ def fit_stage1(
         user_items=user_items,
         own=own_scores(fit, cand_idx, cut_day, cfg.own_half_life_days),
         seeds=recent_seed_matrix(fit, cfg.recent_baskets),
-        similarity=copurchase_similarity(fit, cand_idx, cfg.copurchase_neighbours),
+        similarity=copurchase_similarity(fit, cand_idx, cfg.copurchase_neighbours, cfg.als.threads),
         popular=popular_items(fit, cand_idx).collect(),
         trend=popular_items(fit, cand_idx, from_week=trend_from).collect(),
         cut_day=cut_day,

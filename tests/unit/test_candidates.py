@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 from polars.testing import assert_frame_equal
 
 from recsys_batch.config import AlsConfig, CandidatesConfig
@@ -24,7 +25,12 @@ from recsys_batch.model.candidates import (
     union_candidates,
     user_factors,
 )
-from recsys_batch.model.generators import copurchase_similarity, own_scores, recent_seed_matrix
+from recsys_batch.model.generators import (
+    co_occurrence,
+    copurchase_similarity,
+    own_scores,
+    recent_seed_matrix,
+)
 from recsys_batch.model.ids import FitLines, compact_lines
 
 PLACEHOLDER = 999999
@@ -429,3 +435,13 @@ class TestCompactFit:
             {C.USER: pl.Int64, C.ITEM: pl.Int64, C.SCORE: pl.Float32}
         )
         assert model.popular.schema == pl.Schema({C.ITEM: pl.Int64, C.SCORE: pl.Float32})
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_co_occurrence_in_blocks_equals_one_product(threads: int) -> None:
+    rng = np.random.default_rng(threads)
+    dense = (rng.random((50, 12)) < 0.3).astype(np.float32)
+    baskets = sp.csr_matrix(dense)
+    got = co_occurrence(baskets, threads)
+    assert isinstance(got, sp.csr_matrix)
+    assert np.array_equal(got.toarray(), dense.T @ dense)
