@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -65,7 +67,7 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
     cut = model.windows.target_end
     item_table = _cached(
         work / "item_table.parquet",
-        lambda: shard_task.global_item_table(tx_cat, cut, settings, n_parts),
+        lambda: shard_task.global_item_table(tx_cat, model.windows, settings, n_parts),
     )
     reference = _cached(work / "reference.parquet", lambda: shard_task.reference_rows(tx_cat, cut))
     users = distinct_count(tx, C.USER, "n").collect(engine="streaming").item()
@@ -88,6 +90,7 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
         reference_rows=reference,
         settings=settings,
         n_shards=n_shards,
+        side_tables=shard_task.side_tables(dataset.items, dataset.users, settings),
         items=dataset.items.collect() if dataset.items is not None else None,
         users=dataset.users.collect() if dataset.users is not None else None,
         partitions=partitions,
@@ -105,31 +108,39 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--compare", type=Path)
     parser.add_argument(
-        "--slice", action="store_true", help="each shard gets its slice of stage 1 (as on Dask)"
+        "--threads", type=int, default=1, help="shards scored at once, in threads of this process"
     )
     args = parser.parse_args()
     settings = load_settings(None, data={"source": args.source, "path": args.path})
     shards = [int(s) for s in args.shards.split(",")]
     context, n_shards = build(settings, args.models, args.work, shards)
-    results, timings = [], []
-    for shard in shards:
+
+    def one(shard: int) -> tuple[dict, pl.DataFrame]:
         user_ids = context.partitions[shard].select(C.USER).unique().sort(C.USER)
-        sliced = (
-            shard_task.with_stage1(context, shard_task.stage1_for_users(context, user_ids[C.USER]))
-            if args.slice
-            else context
-        )
-        started, cpu = time.perf_counter(), time.process_time()
-        result = shard_task.run_shard(sliced, shard, user_ids)
-        wall = time.perf_counter() - started
-        cores = (time.process_time() - cpu) / wall
-        row = {"shard": shard, "users": result.users, "wall": round(wall, 3)}
-        timings.append({**row, "cores": round(cores, 2)})
-        timings[-1].update({k: round(v, 3) for k, v in result.seconds.items()})
-        print(json.dumps(timings[-1]), flush=True)
-        results.append(result.recommendations)
-    walls = [t["wall"] for t in timings]
-    print(f"{n_shards} shards in the run; mean wall {sum(walls) / len(walls):.2f}s per shard")
+        started = time.perf_counter()
+        result = shard_task.run_shard(context, shard, user_ids)
+        row = {
+            "shard": shard,
+            "users": result.users,
+            "wall": round(time.perf_counter() - started, 3),
+        }
+        row.update({k: round(v, 3) for k, v in result.seconds.items()})
+        print(json.dumps(row), flush=True)
+        return row, result.recommendations
+
+    started, cpu, usage = time.perf_counter(), time.process_time(), resource.getrusage(0)
+    with ThreadPoolExecutor(args.threads) as pool:
+        done = list(pool.map(one, shards))
+    wall = time.perf_counter() - started
+    cores = (time.process_time() - cpu) / wall
+    after = resource.getrusage(0)
+    system, faults = after.ru_stime - usage.ru_stime, after.ru_minflt - usage.ru_minflt
+    results = [recs for _, recs in done]
+    print(
+        f"{len(shards)} shards in {wall:.1f}s ({wall / len(shards):.2f}s each, {cores:.2f} cores "
+        f"busy, {args.threads} at once; {system:.1f}s system time, {faults} page faults); "
+        f"{n_shards} shards in the run"
+    )
     recs = pl.concat(results).sort(C.USER, "rank") if "rank" in results[0].columns else None
     recs = recs if recs is not None else pl.concat(results).sort(C.USER, C.ITEM)
     if args.out:

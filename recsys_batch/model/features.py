@@ -14,6 +14,7 @@ categoricals (missing is a value of its own: code 0). :func:`build_features` joi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,6 +186,22 @@ def aligned(keys: pl.DataFrame, table: pl.DataFrame, on: list[str]) -> pl.DataFr
     return block
 
 
+def side_tables(
+    items: pl.LazyFrame | None, users: pl.LazyFrame | None, cfg: FeaturesConfig
+) -> dict[str, pl.LazyFrame]:
+    """The families that read only the item and user tables: ``codes`` and ``groups`` by
+    item, ``demographics`` by user. The same for every user shard (computed once there)."""
+    plans: dict[str, pl.LazyFrame] = {}
+    if items is not None:
+        plans["codes"] = categorical_codes(items, C.ITEM, cfg.item_attributes)
+        plans["groups"] = items.select(C.ITEM, *(g for g, _ in GROUP_FAMILIES)).unique(
+            subset=C.ITEM, keep="first"
+        )
+    if users is not None and cfg.use_demographics:
+        plans["demographics"] = categorical_codes(users, C.USER, USER_CATEGORICALS)
+    return plans
+
+
 def family_tables(
     transactions: pl.LazyFrame,
     items: pl.LazyFrame | None,
@@ -193,40 +210,35 @@ def family_tables(
     cfg: FeaturesConfig,
     placeholder_item: int,
     *,
-    item_table: pl.DataFrame | None = None,
+    fixed: Mapping[str, pl.DataFrame] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Every feature family as of the cut, one small table each, collected together.
 
-    ``item_table`` replaces the ``item`` family (a shard's item features are computed over
-    every user's purchases, not the shard's). Keys: ``user``/``demographics`` by user,
-    ``item``/``codes``/``groups`` by item, ``ui``/``hit`` by (user, item), the group
-    families' prefixes by (user, group value).
+    ``fixed``: families computed elsewhere, used as given: for a shard of users, ``item``
+    over every user's purchases (not the shard's) and the :func:`side_tables`. Keys:
+    ``user``/``demographics`` by user, ``item``/``codes``/``groups`` by item, ``ui``/``hit``
+    by (user, item), the group families' prefixes by (user, group value).
     """
+    fixed = fixed or {}
     ph = {"placeholder_item": placeholder_item}
     plans: dict[str, pl.LazyFrame] = {
         "user": user_features(transactions, as_of_week, cfg, **ph),
         "ui": user_item_features(transactions, as_of_week, cfg, **ph),
         "hit": window_hit_rate(transactions, as_of_week, cfg.horizon_weeks, cfg, **ph),
+        "item": item_features(transactions, as_of_week, cfg, **ph),
+        **side_tables(items, users, cfg),
     }
-    if item_table is None:
-        plans["item"] = item_features(
-            transactions, as_of_week, cfg, placeholder_item=placeholder_item
-        )
     if items is not None:
-        plans["codes"] = categorical_codes(items, C.ITEM, cfg.item_attributes)
-        plans["groups"] = items.select(C.ITEM, *(g for g, _ in GROUP_FAMILIES)).unique(
-            subset=C.ITEM, keep="first"
-        )
         for group, prefix in GROUP_FAMILIES:
             plans[prefix] = user_group_features(
                 transactions, items, as_of_week, group, prefix, cfg, **ph
             )
-    if users is not None and cfg.use_demographics:
-        plans["demographics"] = categorical_codes(users, C.USER, USER_CATEGORICALS)
-    tables = dict(zip(plans, pl.collect_all(list(plans.values())), strict=True))
-    if item_table is not None:
-        tables["item"] = item_table.select(C.ITEM, *ITEM_FEATURES)
-    return tables
+    todo = {name: plan for name, plan in plans.items() if name not in fixed}
+    tables = dict(zip(todo, pl.collect_all(list(todo.values())), strict=True))
+    given = {name: fixed[name] for name in plans if name in fixed}
+    if "item" in given:
+        given["item"] = given["item"].select(C.ITEM, *ITEM_FEATURES)
+    return {**tables, **given}
 
 
 def history_blocks(keys: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> list[pl.DataFrame]:
@@ -279,7 +291,7 @@ def build_features(
     user_factors: Factors | None = None,
     item_factors: Factors | None = None,
     placeholder_item: int = PLACEHOLDER,
-    item_table: pl.DataFrame | None = None,
+    fixed: Mapping[str, pl.DataFrame] | None = None,
 ) -> FeatureSet:
     """Join every feature family onto the candidates (schema ``CANDIDATES``), as of the cut.
 
@@ -293,9 +305,10 @@ def build_features(
         Product attributes and demographics, or None (their features are then constant).
     placeholder_item
         The id non-catalogue purchases carry (``settings.prefilter.placeholder_item``).
-    item_table
-        The item family (``item_id`` and ``ITEM_FEATURES``) computed elsewhere, e.g. over
-        every user for a shard of users; None: computed from ``transactions``.
+    fixed
+        Families computed elsewhere (:func:`family_tables`), e.g. for a shard of users the
+        item family (``item_id`` and ``ITEM_FEATURES``) over every user and the
+        :func:`side_tables`; the others are computed from ``transactions``.
 
     Returns
     -------
@@ -307,7 +320,7 @@ def build_features(
     keys = candidates.collect() if isinstance(candidates, pl.LazyFrame) else candidates
     base_cols = [c for c in keys.columns if c not in (C.USER, C.ITEM)]
     tables = family_tables(
-        transactions, items, users, as_of_week, cfg, placeholder_item, item_table=item_table
+        transactions, items, users, as_of_week, cfg, placeholder_item, fixed=fixed
     )
     blocks = [keys, *history_blocks(keys, tables)]
     categorical: list[str] = []

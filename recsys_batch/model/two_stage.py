@@ -20,6 +20,7 @@ import json
 import logging
 import pickle
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,12 +89,13 @@ def featured_candidates(
     as_of_week: int,
     settings: Settings,
     *,
-    item_table: pl.DataFrame | None = None,
+    fixed_tables: Mapping[str, pl.DataFrame] | None = None,
 ) -> FeatureSet:
     """Stage-1 candidates of ``user_ids`` with every feature as of ``as_of_week``.
 
-    ``item_table``: the item features over every user (a shard's users see only their own
-    purchases); None computes them from ``data.transactions``.
+    ``fixed_tables``: feature families computed once elsewhere (``features.family_tables``),
+    such as the item features over every user for a shard, whose users see only their own
+    purchases; the others are computed from ``data.transactions``.
     """
     cands = stage1.generate_candidates(model, user_ids.select(C.USER).unique(), settings.candidates)
     return build_features(
@@ -106,7 +108,7 @@ def featured_candidates(
         user_factors=stage1.user_factors(model),
         item_factors=stage1.item_factors(model),
         placeholder_item=settings.prefilter.placeholder_item,
-        item_table=item_table,
+        fixed=fixed_tables,
     )
 
 

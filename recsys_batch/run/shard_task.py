@@ -33,7 +33,7 @@ import polars as pl
 from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.data import columns as C
 from recsys_batch.errors import PublishError, RecsysError
-from recsys_batch.model import split
+from recsys_batch.model import features, split
 from recsys_batch.model.item_features import item_table_in_parts
 from recsys_batch.model.point_in_time import before_cut
 from recsys_batch.publish import keys, store, writer
@@ -62,6 +62,8 @@ class ShardContext:
     """One transaction of the newest day before the cut, with ``user_id = SENTINEL_USER``."""
     settings: Settings
     n_shards: int
+    side_tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    """The feature families of the item and user tables (``features.side_tables``)."""
     items: pl.DataFrame | None = None
     users: pl.DataFrame | None = None
     transactions: pl.DataFrame | None = None
@@ -120,17 +122,38 @@ ShardFn = Callable[[ShardContext, int, pl.DataFrame], ShardResult]
 
 
 def global_item_table(
-    tx: pl.LazyFrame, as_of_week: int, settings: Settings, n_parts: int = 1
+    tx: pl.LazyFrame,
+    windows: split.Windows,
+    settings: Settings,
+    n_parts: int = 1,
+    shards_dir: sharding.Location | None = None,
 ) -> pl.DataFrame:
-    """Item features over every user's purchases before ``as_of_week`` (driver, once), in
-    ``n_parts`` parts of whole items (streaming: only the per-item result is held)."""
+    """Item features over every user's purchases before the scoring cut (driver, once), in
+    ``n_parts`` parts of whole items (streaming: only the per-item result is held); the
+    parts' lines are read from their own files when ``shards_dir`` holds them
+    (:func:`sharding.write_shards` with as many ``item_parts``)."""
+    part_lines = None
+    if shards_dir is not None and n_parts > 1:
+
+        def part_lines(part: int) -> pl.LazyFrame:
+            return split.before_test(sharding.scan_item_part(shards_dir, part), windows)
+
     return item_table_in_parts(
         tx,
-        as_of_week,
+        windows.target_end,
         settings.features,
         n_parts,
         placeholder_item=settings.prefilter.placeholder_item,
+        part_lines=part_lines,
     )
+
+
+def side_tables(
+    items: pl.LazyFrame | None, users: pl.LazyFrame | None, settings: Settings
+) -> dict[str, pl.DataFrame]:
+    """The feature families of the item and user tables (driver, once; small)."""
+    plans = features.side_tables(items, users, settings.features)
+    return dict(zip(plans, pl.collect_all(list(plans.values())), strict=True))
 
 
 def reference_rows(tx: pl.LazyFrame, as_of_week: int) -> pl.DataFrame:
@@ -181,7 +204,7 @@ def shard_recommendations(
         user_ids.lazy(),
         cut,
         ctx.settings,
-        item_table=ctx.item_table,
+        fixed_tables={"item": ctx.item_table, **ctx.side_tables},
     )
     frame = feats.frame.join(ctx.catalogue_items.lazy(), on=C.ITEM, how="semi").collect()
     seconds["features"] = time.perf_counter() - started
@@ -297,6 +320,8 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
             raise PublishError(msg)
         seconds["publish"] = time.perf_counter() - started
     result.peak_memory_mb = peak_memory_mb()
+    steps = ", ".join(f"{step} {sec:.2f}s" for step, sec in seconds.items())
+    log.info("shard %d: %d users (%s)", shard, result.users, steps)
     return result
 
 
@@ -352,11 +377,13 @@ def build_context(
     shards_dir: sharding.Location | None = None,
     item_parts: int = 1,
 ) -> ShardContext:
-    """Everything the shards share: item features, reference day, catalogue, small tables.
+    """Everything the shards share: item features, reference day, catalogue, small tables
+    and the feature families computed from them.
 
     ``data`` is the run's ``two_stage.ModelData``; its transactions are kept in memory
     unless ``shards_dir`` holds them already split by :func:`sharding.write_shards`.
-    ``item_parts``: the item features are computed in that many parts of whole items.
+    ``item_parts``: the item features are computed in that many parts of whole items (read
+    from their own files under ``shards_dir`` when it was written with as many parts).
     """
     cut = model.windows.target_end
     tx = split.before_test(data.transactions, model.windows)
@@ -368,10 +395,11 @@ def build_context(
         .filter(pl.col(C.ITEM) != placeholder)
         .unique()
         .collect(),
-        item_table=global_item_table(tx, cut, settings, item_parts),
+        item_table=global_item_table(tx, model.windows, settings, item_parts, shards_dir),
         reference_rows=reference_rows(tx, cut),
         settings=settings,
         n_shards=n_shards,
+        side_tables=side_tables(items, users, settings),
         items=items.collect() if items is not None else None,
         users=users.collect() if users is not None else None,
         partitions=None

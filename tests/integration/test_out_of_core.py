@@ -20,7 +20,7 @@ from polars.testing import assert_frame_equal
 
 from recsys_batch.config import Settings, load_settings
 from recsys_batch.data import columns as C
-from recsys_batch.data.sources import load_dataset
+from recsys_batch.data.sources import Dataset, load_dataset
 from recsys_batch.publish import keys, status, store
 from recsys_batch.run import pipeline, quality_gate, sharding, stages
 
@@ -99,6 +99,15 @@ def test_sampled_training_and_gate_still_serve_every_user(
     sampled = sample.select(pl.col(C.USER).n_unique()).collect().item()
     assert 30 <= sampled < USERS
     assert 0 < result.metrics["users"] <= sampled
+    # The gate read the sample from a file of its rows (removed after the gate): the same
+    # measurement as a backtest on the sample in memory.
+    assert not (result.run_dir / stages.GATE_SAMPLE_FILE).exists()
+    dataset = load_dataset(settings.data)
+    in_memory = Dataset(sample.collect().lazy(), dataset.items, dataset.users, dataset.name)
+    measured = quality_gate.backtest_outcome(in_memory, settings).metrics
+    # (up to the order of a float mean over users)
+    assert result.metrics["precision@5"] == pytest.approx(measured["precision@5"], rel=1e-12)
+    assert result.metrics["users"] == measured["users"]
     lists = published["items"].str.split(",")
     assert lists.list.len().min() >= 1
     assert (lists.list.len() == lists.list.unique().list.len()).all()
