@@ -12,7 +12,7 @@ version is abandoned and nothing flips: the old version keeps serving.
 :class:`LocalExecutor` runs the shards one after another; :class:`DaskExecutor` submits
 them to a scheduler (``scale.scheduler_address``) or to a ``LocalCluster`` of worker
 processes it starts. The context (model, item table, settings and the *location* of the shard
-inputs, :func:`~recsys_batch.run.shard_task.for_workers`) is scattered once to every worker;
+inputs, :func:`for_workers`) is scattered once to every worker;
 workers connect to Redis themselves and the driver writes their recommendation files.
 Both report each finished shard to a :class:`~recsys_batch.run.progress.Progress` (by
 default the run's :func:`~recsys_batch.run.progress.current` one, which is silent outside a
@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
@@ -124,7 +125,7 @@ class DaskExecutor:
     worker processes (``threads_per_worker`` threads each; threads in this process when
     ``processes`` is False) for the duration of :meth:`map_shards`.
 
-    Workers get the context of :func:`~recsys_batch.run.shard_task.for_workers`: the model,
+    Workers get the context of :func:`for_workers`: the model,
     the per-item table and the small tables, and the *location* of the shard inputs, never
     the transactions themselves; each worker connects to Redis from the settings and hands
     its recommendations back, which the driver writes to ``ctx.output_dir``. ``retries`` are
@@ -160,7 +161,7 @@ class DaskExecutor:
             yield client
 
     def shipped(self, ctx: ShardContext) -> ShardContext:
-        """The context the tasks get: :func:`shard_task.for_workers`, unless the workers are
+        """The context the tasks get: :func:`for_workers`, unless the workers are
         threads of this process, which may keep in-memory shards (nothing is pickled)."""
         if self.address is None and not self.processes and ctx.shards_dir is None:
             return replace(
@@ -169,7 +170,7 @@ class DaskExecutor:
                 driver_client=None,
                 return_recommendations=ctx.output_dir is not None,
             )
-        return shard_task.for_workers(ctx)
+        return for_workers(ctx)
 
     def map_shards(
         self,
@@ -362,3 +363,46 @@ def _item_attributes(items: pl.DataFrame | None, served: list[int]) -> pl.DataFr
         .filter(pl.col(C.ITEM).is_in(pl.Series(served, dtype=pl.Int64).implode()))
         .unique(C.ITEM)
     )
+
+
+def for_workers(ctx: ShardContext) -> ShardContext:
+    """``ctx`` as shipped to Dask workers: no driver client, no in-memory transactions, no
+    output folder (the driver writes the files), and settings that do not depend on the
+    worker's current directory (:func:`worker_settings`).
+
+    Raises
+    ------
+    ValueError
+        The shard inputs are in memory only (``shards_dir`` is None): pickling them would
+        ship the whole data to every worker.
+    """
+    if ctx.shards_dir is None:
+        msg = (
+            "a Dask worker reads its shard from shards_dir (sharding.write_shards), "
+            "but the context holds the transactions in memory only"
+        )
+        raise ValueError(msg)
+    return replace(
+        ctx,
+        settings=worker_settings(ctx.settings),
+        transactions=None,
+        partitions=None,
+        shards_dir=sharding.absolute(ctx.shards_dir),
+        output_dir=None,
+        driver_client=None,
+        return_recommendations=ctx.output_dir is not None or ctx.return_recommendations,
+    )
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """``settings`` with every path of ``redis`` absolute and the embedded Redis named by its
+    socket, so a worker started in another folder connects to the driver's server."""
+    redis_cfg = settings.redis
+    update: dict[str, Any] = {
+        name: Path(value).expanduser().resolve()
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file", "embedded_dir")
+        if (value := getattr(redis_cfg, name)) is not None
+    }
+    if not redis_cfg.url:  # the driver started it already: this only names its socket
+        update["url"] = store.resolve_url(redis_cfg)[0]
+    return settings.model_copy(update={"redis": redis_cfg.model_copy(update=update)})

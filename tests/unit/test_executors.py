@@ -332,7 +332,7 @@ class TestShippedToWorkers:
         ctx = context()
         ctx.partitions = T.partition_transactions(pl.DataFrame({C.USER: [1], C.ITEM: [2]}), 3)
         with pytest.raises(ValueError, match="shards_dir"):
-            T.for_workers(ctx)
+            E.for_workers(ctx)
         with pytest.raises(ValueError, match="shards_dir"):
             E.DaskExecutor(address="tcp://h:8786", processes=False).shipped(ctx)
 
@@ -352,7 +352,7 @@ class TestShippedToWorkers:
         ctx.shards_dir = Path("runs/r1/shards")
         ctx.output_dir = Path("runs/r1/recommendations.parquet")
         ctx.driver_client = object()
-        shipped = T.for_workers(ctx)
+        shipped = E.for_workers(ctx)
         assert shipped.shards_dir == tmp_path / "runs/r1/shards"
         assert shipped.settings.redis.tls_ca_file == tmp_path / "tls/ca.pem"
         assert shipped.settings.redis.embedded_dir.is_absolute()
@@ -364,7 +364,7 @@ class TestShippedToWorkers:
     def test_a_url_location_stays_a_url(self) -> None:
         ctx = context()
         ctx.shards_dir = "s3://bucket/recsys/r1/shards/"
-        assert T.for_workers(ctx).shards_dir == "s3://bucket/recsys/r1/shards"
+        assert E.for_workers(ctx).shards_dir == "s3://bucket/recsys/r1/shards"
         assert sharding.shard_dir("s3://b/x", 7) == "s3://b/x/shard=00007"
 
     def test_the_driver_writes_what_a_worker_hands_back(self, tmp_path: Path) -> None:
