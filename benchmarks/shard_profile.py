@@ -67,7 +67,7 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
     cut = model.windows.target_end
     item_table = _cached(
         work / "item_table.parquet",
-        lambda: shard_task.global_item_table(tx_cat, model.windows, settings, n_parts),
+        lambda: shard_task.global_item_table(tx_cat, cut, settings, n_parts),
     )
     reference = _cached(work / "reference.parquet", lambda: shard_task.reference_rows(tx_cat, cut))
     users = distinct_count(tx, C.USER, "n").collect(engine="streaming").item()

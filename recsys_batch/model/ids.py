@@ -100,18 +100,6 @@ def item_part(n_parts: int, part: int) -> pl.Expr:
     return pl.col(C.ITEM).hash() % n_parts == part
 
 
-def item_part_of(n_parts: int, placeholder_item: int | None = None) -> pl.Expr:
-    """Each line's part (``UInt32``) of ``n_parts`` parts of whole items, as in
-    :func:`item_part`; the ``placeholder_item``'s lines get ``n_parts``, a part of their own
-    (the per-item tables leave it out, and it holds about half of the lines)."""
-    part = (pl.col(C.ITEM).hash() % n_parts).cast(pl.UInt32)
-    if placeholder_item is None:
-        return part
-    return (
-        pl.when(pl.col(C.ITEM) == placeholder_item).then(pl.lit(n_parts, pl.UInt32)).otherwise(part)
-    )
-
-
 def id_map(ids: pl.Series | np.ndarray, id_col: str, idx_col: str) -> IdMap:
     """Build an :class:`IdMap` from any (possibly repeated) ids."""
     # polars' unique and sort: np.unique takes ~40 s on the 16M basket ids at 100x, this ~1 s.

@@ -7,8 +7,6 @@ would hold each item's buyers and prices at once (6.4 GB at 100x).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import polars as pl
 
 from recsys_batch.config import FeaturesConfig
@@ -137,33 +135,25 @@ def item_table_in_parts(
     n_parts: int,
     *,
     placeholder_item: int = PLACEHOLDER,
-    part_lines: Callable[[int], pl.LazyFrame] | None = None,
 ) -> pl.DataFrame:
     """:func:`item_features` collected by the streaming engine in ``n_parts`` parts of
     whole items: the rows of one query, sorted by item.
 
-    ``part_lines``: the lines of a part (:func:`recsys_batch.model.ids.item_part`) when
-    they are stored apart; None filters ``transactions``, which reads every line once per
-    part. Common sub-plan elimination is off: each branch scans the lines itself, whereas a
+    Common sub-plan elimination is off: each branch scans the lines itself, whereas a
     shared (cached) scan would buffer every line in memory.
     """
     no_cache = pl.QueryOptFlags(comm_subplan_elim=False)
     totals = item_totals(transactions, as_of_week, placeholder_item=placeholder_item)
     totals_row = totals.collect(engine="streaming", optimizations=no_cache).lazy()
-    n_parts = max(n_parts, 1)
-
-    def part(index: int) -> pl.DataFrame:
-        if part_lines is not None:
-            lines, only = part_lines(index), None
-        else:
-            lines, only = transactions, item_part(n_parts, index) if n_parts > 1 else None
-        return item_features(
-            lines,
+    parts = [
+        item_features(
+            transactions,
             as_of_week,
             cfg,
             placeholder_item=placeholder_item,
-            only_items=only,
+            only_items=item_part(n_parts, part) if n_parts > 1 else None,
             totals=totals_row,
         ).collect(engine="streaming", optimizations=no_cache)
-
-    return pl.concat([part(index) for index in range(n_parts)]).sort(C.ITEM)
+        for part in range(max(n_parts, 1))
+    ]
+    return pl.concat(parts).sort(C.ITEM)

@@ -122,29 +122,16 @@ ShardFn = Callable[[ShardContext, int, pl.DataFrame], ShardResult]
 
 
 def global_item_table(
-    tx: pl.LazyFrame,
-    windows: split.Windows,
-    settings: Settings,
-    n_parts: int = 1,
-    shards_dir: sharding.Location | None = None,
+    tx: pl.LazyFrame, as_of_week: int, settings: Settings, n_parts: int = 1
 ) -> pl.DataFrame:
-    """Item features over every user's purchases before the scoring cut (driver, once), in
-    ``n_parts`` parts of whole items (streaming: only the per-item result is held); the
-    parts' lines are read from their own files when ``shards_dir`` holds them
-    (:func:`sharding.write_shards` with as many ``item_parts``)."""
-    part_lines = None
-    if shards_dir is not None and n_parts > 1:
-
-        def part_lines(part: int) -> pl.LazyFrame:
-            return split.before_test(sharding.scan_item_part(shards_dir, part), windows)
-
+    """Item features over every user's purchases before ``as_of_week`` (driver, once), in
+    ``n_parts`` parts of whole items (streaming: only the per-item result is held)."""
     return item_table_in_parts(
         tx,
-        windows.target_end,
+        as_of_week,
         settings.features,
         n_parts,
         placeholder_item=settings.prefilter.placeholder_item,
-        part_lines=part_lines,
     )
 
 
@@ -382,8 +369,7 @@ def build_context(
 
     ``data`` is the run's ``two_stage.ModelData``; its transactions are kept in memory
     unless ``shards_dir`` holds them already split by :func:`sharding.write_shards`.
-    ``item_parts``: the item features are computed in that many parts of whole items (read
-    from their own files under ``shards_dir`` when it was written with as many parts).
+    ``item_parts``: the item features are computed in that many parts of whole items.
     """
     cut = model.windows.target_end
     tx = split.before_test(data.transactions, model.windows)
@@ -395,7 +381,7 @@ def build_context(
         .filter(pl.col(C.ITEM) != placeholder)
         .unique()
         .collect(),
-        item_table=global_item_table(tx, model.windows, settings, item_parts, shards_dir),
+        item_table=global_item_table(tx, cut, settings, item_parts),
         reference_rows=reference_rows(tx, cut),
         settings=settings,
         n_shards=n_shards,

@@ -21,7 +21,6 @@ from pathlib import Path
 import polars as pl
 
 from recsys_batch.data import columns as C
-from recsys_batch.model.ids import item_part_of
 
 SHARD = "shard"
 """Column holding a user's shard number (UInt32, 0 .. n_shards - 1)."""
@@ -170,26 +169,12 @@ def scan_shards(folder: Location) -> pl.LazyFrame:
     return pl.scan_parquet(str(join(folder, "*", "*.parquet")), hive_partitioning=False)
 
 
-ITEM_PART = "_item_part"
-_EMPTY_INDEX = 99999
-"""File index of the empty file every item part gets in shard 0's folder."""
-
-
-def write_shards(
-    frame: pl.LazyFrame,
-    n_shards: int,
-    folder: Location,
-    item_parts: int = 1,
-    placeholder_item: int | None = None,
-) -> list[Location]:
+def write_shards(frame: pl.LazyFrame, n_shards: int, folder: Location) -> list[Location]:
     """Write the rows of ``frame`` to one folder per user shard, in one streaming pass.
 
     A shard's task then reads only its own users' rows (:func:`scan_shard`), wherever it runs
     (on a cluster, ``folder`` must be storage every worker can read: a shared mount or an
-    object-store URL). Each shard's lines of one of ``item_parts`` parts of whole items
-    (:func:`recsys_batch.model.ids.item_part_of`; ``placeholder_item`` in none of them) go
-    to their own files, so the per-item statistics read one part's lines at a time
-    (:func:`scan_item_part`) instead of every line once per part.
+    object-store URL).
 
     Returns
     -------
@@ -202,40 +187,23 @@ def write_shards(
     if not is_url(folder):
         Path(folder).mkdir(parents=True, exist_ok=True)
     schema = frame.collect_schema()
-    part = item_part_of(item_parts, placeholder_item)
 
     def path_of(args: pl.io.partition.FileProviderArgs) -> str:
-        shard, items = args.partition_keys.row(0)
-        return item_file(shard, items, args.index_in_partition)
+        shard = int(args.partition_keys.item(0, 0))
+        return f"{SHARD}={shard:05d}/part-{args.index_in_partition:05d}.parquet"
 
-    frame.with_columns(shard_of(n_shards), part.alias(ITEM_PART)).sink_parquet(
-        pl.PartitionBy(
-            str(folder), key=[SHARD, ITEM_PART], include_key=False, file_path_provider=path_of
-        ),
+    frame.with_columns(shard_of(n_shards)).sink_parquet(
+        pl.PartitionBy(str(folder), key=SHARD, include_key=False, file_path_provider=path_of),
         mkdir=True,
     )
     paths = [shard_dir(folder, s) for s in range(n_shards)]
-    empty = pl.DataFrame(schema=schema)
     for path in paths:
         if is_url(path):  # listing a bucket costs a request per shard: an empty file each
-            empty.write_parquet(str(join(path, "part-empty.parquet")))
+            pl.DataFrame(schema=schema).write_parquet(str(join(path, "part-empty.parquet")))
         elif not any(Path(path).glob("*.parquet")):
             Path(path).mkdir(parents=True, exist_ok=True)
-            empty.write_parquet(Path(path) / "part-00000.parquet")
-    for items in range(item_parts):  # every part readable, even one without lines
-        empty.write_parquet(str(join(folder, item_file(0, items, _EMPTY_INDEX))))
+            pl.DataFrame(schema=schema).write_parquet(Path(path) / "part-00000.parquet")
     return paths
-
-
-def item_file(shard: int, item_part: int, index: int) -> str:
-    """Name, under the shards folder, of a file of one shard's lines of one item part."""
-    return f"{SHARD}={shard:05d}/items-{item_part:05d}-{index:05d}.parquet"
-
-
-def scan_item_part(folder: Location, item_part: int) -> pl.LazyFrame:
-    """Every shard's lines of one item part, as :func:`write_shards` wrote them."""
-    pattern = join(folder, "*", f"items-{item_part:05d}-*.parquet")
-    return pl.scan_parquet(str(pattern), hive_partitioning=False)
 
 
 def sample_users(tx: pl.LazyFrame, n_users: int, max_users: int | None) -> pl.LazyFrame:

@@ -200,8 +200,7 @@ def run_prefilter(state: RunState) -> int:
     if shards_on_disk(state):
         shards_dir = shards_location(settings, state.record)
         n_shards = sharding.shard_count(loaded.users, settings.scale.shard_users)
-        placeholder = settings.prefilter.placeholder_item
-        sharding.write_shards(tx_cat, n_shards, shards_dir, item_parts(state), placeholder)
+        sharding.write_shards(tx_cat, n_shards, shards_dir)
         if not loaded.in_memory:
             state.tx_cat = sharding.scan_shards(shards_dir)
     return state.catalogue.height

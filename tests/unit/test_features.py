@@ -17,7 +17,7 @@ from recsys_batch.model.features import (
     item_features,
     user_features,
 )
-from recsys_batch.model.ids import Factors, IdMap, item_part
+from recsys_batch.model.ids import Factors, IdMap
 from recsys_batch.model.item_features import item_table_in_parts
 from recsys_batch.model.user_item_features import (
     user_group_features,
@@ -311,10 +311,6 @@ def test_item_table_in_parts_equals_one_query(n_parts: int) -> None:
     assert one_query.height > 100
     assert_frame_equal(item_table_in_parts(tx, cut, CFG, 1), one_query)
     assert_frame_equal(item_table_in_parts(tx, cut, CFG, n_parts), one_query)
-    # The same from each part's lines stored apart (the nightly's shard files).
-    stored = {p: tx.filter(item_part(n_parts, p)).collect() for p in range(n_parts)}
-    from_parts = item_table_in_parts(tx, cut, CFG, n_parts, part_lines=lambda p: stored[p].lazy())
-    assert_frame_equal(from_parts, one_query)
 
 
 class TestDotProduct:

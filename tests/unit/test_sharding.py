@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from recsys_batch.data import columns as C
-from recsys_batch.model.ids import item_part
 from recsys_batch.run import sharding as S
 
 
@@ -92,28 +91,6 @@ def test_write_shards_round_trip(tmp_path: Path) -> None:
     assert_frame_equal(pl.concat(parts), tx, check_row_order=False)
     for s, part in enumerate(parts):
         assert part.select(S.shard_of(4)).to_series().eq(s).all()
-
-
-def test_write_shards_in_item_parts(tmp_path: Path) -> None:
-    # Each shard's lines are split by part of whole items, the placeholder in none of them:
-    # a shard still reads all its lines, a part reads every shard's lines of its items.
-    n = 200
-    tx = pl.DataFrame(
-        {C.USER: [u % 17 for u in range(n)], C.ITEM: [(i * 7) % 23 for i in range(n)]}
-    )
-    tx = tx.with_columns(pl.when(pl.col(C.ITEM) == 5).then(999).otherwise(C.ITEM).alias(C.ITEM))
-    S.write_shards(tx.lazy(), 3, tmp_path, item_parts=4, placeholder_item=999)
-    shards = [S.scan_shard(tmp_path, s).collect() for s in range(3)]
-    assert_frame_equal(pl.concat(shards), tx, check_row_order=False)
-    parts = [S.scan_item_part(tmp_path, p).collect() for p in range(4)]
-    for p, part in enumerate(parts):
-        expected = tx.filter(item_part(4, p) & (pl.col(C.ITEM) != 999))
-        assert_frame_equal(part, expected, check_row_order=False)
-    assert sum(p.height for p in parts) == tx.filter(pl.col(C.ITEM) != 999).height
-    # A part without lines reads as an empty frame, not an error.
-    S.write_shards(tx.head(1).lazy(), 2, tmp_path / "one", item_parts=4, placeholder_item=999)
-    heights = [S.scan_item_part(tmp_path / "one", p).collect().height for p in range(4)]
-    assert sorted(heights) == [0, 0, 0, 1]
 
 
 def test_write_shards_gives_every_shard_a_readable_file(tmp_path: Path) -> None:
