@@ -115,7 +115,7 @@ def main() -> int:
     shards = [int(s) for s in args.shards.split(",")]
     context, n_shards = build(settings, args.models, args.work, shards)
 
-    def one(shard: int) -> tuple[dict, pl.DataFrame]:
+    def one(shard: int) -> tuple[dict[str, float], pl.DataFrame | None]:
         user_ids = context.partitions[shard].select(C.USER).unique().sort(C.USER)
         started = time.perf_counter()
         result = shard_task.run_shard(context, shard, user_ids)
@@ -135,7 +135,7 @@ def main() -> int:
     cores = (time.process_time() - cpu) / wall
     after = resource.getrusage(0)
     system, faults = after.ru_stime - usage.ru_stime, after.ru_minflt - usage.ru_minflt
-    results = [recs for _, recs in done]
+    results = [recs for _, recs in done if recs is not None]
     print(
         f"{len(shards)} shards in {wall:.1f}s ({wall / len(shards):.2f}s each, {cores:.2f} cores "
         f"busy, {args.threads} at once; {system:.1f}s system time, {faults} page faults); "

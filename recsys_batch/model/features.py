@@ -225,7 +225,7 @@ def family_tables(
         "user": user_features(transactions, as_of_week, cfg, **ph),
         "ui": user_item_features(transactions, as_of_week, cfg, **ph),
         "hit": window_hit_rate(transactions, as_of_week, cfg.horizon_weeks, cfg, **ph),
-        "item": item_features(transactions, as_of_week, cfg, **ph),
+        "item": item_features(transactions, as_of_week, cfg, placeholder_item=placeholder_item),
         **side_tables(items, users, cfg),
     }
     if items is not None:
