@@ -106,7 +106,7 @@ class AlsConfig(_Section):
     iterations: int = 10
     """ALS sweeps over the user-item matrix."""
     threads: int = 0
-    """0 = all cores."""
+    """Threads of the ALS fit and of the co-purchase product (0 = all cores)."""
     seed: int = 42
     weighting: Literal["none", "bm25", "tfidf"] = "none"
     """Weighting applied to the user-item matrix before fitting (none scores best on the
