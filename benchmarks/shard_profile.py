@@ -10,8 +10,8 @@ compared in minutes instead of a whole night::
         --models RUNS/<run_id>/models --work DIR/shard-work --shards 0,1,2 \\
         --out DIR/recs-after.parquet [--compare DIR/recs-before.parquet]
 
-The first call caches the catalogue, the item table (over every line, in parts as the
-nightly computes it), the reference row and the chosen shards' transactions under
+The first call caches the catalogue, the shard files (as the nightly writes them), the
+item table (over every shard file, as the nightly computes it) and the reference row under
 ``--work``; later calls reuse them. ``--compare``: the recommendations must equal those of
 an earlier call (same shards), else the exit code is 1. Run it under ``pyinstrument`` for
 the profile.
@@ -61,26 +61,27 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
             tx, dataset.items, settings.prefilter, item_stats_in_parts(tx, n_parts)
         ).catalogue.collect(engine="streaming"),
     )
-    tx_cat = split.before_test(
-        apply_catalogue(tx, catalogue.lazy(), settings.prefilter), model.windows
-    )
-    cut = model.windows.target_end
-    item_table = _cached(
-        work / "item_table.parquet",
-        lambda: shard_task.global_item_table(tx_cat, cut, settings, n_parts),
-    )
-    reference = _cached(work / "reference.parquet", lambda: shard_task.reference_rows(tx_cat, cut))
     users = distinct_count(tx, C.USER, "n").collect(engine="streaming").item()
     n_shards = sharding.shard_count(users, settings.scale.shard_users)
-    partitions = {
-        shard: _cached(
-            work / f"shard={shard}.parquet",
-            lambda shard=shard: tx_cat.filter(sharding.shard_of(n_shards) == shard).collect(
-                engine="streaming"
-            ),
-        )
-        for shard in shards
-    }
+    shards_dir = work / "shards"
+    if not shards_dir.exists():  # as the nightly's prefilter stage writes them
+        started = time.perf_counter()
+        tx_cat = apply_catalogue(tx, catalogue.lazy(), settings.prefilter)
+        sharding.write_shards(tx_cat, n_shards, shards_dir)
+        print(f"wrote the shard files in {time.perf_counter() - started:.1f}s", flush=True)
+    cut = model.windows.target_end
+    parts = [
+        split.before_test(sharding.scan_shard(shards_dir, s), model.windows)
+        for s in range(n_shards)
+    ]
+    item_table = _cached(
+        work / "item_table.parquet",
+        lambda: shard_task.global_item_table(parts, cut, settings),
+    )
+    reference = _cached(
+        work / "reference.parquet", lambda: shard_task.reference_rows(pl.concat(parts), cut)
+    )
+    partitions = {shard: parts[shard].collect() for shard in shards}
     context = shard_task.ShardContext(
         model=model,
         catalogue_items=catalogue.select(C.ITEM)

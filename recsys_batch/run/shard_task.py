@@ -34,7 +34,7 @@ from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.data import columns as C
 from recsys_batch.errors import PublishError, RecsysError
 from recsys_batch.model import features, split
-from recsys_batch.model.item_features import item_table_in_parts
+from recsys_batch.model.item_features import item_table_by_parts
 from recsys_batch.model.point_in_time import before_cut
 from recsys_batch.publish import keys, store, writer
 from recsys_batch.run import sharding
@@ -122,15 +122,15 @@ ShardFn = Callable[[ShardContext, int, pl.DataFrame], ShardResult]
 
 
 def global_item_table(
-    tx: pl.LazyFrame, as_of_week: int, settings: Settings, n_parts: int = 1
+    parts: list[pl.LazyFrame], as_of_week: int, settings: Settings
 ) -> pl.DataFrame:
-    """Item features over every user's purchases before ``as_of_week`` (driver, once), in
-    ``n_parts`` parts of whole items (streaming: only the per-item result is held)."""
-    return item_table_in_parts(
-        tx,
+    """Item features over every user's purchases before ``as_of_week`` (driver, once), from
+    ``parts`` of whole users read one at a time (the shard files: each line is read once and
+    only small per-item partials are held)."""
+    return item_table_by_parts(
+        parts,
         as_of_week,
         settings.features,
-        n_parts,
         placeholder_item=settings.prefilter.placeholder_item,
     )
 
@@ -362,26 +362,32 @@ def build_context(
     n_shards: int,
     *,
     shards_dir: sharding.Location | None = None,
-    item_parts: int = 1,
 ) -> ShardContext:
     """Everything the shards share: item features, reference day, catalogue, small tables
     and the feature families computed from them.
 
     ``data`` is the run's ``two_stage.ModelData``; its transactions are kept in memory
     unless ``shards_dir`` holds them already split by :func:`sharding.write_shards`.
-    ``item_parts``: the item features are computed in that many parts of whole items.
     """
     cut = model.windows.target_end
     tx = split.before_test(data.transactions, model.windows)
     catalogue, items, users = data.catalogue, data.items, data.users
     placeholder = settings.prefilter.placeholder_item
+    parts = (
+        [tx]
+        if shards_dir is None
+        else [
+            split.before_test(sharding.scan_shard(shards_dir, s), model.windows)
+            for s in range(n_shards)
+        ]
+    )
     return ShardContext(
         model=model,
         catalogue_items=catalogue.select(C.ITEM)
         .filter(pl.col(C.ITEM) != placeholder)
         .unique()
         .collect(),
-        item_table=global_item_table(tx, cut, settings, item_parts),
+        item_table=global_item_table(parts, cut, settings),
         reference_rows=reference_rows(tx, cut),
         settings=settings,
         n_shards=n_shards,

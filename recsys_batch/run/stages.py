@@ -263,7 +263,6 @@ def score_and_publish(state: RunState) -> int:
         settings,
         sharding.shard_count(loaded.users, settings.scale.shard_users),
         shards_dir=shards_location(settings, state.record) if shards_on_disk(state) else None,
-        item_parts=item_parts(state),
     )
     context.output_dir = state.record.run_dir / RECOMMENDATIONS_FILE
     context.expected_users = loaded.users
@@ -284,8 +283,9 @@ def score_and_publish(state: RunState) -> int:
 
 
 def item_parts(state: RunState) -> int:
-    """Parts of whole items for the per-item statistics over every line: 1 in memory, else
-    one per ``scale.in_memory_rows`` lines (their hash tables hold one part at a time)."""
+    """Parts of whole items for the prefilter's item statistics over every raw line: 1 in
+    memory, else one per ``scale.in_memory_rows`` lines (their hash tables hold one part at
+    a time)."""
     loaded = state.data
     return 1 if loaded.in_memory else -(-loaded.rows // state.settings.scale.in_memory_rows)
 

@@ -18,7 +18,15 @@ from recsys_batch.model.features import (
     user_features,
 )
 from recsys_batch.model.ids import Factors, IdMap
-from recsys_batch.model.item_features import item_table_in_parts
+from recsys_batch.model.item_features import ITEM_FEATURES, item_table_by_parts
+from recsys_batch.model.point_in_time import (
+    COUPONED,
+    DISCOUNTED,
+    PLACEHOLDER,
+    PRICE,
+    before_cut,
+    prepared,
+)
 from recsys_batch.model.user_item_features import (
     user_group_features,
     user_item_features,
@@ -303,14 +311,67 @@ class TestSubCategoryAffinity:
         assert not changed.equals(before)
 
 
-@pytest.mark.parametrize("n_parts", [2, 5])
-def test_item_table_in_parts_equals_one_query(n_parts: int) -> None:
+def naive_item_table(tx: pl.LazyFrame, cut: int) -> pl.DataFrame:
+    """The item features by their definitions, one distinct count or median at a time."""
+    lines = prepared(tx, cut).filter(pl.col(C.ITEM) != PLACEHOLDER)
+    reference_day = before_cut(tx, cut).select(pl.col(C.DAY).max() + 1).collect().item()
+    all_users = lines.select(pl.col(C.USER).n_unique()).collect().item()
+    recent = pl.col(C.WEEK) >= cut - CFG.recent_weeks
+    previous = pl.col(C.WEEK).is_between(
+        cut - 2 * CFG.recent_weeks, cut - CFG.recent_weeks, closed="left"
+    )
+    repeat = (
+        lines.group_by(C.ITEM, C.USER)
+        .agg(pl.col(C.BASKET).n_unique().alias("n"))
+        .group_by(C.ITEM)
+        .agg((pl.col("n") >= 2).mean().alias("i_repeat_buyer_share"))
+    )
+    buyers = pl.col(C.USER).n_unique()
+    return (
+        lines.group_by(C.ITEM)
+        .agg(
+            pl.col(C.BASKET).n_unique().cast(pl.UInt32).alias("i_baskets"),
+            buyers.cast(pl.UInt32).alias("i_buyers"),
+            pl.col(C.USER).filter(recent).n_unique().cast(pl.UInt32).alias("i_recent_buyers"),
+            pl.col(C.USER).filter(previous).n_unique().cast(pl.UInt32).alias("i_previous_buyers"),
+            pl.col(C.QTY).sum().alias("i_quantity"),
+            pl.col(PRICE).median().alias("i_price"),
+            pl.col(DISCOUNTED).mean().alias("i_discount_share"),
+            pl.col(COUPONED).mean().alias("i_coupon_share"),
+            pl.col(C.STORE).n_unique().alias("i_stores"),
+            pl.col(C.WEEK).n_unique().alias("i_weeks_sold"),
+            (reference_day - pl.col(C.DAY).max()).alias("i_days_since_sold"),
+            (pl.col(C.BASKET).n_unique() / buyers).alias("i_baskets_per_buyer"),
+            (buyers / all_users).alias("i_user_share"),
+            (
+                (pl.col(C.USER).filter(recent).n_unique() + 1)
+                / (pl.col(C.USER).filter(previous).n_unique() + 1)
+            ).alias("i_trend"),
+        )
+        .join(repeat, on=C.ITEM)
+        .select(C.ITEM, *ITEM_FEATURES)
+        .sort(C.ITEM)
+        .collect()
+    )
+
+
+def test_item_features_by_their_definitions() -> None:
+    tx = synthetic.generate(300, 5).transactions.lazy()
+    expected = naive_item_table(tx, 40)
+    assert expected.height > 100
+    got = item_features(tx, 40, CFG).collect().sort(C.ITEM)
+    assert_frame_equal(got, expected, check_dtypes=False)
+    # The median of each item's unit prices, from counts of distinct prices: bit-equal.
+    assert got["i_price"].to_list() == expected["i_price"].to_list()
+
+
+@pytest.mark.parametrize("n_parts", [1, 4])
+def test_item_table_by_parts_of_users_equals_one_query(n_parts: int) -> None:
     tx = synthetic.generate(300, 5).transactions.lazy()
     cut = 40
     one_query = item_features(tx, cut, CFG).collect().sort(C.ITEM)
-    assert one_query.height > 100
-    assert_frame_equal(item_table_in_parts(tx, cut, CFG, 1), one_query)
-    assert_frame_equal(item_table_in_parts(tx, cut, CFG, n_parts), one_query)
+    parts = [tx.filter(pl.col(C.USER).hash() % n_parts == p) for p in range(n_parts)]
+    assert_frame_equal(item_table_by_parts(parts, cut, CFG), one_query)
 
 
 class TestDotProduct:
