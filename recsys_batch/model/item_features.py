@@ -222,6 +222,10 @@ def item_features(
     return item_table(merged(parts))
 
 
+MERGE_EVERY = 8
+"""Parts whose partials are held before they are merged (each merge re-reads the sets)."""
+
+
 def item_table_by_parts(
     parts: Sequence[pl.LazyFrame],
     as_of_week: int,
@@ -233,13 +237,13 @@ def item_table_by_parts(
     files), read one part at a time: only the small partials are held, and every line is
     read once. Rows sorted by item.
     """
-    total: ItemPartials | None = None
-    for part in parts:
-        plans = item_partials(part, as_of_week, cfg, placeholder_item=placeholder_item)
-        collected = ItemPartials.of(pl.collect_all(plans.frames()))
-        both = [collected] if total is None else [total, collected]
-        total = ItemPartials.of(pl.collect_all(merged(both).frames()))
-    if total is None:
+    if not parts:
         msg = "item_table_by_parts needs at least one part"
         raise ValueError(msg)
-    return item_table(total).collect().sort(C.ITEM)
+    held: list[ItemPartials] = []
+    for number, part in enumerate(parts, start=1):
+        plans = item_partials(part, as_of_week, cfg, placeholder_item=placeholder_item)
+        held.append(ItemPartials.of(pl.collect_all(plans.frames())))
+        if len(held) > MERGE_EVERY or number == len(parts):
+            held = [ItemPartials.of(pl.collect_all(merged(held).frames()))]
+    return item_table(held[0]).collect().sort(C.ITEM)

@@ -365,7 +365,7 @@ def test_item_features_by_their_definitions() -> None:
     assert got["i_price"].to_list() == expected["i_price"].to_list()
 
 
-@pytest.mark.parametrize("n_parts", [1, 4])
+@pytest.mark.parametrize("n_parts", [1, 4, 11])  # 11: merged twice (MERGE_EVERY 8)
 def test_item_table_by_parts_of_users_equals_one_query(n_parts: int) -> None:
     tx = synthetic.generate(300, 5).transactions.lazy()
     cut = 40
