@@ -143,6 +143,8 @@ def item_partials(
 
 def merged(parts: Sequence[ItemPartials]) -> ItemPartials:
     """The partials of the union of ``parts`` (each of whole users, no user in two)."""
+    if len(parts) == 1:  # already one row per key: re-aggregating would change nothing
+        return parts[0]
     sums = pl.concat([p.sums for p in parts]).group_by(C.ITEM)
     return ItemPartials(
         sums=sums.agg(pl.exclude("_last_day").sum(), pl.col("_last_day").max()),
