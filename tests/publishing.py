@@ -54,10 +54,10 @@ def publish_lists(
     try:
         users = recs[C.USER].unique().sort()
         written = writer.write_users(client, version, recs, cfg)
-        if written != users.len():
-            msg = f"{written} of {users.len()} user keys verified after writing"
+        if written.users != users.len():
+            msg = f"{written.users} of {users.len()} user keys verified after writing"
             raise PublishError(msg)
-        versions.finish_version(client, version, users, popular, items_attrs, cfg)
+        versions.finish_version(client, version, written, popular, items_attrs, cfg)
     except BaseException:
         versions.abandon_version(client, version, cfg)
         raise

@@ -11,8 +11,11 @@ chunk of ``cfg.chunk_size`` users) and ``EXPIRE``, sent through ``pipeline(trans
 (on a Redis Cluster redis-py's cluster pipeline groups them by node), so TLS, ACL users and
 clusters need nothing of their own here. A failed round trip is retried with backoff
 (:func:`store.with_retries`); ``HSET`` is idempotent, so resending an applied chunk is harmless.
-The shard's users are then counted back (``HMGET`` of their fields, per bucket), so a lost
-write fails the shard instead of the night at the end.
+Every family's fields of the shard are then counted back (``HMGET`` per bucket), so a lost
+write fails the shard instead of the night at the end. :func:`write_users` returns
+:class:`Written`, the fields it stored per family and bucket; the run adds up every shard's
+and :func:`recsys_batch.publish.versions.verify_version` checks the version against that sum,
+bucket by bucket and family by family, before the flip.
 
 The number of buckets is fixed per version in its meta hash (field ``buckets``): the first
 writer sets it (``HSETNX``) from ``cfg.user_buckets`` (set by the run from the expected
@@ -21,14 +24,15 @@ number of users), or from the users it writes when that is 0; every later writer
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
 from recsys_batch.config import RedisConfig
 from recsys_batch.data import columns as C
+from recsys_batch.errors import PublishError
 from recsys_batch.publish import keys
 from recsys_batch.publish.store import Client, with_retries
 
@@ -75,6 +79,47 @@ class PackedUsers:
     reasons: list[bytes] | None
     """Packed reasons per user (``keys.encode_reasons``), when ``recs`` has a ``reason``
     column."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """Fields stored per family and bucket: what a version must hold, and nothing else.
+
+    ``fields[family][b]`` is the number of fields the writers put into bucket hash ``b`` of
+    ``family`` (``keys.USER_FAMILIES``). Shards write disjoint users, so the counts of a
+    version are the sum (``+``) of its shards' counts.
+    """
+
+    buckets: int = 0
+    fields: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def users(self) -> int:
+        """Users stored (every user has exactly one ``u`` field)."""
+        head = self.fields.get("u")
+        return 0 if head is None else int(head.sum())
+
+    def total(self, family: str) -> int:
+        """Fields of ``family`` over every bucket."""
+        counts = self.fields.get(family)
+        return 0 if counts is None else int(counts.sum())
+
+    def per_bucket(self, family: str) -> np.ndarray:
+        """Fields of ``family`` in each bucket (zeros where none were written)."""
+        counts = self.fields.get(family)
+        return np.zeros(self.buckets, dtype=np.int64) if counts is None else counts
+
+    def __add__(self, other: Written) -> Written:
+        if not other.buckets:
+            return self
+        if not self.buckets:
+            return other
+        if self.buckets != other.buckets:
+            msg = f"cannot add counts of {self.buckets} and {other.buckets} buckets"
+            raise ValueError(msg)
+        names = sorted(set(self.fields) | set(other.fields))
+        summed = {f: self.per_bucket(f) + other.per_bucket(f) for f in names}
+        return Written(self.buckets, summed)
 
 
 def check_recommendations(recs: pl.DataFrame) -> None:
@@ -191,6 +236,20 @@ def _families(packed: PackedUsers) -> list[tuple[str, list[bytes]]]:
     return families
 
 
+def _intended(
+    packed: PackedUsers, families: list[tuple[str, list[bytes]]], buckets: int
+) -> Written:
+    """Fields each family sends per bucket (a user's empty value is not sent)."""
+    counts = {
+        family: np.bincount(
+            packed.bucket[np.fromiter((bool(v) for v in values), bool, len(values))],
+            minlength=buckets,
+        ).astype(np.int64)
+        for family, values in families
+    }
+    return Written(buckets, counts)
+
+
 def _bucket_runs(bucket: np.ndarray, start: int, length: int) -> list[tuple[int, int, int]]:
     """``(bucket, first, end)`` row ranges of one chunk (rows are sorted by bucket)."""
     part = bucket[start : start + length]
@@ -200,8 +259,11 @@ def _bucket_runs(bucket: np.ndarray, start: int, length: int) -> list[tuple[int,
     return list(zip(part[firsts - start].tolist(), firsts.tolist(), ends.tolist(), strict=True))
 
 
-def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConfig) -> int:
-    """Write the users of ``recs`` into ``version``; return how many of them are stored.
+def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConfig) -> Written:
+    """Write the users of ``recs`` into ``version``; return the fields stored.
+
+    Every family's fields are counted back after writing; the returned counts are what the
+    version must hold for these users (:func:`recsys_batch.publish.versions.verify_version`).
 
     Parameters
     ----------
@@ -212,12 +274,13 @@ def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConf
     Raises
     ------
     PublishError
-        Redis failed after the retries or refused a write (out of memory, ACL).
+        Redis failed after the retries, refused a write (out of memory, ACL), or a written
+        field of any family was missing when counted back.
     ValueError
         A negative user id, an item id that cannot be packed, or a repeated (user, rank).
     """
     if recs.height == 0:
-        return 0
+        return Written()
     check_recommendations(recs)
     n_users = recs[C.USER].n_unique()
     proposed = cfg.user_buckets or keys.bucket_count(n_users)
@@ -226,7 +289,7 @@ def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConf
     prefix, ttl = cfg.key_prefix, ttl_seconds(cfg)
     fields = [str(u).encode() for u in packed.user_ids.tolist()]
     families = _families(packed)
-    found = 0
+    found = dict.fromkeys((family for family, _ in families), 0)
     for start, length in chunks(len(fields), cfg.chunk_size):
         runs = _bucket_runs(packed.bucket, start, length)
 
@@ -235,21 +298,38 @@ def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConf
             for family, values in families:
                 for bucket, first, end in runs:
                     flat: list[bytes] = []
-                    for field, value in zip(fields[first:end], values[first:end], strict=True):
+                    for name, value in zip(fields[first:end], values[first:end], strict=True):
                         if value:
-                            flat += (field, value)
+                            flat += (name, value)
                     if flat:
                         key = keys.user_bucket_key(version, bucket, prefix, family)
                         pipe.hset(key, items=list(flat))
                         pipe.expire(key, ttl)
             pipe.execute()
 
-        def count(runs: list[tuple[int, int, int]] = runs) -> int:
+        def count(runs: list[tuple[int, int, int]] = runs) -> dict[str, int]:
             pipe = client.pipeline(transaction=False)
-            for bucket, first, end in runs:
-                pipe.hmget(keys.user_bucket_key(version, bucket, prefix), fields[first:end])
-            return sum(v is not None for values in pipe.execute() for v in values)
+            asked: list[str] = []  # the family of each HMGET, in pipeline order
+            for family, values in families:
+                for bucket, first, end in runs:
+                    sent = [
+                        n for n, v in zip(fields[first:end], values[first:end], strict=True) if v
+                    ]
+                    if sent:
+                        pipe.hmget(keys.user_bucket_key(version, bucket, prefix, family), sent)
+                        asked.append(family)
+            counted = dict.fromkeys((family for family, _ in families), 0)
+            for family, reply in zip(asked, pipe.execute(), strict=True):
+                counted[family] += sum(v is not None for v in reply)
+            return counted
 
         with_retries(write, cfg, "user write")
-        found += with_retries(count, cfg, "user count-back")
-    return found
+        for family, hits in with_retries(count, cfg, "user count-back").items():
+            found[family] += hits
+    intended = _intended(packed, families, buckets)
+    lost = {f: intended.total(f) - n for f, n in found.items() if n != intended.total(f)}
+    if lost:
+        detail = ", ".join(f"{n} of {intended.total(f)} {f!r}" for f, n in sorted(lost.items()))
+        msg = f"fields missing right after writing ({detail}); evicted? check maxmemory-policy"
+        raise PublishError(msg)
+    return intended
