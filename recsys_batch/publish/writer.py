@@ -25,7 +25,7 @@ number of users), or from the users it writes when that is 0; every later writer
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import polars as pl
@@ -39,6 +39,16 @@ from recsys_batch.publish.store import Client, with_retries
 REASON = "reason"
 """Optional column of ``recs``: the item's reason as text (``r9.12``, ``b``, ``a``, ``t``,
 ``p``; see ``keys.reason_value``), packed 2 bytes per item into the ``r`` bucket hashes."""
+NEW_REASON_VALUES = {
+    "similar_customers": 0,
+    "bought_with": 1,
+    "trending": 2,
+    "popular": 3,
+    "promoted": 4,
+    "category": 5,
+}
+"""Reason texts of the new-items list (``new_items`` of :func:`write_users`) and their packed
+values (``keys.REASON_CODES``; ALS reads "similar customers")."""
 BUCKETS_FIELD = "buckets"
 TOP_N_FIELD = "top_n"
 
@@ -79,6 +89,11 @@ class PackedUsers:
     reasons: list[bytes] | None
     """Packed reasons per user (``keys.encode_reasons``), when ``recs`` has a ``reason``
     column."""
+    new: list[bytes] | None = None
+    """Packed new items per user (``b""`` for a user without any), when a new-items list is
+    written."""
+    new_reasons: list[bytes] | None = None
+    """Packed reasons of the new items, aligned with ``new``."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +228,60 @@ def reason_values(text: pl.Expr) -> pl.Expr:
     )
 
 
+def check_new_items(new_items: pl.DataFrame, recs: pl.DataFrame) -> None:
+    """Refuse a new-items list that cannot be stored beside ``recs``.
+
+    Raises
+    ------
+    ValueError
+        A user without a main list (the lookup starts from it), more than
+        ``keys.ITEMS_PER_FIELD`` new items for a user, an item id that cannot be packed, a
+        repeated (user, rank), or a reason outside ``NEW_REASON_VALUES``.
+    """
+    if new_items.height == 0:
+        return
+    orphans = (
+        new_items.select(C.USER).unique().join(recs.select(C.USER).unique(), on=C.USER, how="anti")
+    )
+    if orphans.height:
+        example = orphans[C.USER][0]
+        msg = f"{orphans.height} user(s) have new items but no main list, e.g. user {example}"
+        raise ValueError(msg)
+    check_recommendations(new_items)
+    longest = int(new_items.group_by(C.USER).len()["len"].max())  # type: ignore[arg-type]
+    if longest > keys.ITEMS_PER_FIELD:
+        msg = f"a user has {longest} new items; a version stores at most {keys.ITEMS_PER_FIELD}"
+        raise ValueError(msg)
+    unknown = set(new_items[REASON].unique().to_list()) - set(NEW_REASON_VALUES)
+    if unknown:
+        expected = sorted(NEW_REASON_VALUES)
+        msg = f"unknown new-item reason(s) {sorted(map(str, unknown))}; expected {expected}"
+        raise ValueError(msg)
+
+
+def packed_new_items(
+    new_items: pl.DataFrame, user_ids: np.ndarray
+) -> tuple[list[bytes], list[bytes]]:
+    """Each of ``user_ids``' new items and their reasons, packed (``b""`` for users without).
+
+    ``new_items`` has ``user_id``, ``item_id``, ``rank`` and ``reason`` (a key of
+    ``NEW_REASON_VALUES``) and passed :func:`check_new_items`.
+    """
+    codes = pl.col(REASON).replace_strict(NEW_REASON_VALUES, return_dtype=pl.UInt16)
+    per_user = (
+        new_items.sort(C.USER, C.RANK)
+        .group_by(C.USER, maintain_order=True)
+        .agg(pl.col(C.ITEM).cast(pl.UInt32), codes.alias(REASON))
+    )
+    items = {
+        user: (np.asarray(found, ">u4").tobytes(), np.asarray(why, ">u2").tobytes())
+        for user, found, why in per_user.iter_rows()
+    }
+    empty = (b"", b"")
+    pairs = [items.get(user, empty) for user in user_ids.tolist()]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def version_buckets(client: Client, version: str, proposed: int, cfg: RedisConfig) -> int:
     """The version's bucket count: ``proposed`` if this writer is first, else the stored one."""
     meta = keys.meta_key(version, cfg.key_prefix)
@@ -233,6 +302,8 @@ def _families(packed: PackedUsers) -> list[tuple[str, list[bytes]]]:
         families.append(("t", packed.tail))
     if packed.reasons is not None:
         families.append(("r", packed.reasons))
+    if packed.new is not None and packed.new_reasons is not None and any(packed.new):
+        families += [("n", packed.new), ("w", packed.new_reasons)]
     return families
 
 
@@ -259,8 +330,15 @@ def _bucket_runs(bucket: np.ndarray, start: int, length: int) -> list[tuple[int,
     return list(zip(part[firsts - start].tolist(), firsts.tolist(), ends.tolist(), strict=True))
 
 
-def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConfig) -> Written:
-    """Write the users of ``recs`` into ``version``; return the fields stored.
+def write_users(
+    client: Client,
+    version: str,
+    recs: pl.DataFrame,
+    cfg: RedisConfig,
+    new_items: pl.DataFrame | None = None,
+) -> Written:
+    """Write the users of ``recs`` (and their ``new_items``) into ``version``; return the
+    fields stored.
 
     Every family's fields are counted back after writing; the returned counts are what the
     version must hold for these users (:func:`recsys_batch.publish.versions.verify_version`).
@@ -270,6 +348,10 @@ def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConf
     recs
         Schema ``columns.RECOMMENDATIONS``: each user's top N, rank 1 = best (at most
         ``keys.MAX_TOP_N``), optionally with a ``reason`` column (one reason per item).
+    new_items
+        Each user's list of items they never bought (#26): ``user_id``, ``item_id``, ``rank``,
+        ``reason`` (a key of ``NEW_REASON_VALUES``), at most ``keys.ITEMS_PER_FIELD`` per
+        user, only users of ``recs``; stored in the ``n`` and ``w`` families.
 
     Raises
     ------
@@ -282,10 +364,15 @@ def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConf
     if recs.height == 0:
         return Written()
     check_recommendations(recs)
+    if new_items is not None:
+        check_new_items(new_items, recs)
     n_users = recs[C.USER].n_unique()
     proposed = cfg.user_buckets or keys.bucket_count(n_users)
     buckets = version_buckets(client, version, proposed, cfg)
     packed = packed_users(recs, buckets)
+    if new_items is not None:
+        new, new_reasons = packed_new_items(new_items, packed.user_ids)
+        packed = replace(packed, new=new, new_reasons=new_reasons)
     prefix, ttl = cfg.key_prefix, ttl_seconds(cfg)
     fields = [str(u).encode() for u in packed.user_ids.tolist()]
     families = _families(packed)
