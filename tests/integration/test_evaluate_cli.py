@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from recsys_batch.evaluation.backtest import MODELS
+from recsys_batch.evaluation.rows import MODELS
 
 CONFIG = """
 [data]
@@ -124,7 +124,7 @@ def test_evaluate_two_origins_issue_16(config_file: Path, tmp_path: Path) -> Non
     assert payload["rows"] == origins[0]["rows"]
     assert origins[0]["rows"] != origins[1]["rows"]
     for origin in origins:
-        assert set(origin["diff"]) == {"popular", "own_purchases", "als", "tifu_knn"}
+        assert set(origin["diff"]) == {"popular", "own_purchases", "als", "tifu_knn", "copurchase_new"}
         for d in origin["diff"].values():
             assert d["lo"] <= d["mean"] <= d["hi"]
     assert {r["origins"] for r in payload["mean_over_origins"]} == {2}

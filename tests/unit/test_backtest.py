@@ -10,8 +10,6 @@ from polars.testing import assert_frame_equal
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
 from recsys_batch.evaluation.backtest import (
-    MODELS,
-    USER_SETS,
     BacktestResult,
     own_purchases_baseline,
     reseeded,
@@ -22,6 +20,7 @@ from recsys_batch.evaluation.backtest import (
 )
 from recsys_batch.evaluation.origins import OriginsResult, cut_after, holdout_weeks, run_origins
 from recsys_batch.evaluation.protocol import evaluation_users, prepare
+from recsys_batch.evaluation.rows import MODELS, USER_SETS
 from recsys_batch.model import split
 from tests.small import SMALL_SETTINGS as SETTINGS
 from tests.small import small_dataset as dataset
@@ -94,6 +93,10 @@ class TestResult:
             "map@5",
             "ndcg@5",
             "coverage",
+            "revenue@5",
+            "new_share",
+            "repeat_hit",
+            "new_hit",
         }
         assert all(set(r) == keys for r in result.rows)
 
