@@ -298,11 +298,11 @@ def baseline_lists(
             train_tx, catalogue, users, popular, half_life, k
         ).collect(),
         "als": als_baseline(model.stage1_for_scoring, users, k, chunk).collect(),
-        "copurchase_new": copurchase_new_baseline(
-            model.stage1_for_scoring, users, held.bought, k, chunk
-        ).collect(),
         "tifu_knn": tifu_knn_baseline(
             train_tx, catalogue, users, settings.evaluation.tifu_knn, k, placeholder
+        ).collect(),
+        "copurchase_new": copurchase_new_baseline(
+            model.stage1_for_scoring, users, held.bought, k, chunk
         ).collect(),
     }
 
