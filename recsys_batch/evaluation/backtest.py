@@ -102,6 +102,9 @@ def protocol_text(settings: Settings, windows: split.Windows | None = None) -> s
         "in the test window",
         f"precision@{k} = |top {k} and distinct items bought in the test window| / {k}, "
         "averaged over users; recall/MAP/NDCG against distinct catalogue items bought",
+        f"revenue@{k} = the user's test-window spend on their top {k}, averaged over users; "
+        "a slot is new when the user never bought its item before the test window; "
+        "new_share, repeat_hit, new_hit pool the slots of all users",
     ]
     return "\n".join(lines)
 
