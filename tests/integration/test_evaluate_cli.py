@@ -136,7 +136,11 @@ def test_evaluate_seeds_must_be_positive(config_file: Path) -> None:
     assert "--seeds" in result.output
 
 
-def test_evaluate_candidates_stage(config_file: Path, tmp_path: Path) -> None:
+def test_evaluate_candidates_stage_on_a_synthetic_folder(config_file: Path, tmp_path: Path) -> None:
+    """The data source is named by its folder's name only, never its path (#29)."""
+    folder = tmp_path / "synth-200"
+    synth = ["data", "synth", "--out", str(folder), "--users", "200", "--seed", "3"]
+    assert CliRunner().invoke(app, synth).exit_code == 0
     out_json = tmp_path / "cands.json"
     result = CliRunner().invoke(
         app,
@@ -144,6 +148,8 @@ def test_evaluate_candidates_stage(config_file: Path, tmp_path: Path) -> None:
             "evaluate",
             "--config",
             str(config_file),
+            "--path",
+            str(folder),
             "--stage",
             "candidates",
             "--json",
@@ -155,6 +161,9 @@ def test_evaluate_candidates_stage(config_file: Path, tmp_path: Path) -> None:
     assert set(payload) >= {"generators", "union"}
     assert "precision_at_5_upper_bound" in payload["union"]
     assert "union" in result.output
+    (evaluated,) = [line for line in result.output.splitlines() if line.startswith("evaluated")]
+    assert evaluated.startswith("evaluated synthetic (synth-200) in ")
+    assert str(tmp_path) not in evaluated
 
 
 def test_bad_config_exits_2(tmp_path: Path) -> None:
