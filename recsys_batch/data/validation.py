@@ -93,7 +93,7 @@ def source_tables(dataset: Dataset) -> tuple[SourceTable, ...]:
         (USERS, dataset.users),
     )
     return tuple(
-        SourceTable(table, f"{dataset.name}: {table}", frame, identity)
+        SourceTable(table, f"{dataset.name} {table}", frame, identity)
         for table, frame in frames
         if frame is not None
     )
