@@ -30,7 +30,7 @@ from pydantic_settings import (
 )
 
 from recsys_batch.errors import ConfigError
-from recsys_batch.publish.keys import _PREFIX_RE
+from recsys_batch.publish.keys import check_prefix
 
 
 class _Section(BaseModel):
@@ -254,10 +254,7 @@ class RedisConfig(_Section):
     @classmethod
     def _check_key_prefix(cls, value: str) -> str:
         """The rule of :mod:`recsys_batch.publish.keys`: a bad prefix fails with the config."""
-        if not _PREFIX_RE.match(value):
-            msg = f"invalid key prefix {value!r}: use 1-32 letters, digits, '_', '.', '-'"
-            raise ValueError(msg)
-        return value
+        return check_prefix(value)
 
 
 class PublishConfig(_Section):

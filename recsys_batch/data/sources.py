@@ -64,13 +64,28 @@ class Dataset:
     items: pl.LazyFrame | None
     users: pl.LazyFrame | None
     name: str
-    """Where the data came from, for logs and run manifests."""
+    """Where the data came from, for people (logs, manifests, the console, ``recsys evaluate``).
+
+    Never a machine path: the source kind and at most a folder or file *name* (see
+    :func:`source_name`), since it is published in each version's meta hash.
+    """
     tables: tuple[SourceTable, ...] = field(default=())
     """The files as read (before renaming and casting), for ``validation``; may be empty.
 
     They describe the frames the reader built: a Dataset derived with other frames (e.g. cut
     at a run date) should leave ``tables`` empty, so validation checks the frames themselves.
     """
+
+
+def source_name(kind: str, where: Path | str | None) -> str:
+    """``kind (name)``: the source kind and the last part of its folder or file, no path.
+
+    >>> source_name("dunnhumby csv", Path("exports") / "dunnhumby-2024")
+    'dunnhumby csv (dunnhumby-2024)'
+    >>> source_name("completejourney", None)
+    'completejourney (bundled)'
+    """
+    return f"{kind} ({Path(where).name if where is not None else 'bundled'})"
 
 
 def completejourney_dir() -> Path:
@@ -82,6 +97,7 @@ def completejourney_dir() -> Path:
 
 def scan_completejourney(folder: Path | None = None) -> Dataset:
     """The bundled 84.51 "The Complete Journey" data, scanned straight from its parquet files."""
+    name = source_name("completejourney", folder)
     folder = folder or completejourney_dir()
     ts = pl.col("transaction_timestamp")
     transactions = pl.scan_parquet(folder / "transactions.parquet").select(
@@ -104,7 +120,7 @@ def scan_completejourney(folder: Path | None = None) -> Dataset:
     users = renamed(
         pl.scan_parquet(folder / "demographics.parquet"), COMPLETEJOURNEY_USERS, C.USERS
     )
-    return Dataset(transactions, items, users, name=f"completejourney:{folder}")
+    return Dataset(transactions, items, users, name=name)
 
 
 def renamed(raw: pl.LazyFrame, columns: Mapping[str, str], schema: pl.Schema) -> pl.LazyFrame:
@@ -209,7 +225,11 @@ def scan_dunnhumby(folder: Path | None) -> Dataset:
             frames[table] = canonical(tables[-1])
     transactions = canonical(tables[0]).with_columns(pl.col(d).abs() for d in _DISCOUNTS)
     return Dataset(
-        transactions, frames[ITEMS], frames[USERS], name=f"dunnhumby:{folder}", tables=tuple(tables)
+        transactions,
+        frames[ITEMS],
+        frames[USERS],
+        name=source_name("dunnhumby csv", folder),
+        tables=tuple(tables),
     )
 
 
@@ -241,7 +261,11 @@ def scan_files(cfg: DataConfig) -> Dataset:
     transactions = frames[TRANSACTIONS]
     assert transactions is not None  # noqa: S101 - the transactions path is checked above
     return Dataset(
-        transactions, frames[ITEMS], frames[USERS], name=f"files:{tx_path}", tables=tuple(tables)
+        transactions,
+        frames[ITEMS],
+        frames[USERS],
+        name=source_name("files", tx_path),
+        tables=tuple(tables),
     )
 
 
@@ -256,7 +280,7 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
             generated.transactions.lazy(),
             generated.items.lazy(),
             generated.users.lazy(),
-            name=f"synthetic:users={cfg.synthetic_users},seed={cfg.synthetic_seed}",
+            name=f"synthetic (users={cfg.synthetic_users}, seed={cfg.synthetic_seed})",
         )
     folder = Path(cfg.path)
     identity = {name: name for name in (*C.TRANSACTIONS, *C.ITEMS, *C.USERS)}
@@ -281,7 +305,7 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
         transactions,
         frames[ITEMS],
         frames[USERS],
-        name=f"synthetic:{folder}",
+        name=source_name("synthetic", folder),
         tables=tuple(tables),
     )
 

@@ -11,7 +11,7 @@ second). Problems found, in the order they are reported:
    ``sales_value`` in transactions; ``item_id``/``user_id`` in items/users) is null;
 4. a ``user_id`` (transactions, users) is negative (Redis keys are built from ids >= 0);
 5. a table has no rows;
-6. the weeks do not cover the configured windows (``split.backtest_windows``).
+6. the weeks do not cover the configured windows (``windows.backtest_windows``).
 
 Each raises :class:`~recsys_batch.errors.DataError` naming the file, the column and the fix
 (exit code 2). Two findings are not fatal: returns (negative quantity or sales value) are
@@ -30,6 +30,7 @@ import polars as pl
 
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
+from recsys_batch.data.frames import distinct_count
 from recsys_batch.data.sources import Dataset
 from recsys_batch.data.tables import (
     ITEMS,
@@ -39,9 +40,8 @@ from recsys_batch.data.tables import (
     canonical,
     cast_expr,
 )
+from recsys_batch.data.windows import Windows, backtest_windows
 from recsys_batch.errors import DataError, SchemaMismatchError
-from recsys_batch.model import split
-from recsys_batch.model.ids import distinct_count
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ValidationReport:
     last_week: int
     first_day: int
     last_day: int
-    windows: split.Windows
+    windows: Windows
     """Backtest windows the data supports."""
     item_rows: int | None
     """Rows of the item table (None: no item table)."""
@@ -93,7 +93,7 @@ def source_tables(dataset: Dataset) -> tuple[SourceTable, ...]:
         (USERS, dataset.users),
     )
     return tuple(
-        SourceTable(table, f"{dataset.name} ({table})", frame, identity)
+        SourceTable(table, f"{dataset.name} {table}", frame, identity)
         for table, frame in frames
         if frame is not None
     )
@@ -281,7 +281,7 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
     missing = results[len(tables) + 1]["missing"] if item_table is not None else None
 
     try:
-        windows = split.backtest_windows(
+        windows = backtest_windows(
             int(stats["first_week"]), int(stats["last_week"]), settings.split
         )
     except DataError as exc:

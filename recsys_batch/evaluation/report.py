@@ -10,15 +10,12 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-
-if TYPE_CHECKING:
-    from recsys_batch.evaluation.backtest import BacktestResult
 
 PRECISION_PNG = "precision_at_k.png"
 RECALL_PNG = "candidate_recall.png"
@@ -208,8 +205,3 @@ def write_report(payload: dict[str, Any], folder: Path) -> list[Path]:
     (folder / "backtest.json").write_text(json.dumps(payload, indent=2, default=str))
     written.append(folder / "backtest.json")
     return written
-
-
-def write_backtest_report(result: BacktestResult, folder: Path) -> list[Path]:
-    """Convenience wrapper: :func:`write_report` of ``result.to_json()``."""
-    return write_report(result.to_json(), folder)

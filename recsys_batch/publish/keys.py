@@ -76,7 +76,8 @@ _PREFIX_RE = re.compile(r"^[0-9A-Za-z_.-]{1,32}$")
 MAX_USER_ID = 2**63 - 1
 
 
-def _check_prefix(prefix: str) -> str:
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a well-formed key prefix, else raise ``ValueError``."""
     if not _PREFIX_RE.match(prefix):
         msg = f"invalid key prefix {prefix!r}: use 1-32 letters, digits, '_', '.', '-'"
         raise ValueError(msg)
@@ -115,32 +116,32 @@ def check_user_id(user_id: object) -> int:
 
 def current_key(prefix: str = "recsys") -> str:
     """Key naming the live version."""
-    return f"{_check_prefix(prefix)}:current"
+    return f"{check_prefix(prefix)}:current"
 
 
 def previous_key(prefix: str = "recsys") -> str:
     """Key naming the version that was live before the current one."""
-    return f"{_check_prefix(prefix)}:previous"
+    return f"{check_prefix(prefix)}:previous"
 
 
 def versions_key(prefix: str = "recsys") -> str:
     """Sorted set of every version started, scored by start time."""
-    return f"{_check_prefix(prefix)}:versions"
+    return f"{check_prefix(prefix)}:versions"
 
 
 def runs_key(prefix: str = "recsys") -> str:
     """List of run summaries (JSON), newest first, capped (``publish.run_log``)."""
-    return f"{_check_prefix(prefix)}:runs"
+    return f"{check_prefix(prefix)}:runs"
 
 
 def experiment_key(prefix: str = "recsys") -> str:
     """Hash of the running A/B experiment: ``version``, ``share``, ``started_at``."""
-    return f"{_check_prefix(prefix)}:ab"
+    return f"{check_prefix(prefix)}:ab"
 
 
 def version_prefix(version: str, prefix: str = "recsys") -> str:
     """Common prefix of every key of one version (for SCAN MATCH ``...*``)."""
-    return f"{_check_prefix(prefix)}:v:{check_version(version)}:"
+    return f"{check_prefix(prefix)}:v:{check_version(version)}:"
 
 
 _MASK64 = (1 << 64) - 1

@@ -4,7 +4,7 @@
 before the first task and, only after every shard succeeded, writes the popular list and
 item attributes, verifies every key and flips ``P:current`` once
 (:func:`~recsys_batch.publish.versions.finish_version`). A shard that raises is retried
-``scale.shard_retries`` times (SET is idempotent, so a repeated write is harmless), except
+``scale.shard_retries`` times (HSET is idempotent, so a repeated write is harmless), except
 for a ``RecsysError``: bad data fails at once, and a ``PublishError`` has already used
 ``redis.retries``. If a shard still fails, :class:`ShardError` is raised, the half-written
 version is abandoned and nothing flips: the old version keeps serving.

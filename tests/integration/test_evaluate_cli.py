@@ -137,6 +137,8 @@ def test_evaluate_two_origins_issue_16(config_file: Path, tmp_path: Path) -> Non
     assert payload["rows"] == origins[0]["rows"]
     assert origins[0]["rows"] != origins[1]["rows"]
     for origin in origins:
+        # Each origin's intervals are over its own "all" users and its own P@5 gaps (an
+        # interval reused from the other origin, or over another user set, fails here).
         assert set(origin["diff"]) == {
             "popular",
             "own_purchases",
@@ -144,7 +146,11 @@ def test_evaluate_two_origins_issue_16(config_file: Path, tmp_path: Path) -> Non
             "tifu_knn",
             "copurchase_new",
         }
-        for d in origin["diff"].values():
+        rows = {r["model"]: r for r in origin["rows"] if r["user_set"] == "all"}
+        for baseline, d in origin["diff"].items():
+            gap = rows["two_stage"]["precision@5"] - rows[baseline]["precision@5"]
+            assert d["mean"] == pytest.approx(gap)
+            assert d["users"] == rows[baseline]["users"] == rows["two_stage"]["users"]
             assert d["lo"] <= d["mean"] <= d["hi"]
     assert {r["origins"] for r in payload["mean_over_origins"]} == {2}
 
@@ -155,7 +161,11 @@ def test_evaluate_seeds_must_be_positive(config_file: Path) -> None:
     assert "--seeds" in result.output
 
 
-def test_evaluate_candidates_stage(config_file: Path, tmp_path: Path) -> None:
+def test_evaluate_candidates_stage_on_a_synthetic_folder(config_file: Path, tmp_path: Path) -> None:
+    """The data source is named by its folder's name only, never its path (#29)."""
+    folder = tmp_path / "synth-200"
+    synth = ["data", "synth", "--out", str(folder), "--users", "200", "--seed", "3"]
+    assert CliRunner().invoke(app, synth).exit_code == 0
     out_json = tmp_path / "cands.json"
     result = CliRunner().invoke(
         app,
@@ -163,6 +173,8 @@ def test_evaluate_candidates_stage(config_file: Path, tmp_path: Path) -> None:
             "evaluate",
             "--config",
             str(config_file),
+            "--path",
+            str(folder),
             "--stage",
             "candidates",
             "--json",
@@ -174,6 +186,9 @@ def test_evaluate_candidates_stage(config_file: Path, tmp_path: Path) -> None:
     assert set(payload) >= {"generators", "union"}
     assert "precision_at_5_upper_bound" in payload["union"]
     assert "union" in result.output
+    (evaluated,) = [line for line in result.output.splitlines() if line.startswith("evaluated")]
+    assert evaluated.startswith("evaluated synthetic (synth-200) in ")
+    assert str(tmp_path) not in evaluated
 
 
 def test_bad_config_exits_2(tmp_path: Path) -> None:

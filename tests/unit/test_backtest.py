@@ -18,6 +18,7 @@ from recsys_batch.evaluation.backtest import (
     run_seeded_backtest,
     seed_spread,
 )
+from recsys_batch.evaluation.bootstrap import interval
 from recsys_batch.evaluation.origins import OriginsResult, cut_after, holdout_weeks, run_origins
 from recsys_batch.evaluation.protocol import evaluation_users, prepare
 from recsys_batch.evaluation.rows import MODELS, USER_SETS
@@ -205,13 +206,42 @@ class TestResult:
         assert "stage-2 window" in payload["protocol"]
 
     def test_diff_is_a_paired_interval_per_baseline(self, result: BacktestResult) -> None:
+        """Each interval is the bootstrap of the per-user P@5 differences counted by hand
+        (users who bought in the test window and before it, in user id order), with the
+        configured draws and seed. Catches pairing by row position, another seed or draw
+        count, another user set, or the difference taken the other way round."""
         assert set(result.diff) == set(MODELS) - {"two_stage"}
         all_users = next(r["users"] for r in result.rows if r["user_set"] == "all")
+        prep = prepare(dataset(), SETTINGS)
+        w, placeholder = prep["windows"], SETTINGS.prefilter.placeholder_item
+        before: set[int] = set()
+        in_test: dict[int, set[int]] = {}
+        for user, item, week in prep["tx"].select(C.USER, C.ITEM, C.WEEK).iter_rows():
+            if week < w.target_end:
+                before.add(user)
+            elif week < w.test_end:
+                bought = in_test.setdefault(user, set())
+                if item != placeholder:
+                    bought.add(item)
+        users = sorted(u for u in in_test if u in before)
+        assert len(users) == all_users
+
+        def precision(model: str) -> np.ndarray:
+            top = result.lists[model].filter(pl.col(C.RANK) <= 5)
+            lists: dict[int, set[int]] = {}
+            for user, item in top.select(C.USER, C.ITEM).iter_rows():
+                lists.setdefault(user, set()).add(item)
+            return np.array([len(lists.get(u, set()) & in_test[u]) / 5 for u in users])
+
+        cfg = SETTINGS.evaluation
         for baseline, d in result.diff.items():
-            gap = result.precision("two_stage") - result.precision(baseline)
-            assert d["mean"] == pytest.approx(gap)
-            assert d["lo"] <= d["mean"] <= d["hi"]
-            assert d["users"] == all_users
+            diffs = precision("two_stage") - precision(baseline)
+            expected = interval(diffs, cfg.bootstrap_draws, cfg.bootstrap_seed)
+            assert d == pytest.approx({**expected, "users": all_users})
+            assert d["mean"] == pytest.approx(
+                result.precision("two_stage") - result.precision(baseline)
+            )
+            assert d["lo"] < d["hi"]  # the differences vary: not a degenerate interval
         assert result.to_json()["diff"] == result.diff
 
     def test_als_is_the_als_model_alone_issue_16(self, result: BacktestResult) -> None:

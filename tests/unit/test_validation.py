@@ -138,7 +138,7 @@ class TestFatal:
             with pytest.raises(DataError, match="history week") as info:
                 validation.check(dataset, SETTINGS)
             assert info.value.column == C.WEEK
-            assert info.value.file == "t (transactions)"
+            assert info.value.file == "t transactions"
 
     def test_windows_follow_the_split_config(self) -> None:
         settings = Settings(split=SplitConfig(test_weeks=1, stage2_weeks=2, min_history_weeks=1))

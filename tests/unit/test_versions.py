@@ -7,6 +7,7 @@ A version is published here exactly as a nightly run publishes it: ``begin_versi
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -95,11 +96,24 @@ def has_user(client: fakeredis.FakeRedis, version: str, user: int) -> bool:
 
 
 class TestIdsAndMeta:
-    def test_version_ids_are_valid_sortable_and_distinct(self) -> None:
-        ids = [versions.new_version_id() for _ in range(20)]
-        assert len(set(ids)) > 1
+    def test_version_ids_are_valid_distinct_and_in_time_order(self) -> None:
+        """One id per second, sorting in time order (catches the timestamp dropped or not
+        leading, e.g. a suffix first)."""
+        night = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)
+        starts = [night + timedelta(seconds=s) for s in (59, 0, 3600, 1, 86_400)]
+        ids = [versions.new_version_id(start) for start in starts]
         assert all(keys.check_version(v) == v for v in ids)
-        assert ids[0][:16] <= ids[-1][:16]  # the timestamp leads
+        assert len(set(ids)) == len(starts)
+        assert sorted(ids) == [v for _, v in sorted(zip(starts, ids, strict=True))]
+        assert ids[1].startswith("20261128T031500Z-")
+
+    def test_version_ids_of_one_second_differ_by_their_random_suffix(self) -> None:
+        """200 ids in one second share at most 9 values: with a 16-bit suffix, 10 or more
+        colliding pairs happen with probability 1.4e-12 (Poisson, 0.30 pairs expected).
+        Catches a constant suffix (199 repeats) or one of 8 bits or fewer (about 61)."""
+        night = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)
+        ids = [versions.new_version_id(night) for _ in range(200)]
+        assert len(ids) - len(set(ids)) <= 9
 
     def test_encode_meta(self) -> None:
         encoded = versions.encode_meta(
