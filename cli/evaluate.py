@@ -2,9 +2,11 @@
 
 ``--stage all`` (default) trains the two-stage model on the backtest split, scores the test
 window and prints models x metrics for the "all" and "seed" user sets, next to the
-baselines (popular, own purchases, ALS alone, TIFU-KNN), at ``--origins`` rolling origins
-4 weeks apart (the newest is the final test, the older ones validation; #16), with the
-paired bootstrap interval of the two-stage P@5 minus each baseline's. ``--stage
+baselines (popular, own purchases, ALS alone, TIFU-KNN, the co-purchase anchor of new items),
+at ``--origins`` rolling origins 4 weeks apart (the newest is the final test, the older ones
+validation; #16), with the paired bootstrap interval of the two-stage P@5 minus each
+baseline's; a second table per origin gives revenue@5 and the share and hit rates of new
+and repeat slots (#26), with the interval of new_hit against the anchor. ``--stage
 candidates`` only measures the recall of the stage-1 candidate set on the newest test window.
 """
 
@@ -30,6 +32,14 @@ HEADERS = {
     "map@5": "MAP@5",
     "ndcg@5": "NDCG@5",
     "coverage": "cover",
+}
+DISCOVERY = ("precision@5", "revenue@5", "new_share", "repeat_hit", "new_hit")
+DISCOVERY_HEADERS = {
+    "precision@5": "P@5",
+    "revenue@5": "rev@5 $",
+    "new_share": "new share",
+    "repeat_hit": "repeat hit",
+    "new_hit": "new hit",
 }
 
 
@@ -104,6 +114,41 @@ def metrics_table(
     return table
 
 
+def _rate(value: Any, fmt: str = ".4f") -> str:
+    """``value`` formatted, or ``-`` for a rate without slots (None)."""
+    return "-" if value is None else format(float(value), fmt)
+
+
+def discovery_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """P@5 beside revenue@5 ($ per user), new share, repeat hit and new hit (#26)."""
+    table = Table(title=title)
+    table.add_column("model", no_wrap=True)
+    table.add_column("users", no_wrap=True)
+    for name in DISCOVERY:
+        table.add_column(DISCOVERY_HEADERS[name], justify="right", no_wrap=True)
+    for row in rows:
+        cells = [
+            _rate(row.get(name), ".2f" if name == "revenue@5" else ".4f") for name in DISCOVERY
+        ]
+        table.add_row(row["model"], row["user_set"], *cells)
+    return table
+
+
+def new_hit_table(diffs: list[dict[str, Any]], title: str) -> Table:
+    """new_hit of a model minus its anchor's, with the paired bootstrap 95% interval."""
+    table = Table(title=title)
+    for name in ("model", "anchor", "users", "difference", "95% lo", "95% hi"):
+        table.add_column(name, justify="left" if name in ("model", "anchor") else "right")
+    for d in diffs:
+        table.add_row(
+            d["model"],
+            d["anchor"],
+            str(d["users"]),
+            *(_rate(d[key], "+.4f") for key in ("mean", "lo", "hi")),
+        )
+    return table
+
+
 def diff_table(diff: dict[str, dict[str, Any]], title: str) -> Table:
     """Two-stage P@5 minus each baseline's, with the paired bootstrap 95% interval."""
     table = Table(title=title)
@@ -129,11 +174,15 @@ def print_origins(payload: dict[str, Any]) -> None:
         common.console.print(
             diff_table(origin["diff"], f'P@5 two-stage minus baseline, "all" users, {label}')
         )
+        common.console.print(discovery_table(origin["rows"], f"Revenue and new items, {label}"))
+        if origin.get("new_hit_diff"):
+            title = f'new_hit minus the anchor\'s, "all" users, {label}'
+            common.console.print(new_hit_table(origin["new_hit_diff"], title))
     n = len(payload["origins"])
     if n > 1:
-        common.console.print(
-            metrics_table(payload["mean_over_origins"], f"Mean over the {n} origins")
-        )
+        mean = payload["mean_over_origins"]
+        common.console.print(metrics_table(mean, f"Mean over the {n} origins"))
+        common.console.print(discovery_table(mean, f"Revenue and new items, mean over {n}"))
 
 
 def spread_table(spread: list[dict[str, Any]]) -> Table:

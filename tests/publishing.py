@@ -1,13 +1,17 @@
 """Put known lists live in Redis the way ``recsys nightly-batch`` does, for API tests.
 
 An API test that needs known recommendations in Redis publishes them with
-:func:`publish_lists`, so what the API reads was written by the batch's own writer and version
-lifecycle, not by a hand-made copy of the key format. The benchmarks that need a live version
-use it too.
+:func:`publish_users` (lists given per user) or :func:`publish_lists` (a recommendations
+frame), so what the API reads was written by the batch's own writer and version lifecycle,
+not by a hand-made copy of the key format (#29): ``keys.py`` and ``writer.py`` own the layout,
+and only the golden-byte tests of ``keys.py`` spell it out. A test that needs a state the
+writer never produces (an unknown format, a corrupt value) publishes through here and then
+damages exactly that one piece. The benchmarks that need a live version use it too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polars as pl
@@ -15,8 +19,9 @@ import polars as pl
 from recsys_batch.config import RedisConfig
 from recsys_batch.data import columns as C
 from recsys_batch.errors import PublishError
-from recsys_batch.publish import keys, versions, writer
+from recsys_batch.publish import versions, writer
 from recsys_batch.publish.store import Client
+from recsys_batch.publish.writer import REASON
 
 
 def publish_lists(
@@ -54,57 +59,86 @@ def publish_lists(
     try:
         users = recs[C.USER].unique().sort()
         written = writer.write_users(client, version, recs, cfg)
-        if written != users.len():
-            msg = f"{written} of {users.len()} user keys verified after writing"
+        if written.users != users.len():
+            msg = f"{written.users} of {users.len()} user keys verified after writing"
             raise PublishError(msg)
-        versions.finish_version(client, version, users, popular, items_attrs, cfg)
+        versions.finish_version(client, version, written, popular, items_attrs, cfg)
     except BaseException:
         versions.abandon_version(client, version, cfg)
         raise
     return version
 
 
-def write_version(
-    client: Any,
-    prefix: str,
-    version: str,
-    users: dict[int, list[int]],
-    popular: list[int],
-    *,
-    items: dict[int, str] | None = None,
-    reasons: dict[int, list[str]] | None = None,
-    buckets: int = 4,
-    flip: bool = True,
-    created_at: str = "2026-11-28T03:00:00+00:00",
-) -> None:
-    """Write a complete version by hand in the ``keys`` format 2 layout (and flip to it).
+def recommendations(
+    users: Mapping[int, Sequence[int]], reasons: Mapping[int, Sequence[str]] | None = None
+) -> pl.DataFrame:
+    """Each user's items, best first, as the schema ``columns.RECOMMENDATIONS`` (+ ``reason``).
 
-    For API tests that need exact lists (or a layout the writer would refuse) without a
-    version lifecycle: meta (``format``, ``state``, ``buckets``), ``popular``, each user's
-    packed head (and tail past ``keys.ITEMS_PER_FIELD`` items) and reasons.
+    ``reasons`` (``r9.12``, ``b``, ``a``, ``t``, ``p``: one per item, as the ranker writes
+    them) must name every user, with one reason per item.
     """
-    pipe = client.pipeline(transaction=False)
-    meta = {
-        "format": str(keys.FORMAT),
-        "state": keys.STATE_COMPLETE,
-        "created_at": created_at,
-        "buckets": buckets,
-    }
-    pipe.hset(keys.meta_key(version, prefix), mapping=meta)
-    pipe.set(keys.popular_key(version, prefix), keys.encode_items(popular))
-    head_n = keys.ITEMS_PER_FIELD
-    for user, recs in users.items():
-        bucket = keys.bucket_of(user, buckets)
-        head = keys.user_bucket_key(version, bucket, prefix)
-        pipe.hset(head, str(user), keys.pack_items(recs[:head_n]))
-        if recs[head_n:]:
-            tail = keys.user_bucket_key(version, bucket, prefix, "t")
-            pipe.hset(tail, str(user), keys.pack_items(recs[head_n:]))
-        if reasons and user in reasons:
-            why = keys.user_bucket_key(version, bucket, prefix, "r")
-            pipe.hset(why, str(user), keys.encode_reasons(reasons[user]))
+    rows = [
+        (user, item, rank) for user, items in users.items() for rank, item in enumerate(items, 1)
+    ]
+    recs = pl.DataFrame(
+        {
+            C.USER: [user for user, _, _ in rows],
+            C.ITEM: [item for _, item, _ in rows],
+            C.RANK: [rank for _, _, rank in rows],
+            C.SCORE: [1.0 / rank for _, _, rank in rows],
+        },
+        schema=C.RECOMMENDATIONS,
+    )
+    if reasons is None:
+        return recs
+    for user, items in users.items():
+        if len(reasons[user]) != len(items):
+            msg = f"user {user}: {len(reasons[user])} reasons for {len(items)} items"
+            raise ValueError(msg)
+    why = [reasons[user][rank - 1] for user, _, rank in rows]
+    return recs.with_columns(pl.Series(REASON, why, dtype=pl.String))
+
+
+def publish_users(
+    client: Client,
+    users: Mapping[int, Sequence[int]],
+    popular: list[int],
+    cfg: RedisConfig,
+    *,
+    reasons: Mapping[int, Sequence[str]] | None = None,
+    items: Mapping[int, Mapping[str, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
+    finish: bool = True,
+) -> str:
+    """Publish each user's ``users[user]`` items (best first) as one new live version.
+
+    The lists go through :func:`publish_lists` (begin, ``write_users``, finish: verify, flip,
+    cleanup), with ``cfg.user_buckets`` buckets when set.
+
+    Parameters
+    ----------
+    reasons
+        One reason per item of every user (``?explain=true``), or None for no ``r`` family.
+    items
+        Item id -> attributes (``details=true``); every item gets every attribute named by
+        any item (null where it has none), as the batch's item frame does.
+    meta
+        Extra fields of the version's meta hash (run id, metrics, ...).
+    finish
+        False stops after ``write_users``: the version stays in state ``writing`` and
+        ``P:current`` is not touched, as while a nightly run is still writing.
+
+    Returns
+    -------
+    str
+        The version id (live unless ``finish`` is False).
+    """
+    recs = recommendations(users, reasons)
+    if not finish:
+        version = versions.begin_version(client, meta or {}, cfg)
+        writer.write_users(client, version, recs, cfg)
+        return version
+    attrs = None
     if items:
-        pipe.hset(keys.items_key(version, prefix), mapping={str(i): v for i, v in items.items()})
-    if flip:
-        pipe.set(keys.current_key(prefix), version)
-    pipe.execute()
+        attrs = pl.DataFrame([{C.ITEM: item, **values} for item, values in items.items()])
+    return publish_lists(client, recs, popular, attrs, cfg, meta)

@@ -79,6 +79,7 @@ class OriginsResult:
                     "role": FINAL_TEST if i == 0 else VALIDATION,
                     "rows": result.rows,
                     "diff": result.diff,
+                    "new_hit_diff": result.new_hit_diff,
                 }
                 for i, result in enumerate(self.results)
             ],

@@ -102,6 +102,8 @@ def plot_importances(
 
 
 def _fmt(value: Any) -> str:
+    if value is None:  # a rate without slots (e.g. repeat_hit of a list of new items only)
+        return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
@@ -121,6 +123,18 @@ def _table_md(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 def metrics_table_md(rows: list[dict[str, Any]]) -> str:
     """The models x metrics table as GitHub markdown (the metrics the rows carry, in order)."""
     return _table_md(rows, tuple(c for c in rows[0] if c not in ROW_KEYS) if rows else ())
+
+
+def new_hit_table_md(diffs: list[dict[str, Any]]) -> str:
+    """new_hit of each model minus its anchor's, with the 95% interval, as GitHub markdown."""
+    head = "| model | anchor | users | difference | 95% lo | 95% hi |"
+    body = [
+        f"| {d['model']} | {d['anchor']} | {d['users']} | "
+        + " | ".join(_fmt(d[key]) for key in ("mean", "lo", "hi"))
+        + " |"
+        for d in diffs
+    ]
+    return "\n".join([head, "|---|---|---:|---:|---:|---:|", *body])
 
 
 def spread_table_md(spread: list[dict[str, Any]]) -> str:
@@ -144,6 +158,9 @@ def write_report(payload: dict[str, Any], folder: Path) -> list[Path]:
         )
     if payload.get("rows"):
         sections.append(("Metrics", metrics_table_md(payload["rows"]), None))
+    if payload.get("new_hit_diff"):
+        title = 'New-slot hit rate minus the anchor\'s, "all" users (paired bootstrap)'
+        sections.append((title, new_hit_table_md(payload["new_hit_diff"]), None))
     if payload.get("seed_spread"):
         spread = payload["seed_spread"]
         title = f"{str(spread[0]['metric']).capitalize()} over seed runs"

@@ -14,6 +14,8 @@ Layout (``P`` is the key prefix, ``recsys`` by default; ``V`` a version id such 
     P:v:V:u:{bucket}        hash    user_id -> the user's first 16 items, packed (below)
     P:v:V:t:{bucket}        hash    user_id -> items 17..top_n, packed (only users with > 16)
     P:v:V:r:{bucket}        hash    user_id -> reasons of the user's items (``?explain=true``)
+    P:v:V:n:{bucket}        hash    user_id -> up to 16 items the user never bought, packed (#26)
+    P:v:V:w:{bucket}        hash    user_id -> reasons of those new items, packed
     P:v:V:popular           string  fallback items for unknown users: "840361,1029743,..."
     P:v:V:items             hash    item_id -> JSON attributes (department, brand, ...)
     P:v:V:meta              hash    format, state, buckets, top_n, run_id, users, metrics, ...
@@ -26,8 +28,11 @@ are 64 bytes, Redis' default ``hash-max-listpack-value``, and a bucket holds on 
 every user hash stays in the compact listpack encoding. Reasons (``encode_reasons``) are
 2 bytes per item, unsigned big-endian: ``0x8000 | times << 9 | last_days`` for a repeat
 (bought on ``times`` distinct days, capped at 63; last ``last_days`` ago, capped at 511),
-else 0 = ALS, 1 = often bought with the user's items, 2 = trending, 3 = popular; 20 items
-are 40 bytes, so reason hashes stay listpacks too.
+else 0 = ALS (similar customers), 1 = often bought with the user's items, 2 = trending,
+3 = popular, 4 = promoted (on the retailer's promotion calendar), 5 = the user's favourite
+categories; 20 items are 40 bytes, so reason hashes stay listpacks too. The new-items list
+(``n``, items the user never bought, best first, at most 16: one field) and its reasons (``w``)
+use the same packing; a version of a batch without that list has no ``n``/``w`` hashes.
 
 Connections: :func:`parse_url` accepts ``redis://``, ``rediss://`` (TLS), ``unix://`` and
 ``redis+cluster://`` / ``rediss+cluster://``; :func:`tls_options` maps the CA and client
@@ -178,12 +183,14 @@ def bucket_of(user_id: object, buckets: int) -> int:
     return (stable_hash(check_user_id(user_id)) >> 32) % buckets
 
 
-USER_FAMILIES = ("u", "t", "r")
-"""Bucket hash families of a version: head items, tail items, reasons."""
+USER_FAMILIES = ("u", "t", "r", "n", "w")
+"""Bucket hash families of a version: head items, tail items, reasons, new items (never bought
+by the user, #26) and their reasons."""
 
 
 def user_bucket_key(version: str, bucket: int, prefix: str = "recsys", family: str = "u") -> str:
-    """Key of one bucket hash: ``u`` (first 16 items), ``t`` (the rest) or ``r`` (reasons)."""
+    """Key of one bucket hash: ``u`` (first 16 items), ``t`` (the rest), ``r`` (reasons),
+    ``n`` (new items) or ``w`` (their reasons)."""
     if family not in USER_FAMILIES:
         msg = f"unknown bucket family {family!r}: expected one of {USER_FAMILIES}"
         raise ValueError(msg)
@@ -232,8 +239,8 @@ MAX_REASON_TIMES = 63
 MAX_REASON_DAYS = 511
 """Repeat reasons cap the days since the last purchase at this (9 bits)."""
 _REPEAT = 0x8000
-REASON_CODES = ("als", "bought_with", "trending", "popular")
-"""Codes of the other reasons, by their packed value (0..3)."""
+REASON_CODES = ("als", "bought_with", "trending", "popular", "promoted", "category")
+"""Codes of the other reasons, by their packed value (0..5)."""
 _LETTERS = {"a": 0, "b": 1, "t": 2, "p": 3}
 
 

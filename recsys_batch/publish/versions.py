@@ -6,8 +6,10 @@ removes one. The layout is :mod:`recsys_batch.publish.keys` (docs/redis-format.m
    ``writing``;
 2. the shards write their users (:func:`recsys_batch.publish.writer.write_users`);
 3. :func:`finish_version` writes the popular list and the item attributes, then
-   :func:`verify_version` counts every key of the version (each user, popular, meta, every
-   item field); any shortfall raises :class:`~recsys_batch.errors.PublishError` and the old
+   :func:`verify_version` checks the whole version: the fields of every bucket hash of every
+   family (``u``, ``t``, ``r``) against the writers' own counts (:class:`writer.Written`,
+   summed over the shards), the popular list's bytes, the meta hash's bucket count and every
+   item field; any difference raises :class:`~recsys_batch.errors.PublishError` and the old
    version keeps serving;
 4. the meta hash is marked ``complete`` and only then :func:`flip_pointer` moves
    ``P:current`` (and ``P:previous``) in one MULTI/EXEC. On a Redis Cluster the two pointers
@@ -31,6 +33,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import polars as pl
 import redis
 from redis.typing import EncodableT, FieldT
@@ -48,7 +51,7 @@ from recsys_batch.publish.status import (
     version_info,
 )
 from recsys_batch.publish.store import Client, is_cluster, with_retries
-from recsys_batch.publish.writer import BUCKETS_FIELD, chunks, ttl_seconds
+from recsys_batch.publish.writer import BUCKETS_FIELD, Written, chunks, ttl_seconds
 
 # A Redis hash as redis-py types it (its ``mapping`` parameter is invariant in the key type).
 HashFields = dict[FieldT, EncodableT]
@@ -104,22 +107,18 @@ def version_keys(client: Client, version: str, cfg: RedisConfig) -> list[str] | 
     ]
 
 
-def unlink_version(
-    client: Client, version: str, cfg: RedisConfig, user_ids: pl.Series | None = None
-) -> int:
+def unlink_version(client: Client, version: str, cfg: RedisConfig) -> int:
     """Remove every key of ``version`` with ``UNLINK`` (non-blocking).
 
     The keys are built from the version's bucket count (:func:`version_keys`); a keyspace
     ``SCAN MATCH P:v:V:*`` runs only when the meta hash is gone (or holds no bucket count:
-    a run that failed before any user was written). ``user_ids`` is accepted for
-    compatibility and not needed.
+    a run that failed before any user was written).
 
     Returns
     -------
     int
         Keys removed.
     """
-    del user_ids
     known = version_keys(client, version, cfg)
     pattern = keys.version_prefix(version, cfg.key_prefix) + "*"
 
@@ -152,12 +151,7 @@ def _unlink(client: Client, names: list[Any]) -> int:
     return int(sum(pipe.execute()))
 
 
-def cleanup_versions(
-    client: Client,
-    cfg: RedisConfig,
-    keep: set[str | None],
-    user_ids: pl.Series | None = None,
-) -> list[str]:
+def cleanup_versions(client: Client, cfg: RedisConfig, keep: set[str | None]) -> list[str]:
     """Unlink every registered version not in ``keep`` (half-written ones included).
 
     The version an A/B experiment serves (``P:ab``, ``recsys ab start``) is always kept.
@@ -167,7 +161,7 @@ def cleanup_versions(
     for version in all_versions(client, cfg):
         if version in keep:
             continue
-        unlink_version(client, version, cfg, user_ids)
+        unlink_version(client, version, cfg)
         log.info("removed version %s", version)
         removed.append(version)
     return removed
@@ -310,54 +304,85 @@ def abandon_version(client: Client, version: str, cfg: RedisConfig) -> None:
         log.warning("could not remove the unfinished version %s now: %s", version, exc)
 
 
-def count_users(client: Client, version: str, cfg: RedisConfig, family: str = "u") -> int:
-    """Fields of every ``family`` bucket hash of ``version`` (``HLEN`` per bucket, pipelined)."""
+def bucket_fields(client: Client, version: str, family: str, cfg: RedisConfig) -> np.ndarray:
+    """Fields (``HLEN``) of every ``family`` bucket hash of ``version``, one per bucket."""
     raw = with_retries(
         lambda: client.hget(keys.meta_key(version, cfg.key_prefix), BUCKETS_FIELD),
         cfg,
         "verification",
     )
     buckets = int(raw or 0)
-    total = 0
+    found = np.zeros(buckets, dtype=np.int64)
     for start, length in chunks(buckets, cfg.chunk_size):
 
-        def count(start: int = start, length: int = length) -> int:
+        def count(start: int = start, length: int = length) -> list[int]:
             pipe = client.pipeline(transaction=False)
             for bucket in range(start, start + length):
                 pipe.hlen(keys.user_bucket_key(version, bucket, cfg.key_prefix, family))
-            return int(sum(pipe.execute()))
+            return [int(n) for n in pipe.execute()]
 
-        total += with_retries(count, cfg, "verification")
-    return total
+        found[start : start + length] = with_retries(count, cfg, "verification")
+    return found
+
+
+def _family_shortfalls(
+    client: Client, version: str, written: Written, cfg: RedisConfig
+) -> list[str]:
+    """One line per family whose bucket hashes differ from what the writers stored."""
+    problems = []
+    for family in sorted(set(keys.USER_FAMILIES) | set(written.fields)):
+        found = bucket_fields(client, version, family, cfg)
+        expected = written.per_bucket(family)
+        if found.shape != expected.shape:
+            problems.append(
+                f"{family!r}: {found.size} buckets recorded in the meta hash, "
+                f"{expected.size} written"
+            )
+        elif (off := int(np.count_nonzero(found != expected))) > 0:
+            problems.append(
+                f"{family!r}: {int(found.sum())} of {int(expected.sum())} fields "
+                f"({off} bucket(s) differ)"
+            )
+    return problems
 
 
 def verify_version(
-    client: Client, version: str, users: pl.Series, items: int, cfg: RedisConfig
+    client: Client,
+    version: str,
+    written: Written,
+    popular: list[int],
+    items: int,
+    cfg: RedisConfig,
 ) -> None:
-    """Count every part of ``version``: its users, popular, meta, and the item fields.
+    """Check the whole of ``version`` before it may go live.
 
-    Users are counted with ``HLEN`` over every bucket hash (their sum must equal the users
-    written); ``popular`` and ``meta`` with ``EXISTS``, the item attributes with ``HLEN``.
+    Every bucket hash of every family (``keys.USER_FAMILIES``: head items, tail items,
+    reasons) must hold exactly the fields the writers stored in it (``written``: the sum of
+    every shard's :class:`~recsys_batch.publish.writer.Written`; ``HLEN`` per bucket); the
+    meta hash must record the writers' bucket count, the popular list must be the bytes
+    written and the item attributes must have ``items`` fields (``HLEN``).
 
     Raises
     ------
     PublishError
-        A user, key or item field is missing (evicted? check maxmemory-policy); nothing
-        flipped.
+        Any family, bucket, key or item field differs (evicted? check maxmemory-policy);
+        nothing flipped.
     """
     prefix = cfg.key_prefix
-    found_users = count_users(client, version, cfg)
-    extras = [keys.popular_key(version, prefix), keys.meta_key(version, prefix)]
-    found_extras = int(
-        with_retries(lambda: sum(int(client.exists(e)) for e in extras), cfg, "verification")
+    problems = _family_shortfalls(client, version, written, cfg)
+    stored_popular = with_retries(
+        lambda: client.get(keys.popular_key(version, prefix)), cfg, "verification"
     )
+    if text(stored_popular) != keys.encode_items(popular):
+        problems.append("the popular list differs from the one written (or is missing)")
     item_key = keys.items_key(version, prefix)
     found_items = int(with_retries(lambda: client.hlen(item_key), cfg, "verification"))
-    if (found_users, found_extras, found_items) != (users.len(), 2, items):
+    if found_items != items:
+        problems.append(f"{found_items} of {items} item fields")
+    if problems:
         msg = (
-            f"verification failed for version {version}: {found_users} of {users.len()} "
-            f"users, {found_extras} of 2 popular/meta keys, {found_items} of {items} item "
-            "fields exist (evicted? check maxmemory-policy); the live version was left untouched"
+            f"verification failed for version {version}: {'; '.join(problems)} "
+            "(evicted? check maxmemory-policy); the live version was left untouched"
         )
         raise PublishError(msg)
 
@@ -365,7 +390,7 @@ def verify_version(
 def finish_version(
     client: Client,
     version: str,
-    users: pl.Series,
+    written: Written,
     popular: list[int],
     items_attrs: pl.DataFrame | None,
     cfg: RedisConfig,
@@ -374,8 +399,9 @@ def finish_version(
 
     Parameters
     ----------
-    users
-        Every user id written into the version (by all shards).
+    written
+        What the writers stored (every shard's :func:`~recsys_batch.publish.writer.write_users`
+        result, summed): the version is verified against it.
     popular
         Fallback items for unknown users, best first.
     items_attrs
@@ -404,10 +430,10 @@ def finish_version(
         pipe.execute()
 
     with_retries(extras, cfg, "popular/items write")
-    verify_version(client, version, users, len(items), cfg)
+    verify_version(client, version, written, popular, len(items), cfg)
     finished: HashFields = {
         "state": keys.STATE_COMPLETE,
-        "users": str(users.len()),
+        "users": str(written.users),
         "items": str(len(items)),
         "popular": str(len(popular)),
         "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -416,7 +442,7 @@ def finish_version(
     with_retries(lambda: client.hset(meta_key, mapping=finished), cfg, "meta update")
     old = flip_pointer(client, version, cfg)
     try:
-        cleanup_versions(client, cfg, keep={version, old}, user_ids=users)
+        cleanup_versions(client, cfg, keep={version, old})
     except PublishError as exc:  # the flip succeeded; leftovers expire or go next run
         log.warning("cleanup after publish failed: %s", exc)
     return old

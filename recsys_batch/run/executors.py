@@ -39,7 +39,7 @@ import redis
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
-from recsys_batch.publish import store, versions
+from recsys_batch.publish import store, versions, writer
 from recsys_batch.run import progress as progress_events
 from recsys_batch.run import shard_task, sharding
 from recsys_batch.run.shard_task import (
@@ -359,12 +359,8 @@ def publish_shards(
     started = time.perf_counter()
     served = sorted({i for r in results for i in r.items} | set(popular))
     items_attrs = _item_attributes(ctx.items, served)
-    published = (
-        pl.concat([r.user_ids for r in results if r.user_ids is not None], how="vertical")
-        if results
-        else pl.Series(C.USER, [], dtype=pl.Int64)
-    )
-    if published.len() == 0:
+    written = sum((r.written for r in results if r.written is not None), writer.Written())
+    if written.users == 0:
         versions.abandon_version(client, version, settings.redis)
         msg = (
             "stage 'score_and_publish' produced zero recommendations; refusing to publish an "
@@ -373,7 +369,7 @@ def publish_shards(
         raise EmptyStageError(msg, fix="check the input data and the prefilter settings")
     try:
         old = versions.finish_version(
-            client, version, published, popular, items_attrs, settings.redis
+            client, version, written, popular, items_attrs, settings.redis
         )
     except BaseException:
         versions.abandon_version(client, version, settings.redis)

@@ -116,6 +116,9 @@ class ShardResult:
     """Users with recommendations (the published keys)."""
     recommendations: pl.DataFrame | None = None
     """Only when not publishing (``context.version is None``)."""
+    written: writer.Written | None = None
+    """Fields the shard stored per family and bucket (publishing runs): the driver verifies
+    the version against the sum over shards."""
 
 
 ShardFn = Callable[[ShardContext, int, pl.DataFrame], ShardResult]
@@ -302,9 +305,10 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         finally:
             if own_client:
                 client.close()
-        if written != result.users:
-            msg = f"shard {shard}: {written} of {result.users} user keys verified"
+        if written.users != result.users:
+            msg = f"shard {shard}: {written.users} of {result.users} user keys verified"
             raise PublishError(msg)
+        result.written = written
         seconds["publish"] = time.perf_counter() - started
     result.peak_memory_mb = peak_memory_mb()
     steps = ", ".join(f"{step} {sec:.2f}s" for step, sec in seconds.items())

@@ -19,9 +19,9 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 
 from api.main import create_app
-from recsys_batch.config import Settings
+from recsys_batch.config import RedisConfig, Settings
 from tests.conftest import free_port
-from tests.publishing import write_version
+from tests.publishing import publish_users
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import checks as st_checks  # noqa: E402
@@ -37,14 +37,14 @@ pytestmark = pytest.mark.integration
 
 
 def _seed(client: redis.Redis, prefix: str) -> None:
+    """200 users with five items and reasons each, published through the batch's writer."""
     users = {user: [user * 10 + j for j in range(1, 6)] for user in range(200)}
-    write_version(
+    publish_users(
         client,
-        prefix,
-        "20261128T031500Z-fuzz",
         users,
         [91, 92, 93, 94, 95],
-        items={91: '{"department": "DELI"}'},
+        RedisConfig(key_prefix=prefix),
+        items={91: {"department": "DELI"}},
         reasons={user: ["r2.3", "b", "a", "t", "p"] for user in users},
     )
 

@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 import pytest
 import redis
 import uvicorn
 
 from api.main import create_app
-from recsys_batch.config import Settings
+from recsys_batch.config import RedisConfig, Settings
+from recsys_batch.data import columns as C
+from recsys_batch.publish.status import version_info
 from tests.conftest import free_port, start_redis_server
 from tests.integration.test_cluster import cluster_url  # noqa: F401 - a fixture, reused
-from tests.publishing import write_version
+from tests.publishing import publish_lists, publish_users
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
     warnings.simplefilter("ignore")
@@ -30,7 +33,6 @@ with warnings.catch_warnings():  # starlette warns about httpx at import; nothin
 
 pytestmark = pytest.mark.integration
 
-GENERATED = "2026-11-28T03:15:00+00:00"
 USERS = {1: [11, 12, 13, 14, 15], 2: [21, 22, 23, 24, 25], 30: [31, 32, 33, 34, 35]}
 POPULAR = [91, 92, 93, 94, 95]
 
@@ -38,17 +40,12 @@ POPULAR = [91, 92, 93, 94, 95]
 def seed(
     client: redis.Redis,
     prefix: str,
-    version: str,
     users: dict[int, list[int]],
     popular: list[int],
-    items: dict[int, str] | None = None,
-    *,
-    flip: bool = True,
-) -> None:
-    """Write a complete version in the keys.py layout (format 2) and flip to it."""
-    write_version(
-        client, prefix, version, users, popular, items=items, flip=flip, created_at=GENERATED
-    )
+    items: dict[int, dict[str, Any]] | None = None,
+) -> str:
+    """Publish ``users`` as the new live version, through the batch's writer; its id."""
+    return publish_users(client, users, popular, RedisConfig(key_prefix=prefix), items=items)
 
 
 def settings_for(url: str, prefix: str, **api: Any) -> Settings:
@@ -92,26 +89,30 @@ class ServerThread:
 
 class TestRoutes:
     @pytest.fixture
-    def client(
-        self, redis_url: str, key_prefix: str, real_redis: redis.Redis
-    ) -> Iterator[TestClient]:
-        items = {11: '{"department": "PRODUCE", "brand": "National", "size": "1 LB"}'}
-        seed(real_redis, key_prefix, "20261128T031500Z-aaaa", USERS, POPULAR, items)
+    def version(self, key_prefix: str, real_redis: redis.Redis) -> str:
+        items = {11: {"department": "PRODUCE", "brand": "National", "size": "1 LB"}}
+        return seed(real_redis, key_prefix, USERS, POPULAR, items)
+
+    @pytest.fixture
+    def client(self, redis_url: str, key_prefix: str, version: str) -> Iterator[TestClient]:
         app = create_app(settings_for(redis_url, key_prefix, max_batch=5))
         with TestClient(app) as client:
             yield client
 
-    def test_get_personal_and_fallback(self, client: TestClient) -> None:
+    def test_get_personal_and_fallback(
+        self, client: TestClient, version: str, key_prefix: str, real_redis: redis.Redis
+    ) -> None:
         known = client.get("/v1/recommendations/30?k=3")
         unknown = client.get("/v1/recommendations/4")
+        meta = version_info(real_redis, version, RedisConfig(key_prefix=key_prefix)).meta
         assert known.json() == {
             "user_id": 30,
             "items": [31, 32, 33],
             "source": "personal",
             "fallback_items": 0,
             "variant": "control",
-            "version": "20261128T031500Z-aaaa",
-            "generated_at": GENERATED,
+            "version": version,
+            "generated_at": meta["created_at"],
         }
         assert (unknown.json()["items"], unknown.json()["source"]) == (POPULAR, "fallback")
 
@@ -133,11 +134,11 @@ class TestRoutes:
         assert too_many.status_code == 422
         assert "at most 5 user ids" in too_many.text
 
-    def test_operations(self, client: TestClient) -> None:
+    def test_operations(self, client: TestClient, version: str) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["version"] == "20261128T031500Z-aaaa"
+        assert ready.json()["version"] == version
         assert "recsys_api_lookups_total" in client.get("/metrics").text
         assert client.get("/docs").status_code == 200
 
@@ -148,12 +149,8 @@ class TestRoutes:
 def test_reads_what_the_batch_wrote(
     redis_url: str, key_prefix: str, real_redis: redis.Redis
 ) -> None:
-    """End to end with the batch's own writer and version lifecycle (tests/publishing.py)."""
-    pl = pytest.importorskip("polars")  # the API image has no polars: the batch side skips
-    from recsys_batch.config import RedisConfig  # noqa: PLC0415
-    from recsys_batch.data import columns as C  # noqa: PLC0415
-    from tests.publishing import publish_lists  # noqa: PLC0415
-
+    """End to end with the batch's own writer and version lifecycle, from a recommendations
+    frame whose ranks arrive out of order (tests/publishing.py)."""
     recs = pl.DataFrame(
         {
             C.USER: [7, 7, 7, 8],
@@ -179,7 +176,7 @@ def test_redis_goes_away_and_comes_back(tmp_path: Path, key_prefix: str) -> None
     proc, port = start_redis_server(tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        seed(redis.Redis.from_url(url), key_prefix, "v1", USERS, POPULAR)
+        seed(redis.Redis.from_url(url), key_prefix, USERS, POPULAR)
         with TestClient(create_app(settings_for(url, key_prefix))) as client:
             assert client.get("/v1/recommendations/1").status_code == 200
             proc.terminate()
@@ -199,10 +196,10 @@ def test_redis_goes_away_and_comes_back(tmp_path: Path, key_prefix: str) -> None
             readyz = client.get("/readyz")
             assert readyz.status_code == 503
             assert readyz.json()["error"] == "no_live_version"
-            seed(redis.Redis.from_url(url), key_prefix, "v2", USERS, POPULAR)
+            v2 = seed(redis.Redis.from_url(url), key_prefix, USERS, POPULAR)
             time.sleep(0.1)
             body = client.get("/v1/recommendations/1").json()
-            assert (body["version"], body["items"]) == ("v2", USERS[1])
+            assert (body["version"], body["items"]) == (v2, USERS[1])
             assert client.get("/readyz").status_code == 200
     finally:
         proc.terminate()
@@ -217,27 +214,27 @@ def _version_items(n: int, user: int) -> list[int]:
 def test_version_flip_while_requests_run(
     redis_url: str, key_prefix: str, real_redis: redis.Redis
 ) -> None:
+    """Every answer's items come from the version it names, while versions are published
+    (and, by the real cleanup, the one before the previous unlinked) under load."""
     users = range(1, 51)
+    published: dict[str, int] = {}  # version id -> the n its items encode
 
     def publish(n: int) -> None:
         recs = {u: _version_items(n, u) for u in users}
         popular = [n * 100_000 + 99_990 + j for j in range(5)]
-        seed(real_redis, key_prefix, f"v{n}", recs, popular)
-        if n >= 3:  # like publish.py: keep the live and the previous version only
-            stale = list(real_redis.scan_iter(match=f"{key_prefix}:v:v{n - 2}:*", count=1000))
-            real_redis.unlink(*stale)
+        published[seed(real_redis, key_prefix, recs, popular)] = n
 
     publish(1)
     app = create_app(settings_for(redis_url, key_prefix, current_cache_seconds=0.01))
     problems: list[str] = []
-    seen: set[str] = set()
+    answered: set[tuple[str, int]] = set()  # (version named, n of each item), checked below
     stop = threading.Event()
 
     def check(version: str, items: list[int]) -> None:
-        n = int(version[1:])
-        if not items or any(item // 100_000 != n for item in items):
-            problems.append(f"{version}: {items}")
-        seen.add(version)
+        # A version can be read before its publish() returns: it is looked up at the end.
+        if not items:
+            problems.append(f"{version}: no items")
+        answered.update((version, item // 100_000) for item in items)
 
     def hammer(base: str, seed_: int) -> None:
         rng = random.Random(seed_)
@@ -271,8 +268,9 @@ def test_version_flip_while_requests_run(
         stop.set()
         for worker in workers:
             worker.join(timeout=10)
+    problems += [f"{v} answered items of v{n}" for v, n in answered if published.get(v) != n]
     assert problems == []
-    assert len(seen) >= 5  # the flips were really observed while requests ran
+    assert len({v for v, _ in answered}) >= 5  # the flips were really observed under load
 
 
 def test_against_a_redis_cluster(cluster_url: str) -> None:  # noqa: F811
@@ -282,7 +280,7 @@ def test_against_a_redis_cluster(cluster_url: str) -> None:  # noqa: F811
     prefix = f"api{random.randrange(16**6):06x}"
     client = RedisCluster.from_url(cluster_url.replace("redis+cluster", "redis"))
     users = {u: [u * 10 + j for j in range(5)] for u in range(1, 201)}
-    write_version(client, prefix, "c1", users, [7, 8, 9], buckets=8)
+    publish_users(client, users, [7, 8, 9], RedisConfig(key_prefix=prefix, user_buckets=8))
     app = create_app(settings_for(cluster_url, prefix))
     with TestClient(app) as http:
         assert app.state.lookup.cluster
@@ -309,16 +307,16 @@ def test_embedded_redis_when_no_url_is_set(
     assert settings.redis.url is None
     url = embedded.embedded_url(settings.redis)  # what the batch does before publishing
     try:
-        seed(redis.Redis.from_url(url), key_prefix, "e1", USERS, POPULAR)
+        e1 = seed(redis.Redis.from_url(url), key_prefix, USERS, POPULAR)
         with TestClient(create_app(settings)) as client:
             body = client.get("/v1/recommendations/2").json()
-        assert (body["version"], body["items"]) == ("e1", USERS[2])
+        assert (body["version"], body["items"]) == (e1, USERS[2])
     finally:
         embedded.stop_embedded(tmp_path / "redis")
 
 
 def test_recsys_serve_answers(redis_url: str, key_prefix: str, real_redis: redis.Redis) -> None:
-    seed(real_redis, key_prefix, "s1", USERS, POPULAR)
+    seed(real_redis, key_prefix, USERS, POPULAR)
     port = free_port()
     env = {**os.environ, "RECSYS_REDIS__URL": redis_url, "RECSYS_REDIS__KEY_PREFIX": key_prefix}
     proc = subprocess.Popen(

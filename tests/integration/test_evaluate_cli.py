@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from recsys_batch.evaluation.backtest import MODELS
+from recsys_batch.evaluation.rows import MODELS
 
 CONFIG = """
 [data]
@@ -72,9 +72,19 @@ def test_evaluate_table_json_and_report(config_file: Path, tmp_path: Path) -> No
     )
     assert result.exit_code == 0, result.output
     assert "two_stage" in result.output and "Protocol" in result.output
-    rows = json.loads(out_json.read_text())["rows"]
+    payload = json.loads(out_json.read_text())
+    rows = payload["rows"]
     assert {r["model"] for r in rows} == {*MODELS}
     assert {r["user_set"] for r in rows} == {"all", "seed"}
+    # #26: every row gains revenue and discovery; the anchor lists new items only.
+    for row in rows:
+        assert set(row) >= {"precision@5", "revenue@5", "new_share", "repeat_hit", "new_hit"}
+    anchor = next(r for r in rows if (r["model"], r["user_set"]) == ("copurchase_new", "all"))
+    assert anchor["new_share"] == 1.0 and anchor["repeat_hit"] is None
+    [new_hit] = payload["new_hit_diff"]
+    assert (new_hit["model"], new_hit["anchor"]) == ("two_stage", "copurchase_new")
+    assert payload["origins"][0]["new_hit_diff"] == payload["new_hit_diff"]
+    assert "Revenue and new items" in result.output and "new_hit minus" in result.output
     for name in (
         "precision_at_k.png",
         "candidate_recall.png",
@@ -85,7 +95,10 @@ def test_evaluate_table_json_and_report(config_file: Path, tmp_path: Path) -> No
     ):
         assert (report / name).stat().st_size > 0, name
     assert (report / "precision_at_k.png").read_bytes()[:4] == b"\x89PNG"
-    assert "precision_at_k.png" in (report / "index.md").read_text()
+    index = (report / "index.md").read_text()
+    assert "precision_at_k.png" in index
+    assert "| revenue@5 | new_share | repeat_hit | new_hit |" in index
+    assert "| two_stage | copurchase_new |" in index
 
 
 def test_evaluate_seeds_prints_and_writes_the_spread(config_file: Path, tmp_path: Path) -> None:
@@ -124,7 +137,13 @@ def test_evaluate_two_origins_issue_16(config_file: Path, tmp_path: Path) -> Non
     assert payload["rows"] == origins[0]["rows"]
     assert origins[0]["rows"] != origins[1]["rows"]
     for origin in origins:
-        assert set(origin["diff"]) == {"popular", "own_purchases", "als", "tifu_knn"}
+        assert set(origin["diff"]) == {
+            "popular",
+            "own_purchases",
+            "als",
+            "tifu_knn",
+            "copurchase_new",
+        }
         for d in origin["diff"].values():
             assert d["lo"] <= d["mean"] <= d["hi"]
     assert {r["origins"] for r in payload["mean_over_origins"]} == {2}

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.data import columns as C
-from recsys_batch.publish import embedded, keys, status
+from recsys_batch.publish import embedded, keys, status, writer
 from recsys_batch.run import pipeline
 from recsys_batch.run.lock import run_lock
 from tests.nightly import stored_values
@@ -153,6 +153,39 @@ class TestNightlyCli:
         assert shard_files(summary["run_dir"]) == [f"shard={n:05d}.parquet" for n in range(3)]
         recs = pl.read_parquet(Path(summary["run_dir"]) / "recommendations.parquet")
         assert recs[C.USER].n_unique() == USERS
+
+    def test_a_tail_field_lost_after_writing_never_goes_live(
+        self,
+        env: dict[str, str],
+        redis_url: str,
+        key_prefix: str,
+        real_redis: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Issue #29: one ``t`` field (items 17-20 of a user) vanishes after its shard wrote
+        and counted it (an eviction, say). Verification before the flip must see it: exit 4,
+        the old version stays live. Mutation caught: verifying the ``u`` family only."""
+        nightly(env)
+        live = current(redis_url, key_prefix)
+        original = writer.write_users
+        lost: list[str] = []
+
+        def write_then_lose_a_tail(client: Any, version: str, recs: Any, cfg: Any) -> Any:
+            written = original(client, version, recs, cfg)
+            if not lost:
+                user = recs[C.USER][0]
+                bucket = keys.bucket_of(user, written.buckets)
+                tail = keys.user_bucket_key(version, bucket, key_prefix, "t")
+                assert real_redis.hdel(tail, str(user)) == 1
+                lost.append(version)
+            return written
+
+        monkeypatch.setattr(writer, "write_users", write_then_lose_a_tail)
+        result = invoke(["nightly-batch", "--source", "synthetic"], env)
+        assert result.exit_code == 4, result.output
+        assert "verification failed" in result.output and "'t'" in result.output
+        assert current(redis_url, key_prefix) == live != lost[0]
+        assert lost[0] not in status.all_versions(real_redis, RedisConfig(key_prefix=key_prefix))
 
     def test_locked_exit_5(self, env: dict[str, str]) -> None:
         with run_lock(Path(env["RECSYS_RUN__LOCK_FILE"])):

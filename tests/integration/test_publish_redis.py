@@ -149,9 +149,10 @@ class TestRealRedis:
         shards: list[int] = []
         original = writer.write_users
 
-        def counted(client: Any, version: str, recs: Any, cfg: Any) -> int:
-            shards.append(original(client, version, recs, cfg))
-            return shards[-1]
+        def counted(client: Any, version: str, recs: Any, cfg: Any) -> writer.Written:
+            written = original(client, version, recs, cfg)
+            shards.append(written.users)
+            return written
 
         monkeypatch.setattr(writer, "write_users", counted)
         result = nightly(settings)
@@ -305,9 +306,9 @@ class TestConnectFailure:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Regression (issue #7): the writer's own connect was outside the retry wrapper."""
-        original: Callable[..., int] = writer.write_users
+        original: Callable[..., writer.Written] = writer.write_users
 
-        def redis_vanishes(client: redis.Redis, *args: Any) -> int:
+        def redis_vanishes(client: redis.Redis, *args: Any) -> writer.Written:
             client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
             client.connection_pool.reset()  # drop pooled connections to the real port
             return original(client, *args)

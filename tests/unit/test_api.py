@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import fakeredis
@@ -21,76 +23,34 @@ from api.service import Lookup
 from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.errors import ConfigError
 from recsys_batch.publish import keys
+from recsys_batch.publish.status import version_info
+from tests.publishing import publish_users
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
 PREFIX = "recsys"
-GENERATED = "2026-11-28T03:00:00+00:00"
 BUCKETS = 3
+CFG = RedisConfig(key_prefix=PREFIX, user_buckets=BUCKETS)
+"""What the batch side publishes with: the writer's own buckets, prefix and lifecycle."""
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def seed_version(
-    client: Any,
-    version: str,
-    users: dict[int, list[int]],
-    popular: list[int],
-    *,
-    prefix: str = PREFIX,
-    items: dict[int, dict[str, Any]] | None = None,
-    fmt: str = str(keys.FORMAT),
-    state: str = keys.STATE_COMPLETE,
-    live: bool = True,
-    buckets: int = BUCKETS,
-    reasons: dict[int, list[str]] | None = None,
-) -> None:
-    """Write one version the way the batch lays it out (keys.py format 2)."""
-    await client.hset(
-        keys.meta_key(version, prefix),
-        mapping={
-            "format": fmt,
-            "state": state,
-            "version": version,
-            "created_at": GENERATED,
-            "buckets": buckets,
-        },
-    )
-    await client.set(keys.popular_key(version, prefix), keys.encode_items(popular))
-    for user, recs in users.items():
-        bucket = keys.bucket_of(user, buckets)
-        head, tail = recs[: keys.ITEMS_PER_FIELD], recs[keys.ITEMS_PER_FIELD :]
-        await client.hset(
-            keys.user_bucket_key(version, bucket, prefix), str(user), keys.pack_items(head)
-        )
-        if tail:
-            await client.hset(
-                keys.user_bucket_key(version, bucket, prefix, "t"), str(user), keys.pack_items(tail)
-            )
-        if reasons and user in reasons:
-            await client.hset(
-                keys.user_bucket_key(version, bucket, prefix, "r"),
-                str(user),
-                keys.encode_reasons(reasons[user]),
-            )
-    if items:
-        import orjson  # noqa: PLC0415
-
-        await client.hset(
-            keys.items_key(version, prefix),
-            mapping={str(i): orjson.dumps(a) for i, a in items.items()},
-        )
-    if live:
-        await client.set(keys.current_key(prefix), version)
+def created_at(client: Any, version: str, cfg: RedisConfig = CFG) -> str:
+    """When ``begin_version`` stamped ``version`` (the API's ``generated_at``)."""
+    return version_info(client, version, cfg).meta["created_at"]
 
 
 USERS = {1: [11, 12, 13, 14, 15], 2: [21, 22, 23, 24, 25]}
 POPULAR = [91, 92, 93, 94, 95]
-ITEMS = {11: {"department": "PRODUCE", "brand": "National"}, 12: {"department": "DELI"}}
+ITEMS = {
+    11: {"department": "PRODUCE", "brand": "National"},
+    12: {"department": "DELI", "brand": "Private"},
+}
 
 
 def make_client(
@@ -106,10 +66,21 @@ def server() -> fakeredis.FakeServer:
 
 
 @pytest.fixture
-def fake(server: fakeredis.FakeServer) -> Any:
-    client = fakeredis.FakeAsyncRedis(server=server)
-    run(seed_version(client, "v1", USERS, POPULAR, items=ITEMS))
-    return client
+def batch(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    """The batch's (sync) client: it publishes through the writer into the API's server."""
+    return fakeredis.FakeRedis(server=server)
+
+
+@pytest.fixture
+def v1(batch: fakeredis.FakeRedis) -> str:
+    """The live version: ``USERS``, ``POPULAR`` and ``ITEMS``, published by the writer."""
+    return publish_users(batch, USERS, POPULAR, CFG, items=ITEMS)
+
+
+@pytest.fixture
+def fake(server: fakeredis.FakeServer, v1: str) -> Any:
+    """The API's (async) client on the same server, with ``v1`` live."""
+    return fakeredis.FakeAsyncRedis(server=server)
 
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-route"])
@@ -134,7 +105,9 @@ class TestKSettings:
 
 
 class TestGetOne:
-    def test_known_user_gets_personal_items(self, api: TestClient) -> None:
+    def test_known_user_gets_personal_items(
+        self, api: TestClient, batch: fakeredis.FakeRedis, v1: str
+    ) -> None:
         resp = api.get("/v1/recommendations/1")
         assert resp.status_code == 200
         assert resp.json() == {
@@ -143,18 +116,18 @@ class TestGetOne:
             "source": "personal",
             "fallback_items": 0,
             "variant": "control",
-            "version": "v1",
-            "generated_at": GENERATED,
+            "version": v1,
+            "generated_at": created_at(batch, v1),
         }
         Recommendation.model_validate(resp.json())
         assert resp.headers["content-type"] == "application/json"
         assert resp.headers["server-timing"].startswith("lookup;dur=")
 
-    def test_unknown_user_gets_fallback(self, api: TestClient) -> None:
+    def test_unknown_user_gets_fallback(self, api: TestClient, v1: str) -> None:
         body = api.get("/v1/recommendations/777").json()
         assert body["items"] == POPULAR
         assert body["source"] == "fallback"
-        assert body["version"] == "v1"
+        assert body["version"] == v1
 
     @pytest.mark.parametrize(
         ("k", "expected", "fallback_items"),
@@ -170,7 +143,7 @@ class TestGetOne:
         body = api.get("/v1/recommendations/1?k=3&details=true").json()
         assert body["details"] == [
             {"item_id": 11, "department": "PRODUCE", "brand": "National"},
-            {"item_id": 12, "department": "DELI"},
+            {"item_id": 12, "department": "DELI", "brand": "Private"},
             {"item_id": 13},
         ]
 
@@ -221,27 +194,29 @@ def test_parse_fast(path: str, query: bytes, expected: tuple[int, int] | None) -
 
 
 def test_cached_version_builds_the_golden_key() -> None:
-    fake = fakeredis.FakeAsyncRedis()
-    run(seed_version(fake, "20261128T031500Z-5f3a", USERS, POPULAR, prefix="p1", buckets=1000))
+    server = fakeredis.FakeServer()
+    cfg = RedisConfig(key_prefix="p1", user_buckets=1000)
+    version = publish_users(fakeredis.FakeRedis(server=server), USERS, POPULAR, cfg)
+    fake = fakeredis.FakeAsyncRedis(server=server)
 
     async def check() -> list[str]:
         live = await Lookup(fake, "p1", 1.0).live()
         return [live.key(42), live.key(42, "t"), live.key(42, "r")]
 
     assert run(check()) == [
-        "p1:v:20261128T031500Z-5f3a:u:902",
-        "p1:v:20261128T031500Z-5f3a:t:902",
-        "p1:v:20261128T031500Z-5f3a:r:902",
+        f"p1:v:{version}:u:902",
+        f"p1:v:{version}:t:902",
+        f"p1:v:{version}:r:902",
     ]
 
 
 class TestBatch:
-    def test_one_answer_per_id_in_order(self, api: TestClient) -> None:
+    def test_one_answer_per_id_in_order(self, api: TestClient, v1: str) -> None:
         resp = api.post("/v1/recommendations?k=2", json={"user_ids": [2, 9, 1, 2]})
         assert resp.status_code == 200
         body = resp.json()
         BatchResponse.model_validate(body)
-        assert body["version"] == "v1"
+        assert body["version"] == v1
         assert [(r["user_id"], r["items"], r["source"]) for r in body["results"]] == [
             (2, [21, 22], "personal"),
             (9, [91, 92], "fallback"),
@@ -291,25 +266,51 @@ class TestBatch:
         assert api.post("/v1/recommendations", json=payload).status_code == 422
 
 
-class TestUnavailable:
-    def _client(self, **seed: Any) -> TestClient:
-        fake = fakeredis.FakeAsyncRedis()
-        run(seed_version(fake, "v9", USERS, POPULAR, **seed))
-        return make_client(fake)
+def still_writing(batch: fakeredis.FakeRedis) -> None:
+    """No fault: the first nightly run is still writing, so ``P:current`` names nothing yet."""
+    publish_users(batch, USERS, POPULAR, CFG, finish=False)
 
+
+def live_in_format(fmt: str) -> Callable[[fakeredis.FakeRedis], None]:
+    """A published version whose meta hash then names the format ``fmt``."""
+
+    def publish(batch: fakeredis.FakeRedis) -> None:
+        version = publish_users(batch, USERS, POPULAR, CFG)
+        # Fault: the live version claims a format this API does not read (as if a batch of
+        # another release had published it); everything else is the writer's.
+        batch.hset(keys.meta_key(version, PREFIX), "format", fmt)
+
+    return publish
+
+
+def flipped_while_writing(batch: fakeredis.FakeRedis) -> None:
+    """A version still in state ``writing`` that the pointer names anyway."""
+    version = publish_users(batch, USERS, POPULAR, CFG, finish=False)
+    # Fault: P:current moved before finish_version (which flips only a complete version).
+    batch.set(keys.current_key(PREFIX), version)
+
+
+class TestUnavailable:
     @pytest.mark.parametrize(
-        ("seed", "reason", "words"),
+        ("publish", "reason", "words"),
         [
-            ({"live": False}, "no_live_version", "recsys nightly-batch"),
-            ({"fmt": "1"}, "unsupported_format", "format '1'"),
-            ({"fmt": "json-v7"}, "unsupported_format", "reads format 2"),
-            ({"state": keys.STATE_WRITING}, "version_incomplete", "'writing'"),
+            (still_writing, "no_live_version", "recsys nightly-batch"),
+            (live_in_format("1"), "unsupported_format", "format '1'"),
+            (live_in_format("json-v7"), "unsupported_format", "reads format 2"),
+            (flipped_while_writing, "version_incomplete", "'writing'"),
         ],
+        ids=["not-flipped-yet", "format-1", "format-json-v7", "flipped-while-writing"],
     )
     def test_unreadable_live_version_is_503_with_reason(
-        self, seed: dict[str, Any], reason: str, words: str
+        self,
+        server: fakeredis.FakeServer,
+        batch: fakeredis.FakeRedis,
+        publish: Callable[[fakeredis.FakeRedis], None],
+        reason: str,
+        words: str,
     ) -> None:
-        with self._client(**seed) as client:
+        publish(batch)
+        with make_client(fakeredis.FakeAsyncRedis(server=server)) as client:
             for resp in (
                 client.get("/v1/recommendations/1"),
                 client.get("/v1/recommendations/1?details=true"),
@@ -320,15 +321,15 @@ class TestUnavailable:
                 assert resp.json()["error"] == reason
                 assert words in resp.json()["detail"]
 
-    def test_corrupt_value_is_refused(self) -> None:
-        fake = fakeredis.FakeAsyncRedis()
-        run(seed_version(fake, "v9", USERS, POPULAR))
-        run(fake.hset(keys.user_key("v9", 1, BUCKETS), "1", b"[1, 2, 3]"))  # 9 bytes, not 4 x n
+    def test_corrupt_value_is_refused(self, batch: fakeredis.FakeRedis, fake: Any, v1: str) -> None:
+        head = keys.user_key(v1, 1, BUCKETS, PREFIX)
+        assert batch.hget(head, "1") == keys.pack_items(USERS[1])  # the writer's value...
+        batch.hset(head, "1", b"[1, 2, 3]")  # ...fault: overwritten by 9 bytes, not 4 x n
         with make_client(fake) as client:
             resp = client.get("/v1/recommendations/1")
         assert resp.status_code == 503
         assert resp.json()["error"] == "corrupt_value"
-        assert keys.user_key("v9", 1, BUCKETS) in resp.json()["detail"]
+        assert head in resp.json()["detail"]
 
     def test_redis_down_then_back(self, server: fakeredis.FakeServer, fake: Any) -> None:
         errors = metrics.REDIS_ERRORS._value.get()
@@ -350,15 +351,16 @@ class TestUnavailable:
 
 
 class TestVersionCache:
-    def test_pointer_read_with_each_lookup_follows_a_flip(self, fake: Any) -> None:
+    def test_pointer_read_with_each_lookup_follows_a_flip(
+        self, batch: fakeredis.FakeRedis, fake: Any, v1: str
+    ) -> None:
         """The pointer travels in every lookup's pipeline (#18): a flip is followed at once."""
-        run(seed_version(fake, "v2", {1: [31, 32]}, [99], live=False))
         with make_client(fake, current_cache_seconds=60.0) as client:
-            assert client.get("/v1/recommendations/1").json()["version"] == "v1"
-            run(fake.set(keys.current_key(PREFIX), "v2"))
+            assert client.get("/v1/recommendations/1").json()["version"] == v1
+            v2 = publish_users(batch, {1: [31, 32]}, [99], CFG)  # the next night's flip
             body = client.get("/v1/recommendations/1?k=2").json()
-            assert client.get("/readyz").json()["version"] == "v2"
-        assert (body["version"], body["items"]) == ("v2", [31, 32])
+            assert client.get("/readyz").json()["version"] == v2
+        assert (body["version"], body["items"]) == (v2, [31, 32])
 
     def test_one_round_trip_per_cached_lookup(self, fake: Any) -> None:
         calls: list[str] = []
@@ -383,26 +385,32 @@ class TestVersionCache:
 
         assert run(lookups()) == [["pipeline", "pipeline"], ["pipeline"] * 3]
 
-    def test_stale_pointer_is_followed_on_a_miss(self, fake: Any) -> None:
+    def test_stale_pointer_is_followed_on_a_miss(
+        self, batch: fakeredis.FakeRedis, fake: Any, v1: str
+    ) -> None:
         """Issue #7: the cached version was unlinked by two quick publishes; a miss re-reads
         the pointer and answers from the new version, for one user and for a batch."""
+        published: list[str] = []
 
         async def go() -> tuple[Any, ...]:
             lookup = Lookup(fake, PREFIX, 60.0)
             await lookup.live()
-            await seed_version(fake, "v3", {1: [31], 2: [32]}, [93])
-            for name in [k async for k in fake.scan_iter(match=f"{PREFIX}:v:v1:*")]:
-                await fake.unlink(name)
+            publish_users(batch, {1: [21], 2: [22]}, [92], CFG)
+            published.append(publish_users(batch, {1: [31], 2: [32]}, [93], CFG))
+            # the second publish's cleanup unlinked v1 (neither live nor previous)
+            assert not batch.exists(keys.meta_key(v1, PREFIX), keys.popular_key(v1, PREFIX))
             one = await lookup.one(2, 1)
-            await seed_version(fake, "v4", {1: [41], 2: [42]}, [94])
-            for name in [k async for k in fake.scan_iter(match=f"{PREFIX}:v:v3:u:1")]:
-                await fake.unlink(name)  # only part of v3 gone: the batch is read again whole
+            published.append(publish_users(batch, {1: [41], 2: [42]}, [94], CFG))
+            # Fault: the cached version's removal has begun (one bucket hash, users 1 and 2,
+            # is gone; the rest is not): the batch is read again whole, from the new version.
+            assert batch.unlink(keys.user_bucket_key(published[0], 1, PREFIX)) == 1
             live, many = await lookup.many([1, 2, 3], 1)
             return one, live, many
 
         (live1, answer1), live, many = run(go())
-        assert (live1.version, answer1.items, answer1.source) == ("v3", [32], "personal")
-        assert live.version == "v4"
+        v3, v4 = published
+        assert (live1.version, answer1.items, answer1.source) == (v3, [32], "personal")
+        assert live.version == v4
         assert [(a.items, a.source) for a in many] == [
             ([41], "personal"),
             ([42], "personal"),
@@ -427,14 +435,20 @@ class TestVersionCache:
         assert [answer.source for _, answer in answers] == ["fallback"] * 3
         assert calls == ["pipeline"]  # the users' fields and the pointer, shared by all three
 
-    def test_version_whose_popular_key_is_gone_is_not_cached(self, fake: Any) -> None:
+    def test_version_whose_popular_key_is_gone_is_not_cached(
+        self, batch: fakeredis.FakeRedis, fake: Any, v1: str
+    ) -> None:
         """The pointer named a version whose keys are being removed (popular gone, meta not
         yet): the pointer is read again and the newer version is used."""
+        v5 = publish_users(batch, {1: [51]}, [95], CFG)
+        # Fault: v5 is complete but not flipped yet (the pointer is back on v1; the flip
+        # happens below, between the lookup's two pointer reads), and v1's removal has begun:
+        # its popular list is gone, its meta hash not yet.
+        batch.set(keys.current_key(PREFIX), v1)
+        assert batch.unlink(keys.popular_key(v1, PREFIX)) == 1
 
         async def go() -> str:
             lookup = Lookup(fake, PREFIX, 60.0)
-            await seed_version(fake, "v5", {1: [51]}, [95], live=False)
-            await fake.unlink(keys.popular_key("v1", PREFIX))
 
             real_get = fake.get
             reads = 0
@@ -444,7 +458,7 @@ class TestVersionCache:
                 if key == keys.current_key(PREFIX):
                     reads += 1
                     if reads == 2:  # the publish flipped between the two pointer reads
-                        await fake.set(keys.current_key(PREFIX), "v5")
+                        await fake.set(keys.current_key(PREFIX), v5)
                 return await real_get(key)
 
             fake.get = flipping_get
@@ -453,18 +467,23 @@ class TestVersionCache:
             finally:
                 del fake.get
 
-        assert run(go()) == "v5"
+        assert run(go()) == v5
 
 
 class TestOperations:
     def test_healthz(self, api: TestClient) -> None:
         assert api.get("/healthz").json() == {"status": "ok"}
 
-    def test_readyz(self, api: TestClient) -> None:
+    def test_readyz(self, api: TestClient, batch: fakeredis.FakeRedis, v1: str) -> None:
+        """The age is counted from the version's ``created_at`` (not from now, nor negative)."""
+        stamped = datetime.fromisoformat(created_at(batch, v1)).timestamp()
+        before = time.time()
         body = api.get("/readyz").json()
-        assert body["status"] == "ready"
-        assert body["version"] == "v1"
-        assert body["age_seconds"] > 0
+        after = time.time()
+        assert (body["status"], body["version"]) == ("ready", v1)
+        assert body["generated_at"] == created_at(batch, v1)
+        # rounded to 3 decimals by the route: half a millisecond either way is the rounding
+        assert before - stamped - 0.0005 <= body["age_seconds"] <= after - stamped + 0.0005
 
     def test_metrics(self, api: TestClient) -> None:
         personal = metrics.PERSONAL._value.get()
@@ -699,13 +718,12 @@ def test_settings_from_config_file_env(tmp_path: Any, monkeypatch: pytest.Monkey
     assert (settings.api.max_batch, settings.redis.key_prefix) == (7, "shop")
 
 
-def test_live_version_age_gauge(api: TestClient) -> None:
+def test_live_version_age_gauge(api: TestClient, batch: fakeredis.FakeRedis, v1: str) -> None:
+    """The gauge is the seconds from the version's ``created_at`` to the scrape."""
+    stamped = datetime.fromisoformat(created_at(batch, v1)).timestamp()
     api.get("/v1/recommendations/1")
+    before = time.time()
     text = api.get("/metrics").text
+    after = time.time()
     line = next(x for x in text.splitlines() if x.startswith("recsys_api_live_version_age_seconds"))
-    from datetime import datetime  # noqa: PLC0415
-
-    expected = (
-        datetime.now().astimezone().timestamp() - datetime.fromisoformat(GENERATED).timestamp()
-    )
-    assert abs(float(line.split()[-1]) - expected) < 60
+    assert before - stamped <= float(line.split()[-1]) <= after - stamped

@@ -10,8 +10,6 @@ from polars.testing import assert_frame_equal
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
 from recsys_batch.evaluation.backtest import (
-    MODELS,
-    USER_SETS,
     BacktestResult,
     own_purchases_baseline,
     reseeded,
@@ -22,6 +20,7 @@ from recsys_batch.evaluation.backtest import (
 )
 from recsys_batch.evaluation.origins import OriginsResult, cut_after, holdout_weeks, run_origins
 from recsys_batch.evaluation.protocol import evaluation_users, prepare
+from recsys_batch.evaluation.rows import MODELS, USER_SETS
 from recsys_batch.model import split
 from tests.small import SMALL_SETTINGS as SETTINGS
 from tests.small import small_dataset as dataset
@@ -94,6 +93,10 @@ class TestResult:
             "map@5",
             "ndcg@5",
             "coverage",
+            "revenue@5",
+            "new_share",
+            "repeat_hit",
+            "new_hit",
         }
         assert all(set(r) == keys for r in result.rows)
 
@@ -128,6 +131,59 @@ class TestResult:
         assert len(seed) == seed_n
         assert hits > 0  # the check below is not 0 == 0
         assert result.precision("popular", "seed") == pytest.approx(hits / (5 * len(seed)))
+
+    def test_popular_revenue_and_discovery_by_hand_issue_26(self, result: BacktestResult) -> None:
+        """Popular's revenue@5, new_share, repeat_hit and new_hit on the "seed" users, counted
+        from the transactions: catches a spend or "bought before" taken from the wrong weeks
+        (e.g. the stage-1 history only, or the test window included) or from raw item ids."""
+        prep = prepare(dataset(), SETTINGS)
+        w, catalogue = prep["windows"], set(prep["catalogue"][C.ITEM])
+        placeholder = SETTINGS.prefilter.placeholder_item
+        recent_buyers: dict[int, set[int]] = {}
+        before: set[tuple[int, int]] = set()
+        spend: dict[tuple[int, int], float] = {}
+        bought_in_test: dict[int, set[int]] = {}
+        rows = prep["tx"].select(C.USER, C.ITEM, C.WEEK, C.SALES).iter_rows()
+        for user, item, week, sales in rows:
+            if week < w.target_end:
+                before.add((user, item))
+                if week >= w.target_end - 4 and item in catalogue:
+                    recent_buyers.setdefault(item, set()).add(user)
+            elif week < w.test_end:
+                spend[(user, item)] = spend.get((user, item), 0.0) + sales
+                if item != placeholder:
+                    bought_in_test.setdefault(user, set()).add(item)
+        popular = sorted(recent_buyers, key=lambda i: (-len(recent_buyers[i]), i))[:5]
+        users_before = {u for u, _ in before}
+        seed = [u for u, got in bought_in_test.items() if u in users_before and len(got) >= 5]
+        slots = [(u, i) for u in seed for i in popular]
+        new = [(u, i) for u, i in slots if (u, i) not in before]
+        hit = {(u, i) for u, i in slots if i in bought_in_test[u]}
+        assert 0 < len(new) < len(slots) and hit & set(new)  # every rate is a real fraction
+        row = next(r for r in result.rows if (r["model"], r["user_set"]) == ("popular", "seed"))
+        assert row["revenue@5"] == pytest.approx(sum(spend.get(s, 0.0) for s in slots) / len(seed))
+        assert row["new_share"] == pytest.approx(len(new) / len(slots))
+        assert row["new_hit"] == pytest.approx(len(hit & set(new)) / len(new))
+        assert row["repeat_hit"] == pytest.approx(len(hit - set(new)) / (len(slots) - len(new)))
+
+    def test_copurchase_new_lists_only_new_items(self, result: BacktestResult) -> None:
+        """The anchor's every slot is new (catches the bought items left in), and its new_hit
+        is its hit rate; new_hit_diff is two-stage's new_hit minus the anchor's."""
+        rows = {(r["model"], r["user_set"]): r for r in result.rows}
+        anchor = rows[("copurchase_new", "all")]
+        assert anchor["new_share"] == 1.0 and anchor["repeat_hit"] is None
+        assert anchor["new_hit"] > 0
+        assert result.lists["copurchase_new"].height > 0
+        [diff] = result.new_hit_diff
+        assert (diff["model"], diff["anchor"], diff["users"]) == (
+            "two_stage",
+            "copurchase_new",
+            anchor["users"],
+        )
+        two_stage_new_hit = rows[("two_stage", "all")]["new_hit"]
+        assert diff["mean"] == pytest.approx(two_stage_new_hit - anchor["new_hit"])
+        assert diff["lo"] <= diff["mean"] <= diff["hi"]
+        assert result.to_json()["new_hit_diff"] == result.new_hit_diff
 
     def test_two_stage_beats_popular_and_als(self, result: BacktestResult) -> None:
         # Synthetic users repeat their favourites: the learned model must use that.

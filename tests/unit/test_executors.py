@@ -266,7 +266,14 @@ class TestPublishShards:
                 pl.lit(marker, pl.Int64).alias(C.ITEM), pl.lit(1, pl.Int32).alias(C.RANK)
             )
             written = writer.write_users(ctx.driver_client, ctx.version, recs, ctx.settings.redis)
-            return T.ShardResult(shard, written, written, [marker], user_ids=users[C.USER].sort())
+            return T.ShardResult(
+                shard,
+                written.users,
+                written.users,
+                [marker],
+                user_ids=users[C.USER].sort(),
+                written=written,
+            )
 
         return shard_fn
 

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import fakeredis
+import numpy as np
 import polars as pl
 import pytest
 import redis
@@ -45,13 +46,32 @@ def client() -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis()
 
 
+WRITTEN: dict[str, writer.Written] = {}
+"""What the writers stored for each version begun here (the run sums its shards' counts)."""
+
+
 def begin_and_write(
-    client: fakeredis.FakeRedis, meta: dict[str, Any] | None = None, recs: pl.DataFrame = RECS
+    client: fakeredis.FakeRedis,
+    meta: dict[str, Any] | None = None,
+    recs: pl.DataFrame = RECS,
+    new_items: pl.DataFrame | None = None,
 ) -> str:
     """A version in state ``writing`` with its users written (two shards), not finished."""
     version = versions.begin_version(client, meta or {}, CFG)
-    for shard in (recs.filter(pl.col("user_id") < 20), recs.filter(pl.col("user_id") >= 20)):
-        writer.write_users(client, version, shard, CFG)
+    shards = (pl.col("user_id") < 20, pl.col("user_id") >= 20)
+    WRITTEN[version] = sum(
+        (
+            writer.write_users(
+                client,
+                version,
+                recs.filter(shard),
+                CFG,
+                None if new_items is None else new_items.filter(shard),
+            )
+            for shard in shards
+        ),
+        writer.Written(),
+    )
     return version
 
 
@@ -62,7 +82,7 @@ def publish(
     meta: dict[str, Any] | None = None,
 ) -> str:
     version = begin_and_write(client, meta)
-    versions.finish_version(client, version, USERS, popular or [1], items, CFG)
+    versions.finish_version(client, version, WRITTEN[version], popular or [1], items, CFG)
     return version
 
 
@@ -125,7 +145,7 @@ class TestFinish:
     def test_golden_layout(self, client: fakeredis.FakeRedis) -> None:
         meta = {"run_id": "r1", "metrics": {"precision@5": 0.2}}
         version = begin_and_write(client, meta)
-        old = versions.finish_version(client, version, USERS, [106, 105], ITEMS, CFG)
+        old = versions.finish_version(client, version, WRITTEN[version], [106, 105], ITEMS, CFG)
         assert old is None
         assert client.get("recsys:current") == version.encode()
         assert client.get("recsys:previous") is None
@@ -175,58 +195,99 @@ class TestFinish:
     def test_a_user_never_written_fails_and_nothing_flips(
         self, client: fakeredis.FakeRedis
     ) -> None:
+        """A shard's counts say user 40 was stored, but no writer stored it."""
         live = publish(client)
         version = begin_and_write(client)
-        users = pl.Series("user_id", [10, 20, 30, 40])
-        with pytest.raises(PublishError, match="3 of 4 users"):
-            versions.finish_version(client, version, users, [1], None, CFG)
+        claimed = WRITTEN[version] + writer.Written(
+            WRITTEN[version].buckets, {"u": np.bincount([0], minlength=1)}
+        )
+        with pytest.raises(PublishError, match="'u': 3 of 4 fields"):
+            versions.finish_version(client, version, claimed, [1], None, CFG)
         assert current(client) == live
         assert status.version_info(client, version, CFG).state == keys.STATE_WRITING
 
 
-MISSING = {
-    "user": lambda c, v: c.hdel(keys.user_bucket_key(v, 0), "20"),
+# Every user has 20 items (head ``u`` + tail ``t``) and a reason per item (``r``): each family
+# of the version is present, so each can go missing. One bucket (``buckets`` = 1 for 3 users).
+FULL = recs_frame({u: [u * 100 + j for j in range(20)] for u in (10, 20, 30)}).with_columns(
+    pl.lit("a").alias(writer.REASON)
+)
+NEW = recs_frame({u: [u * 1000, u * 1000 + 1] for u in (10, 20, 30)}).with_columns(
+    pl.lit("promoted").alias(writer.REASON)
+)
+POPULAR = [106, 105]
+
+DAMAGE = {
+    "u field": lambda c, v: c.hdel(keys.user_bucket_key(v, 0, family="u"), "20"),
+    "t field": lambda c, v: c.hdel(keys.user_bucket_key(v, 0, family="t"), "20"),
+    "r field": lambda c, v: c.hdel(keys.user_bucket_key(v, 0, family="r"), "30"),
+    "t bucket": lambda c, v: c.delete(keys.user_bucket_key(v, 0, family="t")),
+    "n field": lambda c, v: c.hdel(keys.user_bucket_key(v, 0, family="n"), "10"),
+    "w bucket": lambda c, v: c.delete(keys.user_bucket_key(v, 0, family="w")),
+    "r bucket": lambda c, v: c.delete(keys.user_bucket_key(v, 0, family="r")),
+    "stray r field": lambda c, v: c.hset(keys.user_bucket_key(v, 0, family="r"), "99", b"\0\0"),
     "popular": lambda c, v: c.delete(keys.popular_key(v)),
+    "popular truncated": lambda c, v: c.set(keys.popular_key(v), b"106"),
     "meta": lambda c, v: c.delete(keys.meta_key(v)),
+    "meta buckets": lambda c, v: c.hset(keys.meta_key(v), "buckets", 2),
     "item": lambda c, v: c.hdel(keys.items_key(v), "106"),
 }
 SHORTFALL = {
-    "user": "2 of 3 users, 2 of 2 popular/meta keys, 2 of 2 item fields",
-    "popular": "3 of 3 users, 1 of 2 popular/meta keys, 2 of 2 item fields",
-    "meta": "0 of 3 users, 1 of 2 popular/meta keys, 2 of 2 item fields",  # no bucket count
-    "item": "3 of 3 users, 2 of 2 popular/meta keys, 1 of 2 item fields",
+    "u field": "'u': 2 of 3 fields",
+    "t field": "'t': 2 of 3 fields",
+    "r field": "'r': 2 of 3 fields",
+    "t bucket": "'t': 0 of 3 fields",
+    "n field": "'n': 2 of 3 fields",
+    "w bucket": "'w': 0 of 3 fields",
+    "r bucket": "'r': 0 of 3 fields",
+    "stray r field": "'r': 4 of 3 fields",
+    "popular": "the popular list differs",
+    "popular truncated": "the popular list differs",
+    "meta": "0 buckets recorded in the meta hash, 1 written",
+    "meta buckets": "2 buckets recorded in the meta hash, 1 written",
+    "item": "1 of 2 item fields",
 }
 
 
-class TestVerify:
-    def test_a_whole_version_passes(self, client: fakeredis.FakeRedis) -> None:
-        version = publish(client, items=ITEMS)
-        versions.verify_version(client, version, USERS, 2, CFG)
+def written_full(client: fakeredis.FakeRedis) -> tuple[str, writer.Written]:
+    version = begin_and_write(client, recs=FULL, new_items=NEW)
+    return version, WRITTEN[version]
 
-    @pytest.mark.parametrize("missing", sorted(MISSING))
-    def test_each_missing_piece_fails(self, client: fakeredis.FakeRedis, missing: str) -> None:
-        version = publish(client, items=ITEMS)
-        MISSING[missing](client, version)
-        with pytest.raises(PublishError, match=SHORTFALL[missing]) as info:
-            versions.verify_version(client, version, USERS, 2, CFG)
+
+class TestVerify:
+    def test_every_family_is_written_and_a_whole_version_passes(
+        self, client: fakeredis.FakeRedis
+    ) -> None:
+        version, written = written_full(client)
+        assert {f: written.total(f) for f in keys.USER_FAMILIES} == dict.fromkeys("utrnw", 3)
+        versions.finish_version(client, version, written, POPULAR, ITEMS, CFG)
+        assert current(client) == version
+
+    @pytest.mark.parametrize("damage", sorted(DAMAGE))
+    def test_each_damaged_piece_fails(self, client: fakeredis.FakeRedis, damage: str) -> None:
+        version, written = written_full(client)
+        versions.finish_version(client, version, written, POPULAR, ITEMS, CFG)
+        DAMAGE[damage](client, version)
+        with pytest.raises(PublishError, match=SHORTFALL[damage]) as info:
+            versions.verify_version(client, version, written, POPULAR, 2, CFG)
         assert info.value.exit_code == 4
 
-    @pytest.mark.parametrize("missing", sorted(MISSING))
+    @pytest.mark.parametrize("damage", sorted(DAMAGE))
     def test_a_piece_lost_before_verification_flips_nothing(
-        self, client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch, missing: str
+        self, client: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch, damage: str
     ) -> None:
         """Evicted between writing and verifying (maxmemory-policy): the live one stays."""
         live = publish(client, items=ITEMS)
-        version = begin_and_write(client)
+        version, written = written_full(client)
         verify = versions.verify_version
 
-        def evict_then_verify(c: Any, v: str, users: pl.Series, items: int, cfg: Any) -> None:
-            MISSING[missing](c, v)
-            verify(c, v, users, items, cfg)
+        def evict_then_verify(c: Any, v: str, *args: Any) -> None:
+            DAMAGE[damage](c, v)
+            verify(c, v, *args)
 
         monkeypatch.setattr(versions, "verify_version", evict_then_verify)
         with pytest.raises(PublishError, match="verification failed"):
-            versions.finish_version(client, version, USERS, [1], ITEMS, CFG)
+            versions.finish_version(client, version, written, POPULAR, ITEMS, CFG)
         assert current(client) == live
         assert status.previous_version(client, CFG) is None
         assert status.version_info(client, version, CFG).state != keys.STATE_COMPLETE

@@ -7,6 +7,7 @@ ACL and cluster cases are in ``tests/integration``.
 from __future__ import annotations
 
 import fakeredis
+import numpy as np
 import polars as pl
 import pytest
 import redis
@@ -75,7 +76,7 @@ class TestPacking:
 
 class TestWriteUsers:
     def test_writes_every_user_into_buckets_with_the_ttl(self, client: fakeredis.FakeRedis) -> None:
-        assert writer.write_users(client, VERSION, RECS, CFG) == 3  # chunks of 2 users
+        assert writer.write_users(client, VERSION, RECS, CFG).users == 3  # chunks of 2 users
         assert status.user_items(client, VERSION, [10, 20, 30, 40], CFG) == LISTS
         ttl = writer.ttl_seconds(CFG)
         assert ttl == CFG.ttl_days * 86_400
@@ -91,7 +92,7 @@ class TestWriteUsers:
         cfg = CFG.model_copy(update={"user_buckets": 5})
         writer.write_users(client, VERSION, RECS, cfg)
         more = recs_frame({u: [1, 2] for u in range(100, 300)})
-        assert writer.write_users(client, VERSION, more, CFG) == 200  # proposes 4, uses 5
+        assert writer.write_users(client, VERSION, more, CFG).users == 200  # proposes 4, uses 5
         assert client.hget(keys.meta_key(VERSION), "buckets") == b"5"
         assert len(status.version_user_ids(client, VERSION, CFG)) == 203
 
@@ -120,7 +121,7 @@ class TestWriteUsers:
         assert list(client.scan_iter("recsys:*")) == []
 
     def test_no_rows_write_nothing(self, client: fakeredis.FakeRedis) -> None:
-        assert writer.write_users(client, VERSION, RECS.head(0), CFG) == 0
+        assert writer.write_users(client, VERSION, RECS.head(0), CFG).users == 0
         assert client.dbsize() == 0
 
     @pytest.mark.parametrize(
@@ -140,12 +141,12 @@ class TestWriteUsers:
             return original(recs.filter(pl.col("user_id") != 20), buckets)
 
         monkeypatch.setattr(writer, "packed_users", loses_a_user)
-        assert writer.write_users(client, VERSION, RECS, CFG) == 2
+        assert writer.write_users(client, VERSION, RECS, CFG).users == 2
 
     def test_rewriting_a_shard_is_harmless(self, client: fakeredis.FakeRedis) -> None:
         """A retried shard writes its users again (HSET is idempotent)."""
         writer.write_users(client, VERSION, RECS, CFG)
-        assert writer.write_users(client, VERSION, RECS, CFG) == 3
+        assert writer.write_users(client, VERSION, RECS, CFG).users == 3
         assert status.version_user_ids(client, VERSION, CFG) == [10, 20, 30]
 
     def test_connection_errors_retried_then_publish_error(
@@ -196,3 +197,130 @@ def test_with_retries(errors: list[Exception], ok: bool) -> None:
     else:
         with pytest.raises(PublishError, match="during test after 4 attempts"):
             store.with_retries(flaky, CFG, "test")
+
+
+class DropsOneField:
+    """A client whose pipelines silently drop the first field sent to one family's hashes."""
+
+    def __init__(self, client: fakeredis.FakeRedis, family: str) -> None:
+        self.client, self.marker, self.dropped = client, f":{family}:", False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.client, name)
+
+    def pipeline(self, transaction: bool = False) -> object:
+        pipe = self.client.pipeline(transaction=transaction)
+        hset = pipe.hset
+
+        def lossy_hset(key: str, *args: object, items: list[bytes] | None = None) -> object:
+            if items and self.marker in key and not self.dropped:
+                self.dropped, items = True, items[2:]
+                if not items:
+                    return pipe
+            return hset(key, *args, items=items)
+
+        pipe.hset = lossy_hset  # type: ignore[method-assign]
+        return pipe
+
+
+class TestCountBackEveryFamily:
+    FULL = recs_frame({u: [u * 100 + j for j in range(20)] for u in (10, 20, 30)}).with_columns(
+        pl.lit("b").alias(writer.REASON)
+    )
+    NEW = recs_frame({u: [u * 1000, u * 1000 + 1] for u in (10, 20, 30)}).with_columns(
+        pl.lit("trending").alias(writer.REASON)
+    )
+
+    def test_counts_of_every_family_per_bucket(self, client: fakeredis.FakeRedis) -> None:
+        written = writer.write_users(client, VERSION, self.FULL, CFG, new_items=self.NEW)
+        assert written.buckets == 1
+        assert {f: written.per_bucket(f).tolist() for f in keys.USER_FAMILIES} == {
+            "u": [3],
+            "t": [3],
+            "r": [3],
+            "n": [3],
+            "w": [3],
+        }
+        short = writer.write_users(client, "v2", RECS, CFG)  # no tails, no reasons
+        assert (short.total("u"), short.total("t"), short.total("r")) == (3, 0, 0)
+
+    @pytest.mark.parametrize("family", keys.USER_FAMILIES)
+    def test_a_field_lost_in_any_family_fails_the_shard(
+        self, client: fakeredis.FakeRedis, family: str
+    ) -> None:
+        """Mutation caught: counting back the ``u`` family only (as before #29)."""
+        lossy = DropsOneField(client, family)
+        with pytest.raises(PublishError, match=f"1 of 3 '{family}'|2 of 3 '{family}'"):
+            writer.write_users(lossy, VERSION, self.FULL, CFG, self.NEW)  # type: ignore[arg-type]
+        assert lossy.dropped
+
+    def test_counts_add_bucket_by_bucket(self) -> None:
+        a = writer.Written(3, {"u": np.array([1, 0, 2]), "t": np.array([0, 0, 1])})
+        b = writer.Written(3, {"u": np.array([0, 4, 0])})
+        both = a + b
+        assert both.per_bucket("u").tolist() == [1, 4, 2]
+        assert both.per_bucket("t").tolist() == [0, 0, 1]
+        assert both.per_bucket("r").tolist() == [0, 0, 0]
+        assert (writer.Written() + a) is a and (a + writer.Written()) is a
+        with pytest.raises(ValueError, match="3 and 2 buckets"):
+            _ = a + writer.Written(2, {"u": np.array([1, 1])})
+
+
+class TestNewItems:
+    """The new-items list (#26): families ``n`` (items) and ``w`` (reasons), counted and
+    verified like the main list's."""
+
+    NEW = pl.DataFrame(
+        {
+            "user_id": [10, 10, 20],
+            "item_id": [901, 902, 903],
+            "rank": [1, 2, 1],
+            "reason": ["promoted", "bought_with", "similar_customers"],
+        },
+        schema_overrides={"rank": pl.Int32},
+    )
+
+    def test_stored_with_reasons_and_counted(self, client: fakeredis.FakeRedis) -> None:
+        written = writer.write_users(client, VERSION, RECS, CFG, new_items=self.NEW)
+        assert (written.total("n"), written.total("w")) == (2, 2)  # user 30 has none
+        stored = status.user_new_items(client, VERSION, [10, 20, 30], CFG)
+        assert stored == {10: [(901, "promoted"), (902, "bought_with")], 20: [(903, "als")]}
+        buckets = written.buckets
+        raw = client.hget(
+            keys.user_bucket_key(VERSION, keys.bucket_of(10, buckets), "recsys", "n"), "10"
+        )
+        assert raw == bytes.fromhex("0000038500000386")  # golden: 901, 902 big-endian
+        why = client.hget(
+            keys.user_bucket_key(VERSION, keys.bucket_of(10, buckets), "recsys", "w"), "10"
+        )
+        assert why == bytes.fromhex("00040001")  # promoted = 4, bought_with = 1
+        assert status.user_items(client, VERSION, [10], CFG) == {10: LISTS[10]}  # main list kept
+
+    @pytest.mark.parametrize(
+        ("change", "error"),
+        [
+            (pl.col("user_id").replace(20, 99), "no main list"),
+            (pl.col("reason").replace("promoted", "cheap"), "unknown new-item reason"),
+            (pl.col("rank").replace(2, 1), "repeat a .user_id, rank."),
+        ],
+    )
+    def test_refused_before_anything_is_written(
+        self, client: fakeredis.FakeRedis, change: pl.Expr, error: str
+    ) -> None:
+        bad = self.NEW.with_columns(change)
+        with pytest.raises(ValueError, match=error):
+            writer.write_users(client, VERSION, RECS, CFG, new_items=bad)
+        assert list(client.scan_iter("recsys:v:*:n:*")) == []
+
+    def test_too_many_new_items_refused(self, client: fakeredis.FakeRedis) -> None:
+        many = pl.DataFrame(
+            {
+                "user_id": [10] * 17,
+                "item_id": range(17),
+                "rank": range(1, 18),
+                "reason": ["trending"] * 17,
+            },
+            schema_overrides={"rank": pl.Int32},
+        )
+        with pytest.raises(ValueError, match="17 new items"):
+            writer.write_users(client, VERSION, RECS, CFG, new_items=many)
