@@ -105,7 +105,7 @@ def test_a_redis_connection_error_in_a_shard_is_retried_then_exit_4(
     env, live, whole = published
     calls: list[str] = []
 
-    def connection_reset(client: Any, version: str, recs: pl.DataFrame, cfg: Any) -> int:
+    def connection_reset(client: Any, version: str, *args: Any, **kwargs: Any) -> Any:
         calls.append(version)
         msg = "Connection reset by peer"
         raise redis.ConnectionError(msg)

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
 import redis
 
@@ -72,15 +71,15 @@ class FaultAtSecondShard:
         self.version: str | None = None
         self.fault_at: float | None = None
 
-    def __call__(self, client: Any, version: str, recs: pl.DataFrame, cfg: Any) -> int:
+    def __call__(self, client: Any, version: str, *args: Any, **kwargs: Any) -> writer.Written:
         self.calls += 1
         self.version = version
         if self.calls == 2:
             self.fault()
             self.fault_at = time.monotonic()
-        written = self.original(client, version, recs, cfg)
+        written = self.original(client, version, *args, **kwargs)
         if self.calls == 1:
-            self.first_shard_users = written
+            self.first_shard_users = written.users
         return written
 
 
