@@ -316,7 +316,8 @@ class ScaleConfig(_Section):
     ``<shared_dir>/<run_id>/shards``; None = the run directory (absolute: fine for a
     LocalCluster, or when ``run.runs_dir`` is itself on shared storage)."""
     shard_retries: int = 2
-    """A failed shard is retried this many times before the run fails (nothing flips)."""
+    """A shard whose Redis connection failed is retried this many times before the run fails
+    (nothing flips); any other error is not retried."""
     train_users: int | None = 25_000
     """Stage-2 training and the gate's backtest use at most this many users (stable hash
     sample; None = all). Stage 1 is then refit on every user for scoring."""
