@@ -100,7 +100,7 @@ def read_scenario_file(path: Path) -> RuleSet:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         msg = f"not a TOML file: {exc}"
-        fix = "write one rule per line, e.g. min_new = 2 (docs/api.md#business-rules)"
+        fix = "write one rule per line, e.g. min_new = 2 (docs/api.md#rules)"
         raise DataError(msg, file=str(path), fix=fix) from None
     try:
         return parse_rules(values)
