@@ -166,14 +166,17 @@ def candidates(
     """``(item, source)`` in relevance order: own, new, popular, each item once, without
     the ``blocked`` items (excluded or unavailable) and those a filter rule refuses."""
     filters = _Filters.of(rules)
-    seen = set(blocked)
+    allow = filters.allow if filters.any else None
+    seen: set[int] = set()
     found: list[tuple[int, str]] = []
     for source, items in ((OWN, lists.own), (NEW, lists.new), (POPULAR, popular)):
         for item in items:
             if item in seen:
                 continue
             seen.add(item)
-            if not filters.any or filters.allow(attributes.get(item, _NO_ATTRIBUTES)):
+            if item in blocked:
+                continue
+            if allow is None or allow(attributes.get(item, _NO_ATTRIBUTES)):
                 found.append((item, source))
     return found
 

@@ -77,7 +77,7 @@ class RuleSet:
     @property
     def is_empty(self) -> bool:
         """True when no rule is set (the answer is the plain list with its refill)."""
-        return self == NO_RULES
+        return self is NO_RULES or self == NO_RULES
 
     def to_dict(self) -> dict[str, Any]:
         """The rules that are set, by name, with JSON/TOML values (what :func:`parse_rules`
@@ -200,7 +200,7 @@ def parse_rules(values: Mapping[str, object], base: RuleSet = NO_RULES) -> RuleS
             msg = f"unknown rule {_shown(name)}: the rules are {', '.join(RULE_NAMES)}"
             raise RuleError(str(name), msg)
         changes[name] = parser(name, raw)
-    rules = replace(base, **changes)
+    rules = replace(base, **changes) if changes else base
     if rules.price_min is not None and rules.price_max is not None:
         if rules.price_min > rules.price_max:
             name = "price_min" if "price_min" in changes else "price_max"
