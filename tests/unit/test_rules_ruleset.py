@@ -126,3 +126,13 @@ def test_stored_json_reads_back_to_the_same_rule_set(rules: RuleSet) -> None:
     stored = json.dumps(rules.to_dict())
     assert parse_rules(json.loads(stored)) == rules
     assert set(rules.to_dict()) <= set(RULE_NAMES)
+
+
+@given(rule_sets)
+def test_the_same_rules_as_query_parameters_read_the_same(rules: RuleSet) -> None:
+    """A rule given ad hoc (``?min_new=2&brands=A,B``) means what it means in a file."""
+    query = {
+        name: ",".join(value) if isinstance(value, list) else repr(value)
+        for name, value in rules.to_dict().items()
+    }
+    assert parse_rules(query) == rules
