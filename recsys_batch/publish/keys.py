@@ -11,6 +11,7 @@ Layout (``P`` is the key prefix, ``recsys`` by default; ``V`` a version id such 
     P:versions              zset    every version ever started, scored by start time (unix s)
     P:runs                  list    run summaries, newest first, capped at 30 (JSON each; #19)
     P:ab                    hash    the A/B experiment: version, share, started_at (#18)
+    P:scenarios, P:unavailable[:{store}], P:promo   shop state (#27): ``publish.shop_keys``
     P:v:V:u:{bucket}        hash    user_id -> the user's first 16 items, packed (below)
     P:v:V:t:{bucket}        hash    user_id -> items 17..top_n, packed (only users with > 16)
     P:v:V:r:{bucket}        hash    user_id -> reasons of the user's items (``?explain=true``)
