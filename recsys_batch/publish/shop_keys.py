@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from recsys_batch.publish.keys import _check_prefix, check_user_id
+from recsys_batch.publish.keys import check_prefix, check_user_id
 
 NO_EXPIRY = float("inf")
 """Score of a member that stays until removed (``+inf`` in Redis)."""
@@ -48,20 +48,20 @@ def check_store_id(store: object) -> int:
 
 def scenarios_key(prefix: str = "recsys") -> str:
     """Hash of the scenarios: name -> rule set as JSON (``recsys scenario set``)."""
-    return f"{_check_prefix(prefix)}:scenarios"
+    return f"{check_prefix(prefix)}:scenarios"
 
 
 def unavailable_key(prefix: str = "recsys", store: object = None) -> str:
     """Sorted set of the items unavailable in every store, or in ``store``: item id -> unix
     time it becomes available again (:data:`NO_EXPIRY`: until marked available)."""
     if store is None:
-        return f"{_check_prefix(prefix)}:unavailable"
-    return f"{_check_prefix(prefix)}:unavailable:{check_store_id(store)}"
+        return f"{check_prefix(prefix)}:unavailable"
+    return f"{check_prefix(prefix)}:unavailable:{check_store_id(store)}"
 
 
 def promo_key(prefix: str = "recsys") -> str:
     """Sorted set of the promoted items: item id -> unix time the promotion ends."""
-    return f"{_check_prefix(prefix)}:promo"
+    return f"{check_prefix(prefix)}:promo"
 
 
 def in_force(now: float) -> tuple[str, str]:
