@@ -15,10 +15,12 @@ import polars as pl
 
 from recsys_batch.config import DataConfig
 from recsys_batch.data import columns as C
-from recsys_batch.data import synthetic
+from recsys_batch.data import plans, synthetic, synthetic_plans
+from recsys_batch.data.plans import NO_PLANS, Plans
 from recsys_batch.data.synthetic import SYNTH_ITEMS, SYNTH_TRANSACTIONS, SYNTH_USERS
 from recsys_batch.data.tables import (
     ITEMS,
+    PLAN_TABLES,
     REQUIRED,
     TRANSACTIONS,
     USERS,
@@ -71,6 +73,8 @@ class Dataset:
     They describe the frames the reader built: a Dataset derived with other frames (e.g. cut
     at a run date) should leave ``tables`` empty, so validation checks the frames themselves.
     """
+    plans: Plans = NO_PLANS
+    """Promotions and campaigns known ahead (issue #26); each table may be absent (None)."""
 
 
 def completejourney_dir() -> Path:
@@ -104,7 +108,13 @@ def scan_completejourney(folder: Path | None = None) -> Dataset:
     users = renamed(
         pl.scan_parquet(folder / "demographics.parquet"), COMPLETEJOURNEY_USERS, C.USERS
     )
-    return Dataset(transactions, items, users, name=f"completejourney:{folder}")
+    return Dataset(
+        transactions,
+        items,
+        users,
+        name=f"completejourney:{folder}",
+        plans=plans.completejourney_plans(folder, COMPLETEJOURNEY_ORIGIN),
+    )
 
 
 def renamed(raw: pl.LazyFrame, columns: Mapping[str, str], schema: pl.Schema) -> pl.LazyFrame:
@@ -207,9 +217,15 @@ def scan_dunnhumby(folder: Path | None) -> Dataset:
             columns = resolve_columns(header(path), expected)
             tables.append(read_table(table, path, columns, hint, required_columns=""))
             frames[table] = canonical(tables[-1])
+    tables.extend(plans.dunnhumby_plan_tables(folder, hint))
     transactions = canonical(tables[0]).with_columns(pl.col(d).abs() for d in _DISCOUNTS)
     return Dataset(
-        transactions, frames[ITEMS], frames[USERS], name=f"dunnhumby:{folder}", tables=tuple(tables)
+        transactions,
+        frames[ITEMS],
+        frames[USERS],
+        name=f"dunnhumby:{folder}",
+        tables=tuple(tables),
+        plans=plans.plans_from(tables),
     )
 
 
@@ -238,10 +254,18 @@ def scan_files(cfg: DataConfig) -> Dataset:
         columns = mapped_columns(table, cfg.column_mapping)
         tables.append(read_table(table, Path(path), columns, hint))
         frames[table] = canonical(tables[-1])
+    plan_paths = {table: getattr(cfg, f"{table}_file") for table in PLAN_TABLES}
+    plan_columns = {table: mapped_columns(table, cfg.column_mapping) for table in PLAN_TABLES}
+    tables.extend(plans.mapped_plan_tables(plan_paths, plan_columns, hint))
     transactions = frames[TRANSACTIONS]
     assert transactions is not None  # noqa: S101 - the transactions path is checked above
     return Dataset(
-        transactions, frames[ITEMS], frames[USERS], name=f"files:{tx_path}", tables=tuple(tables)
+        transactions,
+        frames[ITEMS],
+        frames[USERS],
+        name=f"files:{tx_path}",
+        tables=tuple(tables),
+        plans=plans.plans_from(tables),
     )
 
 
@@ -252,11 +276,14 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
     """A folder written by ``recsys data synth``, or data generated in memory (path None)."""
     if cfg.path is None:
         generated = synthetic.generate(cfg.synthetic_users, cfg.synthetic_seed)
+        inputs = synthetic.plan_inputs(cfg.synthetic_users, cfg.synthetic_seed)
+        planned = synthetic_plans.generate(inputs)
         return Dataset(
             generated.transactions.lazy(),
             generated.items.lazy(),
             generated.users.lazy(),
             name=f"synthetic:users={cfg.synthetic_users},seed={cfg.synthetic_seed}",
+            plans=plans.plans_of({table: frame.lazy() for table, frame in planned.items()}),
         )
     folder = Path(cfg.path)
     identity = {name: name for name in (*C.TRANSACTIONS, *C.ITEMS, *C.USERS)}
@@ -275,6 +302,7 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
         fix = f"write the folder first with `recsys data synth --out {folder}`"
         tables.append(read_table(table, path, identity, hint, fix=fix))
         frames[table] = canonical(tables[-1])
+    tables.extend(plans.synthetic_plan_tables(folder, hint))
     transactions = frames[TRANSACTIONS]
     assert transactions is not None  # noqa: S101 - required above
     return Dataset(
@@ -283,6 +311,7 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
         frames[USERS],
         name=f"synthetic:{folder}",
         tables=tuple(tables),
+        plans=plans.plans_from(tables),
     )
 
 
