@@ -252,7 +252,8 @@ def synth_cmd(
             manifest = write_synthetic(out, users, seed, overwrite=overwrite)
         common.console.print(
             f"wrote {manifest['rows']:,} transactions of {users:,} users, "
-            f"{manifest['items']:,} items, in {manifest['parts']} part(s) to {out} "
+            f"{manifest['items']:,} items, in {manifest['parts']} part(s), and "
+            f"{manifest['plans']['promotions']:,} promotion rows with the campaigns to {out} "
             f"({manifest['seconds']:.1f} s); read it with "
             f"`recsys data prefilter --source synthetic --path {out}`",
             highlight=False,

@@ -85,7 +85,7 @@ def completejourney_dir() -> Path:
 
 
 def scan_completejourney(folder: Path | None = None) -> Dataset:
-    """The bundled 84.51 "The Complete Journey" data, scanned straight from its parquet files."""
+    """The bundled 84.51 "The Complete Journey" data (plans included), scanned lazily."""
     folder = folder or completejourney_dir()
     ts = pl.col("transaction_timestamp")
     transactions = pl.scan_parquet(folder / "transactions.parquet").select(
@@ -181,8 +181,9 @@ def scan_dunnhumby(folder: Path | None) -> Dataset:
     """A folder in the classic Dunnhumby "The Complete Journey" CSV layout.
 
     Transactions come from ``transaction_data.csv`` or ``retail_train.csv`` (upper- or
-    lower-case columns); ``product.csv`` and ``hh_demographic.csv`` are optional. The original
-    files record discounts as negative amounts; they are made positive like the bundled data.
+    lower-case columns); ``product.csv``, ``hh_demographic.csv`` and the plan files
+    (``plans.DUNNHUMBY_PLAN_FILES``) are optional. The original files record discounts as
+    negative amounts; they are made positive like the bundled data.
     """
     hint = "rename the column in the CSV (the classic layout's names are in docs/data.md)"
     if folder is None or not folder.is_dir():
@@ -233,7 +234,8 @@ def scan_dunnhumby(folder: Path | None) -> Dataset:
 def scan_files(cfg: DataConfig) -> Dataset:
     """Parquet or CSV files named in the config, with ``column_mapping`` canonical -> file.
 
-    ``data.path`` may name the transactions file when ``data.transactions_file`` is unset.
+    ``data.path`` may name the transactions file when ``data.transactions_file`` is unset;
+    the plan files (``data.promotions_file`` ...) are optional.
     """
     check_column_mapping(cfg.column_mapping)
     tx_path = cfg.transactions_file or cfg.path
