@@ -42,7 +42,11 @@ from recsys_batch.errors import DataError
 
 @dataclass(frozen=True)
 class Plans:
-    """Canonical lazy plan frames of one source; each is ``None`` when the source has none."""
+    """Canonical lazy plan frames of one source; each is ``None`` when the source has none.
+
+    The field names are the table names of ``tables.PLAN_TABLES``. The frames hold the whole
+    plan as the source gives it: nothing is cut at a run date here.
+    """
 
     promotions: pl.LazyFrame | None = None
     """Schema ``PROMOTIONS``: one row per (item, store, week) on display or in the mailer."""
@@ -62,7 +66,7 @@ class Plans:
 
 
 NO_PLANS = Plans()
-assert tuple(f.name for f in fields(Plans)) == PLAN_TABLES  # noqa: S101 - one name per table
+"""A source without plan data."""
 
 
 def promotion_flags(codes: pl.LazyFrame) -> pl.LazyFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import polars as pl
@@ -138,7 +139,7 @@ class TestDunnhumby:
     def test_absent_plan_files_mean_no_plans(self, tmp_path: Path) -> None:
         folder = write(tmp_path, {"transaction_data.csv": TX_CSV})
         dataset = sources.load_dataset(DataConfig(source="dunnhumby", path=folder))
-        assert dataset.plans == plans.NO_PLANS
+        assert dataset.plans.frames() == {}
         assert dataset.plans.promotions is None
 
     def test_tables_are_lazy(self, tmp_path: Path) -> None:
@@ -248,7 +249,12 @@ class TestSynthetic:
             else:
                 path.unlink()
         dataset = sources.load_dataset(DataConfig(source="synthetic", path=tmp_path))
-        assert dataset.plans == plans.NO_PLANS
+        assert dataset.plans.frames() == {}
+
+
+def test_plan_fields_are_the_plan_tables() -> None:
+    """Readers build ``Plans(**{table: frame})``: a renamed field would drop a table."""
+    assert tuple(field.name for field in fields(plans.Plans)) == PLAN_TABLES
 
 
 def test_completejourney_plan_schemas() -> None:
@@ -277,6 +283,11 @@ class TestBundledAlignment:
         periods = dataset.plans.campaign_periods.filter(pl.col(C.CAMPAIGN).is_in([1, 24]))
         rows = periods.sort(C.CAMPAIGN).collect().rows()
         assert rows == [(1, "Type B", 62, 99), (24, "Type C", -47, 16)]
+        # Every period overlaps the transactions' days 1..366.
+        overlapping = dataset.plans.campaign_periods.filter(
+            (pl.col(C.END_DAY) >= 1) & (pl.col(C.START_DAY) <= 366)
+        )
+        assert overlapping.select(pl.len()).collect().item() == 27
 
     def test_redemptions_fall_on_coupon_days_inside_their_periods(
         self, dataset: sources.Dataset
@@ -326,3 +337,21 @@ class TestBundledAlignment:
             (pl.col(C.ITEM) == 1000050) & (pl.col(C.STORE) == 316) & (pl.col(C.WEEK) == 1)
         ).collect()
         assert row.rows() == [(1000050, 316, 1, "9", "0", True, False)]
+
+
+@pytest.mark.parametrize("source", ["completejourney", "dunnhumby"])
+def test_loading_collects_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """The plans stay lazy scans until a query needs them (bundled promotions: 20.9M rows)."""
+    folder = write(tmp_path, {"transaction_data.csv": TX_CSV, **CLASSIC_PLANS})
+
+    def forbidden(*_: object, **__: object) -> None:
+        raise AssertionError("loading must not collect")
+
+    monkeypatch.setattr(pl.LazyFrame, "collect", forbidden)
+    monkeypatch.setattr(pl, "collect_all", forbidden)
+    cfg = DataConfig(source=source, path=folder if source == "dunnhumby" else None)
+    found = sources.load_dataset(cfg).plans.frames()
+    assert sorted(found) == sorted(PLAN_TABLES)
+    assert all(isinstance(frame, pl.LazyFrame) for frame in found.values())
