@@ -162,8 +162,8 @@ RECOMMENDATIONS = pl.Schema({USER: pl.Int64, ITEM: pl.Int64, RANK: pl.Int32, SCO
 # every day (``start_day``, ``end_day``, a redemption's ``day``) counts like their ``day``.
 DISPLAY = "display"  # in-store display location code as given; "0" = not on display
 MAILER = "mailer"  # weekly mailer location code as given; "0" = not in the mailer
-ON_DISPLAY = "on_display"  # display is set and not "0"/"false" (derived, cheap)
-ON_MAILER = "on_mailer"  # mailer is set and not "0"/"false" (derived, cheap)
+ON_DISPLAY = "on_display"  # display is set and not "0" (derived, cheap)
+ON_MAILER = "on_mailer"  # mailer is set and not "0" (derived, cheap)
 CAMPAIGN = "campaign_id"
 CAMPAIGN_TYPE = "campaign_type"  # e.g. "Type A" (bundled) or "TypeA" (classic CSV)
 START_DAY = "start_day"  # first day of the campaign (may be < 1: it began before the data)
@@ -178,8 +178,8 @@ PROMOTION_CODES = pl.Schema(
 PROMOTIONS = pl.Schema(
     [*PROMOTION_CODES.items(), (ON_DISPLAY, pl.Boolean), (ON_MAILER, pl.Boolean)]
 )
-NOT_PROMOTED_CODES = ("0", "false", "")
-"""Codes meaning "not on display"/"not in the mailer" (booleans read as text included)."""
+NOT_PROMOTED = "0"
+"""The code meaning "not on display"/"not in the mailer" (bundled, classic, synthetic)."""
 
 # Households a campaign was sent to.
 CAMPAIGNS = pl.Schema({CAMPAIGN: pl.Int64, USER: pl.Int64})

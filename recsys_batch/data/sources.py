@@ -267,7 +267,7 @@ def scan_files(cfg: DataConfig) -> Dataset:
         frames[USERS],
         name=f"files:{tx_path}",
         tables=tuple(tables),
-        plans=plans.plans_from(tables),
+        plans=plans.plans_from(tables, plans.FILE_NOT_PROMOTED),
     )
 
 

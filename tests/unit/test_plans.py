@@ -110,17 +110,24 @@ def assert_plans(found: plans.Plans, expected: dict[str, pl.DataFrame]) -> None:
 
 @pytest.mark.parametrize(
     ("display", "on_display"),
-    [("0", False), ("A", True), ("9", True), (None, False), ("false", False), ("True", True),
-     (" 0 ", False), ("", False)],
+    [("0", False), ("A", True), ("9", True), (None, False), ("false", False), ("False", False),
+     ("True", True), ("true", True), ("", False)],
 )  # fmt: skip
-def test_promotion_flags(display: str | None, on_display: bool) -> None:
+def test_promotion_flags_of_files(display: str | None, on_display: bool) -> None:
     """A code of "0" (or a boolean false, or nothing) is "not on display"; any other is on."""
     codes = pl.LazyFrame(
         {C.DISPLAY: [display], C.MAILER: [display]},
         schema=dict.fromkeys((C.DISPLAY, C.MAILER), pl.String),
     )
-    flags = plans.promotion_flags(codes).select(C.ON_DISPLAY, C.ON_MAILER).collect()
-    assert flags.row(0) == (on_display, on_display)
+    flagged = plans.promotion_flags(codes, plans.FILE_NOT_PROMOTED)
+    assert flagged.select(C.ON_DISPLAY, C.ON_MAILER).collect().row(0) == (on_display, on_display)
+
+
+def test_promotion_flags_of_location_codes() -> None:
+    """Bundled, classic and synthetic codes: only "0" (or nothing) means "no"."""
+    codes = pl.LazyFrame({C.DISPLAY: ["0", "A", None, "9"], C.MAILER: ["D", "0", "0", "Z"]})
+    flags = plans.promotion_flags(codes).select(C.ON_DISPLAY, C.ON_MAILER).collect().rows()
+    assert flags == [(False, True), (True, False), (False, False), (True, True)]
 
 
 class TestDunnhumby:
