@@ -290,8 +290,6 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
     for table, row in zip(tables, results, strict=False):
         _raise_on_values(table, row)
     plan_rows = results[len(results) - len(plan_tables) :]
-    for table, row in zip(plan_tables, plan_rows, strict=True):
-        raise_on_plan(table, row)
     table_rows = {t.table: row["rows"] for t, row in zip(tables, results, strict=False)}
     stats = results[len(tables)]
     missing = results[len(tables) + 1]["missing"] if item_table is not None else None
@@ -307,6 +305,9 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
             column=tx_table.source_column(C.WEEK),
             fix=exc.fix,
         ) from exc
+
+    for table, row in zip(plan_tables, plan_rows, strict=True):
+        raise_on_plan(table, row)
 
     report = ValidationReport(
         source=dataset.name,
