@@ -50,6 +50,16 @@ class DataConfig(_Section):
     """``files`` source: optional parquet or CSV of product attributes."""
     users_file: Path | None = None
     """``files`` source: optional parquet or CSV of household demographics."""
+    promotions_file: Path | None = None
+    """``files`` source: optional promotion calendar (item, store, week, display, mailer)."""
+    campaigns_file: Path | None = None
+    """``files`` source: optional campaign recipients (campaign_id, user_id)."""
+    campaign_periods_file: Path | None = None
+    """``files`` source: optional campaign periods (campaign_id, start_day, end_day; days)."""
+    coupons_file: Path | None = None
+    """``files`` source: optional coupon items (campaign_id, item_id, coupon_id)."""
+    coupon_redemptions_file: Path | None = None
+    """``files`` source: optional coupon redemptions (user_id, day, campaign_id, coupon_id)."""
     column_mapping: dict[str, str] = Field(default_factory=dict)
     """``files`` source: canonical column name -> column name in your file."""
     synthetic_users: int = 2500
