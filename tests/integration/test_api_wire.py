@@ -94,7 +94,7 @@ def test_wire_answers_like_redis_pipeline(redis_url: str, key_prefix: str, publi
 def one_connection_client(redis_url: str, timeout: float = 2.0, **options: Any) -> aioredis.Redis:
     """A client with the API's options (:func:`api.redis_client.client_options`: one immediate
     retry) whose pool holds one connection: a round trip that kept its connection instead of
-    giving it back makes the next one fail with ``MaxConnectionsError``."""
+    giving it back makes the next one fail ("Too many connections")."""
     api_options = client_options(RedisConfig(url=redis_url), redis_url, timeout)
     return aioredis.Redis.from_url(redis_url, max_connections=1, **{**api_options, **options})
 
