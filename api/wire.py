@@ -12,7 +12,7 @@ uses redis-py's public API only: a connection is taken from the client's pool fo
 trip and given back after it (``ConnectionPool.get_connection`` / ``release``, so the pool
 checks an idle connection before reuse and reconnects one the server closed, e.g. after a
 Redis restart), written with ``Connection.send_packed_command`` and read with
-``Connection.read_response(timeout=math.inf)``: no timeout of its own per reply (redis-py >= 7
+``Connection.read_response(timeout=math.inf)``: no timeout of its own per reply (redis-py >= 8.1
 skips it; older releases arm one that never fires), the round trip's ``asyncio.timeout`` of
 ``socket_timeout`` bounds them all. Connecting, ``AUTH``, TLS, ``SELECT``, the retry policy
 and the pool all stay redis-py's. A cluster client, ``fakeredis`` or a client decoding
