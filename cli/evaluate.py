@@ -244,7 +244,7 @@ def print_scenario(block: dict[str, Any], file: Path) -> None:
         changed = float(origin["changed_share"])
         title = (
             f'Scenario vs plain two-stage, "all" users, test weeks {a}-{b} ({origin["role"]}); '
-            f"{changed:.1%} of answers changed"
+            f"{changed:.2%} of answers changed"
         )
         common.console.print(scenario_table(origin, title))
 
