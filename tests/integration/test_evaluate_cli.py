@@ -267,15 +267,17 @@ def test_evaluate_scenario_file_issue_27(config_file: Path, tmp_path: Path) -> N
         ("min_new = 2\nmax_per_categroy = 1\n", "max_per_categroy"),
         ("min_new = -1\n", "min_new"),
         ("min_new = \n", "not a TOML file"),
+        (None, "cannot read"),
     ],
 )
 def test_bad_scenario_file_exits_2(
-    config_file: Path, tmp_path: Path, text: str, named: str
+    config_file: Path, tmp_path: Path, text: str | None, named: str
 ) -> None:
     """A bad scenario exits 2 with one line naming the file and the rule, before any data
     is read (a RuleError that escaped as exit 1, or a message without the file, fails)."""
     scenario = tmp_path / "bad.toml"
-    scenario.write_text(text)
+    if text is not None:  # None: the file does not exist
+        scenario.write_text(text)
     args = ["evaluate", "--config", str(config_file), "--scenario-file", str(scenario)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
