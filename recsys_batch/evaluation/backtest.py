@@ -60,6 +60,7 @@ from recsys_batch.evaluation.protocol import (
     test_truth,
 )
 from recsys_batch.evaluation.rows import metric_rows, new_hit_diffs, precision_diff
+from recsys_batch.evaluation.scenario_eval import NEW_ITEMS, scenario_comparison, served_inputs
 from recsys_batch.evaluation.tifu_knn import tifu_knn_baseline
 from recsys_batch.model import split
 from recsys_batch.model.two_stage import (
@@ -69,6 +70,7 @@ from recsys_batch.model.two_stage import (
     rank_candidates,
     train_two_stage,
 )
+from recsys_batch.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,10 @@ class BacktestResult:
     new_hit_diff: list[dict[str, Any]] = field(default_factory=list)
     """``{"model", "anchor", "mean", "lo", "hi", "users"}``: new_hit of the model minus the
     anchor's over the "all" users, with its paired bootstrap 95% interval."""
+    scenario: dict[str, Any] | None = None
+    """``recsys evaluate --scenario-file``: the two-stage lists served without and with the
+    rules (:func:`~recsys_batch.evaluation.scenario_eval.scenario_comparison`); None without
+    a rule set (not in :meth:`to_json`; the origins' JSON carries it)."""
 
     def precision(self, model: str = "two_stage", user_set: str = "all") -> float:
         """Precision@k of one row (the nightly quality gate reads two_stage/all)."""
@@ -233,16 +239,18 @@ def _candidate_recall(
     return candidate_recall(candidates, truth, users)
 
 
-def run_seeded_backtest(dataset: Dataset, settings: Settings, seeds: int) -> BacktestResult:
+def run_seeded_backtest(
+    dataset: Dataset, settings: Settings, seeds: int, *, rules: RuleSet | None = None
+) -> BacktestResult:
     """:func:`run_backtest` with ``seeds`` seed pairs; the result is the configured seeds' run.
 
     Run ``i`` moves the ALS and the ranker seed by ``i`` (:func:`reseeded`); every run's rows
     are in ``seed_runs`` so that a change can be judged against the seed-to-seed spread of
     Precision@k, not against one draw. The prefilter and split do not depend on a seed and
-    are computed once.
+    are computed once. ``rules`` is measured on the configured seeds' run only.
     """
     prepared = prepare(dataset, settings)
-    result = run_backtest(dataset, settings, prepared=prepared)
+    result = run_backtest(dataset, settings, prepared=prepared, rules=rules)
     runs = [_seed_run(settings, result)]
     for offset in range(1, max(seeds, 1)):
         again = reseeded(settings, offset)
@@ -316,12 +324,15 @@ def run_backtest(
     *,
     prepared: dict[str, Any] | None = None,
     baselines: bool = True,
+    rules: RuleSet | None = None,
 ) -> BacktestResult:
     """Run the issue-#4 protocol: train, score the test window, compare with the baselines.
 
     ``prepared`` is :func:`prepare`'s output for the same dataset and settings (computed
     here when None). ``baselines=False`` (the nightly quality gate) measures the two-stage
-    model only: no baseline lists, no bootstrap intervals.
+    model only: no baseline lists, no bootstrap intervals. ``rules`` (a scenario) also
+    serves the two-stage lists through the rule engine with and without them
+    (:mod:`recsys_batch.evaluation.scenario_eval`).
 
     Raises
     ------
@@ -352,8 +363,11 @@ def run_backtest(
         data = ModelData(train_tx, cat, items, users)
         model = train_two_stage(data, windows, settings)
         timings.update(model.timings)
+    # A scenario serves from the stored top publish.top_n; the rows read the top curve_k.
+    depth = cfg.curve_k if rules is None else max(cfg.curve_k, settings.publish.top_n)
     with _timed(timings, "score"):
-        two_stage, cands = rank_candidates(model, data, all_users, settings, cfg.curve_k)
+        ranked, cands = rank_candidates(model, data, all_users, settings, depth)
+        two_stage = ranked.filter(pl.col(C.RANK) <= cfg.curve_k)
     with _timed(timings, "baselines"):
         others = {}
         if baselines:
@@ -363,6 +377,11 @@ def run_backtest(
         rows, curves = metric_rows(lists, held, user_sets, catalogue.height, cfg)
         diff = precision_diff(lists, truth, user_sets["all"], cfg) if baselines else {}
         new_diff = new_hit_diffs(lists, held, user_sets["all"], cfg) if baselines else []
+    scenario = None
+    if rules is not None:
+        with _timed(timings, "scenario"):
+            inputs = served_inputs(ranked, lists.get(NEW_ITEMS), data, held, settings)
+            scenario = scenario_comparison(inputs, rules, held, user_sets["all"], cfg)
     with _timed(timings, "candidate_recall"):
         cand_recall = _candidate_recall(
             cands.lazy(), truth.lazy().join(all_users, on=C.USER, how="semi"), all_users
@@ -382,6 +401,7 @@ def run_backtest(
         diff=diff,
         lists=lists,
         new_hit_diff=new_diff,
+        scenario=scenario,
     )
 
 
