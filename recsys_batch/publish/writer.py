@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -330,6 +331,53 @@ def _bucket_runs(bucket: np.ndarray, start: int, length: int) -> list[tuple[int,
     return list(zip(part[firsts - start].tolist(), firsts.tolist(), ends.tolist(), strict=True))
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """One shard's packed fields, sent and counted back chunk by chunk."""
+
+    client: Client
+    version: str
+    prefix: str
+    ttl: int
+    fields: list[bytes]
+    """Decimal user ids, in the packed (bucket) order."""
+    families: list[tuple[str, list[bytes]]]
+
+    def _sent(self, values: list[bytes], first: int, end: int) -> list[tuple[bytes, bytes]]:
+        """``(field, value)`` of the rows ``first:end`` that have a value (empty is not sent)."""
+        rows = zip(self.fields[first:end], values[first:end], strict=True)
+        return [(name, value) for name, value in rows if value]
+
+    def write(self, runs: list[tuple[int, int, int]]) -> None:
+        """``HSET`` + ``EXPIRE`` of every family's bucket hashes touched by ``runs``."""
+        pipe = self.client.pipeline(transaction=False)
+        for family, values in self.families:
+            for bucket, first, end in runs:
+                flat = [part for pair in self._sent(values, first, end) for part in pair]
+                if flat:
+                    key = keys.user_bucket_key(self.version, bucket, self.prefix, family)
+                    pipe.hset(key, items=flat)
+                    pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def count(self, runs: list[tuple[int, int, int]]) -> dict[str, int]:
+        """Fields of each family found again (``HMGET`` of the fields sent)."""
+        pipe = self.client.pipeline(transaction=False)
+        asked: list[str] = []  # the family of each HMGET, in pipeline order
+        for family, values in self.families:
+            for bucket, first, end in runs:
+                sent = [name for name, _ in self._sent(values, first, end)]
+                if sent:
+                    pipe.hmget(
+                        keys.user_bucket_key(self.version, bucket, self.prefix, family), sent
+                    )
+                    asked.append(family)
+        counted = dict.fromkeys((family for family, _ in self.families), 0)
+        for family, reply in zip(asked, pipe.execute(), strict=True):
+            counted[family] += sum(v is not None for v in reply)
+        return counted
+
+
 def write_users(
     client: Client,
     version: str,
@@ -373,50 +421,20 @@ def write_users(
     if new_items is not None:
         new, new_reasons = packed_new_items(new_items, packed.user_ids)
         packed = replace(packed, new=new, new_reasons=new_reasons)
-    prefix, ttl = cfg.key_prefix, ttl_seconds(cfg)
     fields = [str(u).encode() for u in packed.user_ids.tolist()]
     families = _families(packed)
+    batch = _Batch(client, version, cfg.key_prefix, ttl_seconds(cfg), fields, families)
     found = dict.fromkeys((family for family, _ in families), 0)
     for start, length in chunks(len(fields), cfg.chunk_size):
         runs = _bucket_runs(packed.bucket, start, length)
-
-        def write(runs: list[tuple[int, int, int]] = runs) -> None:
-            pipe = client.pipeline(transaction=False)
-            for family, values in families:
-                for bucket, first, end in runs:
-                    flat: list[bytes] = []
-                    for name, value in zip(fields[first:end], values[first:end], strict=True):
-                        if value:
-                            flat += (name, value)
-                    if flat:
-                        key = keys.user_bucket_key(version, bucket, prefix, family)
-                        pipe.hset(key, items=list(flat))
-                        pipe.expire(key, ttl)
-            pipe.execute()
-
-        def count(runs: list[tuple[int, int, int]] = runs) -> dict[str, int]:
-            pipe = client.pipeline(transaction=False)
-            asked: list[str] = []  # the family of each HMGET, in pipeline order
-            for family, values in families:
-                for bucket, first, end in runs:
-                    sent = [
-                        n for n, v in zip(fields[first:end], values[first:end], strict=True) if v
-                    ]
-                    if sent:
-                        pipe.hmget(keys.user_bucket_key(version, bucket, prefix, family), sent)
-                        asked.append(family)
-            counted = dict.fromkeys((family for family, _ in families), 0)
-            for family, reply in zip(asked, pipe.execute(), strict=True):
-                counted[family] += sum(v is not None for v in reply)
-            return counted
-
-        with_retries(write, cfg, "user write")
-        for family, hits in with_retries(count, cfg, "user count-back").items():
+        with_retries(partial(batch.write, runs), cfg, "user write")
+        counted = with_retries(partial(batch.count, runs), cfg, "user count-back")
+        for family, hits in counted.items():
             found[family] += hits
     intended = _intended(packed, families, buckets)
-    lost = {f: intended.total(f) - n for f, n in found.items() if n != intended.total(f)}
-    if lost:
-        detail = ", ".join(f"{n} of {intended.total(f)} {f!r}" for f, n in sorted(lost.items()))
+    short = {f: n for f, n in found.items() if n != intended.total(f)}
+    if short:
+        detail = ", ".join(f"{n} of {intended.total(f)} {f!r}" for f, n in sorted(short.items()))
         msg = f"fields missing right after writing ({detail}); evicted? check maxmemory-policy"
         raise PublishError(msg)
     return intended
