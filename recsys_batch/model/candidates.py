@@ -155,11 +155,29 @@ def als_matrix(fit: ids.FitLines, cfg: CandidatesConfig, cut_day: int) -> sp.csr
     )
 
 
+def newest_purchase(transactions: pl.LazyFrame) -> tuple[int, int]:
+    """``(day, week)`` of the newest purchase (returns left out), in one streaming pass."""
+    newest = (
+        transactions.filter(pl.col(C.QTY) >= 0)
+        .select(pl.col(C.DAY).max(), pl.col(C.WEEK).max())
+        .collect(engine="streaming")
+    )
+    day, week = newest.row(0)
+    if day is None:
+        msg = "stage 1 got no transactions to fit on"
+        raise EmptyStageError(
+            msg, column=C.USER, fix="check the split windows and that the data is not empty"
+        )
+    return int(day), int(week)
+
+
 def fit_stage1(
     transactions: pl.LazyFrame,
     catalogue: pl.LazyFrame,
     cfg: CandidatesConfig,
     placeholder_item: int,
+    *,
+    newest: tuple[int, int] | None = None,
 ) -> Stage1Model:
     """Fit every generator on the purchases before the cut.
 
@@ -172,6 +190,10 @@ def fit_stage1(
         The prefilter's catalogue; only its items (never the placeholder) are proposed.
     placeholder_item
         The id non-catalogue purchases were mapped to.
+    newest
+        ``(day, week)`` of the newest purchase the recency weights and the trend weeks count
+        from (:func:`newest_purchase`); None = of ``transactions``. A fit on a sample of
+        users gets those of every user's purchases, as a fit on all of them would.
 
     Raises
     ------
@@ -184,10 +206,12 @@ def fit_stage1(
     fit = fit_lines(transactions, cfg)
     users, items = fit.users, fit.items
     cand_idx = candidate_index(catalogue, items, placeholder_item)
-    cut_day = int(fit.lines.select(pl.col(C.DAY).max()).item()) + 1
+    if newest is None:
+        newest = fit.lines.select(pl.col(C.DAY).max(), pl.col(C.WEEK).max()).row(0)
+    cut_day = int(newest[0]) + 1
     user_items = als_matrix(fit, cfg, cut_day)
     als = fit_als(user_items, cfg)
-    trend_from = int(fit.lines.select(pl.col(C.WEEK).max()).item()) - cfg.trend_weeks + 1
+    trend_from = int(newest[1]) - cfg.trend_weeks + 1
     model = Stage1Model(
         users=users,
         items=items,

@@ -24,15 +24,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
+from recsys_batch.errors import ConfigError
 from recsys_batch.model import candidates as stage1
-from recsys_batch.model import split
+from recsys_batch.model import split, stage1_slice
+from recsys_batch.model.ids import distinct_count
 from recsys_batch.model.features import FeatureSet, build_features, targets, with_targets
 from recsys_batch.model.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
 from recsys_batch.model.split import Windows
+from recsys_batch.run.sharding import sample_users
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,18 @@ def featured_candidates(
     such as the item features over every user for a shard, whose users see only their own
     purchases; the others are computed from ``data.transactions``.
     """
-    cands = stage1.generate_candidates(model, user_ids.select(C.USER).unique(), settings.candidates)
+    users = user_ids.select(pl.col(C.USER).cast(pl.Int64)).unique().collect()
+    # Users stage 1 was not fit on (a sample, ``scale.stage1_users``) are folded in from
+    # their own purchases here: on the worker that scores their shard (issue #28).
+    model = stage1_slice.with_folded_in(
+        model,
+        users[C.USER].to_numpy(),
+        data.transactions,
+        as_of_week,
+        catalogue_ids(data.catalogue, settings.prefilter.placeholder_item),
+        settings.candidates,
+    )
+    cands = stage1.generate_candidates(model, users.lazy(), settings.candidates)
     return build_features(
         cands,
         data.transactions,
@@ -109,6 +124,17 @@ def featured_candidates(
         item_factors=stage1.item_factors(model),
         placeholder_item=settings.prefilter.placeholder_item,
         fixed=fixed_tables,
+    )
+
+
+def catalogue_ids(catalogue: pl.LazyFrame, placeholder_item: int) -> np.ndarray:
+    """Item ids of the catalogue, placeholder left out."""
+    return (
+        catalogue.select(pl.col(C.ITEM).cast(pl.Int64))
+        .filter(pl.col(C.ITEM) != placeholder_item)
+        .unique()
+        .collect()[C.ITEM]
+        .to_numpy()
     )
 
 
@@ -182,18 +208,57 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
     )
 
 
-def fit_scoring_stage1(data: ModelData, windows: Windows, settings: Settings) -> stage1.Stage1Model:
-    """Stage 1 for scoring: fit on every purchase before ``windows.target_end``."""
+def fit_scoring_stage1(
+    data: ModelData, windows: Windows, settings: Settings, *, n_users: int | None = None
+) -> stage1.Stage1Model:
+    """Stage 1 for scoring: fit on the purchases before ``windows.target_end``.
+
+    Of a stable hash sample of at most ``scale.stage1_users`` users
+    (``sharding.sample_users``, nested with the ranker's sample) when there are more; the
+    others are folded in when they are scored (:func:`featured_candidates`), so the fit's
+    memory stops growing with the customers. ``n_users``: the users of
+    ``data.transactions`` when known (else counted in one streaming pass).
+
+    Raises
+    ------
+    ConfigError
+        A sample is needed but ``candidates.als.weighting`` is not ``none``.
+    """
+    tx = split.before_test(data.transactions, windows)
+    cap = settings.scale.stage1_users
+    placeholder = settings.prefilter.placeholder_item
+    if cap is None:
+        return stage1.fit_stage1(tx, data.catalogue, settings.candidates, placeholder)
+    if n_users is None:
+        n_users = int(distinct_count(tx, C.USER, "users").collect(engine="streaming").item())
+    sample = sample_users(tx, n_users, cap)
+    if sample is tx:
+        return stage1.fit_stage1(tx, data.catalogue, settings.candidates, placeholder)
+    if settings.candidates.als.weighting != "none":
+        msg = (
+            f"scale.stage1_users ({cap}) is below the {n_users} users, and folding users into "
+            f"stage 1 needs candidates.als.weighting = none (got "
+            f"{settings.candidates.als.weighting!r}); fix: set candidates.als.weighting = none "
+            "or raise scale.stage1_users"
+        )
+        raise ConfigError(msg)
+    log.info("stage 1: fit on a stable sample of ~%d of %d users, the others folded in", cap, n_users)
     return stage1.fit_stage1(
-        split.before_test(data.transactions, windows),
+        sample,
         data.catalogue,
         settings.candidates,
-        settings.prefilter.placeholder_item,
+        placeholder,
+        newest=stage1.newest_purchase(tx),
     )
 
 
 def with_gated_ranker(
-    gated: TrainedTwoStage, data: ModelData, windows: Windows, settings: Settings
+    gated: TrainedTwoStage,
+    data: ModelData,
+    windows: Windows,
+    settings: Settings,
+    *,
+    n_users: int | None = None,
 ) -> TrainedTwoStage:
     """The gate's ranker with stage 1 refit on everything before ``windows.target_end``.
 
@@ -202,7 +267,7 @@ def with_gated_ranker(
     ``windows.target_end`` at scoring, as for a freshly trained model.
     """
     start = time.perf_counter()
-    scoring_model = fit_scoring_stage1(data, windows, settings)
+    scoring_model = fit_scoring_stage1(data, windows, settings, n_users=n_users)
     seconds = time.perf_counter() - start
     trained_on = gated.ranker_windows or gated.windows
     log.info(
