@@ -83,9 +83,7 @@ def als_user_factors(als: object, user_items: sp.csr_matrix) -> np.ndarray:
             rows = np.flatnonzero(padded == width)
             for start in range(0, rows.size, BATCH_USERS):
                 batch = rows[start : start + BATCH_USERS]
-                out[batch] = _solve_batch(
-                    item_factors, base, matrix, confidence, batch, int(width)
-                )
+                out[batch] = _solve_batch(item_factors, base, matrix, confidence, batch, int(width))
     return out
 
 
@@ -173,6 +171,7 @@ def folded_users(
     fit = fit_lines(lines, cfg)
     user_items = _in_model_items(als_matrix(fit, cfg, model.cut_day), fit.items, model.items)
     catalogue = fit.items.to_idx(np.asarray(catalogue_items, dtype=np.int64))
+    own_items = np.sort(catalogue[catalogue >= 0])
     als = copy.copy(model.als)
     als.user_factors = als_user_factors(model.als, user_items)  # type: ignore[attr-defined]
     als._user_norms = None  # type: ignore[attr-defined]  # noqa: SLF001 - implicit's cache
@@ -182,6 +181,6 @@ def folded_users(
         users=fit.users,
         als=als,
         user_items=user_items,
-        own=own_scores(fit, np.sort(catalogue[catalogue >= 0]), model.cut_day, cfg.own_half_life_days),
+        own=own_scores(fit, own_items, model.cut_day, cfg.own_half_life_days),
         seeds=_in_model_items(recent_seed_matrix(fit, cfg.recent_baskets), fit.items, model.items),
     )

@@ -32,8 +32,8 @@ from recsys_batch.data import columns as C
 from recsys_batch.errors import ConfigError
 from recsys_batch.model import candidates as stage1
 from recsys_batch.model import split, stage1_slice
-from recsys_batch.model.ids import distinct_count
 from recsys_batch.model.features import FeatureSet, build_features, targets, with_targets
+from recsys_batch.model.ids import distinct_count
 from recsys_batch.model.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
 from recsys_batch.model.split import Windows
 from recsys_batch.run.sharding import sample_users
@@ -242,7 +242,7 @@ def fit_scoring_stage1(
             "or raise scale.stage1_users"
         )
         raise ConfigError(msg)
-    log.info("stage 1: fit on a stable sample of ~%d of %d users, the others folded in", cap, n_users)
+    log.info("stage 1: fit on a stable sample of ~%d of %d users, others folded in", cap, n_users)
     return stage1.fit_stage1(
         sample,
         data.catalogue,

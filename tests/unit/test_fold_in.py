@@ -82,7 +82,8 @@ class TestSolve:
         padded width only). Catches: padding to the longest row of a batch."""
         every = als_user_factors(tiny.als, tiny.user_items)
         some = np.array([1, 4, 9, 12])
-        np.testing.assert_array_equal(als_user_factors(tiny.als, tiny.user_items[some]), every[some])
+        some_only = als_user_factors(tiny.als, tiny.user_items[some])
+        np.testing.assert_array_equal(some_only, every[some])
 
 
 @dataclasses.dataclass
@@ -125,9 +126,7 @@ def _folded(s: Synthetic, model: Stage1Model | None = None) -> Stage1Model:
     catalogue = two_stage.catalogue_ids(s.data.catalogue, s.settings.prefilter.placeholder_item)
     tx = split.before_test(s.data.transactions, s.windows)
     base = model if model is not None else s.sampled
-    return with_folded_in(
-        base, s.users, tx, s.windows.target_end, catalogue, s.settings.candidates
-    )
+    return with_folded_in(base, s.users, tx, s.windows.target_end, catalogue, s.settings.candidates)
 
 
 def _row(model: Stage1Model, matrix: sp.csr_matrix, user: int) -> dict[int, float]:
@@ -180,8 +179,8 @@ class TestSample:
         assert outside.size > 40 and len(folded.users) == 150
         known = set(s.sampled.items.ids.tolist())
         for user in outside[:10].tolist():
-            mine, full = (m.own.filter(pl.col(C.USER) == user).sort(C.ITEM) for m in (folded, s.full))
-            assert_frame_equal(mine, full)
+            own = [m.own.filter(pl.col(C.USER) == user).sort(C.ITEM) for m in (folded, s.full)]
+            assert_frame_equal(own[0], own[1])
             for part in ("user_items", "seeds"):
                 expected = {
                     i: v for i, v in _row(s.full, getattr(s.full, part), user).items() if i in known
