@@ -7,9 +7,11 @@ Training (``train_two_stage``), for windows ``history | stage-2 window | (test)`
    ``history_end`` (nothing from the stage-2 window), and the target is 1 for the catalogue
    items each user bought in the stage-2 window;
 3. LightGBM is trained on that;
-4. stage 1 is refit on everything before ``target_end`` for scoring.
+4. stage 1 is refit on everything before ``target_end`` for scoring (on a stable sample of at
+   most ``scale.stage1_users`` users when there are more).
 
-Scoring (``recommend``) generates candidates with the refit stage 1, computes the same
+Scoring (``recommend``) folds the users the refit did not see into stage 1 from their own
+purchases (:mod:`recsys_batch.model.fold_in`), generates candidates, computes the same
 features as of ``target_end`` and keeps the ranker's top k per user.
 """
 
