@@ -106,14 +106,7 @@ def featured_candidates(
     users = user_ids.select(pl.col(C.USER).cast(pl.Int64)).unique().collect()
     # Users stage 1 was not fit on (a sample, ``scale.stage1_users``) are folded in from
     # their own purchases here: on the worker that scores their shard (issue #28).
-    model = stage1_slice.with_folded_in(
-        model,
-        users[C.USER].to_numpy(),
-        data.transactions,
-        as_of_week,
-        catalogue_ids(data.catalogue, settings.prefilter.placeholder_item),
-        settings.candidates,
-    )
+    model = stage1_knowing(model, data, users.lazy(), as_of_week, settings)
     cands = stage1.generate_candidates(model, users.lazy(), settings.candidates)
     return build_features(
         cands,
@@ -126,6 +119,26 @@ def featured_candidates(
         item_factors=stage1.item_factors(model),
         placeholder_item=settings.prefilter.placeholder_item,
         fixed=fixed_tables,
+    )
+
+
+def stage1_knowing(
+    model: stage1.Stage1Model,
+    data: ModelData,
+    user_ids: pl.LazyFrame,
+    as_of_week: int,
+    settings: Settings,
+) -> stage1.Stage1Model:
+    """``model`` with the users of ``user_ids`` it was not fit on folded in from their
+    purchases in ``data`` before ``as_of_week`` (``stage1_slice.with_folded_in``)."""
+    users = user_ids.select(pl.col(C.USER).cast(pl.Int64)).unique().collect()[C.USER]
+    return stage1_slice.with_folded_in(
+        model,
+        users.to_numpy(),
+        data.transactions,
+        as_of_week,
+        catalogue_ids(data.catalogue, settings.prefilter.placeholder_item),
+        settings.candidates,
     )
 
 

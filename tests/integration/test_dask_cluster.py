@@ -209,9 +209,15 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_version_completes(
     key_prefix: str,
     tmp_path: Path,
 ) -> None:
+    """The killed shard reruns on the other worker. Stage 1 knows only a sample of the
+    users (#28), so the rerun also folds its other users in again from the shard files."""
     cluster.wait_for_workers()
     shared = tmp_path / "shared"
-    env = {**batch_env, "RECSYS_SCALE__SHARED_DIR": f"file://{shared}"}
+    env = {
+        **batch_env,
+        "RECSYS_SCALE__SHARED_DIR": f"file://{shared}",
+        "RECSYS_SCALE__STAGE1_USERS": str(USERS * 2 // 5),
+    }
     (cluster.faults / "arm").touch()
     try:
         started = time.monotonic()
