@@ -329,7 +329,7 @@ class ScaleConfig(_Section):
     own purchases and co-purchase seeds are folded in from their own purchases where their
     shard is scored (docs/scale.md). 100,000: the bundled data (2,469) and 10x (25,000)
     are fit whole, 100x folds in 60% of its users, and the driver's stage-1 fit stops
-    growing with the customers (~2 GB)."""
+    growing with the customers (~2 GB, estimated from the 100x refit)."""
     in_memory_rows: int = Field(default=20_000_000, ge=1)
     """Above this many transactions ``recsys nightly-batch`` runs out of core: the catalogue's
     item statistics are computed in parts of whole items of about this many lines, the
