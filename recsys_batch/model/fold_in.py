@@ -71,7 +71,8 @@ def als_user_factors(als: object, user_items: sp.csr_matrix) -> np.ndarray:
     n_factors = item_factors.shape[1]
     base = item_factors.T @ item_factors + regularization * np.eye(n_factors, dtype=np.float32)
     matrix = sp.csr_matrix(user_items)
-    matrix.sort_indices()
+    if not matrix.has_sorted_indices:  # a copy: the caller's matrix is left as it is
+        matrix = matrix.sorted_indices()
     confidence = (matrix.data * alpha).astype(np.float32)
     lengths = np.diff(matrix.indptr)
     padded = -(-lengths // PAD) * PAD
