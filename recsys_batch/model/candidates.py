@@ -155,22 +155,6 @@ def als_matrix(fit: ids.FitLines, cfg: CandidatesConfig, cut_day: int) -> sp.csr
     )
 
 
-def newest_purchase(transactions: pl.LazyFrame) -> tuple[int, int]:
-    """``(day, week)`` of the newest purchase (returns left out), in one streaming pass."""
-    newest = (
-        transactions.filter(pl.col(C.QTY) >= 0)
-        .select(pl.col(C.DAY).max(), pl.col(C.WEEK).max())
-        .collect(engine="streaming")
-    )
-    day, week = newest.row(0)
-    if day is None:
-        msg = "stage 1 got no transactions to fit on"
-        raise EmptyStageError(
-            msg, column=C.USER, fix="check the split windows and that the data is not empty"
-        )
-    return int(day), int(week)
-
-
 def fit_stage1(
     transactions: pl.LazyFrame,
     catalogue: pl.LazyFrame,
@@ -192,7 +176,7 @@ def fit_stage1(
         The id non-catalogue purchases were mapped to.
     newest
         ``(day, week)`` of the newest purchase the recency weights and the trend weeks count
-        from (:func:`newest_purchase`); None = of ``transactions``. A fit on a sample of
+        from; None = of ``transactions``. A fit on a sample of
         users gets those of every user's purchases, as a fit on all of them would.
 
     Raises

@@ -31,7 +31,7 @@ import polars as pl
 
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
-from recsys_batch.errors import ConfigError
+from recsys_batch.errors import ConfigError, EmptyStageError
 from recsys_batch.model import candidates as stage1
 from recsys_batch.model import split, stage1_slice
 from recsys_batch.model.features import FeatureSet, build_features, targets, with_targets
@@ -263,8 +263,24 @@ def fit_scoring_stage1(
         data.catalogue,
         settings.candidates,
         placeholder,
-        newest=stage1.newest_purchase(tx),
+        newest=newest_purchase(tx),
     )
+
+
+def newest_purchase(transactions: pl.LazyFrame) -> tuple[int, int]:
+    """``(day, week)`` of the newest purchase (returns left out), in one streaming pass."""
+    newest = (
+        transactions.filter(pl.col(C.QTY) >= 0)
+        .select(pl.col(C.DAY).max(), pl.col(C.WEEK).max())
+        .collect(engine="streaming")
+    )
+    day, week = newest.row(0)
+    if day is None:
+        msg = "stage 1 got no transactions to fit on"
+        raise EmptyStageError(
+            msg, column=C.USER, fix="check the split windows and that the data is not empty"
+        )
+    return int(day), int(week)
 
 
 def with_gated_ranker(
