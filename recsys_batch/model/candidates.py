@@ -176,8 +176,8 @@ def fit_stage1(
         The id non-catalogue purchases were mapped to.
     newest
         ``(day, week)`` of the newest purchase the recency weights and the trend weeks count
-        from; None = of ``transactions``. A fit on a sample of
-        users gets those of every user's purchases, as a fit on all of them would.
+        from; None = of ``transactions``. A fit on a sample of users gets those of every
+        user's purchases, as a fit on all of them would.
 
     Raises
     ------
