@@ -330,7 +330,14 @@ class ScaleConfig(_Section):
     (nothing flips); any other error is not retried."""
     train_users: int | None = 25_000
     """Stage-2 training and the gate's backtest use at most this many users (stable hash
-    sample; None = all). Stage 1 is then refit on every user for scoring."""
+    sample; None = all). Stage 1 for scoring is fit separately (``stage1_users``)."""
+    stage1_users: int | None = Field(default=100_000, ge=1)
+    """Stage 1 for scoring (ALS, co-purchase, popular and trend lists) is fit on a stable
+    hash sample of at most this many users (None = all); every other user's ALS factors,
+    own purchases and co-purchase seeds are folded in from their own purchases where their
+    shard is scored (docs/scale.md). 100,000: the bundled data (2,469) and 10x (25,000)
+    are fit whole, 100x folds in 60% of its users, and the driver's stage-1 fit stops
+    growing with the customers (~2 GB, estimated from the 100x refit)."""
     in_memory_rows: int = Field(default=20_000_000, ge=1)
     """Above this many transactions ``recsys nightly-batch`` runs out of core: the catalogue's
     item statistics are computed in parts of whole items of about this many lines, the

@@ -68,6 +68,7 @@ from recsys_batch.model.two_stage import (
     TrainedTwoStage,
     popular_fallback,
     rank_candidates,
+    stage1_knowing,
     train_two_stage,
 )
 from recsys_batch.rules import RuleSet
@@ -294,7 +295,9 @@ def baseline_lists(
     ``data.transactions`` holds the purchases before the test window only. Popular is the
     most distinct buyers over the ``POPULAR_WEEKS`` weeks before the test; ALS alone and the
     co-purchase anchor are the scoring stage 1's ALS model and co-purchase scores (fit on
-    the same purchases as the two-stage model's); the anchor leaves out ``held.bought``.
+    the same purchases as the two-stage model's; users outside its sample,
+    ``scale.stage1_users``, folded in as the two-stage model does); the anchor leaves out
+    ``held.bought``.
     """
     k = settings.evaluation.curve_k
     train_tx, catalogue = data.transactions, data.catalogue
@@ -308,7 +311,12 @@ def baseline_lists(
         "own_purchases": own_purchases_baseline(
             train_tx, catalogue, users, popular, half_life, k
         ).collect(),
-        "als": als_baseline(model.stage1_for_scoring, users, k, chunk).collect(),
+        "als": als_baseline(
+            stage1_knowing(model.stage1_for_scoring, data, users, windows.target_end, settings),
+            users,
+            k,
+            chunk,
+        ).collect(),
         "tifu_knn": tifu_knn_baseline(
             train_tx, catalogue, users, settings.evaluation.tifu_knn, k, placeholder
         ).collect(),

@@ -160,6 +160,8 @@ def fit_stage1(
     catalogue: pl.LazyFrame,
     cfg: CandidatesConfig,
     placeholder_item: int,
+    *,
+    newest: tuple[int, int] | None = None,
 ) -> Stage1Model:
     """Fit every generator on the purchases before the cut.
 
@@ -172,6 +174,10 @@ def fit_stage1(
         The prefilter's catalogue; only its items (never the placeholder) are proposed.
     placeholder_item
         The id non-catalogue purchases were mapped to.
+    newest
+        ``(day, week)`` of the newest purchase the recency weights and the trend weeks count
+        from; None = of ``transactions``. A fit on a sample of users gets those of every
+        user's purchases, as a fit on all of them would.
 
     Raises
     ------
@@ -184,10 +190,12 @@ def fit_stage1(
     fit = fit_lines(transactions, cfg)
     users, items = fit.users, fit.items
     cand_idx = candidate_index(catalogue, items, placeholder_item)
-    cut_day = int(fit.lines.select(pl.col(C.DAY).max()).item()) + 1
+    if newest is None:
+        newest = fit.lines.select(pl.col(C.DAY).max(), pl.col(C.WEEK).max()).row(0)
+    cut_day = int(newest[0]) + 1
     user_items = als_matrix(fit, cfg, cut_day)
     als = fit_als(user_items, cfg)
-    trend_from = int(fit.lines.select(pl.col(C.WEEK).max()).item()) - cfg.trend_weeks + 1
+    trend_from = int(newest[1]) - cfg.trend_weeks + 1
     model = Stage1Model(
         users=users,
         items=items,

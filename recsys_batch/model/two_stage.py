@@ -7,9 +7,11 @@ Training (``train_two_stage``), for windows ``history | stage-2 window | (test)`
    ``history_end`` (nothing from the stage-2 window), and the target is 1 for the catalogue
    items each user bought in the stage-2 window;
 3. LightGBM is trained on that;
-4. stage 1 is refit on everything before ``target_end`` for scoring.
+4. stage 1 is refit on everything before ``target_end`` for scoring (on a stable sample of at
+   most ``scale.stage1_users`` users when there are more).
 
-Scoring (``recommend``) generates candidates with the refit stage 1, computes the same
+Scoring (``recommend``) folds the users the refit did not see into stage 1 from their own
+purchases (:mod:`recsys_batch.model.fold_in`), generates candidates, computes the same
 features as of ``target_end`` and keeps the ranker's top k per user.
 """
 
@@ -24,12 +26,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
+from recsys_batch.data.frames import distinct_count
+from recsys_batch.data.user_hash import sample_users
+from recsys_batch.errors import ConfigError, EmptyStageError
 from recsys_batch.model import candidates as stage1
-from recsys_batch.model import split
+from recsys_batch.model import split, stage1_slice
 from recsys_batch.model.features import FeatureSet, build_features, targets, with_targets
 from recsys_batch.model.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
 from recsys_batch.model.split import Windows
@@ -97,7 +103,11 @@ def featured_candidates(
     such as the item features over every user for a shard, whose users see only their own
     purchases; the others are computed from ``data.transactions``.
     """
-    cands = stage1.generate_candidates(model, user_ids.select(C.USER).unique(), settings.candidates)
+    users = user_ids.select(pl.col(C.USER).cast(pl.Int64)).unique().collect()
+    # Users stage 1 was not fit on (a sample, ``scale.stage1_users``) are folded in from
+    # their own purchases here: on the worker that scores their shard (issue #28).
+    model = stage1_knowing(model, data, users.lazy(), as_of_week, settings)
+    cands = stage1.generate_candidates(model, users.lazy(), settings.candidates)
     return build_features(
         cands,
         data.transactions,
@@ -109,6 +119,37 @@ def featured_candidates(
         item_factors=stage1.item_factors(model),
         placeholder_item=settings.prefilter.placeholder_item,
         fixed=fixed_tables,
+    )
+
+
+def stage1_knowing(
+    model: stage1.Stage1Model,
+    data: ModelData,
+    user_ids: pl.LazyFrame,
+    as_of_week: int,
+    settings: Settings,
+) -> stage1.Stage1Model:
+    """``model`` with the users of ``user_ids`` it was not fit on folded in from their
+    purchases in ``data`` before ``as_of_week`` (``stage1_slice.with_folded_in``)."""
+    users = user_ids.select(pl.col(C.USER).cast(pl.Int64)).unique().collect()[C.USER]
+    return stage1_slice.with_folded_in(
+        model,
+        users.to_numpy(),
+        data.transactions,
+        as_of_week,
+        catalogue_ids(data.catalogue, settings.prefilter.placeholder_item),
+        settings.candidates,
+    )
+
+
+def catalogue_ids(catalogue: pl.LazyFrame, placeholder_item: int) -> np.ndarray:
+    """Item ids of the catalogue, placeholder left out."""
+    return (
+        catalogue.select(pl.col(C.ITEM).cast(pl.Int64))
+        .filter(pl.col(C.ITEM) != placeholder_item)
+        .unique()
+        .collect()[C.ITEM]
+        .to_numpy()
     )
 
 
@@ -182,18 +223,73 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
     )
 
 
-def fit_scoring_stage1(data: ModelData, windows: Windows, settings: Settings) -> stage1.Stage1Model:
-    """Stage 1 for scoring: fit on every purchase before ``windows.target_end``."""
+def fit_scoring_stage1(
+    data: ModelData, windows: Windows, settings: Settings, *, n_users: int | None = None
+) -> stage1.Stage1Model:
+    """Stage 1 for scoring: fit on the purchases before ``windows.target_end``.
+
+    Of a stable hash sample of at most ``scale.stage1_users`` users
+    (``user_hash.sample_users``, nested with the ranker's sample) when there are more; the
+    others are folded in when they are scored (:func:`featured_candidates`), so the fit's
+    memory stops growing with the customers. ``n_users``: the users of
+    ``data.transactions`` when known (else counted in one streaming pass).
+
+    Raises
+    ------
+    ConfigError
+        A sample is needed but ``candidates.als.weighting`` is not ``none``.
+    """
+    tx = split.before_test(data.transactions, windows)
+    cap = settings.scale.stage1_users
+    placeholder = settings.prefilter.placeholder_item
+    if cap is None:
+        return stage1.fit_stage1(tx, data.catalogue, settings.candidates, placeholder)
+    if n_users is None:
+        n_users = int(distinct_count(tx, C.USER, "users").collect(engine="streaming").item())
+    sample = sample_users(tx, n_users, cap)
+    if sample is tx:
+        return stage1.fit_stage1(tx, data.catalogue, settings.candidates, placeholder)
+    if settings.candidates.als.weighting != "none":
+        msg = (
+            f"scale.stage1_users ({cap}) is below the {n_users} users, and folding users into "
+            f"stage 1 needs candidates.als.weighting = none (got "
+            f"{settings.candidates.als.weighting!r}); fix: set candidates.als.weighting = none "
+            "or raise scale.stage1_users"
+        )
+        raise ConfigError(msg)
+    log.info("stage 1: fit on a stable sample of ~%d of %d users, others folded in", cap, n_users)
     return stage1.fit_stage1(
-        split.before_test(data.transactions, windows),
+        sample,
         data.catalogue,
         settings.candidates,
-        settings.prefilter.placeholder_item,
+        placeholder,
+        newest=newest_purchase(tx),
     )
 
 
+def newest_purchase(transactions: pl.LazyFrame) -> tuple[int, int]:
+    """``(day, week)`` of the newest purchase (returns left out), in one streaming pass."""
+    newest = (
+        transactions.filter(pl.col(C.QTY) >= 0)
+        .select(pl.col(C.DAY).max(), pl.col(C.WEEK).max())
+        .collect(engine="streaming")
+    )
+    day, week = newest.row(0)
+    if day is None:
+        msg = "stage 1 got no transactions to fit on"
+        raise EmptyStageError(
+            msg, column=C.USER, fix="check the split windows and that the data is not empty"
+        )
+    return int(day), int(week)
+
+
 def with_gated_ranker(
-    gated: TrainedTwoStage, data: ModelData, windows: Windows, settings: Settings
+    gated: TrainedTwoStage,
+    data: ModelData,
+    windows: Windows,
+    settings: Settings,
+    *,
+    n_users: int | None = None,
 ) -> TrainedTwoStage:
     """The gate's ranker with stage 1 refit on everything before ``windows.target_end``.
 
@@ -202,7 +298,7 @@ def with_gated_ranker(
     ``windows.target_end`` at scoring, as for a freshly trained model.
     """
     start = time.perf_counter()
-    scoring_model = fit_scoring_stage1(data, windows, settings)
+    scoring_model = fit_scoring_stage1(data, windows, settings, n_users=n_users)
     seconds = time.perf_counter() - start
     trained_on = gated.ranker_windows or gated.windows
     log.info(

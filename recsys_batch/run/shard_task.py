@@ -5,7 +5,9 @@ hash of ``user_id`` (:mod:`recsys_batch.run.sharding`). One shard's task (:func:
 
 1. read the shard's transactions (in memory, or its own parquet files written by
    :func:`recsys_batch.run.sharding.write_shards`);
-2. stage-1 candidates with the trained model, stage-2 features as of the scoring cut;
+2. stage-1 candidates with the trained model (its slice for the shard's users; users its
+   fit did not see, ``scale.stage1_users``, folded in here from the shard's lines, on the
+   worker), stage-2 features as of the scoring cut;
 3. LightGBM scores, the top ``publish.top_n`` per user and the reason of each item;
 4. (publishing) write the shard's users into the new Redis version with
    :func:`recsys_batch.publish.writer.write_users`, which counts them back.

@@ -21,48 +21,10 @@ from pathlib import Path
 import polars as pl
 
 from recsys_batch.data import columns as C
+from recsys_batch.data.user_hash import sample_users, stable_hash, u64, user_hash
 
 SHARD = "shard"
 """Column holding a user's shard number (UInt32, 0 .. n_shards - 1)."""
-
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
-
-
-def _u64(value: int) -> pl.Expr:
-    return pl.lit(value, dtype=pl.UInt64)
-
-
-def _xor_shift(z: pl.Expr, bits: int) -> pl.Expr:
-    """``z ^ (z >> bits)`` on UInt64 (a right shift is a floor division by ``2**bits``)."""
-    return z.xor(z // _u64(1 << bits))
-
-
-def user_hash(user: pl.Expr | str = C.USER) -> pl.Expr:
-    """SplitMix64 of the user id (``UInt64``); stable across processes and versions.
-
-    Negative ids are hashed through their two's-complement bits.
-
-    Examples
-    --------
-    >>> pl.select(user_hash(pl.lit(1, dtype=pl.Int64))).item() == stable_hash(1)
-    True
-    """
-    expr = pl.col(user) if isinstance(user, str) else user
-    z = expr.cast(pl.Int64).reinterpret(signed=False) + _u64(_GOLDEN)
-    z = _xor_shift(z, 30) * _u64(_MIX1)
-    z = _xor_shift(z, 27) * _u64(_MIX2)
-    return _xor_shift(z, 31)
-
-
-def stable_hash(user_id: int) -> int:
-    """Pure-Python reference of :func:`user_hash` (used by tests and for one-off lookups)."""
-    z = (user_id + _GOLDEN) & _MASK64
-    z = ((z ^ (z >> 30)) * _MIX1) & _MASK64
-    z = ((z ^ (z >> 27)) * _MIX2) & _MASK64
-    return z ^ (z >> 31)
 
 
 def _require_positive(value: int, name: str, fix: str = "") -> None:
@@ -80,7 +42,7 @@ def shard_of(n_shards: int, user: pl.Expr | str = C.USER) -> pl.Expr:
         ``n_shards`` is below 1.
     """
     _require_positive(n_shards, "n_shards")
-    return (user_hash(user) % _u64(n_shards)).cast(pl.UInt32).alias(SHARD)
+    return (user_hash(user) % u64(n_shards)).cast(pl.UInt32).alias(SHARD)
 
 
 def shard_count(n_users: int, shard_users: int) -> int:
@@ -206,14 +168,4 @@ def write_shards(frame: pl.LazyFrame, n_shards: int, folder: Location) -> list[L
     return paths
 
 
-def sample_users(tx: pl.LazyFrame, n_users: int, max_users: int | None) -> pl.LazyFrame:
-    """Rows of a stable hash sample of about ``max_users`` of ``n_users`` users (all when
-    fewer, or when ``max_users`` is None).
-
-    The top 32 bits of :func:`user_hash` are uniform: a user is kept when they fall below
-    the share, so the sample is the same from run to run and nested as it grows.
-    """
-    if max_users is None or n_users <= max_users:
-        return tx
-    threshold = int(max_users / n_users * 2**32)
-    return tx.filter((user_hash() // (1 << 32)) < threshold)
+__all__ = ["sample_users", "stable_hash", "user_hash"]  # re-exported: the run's callers

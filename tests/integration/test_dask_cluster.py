@@ -214,10 +214,15 @@ def test_a_worker_killed_after_its_shards_first_write_is_rerun_on_another_worker
     result reached the driver. The scheduler runs that shard again on another worker
     process (the same task key, started twice, by two pids), the rewrite is harmless, and
     the version is complete, verified and live with every user's saved list. The marker is
-    removed before arming, so the kill checked is this run's."""
+    removed before arming, so the kill checked is this run's. Stage 1 knows only a sample of
+    the users (#28), so the rerun also folds its other users in again from the shard files."""
     cluster.wait_for_workers()
     shared = tmp_path / "shared"
-    env = {**batch_env, "RECSYS_SCALE__SHARED_DIR": f"file://{shared}"}
+    env = {
+        **batch_env,
+        "RECSYS_SCALE__SHARED_DIR": f"file://{shared}",
+        "RECSYS_SCALE__STAGE1_USERS": str(USERS * 2 // 5),
+    }
     fired = cluster.faults / "fired"
     fired.unlink(missing_ok=True)
     before = len(cluster.started())
