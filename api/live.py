@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,11 @@ class LiveVersion:
     items_key: str
     wire_prefix: bytes = b""
     """``P:v:V:`` as bytes: the start of every bucket key of this version."""
+    attributes: Mapping[int, Mapping[str, object]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+    """The version's item attributes (``P:v:V:items``, immutable per version), read once
+    when the version is loaded: the rule engine's departments, brands, categories, prices."""
 
     def key(self, user_id: int, family: str = "u") -> str:
         """The bucket hash of ``user_id`` in this version (``u`` head, ``t`` tail, ``r``)."""
@@ -97,6 +103,20 @@ class Experiment:
 
     live: LiveVersion
     share: float
+
+
+def decode_attributes(raw: Any) -> dict[int, dict[str, Any]]:
+    """An ``HGETALL P:v:V:items`` reply as item id -> attributes (unreadable entries are
+    left out: such an item has no attributes, as in ``details=true``)."""
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    found: dict[int, dict[str, Any]] = {}
+    for item, value in pairs:
+        try:
+            attrs = orjson.loads(value)
+            found[int(item)] = attrs if isinstance(attrs, dict) else {}
+        except (orjson.JSONDecodeError, ValueError):
+            continue
+    return found
 
 
 async def item_details(
