@@ -188,7 +188,7 @@ class ShopCache:
             if part is None:
                 scenarios, unavailable, promoted = replies[at : at + 3]
                 at += 3
-                if sent <= self._read_at:
+                if sent < self._read_at:  # a later read already came back
                     continue
                 self.scenarios = {
                     _text(name): _stored_scenario(_text(name), value)
@@ -202,7 +202,7 @@ class ShopCache:
                 raw = replies[at]
                 at += 1
                 kept = self._stores.pop(part, None)
-                if kept is not None and sent <= kept[0]:
+                if kept is not None and sent < kept[0]:
                     self._stores[part] = kept
                     continue
                 key = shop_keys.unavailable_key(self._prefix, part)
