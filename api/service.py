@@ -416,8 +416,8 @@ class Lookup:
             pipe.hget(key, field)
         pipe.get(self.current_key)
         pipe.hmget(self.experiment_key, list(EXPERIMENT_FIELDS))
-        for command in extra:
-            pipe.execute_command(*command)
+        for name, *args in extra:  # redis-py (a cluster's too) looks commands up by text
+            pipe.execute_command(name.decode(), *args)
         return list(await pipe.execute())
 
     async def _run(self, batch: list[Job]) -> None:

@@ -97,7 +97,7 @@ def _pairs(raw: Any) -> list[tuple[Any, Any]]:
     return list(zip(values[::2], values[1::2], strict=True))
 
 
-def _stored_scenario(name: str, value: Any) -> RuleSet | Unavailable:
+def stored_scenario(name: str, value: Any) -> RuleSet | Unavailable:
     """A stored scenario's rules, or the 503 a request naming it gets (written by hand?)."""
     try:
         loaded = json.loads(value)
@@ -105,8 +105,8 @@ def _stored_scenario(name: str, value: Any) -> RuleSet | Unavailable:
             raise ValueError("not a JSON object")  # noqa: TRY301 - one message for both
         return parse_rules(loaded)
     except (ValueError, RuleError) as exc:
-        key = "P:scenarios"
-        detail = f"stored scenario {name!r} ({key}) is not a rule set: {exc} (fix: set it again)"
+        detail = f"stored scenario {name!r} (P:scenarios) is not a rule set: {exc}"
+        detail += " (fix: `recsys scenario set` it again from its file)"
         return Unavailable("corrupt_value", detail)
 
 
@@ -191,7 +191,7 @@ class ShopCache:
                 if sent < self._read_at:  # a later read already came back
                     continue
                 self.scenarios = {
-                    _text(name): _stored_scenario(_text(name), value)
+                    _text(name): stored_scenario(_text(name), value)
                     for name, value in _pairs(scenarios)
                 }
                 self.unavailable = _items(self.unavailable_key, unavailable)

@@ -10,6 +10,7 @@ no 5xx.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import warnings
@@ -27,6 +28,7 @@ from recsys_batch.rules import RuleSet
 from tests.api_rules_data import RULE_CASES, SHOP_CASES, USERS, mark_shop, publish_world
 from tests.integration.test_api_redis import ServerThread
 from tests.integration.test_api_serving import RoundTrips
+from tests.integration.test_cluster import cluster_url  # noqa: F401 - a fixture, reused
 from tests.under_load import WAIT_SECONDS
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
@@ -194,3 +196,26 @@ def test_a_scenario_set_under_load_applies_within_the_bound(
     late = [r[2] for r in rows if r[0] > written + bound]
     assert late and all(items == new for items in late)
     assert all(r[2] in (old, new) for r in rows)
+
+
+def test_rules_and_shop_state_on_a_redis_cluster(cluster_url: str) -> None:  # noqa: F811
+    """On a cluster the pipeline goes through redis-py (by slot): the same answers."""
+    from redis.cluster import RedisCluster  # noqa: PLC0415
+
+    prefix = f"rules{random.randrange(16**6):06x}"
+    client = RedisCluster.from_url(cluster_url.replace("redis+cluster", "redis"))
+    cfg = RedisConfig(key_prefix=prefix, user_buckets=8, retry_backoff_seconds=0)
+    try:
+        publish_world(client, cfg)
+        mark_shop(client, cfg)
+        app = create_app(settings_for(cluster_url, prefix, 0.0))
+        with TestClient(app) as http:
+            assert app.state.lookup.cluster
+            for _, query, expected in SHOP_CASES:
+                assert http.get(f"/v1/recommendations/1?{query}").json()["items"] == expected
+            ruled = http.get("/v1/recommendations/1?scenario=weekend&store=7&k=4").json()
+        assert ruled["items"] == [14, 15, 31, 32]
+    finally:
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            client.delete(key)
+        client.close()
