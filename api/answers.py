@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from api.errors import Unavailable
 from api.live import LiveVersion
 from api.shop import Options, ShopCache
 from recsys_batch.publish import keys
-from recsys_batch.rules import POPULAR, Lists, ShopState, apply_rules, bought_items
+from recsys_batch.rules import POPULAR, Lists, RuleSet, ShopState, apply_rules, bought_items
 
 Plan = tuple[LiveVersion, str, int, Sequence[int], bool, Options]
 """One user of a job: (version to read, variant, user id, exclusions, tail needed, options).
@@ -105,7 +106,9 @@ def answers_of(
         if options.ruled:
             got = values[at : at + len(RULED_FAMILIES)]
             at += len(RULED_FAMILIES)
-            answers.append(ruled_answer(live, variant, user_id, got, k, exclude, options, shop))
+            answers.append(
+                ruled_answer(live, variant, user_id, got, k, exclude, options, shop, explain)
+            )
             continue
         head = values[at]
         at += 1
@@ -163,6 +166,13 @@ def _corrupt(live: LiveVersion, user_id: int) -> Unavailable:
     return Unavailable("corrupt_value", detail)
 
 
+@lru_cache(maxsize=256)
+def summary(rules: RuleSet) -> dict[str, Any]:
+    """``rules.to_dict()``, once per rule set (every answer of a scenario shows it; never
+    changed by its readers)."""
+    return rules.to_dict()
+
+
 def ruled_answer(
     live: LiveVersion,
     variant: str,
@@ -172,6 +182,7 @@ def ruled_answer(
     exclude: Sequence[int],
     options: Options,
     shop: ShopCache,
+    explain: bool = True,
 ) -> Answer:
     """One user's answer under the request's rules (:func:`recsys_batch.rules.apply_rules`,
     the evaluation's own engine), from all five stored fields.
@@ -191,7 +202,7 @@ def ruled_answer(
         own = keys.unpack_items(head, tail)
         new = keys.unpack_items(new_raw)
         reasons = keys.decode_reasons(reasons_raw)
-        new_reasons = keys.decode_reasons(new_reasons_raw)
+        new_reasons = keys.decode_reasons(new_reasons_raw) if explain else []
     except ValueError:
         raise _corrupt(live, user_id) from None
     bought = bought_items(own, reasons)
@@ -203,18 +214,20 @@ def ruled_answer(
         lists = Lists(own=own, new=new, bought=bought)
     state = ShopState(shop.unavailable_at(options.store), shop.promoted)
     served = apply_rules(lists, popular, live.attributes, rules, k, exclude=exclude, shop=state)
-    why = {**dict(zip(new, new_reasons, strict=False)), **dict(zip(own, reasons, strict=False))}
-    explained = [
-        POPULAR_REASON if source == POPULAR else why.get(item, POPULAR_REASON)
-        for item, source in zip(served.items, served.sources, strict=True)
-    ]
+    explained = [POPULAR_REASON] * len(served.items)
+    if explain:
+        why = {**dict(zip(new, new_reasons, strict=False)), **dict(zip(own, reasons, strict=False))}
+        explained = [
+            POPULAR_REASON if source == POPULAR else why.get(item, POPULAR_REASON)
+            for item, source in zip(served.items, served.sources, strict=True)
+        ]
     known = head is not None
     from_popular = sum(1 for source in served.sources if source == POPULAR)
     ruled = Ruled(
         served.sources,
         served.promoted,
         served.short_by,
-        rules.to_dict(),
+        summary(rules),
         options.scenario,
         options.new_only,
     )
