@@ -1,12 +1,15 @@
 """The service's outer ASGI layer: times every request and answers the hot lookup directly.
 
 ``GET /v1/recommendations/{user_id}`` with no query or only ``k=N`` is the request the service
-exists for. Going through FastAPI's router, dependency injection and parameter validation
-costs several times the Redis round trip itself, so this layer recognises that exact shape
-(digits only, ``k`` within range) and answers it with the same :class:`~api.service.Lookup`
-and the same body builder as the FastAPI route. Anything else (``details=true``, a malformed
-id, an out-of-range ``k``, unknown parameters) falls through to FastAPI, which validates it
-and answers 422 as documented in the OpenAPI schema. Request bodies over
+exists for, and with a scenario (``?scenario=S&store=N``, rules, ``new_only``) the one a shop
+sends under business rules (#27). Going through FastAPI's router, dependency injection and
+parameter validation costs several times the Redis round trip itself, so this layer
+recognises those shapes (digits only, ``k`` within range, each parameter once and
+well-formed; a query string's parse is cached) and answers them with the same
+:class:`~api.service.Lookup` and the same body builders as the FastAPI route, an unknown
+scenario's 422 included. Anything else (``details=true``, ``explain``, ``exclude``, a
+malformed id or value, an out-of-range ``k``, unknown parameters) falls through to FastAPI,
+which validates it and answers 422 as documented in the OpenAPI schema. Request bodies over
 ``settings.api.max_body_bytes`` are refused here with 413 before anything parses them.
 """
 

@@ -75,7 +75,8 @@ def request_options(
     parse_rules(values)
     if scenario is not None:
         scenario_name(scenario)
-    return Options(scenario, tuple(values.items()), store, new_only)
+    rules = tuple((name, tuple(v) if isinstance(v, list) else v) for name, v in values.items())
+    return Options(scenario, rules, store, new_only)  # hashable: the rule sets are cached
 
 
 def unknown_parameter(name: str, allowed: Iterable[str]) -> RuleError:

@@ -100,6 +100,7 @@ def test_an_expired_unavailability_stops_applying(
         "/v1/recommendations/1?scenario=weekend&store=7",
         "/v1/recommendations/1?scenario=weekend&store=7&promoted_first=2&explain=true",
         "/v1/recommendations/99?new_only=true&store=8",
+        "/v1/recommendations/1?new_only=true&explain=true&exclude=32",
         "/v1/recommendations/1?store=7",
     ],
 )

@@ -125,6 +125,10 @@ def test_post_applies_body_options_to_every_user(api: TestClient) -> None:
     assert body["results"][0]["items"] == [12, 13, 15, 31]
     new_only = api.post("/v1/recommendations?k=3", json={"user_ids": [1], "new_only": True})
     assert new_only.json()["results"][0]["items"] == [31, 32, 33]
+    listed = {"user_ids": [1], "rules": {"departments": ["PRODUCE"], "brands": ["national"]}}
+    produce = api.post("/v1/recommendations?k=3", json=listed)
+    assert produce.status_code == 200, produce.text  # a list value (unhashable) is kept as one
+    assert produce.json()["results"][0]["items"] == [13, 32]
 
 
 def test_post_store_leaves_out_the_stores_items(
