@@ -42,12 +42,11 @@ from api.live import (
     Experiment,
     Failed,
     LiveVersion,
-    decode_attributes,
     experiment_state,
     item_details,
+    loaded_version,
     redis_down,
     text,
-    timestamp,
 )
 from api.shop import PLAIN, Command, Options, ShopCache
 from api.wire import Wire, pack, pack_hget
@@ -241,52 +240,15 @@ class Lookup:
         except ValueError:
             detail = f"{self.current_key} holds {version[:80]!r}, not a version id"
             raise Unavailable("corrupt_value", detail) from None
-        meta_key = keys.meta_key(version, self.prefix)
-        popular_key = keys.popular_key(version, self.prefix)
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.hmget(meta_key, list(META_FIELDS))
-            pipe.get(popular_key)
+            pipe.hmget(keys.meta_key(version, self.prefix), list(META_FIELDS))
+            pipe.get(keys.popular_key(version, self.prefix))
             pipe.hgetall(keys.items_key(version, self.prefix))
             meta_values, popular_raw, items_raw = await pipe.execute()
         except REDIS_FAILURES as exc:
             raise redis_down(exc) from None
-        meta = dict(zip(META_FIELDS, (text(v) for v in meta_values), strict=True))
-        fmt = meta["format"]
-        if fmt is None:
-            detail = (
-                f"live version {version} has no meta hash {meta_key} (expired or removed; "
-                "fix: publish again or `recsys rollback`)"
-            )
-            raise Unavailable("version_incomplete", detail)
-        supported = ", ".join(str(f) for f in sorted(keys.SUPPORTED_FORMATS))
-        if not fmt.isdigit() or int(fmt) not in keys.SUPPORTED_FORMATS:
-            detail = (
-                f"live version {version} is in format {fmt[:40]!r} ({meta_key}); this API "
-                f"reads format {supported} (fix: deploy the API that matches the batch, or "
-                "`recsys rollback`)"
-            )
-            raise Unavailable("unsupported_format", detail)
-        if meta["state"] != keys.STATE_COMPLETE:
-            detail = f"live version {version} is in state {meta['state']!r}, not complete"
-            raise Unavailable("version_incomplete", detail)
-        try:
-            popular = tuple(keys.decode_items(popular_raw))
-        except ValueError:
-            detail = f"{popular_key} is not a comma-separated list of item ids"
-            raise Unavailable("corrupt_value", detail) from None
-        generated_at = meta["generated_at"] or meta["created_at"]
-        live = LiveVersion(
-            version=version,
-            format=int(fmt),
-            generated_at=generated_at,
-            generated_ts=timestamp(generated_at),
-            popular=popular,
-            buckets=max(1, int(meta["buckets"] or 1)),
-            items_key=keys.items_key(version, self.prefix),
-            wire_prefix=keys.version_prefix(version, self.prefix).encode(),
-            attributes=decode_attributes(items_raw or {}),
-        )
+        live = loaded_version(version, self.prefix, meta_values, popular_raw, items_raw)
         return live, popular_raw is not None
 
     # --- lookups ---------------------------------------------------------------------------
