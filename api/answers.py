@@ -1,20 +1,31 @@
-"""A user's answer from the stored fields: exclusions, the popular refill and the reasons."""
+"""A user's answer from the stored fields: exclusions, the popular refill and the reasons.
+
+A plain lookup takes the user's list, skips the excluded and unavailable items and refills
+from the popular list (:func:`pick`). A lookup with a scenario, rules or ``new_only`` is
+built by the rule engine shared with ``recsys evaluate`` (:func:`ruled_answer`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from api.errors import Unavailable
 from api.live import LiveVersion
+from api.shop import Options, ShopCache
 from recsys_batch.publish import keys
+from recsys_batch.rules import POPULAR, Lists, RuleSet, ShopState, apply_rules, bought_items
 
-Plan = tuple[LiveVersion, str, int, Sequence[int], bool]
-"""One user of a job: (version to read, variant, user id, exclusions, tail needed)."""
+Plan = tuple[LiveVersion, str, int, Sequence[int], bool, Options]
+"""One user of a job: (version to read, variant, user id, exclusions, tail needed, options).
+With ``options.ruled`` every family is read: head, tail, reasons, new items, their reasons."""
 Stored = tuple[Any, Any, Any]
 """A user's raw (head, tail, reasons) field values (None where not read or absent)."""
 POPULAR_REASON: dict[str, int | str] = {"code": "popular"}
+RULED_FAMILIES = (b"u", b"t", b"r", b"n", b"w")
+"""The bucket families a ruled lookup reads, in reply order."""
 
 
 @dataclass(slots=True)
@@ -31,6 +42,24 @@ class Answer:
     """A/B arm: ``control`` (the live version) or ``treatment`` (the experiment's version)."""
     live: LiveVersion | None = None
     """The version the answer was read from (the live one or the experiment's)."""
+    ruled: Ruled | None = None
+    """What the rule engine added (a lookup with a scenario, rules or ``new_only``)."""
+
+
+@dataclass(slots=True)
+class Ruled:
+    """The rule engine's side of an answer."""
+
+    sources: list[str]
+    """Per item: ``own`` (the user's list), ``new`` (their new-items list) or ``popular``."""
+    promoted: int
+    """How many items lead the answer because they are on promotion."""
+    short_by: int
+    """Places left empty because too few items satisfy the rules."""
+    rules: dict[str, Any]
+    """The rules applied (the scenario's with the request's on top)."""
+    scenario: str | None
+    new_only: bool
 
 
 def pick(
@@ -62,13 +91,25 @@ def pick(
 
 
 def answers_of(
-    plans: list[Plan], values: list[Any], k: int, explain: bool, counts: list[int]
+    plans: list[Plan],
+    values: list[Any],
+    k: int,
+    explain: bool,
+    counts: list[int],
+    shop: ShopCache,
 ) -> list[Answer]:
     """Each planned user's answer from its replies; ``counts`` (treatment, personal,
     fallback) is added to once all of them were built."""
     answers: list[Answer] = []
     at = 0
-    for live, variant, user_id, exclude, need_tail in plans:
+    for live, variant, user_id, exclude, need_tail, options in plans:
+        if options.ruled:
+            got = values[at : at + len(RULED_FAMILIES)]
+            at += len(RULED_FAMILIES)
+            answers.append(
+                ruled_answer(live, variant, user_id, got, k, exclude, options, shop, explain)
+            )
+            continue
         head = values[at]
         at += 1
         tail = None
@@ -79,11 +120,18 @@ def answers_of(
         if explain:
             reasons = values[at]
             at += 1
-        answers.append(answer_of(live, variant, user_id, (head, tail, reasons), k, exclude))
+        blocked = _blocked(exclude, shop.unavailable_at(options.store))
+        answers.append(answer_of(live, variant, user_id, (head, tail, reasons), k, blocked))
     for found in answers:
         counts[0] += found.variant == "treatment"
         counts[1 if found.source == "personal" else 2] += 1
     return answers
+
+
+def _blocked(exclude: Sequence[int], unavailable: frozenset[int]) -> Sequence[int]:
+    if not unavailable:
+        return exclude
+    return [*exclude, *unavailable] if exclude else list(unavailable)
 
 
 def answer_of(
@@ -103,8 +151,7 @@ def answer_of(
         own = keys.unpack_items(head, tail)
         reasons = keys.decode_reasons(reasons_raw)
     except ValueError:
-        detail = f"{live.key(user_id)} field {user_id} is not a packed list of item ids"
-        raise Unavailable("corrupt_value", detail) from None
+        raise _corrupt(live, user_id) from None
     items, from_popular = pick(own, live.popular, k, exclude)
     if reasons:
         why = dict(zip(own, reasons, strict=False))
@@ -112,3 +159,77 @@ def answer_of(
     else:
         explained = [POPULAR_REASON] * len(items)
     return Answer(items, "personal", from_popular, explained, variant, live)
+
+
+def _corrupt(live: LiveVersion, user_id: int) -> Unavailable:
+    detail = f"{live.key(user_id)} field {user_id} is not a packed list of item ids"
+    return Unavailable("corrupt_value", detail)
+
+
+@lru_cache(maxsize=256)
+def summary(rules: RuleSet) -> dict[str, Any]:
+    """``rules.to_dict()``, once per rule set (every answer of a scenario shows it; never
+    changed by its readers)."""
+    return rules.to_dict()
+
+
+def ruled_answer(
+    live: LiveVersion,
+    variant: str,
+    user_id: int,
+    got: Sequence[Any],
+    k: int,
+    exclude: Sequence[int],
+    options: Options,
+    shop: ShopCache,
+    explain: bool = True,
+) -> Answer:
+    """One user's answer under the request's rules (:func:`recsys_batch.rules.apply_rules`,
+    the evaluation's own engine), from all five stored fields.
+
+    With ``new_only`` the candidates are the user's new-items list, then the popular items
+    the stored list does not say they bought (a repeat reason); otherwise their list, their
+    new-items list, then the popular list.
+
+    Raises
+    ------
+    RuleError
+        An unknown scenario, or request rules that contradict the scenario's (a 422).
+    """
+    rules = shop.rules(options)
+    head, tail, reasons_raw, new_raw, new_reasons_raw = got
+    try:
+        own = keys.unpack_items(head, tail)
+        new = keys.unpack_items(new_raw)
+        reasons = keys.decode_reasons(reasons_raw)
+        new_reasons = keys.decode_reasons(new_reasons_raw) if explain else []
+    except ValueError:
+        raise _corrupt(live, user_id) from None
+    bought = bought_items(own, reasons)
+    popular: Sequence[int] = live.popular
+    if options.new_only:
+        lists = Lists(new=new, bought=bought)
+        popular = [i for i in popular if i not in bought] if bought else popular
+    else:
+        lists = Lists(own=own, new=new, bought=bought)
+    state = ShopState(shop.unavailable_at(options.store), shop.promoted)
+    served = apply_rules(lists, popular, live.attributes, rules, k, exclude=exclude, shop=state)
+    explained = [POPULAR_REASON] * len(served.items)
+    if explain:
+        why = {**dict(zip(new, new_reasons, strict=False)), **dict(zip(own, reasons, strict=False))}
+        explained = [
+            POPULAR_REASON if source == POPULAR else why.get(item, POPULAR_REASON)
+            for item, source in zip(served.items, served.sources, strict=True)
+        ]
+    known = head is not None
+    from_popular = sum(1 for source in served.sources if source == POPULAR)
+    ruled = Ruled(
+        served.sources,
+        served.promoted,
+        served.short_by,
+        summary(rules),
+        options.scenario,
+        options.new_only,
+    )
+    source = "personal" if known else "fallback"
+    return Answer(served.items, source, from_popular, explained, variant, live, ruled)

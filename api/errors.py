@@ -23,3 +23,9 @@ class Unavailable(Exception):
     def body(self) -> dict[str, str]:
         """The JSON body of the 503 answer."""
         return {"error": self.reason, "detail": self.detail}
+
+
+def rule_error_body(rule: str, message: str, where: str = "query") -> dict[str, object]:
+    """The 422 body of a bad scenario or rule, in FastAPI's validation shape, naming it in
+    ``loc`` and ``msg`` (the fast path and the FastAPI routes answer the same bytes)."""
+    return {"detail": [{"type": "value_error", "loc": [where, rule], "msg": message}]}

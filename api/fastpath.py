@@ -1,12 +1,15 @@
 """The service's outer ASGI layer: times every request and answers the hot lookup directly.
 
 ``GET /v1/recommendations/{user_id}`` with no query or only ``k=N`` is the request the service
-exists for. Going through FastAPI's router, dependency injection and parameter validation
-costs several times the Redis round trip itself, so this layer recognises that exact shape
-(digits only, ``k`` within range) and answers it with the same :class:`~api.service.Lookup`
-and the same body builder as the FastAPI route. Anything else (``details=true``, a malformed
-id, an out-of-range ``k``, unknown parameters) falls through to FastAPI, which validates it
-and answers 422 as documented in the OpenAPI schema. Request bodies over
+exists for, and with a scenario (``?scenario=S&store=N``, rules, ``new_only``) the one a shop
+sends under business rules (#27). Going through FastAPI's router, dependency injection and
+parameter validation costs several times the Redis round trip itself, so this layer
+recognises those shapes (digits only, ``k`` within range, each parameter once and
+well-formed; a query string's parse is cached) and answers them with the same
+:class:`~api.service.Lookup` and the same body builders as the FastAPI route, an unknown
+scenario's 422 included. Anything else (``details=true``, ``explain``, ``exclude``, a
+malformed id or value, an out-of-range ``k``, unknown parameters) falls through to FastAPI,
+which validates it and answers 422 as documented in the OpenAPI schema. Request bodies over
 ``settings.api.max_body_bytes`` are refused here with 413 before anything parses them.
 """
 
@@ -14,14 +17,18 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
 from api import metrics
-from api.errors import Unavailable
+from api.errors import Unavailable, rule_error_body
 from api.routes.recommendations import answer
+from api.shop import PLAIN, Options, request_options
 from recsys_batch.publish.keys import MAX_USER_ID
+from recsys_batch.rules import RULE_NAMES, RuleError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,10 @@ ROUTE = PREFIX + "{user_id}"
 _MAX_DIGITS = len(str(MAX_USER_ID))
 _JSON = (b"content-type", b"application/json")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_FAST_NAMES = frozenset({"k", "scenario", "store", "new_only", *RULE_NAMES})
+"""Query parameters the fast path answers; any other (``details``, ``explain``,
+``exclude``, an unknown name) goes to FastAPI."""
+_FLAGS = {"true": True, "false": False}
 
 Scope = dict[str, Any]
 
@@ -54,24 +65,63 @@ class _Observer:
 
 def parse_fast(
     path: str, query: bytes, default_k: int = 5, max_k: int = 100
-) -> tuple[int, int] | None:
-    """(user_id, k) when the request is the plain lookup shape, else None (use FastAPI)."""
+) -> tuple[int, int, Options] | None:
+    """(user_id, k, options) when the request is a lookup shape the fast path answers (no
+    query, ``k=N``, or well-formed ``k``, ``scenario``, ``store``, ``new_only`` and rules),
+    else None (FastAPI answers it, a 422 included)."""
     tail = path[len(PREFIX) :]
     if not (0 < len(tail) <= _MAX_DIGITS and tail.isascii() and tail.isdigit()):
         return None
-    if query:
-        value = query[2:]
-        if query[:2] != b"k=" or not (0 < len(value) <= 3 and value.isdigit()):
-            return None
-        k = int(value)
-        if not 1 <= k <= max_k:
-            return None
-    else:
+    options = PLAIN
+    if not query:
         k = default_k
+    elif query[:2] == b"k=" and 0 < len(query) - 2 <= 3 and query[2:].isdigit():
+        k = int(query[2:])
+    else:
+        parsed = parse_query(query, default_k)
+        if parsed is None:
+            return None
+        k, options = parsed
+    if not 1 <= k <= max_k:
+        return None
     user_id = int(tail)
     if user_id > MAX_USER_ID:
         return None
-    return user_id, k
+    return user_id, k, options
+
+
+@lru_cache(maxsize=512)
+def parse_query(query: bytes, default_k: int) -> tuple[int, Options] | None:
+    """``k`` and the options of a query string made of fast-path parameters, each once and
+    well-formed, else None. Cached: the requests of one scenario share their query."""
+    try:
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    values = dict(pairs)
+    if len(values) != len(pairs) or not _FAST_NAMES.issuperset(values):
+        return None
+    k, store, new_only = default_k, None, _FLAGS.get(values.get("new_only", "false"))
+    if "k" in values:
+        text = values["k"]
+        if not (0 < len(text) <= 3 and text.isascii() and text.isdigit()):
+            return None
+        k = int(text)
+    if "store" in values:
+        text = values["store"]
+        if not (0 < len(text) <= _MAX_DIGITS and text.isascii() and text.isdigit()):
+            return None
+        store = int(text)
+        if store > MAX_USER_ID:
+            return None
+    if new_only is None:
+        return None
+    rules = {name: values[name] for name in RULE_NAMES if name in values}
+    scenario = values.get("scenario")
+    try:
+        return k, request_options(rules, scenario=scenario, store=store, new_only=new_only)
+    except RuleError:
+        return None  # FastAPI answers the 422, naming the rule
 
 
 class Service:
@@ -187,12 +237,17 @@ class Service:
         await send({"type": "http.response.body", "body": body})
         self.observe("too_large", 413, start)
 
-    async def _answer(self, lookup: Any, parsed: tuple[int, int], send: Any, start: float) -> None:
-        user_id, k = parsed
+    async def _answer(
+        self, lookup: Any, parsed: tuple[int, int, Options], send: Any, start: float
+    ) -> None:
+        user_id, k, options = parsed
         try:
-            live, found = await lookup.one(user_id, k)
+            live, found = await lookup.one(user_id, k, options=options)
             body = orjson.dumps(answer(user_id, live, found))
             status = 200
+        except RuleError as exc:  # an unknown scenario: the route's 422, byte for byte
+            body = orjson.dumps(rule_error_body(exc.rule, str(exc)))
+            status = 422
         except Unavailable as exc:
             body = orjson.dumps(exc.body())
             status = 503

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,11 @@ class LiveVersion:
     items_key: str
     wire_prefix: bytes = b""
     """``P:v:V:`` as bytes: the start of every bucket key of this version."""
+    attributes: Mapping[int, Mapping[str, object]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+    """The version's item attributes (``P:v:V:items``, immutable per version), read once
+    when the version is loaded: the rule engine's departments, brands, categories, prices."""
 
     def key(self, user_id: int, family: str = "u") -> str:
         """The bucket hash of ``user_id`` in this version (``u`` head, ``t`` tail, ``r``)."""
@@ -97,6 +103,64 @@ class Experiment:
 
     live: LiveVersion
     share: float
+
+
+def loaded_version(
+    version: str, prefix: str, meta_values: Any, popular_raw: Any, items_raw: Any
+) -> LiveVersion:
+    """The cached facts of ``version`` from its meta fields (``META_FIELDS``), popular list
+    and items hash as read; :class:`Unavailable` when it cannot be served."""
+    meta_key = keys.meta_key(version, prefix)
+    meta = dict(zip(META_FIELDS, (text(v) for v in meta_values), strict=True))
+    fmt = meta["format"]
+    if fmt is None:
+        detail = (
+            f"live version {version} has no meta hash {meta_key} (expired or removed; "
+            "fix: publish again or `recsys rollback`)"
+        )
+        raise Unavailable("version_incomplete", detail)
+    supported = ", ".join(str(f) for f in sorted(keys.SUPPORTED_FORMATS))
+    if not fmt.isdigit() or int(fmt) not in keys.SUPPORTED_FORMATS:
+        detail = (
+            f"live version {version} is in format {fmt[:40]!r} ({meta_key}); this API "
+            f"reads format {supported} (fix: deploy the API that matches the batch, or "
+            "`recsys rollback`)"
+        )
+        raise Unavailable("unsupported_format", detail)
+    if meta["state"] != keys.STATE_COMPLETE:
+        detail = f"live version {version} is in state {meta['state']!r}, not complete"
+        raise Unavailable("version_incomplete", detail)
+    try:
+        popular = tuple(keys.decode_items(popular_raw))
+    except ValueError:
+        detail = f"{keys.popular_key(version, prefix)} is not a comma-separated list of item ids"
+        raise Unavailable("corrupt_value", detail) from None
+    generated_at = meta["generated_at"] or meta["created_at"]
+    return LiveVersion(
+        version=version,
+        format=int(fmt),
+        generated_at=generated_at,
+        generated_ts=timestamp(generated_at),
+        popular=popular,
+        buckets=max(1, int(meta["buckets"] or 1)),
+        items_key=keys.items_key(version, prefix),
+        wire_prefix=keys.version_prefix(version, prefix).encode(),
+        attributes=decode_attributes(items_raw or {}),
+    )
+
+
+def decode_attributes(raw: Any) -> dict[int, dict[str, Any]]:
+    """An ``HGETALL P:v:V:items`` reply as item id -> attributes (unreadable entries are
+    left out: such an item has no attributes, as in ``details=true``)."""
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    found: dict[int, dict[str, Any]] = {}
+    for item, value in pairs:
+        try:
+            attrs = orjson.loads(value)
+            found[int(item)] = attrs if isinstance(attrs, dict) else {}
+        except (orjson.JSONDecodeError, ValueError):
+            continue
+    return found
 
 
 async def item_details(

@@ -84,6 +84,7 @@ def create_app(
             settings.api.current_cache_seconds,
             cluster=cluster,
             coalesce=settings.api.coalesce_lookups,
+            shop_seconds=settings.api.shop_cache_seconds,
         )
         try:
             yield

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from recsys_batch.publish.keys import MAX_USER_ID
 
@@ -17,6 +17,17 @@ ItemId = Annotated[StrictInt, Field(ge=0, le=MAX_USER_ID)]
 MAX_EXCLUDE = 100
 """Most item ids one user's exclusion list may hold."""
 Reason = dict[str, int | str]
+Source = Literal["own", "new", "popular"]
+_SOURCES = (
+    "With a scenario, rules or `new_only`: per item, `own` (the customer's list), `new` "
+    "(their new-items list) or `popular` (the refill)."
+)
+_PROMOTED = "With a scenario, rules or `new_only`: how many items lead because promoted."
+_SHORT_BY = (
+    "With a scenario, rules or `new_only`: places left empty because too few items "
+    "satisfy every rule (an answer is never padded with an item breaking one)."
+)
+_RULES = "The rules applied: the scenario's, with the request's on top (null: none)."
 
 
 class Recommendation(BaseModel):
@@ -47,6 +58,14 @@ class Recommendation(BaseModel):
         default=None,
         description="With `details=true`: attributes of each item, in the order of `items`.",
     )
+    sources: list[Source] | None = Field(default=None, description=_SOURCES)
+    promoted: int | None = Field(default=None, description=_PROMOTED)
+    short_by: int | None = Field(default=None, description=_SHORT_BY)
+    scenario: str | None = Field(default=None, description="The scenario applied, if any.")
+    rules: dict[str, Any] | None = Field(default=None, description=_RULES)
+    new_only: bool | None = Field(
+        default=None, description="Whether the new-items list was served."
+    )
 
 
 class BatchRequest(BaseModel):
@@ -63,6 +82,23 @@ class BatchRequest(BaseModel):
         description=f"Per user id (as a string): item ids never to return, at most "
         f"{MAX_EXCLUDE} each.",
         examples=[{"1": [840361, 1029743]}],
+    )
+    scenario: str | None = Field(
+        default=None,
+        description="A stored scenario applied to every user (unknown: 422 naming it).",
+        examples=["weekend"],
+    )
+    rules: dict[str, Any] | None = Field(
+        default=None,
+        description="Rules applied to every user, over the scenario's (docs/api.md#rules); "
+        "an unknown rule or a bad value is a 422 naming it.",
+        examples=[{"min_new": 2, "departments": ["GROCERY"]}],
+    )
+    store: UserId | None = Field(
+        default=None, description="The store: its unavailable items are left out too."
+    )
+    new_only: StrictBool = Field(
+        default=False, description="Serve each user's new-items list (items never bought)."
     )
 
 
@@ -81,6 +117,9 @@ class BatchResult(BaseModel):
     )
     reasons: list[Reason] | None = None
     details: list[dict[str, Any]] | None = None
+    sources: list[Source] | None = Field(default=None, description=_SOURCES)
+    promoted: int | None = Field(default=None, description=_PROMOTED)
+    short_by: int | None = Field(default=None, description=_SHORT_BY)
 
 
 class BatchResponse(BaseModel):
@@ -89,6 +128,9 @@ class BatchResponse(BaseModel):
     version: str
     generated_at: str | None
     results: list[BatchResult]
+    scenario: str | None = None
+    rules: dict[str, Any] | None = Field(default=None, description=_RULES)
+    new_only: bool | None = None
 
 
 class ErrorBody(BaseModel):

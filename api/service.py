@@ -15,6 +15,12 @@ one: when it still names the cached version, that version is live and complete, 
 missing field is an unknown user (popular list); when it moved (a flip, or two publishes
 within ``current_cache_seconds`` unlinking the cached version), the new version is loaded
 and the batch read again, so each answer still comes from exactly one version.
+
+A lookup with a scenario, rules or ``new_only`` reads the user's five fields (head, tail,
+reasons, new items and their reasons) in the same pipeline, and the rule engine builds the
+answer with the version's item attributes (read once when the version is loaded) and the shop
+state, which rides in the same pipeline whenever the service's copy is due
+(:mod:`api.shop`): still one round trip.
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from api import metrics
-from api.answers import Answer, Plan, answers_of
+from api.answers import RULED_FAMILIES, Answer, Plan, answers_of
 from api.coalesce import Coalescer, Job, Read
 from api.errors import Unavailable
 from api.live import (
@@ -38,10 +44,11 @@ from api.live import (
     LiveVersion,
     experiment_state,
     item_details,
+    loaded_version,
     redis_down,
     text,
-    timestamp,
 )
+from api.shop import PLAIN, Command, Options, ShopCache
 from api.wire import Wire, pack, pack_hget
 from recsys_batch.publish import keys
 
@@ -64,6 +71,10 @@ class Lookup:
     coalesce
         Let lookups issued together share one round trip (:class:`Coalescer`); ignored on
         a cluster, where a pipeline is split by node anyway.
+    shop_seconds
+        How long the shop state read with a lookup is used (:class:`api.shop.ShopCache`).
+    clock
+        ``time.monotonic`` of the shop state's staleness (tests pass their own).
     """
 
     def __init__(
@@ -74,6 +85,8 @@ class Lookup:
         *,
         cluster: bool = False,
         coalesce: bool = False,
+        shop_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -86,6 +99,7 @@ class Lookup:
             b"HMGET", self.experiment_key.encode(), *(f.encode() for f in EXPERIMENT_FIELDS)
         )
         self.cache_seconds = cache_seconds
+        self.shop = ShopCache(prefix, shop_seconds, clock=clock)
         self.cluster = cluster
         self._live: LiveVersion | None = None
         self._experiment: Experiment | None = None
@@ -226,63 +240,34 @@ class Lookup:
         except ValueError:
             detail = f"{self.current_key} holds {version[:80]!r}, not a version id"
             raise Unavailable("corrupt_value", detail) from None
-        meta_key = keys.meta_key(version, self.prefix)
-        popular_key = keys.popular_key(version, self.prefix)
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.hmget(meta_key, list(META_FIELDS))
-            pipe.get(popular_key)
-            meta_values, popular_raw = await pipe.execute()
+            pipe.hmget(keys.meta_key(version, self.prefix), list(META_FIELDS))
+            pipe.get(keys.popular_key(version, self.prefix))
+            pipe.hgetall(keys.items_key(version, self.prefix))
+            meta_values, popular_raw, items_raw = await pipe.execute()
         except REDIS_FAILURES as exc:
             raise redis_down(exc) from None
-        meta = dict(zip(META_FIELDS, (text(v) for v in meta_values), strict=True))
-        fmt = meta["format"]
-        if fmt is None:
-            detail = (
-                f"live version {version} has no meta hash {meta_key} (expired or removed; "
-                "fix: publish again or `recsys rollback`)"
-            )
-            raise Unavailable("version_incomplete", detail)
-        supported = ", ".join(str(f) for f in sorted(keys.SUPPORTED_FORMATS))
-        if not fmt.isdigit() or int(fmt) not in keys.SUPPORTED_FORMATS:
-            detail = (
-                f"live version {version} is in format {fmt[:40]!r} ({meta_key}); this API "
-                f"reads format {supported} (fix: deploy the API that matches the batch, or "
-                "`recsys rollback`)"
-            )
-            raise Unavailable("unsupported_format", detail)
-        if meta["state"] != keys.STATE_COMPLETE:
-            detail = f"live version {version} is in state {meta['state']!r}, not complete"
-            raise Unavailable("version_incomplete", detail)
-        try:
-            popular = tuple(keys.decode_items(popular_raw))
-        except ValueError:
-            detail = f"{popular_key} is not a comma-separated list of item ids"
-            raise Unavailable("corrupt_value", detail) from None
-        generated_at = meta["generated_at"] or meta["created_at"]
-        live = LiveVersion(
-            version=version,
-            format=int(fmt),
-            generated_at=generated_at,
-            generated_ts=timestamp(generated_at),
-            popular=popular,
-            buckets=max(1, int(meta["buckets"] or 1)),
-            items_key=keys.items_key(version, self.prefix),
-            wire_prefix=keys.version_prefix(version, self.prefix).encode(),
-        )
+        live = loaded_version(version, self.prefix, meta_values, popular_raw, items_raw)
         return live, popular_raw is not None
 
     # --- lookups ---------------------------------------------------------------------------
 
     async def one(
-        self, user_id: int, k: int, exclude: Sequence[int] = (), *, explain: bool = False
+        self,
+        user_id: int,
+        k: int,
+        exclude: Sequence[int] = (),
+        *,
+        explain: bool = False,
+        options: Options = PLAIN,
     ) -> tuple[LiveVersion, Answer]:
         """One user's top ``k`` items, one round trip (:meth:`many` of one user).
 
         Returns the version the answer was read from (the experiment's for a user in its
         arm) and the answer.
         """
-        live, answers = await self.many([user_id], k, [exclude], explain=explain)
+        live, answers = await self.many([user_id], k, [exclude], explain=explain, options=options)
         return answers[0].live or live, answers[0]
 
     async def many(
@@ -292,6 +277,7 @@ class Lookup:
         excludes: Sequence[Sequence[int]] | None = None,
         *,
         explain: bool = False,
+        options: Options = PLAIN,
     ) -> tuple[LiveVersion, list[Answer]]:
         """Users' top ``k`` items from one version, in one pipeline round trip.
 
@@ -308,13 +294,23 @@ class Lookup:
         With an A/B experiment (``P:ab``), a user whose slot is in its share is read from
         the experiment's version instead (``keys.in_treatment``); ``P:ab`` is read in the same
         pipeline, and a change reloads it like a moved pointer. Returns the live version.
+
+        ``options`` (a scenario, rules, a store, ``new_only``) apply to every user; with a
+        scenario, rules or ``new_only`` each user's five fields are read (head, tail,
+        reasons, new items, their reasons) and the rule engine builds the answer. The shop
+        state rides in the same pipeline when the service's copy is due (:mod:`api.shop`).
+
+        Raises
+        ------
+        RuleError
+            An unknown scenario, or rules contradicting the scenario's (a 422).
         """
         live = self._live if self._live is not None else await self.refresh()
         excludes = excludes or [()] * len(user_ids)
-        answers = await self._lookup(live, user_ids, k, excludes, explain, check=True)
+        answers = await self._lookup(live, user_ids, k, excludes, explain, options, check=True)
         if answers is None:  # the pointer or the experiment moved: reload, read again
             live = await self.refresh(force=True, since=time.monotonic())
-            answers = await self._lookup(live, user_ids, k, excludes, explain, check=False)
+            answers = await self._lookup(live, user_ids, k, excludes, explain, options, check=False)
         if answers is None:  # pragma: no cover - an unchecked lookup always answers
             raise Unavailable("version_incomplete", "the live version changed twice")
         return live, answers
@@ -326,6 +322,7 @@ class Lookup:
         k: int,
         excludes: Sequence[Sequence[int]],
         explain: bool,
+        options: Options,
         *,
         check: bool,
     ) -> list[Answer] | None:
@@ -341,13 +338,17 @@ class Lookup:
                 arm, variant = experiment.live, "treatment"
             field = b"%d" % user_id
             bucket = b":%d" % keys.bucket_of(user_id, arm.buckets)
+            if options.ruled:
+                reads += [(arm.wire_prefix + f + bucket, field) for f in RULED_FAMILIES]
+                plans.append((arm, variant, user_id, exclude, True, options))
+                continue
             reads.append((arm.wire_prefix + b"u" + bucket, field))
             need_tail = k + len(exclude) > keys.ITEMS_PER_FIELD
             if need_tail:
                 reads.append((arm.wire_prefix + b"t" + bucket, field))
             if explain:
                 reads.append((arm.wire_prefix + b"r" + bucket, field))
-            plans.append((arm, variant, user_id, exclude, need_tail))
+            plans.append((arm, variant, user_id, exclude, need_tail, options))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         expected = live.version if check else None
         job: Job = (plans, k, explain, expected, self._experiment_state, reads, future)
@@ -362,25 +363,36 @@ class Lookup:
             raise got.error
         return got
 
-    async def _read(self, reads: list[Read]) -> list[Any]:
-        """One round trip: every ``HGET`` of ``reads``, ``GET P:current`` and
-        ``HMGET P:ab version share``; their replies in that order."""
+    async def _read(self, reads: list[Read], extra: list[Command]) -> list[Any]:
+        """One round trip: every ``HGET`` of ``reads``, ``GET P:current``,
+        ``HMGET P:ab version share`` and the ``extra`` commands (shop state); their replies
+        in that order."""
         if self.wire is not None:
             packed = b"".join([pack_hget(key, field) for key, field in reads])
-            return await self.wire.exchange(packed + self._pointer_reads, len(reads) + 2)
+            packed += self._pointer_reads
+            if extra:
+                packed += b"".join([pack(*command) for command in extra])
+            return await self.wire.exchange(packed, len(reads) + 2 + len(extra))
         pipe = self.client.pipeline(transaction=False)
         for key, field in reads:
             pipe.hget(key, field)
         pipe.get(self.current_key)
         pipe.hmget(self.experiment_key, list(EXPERIMENT_FIELDS))
+        for name, *args in extra:  # redis-py (a cluster's too) looks commands up by text
+            pipe.execute_command(name.decode(), *args)
         return list(await pipe.execute())
 
     async def _run(self, batch: list[Job]) -> None:
         """Send the jobs' reads in one round trip and resolve each job's future: its
         answers, None (it expected another version or A/B state: read again), or
         :class:`Failed`."""
+        stores = [p[5].store for job in batch for p in job[0] if p[5].store is not None]
+        extra, parts, sent = self.shop.reads(stores)
+        reads = [read for job in batch for read in job[5]]
         try:
-            values = await self._read([read for job in batch for read in job[5]])
+            values = await self._read(reads, extra)
+            if extra:
+                self.shop.update(parts, values[len(values) - len(extra) :], sent)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
             for job in batch:
                 if not job[6].done():
@@ -388,7 +400,8 @@ class Lookup:
             if not isinstance(exc, Exception):
                 raise
             return
-        pointer, state = text(values[-2]), experiment_state(values[-1])
+        pointer = text(values[len(reads)])
+        state = experiment_state(values[len(reads) + 1])
         counts = [0, 0, 0]  # treatment, personal, fallback
         at = 0
         for plans, k, explain, expected, expected_state, reads, future in batch:
@@ -404,7 +417,7 @@ class Lookup:
                     future.set_result(Failed(exc))
                 continue
             try:
-                future.set_result(answers_of(plans, mine, k, explain, counts))
+                future.set_result(answers_of(plans, mine, k, explain, counts, self.shop))
             except Exception as exc:  # noqa: BLE001 - this request's error, not the batch's
                 future.set_result(Failed(exc))
         treatment, personal, fallback = counts

@@ -19,9 +19,16 @@ under a unique key prefix into the Redis at ``--redis-url`` the way the nightly 
    the round: on a shared host, throughput moves with the neighbours' load far more than
    CPU per request does; and ``redis-benchmark -t get`` on the same Redis.
 
+With ``--scenario`` (#27) every API request asks for ``?scenario=bench``: a stored scenario
+``min_new = 2, max_per_category = 1``, with 500 items marked unavailable in every store and
+a promotion running, over lists that carry reasons (2 repeat purchases of 5 items) and a
+new-items list of 5 items per user, so each lookup reads the user's five fields and the rule
+engine builds the answer.
+
 Usage::
 
     .venv/bin/python benchmarks/api_load.py --out api.json
+    .venv/bin/python benchmarks/api_load.py --scenario --out api-scenario.json
 
 The keys it wrote are removed at the end (they also carry a one-day TTL).
 """
@@ -43,6 +50,7 @@ import sys
 import time
 import uuid
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,9 +66,15 @@ from loadgen import fixed_rate  # noqa: E402 - benchmarks/ is sys.path[0]
 
 from recsys_batch.config import RedisConfig  # noqa: E402
 from recsys_batch.data import columns as C  # noqa: E402
+from recsys_batch.publish import shop_state  # noqa: E402
+from recsys_batch.publish.writer import REASON  # noqa: E402
+from recsys_batch.rules import RuleSet  # noqa: E402
 from tests.publishing import publish_lists  # noqa: E402
 
 DEPARTMENTS = ["GROCERY", "PRODUCE", "MEAT", "DELI", "PASTRY", "DRUG GM"]
+SCENARIO = "bench"
+SCENARIO_RULES = RuleSet(min_new=2, max_per_category=1)
+UNAVAILABLE_ITEMS = 500
 
 
 def free_port() -> int:
@@ -69,29 +83,56 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def publish(client: redis.Redis, cfg: RedisConfig, users: int, seed: int = 7) -> str:
-    """Publish one complete version of ``users`` random lists; return its id."""
+CATALOGUE = list(range(800_000, 802_500))
+
+
+def publish(
+    client: redis.Redis, cfg: RedisConfig, users: int, seed: int = 7, *, scenario: bool = False
+) -> str:
+    """Publish one complete version of ``users`` random lists; return its id. With
+    ``scenario``: reasons (the first 2 items bought before) and 5 new items per user too."""
     rng = random.Random(seed)
-    catalogue = list(range(800_000, 802_500))
-    lists = [rng.sample(catalogue, 5) for _ in range(users)]
+    catalogue = CATALOGUE
+    lists = [rng.sample(catalogue, 10 if scenario else 5) for _ in range(users)]
     recs = pl.DataFrame(
         {
             C.USER: [user for user in range(1, users + 1) for _ in range(5)],
-            C.ITEM: [item for items in lists for item in items],
+            C.ITEM: [item for items in lists for item in items[:5]],
             C.RANK: [rank for _ in range(users) for rank in range(1, 6)],
             C.SCORE: [1.0] * (users * 5),
         },
         schema=C.RECOMMENDATIONS,
     )
+    new_items = None
+    if scenario:
+        why = ["r3.10", "r1.30", "a", "b", "t"]
+        recs = recs.with_columns(pl.Series(REASON, why * users, dtype=pl.String))
+        new_items = recs.with_columns(
+            pl.Series(C.ITEM, [item for items in lists for item in items[5:]], dtype=pl.Int64),
+            pl.Series(REASON, ["similar_customers"] * (users * 5), dtype=pl.String),
+        ).select(C.USER, C.ITEM, C.RANK, REASON)
     attrs = pl.DataFrame(
         {
             C.ITEM: catalogue,
             "department": [DEPARTMENTS[item % 6] for item in catalogue],
+            "category": [f"C{item % 40}" for item in catalogue],
             "brand": "National",
             "size": "16 OZ",
+            "price": [round(0.5 + (item % 97) / 10, 2) for item in catalogue],
         }
     )
-    return publish_lists(client, recs, catalogue[:20], attrs, cfg, {"run_id": "api-load"})
+    meta = {"run_id": "api-load"}
+    return publish_lists(client, recs, catalogue[:20], attrs, cfg, meta, new_items)
+
+
+def store_scenario(client: redis.Redis, cfg: RedisConfig, seed: int = 7) -> None:
+    """The ``--scenario`` shop state: scenario ``bench``, 500 unavailable items (not in the
+    popular list), 100 items on promotion."""
+    rng = random.Random(seed)
+    shop_state.set_scenario(client, SCENARIO, SCENARIO_RULES, cfg)
+    shop_state.mark_unavailable(client, rng.sample(CATALOGUE[20:], UNAVAILABLE_ITEMS), cfg)
+    end = datetime.now(UTC).date() + timedelta(days=7)
+    shop_state.set_promotion(client, rng.sample(CATALOGUE, 100), end, cfg)
 
 
 def unpublish(client: redis.Redis, prefix: str) -> None:
@@ -163,7 +204,7 @@ def measured(proc: subprocess.Popen[bytes], run: Any) -> dict[str, Any]:
     return result
 
 
-def single_connection(port: int, requests: int, users: int) -> dict[str, Any]:
+def single_connection(port: int, requests: int, users: int, query: str = "") -> dict[str, Any]:
     """Keep-alive Python client over random users (about 1 in 6 unknown: fallback)."""
     rng = random.Random(1)
     conn = http.client.HTTPConnection("127.0.0.1", port)
@@ -173,7 +214,7 @@ def single_connection(port: int, requests: int, users: int) -> dict[str, Any]:
     for _ in range(requests):
         user = rng.randint(1, users + users // 5)
         start = time.perf_counter()
-        conn.request("GET", f"/v1/recommendations/{user}")
+        conn.request("GET", f"/v1/recommendations/{user}{query}")
         resp = conn.getresponse()
         resp.read()
         client_ms.append((time.perf_counter() - start) * 1000)
@@ -220,19 +261,22 @@ def hey(url: str, *args: str) -> dict[str, Any]:
 WRK_SCRIPT = """
 math.randomseed(%(seed)d)
 request = function()
-  return wrk.format("GET", "%(prefix)s" .. math.random(%(first)d, %(last)d))
+  return wrk.format("GET", "%(prefix)s" .. math.random(%(first)d, %(last)d) .. "%(suffix)s")
 end
 """
 
 
-def wrk(base: str, path: str, connections: int, duration: int, users: int | None) -> dict[str, Any]:
+def wrk(
+    base: str, path: str, connections: int, duration: int, users: int | None, suffix: str = ""
+) -> dict[str, Any]:
     """Run ``wrk -t2`` against ``base + path``; with ``users``, a Lua script appends a user id
     drawn from ``1..users`` to ``path`` for each request. Returns its parsed summary."""
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
     script = None
     if users is not None:
         script = Path(f"/tmp/api_load_{os.getpid()}.lua")
-        script.write_text(WRK_SCRIPT % {"seed": 1, "prefix": path, "first": 1, "last": users})
+        values = {"seed": 1, "prefix": path, "first": 1, "last": users, "suffix": suffix}
+        script.write_text(WRK_SCRIPT % values)
         cmd += ["-s", str(script)]
     try:
         out = subprocess.run(
@@ -286,6 +330,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved API/bare saturation rounds (median)"
     )
+    parser.add_argument(
+        "--scenario",
+        action="store_true",
+        help="every API request applies scenario min_new = 2, max_per_category = 1 with 500 "
+        "unavailable items (#27)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
@@ -293,7 +343,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     client = redis.Redis.from_url(args.redis_url)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    publish(client, RedisConfig(url=args.redis_url, key_prefix=prefix, ttl_days=1), args.users)
+    cfg = RedisConfig(url=args.redis_url, key_prefix=prefix, ttl_days=1)
+    publish(client, cfg, args.users, scenario=args.scenario)
+    query = ""
+    if args.scenario:
+        store_scenario(client, cfg)
+        query = f"?scenario={SCENARIO}"
     env = {
         **os.environ,
         "RECSYS_REDIS__URL": args.redis_url,
@@ -314,18 +369,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "workers": args.workers,
         "users": args.users,
+        "scenario": {
+            "rules": SCENARIO_RULES.to_dict(),
+            "unavailable_items": UNAVAILABLE_ITEMS,
+            "query": query,
+        }
+        if args.scenario
+        else None,
     }
     try:
         wait_ready(api_port, "/readyz")
         wait_ready(bare_port, "/")
-        api_url = f"http://127.0.0.1:{api_port}/v1/recommendations/42"
+        api_url = f"http://127.0.0.1:{api_port}/v1/recommendations/42{query}"
         bare_url = f"http://127.0.0.1:{bare_port}/"
         hey(api_url, "-n", "3000", "-c", "10")  # warm-up: connections, version cache
         hey(bare_url, "-n", "3000", "-c", "10")
 
-        report["single_connection"] = single_connection(api_port, args.single, args.users)
+        report["single_connection"] = single_connection(api_port, args.single, args.users, query)
         report["single_connection_hey"] = hey(api_url, "-n", str(args.single), "-c", "1")
-        known = [f"/v1/recommendations/{u}" for u in range(1, args.users + 1)]
+        known = [f"/v1/recommendations/{u}{query}" for u in range(1, args.users + 1)]
         report["fixed_load"] = fixed_rate(
             "127.0.0.1", api_port, known, args.rate, args.connections, args.duration
         )
@@ -339,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sat = ["-z", f"{args.duration}s", "-c", "50"]
         rounds: list[dict[str, Any]] = []  # interleaved: both see the same (noisy) machine
         api_base, bare_base = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{bare_port}"
-        api_path, wrk_args = "/v1/recommendations/", (args.duration, args.users)
+        api_path, wrk_args = "/v1/recommendations/", (args.duration, args.users, query)
         for _ in range(args.rounds):
             if use_wrk:
                 api_run = measured(procs[0], partial(wrk, api_base, api_path, 50, *wrk_args))
@@ -397,6 +459,7 @@ def summary(r: dict[str, Any]) -> str:
     bare_fixed = r["fixed_load_bare"]
     lines = [
         f"workers: {r['workers']} (API and bare endpoint); users published: {r['users']}",
+        f"scenario: {r.get('scenario')}",
         f"machine: {r['machine']}",
         "",
         "| measurement | p50 ms | p99 ms | req/s | errors |",

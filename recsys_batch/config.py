@@ -292,6 +292,9 @@ class ApiConfig(_Section):
     """How long the live-version pointer is cached."""
     redis_timeout_seconds: float = 1.0
     """Socket and connect timeout of the API's Redis client: a lookup fails fast (503)."""
+    shop_cache_seconds: float = Field(default=1.0, ge=0)
+    """How long the shop state (scenarios, unavailable items, promotions) read with a lookup
+    is used: a change applies to every request sent this long after it (0: read each time)."""
     coalesce_lookups: bool = True
     """Lookups arriving together share one Redis round trip (one server only, not cluster)."""
     max_body_bytes: int = 262_144

@@ -31,6 +31,7 @@ def publish_lists(
     items_attrs: pl.DataFrame | None,
     cfg: RedisConfig,
     meta: dict[str, Any] | None = None,
+    new_items: pl.DataFrame | None = None,
 ) -> str:
     """Publish ``recs`` as one new live version, as a one-shard nightly run does.
 
@@ -49,6 +50,9 @@ def publish_lists(
         ``item_id`` + attribute columns (``details=true``), or None.
     meta
         Extra fields of the version's meta hash (run id, metrics, ...).
+    new_items
+        Each user's new-items list (``writer.write_users``' ``new_items``: ``user_id``,
+        ``item_id``, ``rank``, ``reason``), or None for no ``n``/``w`` families.
 
     Returns
     -------
@@ -58,7 +62,7 @@ def publish_lists(
     version = versions.begin_version(client, meta or {}, cfg)
     try:
         users = recs[C.USER].unique().sort()
-        written = writer.write_users(client, version, recs, cfg)
+        written = writer.write_users(client, version, recs, cfg, new_items)
         if written.users != users.len():
             msg = f"{written.users} of {users.len()} user keys verified after writing"
             raise PublishError(msg)
@@ -99,6 +103,21 @@ def recommendations(
     return recs.with_columns(pl.Series(REASON, why, dtype=pl.String))
 
 
+def new_items_frame(new_items: Mapping[int, Sequence[tuple[int, str]]]) -> pl.DataFrame:
+    """Each user's ``(item, reason)`` new items, best first, as ``write_users`` takes them
+    (reasons: keys of ``writer.NEW_REASON_VALUES``, e.g. ``promoted``, ``category``)."""
+    rows = [
+        (user, item, rank, why)
+        for user, found in new_items.items()
+        for rank, (item, why) in enumerate(found, 1)
+    ]
+    return pl.DataFrame(
+        rows,
+        schema={C.USER: pl.Int64, C.ITEM: pl.Int64, C.RANK: pl.Int32, REASON: pl.String},
+        orient="row",
+    )
+
+
 def publish_users(
     client: Client,
     users: Mapping[int, Sequence[int]],
@@ -109,6 +128,7 @@ def publish_users(
     items: Mapping[int, Mapping[str, Any]] | None = None,
     meta: dict[str, Any] | None = None,
     finish: bool = True,
+    new_items: Mapping[int, Sequence[tuple[int, str]]] | None = None,
 ) -> str:
     """Publish each user's ``users[user]`` items (best first) as one new live version.
 
@@ -124,6 +144,9 @@ def publish_users(
         any item (null where it has none), as the batch's item frame does.
     meta
         Extra fields of the version's meta hash (run id, metrics, ...).
+    new_items
+        Each user's new-items list as ``(item, reason)``, best first (users of ``users``
+        only), or None for no ``n``/``w`` families.
     finish
         False stops after ``write_users``: the version stays in state ``writing`` and
         ``P:current`` is not touched, as while a nightly run is still writing.
@@ -134,11 +157,12 @@ def publish_users(
         The version id (live unless ``finish`` is False).
     """
     recs = recommendations(users, reasons)
+    new = None if new_items is None else new_items_frame(new_items)
     if not finish:
         version = versions.begin_version(client, meta or {}, cfg)
-        writer.write_users(client, version, recs, cfg)
+        writer.write_users(client, version, recs, cfg, new)
         return version
     attrs = None
     if items:
         attrs = pl.DataFrame([{C.ITEM: item, **values} for item, values in items.items()])
-    return publish_lists(client, recs, popular, attrs, cfg, meta)
+    return publish_lists(client, recs, popular, attrs, cfg, meta, new)

@@ -21,7 +21,8 @@ from api.live import LiveVersion, redis_down
 from api.models import ErrorBody
 from api.responses import OrjsonResponse
 from api.service import Lookup
-from recsys_batch.publish import keys
+from api.shop import stored_scenario
+from recsys_batch.publish import keys, shop_keys
 
 router = APIRouter(prefix="/v1", tags=["console"])
 
@@ -78,6 +79,15 @@ class Runs(BaseModel):
     """The last runs, newest first (at most 30)."""
 
     runs: list[RunSummary]
+
+
+class Scenarios(BaseModel):
+    """The stored scenarios (``recsys scenario set``), by name, with their rules."""
+
+    scenarios: dict[str, dict[str, Any]] = Field(
+        description='Name -> rules, e.g. {"weekend": {"min_new": 2}}; a stored value that '
+        "is not a rule set is left out."
+    )
 
 
 class Popular(BaseModel):
@@ -245,4 +255,27 @@ async def popular(request: Request, lookup: LookupDep) -> OrjsonResponse:
         body = cache.put(
             "popular", live.version, {"version": live.version, "items": items, "details": details}
         )
+    return OrjsonResponse(body)
+
+
+@router.get(
+    "/scenarios",
+    response_model=Scenarios,
+    response_class=OrjsonResponse,
+    responses=_ERRORS,
+    summary="The stored scenarios (the console's picker), by name",
+)
+async def scenarios(request: Request, lookup: LookupDep) -> OrjsonResponse:
+    """``HGETALL P:scenarios``, cached ~1 s."""
+    cache = _cache(request, lookup)
+    body = cache.get("scenarios", "")
+    if body is None:
+        key = shop_keys.scenarios_key(lookup.prefix)
+        (raw,) = await _pipeline(lookup, lambda pipe: pipe.hgetall(key))
+        found: dict[str, dict[str, Any]] = {}
+        for name, value in sorted((_text(n) or "", v) for n, v in (raw or {}).items()):
+            rules = stored_scenario(name, value)
+            if not isinstance(rules, Exception):
+                found[name] = rules.to_dict()
+        body = cache.put("scenarios", "", {"scenarios": found})
     return OrjsonResponse(body)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api.answers import Answer
 from api.deps import LookupDep, SettingsDep
+from api.errors import rule_error_body
 from api.live import LiveVersion
 from api.models import (
     MAX_EXCLUDE,
@@ -25,7 +26,9 @@ from api.models import (
     Recommendation,
 )
 from api.responses import OrjsonResponse
+from api.shop import PLAIN, Options, request_options, unknown_parameter
 from recsys_batch.publish.keys import MAX_USER_ID
+from recsys_batch.rules import RULE_NAMES, RuleError
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
@@ -55,6 +58,50 @@ Exclude = Annotated[
         examples=["840361,1029743"],
     ),
 ]
+Scenario = Annotated[
+    str | None,
+    Query(
+        description="A stored scenario (`recsys scenario set`): its rules apply; rules given "
+        "as parameters override its own. Unknown: 422 naming it.",
+        examples=["weekend"],
+    ),
+]
+Store = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_USER_ID,
+        description="The customer's store: items marked unavailable there are left out too "
+        "(items unavailable in every store always are).",
+    ),
+]
+NewOnly = Annotated[
+    bool,
+    Query(
+        description="Serve the customer's new-items list (items they never bought, best "
+        "first), refilled from popular items they are not known to have bought."
+    ),
+]
+
+
+def _rule(description: str, example: str) -> Any:
+    return Query(description=description + " (a rule: docs/api.md#rules).", examples=[example])
+
+
+MinNew = Annotated[str | None, _rule("At least N items the customer never bought", "2")]
+MaxPerCategory = Annotated[str | None, _rule("At most N items per item category", "1")]
+MaxPerSubCategory = Annotated[str | None, _rule("At most N items per sub-category", "1")]
+Departments = Annotated[str | None, _rule("Only items of these departments", "GROCERY,PRODUCE")]
+ExcludeDepartments = Annotated[str | None, _rule("No item of these departments", "DRUG GM")]
+Brands = Annotated[str | None, _rule("Only items of these brands", "Private")]
+PriceMin = Annotated[str | None, _rule("Only items whose median unit price is at least", "0.5")]
+PriceMax = Annotated[str | None, _rule("Only items whose median unit price is at most", "5")]
+PromotedFirst = Annotated[
+    str | None, _rule("Up to N of the customer's own items on promotion lead the answer", "2")
+]
+GET_PARAMETERS = ("k", "details", "explain", "exclude", "scenario", "store", "new_only")
+"""The GET lookup's parameters besides the rules (any other name: 422)."""
+POST_PARAMETERS = ("k", "details", "explain")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "Redis down or no readable live version."}
 }
@@ -71,7 +118,20 @@ def user_result(user_id: int, found: Answer, *, explain: bool = False) -> dict[s
     }
     if explain:
         body["reasons"] = found.reasons
+    ruled = found.ruled
+    if ruled is not None:
+        body["sources"] = ruled.sources
+        body["promoted"] = ruled.promoted
+        body["short_by"] = ruled.short_by
     return body
+
+
+def ruled_summary(found: Answer) -> dict[str, Any]:
+    """What a ruled answer applied (top level of an answer): scenario, rules, new_only."""
+    ruled = found.ruled
+    if ruled is None:
+        return {}
+    return {"scenario": ruled.scenario, "rules": ruled.rules, "new_only": ruled.new_only}
 
 
 def answer(
@@ -82,7 +142,28 @@ def answer(
         **user_result(user_id, found, explain=explain),
         "version": live.version,
         "generated_at": live.generated_at,
+        **ruled_summary(found),
     }
+
+
+def rule_error(exc: RuleError, where: str = "query") -> OrjsonResponse:
+    """The 422 of a bad scenario or rule, naming it."""
+    return OrjsonResponse(rule_error_body(exc.rule, str(exc), where), status_code=422)
+
+
+def get_options(
+    request: Request, scenario: str | None, store: int | None, new_only: bool
+) -> Options:
+    """The options of a GET lookup; an unknown parameter, scenario name or rule, or a bad
+    rule value raises :class:`RuleError`."""
+    given = request.query_params
+    for name in given:
+        if name not in GET_PARAMETERS and name not in RULE_NAMES:
+            raise unknown_parameter(name, GET_PARAMETERS)
+    rules = {name: given[name] for name in RULE_NAMES if name in given}
+    if not rules and scenario is None and not new_only:
+        return PLAIN if store is None else Options(store=store)
+    return request_options(rules, scenario=scenario, store=store, new_only=new_only)
 
 
 def checked_exclude(
@@ -151,9 +232,26 @@ async def recommend_one(
     details: Details = False,
     explain: Explain = False,
     exclude: Exclude = None,
+    scenario: Scenario = None,
+    store: Store = None,
+    new_only: NewOnly = False,
+    min_new: MinNew = None,
+    max_per_category: MaxPerCategory = None,
+    max_per_sub_category: MaxPerSubCategory = None,
+    departments: Departments = None,
+    exclude_departments: ExcludeDepartments = None,
+    brands: Brands = None,
+    price_min: PriceMin = None,
+    price_max: PriceMax = None,
+    promoted_first: PromotedFirst = None,
 ) -> OrjsonResponse:
     excluded = checked_exclude(exclude)
-    live, found = await lookup.one(user_id, checked_k(k, settings), excluded, explain=explain)
+    n_items = checked_k(k, settings)
+    try:
+        options = get_options(request, scenario, store, new_only)
+        live, found = await lookup.one(user_id, n_items, excluded, explain=explain, options=options)
+    except RuleError as exc:
+        return rule_error(exc)
     body = answer(user_id, live, found, explain=explain)
     items = found.items
     if details:
@@ -197,12 +295,32 @@ async def recommend_many(
             ]
         )
     excludes = payload.exclude or {}
-    live, found = await lookup.many(
-        payload.user_ids,
-        n_items,
-        [excludes.get(str(u), []) for u in payload.user_ids],
-        explain=explain,
-    )
+    try:
+        for name in request.query_params:
+            if name not in POST_PARAMETERS:
+                raise unknown_parameter(name, POST_PARAMETERS)
+    except RuleError as exc:
+        return rule_error(exc)
+    try:
+        options = PLAIN
+        if payload.rules or payload.scenario is not None or payload.new_only:
+            options = request_options(
+                payload.rules or {},
+                scenario=payload.scenario,
+                store=payload.store,
+                new_only=payload.new_only,
+            )
+        elif payload.store is not None:
+            options = Options(store=payload.store)
+        live, found = await lookup.many(
+            payload.user_ids,
+            n_items,
+            [excludes.get(str(u), []) for u in payload.user_ids],
+            explain=explain,
+            options=options,
+        )
+    except RuleError as exc:
+        return rule_error(exc, "body")
     results = [
         user_result(user_id, one, explain=explain)
         for user_id, one in zip(payload.user_ids, found, strict=True)
@@ -219,5 +337,10 @@ async def recommend_many(
         for result, one in zip(results, found, strict=True):
             mine = attrs.get(one.live.version if one.live else live.version, {})
             result["details"] = [{"item_id": i, **mine.get(i, {})} for i in result["items"]]
-    body = {"version": live.version, "generated_at": live.generated_at, "results": results}
+    body = {
+        "version": live.version,
+        "generated_at": live.generated_at,
+        "results": results,
+        **(ruled_summary(found[0]) if found else {}),
+    }
     return OrjsonResponse(body, headers=server_timing(request))

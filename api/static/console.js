@@ -203,6 +203,10 @@ function reasonText(v) {
       return "Trending in recent weeks";
     case "popular":
       return "Popular with many customers";
+    case "promoted":
+      return "On promotion, and new to this customer";
+    case "category":
+      return "From a category this customer buys";
     default:
       return v.text || v.reason || v.label || JSON.stringify(v);
   }
@@ -221,6 +225,22 @@ function reasonOf(body, item, index, detail) {
   return null;
 }
 
+function itemBadges(body, index) {
+  // What the rules did to this item (docs/api.md#rules): new to the customer, promoted to
+  // the top, or refilled from the popular list.
+  if (!body || body.source === "fallback") return [];
+  const found = [];
+  const sources = body.sources;
+  if (index < (body.promoted || 0)) found.push(badge("promoted"));
+  if (Array.isArray(sources)) {
+    if (sources[index] === "new") found.push(badge("new"));
+    if (sources[index] === "popular") found.push(badge("refilled"));
+  } else if (index >= body.items.length - (body.fallback_items || 0)) {
+    found.push(badge("refilled"));
+  }
+  return found;
+}
+
 function itemList(body, items, details) {
   const byId = new Map((details || []).map((d) => [d.item_id, d]));
   const list = el("ol", { class: "items" });
@@ -229,12 +249,13 @@ function itemList(body, items, details) {
     const name = [d.brand, d.sub_category || d.category].filter(Boolean).join(" ") || "item " + item;
     const attrs = [
       ["department", d.department], ["category", d.category], ["brand", d.brand],
-      ["size", d.package_size],
+      ["size", d.package_size], ["price", typeof d.price === "number" ? d.price.toFixed(2) : null],
     ].filter(([, v]) => v).map(([k, v]) => k + ": " + v).join(" · ");
     const reason = reasonOf(body, item, index, d);
     list.append(el("li", { class: "item", "data-item": item },
       el("span", { class: "rank", text: index + 1 + "." }),
-      el("span", { class: "name" }, name, el("span", { class: "muted small", text: "  #" + item })),
+      el("span", { class: "name" }, name, el("span", { class: "muted small", text: "  #" + item }),
+        ...itemBadges(body, index)),
       el("span", { class: "attrs", text: attrs || "no attributes published" }),
       reason ? el("span", { class: "reason", text: "Why: " + reason }) : null,
     ));
@@ -261,18 +282,70 @@ async function lookup(userId) {
   target.replaceChildren(el("p", { class: "muted", text: "Looking up " + userId + "…" }));
   const url = new URL(window.location.href);
   url.searchParams.set("user", userId);
+  const scenario = $("scenario").value;
+  if (scenario) url.searchParams.set("scenario", scenario);
+  else url.searchParams.delete("scenario");
   window.history.replaceState(null, "", url);
+  const base = `v1/recommendations/${userId}?k=10&details=true&explain=true`;
+  loadNewItems(userId);
   try {
-    const body = await getJson(`v1/recommendations/${userId}?k=10&details=true&explain=true`);
+    const query = scenario ? "&scenario=" + encodeURIComponent(scenario) : "";
+    const body = await getJson(base + query);
     const head = el("div", { class: "result-head" },
       el("strong", { text: "Customer " + body.user_id }),
       body.source === "fallback"
         ? badge("fallback", "fallback: unknown customer, popular items shown")
         : badge("personal", "personal"),
+      body.scenario ? badge("scenario", "scenario: " + body.scenario) : null,
       el("span", { class: "muted small", text: "version " + body.version }));
-    target.replaceChildren(head, itemList(body, body.items, body.details));
+    const notes = [];
+    if (body.rules && Object.keys(body.rules).length) {
+      notes.push(el("p", { class: "muted small rules", text: "Rules: " + Object.entries(body.rules)
+        .map(([k, v]) => k + " = " + (Array.isArray(v) ? v.join(", ") : v)).join(" · ") }));
+    }
+    if (body.short_by) {
+      notes.push(el("p", { class: "muted small short", text: body.short_by +
+        " place(s) left empty: too few items satisfy every rule." }));
+    }
+    target.replaceChildren(head, ...notes, itemList(body, body.items, body.details));
   } catch (error) {
     showError(target, "Lookup failed", error);
+  }
+}
+
+async function loadNewItems(userId) {
+  // The customer's new-items list: items they never bought (new_only=true; issue #26).
+  const target = $("lookup-new");
+  target.replaceChildren(el("h3", { text: "New to this customer" }),
+    el("p", { class: "muted", text: "Loading…" }));
+  try {
+    const body = await getJson(`v1/recommendations/${userId}?new_only=true&k=10&details=true&explain=true`);
+    const fromList = (body.sources || []).filter((s) => s === "new").length;
+    const note = fromList
+      ? fromList + " from the customer's new-items list" +
+        (body.items.length > fromList ? ", then popular items they never bought" : "")
+      : "No new-items list for this customer: popular items they never bought.";
+    target.replaceChildren(el("h3", { text: "New to this customer" }),
+      el("p", { class: "muted small", text: note }), itemList(body, body.items, body.details));
+  } catch (error) {
+    showError(target, "New items unavailable", error);
+  }
+}
+
+async function loadScenarios(selected) {
+  // The scenario picker (recsys scenario set; GET /v1/scenarios).
+  const select = $("scenario");
+  try {
+    const { scenarios } = await getJson("v1/scenarios");
+    const options = [el("option", { value: "", text: "no scenario" })];
+    for (const [name, rules] of Object.entries(scenarios)) {
+      const text = name + " (" + Object.entries(rules).map(([k, v]) => k + " " + v).join(", ") + ")";
+      options.push(el("option", { value: name, text: text }));
+    }
+    select.replaceChildren(...options);
+    if (selected && Object.hasOwn(scenarios, selected)) select.value = selected;
+  } catch (error) {
+    select.replaceChildren(el("option", { value: "", text: "no scenario (list unavailable)" }));
   }
 }
 
@@ -283,10 +356,15 @@ function init() {
     event.preventDefault();
     lookup(input.value.trim());
   });
-  const user = new URLSearchParams(window.location.search).get("user");
+  const params = new URLSearchParams(window.location.search);
+  const user = params.get("user");
+  const picked = loadScenarios(params.get("scenario"));
+  $("scenario").addEventListener("change", () => {
+    if (input.value.trim()) lookup(input.value.trim());
+  });
   if (user) {
     input.value = user;
-    lookup(user.trim());
+    picked.then(() => lookup(user.trim()));
   }
   loadLive();
   loadRuns();

@@ -52,6 +52,11 @@ from recsys_batch.run.shard_task import (
 
 log = logging.getLogger(__name__)
 
+PRICE_FEATURE = "i_price"
+"""The item table's median unit price (``item_features.median_price``)."""
+PRICE_ATTRIBUTE = "price"
+"""The published attribute holding it (``recsys_batch.rules.engine.PRICE``)."""
+
 
 class ShardError(PublishError):
     """A shard still failed after its retries; nothing was flipped (exit 4, as a publish)."""
@@ -358,7 +363,7 @@ def publish_shards(
     seconds = {"shards": time.perf_counter() - started}
     started = time.perf_counter()
     served = sorted({i for r in results for i in r.items} | set(popular))
-    items_attrs = _item_attributes(ctx.items, served)
+    items_attrs = _item_attributes(ctx.items, served, ctx.item_table)
     written = sum((r.written for r in results if r.written is not None), writer.Written())
     if written.users == 0:
         versions.abandon_version(client, version, settings.redis)
@@ -385,15 +390,28 @@ def publish_shards(
     return ShardedRun(results, version, seconds)
 
 
-def _item_attributes(items: pl.DataFrame | None, served: list[int]) -> pl.DataFrame | None:
+def _item_attributes(
+    items: pl.DataFrame | None, served: list[int], item_table: pl.DataFrame | None = None
+) -> pl.DataFrame | None:
+    """The published attributes of the ``served`` items: the item table's descriptive
+    columns and ``price``, the median unit price the item features computed (``i_price`` of
+    ``item_table``, over all users' lines before the scoring cut; the rules' ``price_min`` /
+    ``price_max`` read it). None without an item table (nothing to describe)."""
     if items is None:
         return None
     available = [c for c in C.ITEM_ATTRIBUTES if c in items.columns]
-    return (
+    found = (
         items.select(C.ITEM, *available)
         .filter(pl.col(C.ITEM).is_in(pl.Series(served, dtype=pl.Int64).implode()))
         .unique(C.ITEM)
     )
+    if item_table is None or PRICE_FEATURE not in item_table.columns:
+        return found
+    prices = item_table.select(
+        pl.col(C.ITEM).cast(found.schema[C.ITEM]),
+        pl.col(PRICE_FEATURE).round(4).alias(PRICE_ATTRIBUTE),  # cents, without float noise
+    ).unique(C.ITEM)
+    return found.join(prices, on=C.ITEM, how="left")
 
 
 def for_workers(ctx: ShardContext) -> ShardContext:

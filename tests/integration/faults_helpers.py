@@ -232,7 +232,7 @@ BATCH_COMMANDS = (
 )
 """What the batch is granted here: exactly docs/security.md's line (pinned by
 ``test_docs_grant_the_commands_tested_here``)."""
-API_COMMANDS = "get mget hget hmget hgetall ping lrange"
+API_COMMANDS = "get mget hget hmget hgetall ping lrange zrangebyscore"
 
 
 def acl_user(name: str, password: str, commands: str) -> list[str]:

@@ -461,8 +461,9 @@ def test_user_ids_cannot_inject_keys(secure: SecureRedis, published: Published) 
                "key_prefix": p},
         api={"current_cache_seconds": 0.0},
     )  # fmt: skip
-    allowed = re.compile(
-        rf"^{p}:(current|ab|v:{re.escape(version)}:([utr]:\d{{1,19}}|meta|popular|items))$"
+    allowed = re.compile(  # the version's keys, and the shop state (scenarios, availability)
+        rf"^{p}:(current|ab|scenarios|unavailable|promo|"
+        rf"v:{re.escape(version)}:([utr]:\d{{1,19}}|meta|popular|items))$"
     )
     with TestClient(create_app(settings)) as api, Monitor(secure.admin()) as monitor:
         for raw in INJECTIONS:

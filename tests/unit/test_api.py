@@ -20,6 +20,7 @@ from api.main import create_app
 from api.models import BatchResponse, Recommendation
 from api.redis_client import resolve_url
 from api.service import Lookup
+from api.shop import PLAIN, Options
 from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.errors import ConfigError
 from recsys_batch.publish import keys
@@ -177,19 +178,29 @@ class TestGetOne:
 @pytest.mark.parametrize(
     ("path", "query", "expected"),
     [
-        ("/v1/recommendations/42", b"", (42, 5)),
-        ("/v1/recommendations/0", b"k=7", (0, 7)),
+        ("/v1/recommendations/42", b"", (42, 5, PLAIN)),
+        ("/v1/recommendations/0", b"k=7", (0, 7, PLAIN)),
         ("/v1/recommendations/42", b"k=0", None),
         ("/v1/recommendations/42", b"k=101", None),
         ("/v1/recommendations/42", b"details=true", None),
         ("/v1/recommendations/42", b"k=5&details=true", None),
+        ("/v1/recommendations/42", b"scenario=w&k=2", (42, 2, Options(scenario="w"))),
+        ("/v1/recommendations/42", b"store=3", (42, 5, Options(store=3))),
+        ("/v1/recommendations/42", b"new_only=true", (42, 5, Options(new_only=True))),
+        ("/v1/recommendations/42", b"min_new=2", (42, 5, Options(rules=(("min_new", "2"),)))),
+        ("/v1/recommendations/42", b"min_new=x", None),  # FastAPI's 422 names the rule
+        ("/v1/recommendations/42", b"scenario=%2A", None),  # not a scenario name
+        ("/v1/recommendations/42", b"new_only=maybe", None),
+        ("/v1/recommendations/42", b"store=-1", None),
+        ("/v1/recommendations/42", b"k=1&k=2", None),  # twice
+        ("/v1/recommendations/42", b"foo=1", None),  # FastAPI's 422 names it
         ("/v1/recommendations/4x", b"", None),
         ("/v1/recommendations/", b"", None),
         ("/v1/recommendations/\u0663", b"", None),  # a non-ASCII digit
         ("/v1/recommendations/" + "9" * 19, b"", None),  # above 2**63 - 1
     ],
 )
-def test_parse_fast(path: str, query: bytes, expected: tuple[int, int] | None) -> None:
+def test_parse_fast(path: str, query: bytes, expected: tuple[int, int, Options] | None) -> None:
     assert parse_fast(path, query) == expected
 
 
@@ -573,7 +584,7 @@ class TestServeCommand:
 
 def test_unexpected_error_is_json_without_traceback(fake: Any) -> None:
     class Broken:
-        async def one(self, user_id: int, k: int) -> Any:
+        async def one(self, user_id: int, k: int, **_: Any) -> Any:
             raise RuntimeError("boom at /secret/path")
 
     with make_client(fake) as client:

@@ -12,9 +12,9 @@ import fakeredis
 import pytest
 
 from api.main import STATIC_DIR, create_app
-from api.routes.console import LivePanel, Popular, Runs
+from api.routes.console import LivePanel, Popular, Runs, Scenarios
 from recsys_batch.config import Settings
-from recsys_batch.publish import keys
+from recsys_batch.publish import keys, shop_keys
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
     warnings.simplefilter("ignore")
@@ -125,7 +125,38 @@ class TestPopular:
         assert body["details"][1] == {"item_id": 92}
 
 
+class TestScenarios:
+    """The picker's list: the stored scenarios by name; a corrupt one is left out."""
+
+    def test_stored_scenarios_by_name(self, api: TestClient, fake: Any) -> None:
+        assert api.get("/v1/scenarios").json() == {"scenarios": {}}
+        key = shop_keys.scenarios_key(PREFIX)
+        run(fake.hset(key, "weekend", json.dumps({"min_new": 2, "max_per_category": 1})))
+        run(fake.hset(key, "a_cheap", json.dumps({"price_max": 2.5})))
+        run(fake.hset(key, "broken", "{"))
+        body = api.get("/v1/scenarios").json()
+        Scenarios.model_validate(body)
+        assert body == {
+            "scenarios": {
+                "a_cheap": {"price_max": 2.5},
+                "weekend": {"min_new": 2, "max_per_category": 1},
+            }
+        }
+        assert list(body["scenarios"]) == ["a_cheap", "weekend"]
+
+
 class TestPage:
+    def test_lookup_has_a_scenario_picker_and_the_new_items_list(self, api: TestClient) -> None:
+        """The page offers the stored scenarios and shows the new-items list and the
+        rules' badges (what the browser test drives end to end)."""
+        page = api.get("/ui/").text
+        assert '<select id="scenario"' in page and '<label for="scenario">' in page
+        assert 'id="lookup-new"' in page
+        script = api.get("/ui/console.js").text
+        assert "v1/scenarios" in script and "new_only=true" in script
+        for badge in ('badge("new")', 'badge("promoted")', 'badge("refilled")'):
+            assert badge in script
+
     def test_served_at_ui_with_its_assets(self, api: TestClient) -> None:
         page = api.get("/ui/")
         assert page.status_code == 200
@@ -142,4 +173,4 @@ class TestPage:
 
     def test_endpoints_in_openapi(self, api: TestClient) -> None:
         paths = api.get("/openapi.json").json()["paths"]
-        assert {"/v1/versions/live", "/v1/runs", "/v1/popular"} <= set(paths)
+        assert {"/v1/versions/live", "/v1/runs", "/v1/popular", "/v1/scenarios"} <= set(paths)

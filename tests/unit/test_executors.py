@@ -6,6 +6,7 @@ No model here: a shard function stands for :func:`shard_task.run_shard` (the rea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,27 @@ class TestPublishShards:
             {"run_id": "r"},
             fn=fn,
         )
+
+    def test_items_carry_the_median_unit_price_of_the_item_table(
+        self, client: fakeredis.FakeRedis
+    ) -> None:
+        """The published ``price`` is the item table's ``i_price`` (rounded to 4 places), for
+        served items only; an item the table has no price for gets null. Catches a publish
+        that drops ``price`` or takes it from another column."""
+        ctx = self.ctx(client)
+        ctx.items = pl.DataFrame({C.ITEM: [5, 6, 7], C.DEPARTMENT: ["A", "B", "C"]})
+        ctx.item_table = pl.DataFrame({C.ITEM: [5, 7], "i_price": [1.234567, 9.5]})
+        run = E.publish_shards(
+            ctx, self.USERS, E.LocalExecutor(retries=1), client, [5, 6], {}, fn=self.writing([])
+        )
+        assert run.version is not None
+        stored = client.hgetall(keys.items_key(run.version, ctx.settings.redis.key_prefix))
+        got = {int(k): json.loads(v) for k, v in stored.items()}
+        assert got == {  # 5, 6: the popular list; 7: the shards' lists
+            5: {"department": "A", "price": 1.2346},
+            6: {"department": "B", "price": None},
+            7: {"department": "C", "price": 9.5},
+        }
 
     def test_every_shard_into_one_version_flipped_once(self, client: fakeredis.FakeRedis) -> None:
         first = self.publish(client, self.writing([], marker=1))
