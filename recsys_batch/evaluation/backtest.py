@@ -62,6 +62,7 @@ from recsys_batch.evaluation.protocol import (
 from recsys_batch.evaluation.rows import metric_rows, new_hit_diffs, precision_diff
 from recsys_batch.evaluation.tifu_knn import tifu_knn_baseline
 from recsys_batch.model import split
+from recsys_batch.model.plan_features import model_horizons, run_plan_tables
 from recsys_batch.model.two_stage import (
     ModelData,
     TrainedTwoStage,
@@ -316,12 +317,16 @@ def run_backtest(
     *,
     prepared: dict[str, Any] | None = None,
     baselines: bool = True,
+    forward_plans: bool | None = None,
 ) -> BacktestResult:
     """Run the issue-#4 protocol: train, score the test window, compare with the baselines.
 
     ``prepared`` is :func:`prepare`'s output for the same dataset and settings (computed
     here when None). ``baselines=False`` (the nightly quality gate) measures the two-stage
-    model only: no baseline lists, no bootstrap intervals.
+    model only: no baseline lists, no bootstrap intervals. ``forward_plans``: whether the
+    two-stage model may read the forward-looking plan features (None: whenever the calendar
+    covers the weeks after the training and the scoring cut; False: never, as for a nightly
+    whose served weeks the calendar does not cover).
 
     Raises
     ------
@@ -349,7 +354,14 @@ def run_backtest(
 
     with _timed(timings, "train_total"):
         train_tx = split.before_test(tx.lazy(), windows)
-        data = ModelData(train_tx, cat, items, users)
+        plans, reason = run_plan_tables(
+            dataset.plans,
+            cat.select(C.ITEM),
+            model_horizons(windows.history_end, windows.target_end, settings.split),
+            forward_plans,
+        )
+        log.info("forward plan features %s: %s", "on" if plans else "off", reason)
+        data = ModelData(train_tx, cat, items, users, plans)
         model = train_two_stage(data, windows, settings)
         timings.update(model.timings)
     with _timed(timings, "score"):

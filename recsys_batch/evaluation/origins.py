@@ -39,12 +39,14 @@ def origin_cuts(dataset: Dataset, origins: int, step_weeks: int) -> list[int]:
 
 
 def cut_after(dataset: Dataset, last_week: int) -> Dataset:
-    """``dataset`` without the purchases after ``last_week`` (items and users unchanged)."""
+    """``dataset`` without the purchases after ``last_week`` (items, users and plans unchanged:
+    the plans are known ahead, and the features read only the weeks they may)."""
     return Dataset(
         dataset.transactions.filter(pl.col(C.WEEK) <= last_week),
         dataset.items,
         dataset.users,
         name=dataset.name,
+        plans=dataset.plans,
     )
 
 
@@ -101,7 +103,11 @@ def run_origins(
     (:func:`~recsys_batch.evaluation.backtest.run_seeded_backtest`).
     """
     valid = Dataset(
-        dataset.transactions.filter(pl.col(C.QTY) >= 0), dataset.items, dataset.users, dataset.name
+        dataset.transactions.filter(pl.col(C.QTY) >= 0),
+        dataset.items,
+        dataset.users,
+        dataset.name,
+        plans=dataset.plans,
     )
     cuts = origin_cuts(valid, max(origins, 1), settings.evaluation.origin_step_weeks)
     results = []
