@@ -69,7 +69,7 @@ def origin_pair(dataset: Any, settings: Settings, last_week: int) -> dict[str, A
         out[f"{name}_forward"] = result.model.forward_plan_features
         if forward is None:
             out["importances"] = result.importances.filter(
-                pl.col("feature").str.starts_with("pf_")
+                pl.col("feature").str.contains("^p[fb]_")
             ).to_dicts()
     return out
 

@@ -108,6 +108,10 @@ class TestForwardBlocks:
                 "pf_mailer_display": [0.25, 0.0, 0.5, 0.0],
                 # the weeks before the cut (1-2): item 101 was in store 5's mailer in week 1.
                 "pf_mailer_new": [0.5, -0.25, 1.0, -0.5],
+                "pf_display_new": [0.25, 0.0, 0.5, 0.0],
+                # every store of the calendar's scored weeks (store 5 only), both weeks.
+                "pf_item_mailer": [1.0, 0.0, 1.0, 0.0],
+                "pf_item_display": [0.5, 0.0, 0.5, 0.0],
                 "pf_coupon": [0.0, 0.0, 1.0, 0.0],
             }
         )
