@@ -1,14 +1,20 @@
-"""Stage-2 features from the plans known ahead (issue #26): promotions and campaigns.
+"""Stage-2 features from the promotion calendar, known ahead (issue #26).
 
-Forward-looking features describe the weeks being scored, ``[as_of_week, as_of_week + H)``
-with ``H`` = the weeks of a backtest's test window (:func:`plan_horizon_weeks`), and come from
-the calendar only, never from a purchase of those weeks:
+Forward-looking features describe the weeks being scored, ``[cut, cut + H)``: at training
+the stage-2 window (the weeks its labels count), at scoring the weeks of a test window
+(:func:`plan_horizon_weeks`). They come from the calendar only, never from a purchase of
+those weeks:
 
 - ``pf_mailer``, ``pf_display``, ``pf_mailer_display``: the share of the scored weeks the item
   is in the weekly mailer / on display / both at the customer's usual stores, each store
   weighted by its share of the customer's baskets before the cut;
-- ``pf_coupon``: 1 when the customer is targeted by a campaign running in the scored days
-  whose coupons cover the item.
+- ``pf_mailer_new``: ``pf_mailer`` minus the same share over as many weeks before the cut.
+
+Measured and not kept (no gain on the validation origins, docs/evaluation.md): a coupon of
+a campaign sent to the customer and running in the scored days, display minus its past
+level, the item's mailer and display share over all stores, and, from before the cut, the
+share of the customer's purchases (of the item, overall) made on the mailer and the item's
+mailer lift.
 
 They are used only when the calendar covers every scored week (:func:`calendar_covers`),
 for training and for scoring alike: the decision is made once per run and recorded with the
@@ -35,14 +41,8 @@ FORWARD_FEATURES = (
     "pf_display",
     "pf_mailer_display",
     "pf_mailer_new",
-    "pf_display_new",
-    "pf_item_mailer",
-    "pf_item_display",
-    "pf_coupon",
 )
 """The forward-looking plan features, in the order they are added."""
-
-DAYS_PER_WEEK = 7
 
 
 def plan_horizon_weeks(cfg: SplitConfig) -> int:
@@ -63,12 +63,6 @@ class PlanTables:
     promotions: pl.DataFrame
     """``store_id, item_id, week, on_display, on_mailer``: catalogue items, the weeks needed
     (the scored weeks after every cut and as many before it), at least one flag set."""
-    coupons: pl.DataFrame
-    """``campaign_id, item_id``: a campaign's coupons cover the item (catalogue items)."""
-    campaigns: pl.DataFrame
-    """``campaign_id, user_id``: the campaign was sent to the user."""
-    periods: pl.DataFrame
-    """``campaign_id, start_day, end_day``: when the campaign runs (inclusive)."""
     horizons: tuple[tuple[int, int], ...]
     """``(cut, weeks)``: features as of ``cut`` describe ``[cut, cut + weeks)``."""
 
@@ -142,7 +136,7 @@ def plan_tables(plans: Plans, catalogue_items: pl.LazyFrame, horizons: Horizons)
 
     Promotions: the weeks after each cut and as many before it (the item's usual
     promotion level, for ``pf_mailer_new``). Collected once; small (catalogue items x
-    stores x those weeks; campaigns and coupons as given).
+    stores x those weeks).
     """
     items = catalogue_items.select(C.ITEM).unique()
     weeks = pl.any_horizontal(
@@ -156,28 +150,7 @@ def plan_tables(plans: Plans, catalogue_items: pl.LazyFrame, horizons: Horizons)
         if plans.promotions is not None
         else pl.LazyFrame(schema=PROMOTION_FLAGS)
     )
-    campaigned = (
-        plans.campaigns is not None
-        and plans.campaign_periods is not None
-        and plans.coupons is not None
-    )
-    coupons = (
-        plans.coupons.join(items, on=C.ITEM, how="semi").select(C.CAMPAIGN, C.ITEM).unique()
-        if campaigned and plans.coupons is not None
-        else pl.LazyFrame(schema={C.CAMPAIGN: pl.Int64, C.ITEM: pl.Int64})
-    )
-    campaigns = (
-        plans.campaigns.select(C.CAMPAIGN, C.USER).unique()
-        if campaigned and plans.campaigns is not None
-        else pl.LazyFrame(schema={C.CAMPAIGN: pl.Int64, C.USER: pl.Int64})
-    )
-    periods = (
-        plans.campaign_periods.select(C.CAMPAIGN, C.START_DAY, C.END_DAY)
-        if campaigned and plans.campaign_periods is not None
-        else pl.LazyFrame(schema={C.CAMPAIGN: pl.Int64, C.START_DAY: pl.Int32, C.END_DAY: pl.Int32})
-    )
-    promo, coupon, campaign, period = pl.collect_all([promotions, coupons, campaigns, periods])
-    return PlanTables(promo, coupon, campaign, period, tuple(horizons))
+    return PlanTables(promotions.collect(), tuple(horizons))
 
 
 def user_store_shares(transactions: pl.LazyFrame, as_of_week: int) -> pl.LazyFrame:
@@ -233,7 +206,6 @@ def store_features(
         "pf_display": "_display",
         "pf_mailer_display": "_both",
         "_pf_past_mailer": "_past_mailer",
-        "_pf_past_display": "_past_display",
     }
     return (
         pairs.join(stores, on=C.USER)
@@ -250,53 +222,7 @@ def store_features(
             "pf_display",
             "pf_mailer_display",
             (pl.col("pf_mailer") - pl.col("_pf_past_mailer")).alias("pf_mailer_new"),
-            (pl.col("pf_display") - pl.col("_pf_past_display")).alias("pf_display_new"),
         )
-    )
-
-
-def item_features(tables: PlanTables, as_of_week: int) -> pl.LazyFrame:
-    """``pf_item_mailer``, ``pf_item_display``: share of the calendar's (store, week) slots of
-    the scored weeks with the item in the mailer / on display, over every store."""
-    weeks = tables.horizon(as_of_week)
-    scored = tables.promotions.lazy().filter(
-        pl.col(C.WEEK).is_between(as_of_week, as_of_week + weeks, closed="left")
-    )
-    slots = scored.select((pl.col(C.STORE).n_unique() * weeks).alias("_slots"))
-    return (
-        scored.group_by(C.ITEM)
-        .agg(pl.col(C.ON_MAILER).sum().alias("_m"), pl.col(C.ON_DISPLAY).sum().alias("_d"))
-        .join(slots, how="cross")
-        .select(
-            C.ITEM,
-            (pl.col("_m") / pl.col("_slots")).alias("pf_item_mailer"),
-            (pl.col("_d") / pl.col("_slots")).alias("pf_item_display"),
-        )
-    )
-
-
-def coupon_features(
-    pairs: pl.LazyFrame, transactions: pl.LazyFrame, as_of_week: int, tables: PlanTables
-) -> pl.LazyFrame:
-    """``pf_coupon`` = 1 for the pairs whose user got a campaign running in the scored days
-    with a coupon for the item. The scored days are the ``7 x weeks`` from the day after
-    the newest purchase before the cut."""
-    first_day = before_cut(transactions, as_of_week).select(
-        (pl.col(C.DAY).max() + 1).cast(pl.Int32).alias("_first_day")
-    )
-    last_day = pl.col("_first_day") + DAYS_PER_WEEK * tables.horizon(as_of_week) - 1
-    running = (pl.col(C.START_DAY) <= last_day) & (pl.col(C.END_DAY) >= pl.col("_first_day"))
-    live = tables.periods.lazy().join(first_day, how="cross").filter(running).select(C.CAMPAIGN)
-    targeted = (
-        tables.campaigns.lazy()
-        .join(live, on=C.CAMPAIGN, how="semi")
-        .join(pairs.select(C.USER).unique(), on=C.USER, how="semi")
-        .join(tables.coupons.lazy(), on=C.CAMPAIGN)
-        .select(C.USER, C.ITEM)
-        .unique()
-    )
-    return pairs.join(targeted, on=[C.USER, C.ITEM], how="semi").with_columns(
-        pl.lit(1.0).alias("pf_coupon")
     )
 
 
@@ -310,27 +236,9 @@ def forward_blocks(
     """
     pairs = keys.select(C.USER, C.ITEM).lazy()
     on = [C.USER, C.ITEM]
-    stores, items, coupons = pl.collect_all(
-        [
-            store_features(pairs, transactions, as_of_week, tables),
-            item_features(tables, as_of_week),
-            coupon_features(pairs, transactions, as_of_week, tables),
-        ]
-    )
-    block = pl.concat(
-        [
-            _aligned(keys, stores, on),
-            _aligned(keys, items, [C.ITEM]),
-            _aligned(keys, coupons, on),
-        ],
-        how="horizontal",
-    )
+    stores = store_features(pairs, transactions, as_of_week, tables).collect()
+    block = keys.select(on).join(stores, on=on, how="left", maintain_order="left").drop(on)
     return block.select(pl.col(FORWARD_FEATURES).fill_null(0.0))
-
-
-def _aligned(keys: pl.DataFrame, table: pl.DataFrame, on: list[str]) -> pl.DataFrame:
-    """``table``'s other columns for every row of ``keys``, in order (null when absent)."""
-    return keys.select(on).join(table, on=on, how="left", maintain_order="left").drop(on)
 
 
 def model_horizons(history_end: int, target_end: int, cfg: SplitConfig) -> Horizons:
