@@ -13,14 +13,18 @@ from recsys_batch.data import synthetic, synthetic_plans
 from recsys_batch.data.plans import NO_PLANS, Plans, plans_of
 from recsys_batch.data.sources import Dataset
 from recsys_batch.evaluation.backtest import BacktestResult, run_backtest
+from recsys_batch.model import split, two_stage
 from recsys_batch.model.plan_features import (
     FORWARD_FEATURES,
     calendar_covers,
     forward_blocks,
     forward_decision,
+    model_horizons,
     plan_tables,
     run_plan_tables,
 )
+from recsys_batch.model.prefilter import apply_catalogue, prefilter
+from recsys_batch.run import shard_task, sharding
 from tests.small import SMALL_SETTINGS, small_dataset
 
 CUT = 3
@@ -196,3 +200,39 @@ class TestBacktestWithPlans:
         assert_frame_equal(
             again.lists["two_stage"], with_plans.lists["two_stage"], check_row_order=False
         )
+
+
+def test_sharded_scoring_with_plan_features_equals_scoring_everyone() -> None:
+    """Per shard, the forward features join the driver's plan tables through the shard's own
+    users' stores. Mutation caught: a shard without the plan tables (its users would be
+    scored without the features the model reads: an error) or with other weeks."""
+    ds = plan_dataset()
+    settings = SMALL_SETTINGS
+    tx = ds.transactions.filter(pl.col(C.WEEK) <= 45)  # the calendar covers weeks 46-49
+    catalogue = prefilter(tx, ds.items, settings.prefilter).catalogue.collect()
+    tx_cat = apply_catalogue(tx, catalogue.lazy(), settings.prefilter).collect()
+    first, last = split.week_range(tx_cat.lazy())
+    windows = split.production_windows(first, last, settings.split)
+    horizons = model_horizons(windows.history_end, windows.target_end, settings.split)
+    tables, _ = run_plan_tables(ds.plans, catalogue.lazy().select(C.ITEM), horizons)
+    assert tables is not None
+    data = two_stage.ModelData(tx_cat.lazy(), catalogue.lazy(), ds.items, ds.users, tables)
+    model = two_stage.train_two_stage(data, windows, settings)
+    assert model.forward_plan_features
+    users = tx_cat.select(C.USER).unique().sort(C.USER)
+    expected = two_stage.recommend(model, data, users.lazy(), settings)
+    shards = 3
+    ctx = shard_task.build_context(model, data, settings, shards)
+    assert ctx.plans is tables
+    got = pl.concat(
+        [
+            shard_task.shard_recommendations(
+                ctx, shard, users.filter(sharding.shard_of(shards) == shard)
+            )[0]
+            for shard in range(shards)
+        ]
+    )
+    top = got.filter(pl.col(C.RANK) <= settings.ranker.top_k)  # shards keep publish.top_n
+    assert_frame_equal(
+        top.select(expected.columns), expected, check_row_order=False, check_dtypes=False
+    )
