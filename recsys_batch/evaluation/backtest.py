@@ -154,6 +154,11 @@ class BacktestResult:
         msg = f"no backtest row for model={model!r}, user_set={user_set!r}"
         raise KeyError(msg)
 
+    @property
+    def forward_plan_features(self) -> bool:
+        """Whether the two-stage model read the forward plan features (issue #26)."""
+        return bool(self.model is not None and self.model.forward_plan_features)
+
     def to_json(self) -> dict[str, Any]:
         """The machine-readable form of ``recsys evaluate --json``."""
         return {
@@ -169,6 +174,7 @@ class BacktestResult:
                 "test_end": self.windows.test_end,
             },
             "catalogue_size": self.catalogue_size,
+            "forward_plan_features": self.forward_plan_features,
             "timings": self.timings,
             "precision_curves": self.curves,
             "importances": self.importances.head(30).to_dicts(),

@@ -79,6 +79,7 @@ class OriginsResult:
                 {
                     "test_weeks": holdout_weeks(result.windows),
                     "role": FINAL_TEST if i == 0 else VALIDATION,
+                    "forward_plan_features": result.forward_plan_features,
                     "rows": result.rows,
                     "diff": result.diff,
                     "new_hit_diff": result.new_hit_diff,
