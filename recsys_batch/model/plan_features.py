@@ -1,18 +1,19 @@
 """Stage-2 features from the promotion calendar, known ahead (issue #26).
 
-Forward-looking features describe the weeks being scored, ``[cut, cut + H)``: at training
-the stage-2 window (the weeks its labels count), at scoring the weeks of a test window
-(:func:`plan_horizon_weeks`). They come from the calendar only, never from a purchase of
-those weeks:
+Forward-looking features describe the ``H`` weeks after the feature cut, ``[cut, cut + H)``
+with ``H`` the weeks of a test window (:func:`plan_horizon_weeks`), at training (as of the
+stage-2 window's start) and at scoring alike. They come from the plans only, never from a
+purchase of those weeks:
 
-- ``pf_mailer``, ``pf_display``, ``pf_mailer_display``: the share of the scored weeks the item
-  is in the weekly mailer / on display / both at the customer's usual stores, each store
-  weighted by its share of the customer's baskets before the cut;
-- ``pf_mailer_new``: ``pf_mailer`` minus the same share over as many weeks before the cut.
+- ``pf_mailer``, ``pf_display``, ``pf_mailer_display``: the share of those weeks the item is in
+  the weekly mailer / on display / both at the customer's usual stores, each store weighted
+  by its share of the customer's baskets before the cut;
+- ``pf_coupon``: 1 when the customer got a campaign running in those days whose coupons
+  cover the item.
 
-Measured and not kept (no gain on the validation origins, docs/evaluation.md): a coupon of
-a campaign sent to the customer and running in the scored days, display minus its past
-level, the item's mailer and display share over all stores, and, from before the cut, the
+Measured and not kept (validation origins, docs/evaluation.md): the mailer share minus its
+level before the cut, the same for display, the item's mailer and display share over all
+stores, a 6-week horizon at training (the stage-2 window), and, from before the cut, the
 share of the customer's purchases (of the item, overall) made on the mailer and the item's
 mailer lift.
 
@@ -36,13 +37,10 @@ from recsys_batch.data import columns as C
 from recsys_batch.data.plans import Plans
 from recsys_batch.model.point_in_time import before_cut
 
-FORWARD_FEATURES = (
-    "pf_mailer",
-    "pf_display",
-    "pf_mailer_display",
-    "pf_mailer_new",
-)
+FORWARD_FEATURES = ("pf_mailer", "pf_display", "pf_mailer_display", "pf_coupon")
 """The forward-looking plan features, in the order they are added."""
+
+DAYS_PER_WEEK = 7
 
 
 def plan_horizon_weeks(cfg: SplitConfig) -> int:
@@ -61,8 +59,14 @@ class PlanTables:
     each feature cut looks ahead."""
 
     promotions: pl.DataFrame
-    """``store_id, item_id, week, on_display, on_mailer``: catalogue items, the weeks needed
-    (the scored weeks after every cut and as many before it), at least one flag set."""
+    """``store_id, item_id, week, on_display, on_mailer``: catalogue items, the weeks after
+    every cut, at least one flag set."""
+    coupons: pl.DataFrame
+    """``campaign_id, item_id``: a campaign's coupons cover the item (catalogue items)."""
+    campaigns: pl.DataFrame
+    """``campaign_id, user_id``: the campaign was sent to the user."""
+    periods: pl.DataFrame
+    """``campaign_id, start_day, end_day``: when the campaign runs (inclusive)."""
     horizons: tuple[tuple[int, int], ...]
     """``(cut, weeks)``: features as of ``cut`` describe ``[cut, cut + weeks)``."""
 
@@ -134,13 +138,12 @@ PROMOTION_FLAGS = pl.Schema(
 def plan_tables(plans: Plans, catalogue_items: pl.LazyFrame, horizons: Horizons) -> PlanTables:
     """The plan rows the forward features at ``horizons`` read, for the catalogue items.
 
-    Promotions: the weeks after each cut and as many before it (the item's usual
-    promotion level, for ``pf_mailer_new``). Collected once; small (catalogue items x
-    stores x those weeks).
+    Promotions: the weeks after each cut. Collected once; small (catalogue items x stores x
+    those weeks; campaigns and coupons as given).
     """
     items = catalogue_items.select(C.ITEM).unique()
     weeks = pl.any_horizontal(
-        pl.col(C.WEEK).is_between(cut - n, cut + n, closed="left") for cut, n in horizons
+        pl.col(C.WEEK).is_between(cut, cut + n, closed="left") for cut, n in horizons
     )
     flagged = pl.col(C.ON_DISPLAY) | pl.col(C.ON_MAILER)
     promotions = (
@@ -150,7 +153,28 @@ def plan_tables(plans: Plans, catalogue_items: pl.LazyFrame, horizons: Horizons)
         if plans.promotions is not None
         else pl.LazyFrame(schema=PROMOTION_FLAGS)
     )
-    return PlanTables(promotions.collect(), tuple(horizons))
+    campaigned = (
+        plans.campaigns is not None
+        and plans.campaign_periods is not None
+        and plans.coupons is not None
+    )
+    coupons = (
+        plans.coupons.join(items, on=C.ITEM, how="semi").select(C.CAMPAIGN, C.ITEM).unique()
+        if campaigned and plans.coupons is not None
+        else pl.LazyFrame(schema={C.CAMPAIGN: pl.Int64, C.ITEM: pl.Int64})
+    )
+    campaigns = (
+        plans.campaigns.select(C.CAMPAIGN, C.USER).unique()
+        if campaigned and plans.campaigns is not None
+        else pl.LazyFrame(schema={C.CAMPAIGN: pl.Int64, C.USER: pl.Int64})
+    )
+    periods = (
+        plans.campaign_periods.select(C.CAMPAIGN, C.START_DAY, C.END_DAY)
+        if campaigned and plans.campaign_periods is not None
+        else pl.LazyFrame(schema={C.CAMPAIGN: pl.Int64, C.START_DAY: pl.Int32, C.END_DAY: pl.Int32})
+    )
+    promo, coupon, campaign, period = pl.collect_all([promotions, coupons, campaigns, periods])
+    return PlanTables(promo, coupon, campaign, period, tuple(horizons))
 
 
 def user_store_shares(transactions: pl.LazyFrame, as_of_week: int) -> pl.LazyFrame:
@@ -187,42 +211,47 @@ def store_week_shares(
 def store_features(
     pairs: pl.LazyFrame, transactions: pl.LazyFrame, as_of_week: int, tables: PlanTables
 ) -> pl.LazyFrame:
-    """``pf_mailer``, ``pf_display``, ``pf_mailer_display``, ``pf_mailer_new`` of ``pairs``.
-
-    Each store's share of the scored weeks is weighted by its share of the user's baskets;
-    ``pf_mailer_new`` is ``pf_mailer`` minus the same share over as many weeks before the
-    cut (an item always in the mailer gains nothing from being in it again).
-    """
+    """``pf_mailer``, ``pf_display``, ``pf_mailer_display`` of ``pairs``: each store's share
+    of the weeks after the cut, weighted by its share of the user's baskets."""
     weeks = tables.horizon(as_of_week)
-    promotions = tables.promotions.lazy()
-    ahead = store_week_shares(promotions, as_of_week, weeks, "_")
-    before = store_week_shares(promotions, as_of_week - weeks, weeks, "_past_")
-    per_store = ahead.join(before, on=[C.STORE, C.ITEM], how="full", coalesce=True)
+    per_store = store_week_shares(tables.promotions.lazy(), as_of_week, weeks, "_")
     stores = user_store_shares(transactions, as_of_week).join(
         pairs.select(C.USER).unique(), on=C.USER, how="semi"
     )
-    weighted = {
-        "pf_mailer": "_mailer",
-        "pf_display": "_display",
-        "pf_mailer_display": "_both",
-        "_pf_past_mailer": "_past_mailer",
-    }
+    weighted = {"pf_mailer": "_mailer", "pf_display": "_display", "pf_mailer_display": "_both"}
     return (
         pairs.join(stores, on=C.USER)
         .join(per_store, on=[C.STORE, C.ITEM])
         .group_by(C.USER, C.ITEM)
         .agg(
-            (pl.col("_store_share") * pl.col(share).fill_null(0.0)).sum().alias(feature)
+            (pl.col("_store_share") * pl.col(share)).sum().alias(feature)
             for feature, share in weighted.items()
         )
-        .select(
-            C.USER,
-            C.ITEM,
-            "pf_mailer",
-            "pf_display",
-            "pf_mailer_display",
-            (pl.col("pf_mailer") - pl.col("_pf_past_mailer")).alias("pf_mailer_new"),
-        )
+    )
+
+
+def coupon_features(
+    pairs: pl.LazyFrame, transactions: pl.LazyFrame, as_of_week: int, tables: PlanTables
+) -> pl.LazyFrame:
+    """``pf_coupon`` = 1 for the pairs whose user got a campaign running in the scored days
+    with a coupon for the item. The scored days are the ``7 x weeks`` from the day after
+    the newest purchase before the cut."""
+    first_day = before_cut(transactions, as_of_week).select(
+        (pl.col(C.DAY).max() + 1).cast(pl.Int32).alias("_first_day")
+    )
+    last_day = pl.col("_first_day") + DAYS_PER_WEEK * tables.horizon(as_of_week) - 1
+    running = (pl.col(C.START_DAY) <= last_day) & (pl.col(C.END_DAY) >= pl.col("_first_day"))
+    live = tables.periods.lazy().join(first_day, how="cross").filter(running).select(C.CAMPAIGN)
+    targeted = (
+        tables.campaigns.lazy()
+        .join(live, on=C.CAMPAIGN, how="semi")
+        .join(pairs.select(C.USER).unique(), on=C.USER, how="semi")
+        .join(tables.coupons.lazy(), on=C.CAMPAIGN)
+        .select(C.USER, C.ITEM)
+        .unique()
+    )
+    return pairs.join(targeted, on=[C.USER, C.ITEM], how="semi").with_columns(
+        pl.lit(1.0).alias("pf_coupon")
     )
 
 
@@ -236,18 +265,30 @@ def forward_blocks(
     """
     pairs = keys.select(C.USER, C.ITEM).lazy()
     on = [C.USER, C.ITEM]
-    stores = store_features(pairs, transactions, as_of_week, tables).collect()
-    block = keys.select(on).join(stores, on=on, how="left", maintain_order="left").drop(on)
+    stores, coupons = pl.collect_all(
+        [
+            store_features(pairs, transactions, as_of_week, tables),
+            coupon_features(pairs, transactions, as_of_week, tables),
+        ]
+    )
+    block = pl.concat([_aligned(keys, stores, on), _aligned(keys, coupons, on)], how="horizontal")
     return block.select(pl.col(FORWARD_FEATURES).fill_null(0.0))
+
+
+def _aligned(keys: pl.DataFrame, table: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+    """``table``'s other columns for every row of ``keys``, in order (null when absent)."""
+    return keys.select(on).join(table, on=on, how="left", maintain_order="left").drop(on)
 
 
 def model_horizons(history_end: int, target_end: int, cfg: SplitConfig) -> Horizons:
     """The cuts of a two-stage model and the weeks after each that its features describe.
 
-    Training (as of ``history_end``): the stage-2 window, the weeks its labels count.
-    Scoring (as of ``target_end``): the weeks of a test window (:func:`plan_horizon_weeks`).
+    Both the weeks of a test window (:func:`plan_horizon_weeks`): at training (as of
+    ``history_end``) the first of the stage-2 window's, at scoring (as of ``target_end``) the
+    weeks served. (The whole 6-week stage-2 window at training measured no better.)
     """
-    return [(history_end, target_end - history_end), (target_end, plan_horizon_weeks(cfg))]
+    weeks = plan_horizon_weeks(cfg)
+    return [(history_end, weeks), (target_end, weeks)]
 
 
 def run_plan_tables(

@@ -29,7 +29,8 @@ from tests.small import SMALL_SETTINGS, small_dataset
 
 CUT = 3
 WEEKS = 2
-# User 1 shops at stores 5 and 6 (one basket each), user 2 at store 5 only.
+# User 1 shops at stores 5 and 6 (one basket each), user 2 at store 5 only; the newest
+# purchase before the cut is on day 11, so the scored days are 12..25.
 TRANSACTIONS = pl.LazyFrame(
     {
         C.USER: [1, 1, 2, 1],
@@ -50,11 +51,26 @@ PROMOTIONS = pl.LazyFrame(
     },
     schema_overrides={C.WEEK: pl.Int32},
 )
+PERIODS = {C.CAMPAIGN: [1, 2], C.CAMPAIGN_TYPE: ["A", "B"], C.START_DAY: [14, 26]}
 KEYS = pl.DataFrame({C.USER: [1, 1, 2, 2], C.ITEM: [100, 101, 100, 101]})
 
 
-def literal_plans(promotions: pl.LazyFrame = PROMOTIONS) -> Plans:
-    return plans_of({"promotions": promotions})
+def literal_plans(promotions: pl.LazyFrame = PROMOTIONS, *, late_campaign: int = 101) -> Plans:
+    """Campaign 1 (days 14-20, user 2, item 100) runs in the scored days; campaign 2 (from
+    day 26, after them; user 1, item ``late_campaign``) does not."""
+    return plans_of(
+        {
+            "promotions": promotions,
+            "campaigns": pl.LazyFrame({C.CAMPAIGN: [1, 2], C.USER: [2, 1]}),
+            "campaign_periods": pl.LazyFrame(
+                {**PERIODS, C.END_DAY: [20, 40]},
+                schema_overrides={C.START_DAY: pl.Int32, C.END_DAY: pl.Int32},
+            ),
+            "coupons": pl.LazyFrame(
+                {C.CAMPAIGN: [1, 2], C.COUPON: [7, 8], C.ITEM: [100, late_campaign]}
+            ),
+        }
+    )
 
 
 def features_of(plans: Plans, transactions: pl.LazyFrame = TRANSACTIONS) -> pl.DataFrame:
@@ -94,16 +110,16 @@ class TestForwardBlocks:
                 "pf_mailer": [0.5, 0.0, 1.0, 0.0],
                 "pf_display": [0.25, 0.0, 0.5, 0.0],
                 "pf_mailer_display": [0.25, 0.0, 0.5, 0.0],
-                # the weeks before the cut (1-2): item 101 was in store 5's mailer in week 1.
-                "pf_mailer_new": [0.5, -0.25, 1.0, -0.5],
+                # campaign 1 (user 2, item 100) runs on days 14-20, inside days 12-25.
+                "pf_coupon": [0.0, 0.0, 1.0, 0.0],
             }
         )
         assert got.columns == list(FORWARD_FEATURES)
         assert_frame_equal(got, expected)
 
     def test_calendar_after_the_scored_weeks_changes_nothing(self) -> None:
-        """Poison test: promotions of weeks after the scored ones rewritten: the features
-        must not move."""
+        """Poison test: promotions of weeks after the scored ones, a campaign starting after
+        the scored days, rewritten: the features must not move."""
         late = pl.LazyFrame(
             {
                 C.ITEM: [100, 101, 101],
@@ -114,11 +130,11 @@ class TestForwardBlocks:
             },
             schema_overrides={C.WEEK: pl.Int32},
         )
-        poisoned = literal_plans(pl.concat([PROMOTIONS, late]))
+        poisoned = literal_plans(pl.concat([PROMOTIONS, late]), late_campaign=100)
         assert_frame_equal(features_of(poisoned), features_of(literal_plans()))
 
     def test_transactions_from_the_cut_on_change_nothing(self) -> None:
-        """Mutation caught: the user's stores read at or after the cut."""
+        """Mutation caught: the user's stores or the first scored day read at/after the cut."""
         late = pl.LazyFrame(
             {
                 C.USER: [2, 2, 1],
