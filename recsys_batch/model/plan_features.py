@@ -260,7 +260,7 @@ def forward_blocks(
 ) -> pl.DataFrame:
     """The :data:`FORWARD_FEATURES` of every row of ``keys``, in their order (0: none).
 
-    Reads the calendar of the weeks after the cut (and as many before it); of the
+    Reads the calendar of the weeks after the cut and the campaigns running then; of the
     transactions, only those before the cut (the user's stores, the newest day).
     """
     pairs = keys.select(C.USER, C.ITEM).lazy()
