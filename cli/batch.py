@@ -181,6 +181,16 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, debug: DebugOpt =
     run_guarded(work, debug=debug)
 
 
+def plan_features_text(meta: dict[str, str]) -> str:
+    """Whether the live version's model read the forward plan features, and why (#26)."""
+    flag = meta.get("forward_plan_features")
+    if flag is None:
+        return "forward plan features not recorded"
+    state = "on" if flag == "true" else "off"
+    reason = meta.get("plan_features")
+    return f"forward plan features {state}" + (f" ({reason})" if reason else "")
+
+
 def _print_status(info: dict[str, Any]) -> None:
     console.print(f"Redis: {info['redis']}")
     live = info["live"]
@@ -198,6 +208,7 @@ def _print_status(info: dict[str, Any]) -> None:
         soft_wrap=True,
     )
     console.print(f"metrics:  {metrics or '-'}", soft_wrap=True)
+    console.print(f"plans:    {plan_features_text(meta)}", soft_wrap=True)
     previous = info["previous"]
     if previous:
         console.print(

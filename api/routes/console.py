@@ -50,6 +50,11 @@ class LivePanel(BaseModel):
     metrics: dict[str, Any] = Field(description="The quality gate's backtest metrics.")
     durations: dict[str, Any] = Field(description="Seconds per stage of the run.")
     code_version: str | None
+    forward_plan_features: bool | None = Field(
+        description="Whether the model read the forward-looking plan features (#26); "
+        "null when the batch did not record it."
+    )
+    plan_features: str | None = Field(description="Why they were on or off.")
     previous_version: str | None = Field(description="The `recsys rollback` target.")
     experiment: dict[str, str] | None = Field(
         description="The A/B experiment (`P:ab` hash, fields as written), or null."
@@ -106,6 +111,11 @@ def _text(value: Any) -> str | None:
 
 def _int(value: str | None) -> int | None:
     return int(value) if value is not None and value.lstrip("-").isdigit() else None
+
+
+def _flag(value: str | None) -> bool | None:
+    """A JSON boolean of the meta hash (``true``/``false``); None when absent or other."""
+    return {"true": True, "false": False}.get(value or "")
 
 
 def _json_object(value: str | None) -> dict[str, Any]:
@@ -176,6 +186,8 @@ def live_panel(live: LiveVersion, meta: dict[str, str], previous: Any, ab: Any) 
         "metrics": _json_object(meta.get("metrics")),
         "durations": _json_object(meta.get("durations")),
         "code_version": meta.get("code_version"),
+        "forward_plan_features": _flag(meta.get("forward_plan_features")),
+        "plan_features": meta.get("plan_features"),
         "previous_version": _text(previous),
         "experiment": _hash(ab) or None,
     }

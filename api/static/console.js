@@ -85,6 +85,9 @@ async function loadLive() {
         ? live.first_day + " – " + live.last_day
         : "–"],
       ["Data source", live.data_source || "–"],
+      ["Forward plan features", live.forward_plan_features === null || live.forward_plan_features === undefined
+        ? "not recorded"
+        : (live.forward_plan_features ? "on" : "off") + (live.plan_features ? " (" + live.plan_features + ")" : "")],
       ["Previous version", live.previous_version ? el("code", { text: live.previous_version }) : "none"],
       ["Run", live.run_id || "–"],
     ];

@@ -63,6 +63,7 @@ from recsys_batch.evaluation.rows import metric_rows, new_hit_diffs, precision_d
 from recsys_batch.evaluation.scenario_eval import NEW_ITEMS, scenario_comparison, served_inputs
 from recsys_batch.evaluation.tifu_knn import tifu_knn_baseline
 from recsys_batch.model import split
+from recsys_batch.model.plan_features import model_horizons, run_plan_tables
 from recsys_batch.model.two_stage import (
     ModelData,
     TrainedTwoStage,
@@ -160,6 +161,11 @@ class BacktestResult:
         msg = f"no backtest row for model={model!r}, user_set={user_set!r}"
         raise KeyError(msg)
 
+    @property
+    def forward_plan_features(self) -> bool:
+        """Whether the two-stage model read the forward plan features (issue #26)."""
+        return bool(self.model is not None and self.model.forward_plan_features)
+
     def to_json(self) -> dict[str, Any]:
         """The machine-readable form of ``recsys evaluate --json``."""
         return {
@@ -175,6 +181,7 @@ class BacktestResult:
                 "test_end": self.windows.test_end,
             },
             "catalogue_size": self.catalogue_size,
+            "forward_plan_features": self.forward_plan_features,
             "timings": self.timings,
             "precision_curves": self.curves,
             "importances": self.importances.head(30).to_dicts(),
@@ -333,14 +340,18 @@ def run_backtest(
     prepared: dict[str, Any] | None = None,
     baselines: bool = True,
     rules: RuleSet | None = None,
+    forward_plans: bool | None = None,
 ) -> BacktestResult:
     """Run the issue-#4 protocol: train, score the test window, compare with the baselines.
 
     ``prepared`` is :func:`prepare`'s output for the same dataset and settings (computed
     here when None). ``baselines=False`` (the nightly quality gate) measures the two-stage
-    model only: no baseline lists, no bootstrap intervals. ``rules`` (a scenario) also
-    serves the two-stage lists through the rule engine with and without them
-    (:mod:`recsys_batch.evaluation.scenario_eval`).
+    model only: no baseline lists, no bootstrap intervals. ``forward_plans``: whether the
+    two-stage model may read the forward-looking plan features (None: whenever the calendar
+    covers the weeks after the training and the scoring cut; False: never, as for a nightly
+    whose served weeks the calendar does not cover).
+    ``rules`` (a scenario) also serves the two-stage lists through the rule engine with and
+    without them (:mod:`recsys_batch.evaluation.scenario_eval`).
 
     Raises
     ------
@@ -368,7 +379,14 @@ def run_backtest(
 
     with _timed(timings, "train_total"):
         train_tx = split.before_test(tx.lazy(), windows)
-        data = ModelData(train_tx, cat, items, users)
+        plans, reason = run_plan_tables(
+            dataset.plans,
+            cat.select(C.ITEM),
+            model_horizons(windows.history_end, windows.target_end, settings.split),
+            forward_plans,
+        )
+        log.info("forward plan features %s: %s", "on" if plans else "off", reason)
+        data = ModelData(train_tx, cat, items, users, plans)
         model = train_two_stage(data, windows, settings)
         timings.update(model.timings)
     # A scenario serves from the stored top publish.top_n; the rows read the top curve_k.

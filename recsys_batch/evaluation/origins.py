@@ -40,12 +40,14 @@ def origin_cuts(dataset: Dataset, origins: int, step_weeks: int) -> list[int]:
 
 
 def cut_after(dataset: Dataset, last_week: int) -> Dataset:
-    """``dataset`` without the purchases after ``last_week`` (items and users unchanged)."""
+    """``dataset`` without the purchases after ``last_week`` (items, users and plans unchanged:
+    the plans are known ahead, and the features read only the weeks they may)."""
     return Dataset(
         dataset.transactions.filter(pl.col(C.WEEK) <= last_week),
         dataset.items,
         dataset.users,
         name=dataset.name,
+        plans=dataset.plans,
     )
 
 
@@ -78,6 +80,7 @@ class OriginsResult:
                 {
                     "test_weeks": holdout_weeks(result.windows),
                     "role": FINAL_TEST if i == 0 else VALIDATION,
+                    "forward_plan_features": result.forward_plan_features,
                     "rows": result.rows,
                     "diff": result.diff,
                     "new_hit_diff": result.new_hit_diff,
@@ -126,7 +129,11 @@ def run_origins(
     is measured at every origin (:mod:`recsys_batch.evaluation.scenario_eval`).
     """
     valid = Dataset(
-        dataset.transactions.filter(pl.col(C.QTY) >= 0), dataset.items, dataset.users, dataset.name
+        dataset.transactions.filter(pl.col(C.QTY) >= 0),
+        dataset.items,
+        dataset.users,
+        dataset.name,
+        plans=dataset.plans,
     )
     cuts = origin_cuts(valid, max(origins, 1), settings.evaluation.origin_step_weeks)
     results = []

@@ -24,6 +24,7 @@ from recsys_batch.config import FeaturesConfig
 from recsys_batch.data import columns as C
 from recsys_batch.model.ids import Factors
 from recsys_batch.model.item_features import ITEM_FEATURES, item_features
+from recsys_batch.model.plan_features import PlanTables, forward_blocks
 from recsys_batch.model.point_in_time import (
     COUPONED,
     DISCOUNTED,
@@ -292,6 +293,7 @@ def build_features(
     item_factors: Factors | None = None,
     placeholder_item: int = PLACEHOLDER,
     fixed: Mapping[str, pl.DataFrame] | None = None,
+    plan_tables: PlanTables | None = None,
 ) -> FeatureSet:
     """Join every feature family onto the candidates (schema ``CANDIDATES``), as of the cut.
 
@@ -309,6 +311,10 @@ def build_features(
         Families computed elsewhere (:func:`family_tables`), e.g. for a shard of users the
         item family (``item_id`` and ``ITEM_FEATURES``) over every user and the
         :func:`side_tables`; the others are computed from ``transactions``.
+    plan_tables
+        The run's plan tables when it uses the forward-looking plan features
+        (:mod:`recsys_batch.model.plan_features`: the weeks after the cut, from the calendar
+        only); None: no such feature.
 
     Returns
     -------
@@ -335,6 +341,8 @@ def build_features(
         )
         categorical += [f"{name}_code" for name in USER_CATEGORICALS]
     blocks.append(dot_product(keys, user_factors, item_factors))
+    if plan_tables is not None:
+        blocks.append(forward_blocks(keys, transactions, as_of_week, plan_tables))
     joined = pl.concat(blocks, how="horizontal")
     names = [c for c in joined.columns if c not in (C.USER, C.ITEM, C.TARGET)]
     # LightGBM bins float32 anyway; half the width halves the peak memory of the training

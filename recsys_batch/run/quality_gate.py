@@ -38,11 +38,17 @@ class GateOutcome:
     """The backtest's ``TrainedTwoStage``; its ranker scores when ``gate.publish_gated_ranker``."""
 
 
-def backtest_outcome(dataset: Dataset, settings: Settings) -> GateOutcome:
-    """Run the backtest and pick the two-stage row of ``gate.user_set`` users."""
+def backtest_outcome(
+    dataset: Dataset, settings: Settings, forward_plans: bool | None = None
+) -> GateOutcome:
+    """Run the backtest and pick the two-stage row of ``gate.user_set`` users.
+
+    ``forward_plans``: the run's decision on the forward plan features (the gate measures
+    the model that is served); None: decided from the calendar, as ``recsys evaluate``.
+    """
     from recsys_batch.evaluation import backtest  # noqa: PLC0415 - heavy (lightgbm, implicit)
 
-    result = backtest.run_backtest(dataset, settings, baselines=False)
+    result = backtest.run_backtest(dataset, settings, baselines=False, forward_plans=forward_plans)
     for row in result.rows:
         if row.get("model") == GATE_MODEL and row.get("user_set") == settings.gate.user_set:
             metrics = {k: v for k, v in row.items() if k not in {"model", "user_set"}}

@@ -37,6 +37,7 @@ from recsys_batch.data import columns as C
 from recsys_batch.errors import PublishError, RecsysError
 from recsys_batch.model import features, split
 from recsys_batch.model.item_features import item_table_by_parts
+from recsys_batch.model.plan_features import PlanTables
 from recsys_batch.model.point_in_time import before_cut
 from recsys_batch.publish import keys, store, writer
 from recsys_batch.run import sharding
@@ -68,6 +69,9 @@ class ShardContext:
     """The feature families of the item and user tables (``features.side_tables``)."""
     items: pl.DataFrame | None = None
     users: pl.DataFrame | None = None
+    plans: PlanTables | None = None
+    """The plan tables of the weeks scored when the model reads the forward plan features
+    (the same for every shard: a shard joins them through its users' stores)."""
     transactions: pl.DataFrame | None = None
     """All catalogue-applied transactions in memory, or None when ``shards_dir`` is set."""
     partitions: dict[int, pl.DataFrame] | None = None
@@ -186,6 +190,7 @@ def shard_recommendations(
         ctx.catalogue_items.lazy(),
         ctx.items.lazy() if ctx.items is not None else None,
         ctx.users.lazy() if ctx.users is not None else None,
+        ctx.plans,
     )
     # The shard's users' slice of stage 1 (a no-op for a Dask task's slice): the chunks of
     # candidate generation then never scan every user's rows (own purchases, 37M at 100x).
@@ -375,6 +380,8 @@ def build_context(
     ``data`` is the run's ``two_stage.ModelData``; its transactions are kept in memory
     unless ``shards_dir`` holds them already split by :func:`sharding.write_shards`.
     """
+    from recsys_batch.model import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
+
     cut = model.windows.target_end
     tx = split.before_test(data.transactions, model.windows)
     catalogue, items, users = data.catalogue, data.items, data.users
@@ -400,6 +407,7 @@ def build_context(
         side_tables=side_tables(items, users, settings),
         items=items.collect() if items is not None else None,
         users=users.collect() if users is not None else None,
+        plans=two_stage.scoring_data(model, data).plans,
         partitions=None
         if shards_dir is not None
         else partition_transactions(tx.collect(), n_shards),

@@ -23,7 +23,7 @@ from recsys_batch.data import validation
 from recsys_batch.data.frames import distinct_count
 from recsys_batch.data.sources import Dataset, load_dataset
 from recsys_batch.errors import DataError, EmptyStageError
-from recsys_batch.model import split, two_stage
+from recsys_batch.model import plan_features, split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.publish import store
 from recsys_batch.run import executors, quality_gate, records, shard_task, sharding
@@ -70,6 +70,10 @@ class RunState:
     popular: list[int] = field(default_factory=list)
     version: str | None = None
     users: int = 0
+    forward_plans: bool = False
+    """Whether this run's model reads the forward-looking plan features (#26): decided at
+    load from whether the calendar covers the weeks it serves (and those its gate scores)."""
+    plan_tables: plan_features.PlanTables | None = None
 
     @property
     def data(self) -> Loaded:
@@ -117,10 +121,12 @@ def load(state: RunState) -> int:
         items=dataset.items.collect().lazy() if dataset.items is not None else None,
         users=dataset.users.collect().lazy() if dataset.users is not None else None,
         name=dataset.name,
+        plans=dataset.plans,
     )
     state.loaded = Loaded(cut, rows, users, first_day or 0, last_day or 0, in_memory)
     first_week, last_week = split.week_range(cut.transactions)
     state.windows = split.production_windows(first_week, last_week, settings.split)
+    state.forward_plans, plan_reason = plan_decision(state, first_week, last_week)
     state.record.data = {
         "source": cut.name,
         "rows": rows,
@@ -130,7 +136,10 @@ def load(state: RunState) -> int:
         "first_week": first_week,
         "last_week": last_week,
         "in_memory": in_memory,
+        "forward_plan_features": state.forward_plans,
+        "plan_features": plan_reason,
     }
+    log.info("forward plan features %s: %s", "on" if state.forward_plans else "off", plan_reason)
     if not in_memory:
         log.info(
             "out of core: %d transactions > scale.in_memory_rows %d; shards on disk",
@@ -138,6 +147,23 @@ def load(state: RunState) -> int:
             settings.scale.in_memory_rows,
         )
     return rows
+
+
+def plan_decision(state: RunState, first_week: int, last_week: int) -> tuple[bool, str]:
+    """Forward plan features on or off for the whole run, and why.
+
+    On only when the calendar covers the weeks after every feature cut of the served model
+    (its training cut and the weeks it serves, after the data) and of the gate's backtest
+    (whose model is the served one): a plain night on data that ends with its calendar
+    serves uncovered weeks and runs without them; ``--run-date`` inside the data has them.
+    """
+    settings, windows = state.settings, _windows(state)
+    gate = split.backtest_windows(first_week, last_week, settings.split)
+    horizons = [
+        *plan_features.model_horizons(windows.history_end, windows.target_end, settings.split),
+        *plan_features.model_horizons(gate.history_end, gate.target_end, settings.split),
+    ]
+    return plan_features.forward_decision(state.data.dataset.plans, horizons)
 
 
 def run_gate(state: RunState) -> int:
@@ -164,9 +190,15 @@ def run_gate(state: RunState) -> int:
             sample_file = state.record.run_dir / GATE_SAMPLE_FILE
             sample.sink_parquet(sample_file)
             sample = pl.scan_parquet(sample_file)
-    dataset = Dataset(sample, loaded.dataset.items, loaded.dataset.users, loaded.dataset.name)
+    dataset = Dataset(
+        sample,
+        loaded.dataset.items,
+        loaded.dataset.users,
+        loaded.dataset.name,
+        plans=loaded.dataset.plans,
+    )
     try:
-        outcome = quality_gate.backtest_outcome(dataset, settings)
+        outcome = quality_gate.backtest_outcome(dataset, settings, state.forward_plans)
     finally:
         if sample_file is not None:
             sample_file.unlink(missing_ok=True)
@@ -229,6 +261,9 @@ def train(state: RunState) -> int:
             )
         state.model = model
         state.record.metrics["ranker_source"] = "trained"
+    if state.model.forward_plan_features != state.forward_plans:
+        msg = "the model's forward plan features differ from the run's decision"
+        raise RuntimeError(msg)
     state.popular = two_stage.popular_fallback(
         data.transactions, data.catalogue, settings.publish.top_n
     )
@@ -299,8 +334,17 @@ def _model_data(state: RunState) -> two_stage.ModelData:
     if state.tx_cat is None or state.catalogue is None:
         msg = "stage order: load and prefilter must run first"
         raise RuntimeError(msg)
-    dataset = state.data.dataset
-    return two_stage.ModelData(state.tx_cat, state.catalogue.lazy(), dataset.items, dataset.users)
+    dataset, windows = state.data.dataset, _windows(state)
+    if state.forward_plans and state.plan_tables is None:
+        horizons = plan_features.model_horizons(
+            windows.history_end, windows.target_end, state.settings.split
+        )
+        state.plan_tables = plan_features.plan_tables(
+            dataset.plans, state.catalogue.lazy().select(C.ITEM), horizons
+        )
+    return two_stage.ModelData(
+        state.tx_cat, state.catalogue.lazy(), dataset.items, dataset.users, state.plan_tables
+    )
 
 
 def _windows(state: RunState) -> split.Windows:
@@ -319,6 +363,8 @@ def _version_meta(state: RunState) -> dict[str, Any]:
         "first_day": loaded.first_day,
         "last_day": loaded.last_day,
         "run_date": state.run_date.isoformat() if state.run_date else None,
+        "forward_plan_features": state.forward_plans,
+        "plan_features": record.data.get("plan_features"),
         "metrics": {k: v for k, v in record.metrics.items() if k != "gate"},
         "durations": {s.name: round(s.seconds, 3) for s in record.stages},
         "code_version": _code_version(),
