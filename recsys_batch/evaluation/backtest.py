@@ -47,6 +47,7 @@ from recsys_batch.evaluation.metrics import evaluate, metric_key, per_user_metri
 from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth
 from recsys_batch.evaluation.tifu_knn import tifu_knn_baseline
 from recsys_batch.model import split
+from recsys_batch.model.new_items_ranking import new_item_recommendations
 from recsys_batch.model.two_stage import (
     ModelData,
     TrainedTwoStage,
@@ -57,7 +58,7 @@ from recsys_batch.model.two_stage import (
 
 log = logging.getLogger(__name__)
 
-MODELS = ("popular", "own_purchases", "als", "tifu_knn", "two_stage")
+MODELS = ("popular", "own_purchases", "als", "tifu_knn", "two_stage", "two_stage_new")
 USER_SETS = ("all", "seed")
 POPULAR_WEEKS = 4
 # Defaults for callers without a configuration; a run passes ``settings.evaluation``.
@@ -373,6 +374,12 @@ def run_backtest(
     with _timed(timings, "baselines"):
         others = baseline_lists(data, all_users, model, windows, settings) if baselines else {}
         lists = {**others, "two_stage": two_stage}
+    if baselines and settings.publish.new_items > 0:
+        # The new-items list (#26): never-bought items only, scored like any other list.
+        with _timed(timings, "score_new_items"):
+            lists["two_stage_new"] = new_item_recommendations(
+                model, data, all_users, settings, k=cfg.curve_k
+            )
     with _timed(timings, "metrics"):
         rows, curves = metric_rows(lists, truth, user_sets, catalogue.height, cfg)
         diff = precision_diff(lists, truth, user_sets["all"], cfg) if baselines else {}

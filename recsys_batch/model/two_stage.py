@@ -31,12 +31,15 @@ from recsys_batch.data import columns as C
 from recsys_batch.model import candidates as stage1
 from recsys_batch.model import split
 from recsys_batch.model.features import FeatureSet, build_features, targets, with_targets
+from recsys_batch.model.new_items_ranking import fit_new_items_ranker
 from recsys_batch.model.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
 from recsys_batch.model.split import Windows
 
 log = logging.getLogger(__name__)
 
 STAGE1_FILE = "stage1.pkl"
+NEW_ITEMS_DIR = "new_items"
+"""Sub-folder of a saved model holding the new-items ranker (absent: none)."""
 MODEL_META_FILE = "two_stage.json"
 
 
@@ -55,6 +58,9 @@ class TrainedTwoStage:
     ranker_windows: Windows | None = None
     """The windows the ranker was trained on when they are not ``windows`` (a ranker reused
     from the quality gate's backtest, :func:`with_gated_ranker`)."""
+    new_items_ranker: Ranker | None = None
+    """Ranker of the new-items list (first purchases, #26; same windows as ``ranker``);
+    None: the list, if any, is ranked by ``ranker``."""
 
     def importances(self) -> pl.DataFrame:
         """Feature importances (gain) of the ranker, most important first."""
@@ -138,12 +144,7 @@ def training_frame(
     history_model = stage1.fit_stage1(
         split.history(tx, windows), data.catalogue, settings.candidates, placeholder
     )
-    target_users = (
-        split.stage2_window(tx, windows)
-        .select(C.USER)
-        .unique()
-        .join(history_users(tx, windows.history_end), on=C.USER, how="semi")
-    )
+    target_users = stage2_users(tx, windows)
     feats = featured_candidates(
         history_model, data.with_transactions(tx), target_users, windows.history_end, settings
     )
@@ -161,12 +162,20 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
     data = data.with_transactions(split.before_test(data.transactions, windows))
 
     start = time.perf_counter()
-    train, feats, _ = training_frame(data, windows, settings)
+    train, feats, history_model = training_frame(data, windows, settings)
     timings["train_set"] = time.perf_counter() - start
 
     start = time.perf_counter()
     ranker = fit_ranker(train, feats.feature_names, feats.categorical, settings.ranker)
     timings["ranker_fit"] = time.perf_counter() - start
+
+    new_items_ranker = None
+    if wants_new_items_ranker(settings):
+        start = time.perf_counter()
+        new_items_ranker = fit_new_items_ranker(
+            history_model, data, windows, stage2_users(data.transactions, windows), settings
+        )
+        timings["new_items_ranker"] = time.perf_counter() - start
 
     start = time.perf_counter()
     scoring_model = fit_scoring_stage1(data, windows, settings)
@@ -179,6 +188,23 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
         windows=windows,
         timings=timings,
         train_rows=ranker.train_rows,
+        new_items_ranker=new_items_ranker,
+    )
+
+
+def wants_new_items_ranker(settings: Settings) -> bool:
+    """Whether training fits a new-items ranker: a list is published and ranked by its own."""
+    return settings.publish.new_items > 0 and settings.new_items.own_ranker
+
+
+def stage2_users(tx: pl.LazyFrame, windows: Windows) -> pl.LazyFrame:
+    """Users with a purchase in the stage-2 window and in the history (the only ones that
+    can have a positive)."""
+    return (
+        split.stage2_window(tx, windows)
+        .select(C.USER)
+        .unique()
+        .join(history_users(tx, windows.history_end), on=C.USER, how="semi")
     )
 
 
@@ -219,6 +245,7 @@ def with_gated_ranker(
         timings={"stage1_fit_scoring": seconds},
         train_rows=gated.train_rows,
         ranker_windows=trained_on,
+        new_items_ranker=gated.new_items_ranker,
     )
 
 
@@ -278,6 +305,8 @@ def save_model(model: TrainedTwoStage, folder: Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_ranker(model.ranker, folder)
+    if model.new_items_ranker is not None:
+        save_ranker(model.new_items_ranker, folder / NEW_ITEMS_DIR)
     saver = getattr(stage1, "save_stage1", None)
     if saver is not None:
         saver(model.stage1_for_scoring, folder / "stage1")
@@ -312,4 +341,7 @@ def load_model(folder: Path) -> TrainedTwoStage:
         timings=meta.get("timings", {}),
         train_rows=int(meta.get("train_rows", 0)),
         ranker_windows=Windows(**meta["ranker_windows"]) if meta.get("ranker_windows") else None,
+        new_items_ranker=(
+            load_ranker(folder / NEW_ITEMS_DIR) if (folder / NEW_ITEMS_DIR).is_dir() else None
+        ),
     )
