@@ -203,7 +203,7 @@ def new_item_recommendations(
     scored = scored_with(ranker, feats.frame.collect())
     return (
         top_k(scored.lazy(), k)
-        .join(reasons.lazy(), on=[C.USER, C.ITEM], how="left")
+        .join(reasons.lazy(), on=[C.USER, C.ITEM], how="left", maintain_order="left")
         .select(list(NEW_ITEMS))
         .cast(NEW_ITEMS)
         .collect()

@@ -178,6 +178,23 @@ class TestResult:
             got = als.filter(pl.col(C.USER) == user).sort(C.RANK)[C.ITEM].to_list()
             assert got == stage1_model.items.to_ids(np.asarray(items[row])).tolist()
 
+    def test_two_stage_new_lists_only_items_new_to_the_user_issue_26(
+        self, result: BacktestResult
+    ) -> None:
+        """The new-items row scores the new-items list: never an item bought before the test
+        window (stage-2 window included), and its P@5 is its hit rate on new purchases."""
+        prep = prepare(dataset(), SETTINGS)
+        w = prep["windows"]
+        before = split.before_test(prep["tx"].lazy(), w).select(C.USER, C.ITEM).unique()
+        new = result.lists["two_stage_new"]
+        assert new.height > 0
+        assert new.join(before.collect(), on=[C.USER, C.ITEM], how="semi").height == 0
+        truth = split.test_window(prep["tx"].lazy(), w).select(C.USER, C.ITEM).unique().collect()
+        users = next(r["users"] for r in result.rows if r["user_set"] == "all")
+        hits = new.filter(pl.col(C.RANK) <= 5).join(truth, on=[C.USER, C.ITEM], how="semi")
+        assert hits.height > 0
+        assert result.precision("two_stage_new") == pytest.approx(hits.height / (5 * users))
+
     def test_deterministic_for_a_fixed_seed(self, result: BacktestResult) -> None:
         again = run_backtest(dataset(), SETTINGS)
         # Same models and rankings; float means may differ in the last bit (parallel sums).
