@@ -43,17 +43,11 @@ FIRST_BUYERS = "first_buyers"
 """Key of the item first-buyer family in ``fixed_tables`` (a shard: computed over every user)."""
 
 
-def first_buyer_items(
+def _first_buyer_partials(
     transactions: pl.LazyFrame, as_of_week: int, recent_weeks: int, placeholder_item: int
 ) -> pl.LazyFrame:
-    """Per item, how many users bought it for the first time lately (point in time).
-
-    Columns: ``item_id``, ``if_first_recent`` (users whose first purchase of the item is in
-    the last ``recent_weeks`` weeks before the cut), ``if_first_previous`` (the
-    ``recent_weeks`` before those) and ``if_first_share`` (first-time buyers among the
-    item's buyers of the recent weeks): an item that keeps winning new buyers is the kind
-    a customer buys for the first time, a staple bought by the same people is not.
-    """
+    """Per item: users whose first purchase is in the recent / previous weeks, and the
+    recent buyers (sums over parts of whole users give the totals)."""
     tx = transactions.filter((pl.col(C.WEEK) < as_of_week) & (pl.col(C.ITEM) != placeholder_item))
     recent_from, previous_from = as_of_week - recent_weeks, as_of_week - 2 * recent_weeks
     per_pair = tx.group_by(C.USER, C.ITEM).agg(
@@ -66,12 +60,37 @@ def first_buyer_items(
         .sum()
         .cast(pl.Float32)
         .alias("if_first_previous"),
-        (
-            (pl.col("_first") >= recent_from).sum()
-            / (pl.col("_last") >= recent_from).sum().clip(1, None)
+        (pl.col("_last") >= recent_from).sum().cast(pl.Float32).alias("_recent_buyers"),
+    )
+
+
+def first_buyer_items(
+    parts: list[pl.LazyFrame], as_of_week: int, recent_weeks: int, placeholder_item: int
+) -> pl.DataFrame:
+    """Per item, how many users bought it for the first time lately (point in time).
+
+    ``parts`` are transactions of disjoint sets of whole users (one frame: everyone), read
+    one at a time. Columns: ``item_id``, ``if_first_recent`` (users whose first purchase of
+    the item is in the last ``recent_weeks`` weeks before the cut), ``if_first_previous``
+    (the ``recent_weeks`` before those) and ``if_first_share`` (first-time buyers among the
+    item's buyers of the recent weeks): an item that keeps winning new buyers is the kind a
+    customer buys for the first time, a staple bought by the same people is not.
+    """
+    partials = [
+        _first_buyer_partials(part, as_of_week, recent_weeks, placeholder_item).collect()
+        for part in parts
+    ]
+    return (
+        pl.concat(partials)
+        .group_by(C.ITEM)
+        .agg(pl.col("if_first_recent", "if_first_previous", "_recent_buyers").sum())
+        .with_columns(
+            (pl.col("if_first_recent") / pl.col("_recent_buyers").clip(1, None))
+            .cast(pl.Float32)
+            .alias("if_first_share")
         )
-        .cast(pl.Float32)
-        .alias("if_first_share"),
+        .drop("_recent_buyers")
+        .sort(C.ITEM)
     )
 
 
@@ -126,11 +145,11 @@ def featured_new_items(
     first = fixed.get(FIRST_BUYERS)
     if first is None:
         first = first_buyer_items(
-            data.transactions,
+            [data.transactions],
             as_of_week,
             settings.features.recent_weeks,
             settings.prefilter.placeholder_item,
-        ).collect()
+        )
     return with_first_buyers(feats, first), cands.select(C.USER, C.ITEM, REASON)
 
 

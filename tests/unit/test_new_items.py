@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import polars as pl
 import pytest
@@ -17,6 +19,7 @@ from recsys_batch.model.new_items import (
     top_new,
     union_new,
 )
+from recsys_batch.model.new_items_ranking import first_buyer_items
 
 PLACEHOLDER = 999999
 GROUP_A_USERS = list(range(1, 9))
@@ -214,3 +217,53 @@ def test_union_keeps_best_relative_rank_and_its_reason(
         pl.DataFrame({C.ITEM: [1, 3], C.rank_col("category"): [None, 4]}),
         check_dtypes=False,
     )
+
+
+class TestFirstBuyers:
+    """Item first buyers, counted by hand (cut 10, recent weeks 2: recent = weeks 8-9,
+    previous = weeks 6-7)."""
+
+    ROWS: ClassVar[list[tuple[int, int, int]]] = [
+        # user, item, week
+        (1, 101, 8),  # first purchase of 101 by user 1: recent
+        (1, 101, 9),
+        (2, 101, 3),  # user 2 bought 101 long ago and again lately: not a first buyer
+        (2, 101, 9),
+        (3, 101, 6),  # previous
+        (3, 102, 7),  # previous
+        (4, 102, 9),  # recent
+        (4, 102, 10),  # at the cut: never read
+        (5, 103, 10),  # at the cut: never read
+        (5, PLACEHOLDER, 9),
+    ]
+
+    def _tx(self, rows: list[tuple[int, int, int]]) -> pl.LazyFrame:
+        return pl.LazyFrame(rows, schema=[C.USER, C.ITEM, C.WEEK], orient="row")
+
+    def test_by_hand(self) -> None:
+        got = first_buyer_items([self._tx(self.ROWS)], 10, 2, PLACEHOLDER)
+        expected = pl.DataFrame(
+            {
+                C.ITEM: [101, 102],
+                "if_first_recent": [1.0, 1.0],
+                "if_first_previous": [1.0, 1.0],
+                "if_first_share": [1 / 2, 1 / 1],  # 101: users 1 and 2 bought it lately
+            },
+            schema_overrides={
+                "if_first_recent": pl.Float32,
+                "if_first_previous": pl.Float32,
+                "if_first_share": pl.Float32,
+            },
+        )
+        assert_frame_equal(got, expected)
+
+    def test_parts_of_whole_users_sum_to_the_whole(self) -> None:
+        """A shard's driver computes it over parts: the sum must equal one pass (mutation
+        caught: a share averaged over parts)."""
+        rows = self.ROWS
+        whole = first_buyer_items([self._tx(rows)], 10, 2, PLACEHOLDER)
+        parts = [
+            self._tx([r for r in rows if r[0] in (1, 3)]),
+            self._tx([r for r in rows if r[0] not in (1, 3)]),
+        ]
+        assert_frame_equal(first_buyer_items(parts, 10, 2, PLACEHOLDER), whole)
