@@ -78,7 +78,7 @@ def create_app(
             client, cluster = await asyncio.to_thread(make_client, settings.redis, timeout)
         else:
             client, cluster = redis_client, False
-        app.state.lookup = lookup = Lookup(
+        app.state.lookup = Lookup(
             client,
             settings.redis.key_prefix,
             settings.api.current_cache_seconds,
@@ -89,7 +89,6 @@ def create_app(
             yield
         finally:
             app.state.lookup = None
-            await lookup.aclose()
             if owned:
                 await client.aclose()
 

@@ -6,8 +6,9 @@ generated_at, bucket count, the popular fallback list), so answering users is on
 an ``HGET`` of each user's field in its bucket hash (format 2, :mod:`keys`), the tail and
 reasons fields when the request needs them, one ``GET P:current`` and the A/B state
 (``HMGET P:ab``). Lookups arriving together share one pipeline (:class:`Coalescer`), whose
-commands are packed by hand and whose replies are parsed in one pass (:mod:`api.wire`); each
-request's answer is built in that same pass, so a request costs the event loop one wake-up.
+commands are packed by hand and whose replies are read under one timeout (:mod:`api.wire`);
+each request's answer is built in one pass over them, so a request costs the event loop one
+wake-up.
 
 The pointer read in the same round trip makes every answer trustworthy without a second
 one: when it still names the cached version, that version is live and complete, so a
@@ -419,11 +420,6 @@ class Lookup:
     async def details(self, live: LiveVersion, item_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Attributes of items published with ``live`` (:func:`api.live.item_details`)."""
         return await item_details(self.client, live, item_ids)
-
-    async def aclose(self) -> None:
-        """Give the connections the lookup pipeline keeps back to the client's pool."""
-        if self.wire is not None:
-            await self.wire.aclose()
 
     async def ping(self) -> None:
         """Raise :class:`Unavailable` unless Redis answers ``PING``."""

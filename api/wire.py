@@ -1,51 +1,43 @@
-"""A lookup's one round trip, packed by hand and parsed in one pass (issue #18).
+"""A lookup's one round trip: commands packed by hand, replies read under one timeout (#18, #29).
 
-Profiling the lookup path (``benchmarks/api_profile.py``) showed redis-py's pipeline spending
-about 10 us of CPU per command on a 2-core host: building each command's argument list, packing
-it, and reading each reply under its own ``asyncio`` timeout. A lookup pipeline holds one
-``HGET`` per user (more with a tail or reasons) plus the pointer ``GET`` and the A/B ``HMGET``,
-so that per-command cost, not Redis, bounded the service.
+A profile of the lookup path (``cProfile`` of an in-process ASGI loop against a real Redis)
+showed redis-py's pipeline spending about 10 us of CPU per command on a 2-core host: building
+each command's argument list, packing it, and reading each reply under its own ``asyncio``
+timeout. A lookup pipeline holds one ``HGET`` per user (more with a tail or reasons) plus the
+pointer ``GET`` and the A/B ``HMGET``, so that per-command cost, not Redis, bounded the service.
 
 :class:`Wire` sends the same commands (the Redis protocol, byte for byte what redis-py would
-send) in one write on a connection of the client's own pool, and drains every reply from
-hiredis' reader in one loop under one timeout (about 0.3 us a reply). Connecting, ``AUTH``,
-TLS, ``SELECT``, the retry policy and the pool all stay redis-py's. Reading the replies uses
-the connection's hiredis parser directly (``Connection._parser``): :func:`Wire.for_client`
-checks that the client is a plain ``redis.asyncio.Redis`` whose connections are redis-py's
-own; anything else (a cluster, ``fakeredis``, a wrapper) gets ``None`` and the caller uses
-redis-py's pipeline, which sends the same commands. A connection whose parser is not hiredis
-is read with the public ``read_response``, one reply at a time.
+send) in one write, and reads their replies under one timeout for the whole round trip. It
+uses redis-py's public API only: a connection is taken from the client's pool for each round
+trip and given back after it (``ConnectionPool.get_connection`` / ``release``, so the pool
+checks an idle connection before reuse and reconnects one the server closed, e.g. after a
+Redis restart), written with ``Connection.send_packed_command`` and read with
+``Connection.read_response(timeout=math.inf)``: no timeout of its own per reply (redis-py >= 8.1
+skips it; older releases arm one that never fires), the round trip's ``asyncio.timeout`` of
+``socket_timeout`` bounds them all. Connecting, ``AUTH``, TLS, ``SELECT``, the retry policy
+and the pool all stay redis-py's. A cluster client, ``fakeredis`` or a client decoding
+replies to ``str`` gets no wire (:meth:`Wire.for_client` returns None) and the caller uses
+redis-py's pipeline, which sends the same commands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-_NOT_ENOUGH_DATA: Any = None
-_HiredisParser: Any = None
-_Push: Any = None
-try:  # the sentinel redis-py's hiredis parser hands to hiredis.Reader(notEnoughData=...)
-    from redis._parsers import hiredis as _redis_hiredis
-
-    _NOT_ENOUGH_DATA = _redis_hiredis.NOT_ENOUGH_DATA
-    _HiredisParser = _redis_hiredis._AsyncHiredisParser
-except (ImportError, AttributeError):  # pragma: no cover - another layout: public reads only
-    pass
-try:
-    import hiredis
-
-    _Push = getattr(hiredis, "PushNotification", None)  # hiredis >= 3.2 (RESP3 pushes)
-except ImportError:  # pragma: no cover - no hiredis: redis-py's own parser, public reads
-    pass
-
-_STANDARD_CONNECTIONS = (Connection, SSLConnection, UnixDomainSocketConnection)
+_REDIS_PY_CONNECTIONS = (Connection, SSLConnection, UnixDomainSocketConnection)
+"""redis-py's own socket connections; a test double's (``fakeredis``) gets the pipeline."""
 _HGET = b"*3\r\n$4\r\nHGET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 
 
@@ -63,26 +55,27 @@ def pack(*args: bytes) -> bytes:
 
 
 class Wire:
-    """Sends packed commands on one pooled connection and reads all their replies.
+    """Sends packed commands on a connection of the client's pool and reads all their replies.
 
-    Connections are taken from the client's pool and kept between round trips (one per
-    round trip in flight), so a lookup does not pay the pool's lock and bookkeeping; the
-    client's ``aclose`` closes them with the pool. A connection that failed, was cancelled
-    mid-read, or asks to reconnect goes back to the pool disconnected.
+    Each round trip takes a connection from the client's pool and gives it back when its
+    replies are read, so idle connections live in redis-py's pool, which checks each one
+    as it hands it out (a socket the server closed is reconnected there) and closes them
+    all with the client. A connection that failed or was cancelled mid-read is disconnected
+    by redis-py before it goes back.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.pool = client.connection_pool
-        self._idle: list[Any] = []
 
     @classmethod
     def for_client(cls, client: Any) -> Wire | None:
-        """A wire for ``client``, or None when it is not a plain redis-py asyncio client
-        (a cluster client, ``fakeredis``, a test double): use redis-py's pipeline then."""
+        """A wire for ``client``, or None when it is not a plain redis-py asyncio client on
+        redis-py's own connections returning bytes (a cluster client, ``fakeredis``, a test
+        double, a client with ``decode_responses``): use redis-py's pipeline then."""
         if not isinstance(client, aioredis.Redis):
             return None
         pool = getattr(client, "connection_pool", None)
-        if pool is None or getattr(pool, "connection_class", None) not in _STANDARD_CONNECTIONS:
+        if pool is None or getattr(pool, "connection_class", None) not in _REDIS_PY_CONNECTIONS:
             return None
         if pool.connection_kwargs.get("decode_responses"):
             return None
@@ -100,74 +93,39 @@ class Wire:
         redis.exceptions.RedisError
             An error reply, a connection error or a timeout (after the retry).
         """
-        conn = self._idle.pop() if self._idle else await self.pool.get_connection()
+        conn = await self.pool.get_connection()
         try:
             values = await conn.retry.call_with_retry(
-                lambda: self._once(conn, packed, replies),
+                lambda: _once(conn, packed, replies),
                 lambda _error: conn.disconnect(),
             )
         except BaseException:
-            await self._discard(conn)
+            await conn.disconnect(nowait=True)  # it may hold unread replies
             raise
-        if getattr(conn, "should_reconnect", bool)():
-            await self._discard(conn)
-        else:
-            self._idle.append(conn)
+        finally:
+            await self.pool.release(conn)
         for value in values:
             if isinstance(value, ResponseError):
                 raise value
         return values
 
-    async def _discard(self, conn: Any) -> None:
-        """Give a connection back to the pool, disconnected (it may hold unread replies)."""
-        try:
-            await conn.disconnect(nowait=True)
-        finally:
-            await self.pool.release(conn)
 
-    async def aclose(self) -> None:
-        """Give the kept connections back to the pool."""
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await self.pool.release(conn)
+async def _once(conn: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
+    """One try: write ``packed`` and read ``replies`` replies, error replies included.
 
-    @staticmethod
-    async def _once(conn: Any, packed: bytes, replies: int) -> list[Any]:
-        await conn.send_packed_command(packed, check_health=False)
-        parser = getattr(conn, "_parser", None)
-        try:
-            async with asyncio.timeout(conn.socket_timeout):
-                if _HiredisParser is not None and type(parser) is _HiredisParser:
-                    return await _drain(parser, replies)
-                return [await conn.read_response() for _ in range(replies)]
-        except TimeoutError:
-            await conn.disconnect(nowait=True)
-            msg = f"Timeout reading from {conn.host if hasattr(conn, 'host') else 'redis'}"
-            raise RedisTimeoutError(msg) from None
-        except OSError as exc:
-            await conn.disconnect(nowait=True)
-            raise RedisConnectionError(f"Error while reading from redis: {exc}") from exc
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-
-
-async def _drain(parser: Any, replies: int) -> list[Any]:
-    """``replies`` replies from a redis-py hiredis parser, reading the socket as needed."""
-    reader = parser._reader
-    if reader is None:
-        raise RedisConnectionError("Connection closed by server.")
+    ``read_response`` disconnects the connection itself when a read fails or is cancelled
+    (the round trip's timeout cancels it), so a retry starts on a fresh socket.
+    """
+    await conn.send_packed_command(packed)  # health-checks first if the client asks to
     values: list[Any] = []
-    gets = reader.gets
-    while len(values) < replies:
-        value = gets()
-        if value is _NOT_ENOUGH_DATA:
-            await parser.read_from_socket()
-            continue
-        if isinstance(value, RedisConnectionError):
-            raise value
-        if _Push is not None and isinstance(value, _Push):
-            await parser.handle_push_response(value)  # RESP3 push: not one of ours
-            continue
-        values.append(value)
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            for _ in range(replies):
+                try:
+                    values.append(await conn.read_response(timeout=math.inf))
+                except ResponseError as exc:  # a whole reply: the rest are still to read
+                    values.append(exc)
+    except TimeoutError:
+        msg = f"Timeout reading {replies} replies from redis"
+        raise RedisTimeoutError(msg) from None
     return values

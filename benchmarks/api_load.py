@@ -15,7 +15,9 @@ under a unique key prefix into the Redis at ``--redis-url`` the way the nightly 
 3. saturation at 50 connections: the API over random known users next to the bare endpoint,
    in ``--rounds`` interleaved rounds (the median round is reported), with ``wrk`` (a Lua
    script draws the user of each request) or, where ``wrk`` is not installed, ``hey`` over
-   one user; and ``redis-benchmark -t get`` on the same Redis.
+   one user, with the CPU time (user + system) each server process spent per request in
+   the round: on a shared host, throughput moves with the neighbours' load far more than
+   CPU per request does; and ``redis-benchmark -t get`` on the same Redis.
 
 Usage::
 
@@ -41,10 +43,12 @@ import sys
 import time
 import uuid
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import psutil
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +144,25 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU time of a server process and its workers so far."""
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for one in [root, *root.children(recursive=True)]:
+        times = one.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def measured(proc: subprocess.Popen[bytes], run: Any) -> dict[str, Any]:
+    """``run()``'s summary with the server's CPU microseconds per request it answered."""
+    before = cpu_seconds(proc)
+    result: dict[str, Any] = run()
+    spent = cpu_seconds(proc) - before
+    result["cpu_us_per_request"] = round(spent / max(result["total"], 1) * 1e6, 1)
+    return result
+
+
 def single_connection(port: int, requests: int, users: int) -> dict[str, Any]:
     """Keep-alive Python client over random users (about 1 in 6 unknown: fallback)."""
     rng = random.Random(1)
@@ -222,6 +245,8 @@ def wrk(base: str, path: str, connections: int, duration: int, users: int | None
     result: dict[str, Any] = {"args": " ".join(cmd[1:5]) + (" random users" if users else "")}
     match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
     result["rps"] = round(float(match.group(1)), 1) if match else None
+    total = re.search(r"(\d+) requests in", out)
+    result["total"] = int(total.group(1)) if total else 0
     result["latency_ms"] = {
         int(q): round(float(v) * unit[u], 3)
         for q, v, u in re.findall(r"^\s+(\d+)%\s+([0-9.]+)(us|ms|s)$", out, flags=re.M)
@@ -313,22 +338,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         sat = ["-z", f"{args.duration}s", "-c", "50"]
         rounds: list[dict[str, Any]] = []  # interleaved: both see the same (noisy) machine
+        api_base, bare_base = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{bare_port}"
+        api_path, wrk_args = "/v1/recommendations/", (args.duration, args.users)
         for _ in range(args.rounds):
             if use_wrk:
-                base = "http://127.0.0.1:"
-                api_run = wrk(
-                    f"{base}{api_port}", "/v1/recommendations/", 50, args.duration, args.users
-                )
-                bare_run = wrk(f"{base}{bare_port}", "/", 50, args.duration, None)
+                api_run = measured(procs[0], partial(wrk, api_base, api_path, 50, *wrk_args))
+                bare_run = measured(procs[1], partial(wrk, bare_base, "/", 50, args.duration, None))
             else:
-                api_run, bare_run = hey(api_url, *sat), hey(bare_url, *sat)
+                api_run = measured(procs[0], partial(hey, api_url, *sat))
+                bare_run = measured(procs[1], partial(hey, bare_url, *sat))
             share = (api_run["rps"] or 0.0) / (bare_run["rps"] or 1.0)
             rounds.append({"api": api_run, "bare": bare_run, "share": round(share, 3)})
         median = sorted(rounds, key=lambda r: r["share"])[len(rounds) // 2]
         report["saturation_rounds"] = [
-            {"api_rps": r["api"]["rps"], "bare_rps": r["bare"]["rps"], "share": r["share"]}
+            {
+                "api_rps": r["api"]["rps"],
+                "bare_rps": r["bare"]["rps"],
+                "share": r["share"],
+                "api_cpu_us": r["api"]["cpu_us_per_request"],
+                "bare_cpu_us": r["bare"]["cpu_us_per_request"],
+            }
             for r in rounds
         ]
+        report["cpu_us_per_request"] = {
+            side: statistics.median(r[side]["cpu_us_per_request"] for r in rounds)
+            for side in ("api", "bare")
+        }
         report["saturation_api"] = median["api"]
         report["saturation_bare"] = median["bare"]
         report["api_share_of_bare"] = median["share"]
@@ -389,6 +424,11 @@ def summary(r: dict[str, Any]) -> str:
             f"{s['api_rps']:.0f}, {s['bare_rps']:.0f}, {s['share']:.1%}"
             for s in r["saturation_rounds"]
         ),
+        "server CPU (user + system) per request at saturation, median of the rounds: "
+        f"API {r['cpu_us_per_request']['api']} us, bare {r['cpu_us_per_request']['bare']} us "
+        "(rounds: "
+        + "; ".join(f"{s['api_cpu_us']} / {s['bare_cpu_us']}" for s in r["saturation_rounds"])
+        + ")",
         f"API / bare endpoint (median round): {r['api_share_of_bare']:.1%}; "
         f"redis-benchmark -t get -c 50: {r['redis_benchmark_get_rps']} req/s",
     ]

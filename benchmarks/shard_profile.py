@@ -32,9 +32,9 @@ from polars.testing import assert_frame_equal
 
 from recsys_batch.config import Settings, load_settings
 from recsys_batch.data import columns as C
+from recsys_batch.data.frames import distinct_count
 from recsys_batch.data.sources import load_dataset
 from recsys_batch.model import split, two_stage
-from recsys_batch.model.ids import distinct_count
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.run import shard_task, sharding
 

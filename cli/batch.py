@@ -24,6 +24,13 @@ from cli.common import (
     setup_logging,
 )
 from cli.progress import live_progress
+from recsys_batch.config import PublishConfig
+
+TOP_N = PublishConfig.model_fields["top_n"].default
+NIGHTLY_HELP = (
+    "Train, score every known user and publish each one's top N items "
+    f"(publish.top_n, default {TOP_N}) to Redis atomically."
+)
 
 RunDateOpt = Annotated[
     datetime | None,
@@ -105,7 +112,7 @@ def nightly_batch(
     scheduler: SchedulerOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Train, score every known user and publish the top 5 to Redis atomically."""
+    """Train, score every known user and publish each one's top ``publish.top_n`` items."""
     setup_logging(_check_log_format(log_format), logging.DEBUG if debug else logging.INFO)
     _check_executor(executor)
 
@@ -218,6 +225,6 @@ def rollback(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
-    app.command("nightly-batch")(nightly_batch)
+    app.command("nightly-batch", help=NIGHTLY_HELP)(nightly_batch)
     app.command("status")(status)
     app.command("rollback")(rollback)

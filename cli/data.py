@@ -68,7 +68,7 @@ def validate_cmd(
     json_path: JsonOpt = None,
     debug: common.DebugOpt = False,
 ) -> None:
-    """Check the data source: files, columns, types, keys, weeks; print a summary."""
+    """Check the data source: files, columns, types, keys, weeks, plans; print a summary."""
     common.setup_logging()
 
     def run() -> None:
@@ -88,6 +88,7 @@ def validate_cmd(
             ("item table rows", _count(report.item_rows)),
             ("items missing from item table", _count(report.missing_items)),
             ("users with demographics", _count(report.user_rows)),
+            *_plan_rows(report.plans),
             (
                 "backtest windows",
                 f"history < {report.windows.history_end} <= stage 2 < "
@@ -106,6 +107,22 @@ def validate_cmd(
 
 def _count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
+
+
+def _plan_rows(plans: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """One summary row per plan table: its rows and week or day range, or "-" when absent."""
+    from recsys_batch.data.tables import PLAN_TABLES  # noqa: PLC0415 - keep `recsys --help` fast
+
+    rows = []
+    for table in PLAN_TABLES:
+        summary = plans.get(table)
+        value = "-" if summary is None else f"{summary['rows']:,}"
+        for axis in ("weeks", "days"):
+            if summary is not None and axis in summary:
+                first, last = summary[axis]
+                value += f" ({axis} {first}..{last})"
+        rows.append((f"{table.replace('_', ' ')} rows", value))
+    return rows
 
 
 def rule_descriptions(cfg: PrefilterConfig) -> dict[str, str]:
@@ -235,7 +252,8 @@ def synth_cmd(
             manifest = write_synthetic(out, users, seed, overwrite=overwrite)
         common.console.print(
             f"wrote {manifest['rows']:,} transactions of {users:,} users, "
-            f"{manifest['items']:,} items, in {manifest['parts']} part(s) to {out} "
+            f"{manifest['items']:,} items, in {manifest['parts']} part(s), and "
+            f"{manifest['plans']['promotions']:,} promotion rows with the campaigns to {out} "
             f"({manifest['seconds']:.1f} s); read it with "
             f"`recsys data prefilter --source synthetic --path {out}`",
             highlight=False,

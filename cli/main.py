@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import ab, batch, data, evaluate, serve
+from cli import ab, batch, catalog, data, evaluate, promo, scenario, serve
 
 app = typer.Typer(
     name="recsys",
@@ -15,6 +15,9 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data", help="Inspect, validate, prefilter and synthesise data.")
 app.add_typer(ab.app, name="ab", help="A/B test a second published version.")
+app.add_typer(scenario.app, name="scenario", help="Business-rule scenarios stored in Redis.")
+app.add_typer(catalog.app, name="catalog", help="Mark items unavailable or available again.")
+app.add_typer(promo.app, name="promo", help="Set or clear the current promotion list.")
 evaluate.register(app)
 batch.register(app)
 serve.register(app)

@@ -30,7 +30,7 @@ from pydantic_settings import (
 )
 
 from recsys_batch.errors import ConfigError
-from recsys_batch.publish.keys import _PREFIX_RE
+from recsys_batch.publish.keys import check_prefix
 
 
 class _Section(BaseModel):
@@ -50,6 +50,16 @@ class DataConfig(_Section):
     """``files`` source: optional parquet or CSV of product attributes."""
     users_file: Path | None = None
     """``files`` source: optional parquet or CSV of household demographics."""
+    promotions_file: Path | None = None
+    """``files`` source: optional promotion calendar (item, store, week, display, mailer)."""
+    campaigns_file: Path | None = None
+    """``files`` source: optional campaign recipients (campaign_id, user_id)."""
+    campaign_periods_file: Path | None = None
+    """``files`` source: optional campaign periods (campaign_id, start_day, end_day; days)."""
+    coupons_file: Path | None = None
+    """``files`` source: optional coupon items (campaign_id, item_id, coupon_id)."""
+    coupon_redemptions_file: Path | None = None
+    """``files`` source: optional coupon redemptions (user_id, day, campaign_id, coupon_id)."""
     column_mapping: dict[str, str] = Field(default_factory=dict)
     """``files`` source: canonical column name -> column name in your file."""
     synthetic_users: int = 2500
@@ -275,10 +285,7 @@ class RedisConfig(_Section):
     @classmethod
     def _check_key_prefix(cls, value: str) -> str:
         """The rule of :mod:`recsys_batch.publish.keys`: a bad prefix fails with the config."""
-        if not _PREFIX_RE.match(value):
-            msg = f"invalid key prefix {value!r}: use 1-32 letters, digits, '_', '.', '-'"
-            raise ValueError(msg)
-        return value
+        return check_prefix(value)
 
 
 class PublishConfig(_Section):
@@ -342,7 +349,8 @@ class ScaleConfig(_Section):
     ``<shared_dir>/<run_id>/shards``; None = the run directory (absolute: fine for a
     LocalCluster, or when ``run.runs_dir`` is itself on shared storage)."""
     shard_retries: int = 2
-    """A failed shard is retried this many times before the run fails (nothing flips)."""
+    """A shard whose Redis connection failed is retried this many times before the run fails
+    (nothing flips); any other error is not retried."""
     train_users: int | None = 25_000
     """Stage-2 training and the gate's backtest use at most this many users (stable hash
     sample; None = all). Stage 1 is then refit on every user for scoring."""

@@ -82,8 +82,9 @@ async function loadLive() {
       ["Users", fmtNum(live.users)],
       ["Gate metrics", shown || "–"],
       ["Data days", live.first_day !== null && live.first_day !== undefined
-        ? live.first_day + " – " + live.last_day + (live.data_source ? " (" + live.data_source + ")" : "")
+        ? live.first_day + " – " + live.last_day
         : "–"],
+      ["Data source", live.data_source || "–"],
       ["Previous version", live.previous_version ? el("code", { text: live.previous_version }) : "none"],
       ["Run", live.run_id || "–"],
     ];

@@ -156,3 +156,39 @@ CANDIDATES = pl.Schema(
 
 # Final output of the batch: the top-k per user, best first (rank 1..k).
 RECOMMENDATIONS = pl.Schema({USER: pl.Int64, ITEM: pl.Int64, RANK: pl.Int32, SCORE: pl.Float32})
+
+# --- plans: promotions and campaigns known ahead (optional; issue #26) ----------------------
+# Every plan table is on the transactions' time axis: ``week`` is the transactions' week and
+# every day (``start_day``, ``end_day``, a redemption's ``day``) counts like their ``day``.
+DISPLAY = "display"  # in-store display location code as given; "0" = not on display
+MAILER = "mailer"  # weekly mailer location code as given; "0" = not in the mailer
+ON_DISPLAY = "on_display"  # display is set and not "0" (derived, cheap)
+ON_MAILER = "on_mailer"  # mailer is set and not "0" (derived, cheap)
+CAMPAIGN = "campaign_id"
+CAMPAIGN_TYPE = "campaign_type"  # e.g. "Type A" (bundled) or "TypeA" (classic CSV)
+START_DAY = "start_day"  # first day of the campaign (may be < 1: it began before the data)
+END_DAY = "end_day"  # last day of the campaign, inclusive
+COUPON = "coupon_id"  # COUPON_UPC / coupon_upc
+
+# Promotions as read from a file: one row per (item, store, week) on display or in the mailer.
+PROMOTION_CODES = pl.Schema(
+    {ITEM: pl.Int64, STORE: pl.Int64, WEEK: pl.Int32, DISPLAY: pl.String, MAILER: pl.String}
+)
+# The canonical promotions frame: the codes plus the two flags features use.
+PROMOTIONS = pl.Schema(
+    [*PROMOTION_CODES.items(), (ON_DISPLAY, pl.Boolean), (ON_MAILER, pl.Boolean)]
+)
+NOT_PROMOTED = "0"
+"""The code meaning "not on display"/"not in the mailer" (bundled, classic, synthetic)."""
+
+# Households a campaign was sent to.
+CAMPAIGNS = pl.Schema({CAMPAIGN: pl.Int64, USER: pl.Int64})
+CAMPAIGN_PERIODS = pl.Schema(
+    {CAMPAIGN: pl.Int64, CAMPAIGN_TYPE: pl.String, START_DAY: pl.Int32, END_DAY: pl.Int32}
+)
+# Items a campaign's coupons apply to (a coupon covers one or many items).
+COUPONS = pl.Schema({CAMPAIGN: pl.Int64, COUPON: pl.Int64, ITEM: pl.Int64})
+# One row per coupon redeemed; the bundled and classic data name the coupon, not the item.
+COUPON_REDEMPTIONS = pl.Schema(
+    {USER: pl.Int64, CAMPAIGN: pl.Int64, COUPON: pl.Int64, ITEM: pl.Int64, DAY: pl.Int32}
+)

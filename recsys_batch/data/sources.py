@@ -15,10 +15,12 @@ import polars as pl
 
 from recsys_batch.config import DataConfig
 from recsys_batch.data import columns as C
-from recsys_batch.data import synthetic
+from recsys_batch.data import plans, synthetic, synthetic_plans
+from recsys_batch.data.plans import NO_PLANS, Plans
 from recsys_batch.data.synthetic import SYNTH_ITEMS, SYNTH_TRANSACTIONS, SYNTH_USERS
 from recsys_batch.data.tables import (
     ITEMS,
+    PLAN_TABLES,
     REQUIRED,
     TRANSACTIONS,
     USERS,
@@ -64,13 +66,30 @@ class Dataset:
     items: pl.LazyFrame | None
     users: pl.LazyFrame | None
     name: str
-    """Where the data came from, for logs and run manifests."""
+    """Where the data came from, for people (logs, manifests, the console, ``recsys evaluate``).
+
+    Never a machine path: the source kind and at most a folder or file *name* (see
+    :func:`source_name`), since it is published in each version's meta hash.
+    """
     tables: tuple[SourceTable, ...] = field(default=())
     """The files as read (before renaming and casting), for ``validation``; may be empty.
 
     They describe the frames the reader built: a Dataset derived with other frames (e.g. cut
     at a run date) should leave ``tables`` empty, so validation checks the frames themselves.
     """
+    plans: Plans = NO_PLANS
+    """Promotions and campaigns known ahead (issue #26); each table may be absent (None)."""
+
+
+def source_name(kind: str, where: Path | str | None) -> str:
+    """``kind (name)``: the source kind and the last part of its folder or file, no path.
+
+    >>> source_name("dunnhumby csv", Path("exports") / "dunnhumby-2024")
+    'dunnhumby csv (dunnhumby-2024)'
+    >>> source_name("completejourney", None)
+    'completejourney (bundled)'
+    """
+    return f"{kind} ({Path(where).name if where is not None else 'bundled'})"
 
 
 def completejourney_dir() -> Path:
@@ -81,7 +100,8 @@ def completejourney_dir() -> Path:
 
 
 def scan_completejourney(folder: Path | None = None) -> Dataset:
-    """The bundled 84.51 "The Complete Journey" data, scanned straight from its parquet files."""
+    """The bundled 84.51 "The Complete Journey" data (plans included), scanned lazily."""
+    name = source_name("completejourney", folder)
     folder = folder or completejourney_dir()
     ts = pl.col("transaction_timestamp")
     transactions = pl.scan_parquet(folder / "transactions.parquet").select(
@@ -104,7 +124,13 @@ def scan_completejourney(folder: Path | None = None) -> Dataset:
     users = renamed(
         pl.scan_parquet(folder / "demographics.parquet"), COMPLETEJOURNEY_USERS, C.USERS
     )
-    return Dataset(transactions, items, users, name=f"completejourney:{folder}")
+    return Dataset(
+        transactions,
+        items,
+        users,
+        name=name,
+        plans=plans.completejourney_plans(folder, COMPLETEJOURNEY_ORIGIN),
+    )
 
 
 def renamed(raw: pl.LazyFrame, columns: Mapping[str, str], schema: pl.Schema) -> pl.LazyFrame:
@@ -171,8 +197,9 @@ def scan_dunnhumby(folder: Path | None) -> Dataset:
     """A folder in the classic Dunnhumby "The Complete Journey" CSV layout.
 
     Transactions come from ``transaction_data.csv`` or ``retail_train.csv`` (upper- or
-    lower-case columns); ``product.csv`` and ``hh_demographic.csv`` are optional. The original
-    files record discounts as negative amounts; they are made positive like the bundled data.
+    lower-case columns); ``product.csv``, ``hh_demographic.csv`` and the plan files
+    (``plans.DUNNHUMBY_PLAN_FILES``) are optional. The original files record discounts as
+    negative amounts; they are made positive like the bundled data.
     """
     hint = "rename the column in the CSV (the classic layout's names are in docs/data.md)"
     if folder is None or not folder.is_dir():
@@ -207,9 +234,15 @@ def scan_dunnhumby(folder: Path | None) -> Dataset:
             columns = resolve_columns(header(path), expected)
             tables.append(read_table(table, path, columns, hint, required_columns=""))
             frames[table] = canonical(tables[-1])
+    tables.extend(plans.dunnhumby_plan_tables(folder, hint))
     transactions = canonical(tables[0]).with_columns(pl.col(d).abs() for d in _DISCOUNTS)
     return Dataset(
-        transactions, frames[ITEMS], frames[USERS], name=f"dunnhumby:{folder}", tables=tuple(tables)
+        transactions,
+        frames[ITEMS],
+        frames[USERS],
+        name=source_name("dunnhumby csv", folder),
+        tables=tuple(tables),
+        plans=plans.plans_from(tables),
     )
 
 
@@ -217,7 +250,8 @@ def scan_dunnhumby(folder: Path | None) -> Dataset:
 def scan_files(cfg: DataConfig) -> Dataset:
     """Parquet or CSV files named in the config, with ``column_mapping`` canonical -> file.
 
-    ``data.path`` may name the transactions file when ``data.transactions_file`` is unset.
+    ``data.path`` may name the transactions file when ``data.transactions_file`` is unset;
+    the plan files (``data.promotions_file`` ...) are optional.
     """
     check_column_mapping(cfg.column_mapping)
     tx_path = cfg.transactions_file or cfg.path
@@ -238,10 +272,18 @@ def scan_files(cfg: DataConfig) -> Dataset:
         columns = mapped_columns(table, cfg.column_mapping)
         tables.append(read_table(table, Path(path), columns, hint))
         frames[table] = canonical(tables[-1])
+    plan_paths = {table: getattr(cfg, f"{table}_file") for table in PLAN_TABLES}
+    plan_columns = {table: mapped_columns(table, cfg.column_mapping) for table in PLAN_TABLES}
+    tables.extend(plans.mapped_plan_tables(plan_paths, plan_columns, hint))
     transactions = frames[TRANSACTIONS]
     assert transactions is not None  # noqa: S101 - the transactions path is checked above
     return Dataset(
-        transactions, frames[ITEMS], frames[USERS], name=f"files:{tx_path}", tables=tuple(tables)
+        transactions,
+        frames[ITEMS],
+        frames[USERS],
+        name=source_name("files", tx_path),
+        tables=tuple(tables),
+        plans=plans.plans_from(tables, plans.FILE_NOT_PROMOTED),
     )
 
 
@@ -252,11 +294,14 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
     """A folder written by ``recsys data synth``, or data generated in memory (path None)."""
     if cfg.path is None:
         generated = synthetic.generate(cfg.synthetic_users, cfg.synthetic_seed)
+        inputs = synthetic.plan_inputs(cfg.synthetic_users, cfg.synthetic_seed)
+        planned = synthetic_plans.generate(inputs)
         return Dataset(
             generated.transactions.lazy(),
             generated.items.lazy(),
             generated.users.lazy(),
-            name=f"synthetic:users={cfg.synthetic_users},seed={cfg.synthetic_seed}",
+            name=f"synthetic (users={cfg.synthetic_users}, seed={cfg.synthetic_seed})",
+            plans=plans.plans_of({table: frame.lazy() for table, frame in planned.items()}),
         )
     folder = Path(cfg.path)
     identity = {name: name for name in (*C.TRANSACTIONS, *C.ITEMS, *C.USERS)}
@@ -275,14 +320,16 @@ def scan_synthetic(cfg: DataConfig) -> Dataset:
         fix = f"write the folder first with `recsys data synth --out {folder}`"
         tables.append(read_table(table, path, identity, hint, fix=fix))
         frames[table] = canonical(tables[-1])
+    tables.extend(plans.synthetic_plan_tables(folder, hint))
     transactions = frames[TRANSACTIONS]
     assert transactions is not None  # noqa: S101 - required above
     return Dataset(
         transactions,
         frames[ITEMS],
         frames[USERS],
-        name=f"synthetic:{folder}",
+        name=source_name("synthetic", folder),
         tables=tuple(tables),
+        plans=plans.plans_from(tables),
     )
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from recsys_batch.data import columns as C
+from recsys_batch.data import synthetic_plans
 from recsys_batch.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -376,6 +377,15 @@ def generate(users: int = 2_500, seed: int = 42) -> Synthetic:
     return Synthetic(transactions, items, generate_users(users, seed))
 
 
+def plan_inputs(users: int, seed: int) -> synthetic_plans.CalendarInputs:
+    """The catalogue and stores the plan tables of ``users`` users are drawn from."""
+    _check_users(users)
+    catalogue, stores = generate_items(users, seed)[1], _stores(n_stores_for(users)).ids
+    return synthetic_plans.CalendarInputs(
+        catalogue.item_ids, catalogue.cdf, stores, users, N_WEEKS, seed
+    )
+
+
 def _check_users(users: int) -> None:
     if users < 1:
         msg = f"the number of synthetic users must be at least 1, got {users}"
@@ -383,7 +393,7 @@ def _check_users(users: int) -> None:
 
 
 def write_synthetic(out_dir: Path, users: int, seed: int, *, overwrite: bool = False) -> dict:
-    """Write synthetic data as parquet: ``transactions/part-*.parquet``, items, users, manifest.
+    """Write synthetic data as parquet: transactions parts, items, users, plans, manifest.
 
     Parameters
     ----------
@@ -399,7 +409,8 @@ def write_synthetic(out_dir: Path, users: int, seed: int, *, overwrite: bool = F
     Returns
     -------
     dict
-        The manifest (users, seed, rows, items, parts, seconds), also written as manifest.json.
+        The manifest (users, seed, rows, items, parts, plan rows by table, seconds), also
+        written as manifest.json.
 
     Raises
     ------
@@ -432,6 +443,7 @@ def write_synthetic(out_dir: Path, users: int, seed: int, *, overwrite: bool = F
         frame.write_parquet(tx_dir / f"part-{parts - 1:05d}.parquet")
         rows += frame.height
         log.info("synth: part %d, %d rows so far", parts, rows)
+    plan_rows = synthetic_plans.write_plans(out_dir, plan_inputs(users, seed))
     manifest = {
         "format_version": FORMAT_VERSION,
         "users": users,
@@ -440,6 +452,7 @@ def write_synthetic(out_dir: Path, users: int, seed: int, *, overwrite: bool = F
         "items": items.height,
         "parts": parts,
         "chunk_users": CHUNK_USERS,
+        "plans": plan_rows,
         "seconds": round(time.perf_counter() - started, 2),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -20,14 +20,36 @@ from recsys_batch.errors import DataError
 TRANSACTIONS = "transactions"
 ITEMS = "items"
 USERS = "users"
+# Optional plan tables (issue #26): absent means "no plan data", never an error.
+PROMOTIONS = "promotions"
+CAMPAIGNS = "campaigns"
+CAMPAIGN_PERIODS = "campaign_periods"
+COUPONS = "coupons"
+COUPON_REDEMPTIONS = "coupon_redemptions"
+PLAN_TABLES = (PROMOTIONS, CAMPAIGNS, CAMPAIGN_PERIODS, COUPONS, COUPON_REDEMPTIONS)
 
 # Columns a table cannot do without; every other canonical column may be absent (then null).
 REQUIRED: dict[str, tuple[str, ...]] = {
     TRANSACTIONS: (*C.TRANSACTION_KEYS, C.QTY, C.SALES),
     ITEMS: (C.ITEM,),
     USERS: (C.USER,),
+    PROMOTIONS: (C.ITEM, C.STORE, C.WEEK),
+    CAMPAIGNS: (C.CAMPAIGN, C.USER),
+    CAMPAIGN_PERIODS: (C.CAMPAIGN, C.START_DAY, C.END_DAY),
+    COUPONS: (C.CAMPAIGN, C.ITEM),
+    COUPON_REDEMPTIONS: (C.USER, C.DAY),
 }
-SCHEMAS: dict[str, pl.Schema] = {TRANSACTIONS: C.TRANSACTIONS, ITEMS: C.ITEMS, USERS: C.USERS}
+# Schemas as read from a file (promotions: the codes; the flags are derived in ``plans``).
+SCHEMAS: dict[str, pl.Schema] = {
+    TRANSACTIONS: C.TRANSACTIONS,
+    ITEMS: C.ITEMS,
+    USERS: C.USERS,
+    PROMOTIONS: C.PROMOTION_CODES,
+    CAMPAIGNS: C.CAMPAIGNS,
+    CAMPAIGN_PERIODS: C.CAMPAIGN_PERIODS,
+    COUPONS: C.COUPONS,
+    COUPON_REDEMPTIONS: C.COUPON_REDEMPTIONS,
+}
 
 
 @dataclass(frozen=True)
@@ -39,7 +61,7 @@ class SourceTable:
     """
 
     table: str
-    """``transactions``, ``items`` or ``users``."""
+    """``transactions``, ``items``, ``users`` or a plan table (``PLAN_TABLES``)."""
     file: str
     """The path shown in messages."""
     raw: pl.LazyFrame
@@ -191,7 +213,7 @@ def check_column_mapping(mapping: Mapping[str, str]) -> None:
     DataError
         A key is not a canonical name (the closest one is suggested).
     """
-    known = sorted(set(C.TRANSACTIONS.names()) | set(C.ITEMS.names()) | set(C.USERS.names()))
+    known = sorted({name for schema in SCHEMAS.values() for name in schema.names()})
     scoped = [f"{table}.{name}" for table, schema in SCHEMAS.items() for name in schema.names()]
     for key in mapping:
         if key not in known and key not in scoped:
@@ -203,7 +225,7 @@ def check_column_mapping(mapping: Mapping[str, str]) -> None:
                 file="data.column_mapping (config)",
                 column=key,
                 fix=f"{hint}keys are canonical names ({', '.join(known)}), optionally "
-                "prefixed by transactions., items. or users.",
+                f"prefixed by a table name ({', '.join(f'{t}.' for t in SCHEMAS)})",
             )
 
 

@@ -11,7 +11,11 @@ second). Problems found, in the order they are reported:
    ``sales_value`` in transactions; ``item_id``/``user_id`` in items/users) is null;
 4. a ``user_id`` (transactions, users) is negative (Redis keys are built from ids >= 0);
 5. a table has no rows;
-6. the weeks do not cover the configured windows (``split.backtest_windows``).
+6. the weeks do not cover the configured windows (``windows.backtest_windows``);
+7. a campaign period ends before it starts.
+
+The optional plan tables (``plans``: promotions, campaigns, ...) get checks 1-4 and 7 and
+may be empty (nothing planned); their rows and week or day ranges go into the report.
 
 Each raises :class:`~recsys_batch.errors.DataError` naming the file, the column and the fix
 (exit code 2). Two findings are not fatal: returns (negative quantity or sales value) are
@@ -23,25 +27,28 @@ from __future__ import annotations
 
 import difflib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
 
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
+from recsys_batch.data.frames import distinct_count
+from recsys_batch.data.plans import PLAN_AXIS, plan_checks, raise_on_plan
 from recsys_batch.data.sources import Dataset
 from recsys_batch.data.tables import (
     ITEMS,
+    PLAN_TABLES,
+    SCHEMAS,
     TRANSACTIONS,
     USERS,
     SourceTable,
     canonical,
     cast_expr,
 )
+from recsys_batch.data.windows import Windows, backtest_windows
 from recsys_batch.errors import DataError, SchemaMismatchError
-from recsys_batch.model import split
-from recsys_batch.model.ids import distinct_count
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,7 @@ class ValidationReport:
     last_week: int
     first_day: int
     last_day: int
-    windows: split.Windows
+    windows: Windows
     """Backtest windows the data supports."""
     item_rows: int | None
     """Rows of the item table (None: no item table)."""
@@ -74,6 +81,9 @@ class ValidationReport:
     """Distinct items bought but absent from the item table (None: no item table)."""
     user_rows: int | None
     """Rows of the users (demographics) table (None: no users table)."""
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Plan table present -> ``rows`` and, where it has one, ``weeks`` or ``days`` [first,
+    last] (promotions: weeks; campaign periods: first start and last end day; redemptions)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -86,14 +96,15 @@ def source_tables(dataset: Dataset) -> tuple[SourceTable, ...]:
     """The dataset's files as read; canonical frames stand in when a reader gave none."""
     if dataset.tables:
         return dataset.tables
-    identity = {name: name for name in (*C.TRANSACTIONS, *C.ITEMS, *C.USERS)}
+    identity = {name: name for schema in SCHEMAS.values() for name in schema.names()}
     frames: tuple[tuple[str, pl.LazyFrame | None], ...] = (
         (TRANSACTIONS, dataset.transactions),
         (ITEMS, dataset.items),
         (USERS, dataset.users),
+        *dataset.plans.frames().items(),
     )
     return tuple(
-        SourceTable(table, f"{dataset.name} ({table})", frame, identity)
+        SourceTable(table, f"{dataset.name} {table}", frame, identity)
         for table, frame in frames
         if frame is not None
     )
@@ -238,7 +249,7 @@ def _raise_on_values(table: SourceTable, row: dict[str, Any]) -> None:
             column=source,
             fix="user ids must be non-negative integers",
         )
-    if not row["rows"]:
+    if not row["rows"] and table.table not in PLAN_TABLES:  # an empty plan: nothing planned
         msg = f"{table.table}: the file has no rows"
         raise DataError(
             msg,
@@ -268,6 +279,8 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
     item_table = by_name.get(ITEMS)
     if item_table is not None:
         plans.append(missing_items(lenient_tx, canonical(item_table, strict=False)))
+    plan_tables = [t for t in tables if t.table in PLAN_TABLES]
+    plans.extend(plan_checks(t) for t in plan_tables)
     # Streaming, and each plan scans its files itself: the in-memory engine, or one cached
     # scan shared by the plans, buffered every checked column (5.5 GB at 100x).
     no_cache = pl.QueryOptFlags(comm_subplan_elim=False)
@@ -276,12 +289,13 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
 
     for table, row in zip(tables, results, strict=False):
         _raise_on_values(table, row)
+    plan_rows = results[len(results) - len(plan_tables) :]
     table_rows = {t.table: row["rows"] for t, row in zip(tables, results, strict=False)}
     stats = results[len(tables)]
     missing = results[len(tables) + 1]["missing"] if item_table is not None else None
 
     try:
-        windows = split.backtest_windows(
+        windows = backtest_windows(
             int(stats["first_week"]), int(stats["last_week"]), settings.split
         )
     except DataError as exc:
@@ -291,6 +305,9 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
             column=tx_table.source_column(C.WEEK),
             fix=exc.fix,
         ) from exc
+
+    for table, row in zip(plan_tables, plan_rows, strict=True):
+        raise_on_plan(table, row)
 
     report = ValidationReport(
         source=dataset.name,
@@ -306,9 +323,21 @@ def check(dataset: Dataset, settings: Settings) -> ValidationReport:
         item_rows=table_rows.get(ITEMS),
         missing_items=None if missing is None else int(missing),
         user_rows=table_rows.get(USERS),
+        plans={
+            t.table: _plan_summary(t.table, table_rows[t.table], row)
+            for t, row in zip(plan_tables, plan_rows, strict=True)
+        },
     )
     _log_findings(report, tx_table, item_table)
     return report
+
+
+def _plan_summary(table: str, rows: int, row: dict[str, Any]) -> dict[str, Any]:
+    """``rows`` and, for a table with a time axis and rows, its ``weeks``/``days`` range."""
+    summary: dict[str, Any] = {"rows": int(rows)}
+    if table in PLAN_AXIS and row["first"] is not None:
+        summary[PLAN_AXIS[table]] = [int(row["first"]), int(row["last"])]
+    return summary
 
 
 def _log_findings(

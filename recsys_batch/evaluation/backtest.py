@@ -20,9 +20,14 @@ Protocol (W = newest week; printed by ``recsys evaluate`` and written in its rep
 - Baselines on the same catalogue and users: popular (most distinct buyers in the last
   weeks before the test), own purchases (recency-weighted, padded with popular), ALS alone
   (the refit stage 1's ALS model, its own top k over the whole catalogue), TIFU-KNN
-  (:mod:`recsys_batch.evaluation.tifu_knn`), and the two-stage model.
+  (:mod:`recsys_batch.evaluation.tifu_knn`), the co-purchase anchor of new items
+  (``copurchase_new``: stage 1's co-purchase neighbours the user never bought), and the
+  two-stage model.
+- Beside them, revenue@k (test-window spend on the listed items) and the discovery metrics
+  new_share, repeat_hit, new_hit (:mod:`recsys_batch.evaluation.metrics`).
 - ``diff``: paired bootstrap interval of two-stage Precision@k minus each baseline's over the
-  "all" users (:mod:`recsys_batch.evaluation.bootstrap`).
+  "all" users (:mod:`recsys_batch.evaluation.bootstrap`); ``new_hit_diff``: the same for
+  new_hit of a model minus its anchor (:data:`recsys_batch.evaluation.rows.NEW_HIT_PAIRS`).
 
 Several origins (``recsys evaluate --origins N``) are in :mod:`recsys_batch.evaluation.origins`.
 """
@@ -41,10 +46,21 @@ import polars as pl
 from recsys_batch.config import EvaluationConfig, Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
-from recsys_batch.evaluation.baselines import als_baseline, own_purchases_baseline, popular_baseline
-from recsys_batch.evaluation.bootstrap import paired_differences
-from recsys_batch.evaluation.metrics import evaluate, metric_key, per_user_metrics, precision_curve
-from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth
+from recsys_batch.evaluation.baselines import (
+    als_baseline,
+    copurchase_new_baseline,
+    own_purchases_baseline,
+    popular_baseline,
+)
+from recsys_batch.evaluation.protocol import (
+    HeldOut,
+    evaluation_users,
+    held_out,
+    prepare,
+    test_truth,
+)
+from recsys_batch.evaluation.rows import metric_rows, new_hit_diffs, precision_diff
+from recsys_batch.evaluation.scenario_eval import NEW_ITEMS, scenario_comparison, served_inputs
 from recsys_batch.evaluation.tifu_knn import tifu_knn_baseline
 from recsys_batch.model import split
 from recsys_batch.model.new_items_ranking import new_item_recommendations
@@ -55,11 +71,10 @@ from recsys_batch.model.two_stage import (
     rank_candidates,
     train_two_stage,
 )
+from recsys_batch.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
-MODELS = ("popular", "own_purchases", "als", "tifu_knn", "two_stage", "two_stage_new")
-USER_SETS = ("all", "seed")
 POPULAR_WEEKS = 4
 # Defaults for callers without a configuration; a run passes ``settings.evaluation``.
 _DEFAULTS = EvaluationConfig()
@@ -90,6 +105,9 @@ def protocol_text(settings: Settings, windows: split.Windows | None = None) -> s
         "in the test window",
         f"precision@{k} = |top {k} and distinct items bought in the test window| / {k}, "
         "averaged over users; recall/MAP/NDCG against distinct catalogue items bought",
+        f"revenue@{k} = the user's test-window spend on their top {k}, averaged over users; "
+        "a slot is new when the user never bought its item before the test window; "
+        "new_share, repeat_hit, new_hit pool the slots of all users",
     ]
     return "\n".join(lines)
 
@@ -100,7 +118,7 @@ class BacktestResult:
 
     rows: list[dict[str, Any]]
     """One dict per (model, user set): model, user_set, users, precision@k, recall@k,
-    map@k, ndcg@k, coverage (k = :attr:`k`)."""
+    map@k, ndcg@k, coverage, revenue@k, new_share, repeat_hit, new_hit (k = :attr:`k`)."""
     candidates: dict[str, Any]
     """Candidate recall of the stage-1 union and each generator on the test window."""
     funnel: pl.DataFrame
@@ -126,6 +144,13 @@ class BacktestResult:
     baseline's over the "all" users, with its paired bootstrap 95% interval."""
     lists: dict[str, pl.DataFrame] = field(default_factory=dict)
     """model -> its top ``evaluation.curve_k`` lists for the "all" users (not in the JSON)."""
+    new_hit_diff: list[dict[str, Any]] = field(default_factory=list)
+    """``{"model", "anchor", "mean", "lo", "hi", "users"}``: new_hit of the model minus the
+    anchor's over the "all" users, with its paired bootstrap 95% interval."""
+    scenario: dict[str, Any] | None = None
+    """``recsys evaluate --scenario-file``: the two-stage lists served without and with the
+    rules (:func:`~recsys_batch.evaluation.scenario_eval.scenario_comparison`); None without
+    a rule set (not in :meth:`to_json`; the origins' JSON carries it)."""
 
     def precision(self, model: str = "two_stage", user_set: str = "all") -> float:
         """Precision@k of one row (the nightly quality gate reads two_stage/all)."""
@@ -140,6 +165,7 @@ class BacktestResult:
         return {
             "rows": self.rows,
             "diff": self.diff,
+            "new_hit_diff": self.new_hit_diff,
             "candidates": self.candidates,
             "protocol": self.protocol,
             "windows": {
@@ -214,16 +240,18 @@ def _candidate_recall(
     return candidate_recall(candidates, truth, users)
 
 
-def run_seeded_backtest(dataset: Dataset, settings: Settings, seeds: int) -> BacktestResult:
+def run_seeded_backtest(
+    dataset: Dataset, settings: Settings, seeds: int, *, rules: RuleSet | None = None
+) -> BacktestResult:
     """:func:`run_backtest` with ``seeds`` seed pairs; the result is the configured seeds' run.
 
     Run ``i`` moves the ALS and the ranker seed by ``i`` (:func:`reseeded`); every run's rows
     are in ``seed_runs`` so that a change can be judged against the seed-to-seed spread of
     Precision@k, not against one draw. The prefilter and split do not depend on a seed and
-    are computed once.
+    are computed once. ``rules`` is measured on the configured seeds' run only.
     """
     prepared = prepare(dataset, settings)
-    result = run_backtest(dataset, settings, prepared=prepared)
+    result = run_backtest(dataset, settings, prepared=prepared, rules=rules)
     runs = [_seed_run(settings, result)]
     for offset in range(1, max(seeds, 1)):
         again = reseeded(settings, offset)
@@ -260,12 +288,14 @@ def baseline_lists(
     model: TrainedTwoStage,
     windows: split.Windows,
     settings: Settings,
+    held: HeldOut,
 ) -> dict[str, pl.DataFrame]:
     """Top ``evaluation.curve_k`` lists of the baselines for ``users``.
 
     ``data.transactions`` holds the purchases before the test window only. Popular is the
-    most distinct buyers over the ``POPULAR_WEEKS`` weeks before the test; ALS alone is the
-    scoring stage 1's ALS model (fit on the same purchases as the two-stage model's).
+    most distinct buyers over the ``POPULAR_WEEKS`` weeks before the test; ALS alone and the
+    co-purchase anchor are the scoring stage 1's ALS model and co-purchase scores (fit on
+    the same purchases as the two-stage model's); the anchor leaves out ``held.bought``.
     """
     k = settings.evaluation.curve_k
     train_tx, catalogue = data.transactions, data.catalogue
@@ -283,49 +313,10 @@ def baseline_lists(
         "tifu_knn": tifu_knn_baseline(
             train_tx, catalogue, users, settings.evaluation.tifu_knn, k, placeholder
         ).collect(),
+        "copurchase_new": copurchase_new_baseline(
+            model.stage1_for_scoring, users, held.bought, k, chunk
+        ).collect(),
     }
-
-
-def precision_diff(
-    lists: dict[str, pl.DataFrame], truth: pl.DataFrame, users: pl.DataFrame, cfg: EvaluationConfig
-) -> dict[str, dict[str, Any]]:
-    """Two-stage Precision@k minus each baseline's over ``users``, with bootstrap intervals."""
-    metric = metric_key("precision", cfg.k)
-    per_user = {
-        name: per_user_metrics(recs.lazy(), truth.lazy(), users.lazy(), cfg.k)
-        .select(C.USER, metric)
-        .collect()
-        for name, recs in lists.items()
-    }
-    return paired_differences(
-        per_user, metric, "two_stage", cfg.bootstrap_draws, cfg.bootstrap_seed
-    )
-
-
-def metric_rows(
-    lists: dict[str, pl.DataFrame],
-    truth: pl.DataFrame,
-    user_sets: dict[str, pl.DataFrame],
-    catalogue_size: int,
-    cfg: EvaluationConfig,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[float]]]]:
-    """One metrics row per (model, user set) in ``MODELS`` x ``USER_SETS`` order, and the
-    precision@k curves (k = 1..``cfg.curve_k``) per model and user set."""
-    rows: list[dict[str, Any]] = []
-    curves: dict[str, dict[str, list[float]]] = {}
-    for model_name in (m for m in MODELS if m in lists):
-        recs = lists[model_name].lazy()
-        curves[model_name] = {}
-        for set_name in USER_SETS:
-            set_users = user_sets[set_name].lazy()
-            metrics = evaluate(
-                recs, truth.lazy(), set_users, k=cfg.k, catalogue_size=catalogue_size
-            )
-            rows.append({"model": model_name, "user_set": set_name, **metrics})
-            curves[model_name][set_name] = precision_curve(
-                recs, truth.lazy(), set_users, cfg.curve_k
-            )
-    return rows, curves
 
 
 def run_backtest(
@@ -334,12 +325,15 @@ def run_backtest(
     *,
     prepared: dict[str, Any] | None = None,
     baselines: bool = True,
+    rules: RuleSet | None = None,
 ) -> BacktestResult:
     """Run the issue-#4 protocol: train, score the test window, compare with the baselines.
 
     ``prepared`` is :func:`prepare`'s output for the same dataset and settings (computed
     here when None). ``baselines=False`` (the nightly quality gate) measures the two-stage
-    model only: no baseline lists, no bootstrap intervals.
+    model only: no baseline lists, no bootstrap intervals. ``rules`` (a scenario) also
+    serves the two-stage lists through the rule engine with and without them
+    (:mod:`recsys_batch.evaluation.scenario_eval`).
 
     Raises
     ------
@@ -359,7 +353,8 @@ def run_backtest(
     cat = catalogue.lazy()
     log.info("backtest windows %s, catalogue %d items", windows, catalogue.height)
 
-    truth = test_truth(tx.lazy(), windows, settings.prefilter.placeholder_item).collect()
+    held = held_out(tx.lazy(), windows, settings.prefilter.placeholder_item)
+    truth = held.truth
     sets = evaluation_users(tx.lazy(), truth.lazy(), windows, seed_min_items=cfg.seed_min_items)
     user_sets = {name: frame.collect() for name, frame in sets.items()}
     all_users = user_sets["all"].lazy()
@@ -369,20 +364,31 @@ def run_backtest(
         data = ModelData(train_tx, cat, items, users)
         model = train_two_stage(data, windows, settings)
         timings.update(model.timings)
+    # A scenario serves from the stored top publish.top_n; the rows read the top curve_k.
+    depth = cfg.curve_k if rules is None else max(cfg.curve_k, settings.publish.top_n)
     with _timed(timings, "score"):
-        two_stage, cands = rank_candidates(model, data, all_users, settings, cfg.curve_k)
+        ranked, cands = rank_candidates(model, data, all_users, settings, depth)
+        two_stage = ranked.filter(pl.col(C.RANK) <= cfg.curve_k)
     with _timed(timings, "baselines"):
-        others = baseline_lists(data, all_users, model, windows, settings) if baselines else {}
+        others = {}
+        if baselines:
+            others = baseline_lists(data, all_users, model, windows, settings, held)
         lists = {**others, "two_stage": two_stage}
     if baselines and settings.publish.new_items > 0:
         # The new-items list (#26): never-bought items only, scored like any other list.
         with _timed(timings, "score_new_items"):
-            lists["two_stage_new"] = new_item_recommendations(
+            lists[NEW_ITEMS] = new_item_recommendations(
                 model, data, all_users, settings, k=cfg.curve_k
             )
     with _timed(timings, "metrics"):
-        rows, curves = metric_rows(lists, truth, user_sets, catalogue.height, cfg)
+        rows, curves = metric_rows(lists, held, user_sets, catalogue.height, cfg)
         diff = precision_diff(lists, truth, user_sets["all"], cfg) if baselines else {}
+        new_diff = new_hit_diffs(lists, held, user_sets["all"], cfg) if baselines else []
+    scenario = None
+    if rules is not None:
+        with _timed(timings, "scenario"):
+            inputs = served_inputs(ranked, lists.get(NEW_ITEMS), data, held, settings)
+            scenario = scenario_comparison(inputs, rules, held, user_sets["all"], cfg)
     with _timed(timings, "candidate_recall"):
         cand_recall = _candidate_recall(
             cands.lazy(), truth.lazy().join(all_users, on=C.USER, how="semi"), all_users
@@ -401,6 +407,8 @@ def run_backtest(
         k=cfg.k,
         diff=diff,
         lists=lists,
+        new_hit_diff=new_diff,
+        scenario=scenario,
     )
 
 

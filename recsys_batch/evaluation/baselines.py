@@ -1,4 +1,4 @@
-"""The backtest's baselines: popular, own purchases and ALS alone, as top-k lists per user.
+"""The backtest's baselines: popular, own purchases, ALS alone and the co-purchase anchor.
 
 Each returns schema ``RECOMMENDATIONS`` (``user_id, item_id, rank, score``), best first, so
 that :func:`recsys_batch.evaluation.metrics.evaluate` scores them like the two-stage model.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from recsys_batch.data import columns as C
 from recsys_batch.model import candidates as stage1
@@ -84,6 +85,70 @@ def als_baseline(
             C.USER: pl.Series(model.users.to_ids(u), dtype=pl.Int64),
             C.ITEM: pl.Series(model.items.to_ids(i), dtype=pl.Int64),
             "_s": pl.Series(s, dtype=pl.Float64),
+        }
+    )
+    return ranked_list(scored.lazy(), "_s", k)
+
+
+def _pairs_matrix(model: stage1.Stage1Model, pairs: pl.DataFrame) -> sp.csr_matrix:
+    """``pairs`` (``user_id, item_id``) as a boolean user x item matrix in ``model``'s indices.
+
+    Pairs of a user or an item the model does not know are left out.
+    """
+    users = model.users.to_idx(pairs[C.USER].to_numpy())
+    items = model.items.to_idx(pairs[C.ITEM].to_numpy())
+    known = (users >= 0) & (items >= 0)
+    return sp.csr_matrix(
+        (np.ones(int(known.sum()), dtype=bool), (users[known], items[known])),
+        shape=(model.n_users, len(model.items)),
+    )
+
+
+def _new_top_k(scores: np.ndarray, bought: sp.csr_matrix, k: int) -> tuple[np.ndarray, ...]:
+    """Rows, columns and values of each row's ``k`` best positive scores outside ``bought``.
+
+    Best first; ties by lower column (item index, i.e. item id).
+    """
+    rows, cols = bought.nonzero()
+    scores[rows, cols] = 0.0
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(scores, top, axis=1)
+    ok = values > 0
+    return np.nonzero(ok)[0], top[ok], values[ok]
+
+
+def copurchase_new_baseline(
+    model: stage1.Stage1Model,
+    users: pl.LazyFrame,
+    bought: pl.DataFrame,
+    k: int,
+    chunk_users: int,
+) -> pl.LazyFrame:
+    """The co-purchase anchor of new items: neighbours of the user's items never bought.
+
+    The stage-1 co-purchase generator's own scores (``model.seeds``, the user's last
+    ``candidates.recent_baskets`` baskets, times ``model.similarity``), without the items of
+    ``bought`` (``user_id, item_id`` bought before the test window), top ``k`` with a
+    positive score. Users unknown to ``model`` get no rows.
+    """
+    wanted = users.select(C.USER).unique().collect()[C.USER].to_numpy()
+    user_idx = model.users.to_idx(wanted)
+    user_idx = np.sort(user_idx[user_idx >= 0])
+    before = _pairs_matrix(model, bought)
+    out_u, out_i, out_s = [], [], []
+    for start in range(0, user_idx.size, max(chunk_users, 1)):
+        chunk = user_idx[start : start + chunk_users]
+        scores = (model.seeds[chunk] @ model.similarity).toarray().astype(np.float64)
+        row, item, score = _new_top_k(scores, before[chunk], k)
+        out_u.append(chunk[row])
+        out_i.append(item)
+        out_s.append(score)
+    flat = [np.concatenate(parts) if parts else np.array([]) for parts in (out_u, out_i, out_s)]
+    scored = pl.DataFrame(
+        {
+            C.USER: pl.Series(model.users.to_ids(flat[0].astype(np.int64)), dtype=pl.Int64),
+            C.ITEM: pl.Series(model.items.to_ids(flat[1].astype(np.int64)), dtype=pl.Int64),
+            "_s": pl.Series(flat[2], dtype=pl.Float64),
         }
     )
     return ranked_list(scored.lazy(), "_s", k)

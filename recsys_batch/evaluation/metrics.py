@@ -12,6 +12,16 @@ Conventions (issue #4):
 - NDCG@k: DCG = sum over hits of 1 / log2(rank + 1); IDCG is the DCG of a perfect list of
   min(relevant, k) hits.
 - Coverage = distinct recommended items (top k, over the user set) / catalogue size.
+
+Revenue and discovery (issue #26; a slot is one of a user's top-k rows):
+
+- revenue@k = the user's test-window spend (``sales_value``) on the items of their top k,
+  averaged over the user set (a user without recommendations or spend counts 0).
+- A slot is *new* when the user never bought its item in any week before the test window
+  (:func:`recsys_batch.evaluation.protocol.bought_before`), a *repeat* slot otherwise.
+- new_share = new slots / all slots; repeat_hit = hits among repeat slots / repeat slots;
+  new_hit = hits among new slots / new slots (slots pooled over the user set; None when the
+  set has no such slot). A list of new items only has new_hit = hits / slots, its hit rate.
 """
 
 from __future__ import annotations
@@ -22,7 +32,14 @@ from recsys_batch.data import columns as C
 
 _HIT = "_hit"
 _N_REL = "_n_relevant"
+_NEW = "_new"
+_SPEND = "_spend"
 METRIC_NAMES = ("precision", "recall", "map", "ndcg")
+SLOTS = "slots"
+NEW_SLOTS = "new_slots"
+HITS = "hits"
+NEW_HITS = "new_hits"
+DISCOVERY_NAMES = ("new_share", "repeat_hit", "new_hit")
 
 
 def metric_key(name: str, k: int) -> str:
@@ -154,3 +171,79 @@ def precision_curve(
         cum += int(hits_at.get(k, 0))
         out.append(cum / (k * n_users))
     return out
+
+
+def slot_outcomes(
+    recommendations: pl.LazyFrame,
+    truth: pl.LazyFrame,
+    bought: pl.LazyFrame,
+    spend: pl.LazyFrame,
+    users: pl.LazyFrame,
+    k: int,
+) -> pl.LazyFrame:
+    """Per user of ``users``: ``slots``, ``new_slots``, ``hits``, ``new_hits``, ``revenue@k``.
+
+    Parameters
+    ----------
+    recommendations
+        ``user_id``, ``item_id``, ``rank`` (1 = best); ranks above ``k`` are ignored.
+    truth
+        ``user_id``, ``item_id``: what each user bought in the test window.
+    bought
+        ``user_id``, ``item_id``: what each user bought before the test window; a slot
+        whose item is not among them is new.
+    spend
+        ``user_id``, ``item_id``, ``sales_value``: test-window spend (rows of a pair summed).
+    users
+        ``user_id``: every one of them gets a row (zeros without recommendations).
+    """
+    before = bought.select(C.USER, C.ITEM).unique().with_columns(pl.lit(False).alias(_NEW))
+    spent = spend.group_by(C.USER, C.ITEM).agg(pl.col(C.SALES).sum().alias(_SPEND))
+    slots = (
+        hits(recommendations, truth, k)
+        .join(before, on=[C.USER, C.ITEM], how="left")
+        .join(spent, on=[C.USER, C.ITEM], how="left")
+        .with_columns(pl.col(_NEW).fill_null(True), pl.col(_SPEND).fill_null(0.0))
+    )
+    per_user = slots.group_by(C.USER).agg(
+        pl.len().cast(pl.Int64).alias(SLOTS),
+        pl.col(_NEW).sum().cast(pl.Int64).alias(NEW_SLOTS),
+        pl.col(_HIT).sum().cast(pl.Int64).alias(HITS),
+        (pl.col(_HIT) & pl.col(_NEW)).sum().cast(pl.Int64).alias(NEW_HITS),
+        pl.col(_SPEND).sum().cast(pl.Float64).alias(metric_key("revenue", k)),
+    )
+    counts = [SLOTS, NEW_SLOTS, HITS, NEW_HITS, metric_key("revenue", k)]
+    return (
+        users.select(C.USER)
+        .unique()
+        .join(per_user, on=C.USER, how="left")
+        .with_columns(pl.col(counts).fill_null(0))
+    )
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def discovery(outcomes: pl.LazyFrame, k: int) -> dict[str, float | None]:
+    """``revenue@k`` (mean over users), ``new_share``, ``repeat_hit``, ``new_hit`` (pooled).
+
+    ``outcomes`` is :func:`slot_outcomes`; a rate whose denominator is 0 slots is None.
+    """
+    revenue = metric_key("revenue", k)
+    sums = (
+        outcomes.select(
+            pl.col(revenue).mean().fill_null(0.0),
+            pl.col(SLOTS, NEW_SLOTS, HITS, NEW_HITS).sum(),
+        )
+        .collect()
+        .row(0, named=True)
+    )
+    slots, new_slots = int(sums[SLOTS]), int(sums[NEW_SLOTS])
+    new_hits = int(sums[NEW_HITS])
+    return {
+        revenue: float(sums[revenue]),
+        "new_share": _rate(new_slots, slots),
+        "repeat_hit": _rate(int(sums[HITS]) - new_hits, slots - new_slots),
+        "new_hit": _rate(new_hits, new_slots),
+    }

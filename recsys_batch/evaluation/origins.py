@@ -25,6 +25,7 @@ from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
 from recsys_batch.evaluation.backtest import BacktestResult, run_backtest, run_seeded_backtest
 from recsys_batch.model import split
+from recsys_batch.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,29 @@ class OriginsResult:
                     "role": FINAL_TEST if i == 0 else VALIDATION,
                     "rows": result.rows,
                     "diff": result.diff,
+                    "new_hit_diff": result.new_hit_diff,
                 }
                 for i, result in enumerate(self.results)
             ],
             "mean_over_origins": self.mean_rows(),
+            **({"scenario": self.scenario_json()} if self.newest.scenario is not None else {}),
+        }
+
+    def scenario_json(self) -> dict[str, Any]:
+        """``{"rules", "k", "origins": [...]}``: per origin (newest first) its test weeks,
+        role and the plain and scenario answers side by side (``--scenario-file``)."""
+        shared = ("rules", "k")
+        newest = self.newest.scenario or {}
+        return {
+            **{key: newest[key] for key in shared if key in newest},
+            "origins": [
+                {
+                    "test_weeks": holdout_weeks(result.windows),
+                    "role": FINAL_TEST if i == 0 else VALIDATION,
+                    **{k: v for k, v in (result.scenario or {}).items() if k not in shared},
+                }
+                for i, result in enumerate(self.results)
+            ],
         }
 
 
@@ -92,12 +112,18 @@ def holdout_weeks(windows: split.Windows) -> list[int]:
 
 
 def run_origins(
-    dataset: Dataset, settings: Settings, origins: int, *, seeds: int = 1
+    dataset: Dataset,
+    settings: Settings,
+    origins: int,
+    *,
+    seeds: int = 1,
+    rules: RuleSet | None = None,
 ) -> OriginsResult:
     """The backtest at ``origins`` origins ``evaluation.origin_step_weeks`` apart.
 
     ``seeds`` > 1 repeats the newest origin with that many seed pairs
-    (:func:`~recsys_batch.evaluation.backtest.run_seeded_backtest`).
+    (:func:`~recsys_batch.evaluation.backtest.run_seeded_backtest`). ``rules`` (a scenario)
+    is measured at every origin (:mod:`recsys_batch.evaluation.scenario_eval`).
     """
     valid = Dataset(
         dataset.transactions.filter(pl.col(C.QTY) >= 0), dataset.items, dataset.users, dataset.name
@@ -107,7 +133,9 @@ def run_origins(
     for j, last_week in enumerate(cuts):
         data = cut_after(valid, last_week)
         result = (
-            run_seeded_backtest(data, settings, seeds) if j == 0 else run_backtest(data, settings)
+            run_seeded_backtest(data, settings, seeds, rules=rules)
+            if j == 0
+            else run_backtest(data, settings, rules=rules)
         )
         log.info("origin %d: test weeks %s", j, holdout_weeks(result.windows))
         results.append(result)

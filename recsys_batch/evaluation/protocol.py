@@ -6,6 +6,7 @@ recall and the benchmarks, so every one of them evaluates the same users on the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -76,4 +77,43 @@ def test_truth(tx: pl.LazyFrame, windows: split.Windows, placeholder: int) -> pl
         .filter(pl.col(C.ITEM) != placeholder)
         .select(C.USER, C.ITEM)
         .unique()
+    )
+
+
+def bought_before(tx: pl.LazyFrame, windows: split.Windows) -> pl.LazyFrame:
+    """Distinct ``user_id, item_id`` pairs bought in any week before the test window.
+
+    An item of a customer's list that is not among them is *new* to the customer
+    (docs/evaluation.md). ``tx`` is catalogue-applied, so catalogue items keep their ids.
+    """
+    return split.before_test(tx, windows).select(C.USER, C.ITEM).unique()
+
+
+def spend_in_test_window(tx: pl.LazyFrame, windows: split.Windows) -> pl.LazyFrame:
+    """Each user's test-window spend per item: ``user_id, item_id, sales_value`` (summed)."""
+    return (
+        split.test_window(tx, windows)
+        .group_by(C.USER, C.ITEM)
+        .agg(pl.col(C.SALES).sum().cast(pl.Float64))
+    )
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What a list is scored against: the test window's truth and spend, and the past."""
+
+    truth: pl.DataFrame
+    """:func:`test_truth`: distinct catalogue items each user bought in the test window."""
+    spend: pl.DataFrame
+    """:func:`spend_in_test_window`: each user's test-window spend per item."""
+    bought: pl.DataFrame
+    """:func:`bought_before`: every (user, item) bought before the test window."""
+
+
+def held_out(tx: pl.LazyFrame, windows: split.Windows, placeholder: int) -> HeldOut:
+    """:class:`HeldOut` of the catalogue-applied ``tx`` at ``windows`` (collected once)."""
+    return HeldOut(
+        truth=test_truth(tx, windows, placeholder).collect(),
+        spend=spend_in_test_window(tx, windows).collect(),
+        bought=bought_before(tx, windows).collect(),
     )

@@ -10,15 +10,12 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-
-if TYPE_CHECKING:
-    from recsys_batch.evaluation.backtest import BacktestResult
 
 PRECISION_PNG = "precision_at_k.png"
 RECALL_PNG = "candidate_recall.png"
@@ -102,6 +99,8 @@ def plot_importances(
 
 
 def _fmt(value: Any) -> str:
+    if value is None:  # a rate without slots (e.g. repeat_hit of a list of new items only)
+        return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
@@ -121,6 +120,18 @@ def _table_md(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 def metrics_table_md(rows: list[dict[str, Any]]) -> str:
     """The models x metrics table as GitHub markdown (the metrics the rows carry, in order)."""
     return _table_md(rows, tuple(c for c in rows[0] if c not in ROW_KEYS) if rows else ())
+
+
+def new_hit_table_md(diffs: list[dict[str, Any]]) -> str:
+    """new_hit of each model minus its anchor's, with the 95% interval, as GitHub markdown."""
+    head = "| model | anchor | users | difference | 95% lo | 95% hi |"
+    body = [
+        f"| {d['model']} | {d['anchor']} | {d['users']} | "
+        + " | ".join(_fmt(d[key]) for key in ("mean", "lo", "hi"))
+        + " |"
+        for d in diffs
+    ]
+    return "\n".join([head, "|---|---|---:|---:|---:|---:|", *body])
 
 
 def spread_table_md(spread: list[dict[str, Any]]) -> str:
@@ -144,6 +155,9 @@ def write_report(payload: dict[str, Any], folder: Path) -> list[Path]:
         )
     if payload.get("rows"):
         sections.append(("Metrics", metrics_table_md(payload["rows"]), None))
+    if payload.get("new_hit_diff"):
+        title = 'New-slot hit rate minus the anchor\'s, "all" users (paired bootstrap)'
+        sections.append((title, new_hit_table_md(payload["new_hit_diff"]), None))
     if payload.get("seed_spread"):
         spread = payload["seed_spread"]
         title = f"{str(spread[0]['metric']).capitalize()} over seed runs"
@@ -191,8 +205,3 @@ def write_report(payload: dict[str, Any], folder: Path) -> list[Path]:
     (folder / "backtest.json").write_text(json.dumps(payload, indent=2, default=str))
     written.append(folder / "backtest.json")
     return written
-
-
-def write_backtest_report(result: BacktestResult, folder: Path) -> list[Path]:
-    """Convenience wrapper: :func:`write_report` of ``result.to_json()``."""
-    return write_report(result.to_json(), folder)

@@ -82,15 +82,6 @@ class Factors:
         return len(self.ids)
 
 
-def distinct_count(frame: pl.LazyFrame, column: str, alias: str) -> pl.LazyFrame:
-    """One row: the distinct values of ``column``, as ``alias``.
-
-    A ``unique`` then a count, which the streaming engine runs on a hash set; its
-    ``n_unique`` over a whole frame buffered the column (5.5 GB for users and items at 100x).
-    """
-    return frame.select(pl.col(column).unique()).select(pl.len().alias(alias))
-
-
 def item_part(n_parts: int, part: int) -> pl.Expr:
     """Whether a line's item is in part ``part`` of ``n_parts`` parts of whole items.
 

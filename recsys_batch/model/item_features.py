@@ -15,7 +15,7 @@ import polars as pl
 
 from recsys_batch.config import FeaturesConfig
 from recsys_batch.data import columns as C
-from recsys_batch.model.ids import distinct_count
+from recsys_batch.data.frames import distinct_count
 from recsys_batch.model.point_in_time import (
     COUPONED,
     DISCOUNTED,

@@ -12,7 +12,8 @@ import polars as pl
 
 from recsys_batch.config import PrefilterConfig
 from recsys_batch.data import columns as C
-from recsys_batch.model.ids import distinct_count, item_part
+from recsys_batch.data.frames import distinct_count
+from recsys_batch.model.ids import item_part
 
 RULES = ("all", "recent", "popularity", "department", "price", "top_n")
 _ROWS = "rows"

@@ -11,9 +11,12 @@ Layout (``P`` is the key prefix, ``recsys`` by default; ``V`` a version id such 
     P:versions              zset    every version ever started, scored by start time (unix s)
     P:runs                  list    run summaries, newest first, capped at 30 (JSON each; #19)
     P:ab                    hash    the A/B experiment: version, share, started_at (#18)
+    P:scenarios, P:unavailable[:{store}], P:promo   shop state (#27): ``publish.shop_keys``
     P:v:V:u:{bucket}        hash    user_id -> the user's first 16 items, packed (below)
     P:v:V:t:{bucket}        hash    user_id -> items 17..top_n, packed (only users with > 16)
     P:v:V:r:{bucket}        hash    user_id -> reasons of the user's items (``?explain=true``)
+    P:v:V:n:{bucket}        hash    user_id -> up to 16 items the user never bought, packed (#26)
+    P:v:V:w:{bucket}        hash    user_id -> reasons of those new items, packed
     P:v:V:popular           string  fallback items for unknown users: "840361,1029743,..."
     P:v:V:items             hash    item_id -> JSON attributes (department, brand, ...)
     P:v:V:meta              hash    format, state, buckets, top_n, run_id, users, metrics, ...
@@ -26,8 +29,11 @@ are 64 bytes, Redis' default ``hash-max-listpack-value``, and a bucket holds on 
 every user hash stays in the compact listpack encoding. Reasons (``encode_reasons``) are
 2 bytes per item, unsigned big-endian: ``0x8000 | times << 9 | last_days`` for a repeat
 (bought on ``times`` distinct days, capped at 63; last ``last_days`` ago, capped at 511),
-else 0 = ALS, 1 = often bought with the user's items, 2 = trending, 3 = popular; 20 items
-are 40 bytes, so reason hashes stay listpacks too.
+else 0 = ALS (similar customers), 1 = often bought with the user's items, 2 = trending,
+3 = popular, 4 = promoted (on the retailer's promotion calendar), 5 = the user's favourite
+categories; 20 items are 40 bytes, so reason hashes stay listpacks too. The new-items list
+(``n``, items the user never bought, best first, at most 16: one field) and its reasons (``w``)
+use the same packing; a version of a batch without that list has no ``n``/``w`` hashes.
 
 Connections: :func:`parse_url` accepts ``redis://``, ``rediss://`` (TLS), ``unix://`` and
 ``redis+cluster://`` / ``rediss+cluster://``; :func:`tls_options` maps the CA and client
@@ -71,7 +77,8 @@ _PREFIX_RE = re.compile(r"^[0-9A-Za-z_.-]{1,32}$")
 MAX_USER_ID = 2**63 - 1
 
 
-def _check_prefix(prefix: str) -> str:
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a well-formed key prefix, else raise ``ValueError``."""
     if not _PREFIX_RE.match(prefix):
         msg = f"invalid key prefix {prefix!r}: use 1-32 letters, digits, '_', '.', '-'"
         raise ValueError(msg)
@@ -110,32 +117,32 @@ def check_user_id(user_id: object) -> int:
 
 def current_key(prefix: str = "recsys") -> str:
     """Key naming the live version."""
-    return f"{_check_prefix(prefix)}:current"
+    return f"{check_prefix(prefix)}:current"
 
 
 def previous_key(prefix: str = "recsys") -> str:
     """Key naming the version that was live before the current one."""
-    return f"{_check_prefix(prefix)}:previous"
+    return f"{check_prefix(prefix)}:previous"
 
 
 def versions_key(prefix: str = "recsys") -> str:
     """Sorted set of every version started, scored by start time."""
-    return f"{_check_prefix(prefix)}:versions"
+    return f"{check_prefix(prefix)}:versions"
 
 
 def runs_key(prefix: str = "recsys") -> str:
     """List of run summaries (JSON), newest first, capped (``publish.run_log``)."""
-    return f"{_check_prefix(prefix)}:runs"
+    return f"{check_prefix(prefix)}:runs"
 
 
 def experiment_key(prefix: str = "recsys") -> str:
     """Hash of the running A/B experiment: ``version``, ``share``, ``started_at``."""
-    return f"{_check_prefix(prefix)}:ab"
+    return f"{check_prefix(prefix)}:ab"
 
 
 def version_prefix(version: str, prefix: str = "recsys") -> str:
     """Common prefix of every key of one version (for SCAN MATCH ``...*``)."""
-    return f"{_check_prefix(prefix)}:v:{check_version(version)}:"
+    return f"{check_prefix(prefix)}:v:{check_version(version)}:"
 
 
 _MASK64 = (1 << 64) - 1
@@ -178,12 +185,14 @@ def bucket_of(user_id: object, buckets: int) -> int:
     return (stable_hash(check_user_id(user_id)) >> 32) % buckets
 
 
-USER_FAMILIES = ("u", "t", "r")
-"""Bucket hash families of a version: head items, tail items, reasons."""
+USER_FAMILIES = ("u", "t", "r", "n", "w")
+"""Bucket hash families of a version: head items, tail items, reasons, new items (never bought
+by the user, #26) and their reasons."""
 
 
 def user_bucket_key(version: str, bucket: int, prefix: str = "recsys", family: str = "u") -> str:
-    """Key of one bucket hash: ``u`` (first 16 items), ``t`` (the rest) or ``r`` (reasons)."""
+    """Key of one bucket hash: ``u`` (first 16 items), ``t`` (the rest), ``r`` (reasons),
+    ``n`` (new items) or ``w`` (their reasons)."""
     if family not in USER_FAMILIES:
         msg = f"unknown bucket family {family!r}: expected one of {USER_FAMILIES}"
         raise ValueError(msg)
@@ -232,8 +241,8 @@ MAX_REASON_TIMES = 63
 MAX_REASON_DAYS = 511
 """Repeat reasons cap the days since the last purchase at this (9 bits)."""
 _REPEAT = 0x8000
-REASON_CODES = ("als", "bought_with", "trending", "popular")
-"""Codes of the other reasons, by their packed value (0..3)."""
+REASON_CODES = ("als", "bought_with", "trending", "popular", "promoted", "category")
+"""Codes of the other reasons, by their packed value (0..5)."""
 _LETTERS = {"a": 0, "b": 1, "t": 2, "p": 3}
 
 

@@ -8,9 +8,11 @@ refused or failed) pushes one small JSON object and trims the list to :data:`MAX
                    "gate_value": 0.2134, "error": null}'
     LTRIM P:runs 0 29
 
-It is a log for people (the console page at ``/ui/``, ``GET /v1/runs``), not part of a
-version: writing it is best effort, one attempt, and a failure is a warning that never
-changes the run's outcome or exit code.
+The summary is built from the run's manifest record by
+:func:`recsys_batch.run.records.run_summary`; this module only stores it. It is a log for
+people (the console page at ``/ui/``, ``GET /v1/runs``), not part of a version: writing it is
+best effort, one attempt, and a failure is a warning that never changes the run's outcome or
+exit code.
 """
 
 from __future__ import annotations
@@ -22,55 +24,11 @@ from typing import Any
 from recsys_batch.config import RedisConfig
 from recsys_batch.publish import keys
 from recsys_batch.publish.store import Client
-from recsys_batch.run.records import RunRecord
 
 log = logging.getLogger(__name__)
 
 MAX_RUNS = 30
 """How many summaries ``P:runs`` keeps (about a month of nights)."""
-MAX_ERROR_CHARS = 300
-
-
-def run_summary(
-    record: RunRecord,
-    status: str,
-    seconds: float,
-    *,
-    users: int = 0,
-    version: str | None = None,
-    error: str | None = None,
-) -> dict[str, Any]:
-    """The JSON-ready summary of one run.
-
-    ``gate`` is ``passed``, ``skipped``, ``refused`` (status ``gate-refused``) or None when
-    the run failed before the gate decided; ``gate_value`` is the gate metric's value
-    whenever the gate's backtest measured it (passed or refused).
-    """
-    decision = record.metrics.get("gate")
-    gate_metric = gate_value = None
-    gate: str | None = "refused" if status == "gate-refused" else None
-    if isinstance(decision, dict):
-        gate_metric = decision.get("metric")
-        gate_value = record.metrics.get(gate_metric) if gate_metric else None
-        if gate is None and "value" in decision:
-            gate = "passed"
-    elif decision == "skipped":
-        gate = "skipped"
-    return {
-        "run_id": record.run_id,
-        "status": status,
-        "started_at": record.started_at,
-        "seconds": round(seconds, 2),
-        "users": users,
-        "version": version,
-        "gate": gate,
-        "gate_metric": gate_metric,
-        "gate_value": gate_value,
-        "data_days": [record.data["first_day"], record.data["last_day"]]
-        if "first_day" in record.data
-        else None,
-        "error": error[:MAX_ERROR_CHARS] if error else None,
-    }
 
 
 def push_summary(client: Client | None, summary: dict[str, Any], cfg: RedisConfig) -> bool:

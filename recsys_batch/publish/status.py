@@ -148,6 +148,34 @@ def user_items(
     }
 
 
+def user_new_items(
+    client: Client, version: str, user_ids: list[int], cfg: RedisConfig
+) -> dict[int, list[tuple[int, str]]]:
+    """Each user's stored new items (never bought, #26) with their reason codes, best first;
+    users without a new-items list are left out."""
+    buckets = version_buckets(client, version, cfg)
+    if not buckets or not user_ids:
+        return {}
+
+    def read() -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for user in user_ids:
+            bucket = keys.bucket_of(user, buckets)
+            for family in ("n", "w"):
+                pipe.hget(keys.user_bucket_key(version, bucket, cfg.key_prefix, family), str(user))
+        return list(pipe.execute())
+
+    values = with_retries(read, cfg, "read")
+    return {
+        user: [
+            (item, str(why["code"]))
+            for item, why in zip(keys.unpack_items(new), keys.decode_reasons(reasons), strict=True)
+        ]
+        for user, new, reasons in zip(user_ids, values[::2], values[1::2], strict=True)
+        if new is not None
+    }
+
+
 def version_user_ids(client: Client, version: str, cfg: RedisConfig) -> list[int]:
     """Every user id stored in ``version`` (``HKEYS`` of each head bucket), sorted."""
     buckets = version_buckets(client, version, cfg)

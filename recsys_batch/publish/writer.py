@@ -25,7 +25,8 @@ number of users), or from the users it writes when that is 0; every later writer
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -39,6 +40,16 @@ from recsys_batch.publish.store import Client, with_retries
 REASON = "reason"
 """Optional column of ``recs``: the item's reason as text (``r9.12``, ``b``, ``a``, ``t``,
 ``p``; see ``keys.reason_value``), packed 2 bytes per item into the ``r`` bucket hashes."""
+NEW_REASON_VALUES = {
+    "similar_customers": 0,
+    "bought_with": 1,
+    "trending": 2,
+    "popular": 3,
+    "promoted": 4,
+    "category": 5,
+}
+"""Reason texts of the new-items list (``new_items`` of :func:`write_users`) and their packed
+values (``keys.REASON_CODES``; ALS reads "similar customers")."""
 BUCKETS_FIELD = "buckets"
 TOP_N_FIELD = "top_n"
 
@@ -79,6 +90,11 @@ class PackedUsers:
     reasons: list[bytes] | None
     """Packed reasons per user (``keys.encode_reasons``), when ``recs`` has a ``reason``
     column."""
+    new: list[bytes] | None = None
+    """Packed new items per user (``b""`` for a user without any), when a new-items list is
+    written."""
+    new_reasons: list[bytes] | None = None
+    """Packed reasons of the new items, aligned with ``new``."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +229,60 @@ def reason_values(text: pl.Expr) -> pl.Expr:
     )
 
 
+def check_new_items(new_items: pl.DataFrame, recs: pl.DataFrame) -> None:
+    """Refuse a new-items list that cannot be stored beside ``recs``.
+
+    Raises
+    ------
+    ValueError
+        A user without a main list (the lookup starts from it), more than
+        ``keys.ITEMS_PER_FIELD`` new items for a user, an item id that cannot be packed, a
+        repeated (user, rank), or a reason outside ``NEW_REASON_VALUES``.
+    """
+    if new_items.height == 0:
+        return
+    orphans = (
+        new_items.select(C.USER).unique().join(recs.select(C.USER).unique(), on=C.USER, how="anti")
+    )
+    if orphans.height:
+        example = orphans[C.USER][0]
+        msg = f"{orphans.height} user(s) have new items but no main list, e.g. user {example}"
+        raise ValueError(msg)
+    check_recommendations(new_items)
+    longest = int(new_items.group_by(C.USER).len()["len"].max())  # type: ignore[arg-type]
+    if longest > keys.ITEMS_PER_FIELD:
+        msg = f"a user has {longest} new items; a version stores at most {keys.ITEMS_PER_FIELD}"
+        raise ValueError(msg)
+    unknown = set(new_items[REASON].unique().to_list()) - set(NEW_REASON_VALUES)
+    if unknown:
+        expected = sorted(NEW_REASON_VALUES)
+        msg = f"unknown new-item reason(s) {sorted(map(str, unknown))}; expected {expected}"
+        raise ValueError(msg)
+
+
+def packed_new_items(
+    new_items: pl.DataFrame, user_ids: np.ndarray
+) -> tuple[list[bytes], list[bytes]]:
+    """Each of ``user_ids``' new items and their reasons, packed (``b""`` for users without).
+
+    ``new_items`` has ``user_id``, ``item_id``, ``rank`` and ``reason`` (a key of
+    ``NEW_REASON_VALUES``) and passed :func:`check_new_items`.
+    """
+    codes = pl.col(REASON).replace_strict(NEW_REASON_VALUES, return_dtype=pl.UInt16)
+    per_user = (
+        new_items.sort(C.USER, C.RANK)
+        .group_by(C.USER, maintain_order=True)
+        .agg(pl.col(C.ITEM).cast(pl.UInt32), codes.alias(REASON))
+    )
+    items = {
+        user: (np.asarray(found, ">u4").tobytes(), np.asarray(why, ">u2").tobytes())
+        for user, found, why in per_user.iter_rows()
+    }
+    empty = (b"", b"")
+    pairs = [items.get(user, empty) for user in user_ids.tolist()]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def version_buckets(client: Client, version: str, proposed: int, cfg: RedisConfig) -> int:
     """The version's bucket count: ``proposed`` if this writer is first, else the stored one."""
     meta = keys.meta_key(version, cfg.key_prefix)
@@ -233,6 +303,8 @@ def _families(packed: PackedUsers) -> list[tuple[str, list[bytes]]]:
         families.append(("t", packed.tail))
     if packed.reasons is not None:
         families.append(("r", packed.reasons))
+    if packed.new is not None and packed.new_reasons is not None and any(packed.new):
+        families += [("n", packed.new), ("w", packed.new_reasons)]
     return families
 
 
@@ -259,8 +331,62 @@ def _bucket_runs(bucket: np.ndarray, start: int, length: int) -> list[tuple[int,
     return list(zip(part[firsts - start].tolist(), firsts.tolist(), ends.tolist(), strict=True))
 
 
-def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConfig) -> Written:
-    """Write the users of ``recs`` into ``version``; return the fields stored.
+@dataclass(frozen=True)
+class _Batch:
+    """One shard's packed fields, sent and counted back chunk by chunk."""
+
+    client: Client
+    version: str
+    prefix: str
+    ttl: int
+    fields: list[bytes]
+    """Decimal user ids, in the packed (bucket) order."""
+    families: list[tuple[str, list[bytes]]]
+
+    def _sent(self, values: list[bytes], first: int, end: int) -> list[tuple[bytes, bytes]]:
+        """``(field, value)`` of the rows ``first:end`` that have a value (empty is not sent)."""
+        rows = zip(self.fields[first:end], values[first:end], strict=True)
+        return [(name, value) for name, value in rows if value]
+
+    def write(self, runs: list[tuple[int, int, int]]) -> None:
+        """``HSET`` + ``EXPIRE`` of every family's bucket hashes touched by ``runs``."""
+        pipe = self.client.pipeline(transaction=False)
+        for family, values in self.families:
+            for bucket, first, end in runs:
+                flat = [part for pair in self._sent(values, first, end) for part in pair]
+                if flat:
+                    key = keys.user_bucket_key(self.version, bucket, self.prefix, family)
+                    pipe.hset(key, items=flat)
+                    pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def count(self, runs: list[tuple[int, int, int]]) -> dict[str, int]:
+        """Fields of each family found again (``HMGET`` of the fields sent)."""
+        pipe = self.client.pipeline(transaction=False)
+        asked: list[str] = []  # the family of each HMGET, in pipeline order
+        for family, values in self.families:
+            for bucket, first, end in runs:
+                sent = [name for name, _ in self._sent(values, first, end)]
+                if sent:
+                    pipe.hmget(
+                        keys.user_bucket_key(self.version, bucket, self.prefix, family), sent
+                    )
+                    asked.append(family)
+        counted = dict.fromkeys((family for family, _ in self.families), 0)
+        for family, reply in zip(asked, pipe.execute(), strict=True):
+            counted[family] += sum(v is not None for v in reply)
+        return counted
+
+
+def write_users(
+    client: Client,
+    version: str,
+    recs: pl.DataFrame,
+    cfg: RedisConfig,
+    new_items: pl.DataFrame | None = None,
+) -> Written:
+    """Write the users of ``recs`` (and their ``new_items``) into ``version``; return the
+    fields stored.
 
     Every family's fields are counted back after writing; the returned counts are what the
     version must hold for these users (:func:`recsys_batch.publish.versions.verify_version`).
@@ -270,6 +396,10 @@ def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConf
     recs
         Schema ``columns.RECOMMENDATIONS``: each user's top N, rank 1 = best (at most
         ``keys.MAX_TOP_N``), optionally with a ``reason`` column (one reason per item).
+    new_items
+        Each user's list of items they never bought (#26): ``user_id``, ``item_id``, ``rank``,
+        ``reason`` (a key of ``NEW_REASON_VALUES``), at most ``keys.ITEMS_PER_FIELD`` per
+        user, only users of ``recs``; stored in the ``n`` and ``w`` families.
 
     Raises
     ------
@@ -282,54 +412,29 @@ def write_users(client: Client, version: str, recs: pl.DataFrame, cfg: RedisConf
     if recs.height == 0:
         return Written()
     check_recommendations(recs)
+    if new_items is not None:
+        check_new_items(new_items, recs)
     n_users = recs[C.USER].n_unique()
     proposed = cfg.user_buckets or keys.bucket_count(n_users)
     buckets = version_buckets(client, version, proposed, cfg)
     packed = packed_users(recs, buckets)
-    prefix, ttl = cfg.key_prefix, ttl_seconds(cfg)
+    if new_items is not None:
+        new, new_reasons = packed_new_items(new_items, packed.user_ids)
+        packed = replace(packed, new=new, new_reasons=new_reasons)
     fields = [str(u).encode() for u in packed.user_ids.tolist()]
     families = _families(packed)
+    batch = _Batch(client, version, cfg.key_prefix, ttl_seconds(cfg), fields, families)
     found = dict.fromkeys((family for family, _ in families), 0)
     for start, length in chunks(len(fields), cfg.chunk_size):
         runs = _bucket_runs(packed.bucket, start, length)
-
-        def write(runs: list[tuple[int, int, int]] = runs) -> None:
-            pipe = client.pipeline(transaction=False)
-            for family, values in families:
-                for bucket, first, end in runs:
-                    flat: list[bytes] = []
-                    for name, value in zip(fields[first:end], values[first:end], strict=True):
-                        if value:
-                            flat += (name, value)
-                    if flat:
-                        key = keys.user_bucket_key(version, bucket, prefix, family)
-                        pipe.hset(key, items=list(flat))
-                        pipe.expire(key, ttl)
-            pipe.execute()
-
-        def count(runs: list[tuple[int, int, int]] = runs) -> dict[str, int]:
-            pipe = client.pipeline(transaction=False)
-            asked: list[str] = []  # the family of each HMGET, in pipeline order
-            for family, values in families:
-                for bucket, first, end in runs:
-                    sent = [
-                        n for n, v in zip(fields[first:end], values[first:end], strict=True) if v
-                    ]
-                    if sent:
-                        pipe.hmget(keys.user_bucket_key(version, bucket, prefix, family), sent)
-                        asked.append(family)
-            counted = dict.fromkeys((family for family, _ in families), 0)
-            for family, reply in zip(asked, pipe.execute(), strict=True):
-                counted[family] += sum(v is not None for v in reply)
-            return counted
-
-        with_retries(write, cfg, "user write")
-        for family, hits in with_retries(count, cfg, "user count-back").items():
+        with_retries(partial(batch.write, runs), cfg, "user write")
+        counted = with_retries(partial(batch.count, runs), cfg, "user count-back")
+        for family, hits in counted.items():
             found[family] += hits
     intended = _intended(packed, families, buckets)
-    lost = {f: intended.total(f) - n for f, n in found.items() if n != intended.total(f)}
-    if lost:
-        detail = ", ".join(f"{n} of {intended.total(f)} {f!r}" for f, n in sorted(lost.items()))
+    short = {f: n for f, n in found.items() if n != intended.total(f)}
+    if short:
+        detail = ", ".join(f"{n} of {intended.total(f)} {f!r}" for f, n in sorted(short.items()))
         msg = f"fields missing right after writing ({detail}); evicted? check maxmemory-policy"
         raise PublishError(msg)
     return intended

@@ -3,11 +3,14 @@
 :func:`publish_shards` opens the version (:func:`recsys_batch.publish.versions.begin_version`)
 before the first task and, only after every shard succeeded, writes the popular list and
 item attributes, verifies every key and flips ``P:current`` once
-(:func:`~recsys_batch.publish.versions.finish_version`). A shard that raises is retried
-``scale.shard_retries`` times (SET is idempotent, so a repeated write is harmless), except
-for a ``RecsysError``: bad data fails at once, and a ``PublishError`` has already used
-``redis.retries``. If a shard still fails, :class:`ShardError` is raised, the half-written
-version is abandoned and nothing flips: the old version keeps serving.
+(:func:`~recsys_batch.publish.versions.finish_version`). Only a shard whose Redis connection
+failed (:data:`PUBLISH_FAILURES`) is retried, ``scale.shard_retries`` times (HSET is
+idempotent, so a repeated write is harmless); if it still fails, :class:`ShardError` (exit 4)
+is raised. Nothing else is retried (issue #29): a ``RecsysError`` keeps its type and exit
+code (bad data is the same on every attempt, and a ``PublishError`` has already used
+``redis.retries``), and any other exception is a bug that propagates as it is (exit 1, its
+traceback with ``--debug``), dry run or not. Whatever fails, the half-written version is
+abandoned and nothing flips: the old version keeps serving.
 
 :class:`LocalExecutor` runs the shards one after another; :class:`DaskExecutor` submits
 them to a scheduler (``scale.scheduler_address``) or to a ``LocalCluster`` of worker
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
+import redis
 
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
@@ -65,14 +69,26 @@ class Executor(Protocol):
     ) -> list[ShardResult]: ...
 
 
-def _not_retried(exc: BaseException) -> bool:
-    """A ``RecsysError`` fails the run at once, keeping its type and exit code.
+PUBLISH_FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, *store.RETRYABLE)
+"""What a shard may raise that is a failed publish, worth another attempt of the shard: a
+Redis error that escaped the writer's own retries, or a broken connection or timeout."""
 
-    Bad data or config is the same on every attempt, and a ``PublishError`` means Redis
-    failed after its own retries (``redis.retries``): retrying the shard on top would
-    multiply the time a frozen Redis holds the batch.
+
+def _run_ends(shard: int, attempt: int, retries: int, exc: BaseException) -> BaseException | None:
+    """What ``exc``, raised by attempt ``attempt`` of ``shard``, ends the run with; None to retry.
+
+    A ``RecsysError`` ends it at once with its own type and exit code: bad data or config is
+    the same on every attempt, and a ``PublishError`` means Redis failed after its own
+    retries (``redis.retries``): retrying the shard on top would multiply the time a frozen
+    Redis holds the batch. A :data:`PUBLISH_FAILURES` error is retried ``retries`` times,
+    then ends the run as a :class:`ShardError`. Anything else is a bug and ends it as it is.
     """
-    return isinstance(exc, RecsysError)
+    if isinstance(exc, RecsysError) or not isinstance(exc, PUBLISH_FAILURES):
+        return exc
+    if attempt > retries:
+        return _failed(shard, attempt, exc)
+    log.warning("shard %d failed (%s: %s), retrying", shard, type(exc).__name__, exc)
+    return None
 
 
 def _failed(shard: int, attempts: int, exc: BaseException) -> ShardError:
@@ -85,7 +101,8 @@ def _failed(shard: int, attempts: int, exc: BaseException) -> ShardError:
 
 @dataclass
 class LocalExecutor:
-    """Shards one after another in this process; a failed shard is retried ``retries`` times."""
+    """Shards one after another in this process; a shard whose Redis connection failed is
+    retried ``retries`` times (see :func:`_run_ends`)."""
 
     retries: int = 2
 
@@ -107,13 +124,11 @@ class LocalExecutor:
                     events.shard_done(shard, results[-1].users)
                     break
                 except Exception as exc:
-                    if _not_retried(exc):
+                    ends = _run_ends(shard, attempt, self.retries, exc)
+                    if ends is exc:
                         raise
-                    if attempt > self.retries:
-                        raise _failed(shard, attempt, exc) from exc
-                    log.warning(
-                        "shard %d failed (%s: %s), retrying", shard, type(exc).__name__, exc
-                    )
+                    if ends is not None:
+                        raise ends from exc
         return results
 
 
@@ -128,9 +143,11 @@ class DaskExecutor:
     Workers get the context of :func:`for_workers`: the model,
     the per-item table and the small tables, and the *location* of the shard inputs, never
     the transactions themselves; each worker connects to Redis from the settings and hands
-    its recommendations back, which the driver writes to ``ctx.output_dir``. ``retries`` are
-    Dask's task retries (a shard that raised); a shard whose worker died is rescheduled on
-    another worker by the scheduler (``distributed.scheduler.allowed-failures`` times).
+    its recommendations back, which the driver writes to ``ctx.output_dir``. ``retries``: the
+    driver resubmits a shard that raised a :data:`PUBLISH_FAILURES` error, as
+    :class:`LocalExecutor` reruns it (Dask's own task retries would rerun a bug too). A shard
+    whose worker died is rescheduled on another worker by the scheduler
+    (``distributed.scheduler.allowed-failures`` times), then fails as a :class:`ShardError`.
     """
 
     address: str | None = None
@@ -191,34 +208,52 @@ class DaskExecutor:
         # warning would fire for every shard.
         with self.client() as client, _large_tasks_expected():
             shared = client.scatter(item_level, broadcast=True, hash=False)
-            futures = {
-                shard: client.submit(
+            users_of = dict(shards)
+
+            def submit(shard: int, attempt: int) -> Any:
+                return client.submit(
                     shard_task.run_sliced,
                     fn,
                     shared,
-                    shard_task.stage1_for_users(shipped, users[C.USER]),
+                    shard_task.stage1_for_users(shipped, users_of[shard][C.USER]),
                     shard,
-                    users,
-                    key=f"shard-{run}-{shard:05d}",
-                    retries=self.retries,
+                    users_of[shard],
+                    key=f"shard-{run}-{shard:05d}-{attempt}",
+                    retries=0,  # Dask would retry any exception: the driver decides (#29)
                     pure=False,
                 )
-                for shard, users in shards
-            }
+
+            futures = {shard: submit(shard, 1) for shard in users_of}
             results = []
             try:
-                for shard, future in futures.items():
-                    try:
-                        result = future.result()
-                    except Exception as exc:
-                        if _not_retried(exc):
-                            raise
-                        raise _failed(shard, self.retries + 1, exc) from exc
+                for shard in users_of:
+                    result = self._result(shard, futures, submit)
                     results.append(_saved(result, ctx))
                     events.shard_done(shard, result.users)
             finally:
                 client.cancel(list(futures.values()))
         return results
+
+    def _result(self, shard: int, futures: dict[int, Any], submit: Any) -> ShardResult:
+        """``shard``'s result; resubmitted (``futures[shard]`` replaced) while
+        :func:`_run_ends` says to retry."""
+        from distributed import KilledWorker  # noqa: PLC0415 - optional at import
+
+        for attempt in range(1, self.retries + 2):
+            try:
+                result: ShardResult = futures[shard].result()
+            except KilledWorker as exc:  # the scheduler already reran it on other workers
+                raise _failed(shard, attempt, exc) from exc
+            except Exception as exc:
+                ends = _run_ends(shard, attempt, self.retries, exc)
+                if ends is exc:
+                    raise
+                if ends is not None:
+                    raise ends from exc
+                futures[shard] = submit(shard, attempt + 1)
+            else:
+                return result
+        raise AssertionError  # pragma: no cover - the last attempt returns or raises
 
 
 def _saved(result: ShardResult, ctx: ShardContext) -> ShardResult:

@@ -120,7 +120,7 @@ def run_nightly(
             with progress_events.reporting(progress):
                 run_stages(state, STAGES, progress)
             result = _finish(state)
-            summary = run_log.run_summary(
+            summary = records.run_summary(
                 record, result.status, time.perf_counter() - started,
                 users=result.users, version=result.version,
             )  # fmt: skip
@@ -129,7 +129,7 @@ def run_nightly(
             error = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(RecsysError):
                 records.finish_run(record, status, error)
-            summary = run_log.run_summary(
+            summary = records.run_summary(
                 record, status, time.perf_counter() - started, error=error
             )
             raise

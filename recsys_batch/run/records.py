@@ -23,6 +23,8 @@ from recsys_batch.errors import ConfigError
 
 MANIFEST = "manifest.json"
 MODELS = "models"
+MAX_ERROR_CHARS = 300
+"""A run summary keeps this much of the error message."""
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -164,3 +166,45 @@ def finish_run(record: RunRecord, status: str, error: str | None = None) -> Path
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest of one run directory."""
     return json.loads((Path(run_dir) / MANIFEST).read_text())
+
+
+def run_summary(
+    record: RunRecord,
+    status: str,
+    seconds: float,
+    *,
+    users: int = 0,
+    version: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The JSON-ready summary of one run, as ``publish.run_log`` pushes it to ``P:runs``.
+
+    ``gate`` is ``passed``, ``skipped``, ``refused`` (status ``gate-refused``) or None when
+    the run failed before the gate decided; ``gate_value`` is the gate metric's value
+    whenever the gate's backtest measured it (passed or refused).
+    """
+    decision = record.metrics.get("gate")
+    gate_metric = gate_value = None
+    gate: str | None = "refused" if status == "gate-refused" else None
+    if isinstance(decision, dict):
+        gate_metric = decision.get("metric")
+        gate_value = record.metrics.get(gate_metric) if gate_metric else None
+        if gate is None and "value" in decision:
+            gate = "passed"
+    elif decision == "skipped":
+        gate = "skipped"
+    return {
+        "run_id": record.run_id,
+        "status": status,
+        "started_at": record.started_at,
+        "seconds": round(seconds, 2),
+        "users": users,
+        "version": version,
+        "gate": gate,
+        "gate_metric": gate_metric,
+        "gate_value": gate_value,
+        "data_days": [record.data["first_day"], record.data["last_day"]]
+        if "first_day" in record.data
+        else None,
+        "error": error[:MAX_ERROR_CHARS] if error else None,
+    }

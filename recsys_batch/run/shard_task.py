@@ -278,7 +278,7 @@ def check_recommendations(recs: pl.DataFrame, ctx: ShardContext) -> None:
 def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardResult:
     """Score one shard and, when ``ctx.version`` is set, write it into that version.
 
-    The shard's keys are counted back (``EXISTS``) before the task reports success, so a
+    The shard's users are counted back (``HMGET``) before the task reports success, so a
     lost write fails the shard (and is retried) instead of the whole night at the end.
     """
     from recsys_batch.run.records import peak_memory_mb  # noqa: PLC0415

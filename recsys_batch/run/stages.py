@@ -20,10 +20,10 @@ import polars as pl
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data import validation
+from recsys_batch.data.frames import distinct_count
 from recsys_batch.data.sources import Dataset, load_dataset
 from recsys_batch.errors import DataError, EmptyStageError
 from recsys_batch.model import split, two_stage
-from recsys_batch.model.ids import distinct_count
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.publish import store
 from recsys_batch.run import executors, quality_gate, records, shard_task, sharding

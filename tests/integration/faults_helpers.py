@@ -63,6 +63,24 @@ def batch_env(tmp_path: Path, url: str, prefix: str, **extra: str) -> dict[str, 
     }
 
 
+def frozen_redis_bound(cfg: RedisConfig) -> float:
+    """Seconds a Redis frozen mid-publish can hold ``recsys nightly-batch`` (local executor),
+    counting every Redis round trip the run makes after the freeze (docs/operations.md).
+
+    Each attempt of a round trip waits at most two socket timeouts ``T``: one to send (the
+    kernel's buffer takes a chunk; a full one waits at most ``T``) or to reconnect (the
+    handshake waits on the same timeout), one for the reply. After the freeze the run makes:
+
+    - the failing user write: ``redis.retries + 1`` attempts, with the backoff between them
+      (``B, 2B, 4B, ...``); a ``PublishError`` is not retried again at the shard level;
+    - the removal of the half-written version (``versions.abandon_version``): one attempt;
+    - the run summary pushed to ``P:runs`` (``run_log.push_summary``): one attempt.
+    """
+    attempts = (cfg.retries + 1) + 1 + 1
+    backoff = cfg.retry_backoff_seconds * (2**cfg.retries - 1)
+    return attempts * 2 * cfg.socket_timeout_seconds + backoff
+
+
 def invoke(args: list[str], env: dict[str, str]) -> Any:
     """Run the CLI in this process; its log lines (stderr) are part of ``result.output``."""
     root = logging.getLogger()

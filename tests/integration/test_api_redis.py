@@ -26,6 +26,7 @@ from recsys_batch.publish.status import version_info
 from tests.conftest import free_port, start_redis_server
 from tests.integration.test_cluster import cluster_url  # noqa: F401 - a fixture, reused
 from tests.publishing import publish_lists, publish_users
+from tests.under_load import Answers, readers_running
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
     warnings.simplefilter("ignore")
@@ -219,58 +220,49 @@ def test_version_flip_while_requests_run(
     users = range(1, 51)
     published: dict[str, int] = {}  # version id -> the n its items encode
 
-    def publish(n: int) -> None:
+    def publish(n: int) -> str:
         recs = {u: _version_items(n, u) for u in users}
         popular = [n * 100_000 + 99_990 + j for j in range(5)]
-        published[seed(real_redis, key_prefix, recs, popular)] = n
+        version = seed(real_redis, key_prefix, recs, popular)
+        published[version] = n
+        return version
 
     publish(1)
     app = create_app(settings_for(redis_url, key_prefix, current_cache_seconds=0.01))
-    problems: list[str] = []
-    answered: set[tuple[str, int]] = set()  # (version named, n of each item), checked below
-    stop = threading.Event()
+    answers = Answers(readers=4)  # rows: (version, items)
 
-    def check(version: str, items: list[int]) -> None:
-        # A version can be read before its publish() returns: it is looked up at the end.
-        if not items:
-            problems.append(f"{version}: no items")
-        answered.update((version, item // 100_000) for item in items)
+    def ask(http: httpx.Client, rng: random.Random) -> tuple[str, list[tuple[Any, ...]]] | None:
+        if rng.random() < 0.8:
+            resp = http.get(f"/v1/recommendations/{rng.randint(1, 60)}")
+            if resp.status_code != 200:
+                answers.fail(f"GET {resp.status_code} {resp.text}")
+                return None
+            body = resp.json()
+            return body["version"], [(body["version"], body["items"])]
+        ids = [rng.randint(1, 60) for _ in range(20)]
+        resp = http.post("/v1/recommendations", json={"user_ids": ids})
+        if resp.status_code != 200:
+            answers.fail(f"POST {resp.status_code} {resp.text}")
+            return None
+        body = resp.json()
+        return body["version"], [(body["version"], r["items"]) for r in body["results"]]
 
-    def hammer(base: str, seed_: int) -> None:
-        rng = random.Random(seed_)
-        with httpx.Client(base_url=base, timeout=5) as http:
-            while not stop.is_set():
-                if rng.random() < 0.8:
-                    resp = http.get(f"/v1/recommendations/{rng.randint(1, 60)}")
-                    if resp.status_code != 200:
-                        problems.append(f"GET {resp.status_code} {resp.text}")
-                        continue
-                    body = resp.json()
-                    check(body["version"], body["items"])
-                else:
-                    ids = [rng.randint(1, 60) for _ in range(20)]
-                    resp = http.post("/v1/recommendations", json={"user_ids": ids})
-                    if resp.status_code != 200:
-                        problems.append(f"POST {resp.status_code} {resp.text}")
-                        continue
-                    body = resp.json()
-                    for result in body["results"]:
-                        check(body["version"], result["items"])
-
+    # Each flip waits (bounded) until every reader was answered from the new version, so
+    # every version is served under load however slow the machine; then each answer is
+    # checked: non-empty, and every item encodes the version that answered.
     with ServerThread(app) as base:
-        workers = [threading.Thread(target=hammer, args=(base, i)) for i in range(4)]
-        for worker in workers:
-            worker.start()
-        for n in range(2, 12):
-            time.sleep(0.08)
-            publish(n)
-        time.sleep(0.1)
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=10)
-    problems += [f"{v} answered items of v{n}" for v, n in answered if published.get(v) != n]
-    assert problems == []
-    assert len({v for v, _ in answered}) >= 5  # the flips were really observed under load
+        with readers_running(base, answers, ask):
+            answers.wait_until_every_reader_answered()
+            for n in range(2, 12):
+                answers.wait_until_every_reader_saw(publish(n))
+    assert answers.failures == []
+    mixed = [
+        (version, items)
+        for version, items in answers.rows
+        if not items or any(item // 100_000 != published.get(version) for item in items)
+    ]
+    assert mixed == []
+    assert answers.versions() == set(published)
 
 
 def test_against_a_redis_cluster(cluster_url: str) -> None:  # noqa: F811

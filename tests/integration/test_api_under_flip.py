@@ -30,6 +30,7 @@ from recsys_batch.config import RedisConfig, Settings
 from recsys_batch.publish import status, versions
 from tests.conftest import free_port
 from tests.publishing import publish_lists
+from tests.under_load import Answers, readers_running
 
 with warnings.catch_warnings():  # starlette warns about httpx at import; nothing to fix here
     warnings.simplefilter("ignore")
@@ -110,71 +111,56 @@ def cfg(redis_url: str, key_prefix: str) -> Iterator[RedisConfig]:
 def test_zero_5xx_and_one_version_per_answer_while_publishing(
     real_redis: redis.Redis, cfg: RedisConfig
 ) -> None:
+    """Eight flips, each made while four readers request without pause; the next flip waits
+    (bounded) until every reader has been answered from the new version, so each version is
+    served under load whatever the machine's speed. Every answer is then checked: one
+    version's items for that version, ``fallback`` exactly for the unknown user."""
     markers: dict[str, int] = {}
     markers[publish_lists(real_redis, marked_recs(1), marked_popular(1), None, cfg)] = 1
     settings = Settings(
         redis={"url": cfg.url, "key_prefix": cfg.key_prefix},
         api={"current_cache_seconds": 0.1, "redis_timeout_seconds": 1.0},
     )
-    answers: list[tuple[str, int, list[int], str]] = []  # version, user, items, source
-    failures: list[str] = []
-    stop = threading.Event()
-    lock = threading.Lock()
+    answers = Answers(readers=4)  # rows: (version, user, items, source)
 
-    def hammer(base: str, seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(base_url=base, timeout=5) as http:
-            while not stop.is_set():
-                if rng.random() < 0.7:
-                    user = rng.choice([rng.randint(1, USERS), UNKNOWN])
-                    resp = http.get(f"/v1/recommendations/{user}")
-                    if resp.status_code != 200:
-                        failures.append(f"GET {resp.status_code} {resp.text[:200]}")
-                        continue
-                    body = resp.json()
-                    got = [(body["version"], user, body["items"], body["source"])]
-                else:
-                    users = [rng.randint(1, USERS) for _ in range(20)] + [UNKNOWN]
-                    resp = http.post("/v1/recommendations", json={"user_ids": users})
-                    if resp.status_code != 200:
-                        failures.append(f"POST {resp.status_code} {resp.text[:200]}")
-                        continue
-                    body = resp.json()
-                    got = [
-                        (body["version"], r["user_id"], r["items"], r["source"])
-                        for r in body["results"]
-                    ]
-                with lock:
-                    answers.extend(got)
+    def ask(http: httpx.Client, rng: random.Random) -> tuple[str, list[tuple[Any, ...]]] | None:
+        if rng.random() < 0.7:
+            user = rng.choice([rng.randint(1, USERS), UNKNOWN])
+            resp = http.get(f"/v1/recommendations/{user}")
+            if resp.status_code != 200:
+                answers.fail(f"GET {resp.status_code} {resp.text[:200]}")
+                return None
+            body = resp.json()
+            return body["version"], [(body["version"], user, body["items"], body["source"])]
+        users = [rng.randint(1, USERS) for _ in range(20)] + [UNKNOWN]
+        resp = http.post("/v1/recommendations", json={"user_ids": users})
+        if resp.status_code != 200:
+            answers.fail(f"POST {resp.status_code} {resp.text[:200]}")
+            return None
+        body = resp.json()
+        rows = [(body["version"], r["user_id"], r["items"], r["source"]) for r in body["results"]]
+        return body["version"], rows
 
     with Server(create_app(settings)) as base:
-        workers = [threading.Thread(target=hammer, args=(base, n)) for n in range(4)]
-        for worker in workers:
-            worker.start()
-        try:
+        with readers_running(base, answers, ask):
+            answers.wait_until_every_reader_answered()
             for marker in range(2, 10):
-                time.sleep(0.25)  # longer than the API's pointer cache, as between real runs
                 version = publish_lists(
                     real_redis, marked_recs(marker), marked_popular(marker), None, cfg
                 )
                 markers[version] = marker
-            time.sleep(0.2)
-        finally:
-            stop.set()
-            for worker in workers:
-                worker.join(timeout=10)
+                answers.wait_until_every_reader_saw(version)
 
-    assert failures == []
-    assert len(answers) > 500
+    assert answers.failures == []
     wrong = [
         (version, user, items, source)
-        for version, user, items, source in answers
+        for version, user, items, source in answers.rows
         if version not in markers
         or items != expected(markers[version], user)
         or (source == "fallback") != (user == UNKNOWN)
     ]
     assert wrong == []
-    assert len({version for version, *_ in answers}) >= 5  # the flips were seen under load
+    assert answers.versions() == set(markers)  # all nine were served, none other
 
 
 def test_known_user_never_gets_fallback_after_fast_republish(

@@ -1,9 +1,10 @@
-"""The lookup pipeline packed by hand (:mod:`api.wire`) against a real Redis (#18).
+"""The lookup pipeline packed by hand (:mod:`api.wire`) against a real Redis (#18, #29).
 
 The service answers from the same replies whichever way the pipeline travels: packed by hand
-and parsed by hiredis in one pass (the default on a plain ``redis.asyncio`` client), read
-reply by reply through redis-py's public ``read_response`` (a connection without hiredis), or
-through redis-py's own pipeline (``fakeredis``, a cluster).
+and read with redis-py's public ``read_response`` under one timeout (the default on a plain
+``redis.asyncio`` client), or through redis-py's own pipeline (``fakeredis``, a cluster). Each
+round trip borrows a connection of the client's pool and gives it back: a failed, timed-out
+or server-closed connection is never used again as it was.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import polars as pl
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api import wire
+from api.redis_client import client_options
 from api.service import Lookup
 from recsys_batch.config import RedisConfig
 from recsys_batch.data import columns as C
@@ -61,10 +66,7 @@ def run_with(redis_url: str, make: Any) -> list[Any]:
     async def go() -> list[Any]:
         client = aioredis.Redis.from_url(redis_url, socket_timeout=2.0)
         try:
-            lookup = make(client)
-            found = await answers_of(lookup)
-            await lookup.aclose()
-            return found
+            return await answers_of(make(client))
         finally:
             await client.aclose()
 
@@ -89,23 +91,24 @@ def test_wire_answers_like_redis_pipeline(redis_url: str, key_prefix: str, publi
     assert fast[3][2] == "fallback"
 
 
-def test_public_reads_without_hiredis(
-    redis_url: str, key_prefix: str, published: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(wire, "_HiredisParser", None)  # every reply via read_response
-    fast = run_with(redis_url, lambda c: Lookup(c, key_prefix, 60.0, coalesce=True))
-    monkeypatch.undo()
-    assert fast == run_with(redis_url, lambda c: Lookup(c, key_prefix, 60.0, coalesce=True))
+def one_connection_client(redis_url: str, timeout: float = 2.0, **options: Any) -> aioredis.Redis:
+    """A client with the API's options (:func:`api.redis_client.client_options`: one immediate
+    retry) whose pool holds one connection: a round trip that kept its connection instead of
+    giving it back makes the next one fail ("Too many connections")."""
+    api_options = client_options(RedisConfig(url=redis_url), redis_url, timeout)
+    return aioredis.Redis.from_url(redis_url, max_connections=1, **{**api_options, **options})
 
 
 def test_error_reply_is_raised_and_the_connection_stays_in_step(
     redis_url: str, real_redis: redis.Redis, key_prefix: str
 ) -> None:
+    """Mutations: raising at the first error reply (the second reply is then read as the
+    next round trip's), or not giving the connection back to the pool after an error."""
     real_redis.set(f"{key_prefix}:s", "x")
     real_redis.hset(f"{key_prefix}:h", "f", "v")
 
     async def go() -> tuple[str, Any]:
-        client = aioredis.Redis.from_url(redis_url)
+        client = one_connection_client(redis_url)
         try:
             link = wire.Wire.for_client(client)
             assert link is not None
@@ -122,6 +125,58 @@ def test_error_reply_is_raised_and_the_connection_stays_in_step(
     message, again = asyncio.run(go())
     assert "WRONGTYPE" in message
     assert again == [b"x"]
+
+
+def test_a_timed_out_round_trip_never_answers_the_next(
+    redis_url: str, real_redis: redis.Redis, key_prefix: str
+) -> None:
+    """A reply that comes after its round trip timed out must never be read as another
+    round trip's (a wrong answer). ``BLPOP`` replies nil after 0.5 s, past the 0.3 s timeout.
+    Mutation: a timed-out connection left connected (no disconnect by ``read_response``, the
+    retry or :meth:`Wire.exchange`): the retry or the next ``GET`` reads that late nil."""
+    real_redis.set(f"{key_prefix}:s", "x")
+    blocked = wire.pack(b"BLPOP", f"{key_prefix}:empty".encode(), b"0.5")
+
+    async def go() -> list[Any]:
+        client = one_connection_client(redis_url, timeout=0.3)
+        try:
+            link = wire.Wire.for_client(client)
+            assert link is not None
+            with pytest.raises(RedisTimeoutError):
+                await link.exchange(blocked, 1)
+            return await link.exchange(wire.pack(b"GET", f"{key_prefix}:s".encode()), 1)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == [b"x"]
+
+
+def test_idle_connection_closed_by_the_server_is_reconnected_by_the_pool(
+    redis_url: str, real_redis: redis.Redis, key_prefix: str
+) -> None:
+    """An idle connection the server closed (as a Redis restart does) is replaced before
+    its next round trip, without needing the retry: the client here retries nothing.
+    Mutation: keeping idle connections outside redis-py's pool (no check before reuse)
+    fails the round trip after the kill with a ``ConnectionError``."""
+    real_redis.set(f"{key_prefix}:s", "x")
+    client_id = wire.pack(b"CLIENT", b"ID")
+
+    async def go() -> tuple[int, int, list[Any]]:
+        client = one_connection_client(redis_url, retry=Retry(NoBackoff(), 0))
+        try:
+            link = wire.Wire.for_client(client)
+            assert link is not None
+            (first,) = await link.exchange(client_id, 1)
+            await asyncio.to_thread(real_redis.client_kill_filter, _id=first)
+            got = await link.exchange(wire.pack(b"GET", f"{key_prefix}:s".encode()), 1)
+            (second,) = await link.exchange(client_id, 1)
+            return first, second, got
+        finally:
+            await client.aclose()
+
+    first, second, got = asyncio.run(go())
+    assert got == [b"x"]
+    assert second != first  # a new connection, not the killed one
 
 
 def test_not_for_test_doubles_or_clusters() -> None:

@@ -2,8 +2,9 @@
 
 One small synthetic data set (150 users), one tiny two-stage model, a real Redis. The same
 shards published by either executor give byte-identical user keys, equal to what the
-unsharded ``two_stage.recommend`` produces; a failing shard is retried, and a shard that
-keeps failing flips nothing.
+unsharded ``two_stage.recommend`` produces; a shard whose Redis connection fails is retried,
+one that keeps failing flips nothing, and a bug in a shard is neither retried nor reported as
+a failed publish.
 """
 
 from __future__ import annotations
@@ -177,10 +178,22 @@ def flaky(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult
 
 
 def broken(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
-    """Shard 2 always fails."""
+    """Shard 2's Redis connection always fails."""
     if shard == 2:
-        msg = "disk full"
-        raise OSError(msg)
+        msg = "Connection reset by peer"
+        raise redis.ConnectionError(msg)
+    return T.run_shard(ctx, shard, users)
+
+
+BUGGY_CALLS: list[str] = []
+
+
+def buggy(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
+    """Shard 1 has a bug (a ``TypeError``) after shard 0 was written."""
+    BUGGY_CALLS.append(f"{ctx.version}:{shard}")
+    if shard == 1:
+        msg = "unsupported operand type(s) for +: 'int' and 'str'"
+        raise TypeError(msg)
     return T.run_shard(ctx, shard, users)
 
 
@@ -208,6 +221,24 @@ def test_a_shard_that_keeps_failing_flips_nothing(
     assert status.live_version(client, settings.redis) == live.version
     assert status.all_versions(client, settings.redis) == [live.version]
     assert len(published_values(client, live.version or "", settings)) == trained.user_ids.height
+
+
+@pytest.mark.parametrize("executor", [E.LocalExecutor(retries=2), "dask"], ids=["local", "dask"])
+def test_a_bug_in_a_shard_is_raised_once_and_flips_nothing(
+    executor: E.Executor | str, trained: Trained, settings: Settings, client: store.Client
+) -> None:
+    """Regression (#29): a bug in a shard was retried and reported as ``ShardError`` (exit 4,
+    "Redis unavailable"); on Dask, Dask's task retries reran it. It is raised as it is, from
+    the one attempt, and the half-written version is removed."""
+    chosen = dask() if executor == "dask" else executor
+    assert not isinstance(chosen, str)
+    live = publish_with(E.LocalExecutor(), trained, settings, client)
+    BUGGY_CALLS.clear()
+    with pytest.raises(TypeError, match="unsupported operand"):
+        publish_with(chosen, trained, settings, client, buggy)
+    assert [call.split(":")[1] for call in BUGGY_CALLS].count("1") == 1  # never retried
+    assert status.live_version(client, settings.redis) == live.version
+    assert status.all_versions(client, settings.redis) == [live.version]
 
 
 def test_shards_write_their_recommendations_when_asked(trained: Trained, tmp_path: Path) -> None:

@@ -150,7 +150,10 @@ def test_page_loads_without_console_errors(browser: Any, base_url: str) -> None:
     browser.get_log("browser")  # drop what earlier pages logged
     open_page(browser, f"{base_url}/ui/")
     assert "recsys console" in browser.title
-    assert "previous" in browser.find_element(By.ID, "live").text.lower()
+    live = browser.find_element(By.ID, "live").text
+    assert "previous" in live.lower()
+    # The source as the batch named it (docs/data.md), never a machine path (#29).
+    assert "Data source" in live and "synthetic (users=300, seed=42)" in live
     assert console_errors(browser) == []
 
 

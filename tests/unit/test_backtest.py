@@ -10,8 +10,6 @@ from polars.testing import assert_frame_equal
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
 from recsys_batch.evaluation.backtest import (
-    MODELS,
-    USER_SETS,
     BacktestResult,
     own_purchases_baseline,
     reseeded,
@@ -20,8 +18,10 @@ from recsys_batch.evaluation.backtest import (
     run_seeded_backtest,
     seed_spread,
 )
+from recsys_batch.evaluation.bootstrap import interval
 from recsys_batch.evaluation.origins import OriginsResult, cut_after, holdout_weeks, run_origins
 from recsys_batch.evaluation.protocol import evaluation_users, prepare
+from recsys_batch.evaluation.rows import MODELS, USER_SETS
 from recsys_batch.model import split
 from tests.small import SMALL_SETTINGS as SETTINGS
 from tests.small import small_dataset as dataset
@@ -94,6 +94,10 @@ class TestResult:
             "map@5",
             "ndcg@5",
             "coverage",
+            "revenue@5",
+            "new_share",
+            "repeat_hit",
+            "new_hit",
         }
         assert all(set(r) == keys for r in result.rows)
 
@@ -129,6 +133,60 @@ class TestResult:
         assert hits > 0  # the check below is not 0 == 0
         assert result.precision("popular", "seed") == pytest.approx(hits / (5 * len(seed)))
 
+    def test_popular_revenue_and_discovery_by_hand_issue_26(self, result: BacktestResult) -> None:
+        """Popular's revenue@5, new_share, repeat_hit and new_hit on the "seed" users, counted
+        from the transactions: catches a spend or "bought before" taken from the wrong weeks
+        (e.g. the stage-1 history only, or the test window included) or from raw item ids."""
+        prep = prepare(dataset(), SETTINGS)
+        w, catalogue = prep["windows"], set(prep["catalogue"][C.ITEM])
+        placeholder = SETTINGS.prefilter.placeholder_item
+        recent_buyers: dict[int, set[int]] = {}
+        before: set[tuple[int, int]] = set()
+        spend: dict[tuple[int, int], float] = {}
+        bought_in_test: dict[int, set[int]] = {}
+        rows = prep["tx"].select(C.USER, C.ITEM, C.WEEK, C.SALES).iter_rows()
+        for user, item, week, sales in rows:
+            if week < w.target_end:
+                before.add((user, item))
+                if week >= w.target_end - 4 and item in catalogue:
+                    recent_buyers.setdefault(item, set()).add(user)
+            elif week < w.test_end:
+                spend[(user, item)] = spend.get((user, item), 0.0) + sales
+                if item != placeholder:
+                    bought_in_test.setdefault(user, set()).add(item)
+        popular = sorted(recent_buyers, key=lambda i: (-len(recent_buyers[i]), i))[:5]
+        users_before = {u for u, _ in before}
+        seed = [u for u, got in bought_in_test.items() if u in users_before and len(got) >= 5]
+        slots = [(u, i) for u in seed for i in popular]
+        new = [(u, i) for u, i in slots if (u, i) not in before]
+        hit = {(u, i) for u, i in slots if i in bought_in_test[u]}
+        assert 0 < len(new) < len(slots) and hit & set(new)  # every rate is a real fraction
+        row = next(r for r in result.rows if (r["model"], r["user_set"]) == ("popular", "seed"))
+        assert row["revenue@5"] == pytest.approx(sum(spend.get(s, 0.0) for s in slots) / len(seed))
+        assert row["new_share"] == pytest.approx(len(new) / len(slots))
+        assert row["new_hit"] == pytest.approx(len(hit & set(new)) / len(new))
+        assert row["repeat_hit"] == pytest.approx(len(hit - set(new)) / (len(slots) - len(new)))
+
+    def test_copurchase_new_lists_only_new_items(self, result: BacktestResult) -> None:
+        """The anchor's every slot is new (catches the bought items left in), and its new_hit
+        is its hit rate; new_hit_diff is two-stage's new_hit minus the anchor's."""
+        rows = {(r["model"], r["user_set"]): r for r in result.rows}
+        anchor = rows[("copurchase_new", "all")]
+        assert anchor["new_share"] == 1.0 and anchor["repeat_hit"] is None
+        assert anchor["new_hit"] > 0
+        assert result.lists["copurchase_new"].height > 0
+        # One interval per NEW_HIT_PAIRS model: the main list and the new-items list (#26).
+        assert [(d["model"], d["anchor"]) for d in result.new_hit_diff] == [
+            ("two_stage", "copurchase_new"),
+            ("two_stage_new", "copurchase_new"),
+        ]
+        for diff in result.new_hit_diff:
+            assert diff["users"] == anchor["users"]
+            model_new_hit = rows[(diff["model"], "all")]["new_hit"]
+            assert diff["mean"] == pytest.approx(model_new_hit - anchor["new_hit"])
+            assert diff["lo"] <= diff["mean"] <= diff["hi"]
+        assert result.to_json()["new_hit_diff"] == result.new_hit_diff
+
     def test_two_stage_beats_popular_and_als(self, result: BacktestResult) -> None:
         # Synthetic users repeat their favourites: the learned model must use that.
         for user_set in USER_SETS:
@@ -149,13 +207,42 @@ class TestResult:
         assert "stage-2 window" in payload["protocol"]
 
     def test_diff_is_a_paired_interval_per_baseline(self, result: BacktestResult) -> None:
+        """Each interval is the bootstrap of the per-user P@5 differences counted by hand
+        (users who bought in the test window and before it, in user id order), with the
+        configured draws and seed. Catches pairing by row position, another seed or draw
+        count, another user set, or the difference taken the other way round."""
         assert set(result.diff) == set(MODELS) - {"two_stage"}
         all_users = next(r["users"] for r in result.rows if r["user_set"] == "all")
+        prep = prepare(dataset(), SETTINGS)
+        w, placeholder = prep["windows"], SETTINGS.prefilter.placeholder_item
+        before: set[int] = set()
+        in_test: dict[int, set[int]] = {}
+        for user, item, week in prep["tx"].select(C.USER, C.ITEM, C.WEEK).iter_rows():
+            if week < w.target_end:
+                before.add(user)
+            elif week < w.test_end:
+                bought = in_test.setdefault(user, set())
+                if item != placeholder:
+                    bought.add(item)
+        users = sorted(u for u in in_test if u in before)
+        assert len(users) == all_users
+
+        def precision(model: str) -> np.ndarray:
+            top = result.lists[model].filter(pl.col(C.RANK) <= 5)
+            lists: dict[int, set[int]] = {}
+            for user, item in top.select(C.USER, C.ITEM).iter_rows():
+                lists.setdefault(user, set()).add(item)
+            return np.array([len(lists.get(u, set()) & in_test[u]) / 5 for u in users])
+
+        cfg = SETTINGS.evaluation
         for baseline, d in result.diff.items():
-            gap = result.precision("two_stage") - result.precision(baseline)
-            assert d["mean"] == pytest.approx(gap)
-            assert d["lo"] <= d["mean"] <= d["hi"]
-            assert d["users"] == all_users
+            diffs = precision("two_stage") - precision(baseline)
+            expected = interval(diffs, cfg.bootstrap_draws, cfg.bootstrap_seed)
+            assert d == pytest.approx({**expected, "users": all_users})
+            assert d["mean"] == pytest.approx(
+                result.precision("two_stage") - result.precision(baseline)
+            )
+            assert d["lo"] < d["hi"]  # the differences vary: not a degenerate interval
         assert result.to_json()["diff"] == result.diff
 
     def test_als_is_the_als_model_alone_issue_16(self, result: BacktestResult) -> None:

@@ -414,3 +414,127 @@ class TestSynthCommand:
         again = runner.invoke(app, args)
         assert_clean_error(again, "transactions", "user_id", "--overwrite")
         assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def classic_plans() -> dict[str, pl.DataFrame]:
+    """Classic plan CSVs matching :func:`classic_frames`: store 364, weeks 1..20, days 1..140."""
+    causal = pl.DataFrame(
+        {
+            "PRODUCT_ID": ["1001", "1002", "1003"] * 2,
+            "STORE_ID": ["364"] * 6,
+            "WEEK_NO": ["1", "1", "2", "19", "20", "20"],
+            "display": ["0", "5", "A", "0", "9", "0"],
+            "mailer": ["A", "0", "D", "H", "0", "A"],
+        }
+    )
+    return {
+        "causal_data.csv": causal,
+        "campaign_table.csv": pl.DataFrame(
+            {"DESCRIPTION": ["TypeA", "TypeA", "TypeB"], "household_key": ["1", "2", "3"],
+             "CAMPAIGN": ["1", "1", "2"]}
+        ),
+        "campaign_desc.csv": pl.DataFrame(
+            {"DESCRIPTION": ["TypeA", "TypeB"], "CAMPAIGN": ["1", "2"], "START_DAY": ["-6", "30"],
+             "END_DAY": ["40", "75"]}
+        ),
+        "coupon.csv": pl.DataFrame(
+            {"COUPON_UPC": ["10000085207", "10000085207", "51800000050"],
+             "PRODUCT_ID": ["1001", "1002", "1004"], "CAMPAIGN": ["1", "1", "2"]}
+        ),
+        "coupon_redempt.csv": pl.DataFrame(
+            {"household_key": ["1", "3"], "DAY": ["9", "31"],
+             "COUPON_UPC": ["10000085207", "51800000050"], "CAMPAIGN": ["1", "2"]}
+        ),
+    }  # fmt: skip
+
+
+# (case id, mutation of the valid classic dataset with plans, file named, column named, extra)
+PLAN_CORPUS = [
+    ("causal-without-week", drop("causal_data.csv", "WEEK_NO"), "causal_data.csv", "WEEK_NO",
+     "missing"),
+    ("causal-misspelled-display", rename("causal_data.csv", "display", "displya"),
+     "causal_data.csv", "displya", "display"),
+    ("causal-week-not-a-number", set_value("causal_data.csv", "WEEK_NO", 2, "wk2"),
+     "causal_data.csv", "WEEK_NO", "wk2"),
+    ("campaign-null-household", set_value("campaign_table.csv", "household_key", 0, None),
+     "campaign_table.csv", "household_key", "no"),
+    ("period-ends-before-it-starts", set_value("campaign_desc.csv", "END_DAY", 1, "20"),
+     "campaign_desc.csv", "END_DAY", "before they start"),
+    ("coupon-upc-not-a-number", set_value("coupon.csv", "COUPON_UPC", 1, "UPC-1"), "coupon.csv",
+     "COUPON_UPC", "UPC-1"),
+    ("redemption-day-not-a-number", set_value("coupon_redempt.csv", "DAY", 0, "x"),
+     "coupon_redempt.csv", "DAY", "'x'"),
+    ("redemption-negative-household", set_value("coupon_redempt.csv", "household_key", 1, "-4"),
+     "coupon_redempt.csv", "household_key", "negative"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "file", "column", "extra"),
+    [case[1:] for case in PLAN_CORPUS],
+    ids=[case[0] for case in PLAN_CORPUS],
+)
+@pytest.mark.parametrize("command", ["validate", "prefilter"])
+def test_malformed_plan_file_exits_2(
+    tmp_path: Path, command: str, mutate: Callable, file: str, column: str, extra: str
+) -> None:
+    frames = {**classic_frames(), **classic_plans()}
+    mutate(frames)
+    folder = write_dir(tmp_path / "dh", frames)
+    result = runner.invoke(app, ["data", command, "--source", "dunnhumby", "--path", str(folder)])
+    assert_clean_error(result, file, column, extra)
+
+
+def summary_rows(output: str) -> dict[str, str]:
+    """The validate summary table as label -> value."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip("│ ").split("│")]
+        if len(cells) == 2:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+class TestValidatePlans:
+    def test_summary_and_json_list_the_plan_tables(self, tmp_path: Path) -> None:
+        folder = write_dir(tmp_path / "dh", {**classic_frames(), **classic_plans()})
+        out = tmp_path / "report.json"
+        args = ["data", "validate", "--source", "dunnhumby", "--path", str(folder)]
+        result = runner.invoke(app, [*args, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        rows = summary_rows(result.output)
+        assert rows["promotions rows"] == "6 (weeks 1..20)"
+        assert rows["campaigns rows"] == "3"
+        assert rows["campaign periods rows"] == "2 (days -6..75)"
+        assert rows["coupons rows"] == "3"
+        assert rows["coupon redemptions rows"] == "2 (days 9..31)"
+        assert json.loads(out.read_text())["plans"]["campaign_periods"] == {
+            "rows": 2,
+            "days": [-6, 75],
+        }
+
+    def test_absent_plan_files_show_a_dash(self, tmp_path: Path) -> None:
+        plans = classic_plans()
+        del plans["causal_data.csv"], plans["coupon_redempt.csv"]
+        folder = write_dir(tmp_path / "dh", {**classic_frames(), **plans})
+        args = ["data", "validate", "--source", "dunnhumby", "--path", str(folder)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        rows = summary_rows(result.output)
+        assert rows["promotions rows"] == "-"
+        assert rows["coupon redemptions rows"] == "-"
+        assert rows["coupons rows"] == "3"
+
+    def test_synth_folder_validates_with_its_plans(self, tmp_path: Path) -> None:
+        out = tmp_path / "synth"
+        result = runner.invoke(app, ["data", "synth", "--users", "80", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        report = tmp_path / "report.json"
+        args = ["data", "validate", "--source", "synthetic", "--path", str(out)]
+        result = runner.invoke(app, [*args, "--json", str(report)])
+        assert result.exit_code == 0, result.output
+        found = json.loads(report.read_text())["plans"]
+        assert {table: summary["rows"] for table, summary in found.items()} == manifest["plans"]
+        assert found["promotions"]["weeks"] == [1, 53]
+        assert summary_rows(result.output)["promotions rows"].endswith("(weeks 1..53)")

@@ -29,7 +29,7 @@ META = {
     "run_id": "20261128T030000Z-abcd",
     "users": "2469",
     "items": "7",
-    "data_source": "completejourney",
+    "data_source": "completejourney (bundled)",  # what a run on the bundled data publishes
     "first_day": "1",
     "last_day": "711",
     "metrics": json.dumps({"precision@5": 0.2134, "recall@5": 0.08}),
@@ -81,6 +81,7 @@ class TestLiveVersion:
         )
         assert body["metrics"]["precision@5"] == 0.2134
         assert (body["previous_version"], body["experiment"]) == ("v1", None)
+        assert body["data_source"] == "completejourney (bundled)"
         assert body["age_seconds"] > 0
 
     def test_experiment_hash_shown_as_written(self, api: TestClient, fake: Any) -> None:

@@ -58,7 +58,7 @@ class TestLocalExecutor:
             calls.append(shard)
             if shard == 1 and calls.count(1) <= failures:
                 msg = "boom"
-                raise RuntimeError(msg)
+                raise redis.ConnectionError(msg)
             return echo(ctx, shard, users)
 
         executor = E.LocalExecutor(retries=retries)
@@ -164,10 +164,17 @@ def test_a_publish_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> 
     assert calls == [0]
 
 
-@pytest.mark.parametrize(
-    "error", [RuntimeError("boom"), redis.ConnectionError("reset"), OSError("disk")]
-)
-def test_other_errors_in_a_shard_are_retried(error: Exception) -> None:
+REDIS_FAILURES = [
+    redis.ConnectionError("reset"),
+    redis.TimeoutError("timed out"),
+    ConnectionResetError("reset by peer"),
+    TimeoutError("timed out"),
+]
+BUGS = [TypeError("unsupported operand"), KeyError("user_id"), RuntimeError("boom"), OSError("x")]
+
+
+@pytest.mark.parametrize("error", REDIS_FAILURES, ids=lambda e: type(e).__name__)
+def test_redis_failures_in_a_shard_are_retried(error: Exception) -> None:
     calls: list[int] = []
 
     def flaky(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
@@ -179,6 +186,24 @@ def test_other_errors_in_a_shard_are_retried(error: Exception) -> None:
     results = E.LocalExecutor(retries=1).map_shards(flaky, context(), shards(2))
     assert [r.shard for r in results] == [0, 1]
     assert calls == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("error", BUGS, ids=lambda e: type(e).__name__)
+def test_a_bug_in_a_shard_is_not_retried_and_keeps_its_type(error: Exception) -> None:
+    """Regression (#29): a plain bug (``TypeError``) was retried and then reported as a
+    ``ShardError``, exit 4 "Redis unavailable". It must propagate as it is, at once (the CLI
+    exits 1 with it); catches a retry predicate that accepts any ``Exception`` again."""
+    calls: list[int] = []
+
+    def buggy(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
+        calls.append(shard)
+        raise error
+
+    with pytest.raises(type(error)) as caught:
+        E.LocalExecutor(retries=3).map_shards(buggy, context(), shards(3))
+    assert caught.value is error  # not wrapped in a ShardError, no exit code of ours
+    assert not isinstance(caught.value, RecsysError)
+    assert calls == [0]
 
 
 class TestCheckRecommendations:
@@ -304,14 +329,37 @@ class TestPublishShards:
 
     def test_a_shard_that_keeps_failing_is_a_shard_error(self, client: fakeredis.FakeRedis) -> None:
         def always(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
-            msg = "worker lost"
-            raise RuntimeError(msg)
+            msg = "connection reset"
+            raise redis.ConnectionError(msg)
 
         with pytest.raises(E.ShardError, match="after 2 attempt") as caught:
             self.publish(client, always)
         assert caught.value.exit_code == 4
         assert status.all_versions(client, Settings().redis) == []
         assert client.dbsize() == 0
+
+    def test_a_bug_abandons_the_version_and_flips_nothing(
+        self, client: fakeredis.FakeRedis
+    ) -> None:
+        """A ``TypeError`` in the second shard: raised as it is, not retried, and the
+        version the first shard wrote is removed; the live version stays (#29)."""
+        live = self.publish(client, self.writing([])).version
+        calls: list[int] = []
+        write = self.writing([])
+
+        def second_is_buggy(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
+            calls.append(shard)
+            if len(calls) == 2:
+                msg = "unsupported operand type(s) for +: 'int' and 'str'"
+                raise TypeError(msg)
+            return write(ctx, shard, users)
+
+        with pytest.raises(TypeError):
+            self.publish(client, second_is_buggy)
+        assert len(calls) == 2  # not retried, the third shard never ran
+        cfg = Settings().redis
+        assert status.live_version(client, cfg) == live
+        assert status.all_versions(client, cfg) == [live]
 
     def test_zero_recommendations_publish_nothing(self, client: fakeredis.FakeRedis) -> None:
         def nobody(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:

@@ -1,7 +1,9 @@
 """Golden tests pinning the Redis key and value format (docs/redis-format.md)."""
 
 import pytest
+from pydantic import ValidationError
 
+from recsys_batch.config import RedisConfig
 from recsys_batch.publish import keys
 
 
@@ -39,6 +41,18 @@ class TestKeyBuilders:
     def test_bad_version_refused(self, bad: str) -> None:
         with pytest.raises(ValueError, match="invalid version id"):
             keys.user_key(bad, 1, 10)
+
+    @pytest.mark.parametrize("bad", ["", "a:b", "a*", "a b", "x" * 33])
+    def test_bad_prefix_refused_by_keys_and_by_the_config(self, bad: str) -> None:
+        """One rule: ``RedisConfig`` rejects exactly what ``keys.check_prefix`` rejects."""
+        with pytest.raises(ValueError, match="invalid key prefix"):
+            keys.current_key(bad)
+        with pytest.raises(ValidationError, match="invalid key prefix"):
+            RedisConfig(key_prefix=bad)
+
+    @pytest.mark.parametrize("good", ["recsys", "shop_2.eu-west", "x" * 32])
+    def test_good_prefix_accepted_by_both(self, good: str) -> None:
+        assert keys.check_prefix(good) == RedisConfig(key_prefix=good).key_prefix == good
 
 
 class TestValues:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 from rich.console import Console
 
 from cli import progress as cli_progress
@@ -64,8 +65,14 @@ class TestRunnerEvents:
             ("done", "save", 1, ""),
         ]
 
-    def test_no_reporter_is_silent(self, tmp_path: Path) -> None:
-        pipeline.run_stages(_state(tmp_path), [("load", lambda s: 1)])
+    def test_no_reporter_is_silent(self, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+        """Without a reporter nothing reaches the terminal (cron, CI, ``--log-format json``
+        read the log lines only), yet the stage still runs and is recorded. Catches a
+        default that draws the live display or prints stage lines."""
+        state = _state(tmp_path)
+        pipeline.run_stages(state, [("load", lambda s: 7)])
+        assert capfd.readouterr() == ("", "")
+        assert [(s.name, s.rows) for s in state.record.stages] == [("load", 7)]
 
 
 def _shard(ctx: Any, shard: int, users: pl.DataFrame) -> ShardResult:

@@ -46,7 +46,7 @@ def test_runs_key_golden() -> None:
 def test_summary_fields(
     tmp_path: Path, metrics: dict[str, Any], status: str, gate: str | None, value: float | None
 ) -> None:
-    summary = run_log.run_summary(_record(tmp_path, metrics), status, 12.345, users=300)
+    summary = records.run_summary(_record(tmp_path, metrics), status, 12.345, users=300)
     assert summary["status"] == status
     assert (summary["gate"], summary["gate_value"]) == (gate, value)
     assert (summary["seconds"], summary["users"], summary["data_days"]) == (12.35, 300, [1, 711])
@@ -58,7 +58,7 @@ def test_newest_first_capped(tmp_path: Path) -> None:
     client = fakeredis.FakeRedis()
     cfg = RedisConfig(key_prefix="t")
     for n in range(run_log.MAX_RUNS + 5):
-        summary = run_log.run_summary(_record(tmp_path), "published", float(n))
+        summary = records.run_summary(_record(tmp_path), "published", float(n))
         assert run_log.push_summary(client, summary, cfg)
     stored = [json.loads(v) for v in client.lrange(keys.runs_key("t"), 0, -1)]
     assert len(stored) == run_log.MAX_RUNS
@@ -71,8 +71,8 @@ class _Down:
 
 
 def test_redis_failure_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    summary = run_log.run_summary(_record(tmp_path), "failed", 1.0, error="x" * 1000)
-    assert len(summary["error"]) == run_log.MAX_ERROR_CHARS
+    summary = records.run_summary(_record(tmp_path), "failed", 1.0, error="x" * 1000)
+    assert len(summary["error"]) == records.MAX_ERROR_CHARS
     assert run_log.push_summary(_Down(), summary, RedisConfig()) is False  # type: ignore[arg-type]
     assert run_log.push_summary(None, summary, RedisConfig()) is False
     assert "run summary not written" in caplog.text

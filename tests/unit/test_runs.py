@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,16 +32,25 @@ class TestRuns:
         assert manifest["peak_memory_mb"] > 0
         assert not [p for p in record.run_dir.iterdir() if p.name.startswith(".manifest")]
 
-    def test_run_ids_sortable_and_unique(self) -> None:
-        ids = [records.new_run_id() for _ in range(10)]
-        assert len(set(ids)) > 1
-        assert all(len(i) == len(ids[0]) for i in ids)
-        # Runs started within one second sort in start order (a random suffix would not).
+    def test_run_ids_distinct_and_in_start_order_across_milliseconds(self) -> None:
+        """Runs started within one second: one id each, sorting in start order (catches a
+        timestamp cut to the second, where only the random suffix would order them)."""
         second = datetime(2026, 11, 30, 3, 15, 0, tzinfo=UTC)
         starts = [second.replace(microsecond=ms * 1000) for ms in (999, 5, 120, 0, 42)]
-        by_id = sorted(starts, key=lambda start: records.new_run_id(start))
-        assert by_id == sorted(starts)
+        ids = [records.new_run_id(start) for start in starts]
+        assert len(set(ids)) == len(starts)
+        assert sorted(ids) == [run_id for _, run_id in sorted(zip(starts, ids, strict=True))]
+        assert all(re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{4}", run_id) for run_id in ids)
         assert records.new_run_id(second).startswith("20261130T031500.000Z-")
+
+    def test_run_ids_of_one_instant_differ_by_their_random_suffix(self) -> None:
+        """200 ids at one instant share at most 9 values: with a 16-bit suffix, 10 or more
+        colliding pairs happen with probability 1.4e-12 (Poisson, 200 * 199 / 2 / 65536 =
+        0.30 pairs expected). Catches a constant suffix (199 repeats) or one of 8 bits or
+        fewer (about 61 repeats)."""
+        instant = datetime(2026, 11, 30, 3, 15, 0, 120_000, tzinfo=UTC)
+        ids = [records.new_run_id(instant) for _ in range(200)]
+        assert len(ids) - len(set(ids)) <= 9
 
     @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
     def test_read_only_runs_dir_is_clear_config_error(self, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from recsys_batch.config import DataConfig, Settings, SplitConfig
 from recsys_batch.data import columns as C
 from recsys_batch.data import sources, validation
+from recsys_batch.data.plans import Plans, plans_of
 from recsys_batch.data.sources import Dataset
 from recsys_batch.data.tables import SourceTable
 from recsys_batch.errors import DataError, SchemaMismatchError
@@ -138,7 +139,7 @@ class TestFatal:
             with pytest.raises(DataError, match="history week") as info:
                 validation.check(dataset, SETTINGS)
             assert info.value.column == C.WEEK
-            assert info.value.file == "t (transactions)"
+            assert info.value.file == "t transactions"
 
     def test_windows_follow_the_split_config(self) -> None:
         settings = Settings(split=SplitConfig(test_weeks=1, stage2_weeks=2, min_history_weeks=1))
@@ -213,3 +214,129 @@ def test_bundled_data_report() -> None:
     assert report.missing_items == 17
     assert report.user_rows == 801
     assert report.windows.target_end == 50
+
+
+def literal_plans(**overrides: pl.LazyFrame) -> Plans:
+    """Small valid plans: weeks 2..3, campaigns 1..2 over days -3..20, two redemptions."""
+    frames = {
+        "promotions": pl.LazyFrame(
+            {C.ITEM: [1, 2], C.STORE: [1, 1], C.WEEK: [2, 3], C.DISPLAY: ["0", "5"],
+             C.MAILER: ["A", "0"]},
+            schema=C.PROMOTION_CODES,
+        ),
+        "campaigns": pl.LazyFrame({C.CAMPAIGN: [1, 2], C.USER: [1, 2]}, schema=C.CAMPAIGNS),
+        "campaign_periods": pl.LazyFrame(
+            {C.CAMPAIGN: [1, 2], C.CAMPAIGN_TYPE: ["Type A", None], C.START_DAY: [-3, 8],
+             C.END_DAY: [10, 20]},
+            schema=C.CAMPAIGN_PERIODS,
+        ),
+        "coupons": pl.LazyFrame(
+            {C.CAMPAIGN: [1, 2], C.COUPON: [11, 12], C.ITEM: [1, 2]}, schema=C.COUPONS
+        ),
+        "coupon_redemptions": pl.LazyFrame(
+            {C.USER: [1, 2], C.CAMPAIGN: [1, 2], C.COUPON: [11, 12], C.ITEM: [None, None],
+             C.DAY: [5, 9]},
+            schema=C.COUPON_REDEMPTIONS,
+        ),
+    }  # fmt: skip
+    return plans_of({**frames, **overrides})
+
+
+class TestPlans:
+    def check(self, plans: Plans) -> validation.ValidationReport:
+        return validation.check(Dataset(transactions(), None, None, "t", plans=plans), SETTINGS)
+
+    def test_report_gives_rows_and_ranges(self) -> None:
+        assert self.check(literal_plans()).plans == {
+            "promotions": {"rows": 2, "weeks": [2, 3]},
+            "campaigns": {"rows": 2},
+            "campaign_periods": {"rows": 2, "days": [-3, 20]},
+            "coupons": {"rows": 2},
+            "coupon_redemptions": {"rows": 2, "days": [5, 9]},
+        }
+
+    def test_no_plans_no_entries(self) -> None:
+        assert self.check(Plans()).plans == {}
+
+    def test_an_absent_table_is_left_out(self) -> None:
+        plans = literal_plans()
+        report = self.check(Plans(promotions=plans.promotions, coupons=plans.coupons))
+        assert sorted(report.plans) == ["coupons", "promotions"]
+
+    def test_an_empty_plan_table_is_valid(self) -> None:
+        """Nothing redeemed is a fact, not an error (unlike empty transactions)."""
+        redeemed = literal_plans().coupon_redemptions
+        assert redeemed is not None
+        report = self.check(literal_plans(coupon_redemptions=redeemed.clear()))
+        assert report.plans["coupon_redemptions"] == {"rows": 0}
+
+    def test_reversed_period_names_the_end_day(self) -> None:
+        periods = pl.LazyFrame(
+            {C.CAMPAIGN: [1, 2, 3], C.START_DAY: [1, 30, 40], C.END_DAY: [9, 29, 39]},
+            schema_overrides={C.START_DAY: pl.Int32, C.END_DAY: pl.Int32},
+        ).with_columns(pl.lit(None, dtype=pl.String).alias(C.CAMPAIGN_TYPE))
+        with pytest.raises(DataError, match="2 campaign period\\(s\\) end before") as info:
+            self.check(literal_plans(campaign_periods=periods))
+        assert info.value.column == C.END_DAY
+        assert info.value.file == "t campaign_periods"
+        assert "campaign_id 2" in str(info.value)
+
+    def test_null_key_in_a_plan_table(self) -> None:
+        campaigns = pl.LazyFrame({C.CAMPAIGN: [1, None], C.USER: [1, 2]}, schema=C.CAMPAIGNS)
+        with pytest.raises(DataError, match="campaigns: 1 row\\(s\\) have no 'campaign_id'"):
+            self.check(literal_plans(campaigns=campaigns))
+
+    def test_negative_user_in_campaigns(self) -> None:
+        campaigns = pl.LazyFrame({C.CAMPAIGN: [1, 1], C.USER: [1, -2]}, schema=C.CAMPAIGNS)
+        with pytest.raises(DataError, match="campaigns: 1 row\\(s\\) have a negative"):
+            self.check(literal_plans(campaigns=campaigns))
+
+    def test_misspelled_plan_column_in_a_file(self, tmp_path: Path) -> None:
+        transactions().collect().write_parquet(tmp_path / "tx.parquet")
+        (tmp_path / "promo.csv").write_text("item_id,store_id,weeks,display\n1,1,2,A\n")
+        cfg = DataConfig(
+            source="files",
+            transactions_file=tmp_path / "tx.parquet",
+            promotions_file=tmp_path / "promo.csv",
+        )
+        with pytest.raises(SchemaMismatchError, match="did you mean 'weeks'") as info:
+            validation.check(sources.load_dataset(cfg), SETTINGS)
+        assert info.value.file == str(tmp_path / "promo.csv")
+        assert info.value.column == C.WEEK
+
+    def test_plan_value_that_cannot_be_cast(self, tmp_path: Path) -> None:
+        transactions().collect().write_parquet(tmp_path / "tx.parquet")
+        (tmp_path / "redeemed.csv").write_text("user_id,day\n1,5\n2,day9\n")
+        cfg = DataConfig(
+            source="files",
+            transactions_file=tmp_path / "tx.parquet",
+            coupon_redemptions_file=tmp_path / "redeemed.csv",
+        )
+        with pytest.raises(SchemaMismatchError, match="'day9'") as info:
+            validation.check(sources.load_dataset(cfg), SETTINGS)
+        assert info.value.column == C.DAY
+
+    def test_still_one_collect(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The plan tables join the single ``collect_all``: their checks and their ranges."""
+        calls = []
+        real = pl.collect_all
+
+        def counting(frames: list[pl.LazyFrame], **kwargs: Any) -> list[pl.DataFrame]:
+            calls.append(len(frames))
+            return real(frames, **kwargs)
+
+        monkeypatch.setattr(pl, "collect_all", counting)
+        self.check(literal_plans())
+        assert calls == [12]  # 6 tables, the transaction stats, 5 plan ranges
+
+
+@pytest.mark.slow
+def test_bundled_plans_report() -> None:
+    report = validation.check(sources.load_dataset(DataConfig()), SETTINGS)
+    assert report.plans == {
+        "promotions": {"rows": 20_940_529, "weeks": [1, 53]},
+        "campaigns": {"rows": 6_589},
+        "campaign_periods": {"rows": 27, "days": [-47, 424]},
+        "coupons": {"rows": 116_204},
+        "coupon_redemptions": {"rows": 2_102, "days": [1, 365]},
+    }

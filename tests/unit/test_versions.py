@@ -7,6 +7,7 @@ A version is published here exactly as a nightly run publishes it: ``begin_versi
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -51,14 +52,24 @@ WRITTEN: dict[str, writer.Written] = {}
 
 
 def begin_and_write(
-    client: fakeredis.FakeRedis, meta: dict[str, Any] | None = None, recs: pl.DataFrame = RECS
+    client: fakeredis.FakeRedis,
+    meta: dict[str, Any] | None = None,
+    recs: pl.DataFrame = RECS,
+    new_items: pl.DataFrame | None = None,
 ) -> str:
     """A version in state ``writing`` with its users written (two shards), not finished."""
     version = versions.begin_version(client, meta or {}, CFG)
+    shards = (pl.col("user_id") < 20, pl.col("user_id") >= 20)
     WRITTEN[version] = sum(
         (
-            writer.write_users(client, version, shard, CFG)
-            for shard in (recs.filter(pl.col("user_id") < 20), recs.filter(pl.col("user_id") >= 20))
+            writer.write_users(
+                client,
+                version,
+                recs.filter(shard),
+                CFG,
+                None if new_items is None else new_items.filter(shard),
+            )
+            for shard in shards
         ),
         writer.Written(),
     )
@@ -85,11 +96,24 @@ def has_user(client: fakeredis.FakeRedis, version: str, user: int) -> bool:
 
 
 class TestIdsAndMeta:
-    def test_version_ids_are_valid_sortable_and_distinct(self) -> None:
-        ids = [versions.new_version_id() for _ in range(20)]
-        assert len(set(ids)) > 1
+    def test_version_ids_are_valid_distinct_and_in_time_order(self) -> None:
+        """One id per second, sorting in time order (catches the timestamp dropped or not
+        leading, e.g. a suffix first)."""
+        night = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)
+        starts = [night + timedelta(seconds=s) for s in (59, 0, 3600, 1, 86_400)]
+        ids = [versions.new_version_id(start) for start in starts]
         assert all(keys.check_version(v) == v for v in ids)
-        assert ids[0][:16] <= ids[-1][:16]  # the timestamp leads
+        assert len(set(ids)) == len(starts)
+        assert sorted(ids) == [v for _, v in sorted(zip(starts, ids, strict=True))]
+        assert ids[1].startswith("20261128T031500Z-")
+
+    def test_version_ids_of_one_second_differ_by_their_random_suffix(self) -> None:
+        """200 ids in one second share at most 9 values: with a 16-bit suffix, 10 or more
+        colliding pairs happen with probability 1.4e-12 (Poisson, 0.30 pairs expected).
+        Catches a constant suffix (199 repeats) or one of 8 bits or fewer (about 61)."""
+        night = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)
+        ids = [versions.new_version_id(night) for _ in range(200)]
+        assert len(ids) - len(set(ids)) <= 9
 
     def test_encode_meta(self) -> None:
         encoded = versions.encode_meta(
@@ -202,6 +226,9 @@ class TestFinish:
 FULL = recs_frame({u: [u * 100 + j for j in range(20)] for u in (10, 20, 30)}).with_columns(
     pl.lit("a").alias(writer.REASON)
 )
+NEW = recs_frame({u: [u * 1000, u * 1000 + 1] for u in (10, 20, 30)}).with_columns(
+    pl.lit("promoted").alias(writer.REASON)
+)
 POPULAR = [106, 105]
 
 DAMAGE = {
@@ -209,6 +236,8 @@ DAMAGE = {
     "t field": lambda c, v: c.hdel(keys.user_bucket_key(v, 0, family="t"), "20"),
     "r field": lambda c, v: c.hdel(keys.user_bucket_key(v, 0, family="r"), "30"),
     "t bucket": lambda c, v: c.delete(keys.user_bucket_key(v, 0, family="t")),
+    "n field": lambda c, v: c.hdel(keys.user_bucket_key(v, 0, family="n"), "10"),
+    "w bucket": lambda c, v: c.delete(keys.user_bucket_key(v, 0, family="w")),
     "r bucket": lambda c, v: c.delete(keys.user_bucket_key(v, 0, family="r")),
     "stray r field": lambda c, v: c.hset(keys.user_bucket_key(v, 0, family="r"), "99", b"\0\0"),
     "popular": lambda c, v: c.delete(keys.popular_key(v)),
@@ -222,6 +251,8 @@ SHORTFALL = {
     "t field": "'t': 2 of 3 fields",
     "r field": "'r': 2 of 3 fields",
     "t bucket": "'t': 0 of 3 fields",
+    "n field": "'n': 2 of 3 fields",
+    "w bucket": "'w': 0 of 3 fields",
     "r bucket": "'r': 0 of 3 fields",
     "stray r field": "'r': 4 of 3 fields",
     "popular": "the popular list differs",
@@ -233,7 +264,7 @@ SHORTFALL = {
 
 
 def written_full(client: fakeredis.FakeRedis) -> tuple[str, writer.Written]:
-    version = begin_and_write(client, recs=FULL)
+    version = begin_and_write(client, recs=FULL, new_items=NEW)
     return version, WRITTEN[version]
 
 
@@ -242,7 +273,7 @@ class TestVerify:
         self, client: fakeredis.FakeRedis
     ) -> None:
         version, written = written_full(client)
-        assert {f: written.total(f) for f in keys.USER_FAMILIES} == {"u": 3, "t": 3, "r": 3}
+        assert {f: written.total(f) for f in keys.USER_FAMILIES} == dict.fromkeys("utrnw", 3)
         versions.finish_version(client, version, written, POPULAR, ITEMS, CFG)
         assert current(client) == version
 

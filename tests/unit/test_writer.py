@@ -227,14 +227,19 @@ class TestCountBackEveryFamily:
     FULL = recs_frame({u: [u * 100 + j for j in range(20)] for u in (10, 20, 30)}).with_columns(
         pl.lit("b").alias(writer.REASON)
     )
+    NEW = recs_frame({u: [u * 1000, u * 1000 + 1] for u in (10, 20, 30)}).with_columns(
+        pl.lit("trending").alias(writer.REASON)
+    )
 
     def test_counts_of_every_family_per_bucket(self, client: fakeredis.FakeRedis) -> None:
-        written = writer.write_users(client, VERSION, self.FULL, CFG)
+        written = writer.write_users(client, VERSION, self.FULL, CFG, new_items=self.NEW)
         assert written.buckets == 1
         assert {f: written.per_bucket(f).tolist() for f in keys.USER_FAMILIES} == {
             "u": [3],
             "t": [3],
             "r": [3],
+            "n": [3],
+            "w": [3],
         }
         short = writer.write_users(client, "v2", RECS, CFG)  # no tails, no reasons
         assert (short.total("u"), short.total("t"), short.total("r")) == (3, 0, 0)
@@ -246,7 +251,7 @@ class TestCountBackEveryFamily:
         """Mutation caught: counting back the ``u`` family only (as before #29)."""
         lossy = DropsOneField(client, family)
         with pytest.raises(PublishError, match=f"1 of 3 '{family}'|2 of 3 '{family}'"):
-            writer.write_users(lossy, VERSION, self.FULL, CFG)  # type: ignore[arg-type]
+            writer.write_users(lossy, VERSION, self.FULL, CFG, self.NEW)  # type: ignore[arg-type]
         assert lossy.dropped
 
     def test_counts_add_bucket_by_bucket(self) -> None:
@@ -259,3 +264,63 @@ class TestCountBackEveryFamily:
         assert (writer.Written() + a) is a and (a + writer.Written()) is a
         with pytest.raises(ValueError, match="3 and 2 buckets"):
             _ = a + writer.Written(2, {"u": np.array([1, 1])})
+
+
+class TestNewItems:
+    """The new-items list (#26): families ``n`` (items) and ``w`` (reasons), counted and
+    verified like the main list's."""
+
+    NEW = pl.DataFrame(
+        {
+            "user_id": [10, 10, 20],
+            "item_id": [901, 902, 903],
+            "rank": [1, 2, 1],
+            "reason": ["promoted", "bought_with", "similar_customers"],
+        },
+        schema_overrides={"rank": pl.Int32},
+    )
+
+    def test_stored_with_reasons_and_counted(self, client: fakeredis.FakeRedis) -> None:
+        written = writer.write_users(client, VERSION, RECS, CFG, new_items=self.NEW)
+        assert (written.total("n"), written.total("w")) == (2, 2)  # user 30 has none
+        stored = status.user_new_items(client, VERSION, [10, 20, 30], CFG)
+        assert stored == {10: [(901, "promoted"), (902, "bought_with")], 20: [(903, "als")]}
+        buckets = written.buckets
+        raw = client.hget(
+            keys.user_bucket_key(VERSION, keys.bucket_of(10, buckets), "recsys", "n"), "10"
+        )
+        assert raw == bytes.fromhex("0000038500000386")  # golden: 901, 902 big-endian
+        why = client.hget(
+            keys.user_bucket_key(VERSION, keys.bucket_of(10, buckets), "recsys", "w"), "10"
+        )
+        assert why == bytes.fromhex("00040001")  # promoted = 4, bought_with = 1
+        assert status.user_items(client, VERSION, [10], CFG) == {10: LISTS[10]}  # main list kept
+
+    @pytest.mark.parametrize(
+        ("change", "error"),
+        [
+            (pl.col("user_id").replace(20, 99), "no main list"),
+            (pl.col("reason").replace("promoted", "cheap"), "unknown new-item reason"),
+            (pl.col("rank").replace(2, 1), "repeat a .user_id, rank."),
+        ],
+    )
+    def test_refused_before_anything_is_written(
+        self, client: fakeredis.FakeRedis, change: pl.Expr, error: str
+    ) -> None:
+        bad = self.NEW.with_columns(change)
+        with pytest.raises(ValueError, match=error):
+            writer.write_users(client, VERSION, RECS, CFG, new_items=bad)
+        assert list(client.scan_iter("recsys:v:*:n:*")) == []
+
+    def test_too_many_new_items_refused(self, client: fakeredis.FakeRedis) -> None:
+        many = pl.DataFrame(
+            {
+                "user_id": [10] * 17,
+                "item_id": range(17),
+                "rank": range(1, 18),
+                "reason": ["trending"] * 17,
+            },
+            schema_overrides={"rank": pl.Int32},
+        )
+        with pytest.raises(ValueError, match="17 new items"):
+            writer.write_users(client, VERSION, RECS, CFG, new_items=many)
