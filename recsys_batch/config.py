@@ -181,6 +181,9 @@ class NewItemsConfig(_Section):
     """Item attribute whose groups the category generator uses."""
     own_ranker: bool = True
     """Rank with a ranker trained on first purchases (True) or reuse the main ranker."""
+    objective: Literal["binary", "lambdarank", "rank_xendcg"] = "lambdarank"
+    """LightGBM objective of the new-items ranker (its other settings are ``ranker``'s);
+    lambdarank ranked first purchases best on the validation origins (docs/candidates.md)."""
 
 
 class FeaturesConfig(_Section):

@@ -159,17 +159,26 @@ def fit_new_items_ranker(
     windows: split.Windows,
     target_users: pl.LazyFrame,
     settings: Settings,
+    *,
+    fixed_tables: Mapping[str, pl.DataFrame] | None = None,
 ) -> Ranker:
-    """LightGBM on the first purchases of the stage-2 window (``data``: before the test)."""
+    """LightGBM on the first purchases of the stage-2 window (``data``: before the test).
+
+    ``fixed_tables``: the feature families as of ``history_end``, when computed already
+    (the main ranker's, ``two_stage.history_tables``).
+    """
     start = time.perf_counter()
-    feats, _ = featured_new_items(history_model, data, target_users, windows.history_end, settings)
+    feats, _ = featured_new_items(
+        history_model, data, target_users, windows.history_end, settings, fixed_tables=fixed_tables
+    )
     truth = targets(
         split.stage2_window(data.transactions, windows),
         settings.prefilter.placeholder_item,
         settings.ranker.max_label,
     )
+    cfg = settings.ranker.model_copy(update={"objective": settings.new_items.objective})
     ranker = fit_ranker(
-        with_targets(feats.frame, truth), feats.feature_names, feats.categorical, settings.ranker
+        with_targets(feats.frame, truth), feats.feature_names, feats.categorical, cfg
     )
     log.info("new-items ranker trained in %.1fs", time.perf_counter() - start)
     return ranker

@@ -30,7 +30,13 @@ from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.model import candidates as stage1
 from recsys_batch.model import split
-from recsys_batch.model.features import FeatureSet, build_features, targets, with_targets
+from recsys_batch.model.features import (
+    FeatureSet,
+    build_features,
+    family_tables,
+    targets,
+    with_targets,
+)
 from recsys_batch.model.new_items_ranking import fit_new_items_ranker
 from recsys_batch.model.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
 from recsys_batch.model.split import Windows
@@ -124,7 +130,11 @@ def history_users(tx: pl.LazyFrame, before_week: int) -> pl.LazyFrame:
 
 
 def training_frame(
-    data: ModelData, windows: Windows, settings: Settings
+    data: ModelData,
+    windows: Windows,
+    settings: Settings,
+    *,
+    fixed_tables: Mapping[str, pl.DataFrame] | None = None,
 ) -> tuple[pl.LazyFrame, FeatureSet, stage1.Stage1Model]:
     """The ranker's training set: history candidates, features as of ``history_end``, target.
 
@@ -138,6 +148,9 @@ def training_frame(
         ``(frame, features, history_model)``: the frame (candidates, features, ``target``;
         lazy, so that ``fit_ranker`` materialises it once, already filtered), the feature
         names and the stage-1 model fit on the history.
+
+    ``fixed_tables``: the feature families as of ``history_end`` when computed already
+    (:func:`history_tables`, shared with the new-items ranker).
     """
     placeholder = settings.prefilter.placeholder_item
     tx = split.before_test(data.transactions, windows)
@@ -146,7 +159,12 @@ def training_frame(
     )
     target_users = stage2_users(tx, windows)
     feats = featured_candidates(
-        history_model, data.with_transactions(tx), target_users, windows.history_end, settings
+        history_model,
+        data.with_transactions(tx),
+        target_users,
+        windows.history_end,
+        settings,
+        fixed_tables=fixed_tables,
     )
     truth = targets(split.stage2_window(tx, windows), placeholder, settings.ranker.max_label)
     return with_targets(feats.frame, truth), feats, history_model
@@ -162,7 +180,9 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
     data = data.with_transactions(split.before_test(data.transactions, windows))
 
     start = time.perf_counter()
-    train, feats, history_model = training_frame(data, windows, settings)
+    # The families as of history_end are the same for both rankers: computed once.
+    tables = history_tables(data, windows, settings)
+    train, feats, history_model = training_frame(data, windows, settings, fixed_tables=tables)
     timings["train_set"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -173,7 +193,12 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
     if wants_new_items_ranker(settings):
         start = time.perf_counter()
         new_items_ranker = fit_new_items_ranker(
-            history_model, data, windows, stage2_users(data.transactions, windows), settings
+            history_model,
+            data,
+            windows,
+            stage2_users(data.transactions, windows),
+            settings,
+            fixed_tables=tables,
         )
         timings["new_items_ranker"] = time.perf_counter() - start
 
@@ -189,6 +214,20 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
         timings=timings,
         train_rows=ranker.train_rows,
         new_items_ranker=new_items_ranker,
+    )
+
+
+def history_tables(
+    data: ModelData, windows: Windows, settings: Settings
+) -> dict[str, pl.DataFrame]:
+    """Every feature family as of ``history_end`` over ``data``'s purchases before the test."""
+    return family_tables(
+        split.before_test(data.transactions, windows),
+        data.items,
+        data.users,
+        windows.history_end,
+        settings.features,
+        settings.prefilter.placeholder_item,
     )
 
 
