@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import polars as pl
@@ -13,12 +14,15 @@ from recsys_batch.data import synthetic
 from recsys_batch.model import split
 from recsys_batch.model.new_items import GENERATOR_REASONS, REASON
 from recsys_batch.model.new_items_ranking import (
+    FIRST_BUYERS,
     NEW_ITEMS,
     featured_new_items,
+    first_buyer_items,
     new_item_recommendations,
     scored_with,
 )
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
+from recsys_batch.model.stage1_slice import for_users
 from recsys_batch.model.two_stage import (
     ModelData,
     TrainedTwoStage,
@@ -26,6 +30,7 @@ from recsys_batch.model.two_stage import (
     save_model,
     train_two_stage,
 )
+from recsys_batch.run import shard_task
 from tests.small import SMALL_SETTINGS as SETTINGS
 
 K = SETTINGS.publish.new_items
@@ -135,3 +140,36 @@ def test_main_ranker_when_own_ranker_is_off(
     main = new_item_recommendations(model, data, users, off)
     assert main.height == lists.height
     assert not main.equals(lists)
+
+
+def test_a_shard_of_users_gets_the_same_lists(
+    model: TrainedTwoStage, data: ModelData, users: pl.LazyFrame, lists: pl.DataFrame
+) -> None:
+    """What the nightly's shards would serve equals the all-at-once lists: a shard sees only
+    its users' purchases (plus the reference row) and its users' slice of stage 1, the item
+    families (item, side tables, first buyers) come from the driver over every user.
+    Mutation caught: first buyers computed from the shard's purchases."""
+    cut = model.windows.target_end
+    tx = data.transactions.collect()
+    some = users.collect()[C.USER].head(25)
+    own = tx.filter(pl.col(C.USER).is_in(some.implode()))
+    ref = shard_task.reference_rows(tx.lazy(), cut)
+    shard = data.with_transactions(
+        pl.concat([own, ref.select(own.columns).cast(own.schema)]).lazy()
+    )
+    fixed = {
+        "item": shard_task.global_item_table([tx.lazy()], cut, SETTINGS),
+        **shard_task.side_tables(data.items, data.users, SETTINGS),
+        FIRST_BUYERS: first_buyer_items(
+            [tx.lazy()], cut, SETTINGS.features.recent_weeks, SETTINGS.prefilter.placeholder_item
+        ),
+    }
+    sliced = dataclasses.replace(
+        model, stage1_for_scoring=for_users(model.stage1_for_scoring, some.to_numpy())
+    )
+    got = new_item_recommendations(
+        sliced, shard, some.to_frame().lazy(), SETTINGS, fixed_tables=fixed
+    )
+    expected = lists.filter(pl.col(C.USER).is_in(some.implode()))
+    assert got.height > 0
+    assert_frame_equal(got, expected)
