@@ -161,15 +161,24 @@ def fit_new_items_ranker(
     settings: Settings,
     *,
     fixed_tables: Mapping[str, pl.DataFrame] | None = None,
+    item_lists: Mapping[str, pl.DataFrame] | None = None,
 ) -> Ranker:
     """LightGBM on the first purchases of the stage-2 window (``data``: before the test).
 
     ``fixed_tables``: the feature families as of ``history_end``, when computed already
-    (the main ranker's, ``two_stage.history_tables``).
+    (the main ranker's, ``two_stage.history_tables``). ``item_lists``: the extra generators
+    for the stage-2 window (the promotions of its weeks); scoring must then pass the same
+    names for the weeks it serves.
     """
     start = time.perf_counter()
     feats, _ = featured_new_items(
-        history_model, data, target_users, windows.history_end, settings, fixed_tables=fixed_tables
+        history_model,
+        data,
+        target_users,
+        windows.history_end,
+        settings,
+        fixed_tables=fixed_tables,
+        item_lists=item_lists,
     )
     truth = targets(
         split.stage2_window(data.transactions, windows),
