@@ -158,7 +158,7 @@ def group_matrix(
         return None
     table = items.select(C.ITEM, pl.col(level).cast(pl.String)).unique(C.ITEM).drop_nulls()
     idx = model.items.to_idx(table[C.ITEM].to_numpy())
-    codes = table[level].cast(pl.Categorical).to_physical().to_numpy()
+    codes = (table[level].rank("dense") - 1).cast(pl.Int64).to_numpy()
     known = idx >= 0
     n_groups = int(codes.max()) + 1 if codes.size else 0
     return sp.csr_matrix(
