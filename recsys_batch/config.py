@@ -184,6 +184,10 @@ class NewItemsConfig(_Section):
     objective: Literal["binary", "lambdarank", "rank_xendcg"] = "lambdarank"
     """LightGBM objective of the new-items ranker (its other settings are ``ranker``'s);
     lambdarank ranked first purchases best on the validation origins (docs/candidates.md)."""
+    early_stopping_rounds: int = Field(default=20, ge=1)
+    """Early stopping patience of the new-items ranker, in boosting rounds: its best
+    iteration comes early (15-19 on the validation origins), so 20 rounds give the same
+    model as the main ranker's 50 at less than half the fit time."""
 
 
 class FeaturesConfig(_Section):

@@ -185,7 +185,13 @@ def fit_new_items_ranker(
         settings.prefilter.placeholder_item,
         settings.ranker.max_label,
     )
-    cfg = settings.ranker.model_copy(update={"objective": settings.new_items.objective})
+    new_items = settings.new_items
+    cfg = settings.ranker.model_copy(
+        update={
+            "objective": new_items.objective,
+            "early_stopping_rounds": new_items.early_stopping_rounds,
+        }
+    )
     ranker = fit_ranker(
         with_targets(feats.frame, truth), feats.feature_names, feats.categorical, cfg
     )
