@@ -34,6 +34,7 @@ from recsys_batch.model.ranking import fit_ranker, top_k
 from recsys_batch.model.two_stage import ModelData, fit_scoring_stage1, stage2_users, training_frame
 
 VARIANTS: dict[str, dict[str, object]] = {
+    "kept": {"objective": "lambdarank", "early_stopping_rounds": 20},
     "lambdarank": {"objective": "lambdarank"},
     "rank_xendcg": {"objective": "rank_xendcg"},
     "binary": {"objective": "binary"},
