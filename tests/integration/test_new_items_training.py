@@ -29,6 +29,7 @@ from recsys_batch.model.two_stage import (
     load_model,
     save_model,
     train_two_stage,
+    with_gated_ranker,
 )
 from recsys_batch.run import shard_task
 from tests.small import SMALL_SETTINGS as SETTINGS
@@ -173,3 +174,14 @@ def test_a_shard_of_users_gets_the_same_lists(
     expected = lists.filter(pl.col(C.USER).is_in(some.implode()))
     assert got.height > 0
     assert_frame_equal(got, expected)
+
+
+def test_the_gates_new_items_ranker_is_the_one_that_scores(
+    model: TrainedTwoStage, data: ModelData
+) -> None:
+    """The nightly scores with the gate's rankers (``gate.publish_gated_ranker``): the
+    new-items ranker travels with the main one. Mutation caught: it is dropped (the
+    list would silently fall back to the main ranker)."""
+    gated = with_gated_ranker(model, data, model.windows, SETTINGS)
+    assert gated.new_items_ranker is model.new_items_ranker
+    assert gated.ranker is model.ranker
