@@ -162,6 +162,34 @@ class CandidatesConfig(_Section):
     baskets); bounds the fit's memory."""
 
 
+class NewItemsConfig(_Section):
+    """New items per customer (#26): candidates a user never bought, and their ranker."""
+
+    n_copurchase: int = 60
+    """Co-purchase neighbours of the user's last baskets, per user, in items."""
+    n_als: int = 60
+    """ALS top new items per user, in items."""
+    n_category: int = 40
+    """Popular items of the user's favourite groups (``category_level``), per user, in items."""
+    n_trend: int = 20
+    """Trending items (stage 1's trend list) per user, in items."""
+    n_list: int = 20
+    """Items per user of each extra item list (promotions), in items."""
+    max_per_user: int = 150
+    """Cap on the union per user (best relative rank first), in items."""
+    category_level: Literal["department", "category", "sub_category"] = "sub_category"
+    """Item attribute whose groups the category generator uses."""
+    own_ranker: bool = True
+    """Rank with a ranker trained on first purchases (True) or reuse the main ranker."""
+    objective: Literal["binary", "lambdarank", "rank_xendcg"] = "lambdarank"
+    """LightGBM objective of the new-items ranker (its other settings are ``ranker``'s);
+    lambdarank ranked first purchases best on the validation origins (docs/candidates.md)."""
+    early_stopping_rounds: int = Field(default=20, ge=1)
+    """Early stopping patience of the new-items ranker, in boosting rounds: its best
+    iteration comes early (15-19 on the validation origins), so 20 rounds give the same
+    model as the main ranker's 50 at less than half the fit time."""
+
+
 class FeaturesConfig(_Section):
     """Stage 2: point-in-time feature windows."""
 
@@ -272,6 +300,8 @@ class PublishConfig(_Section):
 
     top_n: int = Field(default=20, ge=1, le=32)
     """Ranked items stored per user (the API serves ``k`` up to this), in items."""
+    new_items: int = Field(default=10, ge=0, le=32)
+    """Items of the new-items list per user (never bought before), in items; 0 = none."""
     reasons: bool = True
     """Store a reason per item (``?explain=true``) in the version's ``r`` bucket hashes."""
 
@@ -396,6 +426,7 @@ class Settings(BaseSettings):
     split: SplitConfig = SplitConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     features: FeaturesConfig = FeaturesConfig()
+    new_items: NewItemsConfig = NewItemsConfig()
     ranker: RankerConfig = RankerConfig()
     gate: GateConfig = GateConfig()
     redis: RedisConfig = RedisConfig()

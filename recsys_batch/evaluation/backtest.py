@@ -63,6 +63,7 @@ from recsys_batch.evaluation.rows import metric_rows, new_hit_diffs, precision_d
 from recsys_batch.evaluation.scenario_eval import NEW_ITEMS, scenario_comparison, served_inputs
 from recsys_batch.evaluation.tifu_knn import tifu_knn_baseline
 from recsys_batch.model import split
+from recsys_batch.model.new_items_ranking import new_item_recommendations
 from recsys_batch.model.plan_features import model_horizons, run_plan_tables
 from recsys_batch.model.two_stage import (
     ModelData,
@@ -399,6 +400,12 @@ def run_backtest(
         if baselines:
             others = baseline_lists(data, all_users, model, windows, settings, held)
         lists = {**others, "two_stage": two_stage}
+    if baselines and settings.publish.new_items > 0:
+        # The new-items list (#26): never-bought items only, scored like any other list.
+        with _timed(timings, "score_new_items"):
+            lists[NEW_ITEMS] = new_item_recommendations(
+                model, data, all_users, settings, k=cfg.curve_k
+            )
     with _timed(timings, "metrics"):
         rows, curves = metric_rows(lists, held, user_sets, catalogue.height, cfg)
         diff = precision_diff(lists, truth, user_sets["all"], cfg) if baselines else {}

@@ -28,7 +28,15 @@ from recsys_batch.evaluation.metrics import (
 )
 from recsys_batch.evaluation.protocol import HeldOut
 
-MODELS = ("popular", "own_purchases", "als", "tifu_knn", "copurchase_new", "two_stage")
+MODELS = (
+    "popular",
+    "own_purchases",
+    "als",
+    "tifu_knn",
+    "copurchase_new",
+    "two_stage",
+    "two_stage_new",
+)
 """Row order; a list in the backtest's ``lists`` under one of these names gets its rows."""
 USER_SETS = ("all", "seed")
 NEW_HIT_PAIRS = (("two_stage", "copurchase_new"), ("two_stage_new", "copurchase_new"))

@@ -36,7 +36,14 @@ from recsys_batch.data.user_hash import sample_users
 from recsys_batch.errors import ConfigError, EmptyStageError
 from recsys_batch.model import candidates as stage1
 from recsys_batch.model import split, stage1_slice
-from recsys_batch.model.features import FeatureSet, build_features, targets, with_targets
+from recsys_batch.model.features import (
+    FeatureSet,
+    build_features,
+    family_tables,
+    targets,
+    with_targets,
+)
+from recsys_batch.model.new_items_ranking import fit_new_items_ranker
 from recsys_batch.model.plan_features import PlanTables
 from recsys_batch.model.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
 from recsys_batch.model.split import Windows
@@ -44,6 +51,8 @@ from recsys_batch.model.split import Windows
 log = logging.getLogger(__name__)
 
 STAGE1_FILE = "stage1.pkl"
+NEW_ITEMS_DIR = "new_items"
+"""Sub-folder of a saved model holding the new-items ranker (absent: none)."""
 MODEL_META_FILE = "two_stage.json"
 
 
@@ -65,6 +74,9 @@ class TrainedTwoStage:
     forward_plan_features: bool = False
     """Whether the ranker reads the forward-looking plan features (#26): it must then be
     scored with the plan tables of the weeks it scores."""
+    new_items_ranker: Ranker | None = None
+    """Ranker of the new-items list (first purchases, #26; same windows as ``ranker``);
+    None: the list, if any, is ranked by ``ranker``."""
 
     def importances(self) -> pl.DataFrame:
         """Feature importances (gain) of the ranker, most important first."""
@@ -167,7 +179,11 @@ def history_users(tx: pl.LazyFrame, before_week: int) -> pl.LazyFrame:
 
 
 def training_frame(
-    data: ModelData, windows: Windows, settings: Settings
+    data: ModelData,
+    windows: Windows,
+    settings: Settings,
+    *,
+    fixed_tables: Mapping[str, pl.DataFrame] | None = None,
 ) -> tuple[pl.LazyFrame, FeatureSet, stage1.Stage1Model]:
     """The ranker's training set: history candidates, features as of ``history_end``, target.
 
@@ -181,20 +197,23 @@ def training_frame(
         ``(frame, features, history_model)``: the frame (candidates, features, ``target``;
         lazy, so that ``fit_ranker`` materialises it once, already filtered), the feature
         names and the stage-1 model fit on the history.
+
+    ``fixed_tables``: the feature families as of ``history_end`` when computed already
+    (:func:`history_tables`, shared with the new-items ranker).
     """
     placeholder = settings.prefilter.placeholder_item
     tx = split.before_test(data.transactions, windows)
     history_model = stage1.fit_stage1(
         split.history(tx, windows), data.catalogue, settings.candidates, placeholder
     )
-    target_users = (
-        split.stage2_window(tx, windows)
-        .select(C.USER)
-        .unique()
-        .join(history_users(tx, windows.history_end), on=C.USER, how="semi")
-    )
+    target_users = stage2_users(tx, windows)
     feats = featured_candidates(
-        history_model, data.with_transactions(tx), target_users, windows.history_end, settings
+        history_model,
+        data.with_transactions(tx),
+        target_users,
+        windows.history_end,
+        settings,
+        fixed_tables=fixed_tables,
     )
     truth = targets(split.stage2_window(tx, windows), placeholder, settings.ranker.max_label)
     return with_targets(feats.frame, truth), feats, history_model
@@ -210,12 +229,27 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
     data = data.with_transactions(split.before_test(data.transactions, windows))
 
     start = time.perf_counter()
-    train, feats, _ = training_frame(data, windows, settings)
+    # The families as of history_end are the same for both rankers: computed once.
+    tables = history_tables(data, windows, settings)
+    train, feats, history_model = training_frame(data, windows, settings, fixed_tables=tables)
     timings["train_set"] = time.perf_counter() - start
 
     start = time.perf_counter()
     ranker = fit_ranker(train, feats.feature_names, feats.categorical, settings.ranker)
     timings["ranker_fit"] = time.perf_counter() - start
+
+    new_items_ranker = None
+    if wants_new_items_ranker(settings):
+        start = time.perf_counter()
+        new_items_ranker = fit_new_items_ranker(
+            history_model,
+            data,
+            windows,
+            stage2_users(data.transactions, windows),
+            settings,
+            fixed_tables=tables,
+        )
+        timings["new_items_ranker"] = time.perf_counter() - start
 
     start = time.perf_counter()
     scoring_model = fit_scoring_stage1(data, windows, settings)
@@ -229,6 +263,37 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
         timings=timings,
         train_rows=ranker.train_rows,
         forward_plan_features=data.plans is not None,
+        new_items_ranker=new_items_ranker,
+    )
+
+
+def history_tables(
+    data: ModelData, windows: Windows, settings: Settings
+) -> dict[str, pl.DataFrame]:
+    """Every feature family as of ``history_end`` over ``data``'s purchases before the test."""
+    return family_tables(
+        split.before_test(data.transactions, windows),
+        data.items,
+        data.users,
+        windows.history_end,
+        settings.features,
+        settings.prefilter.placeholder_item,
+    )
+
+
+def wants_new_items_ranker(settings: Settings) -> bool:
+    """Whether training fits a new-items ranker: a list is published and ranked by its own."""
+    return settings.publish.new_items > 0 and settings.new_items.own_ranker
+
+
+def stage2_users(tx: pl.LazyFrame, windows: Windows) -> pl.LazyFrame:
+    """Users with a purchase in the stage-2 window and in the history (the only ones that
+    can have a positive)."""
+    return (
+        split.stage2_window(tx, windows)
+        .select(C.USER)
+        .unique()
+        .join(history_users(tx, windows.history_end), on=C.USER, how="semi")
     )
 
 
@@ -325,6 +390,7 @@ def with_gated_ranker(
         train_rows=gated.train_rows,
         ranker_windows=trained_on,
         forward_plan_features=gated.forward_plan_features,
+        new_items_ranker=gated.new_items_ranker,
     )
 
 
@@ -403,6 +469,8 @@ def save_model(model: TrainedTwoStage, folder: Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_ranker(model.ranker, folder)
+    if model.new_items_ranker is not None:
+        save_ranker(model.new_items_ranker, folder / NEW_ITEMS_DIR)
     saver = getattr(stage1, "save_stage1", None)
     if saver is not None:
         saver(model.stage1_for_scoring, folder / "stage1")
@@ -439,4 +507,7 @@ def load_model(folder: Path) -> TrainedTwoStage:
         train_rows=int(meta.get("train_rows", 0)),
         ranker_windows=Windows(**meta["ranker_windows"]) if meta.get("ranker_windows") else None,
         forward_plan_features=bool(meta.get("forward_plan_features", False)),
+        new_items_ranker=(
+            load_ranker(folder / NEW_ITEMS_DIR) if (folder / NEW_ITEMS_DIR).is_dir() else None
+        ),
     )

@@ -82,8 +82,11 @@ def test_evaluate_table_json_and_report(config_file: Path, tmp_path: Path) -> No
         assert set(row) >= {"precision@5", "revenue@5", "new_share", "repeat_hit", "new_hit"}
     anchor = next(r for r in rows if (r["model"], r["user_set"]) == ("copurchase_new", "all"))
     assert anchor["new_share"] == 1.0 and anchor["repeat_hit"] is None
-    [new_hit] = payload["new_hit_diff"]
-    assert (new_hit["model"], new_hit["anchor"]) == ("two_stage", "copurchase_new")
+    # One new_hit interval per list against the anchor: the main list and the new-items list.
+    assert [(d["model"], d["anchor"]) for d in payload["new_hit_diff"]] == [
+        ("two_stage", "copurchase_new"),
+        ("two_stage_new", "copurchase_new"),
+    ]
     assert payload["origins"][0]["new_hit_diff"] == payload["new_hit_diff"]
     assert "Revenue and new items" in result.output and "new_hit minus" in result.output
     for name in (
@@ -146,6 +149,7 @@ def test_evaluate_two_origins_issue_16(config_file: Path, tmp_path: Path) -> Non
             "als",
             "tifu_knn",
             "copurchase_new",
+            "two_stage_new",
         }
         rows = {r["model"]: r for r in origin["rows"] if r["user_set"] == "all"}
         for baseline, d in origin["diff"].items():

@@ -71,8 +71,11 @@ def test_the_published_ranker_is_the_one_the_gate_measured(
         backtest_windows.target_end,
     )
     assert "ranker_fit" not in shipped.timings
-    # The very model the gate's backtest trains (deterministic for fixed seeds and threads).
-    outcome = quality_gate.backtest_outcome(dataset, settings)
+    # The very model the gate's backtest trains (deterministic for fixed seeds and threads),
+    # with the run's decision on the forward plan features (#26: off for a plain night).
+    outcome = quality_gate.backtest_outcome(
+        dataset, settings, forward_plans=shipped.forward_plan_features
+    )
     assert outcome.metrics["precision@5"] == pytest.approx(result.metrics["precision@5"])
     assert _booster_texts(shipped) == _booster_texts(outcome.model)
 

@@ -175,15 +175,16 @@ class TestResult:
         assert anchor["new_share"] == 1.0 and anchor["repeat_hit"] is None
         assert anchor["new_hit"] > 0
         assert result.lists["copurchase_new"].height > 0
-        [diff] = result.new_hit_diff
-        assert (diff["model"], diff["anchor"], diff["users"]) == (
-            "two_stage",
-            "copurchase_new",
-            anchor["users"],
-        )
-        two_stage_new_hit = rows[("two_stage", "all")]["new_hit"]
-        assert diff["mean"] == pytest.approx(two_stage_new_hit - anchor["new_hit"])
-        assert diff["lo"] <= diff["mean"] <= diff["hi"]
+        # One interval per NEW_HIT_PAIRS model: the main list and the new-items list (#26).
+        assert [(d["model"], d["anchor"]) for d in result.new_hit_diff] == [
+            ("two_stage", "copurchase_new"),
+            ("two_stage_new", "copurchase_new"),
+        ]
+        for diff in result.new_hit_diff:
+            assert diff["users"] == anchor["users"]
+            model_new_hit = rows[(diff["model"], "all")]["new_hit"]
+            assert diff["mean"] == pytest.approx(model_new_hit - anchor["new_hit"])
+            assert diff["lo"] <= diff["mean"] <= diff["hi"]
         assert result.to_json()["new_hit_diff"] == result.new_hit_diff
 
     def test_two_stage_beats_popular_and_als(self, result: BacktestResult) -> None:
@@ -263,6 +264,23 @@ class TestResult:
         for row, user in enumerate(some):
             got = als.filter(pl.col(C.USER) == user).sort(C.RANK)[C.ITEM].to_list()
             assert got == stage1_model.items.to_ids(np.asarray(items[row])).tolist()
+
+    def test_two_stage_new_lists_only_items_new_to_the_user_issue_26(
+        self, result: BacktestResult
+    ) -> None:
+        """The new-items row scores the new-items list: never an item bought before the test
+        window (stage-2 window included), and its P@5 is its hit rate on new purchases."""
+        prep = prepare(dataset(), SETTINGS)
+        w = prep["windows"]
+        before = split.before_test(prep["tx"].lazy(), w).select(C.USER, C.ITEM).unique()
+        new = result.lists["two_stage_new"]
+        assert new.height > 0
+        assert new.join(before.collect(), on=[C.USER, C.ITEM], how="semi").height == 0
+        truth = split.test_window(prep["tx"].lazy(), w).select(C.USER, C.ITEM).unique().collect()
+        users = next(r["users"] for r in result.rows if r["user_set"] == "all")
+        hits = new.filter(pl.col(C.RANK) <= 5).join(truth, on=[C.USER, C.ITEM], how="semi")
+        assert hits.height > 0
+        assert result.precision("two_stage_new") == pytest.approx(hits.height / (5 * users))
 
     def test_deterministic_for_a_fixed_seed(self, result: BacktestResult) -> None:
         again = run_backtest(dataset(), SETTINGS)
