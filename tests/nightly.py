@@ -69,10 +69,12 @@ def stored_values(
 
 
 def user_bucket_keys(client: Any, version: str, prefix: str, users: list[int]) -> set[str]:
-    """The bucket hashes (``u``, ``t`` when a user has > 16 items, ``r``) ``users`` occupy."""
+    """The bucket hashes (``u``, ``t`` when a user has > 16 items, ``r``, ``n`` and ``w`` when
+    the user has a new-items list) ``users`` occupy."""
     cfg = RedisConfig(key_prefix=prefix)
     buckets = status.version_buckets(client, version, cfg)
     lists = status.user_items(client, version, users, cfg)
+    new_lists = status.user_new_items(client, version, users, cfg)
     found = set()
     for user in users:
         bucket = keys.bucket_of(user, buckets)
@@ -80,6 +82,9 @@ def user_bucket_keys(client: Any, version: str, prefix: str, users: list[int]) -
         found.add(keys.user_bucket_key(version, bucket, prefix, "r"))
         if len(lists.get(user, ())) > keys.ITEMS_PER_FIELD:
             found.add(keys.user_bucket_key(version, bucket, prefix, "t"))
+        if new_lists.get(user):
+            found.add(keys.user_bucket_key(version, bucket, prefix, "n"))
+            found.add(keys.user_bucket_key(version, bucket, prefix, "w"))
     return found
 
 

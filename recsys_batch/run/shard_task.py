@@ -72,6 +72,9 @@ class ShardContext:
     plans: PlanTables | None = None
     """The plan tables of the weeks scored when the model reads the forward plan features
     (the same for every shard: a shard joins them through its users' stores)."""
+    first_buyers: pl.DataFrame | None = None
+    """The item first-buyer family over every user (``new_items_ranking.first_buyer_items``)
+    when the run publishes a new-items list (``publish.new_items > 0``), else None."""
     transactions: pl.DataFrame | None = None
     """All catalogue-applied transactions in memory, or None when ``shards_dir`` is set."""
     partitions: dict[int, pl.DataFrame] | None = None
@@ -164,13 +167,16 @@ def reference_rows(tx: pl.LazyFrame, as_of_week: int) -> pl.DataFrame:
 
 def shard_recommendations(
     ctx: ShardContext, shard: int, user_ids: pl.DataFrame
-) -> tuple[pl.DataFrame, dict[str, float]]:
-    """Top k of ``user_ids`` (all in ``shard``), as ``two_stage.recommend`` would give them.
+) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, float]]:
+    """Top k of ``user_ids`` (all in ``shard``), as ``two_stage.recommend`` would give them,
+    and their new-items lists (#26) when the run publishes them.
 
     Returns
     -------
     tuple
-        Recommendations (schema ``RECOMMENDATIONS``) and seconds per step.
+        Recommendations (schema ``RECOMMENDATIONS`` + ``reason``), the new-items lists
+        (``user_id, item_id, rank, reason``; None when ``ctx.first_buyers`` is None) and
+        seconds per step.
     """
     from recsys_batch.model import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
     from recsys_batch.model.ranking import score, top_k  # noqa: PLC0415
@@ -213,7 +219,33 @@ def shard_recommendations(
         recs = recs.lazy().join(item_reasons(frame), on=[C.USER, C.ITEM], how="left").collect()
     seconds["score"] = time.perf_counter() - started
     check_recommendations(recs, ctx)
-    return recs, seconds
+    new_items = None
+    if ctx.first_buyers is not None:
+        started = time.perf_counter()
+        sliced = replace(model, stage1_for_scoring=stage1)
+        new_items = shard_new_items(ctx, sliced, data, recs, ctx.first_buyers)
+        seconds["new_items"] = time.perf_counter() - started
+    return recs, new_items, seconds
+
+
+def shard_new_items(
+    ctx: ShardContext,
+    model: Any,
+    data: ModelData,
+    recs: pl.DataFrame,
+    first_buyers: pl.DataFrame,
+) -> pl.DataFrame:
+    """The new-items lists of the users of ``recs`` (the users the shard publishes), from the
+    shard's rows and the item families computed over every user, as the backtest ranks them
+    (``new_items_ranking.new_item_recommendations``)."""
+    from recsys_batch.model.new_items_ranking import (  # noqa: PLC0415 - heavy (lightgbm)
+        FIRST_BUYERS,
+        new_item_recommendations,
+    )
+
+    tables = {"item": ctx.item_table, **ctx.side_tables, FIRST_BUYERS: first_buyers}
+    users = recs.select(C.USER).unique().lazy()
+    return new_item_recommendations(model, data, users, ctx.settings, fixed_tables=tables)
 
 
 REASON = "reason"
@@ -290,12 +322,13 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
     """
     from recsys_batch.run.records import peak_memory_mb  # noqa: PLC0415
 
-    recs, seconds = shard_recommendations(ctx, shard, user_ids)
+    recs, new_items, seconds = shard_recommendations(ctx, shard, user_ids)
+    served = recs[C.ITEM] if new_items is None else pl.concat([recs[C.ITEM], new_items[C.ITEM]])
     result = ShardResult(
         shard=shard,
         users=recs[C.USER].n_unique(),
         rows=recs.height,
-        items=recs[C.ITEM].unique().sort().to_list(),
+        items=served.unique().sort().to_list(),
         seconds=seconds,
         user_ids=recs[C.USER].unique().sort(),
     )
@@ -308,7 +341,9 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         own_client = ctx.driver_client is None
         client = store.connect(ctx.settings.redis) if own_client else ctx.driver_client
         try:
-            written = writer.write_users(client, ctx.version, recs, publish_config(ctx))
+            written = writer.write_users(
+                client, ctx.version, recs, publish_config(ctx), new_items=new_items
+            )
         finally:
             if own_client:
                 client.close()
@@ -408,11 +443,25 @@ def build_context(
         items=items.collect() if items is not None else None,
         users=users.collect() if users is not None else None,
         plans=two_stage.scoring_data(model, data).plans,
+        first_buyers=new_item_families(parts, cut, settings),
         partitions=None
         if shards_dir is not None
         else partition_transactions(tx.collect(), n_shards),
         shards_dir=shards_dir,
     )
+
+
+def new_item_families(
+    parts: list[pl.LazyFrame], cut: int, settings: Settings
+) -> pl.DataFrame | None:
+    """The item first-buyer family over every user (the parts of whole users read one at a
+    time) when the run publishes a new-items list, else None."""
+    if settings.publish.new_items <= 0:
+        return None
+    from recsys_batch.model.new_items_ranking import first_buyer_items  # noqa: PLC0415
+
+    recent = settings.features.recent_weeks
+    return first_buyer_items(parts, cut, recent, settings.prefilter.placeholder_item)
 
 
 def partition_transactions(tx: pl.DataFrame, n_shards: int) -> dict[int, pl.DataFrame]:

@@ -207,9 +207,9 @@ def test_redis_dies_between_version_start_and_user_writes_exit_4(
         env = batch_env(tmp_path, server.url, key_prefix)
         original = writer.write_users
 
-        def write(*args: Any) -> int:
+        def write(*args: Any, **kwargs: Any) -> writer.Written:
             server.signal(signal.SIGKILL)
-            return original(*args)
+            return original(*args, **kwargs)
 
         monkeypatch.setattr(writer, "write_users", write)
         failed = nightly(env, "--no-gate")

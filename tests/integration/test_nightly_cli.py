@@ -170,8 +170,10 @@ class TestNightlyCli:
         original = writer.write_users
         lost: list[str] = []
 
-        def write_then_lose_a_tail(client: Any, version: str, recs: Any, cfg: Any) -> Any:
-            written = original(client, version, recs, cfg)
+        def write_then_lose_a_tail(
+            client: Any, version: str, recs: Any, *args: Any, **kw: Any
+        ) -> Any:
+            written = original(client, version, recs, *args, **kw)
             if not lost:
                 user = recs[C.USER][0]
                 bucket = keys.bucket_of(user, written.buckets)

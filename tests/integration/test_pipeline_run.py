@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
+import polars as pl
 import pytest
 import redis
 from typer.testing import CliRunner
@@ -81,7 +82,16 @@ class TestPublishedRun:
         }
         popular = keys.decode_items(real_redis.get(keys.popular_key(version, key_prefix)))
         assert len(popular) == settings.publish.top_n
-        served = set(recs["item_id"]) | set(popular)
+        # Every user has a new-items list (#26): never an item of their main list that they
+        # bought before (a repeat reason), at most publish.new_items long.
+        new_lists = status.user_new_items(real_redis, version, users, settings.redis)
+        assert set(new_lists) == set(users)
+        assert max(len(v) for v in new_lists.values()) <= settings.publish.new_items
+        repeats = recs.filter(pl.col("reason").str.starts_with("r"))
+        for user, item in repeats.select("user_id", "item_id").iter_rows():
+            assert item not in {i for i, _ in new_lists[user]}
+        new_served = {item for listed in new_lists.values() for item, _ in listed}
+        served = set(recs["item_id"]) | set(popular) | new_served
         items = real_redis.hkeys(keys.items_key(version, key_prefix))
         assert {int(i) for i in items} == served
 

@@ -150,8 +150,8 @@ class TestRealRedis:
         shards: list[int] = []
         original = writer.write_users
 
-        def counted(client: Any, version: str, recs: Any, cfg: Any) -> writer.Written:
-            written = original(client, version, recs, cfg)
+        def counted(client: Any, version: str, recs: Any, *args: Any, **kw: Any) -> writer.Written:
+            written = original(client, version, recs, *args, **kw)
             shards.append(written.users)
             return written
 
@@ -320,10 +320,10 @@ class TestConnectFailure:
         """Regression (issue #7): the writer's own connect was outside the retry wrapper."""
         original: Callable[..., writer.Written] = writer.write_users
 
-        def redis_vanishes(client: redis.Redis, *args: Any) -> writer.Written:
+        def redis_vanishes(client: redis.Redis, *args: Any, **kw: Any) -> writer.Written:
             client.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
             client.connection_pool.reset()  # drop pooled connections to the real port
-            return original(client, *args)
+            return original(client, *args, **kw)
 
         monkeypatch.setattr(writer, "write_users", redis_vanishes)
         with pytest.raises(PublishError, match=r"user write after 4 attempts"):
