@@ -133,6 +133,30 @@ def training_label(target: pl.Series, cfg: RankerConfig) -> np.ndarray:
     return target.clip(0, top).cast(pl.Int32).to_numpy()
 
 
+TARGET_SPEND = "target_spend"
+"""Training column: the user's spend on the item in the stage-2 window (the label's window)."""
+
+
+def target_spend(window_transactions: pl.LazyFrame) -> pl.LazyFrame:
+    """``user_id``, ``item_id``, ``target_spend``: spend per pair in the label's window."""
+    return window_transactions.group_by(C.USER, C.ITEM).agg(
+        pl.col(C.SALES).sum().cast(pl.Float32).alias(TARGET_SPEND)
+    )
+
+
+def training_weight(frame: pl.DataFrame, cfg: RankerConfig) -> np.ndarray | None:
+    """Row weights: 1 for a negative, ``(spend / median positive spend) ** revenue_weight``
+    for a positive (spend at least ``min_expected_spend``); None when the weight is 0 or
+    the frame has no ``target_spend``."""
+    if cfg.revenue_weight == 0.0 or TARGET_SPEND not in frame.columns:
+        return None
+    positive = pl.col(C.TARGET) > 0
+    spend = pl.col(TARGET_SPEND).cast(pl.Float64).fill_null(0.0).clip(cfg.min_expected_spend)
+    median = frame.select(spend.filter(positive).median()).item() or 1.0
+    weight = pl.when(positive).then((spend / median) ** cfg.revenue_weight).otherwise(1.0)
+    return frame.select(weight.alias("_w"))["_w"].to_numpy()
+
+
 def _dataset(
     frame: pl.DataFrame, names: tuple[str, ...], categorical: tuple[str, ...], cfg: RankerConfig
 ) -> lgb.Dataset:
@@ -140,6 +164,7 @@ def _dataset(
     return lgb.Dataset(
         feature_matrix(frame, names),
         label=training_label(frame[C.TARGET], cfg),
+        weight=training_weight(frame, cfg),
         group=group,
         feature_name=list(names),
         categorical_feature=list(categorical),
@@ -163,11 +188,12 @@ def fit_ranker(
         No candidate is a positive: the stage-2 window has no purchase of a candidate.
     """
     start = time.perf_counter()
+    spend = [TARGET_SPEND] if TARGET_SPEND in train.collect_schema().names() else []
     # One materialisation: users without a positive and unsampled negatives are dropped in
     # the lazy plan, so the (wide) frame is copied once more only for the train/valid split.
     frame = (
         sample_negatives(
-            train.select(C.USER, C.ITEM, C.TARGET, *feature_names).filter(
+            train.select(C.USER, C.ITEM, C.TARGET, *spend, *feature_names).filter(
                 pl.col(C.TARGET).max().over(C.USER) > 0
             ),
             cfg.negatives_per_user,
@@ -232,6 +258,96 @@ def score(ranker: Ranker, candidates: pl.LazyFrame) -> pl.DataFrame:
         [booster.predict(matrix, num_iteration=best) for booster, best in ranker.members], axis=0
     )
     return frame.select(C.USER, C.ITEM).with_columns(pl.Series(C.SCORE, values, dtype=pl.Float32))
+
+
+# Feature columns (point in time, as of the cut) that :func:`expected_spend` reads.
+SPEND_COLUMNS = ("ui_spend", "ui_baskets", "ui_rate", "i_price", "i_quantity", "i_baskets")
+
+
+def expected_spend(min_spend: float) -> pl.Expr:
+    """The user's expected spend on the candidate item in one purchase ($), from features.
+
+    The user's own past spend per basket holding the item (``ui_spend / ui_baskets``); for an
+    item they never bought, the item's median unit price times its mean quantity per basket
+    (``i_price * i_quantity / i_baskets``); at least ``min_spend`` (also when both are
+    missing). Every input is a feature as of the cut, so it never reads the target window.
+
+    Examples
+    --------
+    >>> frame = pl.DataFrame(
+    ...     {
+    ...         "ui_spend": [6.0, 0.0],
+    ...         "ui_baskets": [3, 0],
+    ...         "i_price": [9.0, 1.5],
+    ...         "i_quantity": [10, 40],
+    ...         "i_baskets": [10, 20],
+    ...     }
+    ... )
+    >>> frame.select(expected_spend(0.1).alias("spend"))["spend"].to_list()
+    [2.0, 3.0]
+    """
+    own = pl.when(pl.col("ui_baskets") > 0).then(pl.col("ui_spend") / pl.col("ui_baskets"))
+    typical = pl.col("i_price") * pl.col("i_quantity") / pl.col("i_baskets")
+    spend = pl.coalesce(own, typical).cast(pl.Float64).fill_nan(None)
+    return spend.fill_null(min_spend).clip(lower_bound=min_spend)
+
+
+def expected_horizon_spend(min_spend: float, horizon_days: float) -> pl.Expr:
+    """:func:`expected_spend` times the purchases expected in ``horizon_days`` (at least 1).
+
+    The user's purchase rate of the item (``ui_rate``: purchase days per day since the first
+    purchase, 0 for an item never bought) times the horizon: an item bought weekly is worth
+    four purchases in a 4-week window, an item never bought one.
+    """
+    purchases = (pl.col("ui_rate").cast(pl.Float64).fill_null(0.0) * horizon_days).clip(1.0)
+    return expected_spend(min_spend) * purchases
+
+
+def revenue_blended(
+    scored: pl.DataFrame,
+    candidates: pl.DataFrame,
+    exponent: float,
+    min_spend: float,
+    horizon_days: float = 0.0,
+) -> pl.DataFrame:
+    """``scored`` with ``score`` + ``exponent`` * ln(expected spend): rank by expected revenue.
+
+    The ranking objectives' score is a log-potential (the item's share of the user's
+    purchases is ``softmax(score)``), so within a user this orders by
+    ``probability * spend ** exponent``: 0 = the ranker alone, 1 = expected revenue.
+    ``candidates`` holds the :data:`SPEND_COLUMNS` of the same rows in the same order (the
+    frame :func:`score` read). The blend depends only on the candidate's own row, so a
+    user's ranking does not change with the shard it is in.
+    """
+    if exponent == 0.0 or scored.is_empty():
+        return scored
+    spend = (
+        expected_horizon_spend(min_spend, horizon_days)
+        if horizon_days > 0
+        else expected_spend(min_spend)
+    )
+    log_spend = candidates.select(spend.log().alias("_log_spend"))
+    return scored.with_columns(
+        (pl.col(C.SCORE).cast(pl.Float64) + exponent * log_spend["_log_spend"])
+        .cast(pl.Float32)
+        .alias(C.SCORE)
+    )
+
+
+def ranking_scores(ranker: Ranker, candidates: pl.DataFrame, cfg: RankerConfig) -> pl.DataFrame:
+    """``user_id``, ``item_id``, ``score`` the lists are ranked by (backtest and nightly alike).
+
+    The ranker's :func:`score`, blended with the expected spend when
+    ``cfg.revenue_exponent`` is not 0 (:func:`revenue_blended`).
+    """
+    scored = score(ranker, candidates.lazy())
+    return revenue_blended(
+        scored,
+        candidates,
+        cfg.revenue_exponent,
+        cfg.min_expected_spend,
+        cfg.revenue_horizon_days,
+    )
 
 
 def top_k(scored: pl.LazyFrame, k: int) -> pl.LazyFrame:
