@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -31,7 +32,7 @@ from recsys_batch.evaluation.origins import cut_after
 from recsys_batch.evaluation.protocol import evaluation_users, held_out, prepare
 from recsys_batch.evaluation.rows import metric_rows
 from recsys_batch.model import split
-from recsys_batch.model.ranking import fit_ranker, ranking_scores, top_k
+from recsys_batch.model.ranking import SPEND_COLUMNS, fit_ranker, ranking_scores, score, top_k
 from recsys_batch.model.two_stage import (
     ModelData,
     featured_candidates,
@@ -48,7 +49,11 @@ def _floats(text: str) -> list[float]:
 
 
 def origin_rows(
-    settings: Settings, last_week: int, weights: list[float], exponents: list[float]
+    settings: Settings,
+    last_week: int,
+    weights: list[float],
+    exponents: list[float],
+    dump: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (weight, exponent) at the origin whose data ends at ``last_week``."""
     dataset = cut_after(load_dataset(settings.data), last_week)
@@ -92,6 +97,17 @@ def origin_rows(
     for weight in weights:
         cfg = settings.ranker.model_copy(update={"revenue_weight": weight})
         ranker = fit_ranker(train_frame.lazy(), feats.feature_names, feats.categorical, cfg)
+        if dump is not None:  # the inputs of a ranking, to try other blends offline
+            folder = Path(dump) / f"{last_week}_w{weight}"
+            folder.mkdir(parents=True, exist_ok=True)
+            keys = frame.select(C.USER, C.ITEM, *SPEND_COLUMNS)
+            scored = score(ranker, frame.lazy()).select(C.SCORE)
+            pl.concat([keys, scored], how="horizontal").write_parquet(folder / "scored.parquet")
+            held.truth.write_parquet(folder / "truth.parquet")
+            held.spend.write_parquet(folder / "spend.parquet")
+            held.bought.write_parquet(folder / "bought.parquet")
+            user_sets["all"].write_parquet(folder / "users.parquet")
+            own.write_parquet(folder / "own.parquet")
         for exponent in exponents:
             ranked_cfg = cfg.model_copy(update={"revenue_exponent": exponent})
             recs = top_k(ranking_scores(ranker, frame, ranked_cfg).lazy(), K).collect()
@@ -108,7 +124,6 @@ def origin_rows(
                 "test_weeks": [windows.target_end, (windows.test_end or 0) - 1],
                 "revenue_weight": weight,
                 "revenue_exponent": exponent,
-                "revenue_horizon_days": cfg.revenue_horizon_days,
                 "precision@5": mine["precision@5"],
                 "revenue@5": mine["revenue@5"],
                 "own_revenue@5": base["revenue@5"],
@@ -133,17 +148,16 @@ def main() -> None:
     parser.add_argument("--origins", default="46-49,42-45", help="test weeks, e.g. 46-49")
     parser.add_argument("--weights", default="0", help="ranker.revenue_weight values")
     parser.add_argument("--exponents", default="0,0.1,0.2,0.3,0.5,1", help="revenue_exponent")
-    parser.add_argument("--horizon-days", type=float, default=0.0, help="revenue_horizon_days")
     parser.add_argument("--json", default=None, help="write the rows here")
+    parser.add_argument("--dump", default=None, help="write each ranking's inputs here")
     args = parser.parse_args()
     settings = Settings()
-    ranker = settings.ranker.model_copy(update={"revenue_horizon_days": args.horizon_days})
-    settings = settings.model_copy(update={"ranker": ranker})
     rows = []
     start = time.perf_counter()
     for spec in args.origins.split(","):
         last_week = int(spec.split("-")[1])
-        rows += origin_rows(settings, last_week, _floats(args.weights), _floats(args.exponents))
+        weights, exponents = _floats(args.weights), _floats(args.exponents)
+        rows += origin_rows(settings, last_week, weights, exponents, args.dump)
     print(f"{time.perf_counter() - start:.0f} s")
     if args.json:
         with open(args.json, "w") as out:

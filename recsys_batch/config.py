@@ -204,18 +204,19 @@ class RankerConfig(_Section):
     """Share of training users held out for early stopping."""
     negatives_per_user: int | None = None
     """Sample at most this many negatives per user for training (None = keep all)."""
-    revenue_exponent: float = 0.0
-    """Rank by ``probability * expected spend ** revenue_exponent`` (0 = the ranker alone):
+    revenue_exponent: float = 0.14
+    """Rank by ``probability x expected spend ** revenue_exponent`` (0 = the ranker alone):
     the ranker's score plus this times ln of the user's expected spend on the item in one
-    purchase (``ranking.expected_spend``, point in time). Issue #26: revenue of the lists."""
+    purchase (``ranking.log_expected_spend``, point in time). 0.14: the smallest that lifts
+    revenue@5 10% over own purchases' at both validation origins (issue #26; the trade-off
+    per exponent: docs/evaluation.md)."""
     revenue_weight: float = 0.0
     """Training weight of a positive = (its stage-2 window spend / the median positive's)
-    to this power (0 = every row weighs 1): purchases worth more count more."""
-    revenue_horizon_days: float = Field(default=0.0, ge=0.0)
-    """Expected spend of that blend over this many days (the user's purchase rate of the item
-    times it, at least one purchase); 0 = one purchase."""
+    to this power (0 = every row weighs 1): purchases worth more count more. Measured for
+    issue #26 and not used: less revenue per Precision@5 lost than ``revenue_exponent``."""
     min_expected_spend: float = Field(default=0.1, gt=0.0)
-    """Floor of the expected spend per purchase ($) in that blend (also when it is unknown)."""
+    """Floor ($) of the user's past spend per purchase in that blend and of a positive's spend
+    in the training weight."""
     seed: int = 42
     threads: int = 0
     """LightGBM threads (0 = all cores). ``recsys_batch`` sets ``OMP_WAIT_POLICY=PASSIVE``

@@ -260,73 +260,55 @@ def score(ranker: Ranker, candidates: pl.LazyFrame) -> pl.DataFrame:
     return frame.select(C.USER, C.ITEM).with_columns(pl.Series(C.SCORE, values, dtype=pl.Float32))
 
 
-# Feature columns (point in time, as of the cut) that :func:`expected_spend` reads.
-SPEND_COLUMNS = ("ui_spend", "ui_baskets", "ui_rate", "i_price", "i_quantity", "i_baskets")
+# Feature columns (point in time, as of the cut) that :func:`own_spend` reads.
+SPEND_COLUMNS = ("ui_spend", "ui_baskets")
 
 
-def expected_spend(min_spend: float) -> pl.Expr:
-    """The user's expected spend on the candidate item in one purchase ($), from features.
+def own_spend(min_spend: float) -> pl.Expr:
+    """The user's past spend per basket holding the item ($, at least ``min_spend``); null
+    for an item they never bought.
 
-    The user's own past spend per basket holding the item (``ui_spend / ui_baskets``); for an
-    item they never bought, the item's median unit price times its mean quantity per basket
-    (``i_price * i_quantity / i_baskets``); at least ``min_spend`` (also when both are
-    missing). Every input is a feature as of the cut, so it never reads the target window.
+    Both inputs are features as of the cut, so it never reads the target window.
 
     Examples
     --------
-    >>> frame = pl.DataFrame(
-    ...     {
-    ...         "ui_spend": [6.0, 0.0],
-    ...         "ui_baskets": [3, 0],
-    ...         "i_price": [9.0, 1.5],
-    ...         "i_quantity": [10, 40],
-    ...         "i_baskets": [10, 20],
-    ...     }
-    ... )
-    >>> frame.select(expected_spend(0.1).alias("spend"))["spend"].to_list()
-    [2.0, 3.0]
+    >>> frame = pl.DataFrame({"ui_spend": [6.0, 0.05, 0.0], "ui_baskets": [3, 1, 0]})
+    >>> frame.select(own_spend(0.1).alias("spend"))["spend"].to_list()
+    [2.0, 0.1, None]
     """
-    own = pl.when(pl.col("ui_baskets") > 0).then(pl.col("ui_spend") / pl.col("ui_baskets"))
-    typical = pl.col("i_price") * pl.col("i_quantity") / pl.col("i_baskets")
-    spend = pl.coalesce(own, typical).cast(pl.Float64).fill_nan(None)
-    return spend.fill_null(min_spend).clip(lower_bound=min_spend)
+    spend = pl.col("ui_spend").cast(pl.Float64) / pl.col("ui_baskets")
+    return pl.when(pl.col("ui_baskets") > 0).then(spend.clip(lower_bound=min_spend))
 
 
-def expected_horizon_spend(min_spend: float, horizon_days: float) -> pl.Expr:
-    """:func:`expected_spend` times the purchases expected in ``horizon_days`` (at least 1).
+def log_expected_spend(min_spend: float) -> pl.Expr:
+    """ln of the user's expected spend on the candidate in one purchase (per row of a frame
+    of whole users' candidates).
 
-    The user's purchase rate of the item (``ui_rate``: purchase days per day since the first
-    purchase, 0 for an item never bought) times the horizon: an item bought weekly is worth
-    four purchases in a 4-week window, an item never bought one.
+    An item the user bought before: ln :func:`own_spend`. An item never bought: the user's
+    median of that over their bought candidates (0 when they have none), so the blend never
+    moves a new item against the user's typical item. Issue #26 measured the item's typical
+    spend (median unit price x mean quantity per basket) for new items instead: as much
+    revenue for more Precision@5 lost, new items pushed in by their price (docs/evaluation.md).
     """
-    purchases = (pl.col("ui_rate").cast(pl.Float64).fill_null(0.0) * horizon_days).clip(1.0)
-    return expected_spend(min_spend) * purchases
+    own = own_spend(min_spend).log()
+    return own.fill_null(own.median().over(C.USER).fill_null(0.0))
 
 
 def revenue_blended(
-    scored: pl.DataFrame,
-    candidates: pl.DataFrame,
-    exponent: float,
-    min_spend: float,
-    horizon_days: float = 0.0,
+    scored: pl.DataFrame, candidates: pl.DataFrame, exponent: float, min_spend: float
 ) -> pl.DataFrame:
-    """``scored`` with ``score`` + ``exponent`` * ln(expected spend): rank by expected revenue.
+    """``scored`` with ``score`` + ``exponent`` x ln(expected spend): rank by expected revenue.
 
     The ranking objectives' score is a log-potential (the item's share of the user's
     purchases is ``softmax(score)``), so within a user this orders by
-    ``probability * spend ** exponent``: 0 = the ranker alone, 1 = expected revenue.
-    ``candidates`` holds the :data:`SPEND_COLUMNS` of the same rows in the same order (the
-    frame :func:`score` read). The blend depends only on the candidate's own row, so a
-    user's ranking does not change with the shard it is in.
+    ``probability x spend ** exponent``: 0 = the ranker alone, 1 = expected revenue.
+    ``candidates`` holds ``user_id`` and the :data:`SPEND_COLUMNS` of the same rows in the
+    same order (the frame :func:`score` read), each user's candidates whole: the blend reads
+    only the user's own rows, so a user's ranking does not change with the shard it is in.
     """
     if exponent == 0.0 or scored.is_empty():
         return scored
-    spend = (
-        expected_horizon_spend(min_spend, horizon_days)
-        if horizon_days > 0
-        else expected_spend(min_spend)
-    )
-    log_spend = candidates.select(spend.log().alias("_log_spend"))
+    log_spend = candidates.select(log_expected_spend(min_spend).alias("_log_spend"))
     return scored.with_columns(
         (pl.col(C.SCORE).cast(pl.Float64) + exponent * log_spend["_log_spend"])
         .cast(pl.Float32)
@@ -341,13 +323,7 @@ def ranking_scores(ranker: Ranker, candidates: pl.DataFrame, cfg: RankerConfig) 
     ``cfg.revenue_exponent`` is not 0 (:func:`revenue_blended`).
     """
     scored = score(ranker, candidates.lazy())
-    return revenue_blended(
-        scored,
-        candidates,
-        cfg.revenue_exponent,
-        cfg.min_expected_spend,
-        cfg.revenue_horizon_days,
-    )
+    return revenue_blended(scored, candidates, cfg.revenue_exponent, cfg.min_expected_spend)
 
 
 def top_k(scored: pl.LazyFrame, k: int) -> pl.LazyFrame:

@@ -13,10 +13,10 @@ from recsys_batch.config import FeaturesConfig, RankerConfig
 from recsys_batch.data import columns as C
 from recsys_batch.model.features import build_features
 from recsys_batch.model.ranking import (
-    SPEND_COLUMNS,
     TARGET_SPEND,
-    expected_spend,
     fit_ranker,
+    log_expected_spend,
+    own_spend,
     ranking_scores,
     revenue_blended,
     score,
@@ -28,78 +28,91 @@ from recsys_batch.model.ranking import (
 FLOOR = 0.1
 
 
-ROW = ("ui_spend", "ui_baskets", "i_price", "i_quantity", "i_baskets", "ui_rate")
-
-
-def spend_columns(rows: list[tuple[float | None, ...]]) -> pl.DataFrame:
-    """``SPEND_COLUMNS`` rows: (ui_spend, ui_baskets, i_price, i_quantity, i_baskets[,
-    ui_rate]); ``ui_rate`` is null when left out."""
-    assert set(ROW) == set(SPEND_COLUMNS)
-    return pl.DataFrame(
-        {name: [row[i] if i < len(row) else None for row in rows] for i, name in enumerate(ROW)},
-        schema=dict.fromkeys(ROW, pl.Float32),
-    )
-
-
 class TestExpectedSpend:
     @pytest.mark.parametrize(
-        ("row", "expected"),
+        ("spend", "baskets", "expected"),
         [
-            ((6.0, 3.0, 9.0, 10.0, 10.0), 2.0),  # own: 6 $ over 3 baskets
-            ((0.0, 0.0, 1.5, 40.0, 20.0), 3.0),  # never bought: 1.5 $ x 2 per basket
-            ((None, None, 1.5, 40.0, 20.0), 3.0),  # no user x item row at all
-            ((0.01, 1.0, 9.0, 1.0, 1.0), FLOOR),  # below the floor
-            ((None, None, None, None, None), FLOOR),  # nothing known
-            ((0.0, 0.0, 2.0, 0.0, 0.0), FLOOR),  # 0 / 0 is NaN: unknown
+            (6.0, 3, 2.0),  # 6 $ over 3 baskets
+            (0.05, 1, FLOOR),  # below the floor
+            (0.0, 0, None),  # never bought
+            (None, None, None),  # no user x item row at all
         ],
     )
-    def test_by_hand(self, row: tuple[float | None, ...], expected: float) -> None:
-        """Catches: the fallback used for a bought item, a missing floor, NaN passed on."""
-        got = spend_columns([row]).select(expected_spend(FLOOR))
-        assert got.item() == pytest.approx(expected)
+    def test_own_spend_by_hand(
+        self, spend: float | None, baskets: int | None, expected: float | None
+    ) -> None:
+        """Catches: a sum instead of a mean, a missing floor, a value for a new item."""
+        frame = pl.DataFrame(
+            {"ui_spend": [spend], "ui_baskets": [baskets]},
+            schema={"ui_spend": pl.Float32, "ui_baskets": pl.Float32},
+        )
+        got = frame.select(own_spend(FLOOR)).item()
+        assert got == (None if expected is None else pytest.approx(expected))
+
+    def test_new_items_get_the_users_median(self) -> None:
+        """Catches: new items given another user's median, or ln $1 beside bought items."""
+        frame = pl.DataFrame(
+            {
+                C.USER: [1, 1, 1, 1, 2, 2],
+                "ui_spend": [2.0, 8.0, 32.0, 0.0, 0.0, None],
+                "ui_baskets": [1.0, 1.0, 1.0, 0.0, 0.0, None],
+            }
+        )
+        got = frame.select(log_expected_spend(FLOOR)).to_series().to_list()
+        # User 1: ln 2, ln 8, ln 32 and its new item the median ln 8; user 2 bought none: 0.
+        expected = [math.log(2), math.log(8), math.log(32), math.log(8), 0.0, 0.0]
+        assert got == pytest.approx(expected)
 
 
 class TestBlend:
-    # User 1: item 11 likely but cheap, item 12 less likely but dear; user 2 as a control.
+    # User 1: item 11 likely but cheap, item 12 less likely but dear, 13 never bought
+    # (gets user 1's median, ln 4); user 2 as a control with equal spends.
     SCORED = pl.DataFrame(
         {
-            C.USER: [1, 1, 1, 2, 2],
-            C.ITEM: [11, 12, 13, 21, 22],
-            C.SCORE: pl.Series([1.0, 0.5, 0.0, 2.0, 1.0], dtype=pl.Float32),
+            C.USER: [1, 1, 1, 1, 2, 2],
+            C.ITEM: [11, 12, 13, 14, 21, 22],
+            C.SCORE: pl.Series([1.0, 0.5, 0.0, 0.9, 2.0, 1.0], dtype=pl.Float32),
         }
     )
-    SPEND = spend_columns(
-        [
-            (2.0, 2.0, 0, 0, 0),  # 1 $
-            (12.0, 2.0, 0, 0, 0),  # 6 $
-            (None, None, 4.0, 1.0, 1.0),  # 4 $
-            (3.0, 1.0, 0, 0, 0),  # 3 $
-            (3.0, 1.0, 0, 0, 0),  # 3 $
-        ]
+    SPEND = pl.DataFrame(
+        {
+            C.USER: [1, 1, 1, 1, 2, 2],
+            "ui_spend": [1.0, 12.0, 0.0, 8.0, 3.0, 3.0],
+            "ui_baskets": [1.0, 2.0, 0.0, 2.0, 1.0, 1.0],
+        }
     )
+    LOG_SPEND = (0.0, math.log(6), math.log(4), math.log(4), math.log(3), math.log(3))
 
     def test_score_plus_exponent_times_log_spend(self) -> None:
         """Catches: a product instead of the log blend, the exponent not applied."""
         got = revenue_blended(self.SCORED, self.SPEND, 0.5, FLOOR)
-        spend = [1.0, 6.0, 4.0, 3.0, 3.0]
-        expected = [s + 0.5 * math.log(v) for s, v in zip(self.SCORED[C.SCORE], spend, strict=True)]
+        expected = [s + 0.5 * v for s, v in zip(self.SCORED[C.SCORE], self.LOG_SPEND, strict=True)]
         assert got[C.SCORE].to_list() == pytest.approx(expected, rel=1e-6)
 
     @pytest.mark.parametrize(
         ("exponent", "order"),
         [
-            (0.0, [11, 12, 13]),  # 1.0 > 0.5 > 0.0: the ranker alone
-            (0.5, [12, 11, 13]),  # 1.396 > 1.0 > 0.693
-            (1.0, [12, 13, 11]),  # 2.292 > 1.386 > 1.0: expected revenue
+            (0.0, [11, 14, 12, 13]),  # 1.0 > 0.9 > 0.5 > 0.0: the ranker alone
+            (0.2, [14, 11, 12, 13]),  # 1.177 > 1.0 > 0.858 > 0.277
+            (0.5, [14, 12, 11, 13]),  # 1.593 > 1.396 > 1.0 > 0.693
+            (1.0, [12, 14, 13, 11]),  # 2.292 > 2.286 > 1.386 > 1.0: expected revenue
         ],
     )
     def test_reorders_as_computed(self, exponent: float, order: list[int]) -> None:
         """Catches: a blend that does not reach the ranking, or a sign flip."""
-        ranked = top_k(revenue_blended(self.SCORED, self.SPEND, exponent, FLOOR).lazy(), 3)
+        ranked = top_k(revenue_blended(self.SCORED, self.SPEND, exponent, FLOOR).lazy(), 4)
         got = ranked.collect()
         assert got.filter(pl.col(C.USER) == 1)[C.ITEM].to_list() == order
         # Equal spend: user 2's order never changes.
         assert got.filter(pl.col(C.USER) == 2)[C.ITEM].to_list() == [21, 22]
+
+    def test_a_user_alone_gets_the_same_scores(self) -> None:
+        """Shard invariance. Catches: a median over the frame instead of over the user."""
+        both = revenue_blended(self.SCORED, self.SPEND, 0.5, FLOOR)
+        for user in (1, 2):
+            mine = pl.col(C.USER) == user
+            alone = revenue_blended(self.SCORED.filter(mine), self.SPEND.filter(mine), 0.5, FLOOR)
+            assert_frame_equal(alone, both.filter(mine))
 
     def test_zero_exponent_is_the_ranker(self) -> None:
         assert_frame_equal(revenue_blended(self.SCORED, self.SPEND, 0.0, FLOOR), self.SCORED)
@@ -115,11 +128,8 @@ def ranker_frame(seed: int = 0, n_users: int = 40, n_items: int = 10) -> pl.Data
             C.USER: np.repeat(np.arange(n_users), n_items).astype(np.int64),
             C.ITEM: np.tile(np.arange(100, 100 + n_items), n_users).astype(np.int64),
             "signal": signal,
-            "ui_spend": rng.random(n) * 10,
-            "ui_baskets": rng.integers(0, 3, n).astype(np.float32),
-            "i_price": rng.random(n) * 5,
-            "i_quantity": np.full(n, 2.0),
-            "i_baskets": np.ones(n),
+            "ui_spend": 1.0 + rng.random(n) * 10,
+            "ui_baskets": rng.integers(1, 3, n).astype(np.float32),
             C.TARGET: (signal > 0.7).astype(np.int8),
             TARGET_SPEND: rng.random(n) * 10,
         }
@@ -137,9 +147,10 @@ class TestRankingScores:
         cfg = CFG.model_copy(update={"revenue_exponent": 0.7})
         got = ranking_scores(ranker, frame, cfg)
         plain = score(ranker, frame.lazy())
-        spend = frame.select(expected_spend(cfg.min_expected_spend).alias("s"))["s"].to_numpy()
+        own = frame["ui_spend"].to_numpy() / frame["ui_baskets"].to_numpy()
+        assert (frame["ui_baskets"] > 0).all()  # every candidate bought: no median needed
         np.testing.assert_allclose(
-            got[C.SCORE].to_numpy(), plain[C.SCORE].to_numpy() + 0.7 * np.log(spend), rtol=1e-5
+            got[C.SCORE].to_numpy(), plain[C.SCORE].to_numpy() + 0.7 * np.log(own), rtol=1e-5
         )
 
 
@@ -225,14 +236,14 @@ def featured_spend(rows: list[tuple[int, int, int, int, int, float]]) -> list[fl
     )
     feats = build_features(keys, lines(rows), None, None, CUT, FeaturesConfig())
     frame = feats.frame.collect().sort(C.USER, C.ITEM)
-    return frame.select(expected_spend(FLOOR).alias("s"))["s"].to_list()
+    return frame.select(log_expected_spend(FLOOR).alias("s"))["s"].to_list()
 
 
 class TestPointInTime:
     def test_values_by_hand(self) -> None:
-        # 10 x 101: own 6 $ / 2 baskets; 10 x 102: never bought, 102's median price 3 $ x 1;
+        # 10 x 101: own 6 $ / 2 baskets; 10 x 102: never bought, user 10's median (ln 3);
         # 20 x 102: own 3 $ / 1 basket.
-        assert featured_spend(BEFORE) == pytest.approx([3.0, 3.0, 3.0])
+        assert featured_spend(BEFORE) == pytest.approx([math.log(3.0)] * 3)
 
     def test_target_window_poison_changes_nothing(self) -> None:
         """Catches: a spend read from the weeks on or after the cut."""
