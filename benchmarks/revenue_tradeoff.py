@@ -1,7 +1,7 @@
 """Revenue vs Precision@5 of the two-stage lists, per revenue setting (issue #26).
 
 Run: ``.venv/bin/python benchmarks/revenue_tradeoff.py [--origins 46-49,42-45]
-[--weights 0,0.5,1] [--exponents 0,0.1,0.2,0.3,0.5,1] [--json PATH]``.
+[--weights 0,0.5,1] [--exponents 0,0.1,0.2,0.3,0.5,1] [--json PATH] [--dump DIR]``.
 
 For each origin (default: the validation origins only; weeks 50-53 are the final test) it
 builds the backtest of ``recsys evaluate`` once (catalogue, stage 1 refit, the "all" users'
@@ -10,7 +10,10 @@ featured test candidates, the own-purchases baseline), then for each training we
 blend exponent (``ranker.revenue_exponent``), ranks with
 :func:`recsys_batch.model.ranking.ranking_scores` (the code the backtest and the nightly
 batch rank with) and prints P@5 and revenue@5 of the "all" users, and revenue@5 relative to
-own purchases'. Weight 0 and exponent 0 is today's model.
+own purchases'. Weight 0 and exponent 0 is the ranker alone. ``--dump DIR`` writes, per
+origin and weight, the ranker's scores with the spend features, the truth, the test-window
+spend, the past purchases, the users and the own-purchases lists, to try other blends
+without training again.
 """
 
 from __future__ import annotations
