@@ -232,6 +232,20 @@ class RankerConfig(_Section):
     """Share of training users held out for early stopping."""
     negatives_per_user: int | None = None
     """Sample at most this many negatives per user for training (None = keep all)."""
+    revenue_exponent: float = 0.0
+    """Rank by ``probability x expected spend ** revenue_exponent`` (0 = the ranker alone):
+    the ranker's score plus this times ln of the user's expected spend on the item in one
+    purchase (``ranking.log_expected_spend``, point in time). 0.14 is the smallest that lifts
+    revenue@5 10% over own purchases' at both validation origins, for about -0.004 P@5
+    (issue #26; the trade-off per exponent: docs/evaluation.md); the default keeps P@5, the
+    mission's metric."""
+    revenue_weight: float = 0.0
+    """Training weight of a positive = (its stage-2 window spend / the median positive's)
+    to this power (0 = every row weighs 1): purchases worth more count more. Measured for
+    issue #26 and not used: less revenue per Precision@5 lost than ``revenue_exponent``."""
+    min_expected_spend: float = Field(default=0.1, gt=0.0)
+    """Floor ($) of the user's past spend per purchase in that blend and of a positive's spend
+    in the training weight."""
     seed: int = 42
     threads: int = 0
     """LightGBM threads (0 = all cores). ``recsys_batch`` sets ``OMP_WAIT_POLICY=PASSIVE``

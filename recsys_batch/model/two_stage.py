@@ -45,7 +45,15 @@ from recsys_batch.model.features import (
 )
 from recsys_batch.model.new_items_ranking import fit_new_items_ranker
 from recsys_batch.model.plan_features import PlanTables
-from recsys_batch.model.ranking import Ranker, fit_ranker, load_ranker, save_ranker, score, top_k
+from recsys_batch.model.ranking import (
+    Ranker,
+    fit_ranker,
+    load_ranker,
+    ranking_scores,
+    save_ranker,
+    target_spend,
+    top_k,
+)
 from recsys_batch.model.split import Windows
 
 log = logging.getLogger(__name__)
@@ -215,8 +223,12 @@ def training_frame(
         settings,
         fixed_tables=fixed_tables,
     )
-    truth = targets(split.stage2_window(tx, windows), placeholder, settings.ranker.max_label)
-    return with_targets(feats.frame, truth), feats, history_model
+    window = split.stage2_window(tx, windows)
+    truth = targets(window, placeholder, settings.ranker.max_label)
+    train = with_targets(feats.frame, truth)
+    if settings.ranker.revenue_weight != 0.0:  # the label's spend, for the training weight
+        train = train.join(target_spend(window), on=[C.USER, C.ITEM], how="left")
+    return train, feats, history_model
 
 
 def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> TrainedTwoStage:
@@ -416,7 +428,7 @@ def rank_candidates(
         pl.col(C.ITEM) != settings.prefilter.placeholder_item
     )
     frame = feats.frame.join(allowed, on=C.ITEM, how="semi").collect()
-    scored = score(model.ranker, frame.lazy())
+    scored = ranking_scores(model.ranker, frame, settings.ranker)
     recs = top_k(scored.lazy(), k).collect()
     return recs, frame.select(C.CANDIDATES.names())
 

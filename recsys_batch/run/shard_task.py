@@ -179,7 +179,7 @@ def shard_recommendations(
         seconds per step.
     """
     from recsys_batch.model import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
-    from recsys_batch.model.ranking import score, top_k  # noqa: PLC0415
+    from recsys_batch.model.ranking import ranking_scores, top_k  # noqa: PLC0415
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -213,7 +213,7 @@ def shard_recommendations(
     seconds["features"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    scored = score(model.ranker, frame.lazy())
+    scored = ranking_scores(model.ranker, frame, ctx.settings.ranker)
     recs = top_k(scored.lazy(), ctx.settings.publish.top_n).collect()
     if ctx.settings.publish.reasons:
         recs = recs.lazy().join(item_reasons(frame), on=[C.USER, C.ITEM], how="left").collect()
