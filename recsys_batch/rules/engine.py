@@ -12,9 +12,11 @@ How an answer is built (:func:`apply_rules`):
    request, unavailable (for all stores or the request's store), or failing a filter rule
    (``departments``, ``exclude_departments``, ``brands``, ``price_min``, ``price_max``)
    never become candidates.
-2. **New items first** (``min_new = N``): walking the candidates, items the customer has
-   never bought are taken until N are in; own items never bought come first, then the
-   new-items list, then popular items never bought.
+2. **New items first** (``min_new = N``): walking the candidates, items the customer is
+   known never to have bought are taken until N are in: own items without a repeat reason
+   first, then the new-items list. A popular item counts as possibly bought: a version
+   does not store which popular items a customer bought, so a popular item never fills a
+   place ``min_new`` reserves (the answer is short instead).
 3. **Promotions** (``promoted_first = P``): the first P candidates from the customer's own
    lists (never the popular list) that are on the promotion list are taken, or kept if
    already taken, and will lead the answer.
@@ -22,10 +24,11 @@ How an answer is built (:func:`apply_rules`):
 
 Every step takes an item only when the answer still honours every rule with it: at most k
 items, each cap (``max_per_category``, ``max_per_sub_category``; an item without the
-attribute counts under "none"), and at most ``k - min(N, k)`` items the customer bought, so
-the places ``min_new`` reserves are never given to bought items. Steps 2-4 never undo a
-choice, so a candidate left out would break a rule if added. When too few candidates fit,
-the answer is shorter (``short_by``), never padded with an item that breaks a rule.
+attribute counts under "none"), and at most ``k - min(N, k)`` items the customer bought or
+may have bought (popular ones), so the places ``min_new`` reserves are never given to them.
+Steps 2-4 never undo a choice, so a candidate left out would break a rule if added. When too
+few candidates fit, the answer is shorter (``short_by``), never padded with an item that
+breaks a rule.
 
 The answer lists the promoted items first (at most P, in relevance order), then the other
 items taken, in relevance order. An item counts as *bought* when it is in ``Lists.bought``
@@ -257,13 +260,14 @@ def apply_rules(
         return Served(list(lists.own[:k]), [OWN] * k, 0, 0)  # the usual case
     found = candidates(lists, popular, attributes, rules, blocked)
     min_new = min(rules.min_new, k)
-    answer = _Answer(k, rules, attributes, lists.bought, k - min_new)
+    maybe_bought = not_known_new(lists, found)
+    answer = _Answer(k, rules, attributes, maybe_bought, k - min_new)
     if min_new:
         new_taken = 0
         for item, _ in found:
             if new_taken == min_new:
                 break
-            if item not in lists.bought and answer.take(item):
+            if item not in maybe_bought and answer.take(item):
                 new_taken += 1
     leading = _promoted(answer, found, shop.promoted, rules.promoted_first)
     for item, _ in found:
@@ -275,6 +279,12 @@ def apply_rules(
     sources = dict(found)
     items = leading + [i for i, _ in rest]
     return Served(items, [sources[i] for i in items], len(leading), k - len(items))
+
+
+def not_known_new(lists: Lists, found: Sequence[tuple[int, str]]) -> frozenset[int]:
+    """Candidates not known to be new to the customer: their bought items and every item
+    that only the popular list holds (which popular items they bought is not stored)."""
+    return frozenset(lists.bought) | {item for item, source in found if source == POPULAR}
 
 
 def _blocked(exclude: Collection[int], unavailable: Collection[int]) -> Collection[int]:
