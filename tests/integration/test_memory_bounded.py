@@ -71,14 +71,15 @@ def test_nightly_runs_keep_two_versions(own_redis: redis.Redis, tmp_path: Path) 
         published[-1],
         published[-2],
     )
-    # Bucket hashes of users (u: head items, t: items past 16, r: reasons), popular list,
-    # item attributes, meta hash (format 2, #18).
+    # Bucket hashes of users (u: head items, t: items past 16, r: reasons, n and w: new items
+    # and their reasons), popular list, item attributes, meta hash (format 2, #18, #26).
     per_version = [
         len(list(own_redis.scan_iter(match=keys.version_prefix(v, PREFIX) + "*", count=10_000)))
         for v in published[-2:]
     ]
     buckets = int(own_redis.hget(keys.meta_key(published[-1], PREFIX), "buckets"))
-    assert all(3 < n <= 3 * buckets + 3 for n in per_version)
+    families = len(keys.USER_FAMILIES)
+    assert all(3 < n <= families * buckets + 3 for n in per_version)
     assert own_redis.dbsize() == sum(per_version) + 4  # + current, previous, versions, runs
     for version in published[:-2]:
         assert list(own_redis.scan_iter(match=keys.version_prefix(version, PREFIX) + "*")) == []
