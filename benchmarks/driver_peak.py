@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,14 +33,14 @@ from typing import Any
 def run_one(data: Path, runs: Path, extra: list[str]) -> dict[str, Any]:
     """One ``recsys nightly-batch`` on ``data``: the driver's peak, per stage, and the wall.
 
-    Each folder publishes under its own key prefix (``RECSYS_REDIS__KEY_PREFIX`` + ``:`` +
+    Each folder publishes under its own key prefix (``RECSYS_REDIS__KEY_PREFIX`` + ``.`` +
     the folder's name), so the gate compares a run with the live version of the same data.
     """
     runs.mkdir(parents=True, exist_ok=True)
     prefix = os.environ.get("RECSYS_REDIS__KEY_PREFIX", "driver-peak")
     env = {
         **os.environ,
-        "RECSYS_REDIS__KEY_PREFIX": f"{prefix}:{data.name}",
+        "RECSYS_REDIS__KEY_PREFIX": f"{prefix}.{data.name}",
         "RECSYS_RUN__RUNS_DIR": str(runs),
         "RECSYS_RUN__LOCK_FILE": str(runs / "nightly.lock"),
     }
@@ -82,9 +83,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="append one JSON line per run here")
     parser.add_argument("--max-ratio", type=float, default=1.3)
     parser.add_argument("--clean", action="store_true", help="remove --runs afterwards")
-    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: nightly-batch flags")
+    parser.add_argument("--flags", default="", help="more nightly-batch flags, one string")
     args = parser.parse_args()
-    extra = [a for a in args.extra if a != "--"]
+    extra = shlex.split(args.flags)
     results = []
     for data in args.data:
         result = run_one(data, args.runs, extra)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
@@ -104,3 +105,16 @@ def test_a_workers_recommendations_are_written_not_kept(
     ctx.output_dir = None  # nowhere else to go: kept for the caller when not publishing
     kept = E._saved(T.ShardResult(3, 1, 2, recommendations=recs), ctx)
     assert (kept.recommendations is None) == (version is not None)
+
+
+def test_shard_files_have_small_row_groups(tmp_path: Path) -> None:
+    """The partitioned sink holds one open row group per shard: row groups of at most
+    ``SHARD_ROW_GROUP`` rows keep its memory small however many shards (customers) there
+    are. Mutation caught: the sink's default row groups (one group of every row here)."""
+    tx = lines(n=3 * sharding.SHARD_ROW_GROUP, users=50)
+    sharding.write_shards(tx.lazy(), 1, tmp_path)
+    (file,) = (tmp_path / "shard=00000").glob("*.parquet")
+    meta = pq.ParquetFile(file).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sum(sizes) == tx.height
+    assert max(sizes) <= sharding.SHARD_ROW_GROUP
