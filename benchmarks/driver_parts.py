@@ -47,6 +47,21 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def status_mib(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process (Linux), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak() -> float:
+    """Reset this process's peak resident set to its current one (Linux ``clear_refs`` 5)
+    and return it: what a query adds is then ``VmHWM`` minus this."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_mib("VmRSS")
+
+
 def prepare(path: Path, work: Path) -> dict[str, object]:
     """Users, shard count, catalogue and the shard files of ``path`` under ``work``."""
     settings = settings_for(path)
@@ -84,7 +99,7 @@ def measure(path: Path, work: Path, part: str, way: str, n_shards: int) -> float
     raw = load_dataset(settings.data).transactions
     shards = sharding.scan_shards(work / "shards")
     catalogue = pl.scan_parquet(work / "catalogue.parquet")
-    baseline = peak_mib()
+    baseline = reset_peak()
     if part == "week_range":
         if way == "old":
             split.week_range(raw)
@@ -108,7 +123,7 @@ def measure(path: Path, work: Path, part: str, way: str, n_shards: int) -> float
     elif part == "reference_row":
         query = shards.top_k(1, by=[C.DAY, C.USER, C.BASKET, C.ITEM])
         query.collect() if way == "old" else query.collect(engine="streaming")
-    return peak_mib() - baseline
+    return status_mib("VmHWM") - baseline
 
 
 def main() -> None:
@@ -131,7 +146,7 @@ def main() -> None:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             mib = json.loads(out.splitlines()[-1])["mib"]
             seconds = time.perf_counter() - started
-            print(f"{part:14s} {way}: +{mib:7.0f} MiB over the process's start ({seconds:.1f} s)",
+            print(f"{part:14s} {way}: +{mib:7.0f} MiB over the RSS before it ({seconds:.1f} s)",
                   flush=True)  # fmt: skip
     shutil.rmtree(args.work, ignore_errors=True)
 
