@@ -167,8 +167,8 @@ def side_tables(
 
 def reference_rows(tx: pl.LazyFrame, as_of_week: int) -> pl.DataFrame:
     """One purchase of the newest day before the cut, relabelled to :data:`SENTINEL_USER`."""
-    # Streaming: out of core ``tx`` scans every shard file, which the default engine would
-    # read into memory whole for one row.
+    # Streaming, like every driver query over all the shard files (#28): its memory is
+    # bounded by the engine, not by the lines (61 MiB at 40x, as the default engine today).
     return (
         before_cut(tx, as_of_week)
         .top_k(1, by=[C.DAY, C.USER, C.BASKET, C.ITEM])
