@@ -61,16 +61,20 @@ def item_stats(transactions: pl.LazyFrame, n_users: int | None = None) -> pl.Laz
     )
 
 
-def item_stats_in_parts(transactions: pl.LazyFrame, n_parts: int) -> pl.LazyFrame:
+def item_stats_in_parts(
+    transactions: pl.LazyFrame, n_parts: int, n_users: int | None = None
+) -> pl.LazyFrame:
     """:func:`item_stats`, collected in ``n_parts`` parts of whole items (by item hash).
 
     Every item's lines are in one part, so the rows are those of one pass over every line,
     while the group-by holds one part at a time: its per-item user sets and prices (for the
-    median) took 7.8 GB at 100x in one streaming pass (issue #17).
+    median) took 7.8 GB at 100x in one streaming pass (issue #17). ``n_users``: the users of
+    ``transactions`` when known (the load stage counts them), else one more streaming pass.
     """
     if n_parts <= 1:
         return item_stats(transactions)
-    n_users = distinct_count(transactions, C.USER, "users").collect(engine="streaming").item()
+    if n_users is None:
+        n_users = distinct_count(transactions, C.USER, "users").collect(engine="streaming").item()
     return pl.concat(
         [
             item_stats(transactions.filter(item_part(n_parts, p)), n_users).collect()

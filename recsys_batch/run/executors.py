@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import polars as pl
 import redis
@@ -263,11 +263,12 @@ class DaskExecutor:
 
 def _saved(result: ShardResult, ctx: ShardContext) -> ShardResult:
     """Write a worker's recommendations to ``ctx.output_dir`` as the shard itself would;
-    keep them in the result only when not publishing (``ctx.version`` None)."""
+    keep them in the result only when they have nowhere else to go (not publishing and no
+    ``output_dir``), as :func:`~recsys_batch.run.shard_task.run_shard` does."""
     recs = result.recommendations
     if recs is not None and ctx.output_dir is not None:
         write_recommendations(recs, ctx.output_dir, result.shard)
-    if ctx.version is not None:
+    if ctx.version is not None or ctx.output_dir is not None:
         result.recommendations = None
     return result
 
@@ -313,25 +314,65 @@ class ShardedRun:
 
 
 def plan_shards(user_ids: pl.LazyFrame, n_shards: int) -> list[tuple[int, pl.DataFrame]]:
-    """``(shard, users)`` for every non-empty shard."""
+    """``(shard, users)`` for every non-empty shard, from a list of every user."""
     return [
         (s, part) for s, part in enumerate(sharding.user_shards(user_ids, n_shards)) if part.height
     ]
 
 
+class ContextShards(Sequence[tuple[int, pl.DataFrame]]):
+    """``(shard, users)`` for every non-empty shard of ``ctx``, each shard's users read from
+    its own rows only when it is taken (``ShardContext.shard_users``): the driver holds one
+    shard's users at a time, never a list of every customer (issue #28). The same shards and
+    users as :func:`plan_shards` of every user."""
+
+    def __init__(self, ctx: ShardContext) -> None:
+        self.ctx = ctx
+        self.shards = [s for s in range(ctx.n_shards) if ctx.shard_has_rows(s)]
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, pl.DataFrame]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[int, pl.DataFrame]]: ...
+
+    def __getitem__(
+        self, index: int | slice
+    ) -> tuple[int, pl.DataFrame] | Sequence[tuple[int, pl.DataFrame]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        shard = self.shards[index]
+        return shard, self.ctx.shard_users(shard)
+
+
+def shard_plan(
+    ctx: ShardContext, user_ids: pl.LazyFrame | None
+) -> Sequence[tuple[int, pl.DataFrame]]:
+    """The shards to run: of ``user_ids`` when given, else every user of ``ctx``'s rows
+    (:class:`ContextShards`, what the nightly batch runs)."""
+    return ContextShards(ctx) if user_ids is None else plan_shards(user_ids, ctx.n_shards)
+
+
 def score_shards(
-    ctx: ShardContext, user_ids: pl.LazyFrame, executor: Executor, fn: ShardFn = run_shard
+    ctx: ShardContext,
+    user_ids: pl.LazyFrame | None,
+    executor: Executor,
+    fn: ShardFn = run_shard,
 ) -> ShardedRun:
-    """Recommendations of every user, shard by shard, without touching Redis."""
+    """Recommendations of ``user_ids`` (None: every user of the context's rows), shard by
+    shard, without touching Redis."""
     ctx.version = None
     started = time.perf_counter()
-    results = executor.map_shards(fn, ctx, plan_shards(user_ids, ctx.n_shards))
+    results = executor.map_shards(fn, ctx, shard_plan(ctx, user_ids))
     return ShardedRun(results, None, {"shards": time.perf_counter() - started})
 
 
 def publish_shards(
     ctx: ShardContext,
-    user_ids: pl.LazyFrame,
+    user_ids: pl.LazyFrame | None,
     executor: Executor,
     client: store.Client,
     popular: list[int],
@@ -339,7 +380,8 @@ def publish_shards(
     *,
     fn: ShardFn = run_shard,
 ) -> ShardedRun:
-    """Score and write every shard into one new version, then flip once.
+    """Score and write every shard of ``user_ids`` (None: every user of the context's
+    rows) into one new version, then flip once.
 
     Raises
     ------
@@ -349,7 +391,7 @@ def publish_shards(
         Redis failed while opening or finishing the version (nothing flipped).
     """
     settings = ctx.settings
-    shards = plan_shards(user_ids, ctx.n_shards)
+    shards = shard_plan(ctx, user_ids)
     version = versions.begin_version(client, meta, settings.redis)
     ctx.version = version
     started = time.perf_counter()

@@ -108,6 +108,23 @@ class ShardContext:
             raise ValueError(msg)
         return self.transactions.filter(sharding.shard_of(self.n_shards) == shard)
 
+    def shard_users(self, shard: int) -> pl.DataFrame:
+        """The distinct users of ``shard``'s rows (``user_id``, Int64, sorted): read from
+        the shard's own rows, so the driver never lists every customer at once."""
+        if self.shards_dir is not None:
+            rows = sharding.scan_shard(self.shards_dir, shard)
+        else:
+            rows = self.shard_transactions(shard).lazy()
+        return rows.select(pl.col(C.USER).cast(pl.Int64)).unique().sort(C.USER).collect()
+
+    def shard_has_rows(self, shard: int) -> bool:
+        """Whether ``shard`` holds any rows (from the parquet metadata on disk)."""
+        if self.shards_dir is not None:
+            return bool(
+                sharding.scan_shard(self.shards_dir, shard).select(pl.len()).collect().item()
+            )
+        return self.shard_transactions(shard).height > 0
+
 
 @dataclass
 class ShardResult:
@@ -121,10 +138,10 @@ class ShardResult:
     """Distinct items recommended in the shard (for the item attributes)."""
     seconds: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0
-    user_ids: pl.Series | None = None
-    """Users with recommendations (the published keys)."""
     recommendations: pl.DataFrame | None = None
-    """Only when not publishing (``context.version is None``)."""
+    """Only when they have nowhere else to go: not publishing and no ``output_dir`` (the
+    driver would otherwise hold every customer's list), or a Dask worker's for the driver
+    to write (``return_recommendations``)."""
     written: writer.Written | None = None
     """Fields the shard stored per family and bucket (publishing runs): the driver verifies
     the version against the sum over shards."""
@@ -157,11 +174,13 @@ def side_tables(
 
 def reference_rows(tx: pl.LazyFrame, as_of_week: int) -> pl.DataFrame:
     """One purchase of the newest day before the cut, relabelled to :data:`SENTINEL_USER`."""
+    # Streaming, like every driver query over all the shard files (#28): its memory is
+    # bounded by the engine, not by the lines (61 MiB at 40x, as the default engine today).
     return (
         before_cut(tx, as_of_week)
         .top_k(1, by=[C.DAY, C.USER, C.BASKET, C.ITEM])
         .with_columns(pl.lit(SENTINEL_USER, dtype=pl.Int64).alias(C.USER))
-        .collect()
+        .collect(engine="streaming")
     )
 
 
@@ -330,11 +349,10 @@ def run_shard(ctx: ShardContext, shard: int, user_ids: pl.DataFrame) -> ShardRes
         rows=recs.height,
         items=served.unique().sort().to_list(),
         seconds=seconds,
-        user_ids=recs[C.USER].unique().sort(),
     )
     if ctx.output_dir is not None:
         write_recommendations(recs, ctx.output_dir, shard)
-    if ctx.version is None or ctx.return_recommendations:
+    if (ctx.version is None and ctx.output_dir is None) or ctx.return_recommendations:
         result.recommendations = recs
     if ctx.version is not None and recs.height:
         started = time.perf_counter()

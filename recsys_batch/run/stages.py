@@ -26,7 +26,7 @@ from recsys_batch.errors import DataError, EmptyStageError
 from recsys_batch.model import plan_features, split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.publish import store
-from recsys_batch.run import executors, quality_gate, records, shard_task, sharding
+from recsys_batch.run import driver_tables, executors, quality_gate, records, shard_task, sharding
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,15 @@ def load(state: RunState) -> int:
     tx = dataset.transactions
     if state.run_date is not None:
         tx = tx.filter(pl.col(C.DAY) <= cut_day(state.run_date, settings.data.origin_date))
-    rows, first_day, last_day, users = (
+    # One streaming pass for every count and range (the weeks too: one pass over the input
+    # fewer than split.week_range's; the user count is the only part that grows, 8 B a user).
+    rows, first_day, last_day, first_week, last_week, users = (
         tx.select(
             pl.len(),
             pl.col(C.DAY).min().alias("first_day"),
             pl.col(C.DAY).max().alias("last_day"),
+            pl.col(C.WEEK).min().alias("first_week"),
+            pl.col(C.WEEK).max().alias("last_week"),
         )
         .join(distinct_count(tx, C.USER, "users"), how="cross")
         .collect(engine="streaming", optimizations=pl.QueryOptFlags(comm_subplan_elim=False))
@@ -124,7 +128,6 @@ def load(state: RunState) -> int:
         plans=dataset.plans,
     )
     state.loaded = Loaded(cut, rows, users, first_day or 0, last_day or 0, in_memory)
-    first_week, last_week = split.week_range(cut.transactions)
     state.windows = split.production_windows(first_week, last_week, settings.split)
     state.forward_plans, plan_reason = plan_decision(state, first_week, last_week)
     state.record.data = {
@@ -221,7 +224,7 @@ def run_prefilter(state: RunState) -> int:
     """
     settings, loaded = state.settings, state.data
     tx = loaded.dataset.transactions
-    stats = None if loaded.in_memory else item_stats_in_parts(tx, item_parts(state))
+    stats = None if loaded.in_memory else item_stats_in_parts(tx, item_parts(state), loaded.users)
     catalogue = prefilter(tx, loaded.dataset.items, settings.prefilter, stats).catalogue
     state.catalogue = catalogue.collect(engine="streaming")
     nonempty(state.catalogue.height, "prefilter", "catalogue items")
@@ -264,8 +267,8 @@ def train(state: RunState) -> int:
     if state.model.forward_plan_features != state.forward_plans:
         msg = "the model's forward plan features differ from the run's decision"
         raise RuntimeError(msg)
-    state.popular = two_stage.popular_fallback(
-        data.transactions, data.catalogue, settings.publish.top_n
+    state.popular = driver_tables.popular_by_parts(
+        user_parts(state), data.catalogue, settings.publish.top_n
     )
     nonempty(len(state.popular), "train", "popular fallback items")
     return 1
@@ -305,16 +308,17 @@ def score_and_publish(state: RunState) -> int:
     )
     context.output_dir = state.record.run_dir / RECOMMENDATIONS_FILE
     context.expected_users = loaded.users
-    user_ids = loaded.dataset.transactions.select(C.USER).unique().sort(C.USER)
     executor = executors.make_executor(settings)
+    # The users of each shard are read from its own rows when it runs (None): no list of
+    # every customer on the driver.
     if state.dry_run or state.client is None:
-        scored = executors.score_shards(context, user_ids, executor)
+        scored = executors.score_shards(context, None, executor)
         state.users = nonempty(scored.users, "score_and_publish", "recommendations")
         return state.users
     if isinstance(executor, executors.LocalExecutor):
         context.driver_client = state.client  # the same server as begin and flip
     published = executors.publish_shards(
-        context, user_ids, executor, state.client, state.popular, _version_meta(state)
+        context, None, executor, state.client, state.popular, _version_meta(state)
     )
     state.version, state.users = published.version, published.users
     state.record.version = published.version
@@ -327,6 +331,16 @@ def item_parts(state: RunState) -> int:
     a time)."""
     loaded = state.data
     return 1 if loaded.in_memory else -(-loaded.rows // state.settings.scale.in_memory_rows)
+
+
+def user_parts(state: RunState) -> list[pl.LazyFrame]:
+    """The catalogue-applied lines in parts of whole users: the shard files out of core (the
+    driver reads one at a time), else the one frame in memory."""
+    if state.data.in_memory:
+        return [_model_data(state).transactions]
+    shards_dir = shards_location(state.settings, state.record)
+    n_shards = sharding.shard_count(state.data.users, state.settings.scale.shard_users)
+    return [sharding.scan_shard(shards_dir, s) for s in range(n_shards)]
 
 
 def _model_data(state: RunState) -> two_stage.ModelData:

@@ -272,7 +272,6 @@ class TestPublishShards:
                 written.users,
                 written.users,
                 [marker],
-                user_ids=users[C.USER].sort(),
                 written=written,
             )
 
@@ -385,7 +384,7 @@ class TestPublishShards:
 
     def test_zero_recommendations_publish_nothing(self, client: fakeredis.FakeRedis) -> None:
         def nobody(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
-            return T.ShardResult(shard, 0, 0, user_ids=pl.Series(C.USER, [], pl.Int64))
+            return T.ShardResult(shard, 0, 0)
 
         with pytest.raises(EmptyStageError, match="zero recommendations") as caught:
             self.publish(client, nobody)

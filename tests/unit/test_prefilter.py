@@ -111,6 +111,10 @@ def test_item_stats_in_parts_equal_one_pass(n_parts: int) -> None:
     by_item = [C.ITEM]
     one_pass = item_stats(tx).collect().sort(by_item)
     assert_frame_equal(item_stats_in_parts(tx, n_parts).collect().sort(by_item), one_pass)
+    # The load stage's user count, passed in (no second pass), gives the same user shares.
+    n_users = tx.select(pl.col(C.USER).n_unique()).collect().item()
+    given = item_stats_in_parts(tx, n_parts, n_users).collect().sort(by_item)
+    assert_frame_equal(given, one_pass)
     config = CONFIGS["default"]
     expected = prefilter(tx, data.items.lazy(), config).catalogue.collect()
     stats = item_stats_in_parts(tx, n_parts)
