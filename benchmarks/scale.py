@@ -50,9 +50,9 @@ from recsys_batch.data.sources import load_dataset  # noqa: E402
 from recsys_batch.model import split, two_stage  # noqa: E402
 from recsys_batch.model.prefilter import apply_catalogue, prefilter  # noqa: E402
 from recsys_batch.publish import store  # noqa: E402
+from recsys_batch.run import dask_executor as D  # noqa: E402
 from recsys_batch.run import executors as E  # noqa: E402
-from recsys_batch.run import shard_task as T  # noqa: E402
-from recsys_batch.run import sharding  # noqa: E402
+from recsys_batch.run import shard_context, sharding  # noqa: E402
 
 log = logging.getLogger("scale")
 
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             model.stage1_for_scoring = two_stage.fit_scoring_stage1(data, windows, settings)
 
     with stage(timings, "context"):
-        ctx = T.build_context(model, data, settings, n_shards, shards_dir=shards_dir)
+        ctx = shard_context.build_context(model, data, settings, n_shards, shards_dir=shards_dir)
         popular = two_stage.popular_fallback(tx, catalogue.lazy(), settings.ranker.top_k)
 
     client = store.connect(settings.redis)
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     published_users = 0
     for name in args.executor.split(","):
         executor = (
-            E.DaskExecutor(None, settings.scale.dask_workers, settings.scale.shard_retries)
+            D.DaskExecutor(None, settings.scale.dask_workers, settings.scale.shard_retries)
             if name == "dask"
             else E.LocalExecutor(settings.scale.shard_retries)
         )

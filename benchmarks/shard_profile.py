@@ -36,7 +36,7 @@ from recsys_batch.data.frames import distinct_count
 from recsys_batch.data.sources import load_dataset
 from recsys_batch.model import split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
-from recsys_batch.run import shard_task, sharding
+from recsys_batch.run import shard_context, shard_task, sharding
 
 
 def _cached(path: Path, make) -> pl.DataFrame:  # noqa: ANN001 - a zero-argument callable
@@ -76,10 +76,10 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
     ]
     item_table = _cached(
         work / "item_table.parquet",
-        lambda: shard_task.global_item_table(parts, cut, settings),
+        lambda: shard_context.global_item_table(parts, cut, settings),
     )
     reference = _cached(
-        work / "reference.parquet", lambda: shard_task.reference_rows(pl.concat(parts), cut)
+        work / "reference.parquet", lambda: shard_context.reference_rows(pl.concat(parts), cut)
     )
     partitions = {shard: parts[shard].collect() for shard in shards}
     context = shard_task.ShardContext(
@@ -91,7 +91,7 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
         reference_rows=reference,
         settings=settings,
         n_shards=n_shards,
-        side_tables=shard_task.side_tables(dataset.items, dataset.users, settings),
+        side_tables=shard_context.side_tables(dataset.items, dataset.users, settings),
         items=dataset.items.collect() if dataset.items is not None else None,
         users=dataset.users.collect() if dataset.users is not None else None,
         partitions=partitions,

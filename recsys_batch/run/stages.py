@@ -26,7 +26,14 @@ from recsys_batch.errors import DataError, EmptyStageError
 from recsys_batch.model import plan_features, split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.publish import store
-from recsys_batch.run import driver_tables, executors, quality_gate, records, shard_task, sharding
+from recsys_batch.run import (
+    driver_tables,
+    executors,
+    quality_gate,
+    records,
+    shard_context,
+    sharding,
+)
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +306,7 @@ def score_and_publish(state: RunState) -> int:
     if state.model is None:
         msg = "stage order: train must run before score_and_publish"
         raise RuntimeError(msg)
-    context = shard_task.build_context(
+    context = shard_context.build_context(
         state.model,
         _model_data(state),
         settings,

@@ -27,9 +27,10 @@ from recsys_batch.data.sources import load_dataset
 from recsys_batch.model import split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.publish import keys, status, store
+from recsys_batch.run import dask_executor as D
 from recsys_batch.run import executors as E
+from recsys_batch.run import shard_context, shard_retries, sharding
 from recsys_batch.run import shard_task as T
-from recsys_batch.run import sharding
 from tests.nightly import expected_values, stored_values
 
 pytestmark = pytest.mark.integration
@@ -100,7 +101,7 @@ def context(trained: Trained, settings: Settings) -> T.ShardContext:
         trained.items.lazy() if trained.items is not None else None,
         trained.users.lazy() if trained.users is not None else None,
     )
-    return T.build_context(trained.model, data, settings, N_SHARDS)
+    return shard_context.build_context(trained.model, data, settings, N_SHARDS)
 
 
 def published_values(
@@ -134,8 +135,8 @@ def first_k(recs: pl.DataFrame, k: int = 5) -> pl.DataFrame:
     return recs.filter(pl.col(C.RANK) <= k).drop("reason").sort(C.USER, C.RANK)
 
 
-def dask() -> E.DaskExecutor:
-    return E.DaskExecutor(address=None, workers=2, retries=1, processes=False)
+def dask() -> D.DaskExecutor:
+    return D.DaskExecutor(address=None, workers=2, retries=1, processes=False)
 
 
 def test_sharded_scores_equal_unsharded_recommend(trained: Trained) -> None:
@@ -216,7 +217,7 @@ def test_a_shard_that_keeps_failing_flips_nothing(
     chosen = dask() if executor == "dask" else executor
     assert not isinstance(chosen, str)
     live = publish_with(E.LocalExecutor(), trained, settings, client)
-    with pytest.raises(E.ShardError, match="shard 2 failed after 2 attempt"):
+    with pytest.raises(shard_retries.ShardError, match="shard 2 failed after 2 attempt"):
         publish_with(chosen, trained, settings, client, broken)
     assert status.live_version(client, settings.redis) == live.version
     assert status.all_versions(client, settings.redis) == [live.version]
@@ -323,10 +324,10 @@ def test_workers_get_the_shard_location_not_the_transactions(
         trained.items.lazy() if trained.items is not None else None,
         trained.users.lazy() if trained.users is not None else None,
     )
-    ctx = T.build_context(
+    ctx = shard_context.build_context(
         trained.model, data, trained.settings, N_SHARDS, shards_dir=tmp_path / "shards"
     )
-    shipped = E.DaskExecutor().shipped(ctx)
+    shipped = D.DaskExecutor().shipped(ctx)
     assert shipped.partitions is None and shipped.transactions is None
     size = len(pickle.dumps(shipped, protocol=5))
     model_size = len(pickle.dumps(shipped.model, protocol=5))
@@ -335,7 +336,7 @@ def test_workers_get_the_shard_location_not_the_transactions(
     # Besides the model: tables per item or per user (items, item features, side tables,
     # first buyers: about a quarter of the lines' size on this small data), not one line.
     assert size - model_size < data_size / 3, (size, model_size, data_size)
-    in_memory = E.DaskExecutor(processes=False).shipped(context(trained, trained.settings))
+    in_memory = D.DaskExecutor(processes=False).shipped(context(trained, trained.settings))
     assert len(pickle.dumps(in_memory, protocol=5)) > size + data_size / 2  # what it saves
     run = E.score_shards(shipped, trained.user_ids.lazy(), E.LocalExecutor())
     assert_frame_equal(first_k(run.recommendations()), trained.expected.sort(C.USER, C.RANK))

@@ -23,8 +23,7 @@ from recsys_batch.model import split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.publish import status
 from recsys_batch.run import executors as E
-from recsys_batch.run import shard_task as T
-from recsys_batch.run import sharding
+from recsys_batch.run import shard_context, sharding
 from tests.integration.test_dask_executor import N_SHARDS, Trained, first_k
 from tests.nightly import expected_values, stored_values
 
@@ -85,7 +84,7 @@ def test_sharded_fold_in_equals_unsharded_recommend(trained: Trained, tmp_path: 
         trained.items.lazy() if trained.items is not None else None,
         trained.users.lazy() if trained.users is not None else None,
     )
-    ctx = T.build_context(
+    ctx = shard_context.build_context(
         trained.model, data, trained.settings, N_SHARDS, shards_dir=tmp_path / "shards"
     )
     scored = E.score_shards(ctx, trained.user_ids.lazy(), E.LocalExecutor())

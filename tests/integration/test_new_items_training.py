@@ -31,7 +31,7 @@ from recsys_batch.model.two_stage import (
     train_two_stage,
     with_gated_ranker,
 )
-from recsys_batch.run import shard_task
+from recsys_batch.run import shard_context
 from tests.small import SMALL_SETTINGS as SETTINGS
 
 K = SETTINGS.publish.new_items
@@ -154,13 +154,13 @@ def test_a_shard_of_users_gets_the_same_lists(
     tx = data.transactions.collect()
     some = users.collect()[C.USER].head(25)
     own = tx.filter(pl.col(C.USER).is_in(some.implode()))
-    ref = shard_task.reference_rows(tx.lazy(), cut)
+    ref = shard_context.reference_rows(tx.lazy(), cut)
     shard = data.with_transactions(
         pl.concat([own, ref.select(own.columns).cast(own.schema)]).lazy()
     )
     fixed = {
-        "item": shard_task.global_item_table([tx.lazy()], cut, SETTINGS),
-        **shard_task.side_tables(data.items, data.users, SETTINGS),
+        "item": shard_context.global_item_table([tx.lazy()], cut, SETTINGS),
+        **shard_context.side_tables(data.items, data.users, SETTINGS),
         FIRST_BUYERS: first_buyer_items(
             [tx.lazy()], cut, SETTINGS.features.recent_weeks, SETTINGS.prefilter.placeholder_item
         ),

@@ -17,7 +17,8 @@ from polars.testing import assert_frame_equal
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.model.two_stage import popular_fallback
-from recsys_batch.run import driver_tables, sharding
+from recsys_batch.run import dask_executor as D
+from recsys_batch.run import driver_tables, shard_context, sharding
 from recsys_batch.run import executors as E
 from recsys_batch.run import shard_task as T
 
@@ -65,7 +66,7 @@ def context(tx: pl.DataFrame, n_shards: int, shards_dir: Path | None) -> T.Shard
         reference_rows=pl.DataFrame({C.USER: [T.SENTINEL_USER]}),
         settings=Settings(),
         n_shards=n_shards,
-        partitions=None if shards_dir else T.partition_transactions(tx, n_shards),
+        partitions=None if shards_dir else shard_context.partition_transactions(tx, n_shards),
         shards_dir=shards_dir,
     )
 
@@ -99,11 +100,11 @@ def test_a_workers_recommendations_are_written_not_kept(
     recs = pl.DataFrame({C.USER: [1, 1], C.ITEM: [5, 6], C.RANK: [1, 2]})
     ctx = context(lines(n=10), 1, None)
     ctx.output_dir, ctx.version = tmp_path / "recs", version
-    saved = E._saved(T.ShardResult(3, 1, 2, recommendations=recs), ctx)
+    saved = D._saved(T.ShardResult(3, 1, 2, recommendations=recs), ctx)
     assert saved.recommendations is None
     assert_frame_equal(pl.read_parquet(tmp_path / "recs" / "shard=00003.parquet"), recs)
     ctx.output_dir = None  # nowhere else to go: kept for the caller when not publishing
-    kept = E._saved(T.ShardResult(3, 1, 2, recommendations=recs), ctx)
+    kept = D._saved(T.ShardResult(3, 1, 2, recommendations=recs), ctx)
     assert (kept.recommendations is None) == (version is not None)
 
 

@@ -19,9 +19,10 @@ from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError, PublishError, RecsysError
 from recsys_batch.publish import keys, status, writer
+from recsys_batch.run import dask_executor as D
 from recsys_batch.run import executors as E
+from recsys_batch.run import shard_context, shard_retries, sharding
 from recsys_batch.run import shard_task as T
-from recsys_batch.run import sharding
 
 
 def shards(n: int) -> list[tuple[int, pl.DataFrame]]:
@@ -67,7 +68,9 @@ class TestLocalExecutor:
             assert len(executor.map_shards(flaky, context(), shards(3))) == 3
             assert calls.count(1) == failures + 1
         else:
-            with pytest.raises(E.ShardError, match=r"shard 1 failed after 2 attempt\(s\).*boom"):
+            with pytest.raises(
+                shard_retries.ShardError, match=r"shard 1 failed after 2 attempt\(s\).*boom"
+            ):
                 executor.map_shards(flaky, context(), shards(3))
             assert 2 not in calls  # the run stops at the first shard that keeps failing
 
@@ -77,7 +80,7 @@ def test_make_executor_follows_the_config() -> None:
     assert isinstance(local, E.LocalExecutor)
     settings = Settings(scale={"executor": "dask", "scheduler_address": "tcp://h:8786"})
     remote = E.make_executor(settings)
-    assert isinstance(remote, E.DaskExecutor)
+    assert isinstance(remote, D.DaskExecutor)
     assert remote.address == "tcp://h:8786"
     assert remote.retries == settings.scale.shard_retries
 
@@ -110,14 +113,14 @@ def test_reference_rows_carry_the_newest_day_before_the_cut() -> None:
             C.WEEK: [2, 3, 5],
         }
     )
-    ref = T.reference_rows(tx, as_of_week=5)
+    ref = shard_context.reference_rows(tx, as_of_week=5)
     assert ref.height == 1
     assert ref.row(0, named=True)[C.DAY] == 20
     assert ref[C.USER].to_list() == [T.SENTINEL_USER]
 
 
 def test_a_failed_shard_exits_like_a_failed_publish() -> None:
-    assert E.ShardError("shard 3 failed").exit_code == 4
+    assert shard_retries.ShardError("shard 3 failed").exit_code == 4
 
 
 def test_a_data_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> None:
@@ -137,7 +140,7 @@ def test_a_data_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> Non
 def test_partitioned_transactions_match_the_filter() -> None:
     ctx = context()
     tx = pl.DataFrame({C.USER: list(range(40)), C.ITEM: list(range(40))})
-    ctx.partitions = T.partition_transactions(tx, 3)
+    ctx.partitions = shard_context.partition_transactions(tx, 3)
     ctx.transactions = tx
     for s in range(3):
         by_partition = ctx.shard_transactions(s)
@@ -353,7 +356,7 @@ class TestPublishShards:
             msg = "connection reset"
             raise redis.ConnectionError(msg)
 
-        with pytest.raises(E.ShardError, match="after 2 attempt") as caught:
+        with pytest.raises(shard_retries.ShardError, match="after 2 attempt") as caught:
             self.publish(client, always)
         assert caught.value.exit_code == 4
         assert status.all_versions(client, Settings().redis) == []
@@ -400,22 +403,24 @@ class TestShippedToWorkers:
             scale={"executor": "dask", "dask_workers": 3, "dask_threads_per_worker": 2}
         )
         executor = E.make_executor(settings)
-        assert isinstance(executor, E.DaskExecutor)
+        assert isinstance(executor, D.DaskExecutor)
         assert (executor.address, executor.workers) == (None, 3)
         assert (executor.processes, executor.threads_per_worker) == (True, 2)
 
     def test_in_memory_shards_are_refused(self) -> None:
         ctx = context()
-        ctx.partitions = T.partition_transactions(pl.DataFrame({C.USER: [1], C.ITEM: [2]}), 3)
+        ctx.partitions = shard_context.partition_transactions(
+            pl.DataFrame({C.USER: [1], C.ITEM: [2]}), 3
+        )
         with pytest.raises(ValueError, match="shards_dir"):
-            E.for_workers(ctx)
+            D.for_workers(ctx)
         with pytest.raises(ValueError, match="shards_dir"):
-            E.DaskExecutor(address="tcp://h:8786", processes=False).shipped(ctx)
+            D.DaskExecutor(address="tcp://h:8786", processes=False).shipped(ctx)
 
     def test_threads_in_this_process_may_keep_in_memory_shards(self) -> None:
         ctx = context()
         ctx.partitions = {-1: pl.DataFrame()}
-        assert E.DaskExecutor(processes=False).shipped(ctx).partitions is ctx.partitions
+        assert D.DaskExecutor(processes=False).shipped(ctx).partitions is ctx.partitions
 
     def test_paths_are_absolute_and_the_driver_keeps_its_client(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -428,7 +433,7 @@ class TestShippedToWorkers:
         ctx.shards_dir = Path("runs/r1/shards")
         ctx.output_dir = Path("runs/r1/recommendations.parquet")
         ctx.driver_client = object()
-        shipped = E.for_workers(ctx)
+        shipped = D.for_workers(ctx)
         assert shipped.shards_dir == tmp_path / "runs/r1/shards"
         assert shipped.settings.redis.tls_ca_file == tmp_path / "tls/ca.pem"
         assert shipped.settings.redis.embedded_dir.is_absolute()
@@ -440,7 +445,7 @@ class TestShippedToWorkers:
     def test_a_url_location_stays_a_url(self) -> None:
         ctx = context()
         ctx.shards_dir = "s3://bucket/recsys/r1/shards/"
-        assert E.for_workers(ctx).shards_dir == "s3://bucket/recsys/r1/shards"
+        assert D.for_workers(ctx).shards_dir == "s3://bucket/recsys/r1/shards"
         assert sharding.shard_dir("s3://b/x", 7) == "s3://b/x/shard=00007"
 
     def test_the_driver_writes_what_a_worker_hands_back(self, tmp_path: Path) -> None:
@@ -448,6 +453,6 @@ class TestShippedToWorkers:
         ctx.output_dir = tmp_path / "recommendations.parquet"
         ctx.version = "v1"
         recs = pl.DataFrame({C.USER: [1], C.ITEM: [2], C.RANK: [1]})
-        result = E._saved(T.ShardResult(shard=4, users=1, rows=1, recommendations=recs), ctx)
+        result = D._saved(T.ShardResult(shard=4, users=1, rows=1, recommendations=recs), ctx)
         assert result.recommendations is None  # publishing: not kept in memory
         assert pl.read_parquet(ctx.output_dir / "shard=00004.parquet").equals(recs)

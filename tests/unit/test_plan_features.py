@@ -24,7 +24,7 @@ from recsys_batch.model.plan_features import (
     run_plan_tables,
 )
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
-from recsys_batch.run import shard_task, sharding
+from recsys_batch.run import shard_context, shard_task, sharding
 from tests.small import SMALL_SETTINGS, small_dataset
 
 CUT = 3
@@ -238,7 +238,7 @@ def test_sharded_scoring_with_plan_features_equals_scoring_everyone() -> None:
     users = tx_cat.select(C.USER).unique().sort(C.USER)
     expected = two_stage.recommend(model, data, users.lazy(), settings)
     shards = 3
-    ctx = shard_task.build_context(model, data, settings, shards)
+    ctx = shard_context.build_context(model, data, settings, shards)
     assert ctx.plans is tables
     got = pl.concat(
         [
