@@ -29,9 +29,11 @@ from recsys_batch.evaluation.origins import cut_after
 from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth
 from recsys_batch.model import split
 from recsys_batch.model.features import targets, with_targets
+from recsys_batch.model.model_data import ModelData
 from recsys_batch.model.new_items_ranking import featured_new_items, scored_with
 from recsys_batch.model.ranking import fit_ranker, top_k
-from recsys_batch.model.two_stage import ModelData, fit_scoring_stage1, stage2_users, training_frame
+from recsys_batch.model.training_set import stage2_users, training_frame
+from recsys_batch.model.two_stage import fit_scoring_stage1
 
 VARIANTS: dict[str, dict[str, object]] = {
     "kept": {"objective": "lambdarank", "early_stopping_rounds": 20},

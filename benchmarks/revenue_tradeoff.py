@@ -29,20 +29,17 @@ import polars as pl
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import load_dataset
-from recsys_batch.evaluation.backtest import POPULAR_WEEKS
+from recsys_batch.evaluation.baseline_lists import POPULAR_WEEKS
 from recsys_batch.evaluation.baselines import own_purchases_baseline
 from recsys_batch.evaluation.origins import cut_after
 from recsys_batch.evaluation.protocol import evaluation_users, held_out, prepare
 from recsys_batch.evaluation.rows import metric_rows
 from recsys_batch.model import split
+from recsys_batch.model.featured import featured_candidates
+from recsys_batch.model.model_data import ModelData
 from recsys_batch.model.ranking import SPEND_COLUMNS, fit_ranker, ranking_scores, score, top_k
-from recsys_batch.model.two_stage import (
-    ModelData,
-    featured_candidates,
-    fit_scoring_stage1,
-    popular_fallback,
-    training_frame,
-)
+from recsys_batch.model.training_set import training_frame
+from recsys_batch.model.two_stage import fit_scoring_stage1, popular_fallback
 
 K = 5
 

@@ -34,7 +34,7 @@ from recsys_batch.config import Settings, load_settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.frames import distinct_count
 from recsys_batch.data.sources import load_dataset
-from recsys_batch.model import split, two_stage
+from recsys_batch.model import persist, split
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.run import shard_context, shard_task, sharding
 
@@ -52,7 +52,7 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
     work.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(settings.data)
     tx = dataset.transactions
-    model = two_stage.load_model(models)
+    model = persist.load_model(models)
     rows = tx.select(pl.len()).collect(engine="streaming").item()
     n_parts = max(1, -(-rows // settings.scale.in_memory_rows))
     catalogue = _cached(

@@ -37,14 +37,12 @@ from recsys_batch.evaluation.backtest import reseeded, run_backtest
 from recsys_batch.evaluation.metrics import evaluate
 from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth
 from recsys_batch.model import split
+from recsys_batch.model.featured import featured_candidates
 from recsys_batch.model.features import FeatureSet, targets, with_targets
+from recsys_batch.model.model_data import ModelData
 from recsys_batch.model.ranking import fit_ranker, score, top_k
-from recsys_batch.model.two_stage import (
-    ModelData,
-    featured_candidates,
-    fit_scoring_stage1,
-    training_frame,
-)
+from recsys_batch.model.training_set import training_frame
+from recsys_batch.model.two_stage import fit_scoring_stage1
 
 K = 5
 IN_SAMPLE_TREES = 300

@@ -46,72 +46,28 @@ import polars as pl
 from recsys_batch.config import EvaluationConfig, Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
-from recsys_batch.evaluation.baselines import (
-    als_baseline,
-    copurchase_new_baseline,
-    own_purchases_baseline,
-    popular_baseline,
-)
+from recsys_batch.evaluation.baseline_lists import baseline_lists
 from recsys_batch.evaluation.protocol import (
     HeldOut,
     evaluation_users,
     held_out,
     prepare,
+    protocol_text,
     test_truth,
 )
 from recsys_batch.evaluation.rows import metric_rows, new_hit_diffs, precision_diff
 from recsys_batch.evaluation.scenario_eval import NEW_ITEMS, scenario_comparison, served_inputs
-from recsys_batch.evaluation.tifu_knn import tifu_knn_baseline
 from recsys_batch.model import split
+from recsys_batch.model.model_data import ModelData, TrainedTwoStage
 from recsys_batch.model.new_items_ranking import new_item_recommendations
 from recsys_batch.model.plan_features import model_horizons, run_plan_tables
-from recsys_batch.model.two_stage import (
-    ModelData,
-    TrainedTwoStage,
-    popular_fallback,
-    rank_candidates,
-    stage1_knowing,
-    train_two_stage,
-)
+from recsys_batch.model.two_stage import rank_candidates, train_two_stage
 from recsys_batch.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
-POPULAR_WEEKS = 4
 # Defaults for callers without a configuration; a run passes ``settings.evaluation``.
 _DEFAULTS = EvaluationConfig()
-
-
-def protocol_text(settings: Settings, windows: split.Windows | None = None) -> str:
-    """The backtest protocol in words, with the concrete weeks when ``windows`` is given."""
-    t, s = settings.split.test_weeks, settings.split.stage2_weeks
-    k, seed_min_items = settings.evaluation.k, settings.evaluation.seed_min_items
-    lines = [
-        f"test: week >= W-{t}; stage-2 window: W-{t + s} <= week < W-{t}; "
-        f"stage-1 history: week < W-{t + s} (W = newest week)",
-    ]
-    if windows is not None:
-        lines.append(
-            f"weeks: history {windows.first_week}..{windows.history_end - 1}, "
-            f"stage-2 {windows.history_end}..{windows.target_end - 1}, "
-            f"test {windows.target_end}..{(windows.test_end or windows.target_end) - 1}"
-        )
-    lines += [
-        "catalogue (prefilter) from history + stage-2 window only, never from test",
-        "stage 1 fit on history; targets = catalogue items bought in the stage-2 window; "
-        "training features from data before that window",
-        "test: stage 1 refit on history + stage-2 window, features as of its end, "
-        "ranker scores the candidates",
-        '"all" = users with a test-window purchase who appear before it; '
-        f'"seed" = those with >= {seed_min_items} distinct catalogue items bought '
-        "in the test window",
-        f"precision@{k} = |top {k} and distinct items bought in the test window| / {k}, "
-        "averaged over users; recall/MAP/NDCG against distinct catalogue items bought",
-        f"revenue@{k} = the user's test-window spend on their top {k}, averaged over users; "
-        "a slot is new when the user never bought its item before the test window; "
-        "new_share, repeat_hit, new_hit pool the slots of all users",
-    ]
-    return "\n".join(lines)
 
 
 @dataclass
@@ -243,9 +199,10 @@ def seed_spread(
 def _candidate_recall(
     candidates: pl.LazyFrame, truth: pl.LazyFrame, users: pl.LazyFrame
 ) -> dict[str, Any]:
+    """Candidate recall of ``users`` against their rows of ``truth``."""
     from recsys_batch.evaluation.candidate_metrics import candidate_recall  # noqa: PLC0415
 
-    return candidate_recall(candidates, truth, users)
+    return candidate_recall(candidates, truth.join(users, on=C.USER, how="semi"), users)
 
 
 def run_seeded_backtest(
@@ -290,50 +247,6 @@ def _collected(frame: pl.LazyFrame | None) -> pl.LazyFrame | None:
     return frame.collect().lazy() if frame is not None else None
 
 
-def baseline_lists(
-    data: ModelData,
-    users: pl.LazyFrame,
-    model: TrainedTwoStage,
-    windows: split.Windows,
-    settings: Settings,
-    held: HeldOut,
-) -> dict[str, pl.DataFrame]:
-    """Top ``evaluation.curve_k`` lists of the baselines for ``users``.
-
-    ``data.transactions`` holds the purchases before the test window only. Popular is the
-    most distinct buyers over the ``POPULAR_WEEKS`` weeks before the test; ALS alone and the
-    co-purchase anchor are the scoring stage 1's ALS model and co-purchase scores (fit on
-    the same purchases as the two-stage model's; users outside its sample,
-    ``scale.stage1_users``, folded in as the two-stage model does); the anchor leaves out
-    ``held.bought``.
-    """
-    k = settings.evaluation.curve_k
-    train_tx, catalogue = data.transactions, data.catalogue
-    recent = train_tx.filter(pl.col(C.WEEK) >= windows.target_end - POPULAR_WEEKS)
-    popular = popular_fallback(recent, catalogue, k)
-    half_life = settings.candidates.own_half_life_days
-    placeholder = settings.prefilter.placeholder_item
-    chunk = settings.candidates.chunk_users
-    return {
-        "popular": popular_baseline(users, popular, k).collect(),
-        "own_purchases": own_purchases_baseline(
-            train_tx, catalogue, users, popular, half_life, k
-        ).collect(),
-        "als": als_baseline(
-            stage1_knowing(model.stage1_for_scoring, data, users, windows.target_end, settings),
-            users,
-            k,
-            chunk,
-        ).collect(),
-        "tifu_knn": tifu_knn_baseline(
-            train_tx, catalogue, users, settings.evaluation.tifu_knn, k, placeholder
-        ).collect(),
-        "copurchase_new": copurchase_new_baseline(
-            model.stage1_for_scoring, users, held.bought, k, chunk
-        ).collect(),
-    }
-
-
 def run_backtest(
     dataset: Dataset,
     settings: Settings,
@@ -369,43 +282,20 @@ def run_backtest(
         catalogue: pl.DataFrame = prep["catalogue"]
         tx: pl.DataFrame = prep["tx"]
         items, users = _collected(dataset.items), _collected(dataset.users)
-    cat = catalogue.lazy()
     log.info("backtest windows %s, catalogue %d items", windows, catalogue.height)
 
     held = held_out(tx.lazy(), windows, settings.prefilter.placeholder_item)
     truth = held.truth
-    sets = evaluation_users(tx.lazy(), truth.lazy(), windows, seed_min_items=cfg.seed_min_items)
-    user_sets = {name: frame.collect() for name, frame in sets.items()}
+    user_sets = _user_sets(tx, truth, windows, cfg.seed_min_items)
     all_users = user_sets["all"].lazy()
 
     with _timed(timings, "train_total"):
-        train_tx = split.before_test(tx.lazy(), windows)
-        plans, reason = run_plan_tables(
-            dataset.plans,
-            cat.select(C.ITEM),
-            model_horizons(windows.history_end, windows.target_end, settings.split),
-            forward_plans,
-        )
-        log.info("forward plan features %s: %s", "on" if plans else "off", reason)
-        data = ModelData(train_tx, cat, items, users, plans)
+        data = _model_data(dataset, prep, items, users, settings, forward_plans)
         model = train_two_stage(data, windows, settings)
         timings.update(model.timings)
-    # A scenario serves from the stored top publish.top_n; the rows read the top curve_k.
-    depth = cfg.curve_k if rules is None else max(cfg.curve_k, settings.publish.top_n)
-    with _timed(timings, "score"):
-        ranked, cands = rank_candidates(model, data, all_users, settings, depth)
-        two_stage = ranked.filter(pl.col(C.RANK) <= cfg.curve_k)
-    with _timed(timings, "baselines"):
-        others = {}
-        if baselines:
-            others = baseline_lists(data, all_users, model, windows, settings, held)
-        lists = {**others, "two_stage": two_stage}
-    if baselines and settings.publish.new_items > 0:
-        # The new-items list (#26): never-bought items only, scored like any other list.
-        with _timed(timings, "score_new_items"):
-            lists[NEW_ITEMS] = new_item_recommendations(
-                model, data, all_users, settings, k=cfg.curve_k
-            )
+    ranked, cands, lists = _scored_lists(
+        model, data, all_users, held, settings, timings, baselines=baselines, rules=rules
+    )
     with _timed(timings, "metrics"):
         rows, curves = metric_rows(lists, held, user_sets, catalogue.height, cfg)
         diff = precision_diff(lists, truth, user_sets["all"], cfg) if baselines else {}
@@ -416,9 +306,7 @@ def run_backtest(
             inputs = served_inputs(ranked, lists.get(NEW_ITEMS), data, held, settings)
             scenario = scenario_comparison(inputs, rules, held, user_sets["all"], cfg)
     with _timed(timings, "candidate_recall"):
-        cand_recall = _candidate_recall(
-            cands.lazy(), truth.lazy().join(all_users, on=C.USER, how="semi"), all_users
-        )
+        cand_recall = _candidate_recall(cands.lazy(), truth.lazy(), all_users)
     return BacktestResult(
         rows=rows,
         candidates=cand_recall,
@@ -436,6 +324,76 @@ def run_backtest(
         new_hit_diff=new_diff,
         scenario=scenario,
     )
+
+
+def _user_sets(
+    tx: pl.DataFrame, truth: pl.DataFrame, windows: split.Windows, seed_min_items: int
+) -> dict[str, pl.DataFrame]:
+    """The evaluated user sets (``protocol.evaluation_users``), read into memory."""
+    sets = evaluation_users(tx.lazy(), truth.lazy(), windows, seed_min_items=seed_min_items)
+    return {name: frame.collect() for name, frame in sets.items()}
+
+
+def _model_data(
+    dataset: Dataset,
+    prep: dict[str, Any],
+    items: pl.LazyFrame | None,
+    users: pl.LazyFrame | None,
+    settings: Settings,
+    forward_plans: bool | None,
+) -> ModelData:
+    """What the two-stage model reads: ``prep``'s purchases before the test window, its
+    catalogue, and the plan tables when the model reads the forward plan features
+    (``plan_features.run_plan_tables``: the same decision as the nightly's)."""
+    windows: split.Windows = prep["windows"]
+    catalogue = prep["catalogue"].lazy()
+    plans, reason = run_plan_tables(
+        dataset.plans,
+        catalogue.select(C.ITEM),
+        model_horizons(windows.history_end, windows.target_end, settings.split),
+        forward_plans,
+    )
+    log.info("forward plan features %s: %s", "on" if plans else "off", reason)
+    return ModelData(split.before_test(prep["tx"].lazy(), windows), catalogue, items, users, plans)
+
+
+def _scored_lists(
+    model: TrainedTwoStage,
+    data: ModelData,
+    all_users: pl.LazyFrame,
+    held: HeldOut,
+    settings: Settings,
+    timings: dict[str, float],
+    *,
+    baselines: bool,
+    rules: RuleSet | None,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, pl.DataFrame]]:
+    """The lists the rows measure for ``all_users``, each step timed into ``timings``.
+
+    Returns
+    -------
+    tuple
+        ``(ranked, candidates, lists)``: the two-stage top ``evaluation.curve_k``, or top
+        ``publish.top_n`` when larger and the scenario ``rules`` are served from it; the candidates
+        it was ranked from; model -> top ``evaluation.curve_k`` list (the two-stage model's;
+        with ``baselines``, the baselines' and the new-items list).
+    """
+    curve_k = settings.evaluation.curve_k
+    # A scenario serves from the stored top publish.top_n; the rows read the top curve_k.
+    depth = curve_k if rules is None else max(curve_k, settings.publish.top_n)
+    with _timed(timings, "score"):
+        ranked, cands = rank_candidates(model, data, all_users, settings, depth)
+        two_stage = ranked.filter(pl.col(C.RANK) <= curve_k)
+    with _timed(timings, "baselines"):
+        others = {}
+        if baselines:
+            others = baseline_lists(data, all_users, model, model.windows, settings, held)
+        lists = {**others, "two_stage": two_stage}
+    if baselines and settings.publish.new_items > 0:
+        # The new-items list (#26): never-bought items only, scored like any other list.
+        with _timed(timings, "score_new_items"):
+            lists[NEW_ITEMS] = new_item_recommendations(model, data, all_users, settings, k=curve_k)
+    return ranked, cands, lists
 
 
 def run_candidate_backtest(dataset: Dataset, settings: Settings) -> dict[str, Any]:

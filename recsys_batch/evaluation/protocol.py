@@ -1,4 +1,5 @@
-"""The data the backtest protocol defines: windows, catalogue, test truth and user sets.
+"""The data the backtest protocol defines: windows, catalogue, test truth and user sets,
+and the protocol in words (:func:`protocol_text`).
 
 Shared by ``recsys evaluate`` (:mod:`recsys_batch.evaluation.backtest`), the candidate
 recall and the benchmarks, so every one of them evaluates the same users on the same truth.
@@ -117,3 +118,35 @@ def held_out(tx: pl.LazyFrame, windows: split.Windows, placeholder: int) -> Held
         spend=spend_in_test_window(tx, windows).collect(),
         bought=bought_before(tx, windows).collect(),
     )
+
+
+def protocol_text(settings: Settings, windows: split.Windows | None = None) -> str:
+    """The backtest protocol in words, with the concrete weeks when ``windows`` is given."""
+    t, s = settings.split.test_weeks, settings.split.stage2_weeks
+    k, seed_min_items = settings.evaluation.k, settings.evaluation.seed_min_items
+    lines = [
+        f"test: week >= W-{t}; stage-2 window: W-{t + s} <= week < W-{t}; "
+        f"stage-1 history: week < W-{t + s} (W = newest week)",
+    ]
+    if windows is not None:
+        lines.append(
+            f"weeks: history {windows.first_week}..{windows.history_end - 1}, "
+            f"stage-2 {windows.history_end}..{windows.target_end - 1}, "
+            f"test {windows.target_end}..{(windows.test_end or windows.target_end) - 1}"
+        )
+    lines += [
+        "catalogue (prefilter) from history + stage-2 window only, never from test",
+        "stage 1 fit on history; targets = catalogue items bought in the stage-2 window; "
+        "training features from data before that window",
+        "test: stage 1 refit on history + stage-2 window, features as of its end, "
+        "ranker scores the candidates",
+        '"all" = users with a test-window purchase who appear before it; '
+        f'"seed" = those with >= {seed_min_items} distinct catalogue items bought '
+        "in the test window",
+        f"precision@{k} = |top {k} and distinct items bought in the test window| / {k}, "
+        "averaged over users; recall/MAP/NDCG against distinct catalogue items bought",
+        f"revenue@{k} = the user's test-window spend on their top {k}, averaged over users; "
+        "a slot is new when the user never bought its item before the test window; "
+        "new_share, repeat_hit, new_hit pool the slots of all users",
+    ]
+    return "\n".join(lines)

@@ -47,7 +47,8 @@ from recsys_batch.evaluation.metrics import (
     slot_outcomes,
 )
 from recsys_batch.evaluation.protocol import HeldOut
-from recsys_batch.model.two_stage import ModelData, popular_fallback
+from recsys_batch.model.model_data import ModelData
+from recsys_batch.model.two_stage import popular_fallback
 from recsys_batch.rules import NO_RULES, Lists, RuleSet, apply_rules
 
 NEW_ITEMS = "two_stage_new"

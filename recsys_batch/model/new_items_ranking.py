@@ -31,7 +31,7 @@ from recsys_batch.model.new_items import REASON, new_item_candidates
 from recsys_batch.model.ranking import Ranker, fit_ranker, score, top_k
 
 if TYPE_CHECKING:
-    from recsys_batch.model.two_stage import ModelData, TrainedTwoStage
+    from recsys_batch.model.model_data import ModelData, TrainedTwoStage
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def fit_new_items_ranker(
     """LightGBM on the first purchases of the stage-2 window (``data``: before the test).
 
     ``fixed_tables``: the feature families as of ``history_end``, when computed already
-    (the main ranker's, ``two_stage.history_tables``). ``item_lists``: the extra generators
+    (the main ranker's, ``training_set.history_tables``). ``item_lists``: the extra generators
     for the stage-2 window (the promotions of its weeks); scoring must then pass the same
     names for the weeks it serves.
     """

@@ -13,20 +13,18 @@ Training (``train_two_stage``), for windows ``history | stage-2 window | (test)`
 Scoring (``recommend``) folds the users the refit did not see into stage 1 from their own
 purchases (:mod:`recsys_batch.model.fold_in`), generates candidates, computes the same
 features as of ``target_end`` and keeps the ranker's top k per user.
+
+Its parts: the data types in :mod:`~recsys_batch.model.model_data`, the featured candidates in
+:mod:`~recsys_batch.model.featured`, the training set in :mod:`~recsys_batch.model.training_set`,
+saving and loading in :mod:`~recsys_batch.model.persist`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import pickle
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from recsys_batch.config import Settings
@@ -35,200 +33,16 @@ from recsys_batch.data.frames import distinct_count
 from recsys_batch.data.user_hash import sample_users
 from recsys_batch.errors import ConfigError, EmptyStageError
 from recsys_batch.model import candidates as stage1
-from recsys_batch.model import split, stage1_slice
-from recsys_batch.model.features import (
-    FeatureSet,
-    build_features,
-    family_tables,
-    targets,
-    with_targets,
-)
+from recsys_batch.model import split
+from recsys_batch.model.featured import featured_candidates
+from recsys_batch.model.model_data import ModelData, TrainedTwoStage
 from recsys_batch.model.new_items_ranking import fit_new_items_ranker
-from recsys_batch.model.plan_features import PlanTables
-from recsys_batch.model.ranking import (
-    Ranker,
-    fit_ranker,
-    load_ranker,
-    ranking_scores,
-    save_ranker,
-    target_spend,
-    top_k,
-)
+from recsys_batch.model.persist import save_model
+from recsys_batch.model.ranking import fit_ranker, ranking_scores, top_k
 from recsys_batch.model.split import Windows
+from recsys_batch.model.training_set import history_tables, stage2_users, training_frame
 
 log = logging.getLogger(__name__)
-
-STAGE1_FILE = "stage1.pkl"
-NEW_ITEMS_DIR = "new_items"
-"""Sub-folder of a saved model holding the new-items ranker (absent: none)."""
-MODEL_META_FILE = "two_stage.json"
-
-
-@dataclass
-class TrainedTwoStage:
-    """Stage 1 refit for scoring, the trained ranker, and the windows it was trained on."""
-
-    stage1_for_scoring: stage1.Stage1Model
-    ranker: Ranker
-    feature_names: tuple[str, ...]
-    windows: Windows
-    timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per step of the training."""
-    train_rows: int = 0
-    """Candidate rows the ranker was fit on (users with a positive, after negative sampling)."""
-    ranker_windows: Windows | None = None
-    """The windows the ranker was trained on when they are not ``windows`` (a ranker reused
-    from the quality gate's backtest, :func:`with_gated_ranker`)."""
-    forward_plan_features: bool = False
-    """Whether the ranker reads the forward-looking plan features (#26): it must then be
-    scored with the plan tables of the weeks it scores."""
-    new_items_ranker: Ranker | None = None
-    """Ranker of the new-items list (first purchases, #26; same windows as ``ranker``);
-    None: the list, if any, is ranked by ``ranker``."""
-
-    def importances(self) -> pl.DataFrame:
-        """Feature importances (gain) of the ranker, most important first."""
-        return self.ranker.importances()
-
-
-TwoStageModel = TrainedTwoStage
-
-
-@dataclass(frozen=True)
-class ModelData:
-    """What the two-stage model reads, passed around as one object."""
-
-    transactions: pl.LazyFrame
-    """Catalogue-applied purchases (schema ``TRANSACTIONS``); other items are the placeholder."""
-    catalogue: pl.LazyFrame
-    """The prefilter's catalogue (schema ``CATALOGUE``)."""
-    items: pl.LazyFrame | None = None
-    """Product attributes, when the source has them."""
-    users: pl.LazyFrame | None = None
-    """Household demographics, when the source has them."""
-    plans: PlanTables | None = None
-    """The plan tables of the weeks scored when the run uses the forward-looking plan
-    features (``plan_features.forward_decision``); None: it does not."""
-
-    def with_transactions(self, transactions: pl.LazyFrame) -> ModelData:
-        """The same tables with other purchases (a time cut, a user shard)."""
-        return dataclasses.replace(self, transactions=transactions)
-
-
-def featured_candidates(
-    model: stage1.Stage1Model,
-    data: ModelData,
-    user_ids: pl.LazyFrame,
-    as_of_week: int,
-    settings: Settings,
-    *,
-    fixed_tables: Mapping[str, pl.DataFrame] | None = None,
-) -> FeatureSet:
-    """Stage-1 candidates of ``user_ids`` with every feature as of ``as_of_week``.
-
-    ``fixed_tables``: feature families computed once elsewhere (``features.family_tables``),
-    such as the item features over every user for a shard, whose users see only their own
-    purchases; the others are computed from ``data.transactions``.
-    """
-    users = user_ids.select(pl.col(C.USER).cast(pl.Int64)).unique().collect()
-    # Users stage 1 was not fit on (a sample, ``scale.stage1_users``) are folded in from
-    # their own purchases here: on the worker that scores their shard (issue #28).
-    model = stage1_knowing(model, data, users.lazy(), as_of_week, settings)
-    cands = stage1.generate_candidates(model, users.lazy(), settings.candidates)
-    return build_features(
-        cands,
-        data.transactions,
-        data.items,
-        data.users,
-        as_of_week,
-        settings.features,
-        user_factors=stage1.user_factors(model),
-        item_factors=stage1.item_factors(model),
-        placeholder_item=settings.prefilter.placeholder_item,
-        fixed=fixed_tables,
-        plan_tables=data.plans,
-    )
-
-
-def stage1_knowing(
-    model: stage1.Stage1Model,
-    data: ModelData,
-    user_ids: pl.LazyFrame,
-    as_of_week: int,
-    settings: Settings,
-) -> stage1.Stage1Model:
-    """``model`` with the users of ``user_ids`` it was not fit on folded in from their
-    purchases in ``data`` before ``as_of_week`` (``stage1_slice.with_folded_in``)."""
-    users = user_ids.select(pl.col(C.USER).cast(pl.Int64)).unique().collect()[C.USER]
-    return stage1_slice.with_folded_in(
-        model,
-        users.to_numpy(),
-        data.transactions,
-        as_of_week,
-        catalogue_ids(data.catalogue, settings.prefilter.placeholder_item),
-        settings.candidates,
-    )
-
-
-def catalogue_ids(catalogue: pl.LazyFrame, placeholder_item: int) -> np.ndarray:
-    """Item ids of the catalogue, placeholder left out."""
-    return (
-        catalogue.select(pl.col(C.ITEM).cast(pl.Int64))
-        .filter(pl.col(C.ITEM) != placeholder_item)
-        .unique()
-        .collect()[C.ITEM]
-        .to_numpy()
-    )
-
-
-def history_users(tx: pl.LazyFrame, before_week: int) -> pl.LazyFrame:
-    """Distinct users with a purchase before ``before_week``."""
-    return tx.filter(pl.col(C.WEEK) < before_week).select(C.USER).unique()
-
-
-def training_frame(
-    data: ModelData,
-    windows: Windows,
-    settings: Settings,
-    *,
-    fixed_tables: Mapping[str, pl.DataFrame] | None = None,
-) -> tuple[pl.LazyFrame, FeatureSet, stage1.Stage1Model]:
-    """The ranker's training set: history candidates, features as of ``history_end``, target.
-
-    Stage 1 is fit on the history only; candidates are generated for the users who bought
-    something in the stage-2 window and appear in the history (only they can have a
-    positive); ``target`` = 1 for the catalogue items they bought in the stage-2 window.
-
-    Returns
-    -------
-    tuple
-        ``(frame, features, history_model)``: the frame (candidates, features, ``target``;
-        lazy, so that ``fit_ranker`` materialises it once, already filtered), the feature
-        names and the stage-1 model fit on the history.
-
-    ``fixed_tables``: the feature families as of ``history_end`` when computed already
-    (:func:`history_tables`, shared with the new-items ranker).
-    """
-    placeholder = settings.prefilter.placeholder_item
-    tx = split.before_test(data.transactions, windows)
-    history_model = stage1.fit_stage1(
-        split.history(tx, windows), data.catalogue, settings.candidates, placeholder
-    )
-    target_users = stage2_users(tx, windows)
-    feats = featured_candidates(
-        history_model,
-        data.with_transactions(tx),
-        target_users,
-        windows.history_end,
-        settings,
-        fixed_tables=fixed_tables,
-    )
-    window = split.stage2_window(tx, windows)
-    truth = targets(window, placeholder, settings.ranker.max_label)
-    train = with_targets(feats.frame, truth)
-    if settings.ranker.revenue_weight != 0.0:  # the label's spend, for the training weight
-        train = train.join(target_spend(window), on=[C.USER, C.ITEM], how="left")
-    return train, feats, history_model
 
 
 def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> TrainedTwoStage:
@@ -279,34 +93,9 @@ def train_two_stage(data: ModelData, windows: Windows, settings: Settings) -> Tr
     )
 
 
-def history_tables(
-    data: ModelData, windows: Windows, settings: Settings
-) -> dict[str, pl.DataFrame]:
-    """Every feature family as of ``history_end`` over ``data``'s purchases before the test."""
-    return family_tables(
-        split.before_test(data.transactions, windows),
-        data.items,
-        data.users,
-        windows.history_end,
-        settings.features,
-        settings.prefilter.placeholder_item,
-    )
-
-
 def wants_new_items_ranker(settings: Settings) -> bool:
     """Whether training fits a new-items ranker: a list is published and ranked by its own."""
     return settings.publish.new_items > 0 and settings.new_items.own_ranker
-
-
-def stage2_users(tx: pl.LazyFrame, windows: Windows) -> pl.LazyFrame:
-    """Users with a purchase in the stage-2 window and in the history (the only ones that
-    can have a positive)."""
-    return (
-        split.stage2_window(tx, windows)
-        .select(C.USER)
-        .unique()
-        .join(history_users(tx, windows.history_end), on=C.USER, how="semi")
-    )
 
 
 def fit_scoring_stage1(
@@ -476,50 +265,4 @@ def popular_fallback(tx: pl.LazyFrame, catalogue: pl.LazyFrame, k: int) -> list[
     )
 
 
-def save_model(model: TrainedTwoStage, folder: Path) -> None:
-    """Write the ranker (LightGBM text), stage 1 and the windows under ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_ranker(model.ranker, folder)
-    if model.new_items_ranker is not None:
-        save_ranker(model.new_items_ranker, folder / NEW_ITEMS_DIR)
-    saver = getattr(stage1, "save_stage1", None)
-    if saver is not None:
-        saver(model.stage1_for_scoring, folder / "stage1")
-    else:
-        (folder / STAGE1_FILE).write_bytes(pickle.dumps(model.stage1_for_scoring))
-    meta = {
-        "feature_names": list(model.feature_names),
-        "windows": dataclasses.asdict(model.windows),
-        "timings": model.timings,
-        "train_rows": model.train_rows,
-        "forward_plan_features": model.forward_plan_features,
-        "ranker_windows": (
-            None if model.ranker_windows is None else dataclasses.asdict(model.ranker_windows)
-        ),
-    }
-    (folder / MODEL_META_FILE).write_text(json.dumps(meta, indent=2))
-
-
-def load_model(folder: Path) -> TrainedTwoStage:
-    """Read a model written by :func:`save_model`."""
-    folder = Path(folder)
-    meta = json.loads((folder / MODEL_META_FILE).read_text())
-    loader = getattr(stage1, "load_stage1", None)
-    if loader is not None and (folder / "stage1").exists():
-        model1 = loader(folder / "stage1")
-    else:
-        model1 = pickle.loads((folder / STAGE1_FILE).read_bytes())  # noqa: S301 - our own file
-    return TrainedTwoStage(
-        stage1_for_scoring=model1,
-        ranker=load_ranker(folder),
-        feature_names=tuple(meta["feature_names"]),
-        windows=Windows(**meta["windows"]),
-        timings=meta.get("timings", {}),
-        train_rows=int(meta.get("train_rows", 0)),
-        ranker_windows=Windows(**meta["ranker_windows"]) if meta.get("ranker_windows") else None,
-        forward_plan_features=bool(meta.get("forward_plan_features", False)),
-        new_items_ranker=(
-            load_ranker(folder / NEW_ITEMS_DIR) if (folder / NEW_ITEMS_DIR).is_dir() else None
-        ),
-    )
+__all__ = ["ModelData", "TrainedTwoStage", "featured_candidates", "save_model"]  # re-exported: run/

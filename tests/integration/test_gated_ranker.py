@@ -16,7 +16,7 @@ import redis
 from recsys_batch.config import Settings, load_settings
 from recsys_batch.data.sources import load_dataset
 from recsys_batch.model import split
-from recsys_batch.model.two_stage import load_model
+from recsys_batch.model.persist import load_model
 from recsys_batch.publish import status, store
 from recsys_batch.run import pipeline, quality_gate
 

@@ -12,6 +12,7 @@ from polars.testing import assert_frame_equal
 from recsys_batch.data import columns as C
 from recsys_batch.data import synthetic
 from recsys_batch.model import split
+from recsys_batch.model.model_data import ModelData, TrainedTwoStage
 from recsys_batch.model.new_items import GENERATOR_REASONS, REASON
 from recsys_batch.model.new_items_ranking import (
     FIRST_BUYERS,
@@ -21,16 +22,10 @@ from recsys_batch.model.new_items_ranking import (
     new_item_recommendations,
     scored_with,
 )
+from recsys_batch.model.persist import load_model, save_model
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.model.stage1_slice import for_users
-from recsys_batch.model.two_stage import (
-    ModelData,
-    TrainedTwoStage,
-    load_model,
-    save_model,
-    train_two_stage,
-    with_gated_ranker,
-)
+from recsys_batch.model.two_stage import train_two_stage, with_gated_ranker
 from recsys_batch.run import shard_context
 from tests.small import SMALL_SETTINGS as SETTINGS
 

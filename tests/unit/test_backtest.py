@@ -11,13 +11,13 @@ from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset
 from recsys_batch.evaluation.backtest import (
     BacktestResult,
-    own_purchases_baseline,
     reseeded,
     run_backtest,
     run_candidate_backtest,
     run_seeded_backtest,
     seed_spread,
 )
+from recsys_batch.evaluation.baselines import own_purchases_baseline
 from recsys_batch.evaluation.bootstrap import interval
 from recsys_batch.evaluation.origins import OriginsResult, cut_after, holdout_weeks, run_origins
 from recsys_batch.evaluation.protocol import evaluation_users, prepare

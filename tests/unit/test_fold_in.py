@@ -16,7 +16,7 @@ from recsys_batch.data import columns as C
 from recsys_batch.data.sources import load_dataset
 from recsys_batch.data.user_hash import sample_users
 from recsys_batch.errors import ConfigError
-from recsys_batch.model import split, two_stage
+from recsys_batch.model import featured, split, two_stage
 from recsys_batch.model.candidates import Stage1Model, fit_stage1, generate_candidates
 from recsys_batch.model.fold_in import als_user_factors
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
@@ -123,7 +123,7 @@ def synthetic() -> Synthetic:
 
 def _folded(s: Synthetic, model: Stage1Model | None = None) -> Stage1Model:
     """``model`` (the sampled one) knowing every user, as scoring folds them in."""
-    catalogue = two_stage.catalogue_ids(s.data.catalogue, s.settings.prefilter.placeholder_item)
+    catalogue = featured.catalogue_ids(s.data.catalogue, s.settings.prefilter.placeholder_item)
     tx = split.before_test(s.data.transactions, s.windows)
     base = model if model is not None else s.sampled
     return with_folded_in(base, s.users, tx, s.windows.target_end, catalogue, s.settings.candidates)
@@ -228,7 +228,7 @@ class TestSample:
         later = tx.filter(pl.col(C.WEEK) == s.windows.target_end - 1).with_columns(
             pl.col(C.WEEK) + 1, pl.col(C.DAY) + 7
         )
-        catalogue = two_stage.catalogue_ids(s.data.catalogue, s.settings.prefilter.placeholder_item)
+        catalogue = featured.catalogue_ids(s.data.catalogue, s.settings.prefilter.placeholder_item)
         cfg, cut = s.settings.candidates, s.windows.target_end
         plain = with_folded_in(s.sampled, s.users, tx, cut, catalogue, cfg)
         leaky = with_folded_in(s.sampled, s.users, pl.concat([tx, later]), cut, catalogue, cfg)

@@ -11,16 +11,11 @@ from polars.testing import assert_frame_equal
 from recsys_batch.data import columns as C
 from recsys_batch.data import synthetic
 from recsys_batch.model import split
+from recsys_batch.model.model_data import ModelData
+from recsys_batch.model.persist import load_model, save_model
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
-from recsys_batch.model.two_stage import (
-    ModelData,
-    load_model,
-    popular_fallback,
-    recommend,
-    save_model,
-    train_two_stage,
-    training_frame,
-)
+from recsys_batch.model.training_set import training_frame
+from recsys_batch.model.two_stage import popular_fallback, recommend, train_two_stage
 from tests.small import SMALL_SETTINGS as SETTINGS
 
 
