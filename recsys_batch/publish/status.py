@@ -121,6 +121,26 @@ def version_buckets(client: Client, version: str, cfg: RedisConfig) -> int:
     return int(text(raw) or 0)
 
 
+def _user_fields(
+    client: Client, version: str, user_ids: list[int], families: tuple[str, str], cfg: RedisConfig
+) -> list[tuple[int, Any, Any]]:
+    """``(user, first, second)``: each user's fields of two bucket families, one pipeline."""
+    buckets = version_buckets(client, version, cfg)
+    if not buckets or not user_ids:
+        return []
+
+    def read() -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for user in user_ids:
+            bucket = keys.bucket_of(user, buckets)
+            for family in families:
+                pipe.hget(keys.user_bucket_key(version, bucket, cfg.key_prefix, family), str(user))
+        return list(pipe.execute())
+
+    values = with_retries(read, cfg, "read")
+    return list(zip(user_ids, values[::2], values[1::2], strict=True))
+
+
 def user_items(
     client: Client, version: str, user_ids: list[int], cfg: RedisConfig
 ) -> dict[int, list[int]]:
@@ -128,24 +148,8 @@ def user_items(
 
     For debugging, tests and ``recsys status``: reads the head and tail bucket hashes.
     """
-    buckets = version_buckets(client, version, cfg)
-    if not buckets or not user_ids:
-        return {}
-
-    def read() -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        for user in user_ids:
-            bucket = keys.bucket_of(user, buckets)
-            for family in ("u", "t"):
-                pipe.hget(keys.user_bucket_key(version, bucket, cfg.key_prefix, family), str(user))
-        return list(pipe.execute())
-
-    values = with_retries(read, cfg, "read")
-    return {
-        user: keys.unpack_items(head, tail)
-        for user, head, tail in zip(user_ids, values[::2], values[1::2], strict=True)
-        if head is not None
-    }
+    fields = _user_fields(client, version, user_ids, ("u", "t"), cfg)
+    return {user: keys.unpack_items(head, tail) for user, head, tail in fields if head is not None}
 
 
 def user_new_items(
@@ -153,25 +157,13 @@ def user_new_items(
 ) -> dict[int, list[tuple[int, str]]]:
     """Each user's stored new items (never bought, #26) with their reason codes, best first;
     users without a new-items list are left out."""
-    buckets = version_buckets(client, version, cfg)
-    if not buckets or not user_ids:
-        return {}
-
-    def read() -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        for user in user_ids:
-            bucket = keys.bucket_of(user, buckets)
-            for family in ("n", "w"):
-                pipe.hget(keys.user_bucket_key(version, bucket, cfg.key_prefix, family), str(user))
-        return list(pipe.execute())
-
-    values = with_retries(read, cfg, "read")
+    fields = _user_fields(client, version, user_ids, ("n", "w"), cfg)
     return {
         user: [
             (item, str(why["code"]))
             for item, why in zip(keys.unpack_items(new), keys.decode_reasons(reasons), strict=True)
         ]
-        for user, new, reasons in zip(user_ids, values[::2], values[1::2], strict=True)
+        for user, new, reasons in fields
         if new is not None
     }
 
