@@ -105,7 +105,9 @@ def compare(runs: dict[str, Path], truth: pl.DataFrame, draws: int) -> dict[str,
     )
     served = top_lists(runs["full"]).filter(pl.col(C.RANK) <= K).select(pl.len()).collect().item()
     return {
-        "precision_at_5": {name: float(f[P_AT_K].mean()) for name, f in per_user.items()},
+        "precision_at_5": {
+            name: f.select(pl.col(P_AT_K).mean()).item() for name, f in per_user.items()
+        },
         "sample_minus_full": diff,
         "same_top5_pairs_share": same / served,
     }
