@@ -73,7 +73,7 @@ def prepare(path: Path, work: Path) -> dict[str, object]:
         .row(0)
     )
     n_parts = -(-rows // settings.scale.in_memory_rows)
-    stats = item_stats_in_parts(tx, n_parts, users)
+    stats = item_stats_in_parts(tx, n_parts, users, folder=work / "item_parts")
     catalogue = prefilter(tx, None, settings.prefilter, stats).catalogue.collect(engine="streaming")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

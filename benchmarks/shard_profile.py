@@ -58,7 +58,10 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
     catalogue = _cached(
         work / "catalogue.parquet",
         lambda: prefilter(
-            tx, dataset.items, settings.prefilter, item_stats_in_parts(tx, n_parts)
+            tx,
+            dataset.items,
+            settings.prefilter,
+            item_stats_in_parts(tx, n_parts, folder=work / "item_parts"),
         ).catalogue.collect(engine="streaming"),
     )
     users = distinct_count(tx, C.USER, "n").collect(engine="streaming").item()

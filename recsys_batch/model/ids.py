@@ -82,13 +82,17 @@ class Factors:
         return len(self.ids)
 
 
-def item_part(n_parts: int, part: int) -> pl.Expr:
-    """Whether a line's item is in part ``part`` of ``n_parts`` parts of whole items.
+ITEM_PART = "item_part"
+"""Column (and folder key) holding a line's part of whole items."""
 
-    For group-bys by item collected part by part: every item's lines fall in one part. The
+
+def item_part(n_parts: int) -> pl.Expr:
+    """The part (``UInt32`` in ``0 .. n_parts - 1``) of each line's item, named ``item_part``.
+
+    For group-bys by item computed part by part: every item's lines fall in one part. The
     hash is Polars' own, stable within a process (parts never outlive one).
     """
-    return pl.col(C.ITEM).hash() % n_parts == part
+    return (pl.col(C.ITEM).hash() % n_parts).cast(pl.UInt32).alias(ITEM_PART)
 
 
 def id_map(ids: pl.Series | np.ndarray, id_col: str, idx_col: str) -> IdMap:

@@ -13,7 +13,8 @@ import polars as pl
 from recsys_batch.config import PrefilterConfig
 from recsys_batch.data import columns as C
 from recsys_batch.data.frames import distinct_count
-from recsys_batch.model.ids import item_part
+from recsys_batch.data.partitions import Location, remove, scan_part, write_parts
+from recsys_batch.model.ids import ITEM_PART, item_part
 
 RULES = ("all", "recent", "popularity", "department", "price", "top_n")
 _ROWS = "rows"
@@ -61,26 +62,58 @@ def item_stats(transactions: pl.LazyFrame, n_users: int | None = None) -> pl.Laz
     )
 
 
+ITEM_STATS_COLUMNS = (C.USER, C.ITEM, C.QTY, C.SALES, C.DAY)
+"""The transaction columns :func:`item_stats` reads (the only ones the item parts hold)."""
+
+
 def item_stats_in_parts(
-    transactions: pl.LazyFrame, n_parts: int, n_users: int | None = None
+    transactions: pl.LazyFrame,
+    n_parts: int,
+    n_users: int | None = None,
+    *,
+    folder: Location,
 ) -> pl.LazyFrame:
     """:func:`item_stats`, collected in ``n_parts`` parts of whole items (by item hash).
 
     Every item's lines are in one part, so the rows are those of one pass over every line,
     while the group-by holds one part at a time: its per-item user sets and prices (for the
-    median) took 7.8 GB at 100x in one streaming pass (issue #17). ``n_users``: the users of
-    ``transactions`` when known (the load stage counts them), else one more streaming pass.
+    median) took 7.8 GB at 100x in one streaming pass (issue #17). One streaming pass writes
+    the lines' :data:`ITEM_STATS_COLUMNS` to one parquet folder per part under ``folder``,
+    then each part's file is read once: filtering every raw line once per part instead
+    read them ``n_parts`` times, a count that grows with the lines (issue #28).
+
+    Parameters
+    ----------
+    n_parts
+        1 or less: :func:`item_stats` in one query (nothing written).
+    n_users
+        The users of ``transactions`` when known (the load stage counts them), else one
+        more streaming pass.
+    folder
+        A folder of this call's own, on local disk (only this process reads it): emptied,
+        then removed with everything under it when done, whatever the outcome.
     """
     if n_parts <= 1:
         return item_stats(transactions)
     if n_users is None:
         n_users = distinct_count(transactions, C.USER, "users").collect(engine="streaming").item()
-    return pl.concat(
-        [
-            item_stats(transactions.filter(item_part(n_parts, p)), n_users).collect()
-            for p in range(n_parts)
-        ]
-    ).lazy()
+    try:
+        remove(folder)  # files a killed earlier call left would be read as this call's
+        lines = transactions.select(ITEM_STATS_COLUMNS)
+        write_parts(lines, item_part(n_parts), n_parts, folder)
+        parts = [scan_part(folder, ITEM_PART, p) for p in range(n_parts)]
+        return item_stats_of_parts(parts, n_users)
+    finally:
+        remove(folder)
+
+
+def item_stats_of_parts(parts: list[pl.LazyFrame], n_users: int) -> pl.LazyFrame:
+    """:func:`item_stats` of each part in turn, concatenated; ``parts`` hold whole items.
+
+    Each part is collected before the next is read (only one part's group-by is in memory),
+    so the result no longer depends on the parts' sources.
+    """
+    return pl.concat([item_stats(part, n_users).collect() for part in parts]).lazy()
 
 
 def small_departments(items: pl.LazyFrame, cfg: PrefilterConfig) -> pl.LazyFrame:

@@ -41,6 +41,8 @@ RECOMMENDATIONS_FILE = "recommendations.parquet"
 """Folder of the run's recommendations, one parquet file per shard."""
 GATE_SAMPLE_FILE = "gate_sample.parquet"
 """Out-of-core runs: the gate's sample of users' transactions, removed after the gate."""
+ITEM_PARTS_DIR = "item_parts"
+"""Out-of-core runs: the prefilter's raw lines by item part, removed once its stats are read."""
 SHARDS_DIR = "shards"
 """Out-of-core runs: the catalogue-applied transactions, one parquet folder per shard;
 removed when the run ends."""
@@ -231,7 +233,10 @@ def run_prefilter(state: RunState) -> int:
     """
     settings, loaded = state.settings, state.data
     tx = loaded.dataset.transactions
-    stats = None if loaded.in_memory else item_stats_in_parts(tx, item_parts(state), loaded.users)
+    stats = None
+    if not loaded.in_memory:  # one pass writes the item parts; removed once read
+        item_dir = state.record.run_dir / ITEM_PARTS_DIR
+        stats = item_stats_in_parts(tx, item_parts(state), loaded.users, folder=item_dir)
     catalogue = prefilter(tx, loaded.dataset.items, settings.prefilter, stats).catalogue
     state.catalogue = catalogue.collect(engine="streaming")
     nonempty(state.catalogue.height, "prefilter", "catalogue items")
@@ -335,7 +340,7 @@ def score_and_publish(state: RunState) -> int:
 def item_parts(state: RunState) -> int:
     """Parts of whole items for the prefilter's item statistics over every raw line: 1 in
     memory, else one per ``scale.in_memory_rows`` lines (their hash tables hold one part at
-    a time)."""
+    a time; the lines are read once, whatever the count)."""
     loaded = state.data
     return 1 if loaded.in_memory else -(-loaded.rows // state.settings.scale.in_memory_rows)
 

@@ -81,8 +81,9 @@ def test_out_of_core_publishes_what_the_in_memory_path_publishes(
     assert out_of_core.users == in_memory.users == expected.height == USERS
     assert_frame_equal(got, expected)
     assert_frame_equal(_recommendations(out_of_core), _recommendations(in_memory))
-    # The shard folders are scratch space: gone once the run ends.
+    # The shard folders and the prefilter's item parts are scratch space: gone once the run ends.
     assert not stages.shards_dir_of(out_of_core.run_dir).exists()
+    assert not (out_of_core.run_dir / stages.ITEM_PARTS_DIR).exists()
 
 
 def test_sampled_training_and_gate_still_serve_every_user(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -9,9 +11,13 @@ from polars.testing import assert_frame_equal
 from recsys_batch.config import DataConfig, PrefilterConfig
 from recsys_batch.data import columns as C
 from recsys_batch.data import synthetic
+from recsys_batch.data.partitions import scan_part, write_parts
 from recsys_batch.data.sources import load_dataset
+from recsys_batch.model import prefilter as prefilter_module
+from recsys_batch.model.ids import ITEM_PART, item_part
 from recsys_batch.model.prefilter import (
     FUNNEL,
+    ITEM_STATS_COLUMNS,
     RULES,
     apply_catalogue,
     item_stats,
@@ -104,24 +110,74 @@ def test_lazy_equals_eager(seed: int, config: PrefilterConfig) -> None:
     assert catalogue.height > 0
 
 
-@pytest.mark.parametrize("n_parts", [1, 2, 7])
-def test_item_stats_in_parts_equal_one_pass(n_parts: int) -> None:
-    data = synthetic.generate(300, 4)
-    tx = data.transactions.lazy()
-    by_item = [C.ITEM]
-    one_pass = item_stats(tx).collect().sort(by_item)
-    assert_frame_equal(item_stats_in_parts(tx, n_parts).collect().sort(by_item), one_pass)
-    # The load stage's user count, passed in (no second pass), gives the same user shares.
-    n_users = tx.select(pl.col(C.USER).n_unique()).collect().item()
-    given = item_stats_in_parts(tx, n_parts, n_users).collect().sort(by_item)
-    assert_frame_equal(given, one_pass)
-    config = CONFIGS["default"]
-    expected = prefilter(tx, data.items.lazy(), config).catalogue.collect()
-    stats = item_stats_in_parts(tx, n_parts)
-    assert_frame_equal(
-        prefilter(tx, data.items.lazy(), config, stats).catalogue.collect(), expected
-    )
-    assert expected.height > 0
+class TestItemStatsInParts:
+    """Out of core the item statistics are computed from item part files (issues #17, #28)."""
+
+    @pytest.mark.parametrize("n_parts", [1, 2, 7])
+    def test_equal_one_pass(self, n_parts: int, tmp_path: Path) -> None:
+        """Mutations caught: parts keyed by anything but the item (an item's lines split
+        across parts: two rows for it, each with part of its buyers and prices), a part
+        skipped when reading back (``range(n_parts - 1)``: its items missing), a part read
+        twice, a stale file in the folder read as a part's, and the user share over one
+        part's users instead of everyone's."""
+        data = synthetic.generate(300, 4)
+        # A customer with one line: some part lacks them, so its own user count is short.
+        new_user = pl.lit(10**12, dtype=pl.Int64).alias(C.USER)  # no synthetic user's id
+        lone = data.transactions.head(1).with_columns(new_user)
+        tx = pl.concat([data.transactions, lone]).lazy()
+        by_item = [C.ITEM]
+        one_pass = item_stats(tx).collect().sort(by_item)
+        folder = tmp_path / "item_parts"
+        if n_parts > 1:  # a killed call's file (1 part writes nothing)
+            stale = folder / f"{ITEM_PART}=00000" / "part-00099.parquet"
+            stale.parent.mkdir(parents=True)
+            tx.head(50).select(ITEM_STATS_COLUMNS).collect().write_parquet(stale)
+        in_parts = item_stats_in_parts(tx, n_parts, folder=folder).collect().sort(by_item)
+        assert_frame_equal(in_parts, one_pass)
+        assert not folder.exists()  # removed once read
+        # The load stage's user count, passed in (no second pass), gives the same user shares.
+        n_users = tx.select(pl.col(C.USER).n_unique()).collect().item()
+        given = item_stats_in_parts(tx, n_parts, n_users, folder=folder).collect().sort(by_item)
+        assert_frame_equal(given, one_pass)
+        config = CONFIGS["default"]
+        expected = prefilter(tx, data.items.lazy(), config).catalogue.collect()
+        stats = item_stats_in_parts(tx, n_parts, folder=folder)
+        assert_frame_equal(
+            prefilter(tx, data.items.lazy(), config, stats).catalogue.collect(), expected
+        )
+        assert expected.height > 0
+
+    def test_parts_hold_whole_items_and_every_line(self, tmp_path: Path) -> None:
+        """Every line is in exactly one part, every item in exactly one part, no part empty
+        here (so a skipped part would lose items). Mutations caught: ``item_part`` hashing
+        the user or the row instead of the item (items split across parts), lines dropped
+        or duplicated by the sink, columns other than ``ITEM_STATS_COLUMNS`` written."""
+        tx = synthetic.generate(300, 4).transactions
+        lines = tx.select(ITEM_STATS_COLUMNS)
+        write_parts(lines.lazy(), item_part(7), 7, tmp_path)
+        parts = [scan_part(tmp_path, ITEM_PART, p).collect() for p in range(7)]
+        assert all(part.columns == list(ITEM_STATS_COLUMNS) for part in parts)
+        assert_frame_equal(pl.concat(parts), lines, check_row_order=False)
+        items = [set(part.get_column(C.ITEM)) for part in parts]
+        assert all(items)
+        assert sum(len(part_items) for part_items in items) == tx.get_column(C.ITEM).n_unique()
+
+    def test_folder_removed_when_reading_fails(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The part files go whatever the outcome. Mutation caught: removal outside a
+        ``finally`` (a failed night would leave the raw lines' copy on disk)."""
+        tx = synthetic.generate(100, 4).transactions.lazy()
+        folder = tmp_path / "item_parts"
+
+        def failing(parts: list[pl.LazyFrame], n_users: int) -> pl.LazyFrame:
+            assert folder.exists()  # written before reading
+            raise RuntimeError("read failed")
+
+        monkeypatch.setattr(prefilter_module, "item_stats_of_parts", failing)
+        with pytest.raises(RuntimeError, match="read failed"):
+            item_stats_in_parts(tx, 3, folder=folder)
+        assert not folder.exists()
 
 
 def test_lazy_equals_eager_without_item_table() -> None:
