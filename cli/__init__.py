@@ -1,7 +1,7 @@
 """The ``recsys`` command line.
 
-First, before any module loads polars or lightgbm, the entry point sets the allocator and
-OpenMP environment they read once, at load time. Only the batch process does this: the
+First, before any module loads polars, numpy or lightgbm, the entry point sets the allocator,
+OpenMP and BLAS environment they read once, at load time. Only the batch process does this: the
 engine package and the API leave the process as they find it.
 """
 
@@ -13,6 +13,13 @@ import sys
 # down several times on a busy machine; passive waiting keeps "all cores" safe. Set before
 # lightgbm/implicit load libgomp; an explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One BLAS thread: an idle OpenBLAS worker spins after every call (15-65 ms of CPU each on
+# the 2-core host), beside the OpenMP threads that pick implicit's top items right after
+# its product. The batch's products are small (a chunk of users times the item factors),
+# and the ALS fit and the fold-in ran on one BLAS thread already. OpenBLAS splits a
+# product by blocks of its output, so the values are the same (published digests unchanged).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 # Freed memory goes back to the OS soon, so the batch's peak is mostly its live data:
 # - polars' jemalloc keeps freed pages 2 s for reuse, then returns them (no muzzy stage).

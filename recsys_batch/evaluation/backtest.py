@@ -80,7 +80,8 @@ class BacktestResult:
     candidates: dict[str, Any]
     """Candidate recall of the stage-1 union and each generator on the test window."""
     funnel: pl.DataFrame
-    """The prefilter funnel (rule, items, users, rows)."""
+    """The prefilter funnel (rule, items, users, rows); empty for the quality gate's backtest
+    (``baselines=False``)."""
     importances: pl.DataFrame
     """Ranker feature importances (feature, importance), most important first."""
     timings: dict[str, float]
@@ -260,10 +261,10 @@ def run_backtest(
 
     ``prepared`` is :func:`prepare`'s output for the same dataset and settings (computed
     here when None). ``baselines=False`` (the nightly quality gate) measures the two-stage
-    model only: no baseline lists, no bootstrap intervals. ``forward_plans``: whether the
-    two-stage model may read the forward-looking plan features (None: whenever the calendar
-    covers the weeks after the training and the scoring cut; False: never, as for a nightly
-    whose served weeks the calendar does not cover).
+    model only: no baseline lists, no bootstrap intervals, no prefilter funnel (empty).
+    ``forward_plans``: whether the two-stage model may read the forward-looking plan features
+    (None: whenever the calendar covers the weeks after the training and the scoring cut;
+    False: never, as for a nightly whose served weeks the calendar does not cover).
     ``rules`` (a scenario) also serves the two-stage lists through the rule engine with and
     without them (:mod:`recsys_batch.evaluation.scenario_eval`).
 
@@ -277,7 +278,7 @@ def run_backtest(
     cfg = settings.evaluation
     timings: dict[str, float] = {}
     with _timed(timings, "prepare"):
-        prep = prepared if prepared is not None else prepare(dataset, settings)
+        prep = prepared if prepared is not None else prepare(dataset, settings, funnel=baselines)
         windows: split.Windows = prep["windows"]
         catalogue: pl.DataFrame = prep["catalogue"]
         tx: pl.DataFrame = prep["tx"]

@@ -132,17 +132,27 @@ def top_new(
 
     Ties: the lower item index (ascending item id) first.
     """
-    masked = np.where(allowed & np.isfinite(scores), scores, -np.inf)
-    k = min(n, masked.shape[1])
-    if k <= 0 or masked.shape[0] == 0:
+    # Negated: lower is better, and a masked or missing score is +inf.
+    neg = np.where(allowed & np.isfinite(scores), -scores, np.inf)
+    n_rows, n_items = neg.shape
+    k = min(n, n_items)
+    if k <= 0 or n_rows == 0:
         empty = np.array([], dtype=np.int64)
         return empty, empty, np.array([], dtype=np.float32)
-    # Stable sort of the negated scores: ties keep the item order.
-    top = np.argsort(-masked, axis=1, kind="stable")[:, :k]
-    values = np.take_along_axis(masked, top, axis=1)
-    ok = np.isfinite(values)
-    rows = np.repeat(np.arange(masked.shape[0]), k).reshape(masked.shape[0], k)
-    return rows[ok], top[ok], values[ok].astype(np.float32)
+    # Only the entries at least as good as each row's k-th best can be in its top k: a
+    # partition finds that threshold (from the low end: near the high end, numpy's select
+    # slowed down ten times on the many equal masked values), and the few survivors
+    # (row-major, so by item within a row) are stably sorted by (row, score). That is the
+    # order a stable sort of every item's score gave, ties included, in 40% of its time
+    # over the bundled nightly's calls.
+    kth = np.partition(neg, k - 1, axis=1)[:, k - 1, None]
+    rows, items = np.nonzero((neg <= kth) & np.isfinite(neg))
+    best = neg[rows, items]
+    order = np.lexsort((best, rows))
+    rows, items, best = rows[order], items[order], best[order]
+    first_of_row = np.searchsorted(rows, rows)  # rows is sorted: where each row starts
+    keep = np.arange(rows.size) - first_of_row < k
+    return rows[keep], items[keep], (-best[keep]).astype(np.float32)
 
 
 def bought_before(transactions: pl.LazyFrame, as_of_week: int) -> pl.LazyFrame:

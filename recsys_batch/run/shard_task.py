@@ -186,13 +186,9 @@ def shard_recommendations(
     # The shard's users' slice of stage 1 (a no-op for a Dask task's slice): the chunks of
     # candidate generation then never scan every user's rows (own purchases, 37M at 100x).
     stage1 = stage1_for_users(ctx, user_ids[C.USER])
+    tables = shard_tables(ctx, data, cut)
     feats = two_stage.featured_candidates(
-        stage1,
-        data,
-        user_ids.lazy(),
-        cut,
-        ctx.settings,
-        fixed_tables={"item": ctx.item_table, **ctx.side_tables},
+        stage1, data, user_ids.lazy(), cut, ctx.settings, fixed_tables=tables
     )
     frame = feats.frame.join(ctx.catalogue_items.lazy(), on=C.ITEM, how="semi").collect()
     seconds["features"] = time.perf_counter() - started
@@ -208,9 +204,26 @@ def shard_recommendations(
     if ctx.first_buyers is not None:
         started = time.perf_counter()
         sliced = replace(model, stage1_for_scoring=stage1)
-        new_items = shard_new_items(ctx, sliced, data, recs, ctx.first_buyers)
+        new_items = shard_new_items(ctx, sliced, data, recs, ctx.first_buyers, tables)
         seconds["new_items"] = time.perf_counter() - started
     return recs, new_items, seconds
+
+
+def shard_tables(ctx: ShardContext, data: ModelData, cut: int) -> dict[str, pl.DataFrame]:
+    """The shard's feature families as of ``cut``, computed once for both of its lists: the
+    item family over every user (``ctx.item_table``), the side tables, and the user and
+    user x item families from the shard's rows (``features.family_tables``)."""
+    from recsys_batch.model.features import family_tables  # noqa: PLC0415 - heavy
+
+    return family_tables(
+        data.transactions,
+        data.items,
+        data.users,
+        cut,
+        ctx.settings.features,
+        ctx.settings.prefilter.placeholder_item,
+        fixed={"item": ctx.item_table, **ctx.side_tables},
+    )
 
 
 def shard_new_items(
@@ -219,16 +232,18 @@ def shard_new_items(
     data: ModelData,
     recs: pl.DataFrame,
     first_buyers: pl.DataFrame,
+    tables: dict[str, pl.DataFrame],
 ) -> pl.DataFrame:
     """The new-items lists of the users of ``recs`` (the users the shard publishes), from the
     shard's rows and the item families computed over every user, as the backtest ranks them
-    (``new_items_ranking.new_item_recommendations``)."""
+    (``new_items_ranking.new_item_recommendations``). ``tables``: the shard's families that
+    the main list read (:func:`shard_tables`: same rows, same cut), not computed again."""
     from recsys_batch.model.new_items_ranking import (  # noqa: PLC0415 - heavy (lightgbm)
         FIRST_BUYERS,
         new_item_recommendations,
     )
 
-    tables = {"item": ctx.item_table, **ctx.side_tables, FIRST_BUYERS: first_buyers}
+    tables = {**tables, FIRST_BUYERS: first_buyers}
     users = recs.select(C.USER).unique().lazy()
     return new_item_recommendations(model, data, users, ctx.settings, fixed_tables=tables)
 

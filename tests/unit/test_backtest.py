@@ -23,6 +23,7 @@ from recsys_batch.evaluation.origins import OriginsResult, cut_after, holdout_we
 from recsys_batch.evaluation.protocol import evaluation_users, prepare
 from recsys_batch.evaluation.rows import MODELS, USER_SETS
 from recsys_batch.model import split
+from recsys_batch.model.prefilter import FUNNEL, RULES
 from tests.small import SMALL_SETTINGS as SETTINGS
 from tests.small import small_dataset as dataset
 
@@ -49,6 +50,18 @@ class TestProtocol:
         changed = Dataset(pl.concat([ds.transactions, extra]), ds.items, ds.users, "changed")
         base = prepare(ds, SETTINGS)["catalogue"]
         assert prepare(changed, SETTINGS)["catalogue"].equals(base)
+
+    def test_without_the_funnel_everything_else_is_the_same(self) -> None:
+        """The quality gate's ``prepare(..., funnel=False)``: an empty funnel of its schema,
+        the same catalogue and transactions. Mutation caught: the flag also changing the
+        catalogue, or a funnel of another schema."""
+        full = prepare(dataset(), SETTINGS)
+        lean = prepare(dataset(), SETTINGS, funnel=False)
+        assert full["funnel"].height == len(RULES)
+        assert lean["funnel"].is_empty()
+        assert lean["funnel"].schema == full["funnel"].schema == FUNNEL
+        assert_frame_equal(lean["catalogue"], full["catalogue"])
+        assert_frame_equal(lean["tx"], full["tx"], check_row_order=False)
 
     def test_user_sets(self) -> None:
         tx = pl.LazyFrame(

@@ -137,12 +137,14 @@ def test_a_data_error_in_a_shard_is_not_retried_and_keeps_its_exit_code() -> Non
     assert calls == [0]
 
 
-def test_partitioned_transactions_match_the_filter() -> None:
+@pytest.mark.parametrize("n_shards", [1, 3])  # 1: every row, without hashing (one shard)
+def test_partitioned_transactions_match_the_filter(n_shards: int) -> None:
     ctx = context()
+    ctx.n_shards = n_shards
     tx = pl.DataFrame({C.USER: list(range(40)), C.ITEM: list(range(40))})
-    ctx.partitions = shard_context.partition_transactions(tx, 3)
+    ctx.partitions = shard_context.partition_transactions(tx, n_shards)
     ctx.transactions = tx
-    for s in range(3):
+    for s in range(n_shards):
         by_partition = ctx.shard_transactions(s)
         ctx.partitions, saved = None, ctx.partitions
         assert by_partition.equals(ctx.shard_transactions(s))

@@ -183,6 +183,38 @@ def test_top_new_best_allowed_first_ties_by_item() -> None:
     assert values.tolist() == [5.0, 3.0, 2.0, 2.0]
 
 
+def _top_new_by_full_sort(
+    scores: np.ndarray, allowed: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference: a stable sort of every item of every row (what top_new did before)."""
+    masked = np.where(allowed & np.isfinite(scores), scores, -np.inf)
+    k = min(n, masked.shape[1])
+    top = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(masked, top, axis=1)
+    ok = np.isfinite(values)
+    rows = np.repeat(np.arange(masked.shape[0]), k).reshape(masked.shape[0], k)
+    return rows[ok], top[ok], values[ok].astype(np.float32)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 40, 60])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_new_equals_a_stable_full_sort(n: int, seed: int) -> None:
+    """Scores drawn from a few values (many ties at each row's k-th best, 0.0 and -0.0),
+    NaNs, masked items and rows with fewer than ``n`` allowed items: the same rows, items
+    and values in the same order as a stable sort of every item. Mutation caught: ties at
+    the threshold kept by anything but the lower item index, or more than ``n`` per row."""
+    rng = np.random.default_rng(seed)
+    scores = rng.choice([-1.0, -0.0, 0.0, 0.5, 2.0, 3.0, np.nan], size=(30, 50)).astype(np.float32)
+    allowed = rng.random((30, 50)) < 0.7
+    allowed[3] = False  # a row with nothing allowed
+    allowed[4, :2] = True  # and one with only two items allowed
+    allowed[4, 2:] = False
+    got = top_new(scores, allowed, n)
+    expected = _top_new_by_full_sort(scores, allowed, n)
+    for part, want in zip(got, expected, strict=True):
+        assert part.tolist() == want.tolist()
+
+
 @pytest.mark.parametrize(
     ("cap", "expected"),
     [

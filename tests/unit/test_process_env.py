@@ -1,4 +1,4 @@
-"""The command line sets the OpenMP and allocator environment before polars/lightgbm load.
+"""The command line sets the OpenMP, BLAS and allocator environment before polars/lightgbm load.
 
 Only the batch's entry point (``cli``) does so: the Redis contract module and the API leave
 the process as they find it, and load none of the engine's heavy libraries (issue #15).
@@ -10,16 +10,23 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
+SET_BY_CLI = ("OMP_WAIT_POLICY", "_RJEM_MALLOC_CONF", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
 PROBE = (
-    "import json, os, cli, polars;"
-    "print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', '_RJEM_MALLOC_CONF')}))"
+    "import json, os, cli, polars, numpy, scipy.sparse;"
+    "from threadpoolctl import threadpool_info;"
+    f"seen = {{k: os.environ.get(k) for k in {SET_BY_CLI!r}}};"
+    "blas = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'];"
+    "seen['blas_threads'] = blas;"
+    "print(json.dumps(seen))"
 )
 
 
-def _probe(env: dict[str, str]) -> dict[str, str | None]:
+def _probe(env: dict[str, str]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
     )
@@ -27,9 +34,7 @@ def _probe(env: dict[str, str]) -> dict[str, str | None]:
 
 
 def _clean_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "_RJEM_MALLOC_CONF")
-    }
+    return {k: v for k, v in os.environ.items() if k not in SET_BY_CLI}
 
 
 def test_cli_import_sets_passive_openmp_and_prompt_page_return() -> None:
@@ -39,7 +44,17 @@ def test_cli_import_sets_passive_openmp_and_prompt_page_return() -> None:
     assert seen["_RJEM_MALLOC_CONF"].endswith("dirty_decay_ms:2000,muzzy_decay_ms:0")
 
 
-@pytest.mark.parametrize("name", ["OMP_WAIT_POLICY", "_RJEM_MALLOC_CONF"])
+def test_cli_import_gives_numpy_and_scipy_one_blas_thread() -> None:
+    """Set before numpy loads its OpenBLAS (read once, at load): every BLAS library of the
+    process runs one thread. Mutation caught: the variable set after numpy is imported, or
+    not at all (2 threads on a 2-core host)."""
+    seen = _probe(_clean_env())
+    assert seen["OPENBLAS_NUM_THREADS"] == "1"
+    assert seen["blas_threads"]  # numpy's and scipy's OpenBLAS
+    assert set(seen["blas_threads"]) == {1}
+
+
+@pytest.mark.parametrize("name", SET_BY_CLI)
 def test_an_explicit_setting_wins(name: str) -> None:
     seen = _probe({**_clean_env(), name: "user-choice"})
     assert seen[name].endswith("user-choice")
