@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from api.errors import Unavailable
 from api.live import LiveVersion
 from api.shop import Options, ShopCache
 from recsys_batch.publish import keys
-from recsys_batch.rules import POPULAR, Lists, RuleSet, ShopState, apply_rules, bought_items
+from recsys_batch.rules import POPULAR, Lists, serve
 
 Plan = tuple[LiveVersion, str, int, Sequence[int], bool, Options]
 """One user of a job: (version to read, variant, user id, exclusions, tail needed, options).
@@ -25,7 +24,24 @@ Stored = tuple[Any, Any, Any]
 """A user's raw (head, tail, reasons) field values (None where not read or absent)."""
 POPULAR_REASON: dict[str, int | str] = {"code": "popular"}
 RULED_FAMILIES = (b"u", b"t", b"r", b"n", b"w")
-"""The bucket families a ruled lookup reads, in reply order."""
+"""The bucket families a ruled lookup with ``explain`` reads, in reply order: head, tail,
+reasons, new items, their reasons; without ``explain`` the last is not read (those reasons
+are only shown)."""
+
+_PLAIN_FAMILIES = {
+    (tail, reasons): (b"u", *((b"t",) if tail else ()), *((b"r",) if reasons else ()))
+    for tail in (False, True)
+    for reasons in (False, True)
+}
+
+
+def families_read(ruled: bool, need_tail: bool, explain: bool) -> tuple[bytes, ...]:
+    """The bucket families read for a user, in reply order (:func:`answers_of`): a ruled
+    lookup's four (five with ``explain``: :data:`RULED_FAMILIES`); else the head, the tail
+    when needed and the reasons with ``explain``."""
+    if ruled:
+        return RULED_FAMILIES if explain else RULED_FAMILIES[:4]
+    return _PLAIN_FAMILIES[need_tail, explain]
 
 
 @dataclass(slots=True)
@@ -102,10 +118,11 @@ def answers_of(
     fallback) is added to once all of them were built."""
     answers: list[Answer] = []
     at = 0
+    ruled_reads = len(RULED_FAMILIES) if explain else len(RULED_FAMILIES) - 1
     for live, variant, user_id, exclude, need_tail, options in plans:
         if options.ruled:
-            got = values[at : at + len(RULED_FAMILIES)]
-            at += len(RULED_FAMILIES)
+            got = values[at : at + ruled_reads]
+            at += ruled_reads
             answers.append(
                 ruled_answer(live, variant, user_id, got, k, exclude, options, shop, explain)
             )
@@ -166,13 +183,6 @@ def _corrupt(live: LiveVersion, user_id: int) -> Unavailable:
     return Unavailable("corrupt_value", detail)
 
 
-@lru_cache(maxsize=256)
-def summary(rules: RuleSet) -> dict[str, Any]:
-    """``rules.to_dict()``, once per rule set (every answer of a scenario shows it; never
-    changed by its readers)."""
-    return rules.to_dict()
-
-
 def ruled_answer(
     live: LiveVersion,
     variant: str,
@@ -184,8 +194,9 @@ def ruled_answer(
     shop: ShopCache,
     explain: bool = True,
 ) -> Answer:
-    """One user's answer under the request's rules (:func:`recsys_batch.rules.apply_rules`,
-    the evaluation's own engine), from all five stored fields.
+    """One user's answer under the request's rules (:func:`recsys_batch.rules.serve`, the
+    evaluation's own engine, prepared once per shop-state read: :meth:`ShopCache.ruling`),
+    from the stored fields (:data:`RULED_FAMILIES`; the new items' reasons with ``explain``).
 
     With ``new_only`` the candidates are the user's new-items list, then the popular items
     the stored list does not say they bought (a repeat reason); otherwise their list, their
@@ -196,40 +207,36 @@ def ruled_answer(
     RuleError
         An unknown scenario, or request rules that contradict the scenario's (a 422).
     """
-    rules = shop.rules(options)
-    head, tail, reasons_raw, new_raw, new_reasons_raw = got
+    prepared, applied = shop.ruling(options, live)
+    head, tail, reasons_raw, new_raw = got[:4]
+    new_reasons_raw = got[4] if explain else None
     try:
         own = keys.unpack_items(head, tail)
         new = keys.unpack_items(new_raw)
-        reasons = keys.decode_reasons(reasons_raw)
+        bought = keys.repeat_items(own, reasons_raw)
+        reasons = keys.decode_reasons(reasons_raw) if explain else []
         new_reasons = keys.decode_reasons(new_reasons_raw) if explain else []
     except ValueError:
         raise _corrupt(live, user_id) from None
-    bought = bought_items(own, reasons)
-    popular: Sequence[int] = live.popular
+    excluded = frozenset(exclude)
     if options.new_only:
         lists = Lists(new=new, bought=bought)
-        popular = [i for i in popular if i not in bought] if bought else popular
+        # The popular refill leaves out what they bought, the new-items list keeps its own:
+        # excluding the bought items it does not hold does exactly that (no other list).
+        excluded |= bought.difference(new)
     else:
-        lists = Lists(own=own, new=new, bought=bought)
-    state = ShopState(shop.unavailable_at(options.store), shop.promoted)
-    served = apply_rules(lists, popular, live.attributes, rules, k, exclude=exclude, shop=state)
+        lists = Lists(own, new, bought)
+    served = serve(prepared, lists, k, exclude=excluded)
+    sources = served.sources
     explained = [POPULAR_REASON] * len(served.items)
     if explain:
         why = {**dict(zip(new, new_reasons, strict=False)), **dict(zip(own, reasons, strict=False))}
         explained = [
             POPULAR_REASON if source == POPULAR else why.get(item, POPULAR_REASON)
-            for item, source in zip(served.items, served.sources, strict=True)
+            for item, source in zip(served.items, sources, strict=True)
         ]
-    known = head is not None
-    from_popular = sum(1 for source in served.sources if source == POPULAR)
     ruled = Ruled(
-        served.sources,
-        served.promoted,
-        served.short_by,
-        summary(rules),
-        options.scenario,
-        options.new_only,
+        sources, served.promoted, served.short_by, applied, options.scenario, options.new_only
     )
-    source = "personal" if known else "fallback"
-    return Answer(served.items, source, from_popular, explained, variant, live, ruled)
+    source = "personal" if head is not None else "fallback"
+    return Answer(served.items, source, sources.count(POPULAR), explained, variant, live, ruled)

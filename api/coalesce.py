@@ -7,8 +7,15 @@ from typing import Any
 
 from api.answers import Plan
 
-Read = tuple[bytes, bytes]
-"""One ``HGET``: (bucket key, field)."""
+Read = tuple[bytes, tuple[bytes, ...], bytes, bytes]
+"""One user's ``HGET``s: (version prefix ``P:v:V:``, families, bucket suffix ``:N``, field):
+the field in the bucket hash of each family (``P:v:V:u:N``, ...), one reply each."""
+
+
+def replies(reads: list[Read]) -> int:
+    """How many replies ``reads`` get (one per family of each)."""
+    return sum([len(read[1]) for read in reads])
+
 
 Job = tuple[
     list[Plan],

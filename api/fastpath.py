@@ -46,21 +46,10 @@ Scope = dict[str, Any]
 
 
 class _Observer:
-    """Latency histogram and response counter children, cached per (route, status)."""
-
-    def __init__(self) -> None:
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+    """Counts a request's latency and status (:class:`api.metrics.Requests`)."""
 
     def __call__(self, route: str, status: int, start: float) -> None:
-        pair = self._children.get((route, status))
-        if pair is None:
-            pair = (
-                metrics.REQUEST_SECONDS.labels(route=route),
-                metrics.RESPONSES.labels(route=route, status=str(status)),
-            )
-            self._children[(route, status)] = pair
-        pair[0].observe(time.perf_counter() - start)
-        pair[1].inc()
+        metrics.REQUESTS.observe(route, status, time.perf_counter() - start)
 
 
 def parse_fast(

@@ -16,10 +16,10 @@ missing field is an unknown user (popular list); when it moved (a flip, or two p
 within ``current_cache_seconds`` unlinking the cached version), the new version is loaded
 and the batch read again, so each answer still comes from exactly one version.
 
-A lookup with a scenario, rules or ``new_only`` reads the user's five fields (head, tail,
-reasons, new items and their reasons) in the same pipeline, and the rule engine builds the
-answer with the version's item attributes (read once when the version is loaded) and the shop
-state, which rides in the same pipeline whenever the service's copy is due
+A lookup with a scenario, rules or ``new_only`` reads the user's head, tail, reasons and
+new items (their reasons too with ``explain``) in the same pipeline, and the rule engine
+builds the answer with the version's item attributes (read once when the version is loaded)
+and the shop state, which rides in the same pipeline whenever the service's copy is due
 (:mod:`api.shop`): still one round trip.
 """
 
@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from api import metrics
-from api.answers import RULED_FAMILIES, Answer, Plan, answers_of
-from api.coalesce import Coalescer, Job, Read
+from api.answers import Answer, Plan, answers_of, families_read
+from api.coalesce import Coalescer, Job, Read, replies
 from api.errors import Unavailable
 from api.live import (
     EXPERIMENT_FIELDS,
@@ -49,7 +49,7 @@ from api.live import (
     text,
 )
 from api.shop import PLAIN, Command, Options, ShopCache
-from api.wire import Wire, pack, pack_hget
+from api.wire import Wire, pack, pack_hgets
 from recsys_batch.publish import keys
 
 log = logging.getLogger(__name__)
@@ -296,8 +296,8 @@ class Lookup:
         pipeline, and a change reloads it like a moved pointer. Returns the live version.
 
         ``options`` (a scenario, rules, a store, ``new_only``) apply to every user; with a
-        scenario, rules or ``new_only`` each user's five fields are read (head, tail,
-        reasons, new items, their reasons) and the rule engine builds the answer. The shop
+        scenario, rules or ``new_only`` each user's head, tail, reasons and new items (their
+        reasons too with ``explain``) are read and the rule engine builds the answer. The shop
         state rides in the same pipeline when the service's copy is due (:mod:`api.shop`).
 
         Raises
@@ -336,18 +336,10 @@ class Lookup:
             arm, variant = live, "control"
             if experiment is not None and keys.in_treatment(user_id, experiment.share):
                 arm, variant = experiment.live, "treatment"
-            field = b"%d" % user_id
             bucket = b":%d" % keys.bucket_of(user_id, arm.buckets)
-            if options.ruled:
-                reads += [(arm.wire_prefix + f + bucket, field) for f in RULED_FAMILIES]
-                plans.append((arm, variant, user_id, exclude, True, options))
-                continue
-            reads.append((arm.wire_prefix + b"u" + bucket, field))
-            need_tail = k + len(exclude) > keys.ITEMS_PER_FIELD
-            if need_tail:
-                reads.append((arm.wire_prefix + b"t" + bucket, field))
-            if explain:
-                reads.append((arm.wire_prefix + b"r" + bucket, field))
+            need_tail = options.ruled or k + len(exclude) > keys.ITEMS_PER_FIELD
+            families = families_read(options.ruled, need_tail, explain)
+            reads.append((arm.wire_prefix, families, bucket, b"%d" % user_id))
             plans.append((arm, variant, user_id, exclude, need_tail, options))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         expected = live.version if check else None
@@ -368,14 +360,15 @@ class Lookup:
         ``HMGET P:ab version share`` and the ``extra`` commands (shop state); their replies
         in that order."""
         if self.wire is not None:
-            packed = b"".join([pack_hget(key, field) for key, field in reads])
+            packed = b"".join([pack_hgets(*read) for read in reads])
             packed += self._pointer_reads
             if extra:
                 packed += b"".join([pack(*command) for command in extra])
-            return await self.wire.exchange(packed, len(reads) + 2 + len(extra))
+            return await self.wire.exchange(packed, replies(reads) + 2 + len(extra))
         pipe = self.client.pipeline(transaction=False)
-        for key, field in reads:
-            pipe.hget(key, field)
+        for prefix, families, suffix, field in reads:
+            for family in families:
+                pipe.hget(prefix + family + suffix, field)
         pipe.get(self.current_key)
         pipe.hmget(self.experiment_key, list(EXPERIMENT_FIELDS))
         for name, *args in extra:  # redis-py (a cluster's too) looks commands up by text
@@ -400,13 +393,15 @@ class Lookup:
             if not isinstance(exc, Exception):
                 raise
             return
-        pointer = text(values[len(reads)])
-        state = experiment_state(values[len(reads) + 1])
+        at = replies(reads)
+        pointer = text(values[at])
+        state = experiment_state(values[at + 1])
         counts = [0, 0, 0]  # treatment, personal, fallback
         at = 0
-        for plans, k, explain, expected, expected_state, reads, future in batch:
-            mine = values[at : at + len(reads)]
-            at += len(reads)
+        for plans, k, explain, expected, expected_state, mine_reads, future in batch:
+            n = replies(mine_reads)
+            mine = values[at : at + n]
+            at += n
             if future.done():  # a cancelled request (client went away)
                 continue
             if expected is not None and (pointer != expected or state != expected_state):

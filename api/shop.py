@@ -18,12 +18,22 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from api.errors import Unavailable
+from api.live import LiveVersion
 from recsys_batch.publish import shop_keys
-from recsys_batch.rules import NO_RULES, RULE_NAMES, RuleError, RuleSet, parse_rules
+from recsys_batch.rules import (
+    NO_RULES,
+    RULE_NAMES,
+    Prepared,
+    RuleError,
+    RuleSet,
+    ShopState,
+    parse_rules,
+    prepare,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +41,12 @@ MAX_STORES = 4096
 """Stores whose unavailable items are kept at once (the oldest read is dropped beyond)."""
 Command = tuple[bytes, ...]
 """One Redis command as its arguments."""
+Ruling = tuple[Prepared, dict[str, Any]]
+"""What the answers to one request shape share: the rule engine's prepared part
+(:func:`recsys_batch.rules.prepare`) and the rules applied (``RuleSet.to_dict()``, shown in
+every answer and never changed by its readers)."""
+MAX_RULINGS = 256
+"""Rulings kept per store (request shapes times live versions); beyond, they are dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +61,13 @@ class Options:
     """The request's store: its unavailable items are left out too."""
     new_only: bool = False
     """Serve the customer's new-items list (items they never bought) instead of their list."""
+    ruled: bool = field(init=False, compare=False, repr=False)
+    """True when the answer is built by the rule engine (and reads every list); worked out
+    once, as a request's options are (a query's parse is cached) and read per lookup."""
 
-    @property
-    def ruled(self) -> bool:
-        """True when the answer is built by the rule engine (and reads every list)."""
-        return self.scenario is not None or bool(self.rules) or self.new_only
+    def __post_init__(self) -> None:
+        ruled = self.scenario is not None or bool(self.rules) or self.new_only
+        object.__setattr__(self, "ruled", ruled)  # frozen: the one way to set it
 
 
 PLAIN = Options()
@@ -155,6 +173,9 @@ class ShopCache:
         self._stores: dict[int, tuple[float, frozenset[int]]] = {}
         """Store id -> (when its read was sent, its unavailable items), oldest read first."""
         self._rules: dict[tuple[str | None, tuple[tuple[str, object], ...]], RuleSet] = {}
+        self._rulings: dict[int | None, dict[tuple[Options, str], Ruling]] = {}
+        """Store -> (options, version) -> :class:`Ruling`, built from the shop state held
+        now: dropped with the part (shared, or the store's) they were built from."""
 
     def reads(self, stores: Iterable[int]) -> tuple[list[Command], list[int | None], float]:
         """What a pipeline sent now must carry: its commands, what each part is (None for
@@ -198,6 +219,7 @@ class ShopCache:
                 self.unavailable = _items(self.unavailable_key, unavailable)
                 self.promoted = _items(self.promo_key, promoted)
                 self._rules = {}
+                self._rulings = {}
                 self._read_at = sent
             else:
                 raw = replies[at]
@@ -208,8 +230,11 @@ class ShopCache:
                     continue
                 key = shop_keys.unavailable_key(self._prefix, part)
                 self._stores[part] = (sent, _items(key, raw))
+                self._rulings.pop(part, None)
         while len(self._stores) > MAX_STORES:
-            del self._stores[next(iter(self._stores))]
+            oldest = next(iter(self._stores))
+            del self._stores[oldest]
+            self._rulings.pop(oldest, None)
 
     def unavailable_at(self, store: int | None) -> frozenset[int]:
         """Items never served to a request of ``store`` (every store's, plus its own)."""
@@ -251,4 +276,27 @@ class ShopCache:
         found = parse_rules(dict(options.rules), base)
         if len(self._rules) < 1024:
             self._rules[cache_key] = found
+        return found
+
+    def ruling(self, options: Options, live: LiveVersion) -> Ruling:
+        """The :class:`Ruling` of the answers to ``options`` from ``live``, built once per
+        shop-state read: the rule set, and the engine's popular list less the unavailable
+        items with each item's verdict, so a request only walks its customer's lists.
+
+        Raises
+        ------
+        RuleError, Unavailable
+            As :meth:`rules`.
+        """
+        kept = self._rulings.get(options.store)
+        if kept is None:
+            kept = self._rulings[options.store] = {}
+        found = kept.get((options, live.version))
+        if found is None:
+            rules = self.rules(options)
+            state = ShopState(self.unavailable_at(options.store), self.promoted)
+            found = (prepare(live.popular, live.attributes, rules, state), rules.to_dict())
+            if len(kept) >= MAX_RULINGS:
+                kept.clear()
+            kept[(options, live.version)] = found
         return found

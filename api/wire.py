@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from functools import lru_cache
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -44,6 +45,20 @@ _HGET = b"*3\r\n$4\r\nHGET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 def pack_hget(key: bytes, field: bytes) -> bytes:
     """``HGET key field`` in the Redis protocol."""
     return _HGET % (len(key), key, len(field), field)
+
+
+@lru_cache(maxsize=32)
+def _hgets(families: tuple[bytes, ...]) -> bytes:
+    """The format of :func:`pack_hgets` for ``families`` (one byte each, none a ``%``)."""
+    one = b"*3\r\n$4\r\nHGET\r\n$%%d\r\n%%b%b%%b\r\n$%%d\r\n%%b\r\n"
+    return b"".join(one % family for family in families)
+
+
+def pack_hgets(prefix: bytes, families: tuple[bytes, ...], suffix: bytes, field: bytes) -> bytes:
+    """``HGET prefix+F+suffix field`` for each family ``F`` (one byte) in the Redis protocol:
+    a user's field in several bucket hashes, packed in one step (a ruled lookup reads four)."""
+    one = (len(prefix) + 1 + len(suffix), prefix, suffix, len(field), field)
+    return _hgets(families) % (one * len(families))
 
 
 def pack(*args: bytes) -> bytes:

@@ -137,13 +137,16 @@ def ruled_summary(found: Answer) -> dict[str, Any]:
 def answer(
     user_id: int, live: LiveVersion, found: Answer, *, explain: bool = False
 ) -> dict[str, Any]:
-    """The JSON body of one user's recommendations."""
-    return {
-        **user_result(user_id, found, explain=explain),
-        "version": live.version,
-        "generated_at": live.generated_at,
-        **ruled_summary(found),
-    }
+    """The JSON body of one user's recommendations (built in place: every lookup's body)."""
+    body = user_result(user_id, found, explain=explain)
+    body["version"] = live.version
+    body["generated_at"] = live.generated_at
+    ruled = found.ruled
+    if ruled is not None:  # ruled_summary's keys, in its order
+        body["scenario"] = ruled.scenario
+        body["rules"] = ruled.rules
+        body["new_only"] = ruled.new_only
+    return body
 
 
 def rule_error(exc: RuleError, where: str = "query") -> OrjsonResponse:

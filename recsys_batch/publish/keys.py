@@ -227,7 +227,7 @@ def unpack_items(*values: bytes | None) -> list[int]:
     ValueError
         A value whose length is not a multiple of 4.
     """
-    data = b"".join(v for v in values if v)
+    data = b"".join(filter(None, values))
     if len(data) % ITEM_BYTES:
         msg = f"packed item list of {len(data)} bytes is not a multiple of {ITEM_BYTES}"
         raise ValueError(msg)
@@ -275,13 +275,9 @@ def decode_reasons(value: bytes | None) -> list[dict[str, int | str]]:
     ValueError
         A value whose length is odd.
     """
-    if not value:
-        return []
-    if len(value) % REASON_BYTES:
-        msg = f"packed reasons of {len(value)} bytes are not a multiple of {REASON_BYTES}"
-        raise ValueError(msg)
+    data = _reasons(value)
     reasons: list[dict[str, int | str]] = []
-    for packed in struct.unpack(f">{len(value) // REASON_BYTES}H", value):
+    for packed in struct.unpack(f">{len(data) // REASON_BYTES}H", data):
         if packed & _REPEAT:
             times, days = (packed >> 9) & MAX_REASON_TIMES, packed & MAX_REASON_DAYS
             reasons.append({"code": "repeat", "times": times, "last_days": days})
@@ -289,6 +285,23 @@ def decode_reasons(value: bytes | None) -> list[dict[str, int | str]]:
             code = REASON_CODES[packed] if packed < len(REASON_CODES) else "als"
             reasons.append({"code": code})
     return reasons
+
+
+def repeat_items(items: Sequence[int], value: bytes | None) -> frozenset[int]:
+    """The ``items`` whose packed reason (aligned) is a repeat, as :func:`decode_reasons` reads.
+
+    >>> sorted(repeat_items([7, 8], encode_reasons(["r2.5", "a"])))
+    [7]
+    """
+    highs = _reasons(value)[::REASON_BYTES]  # a repeat: the top bit of a reason's first byte
+    return frozenset([item for item, high in zip(items, highs, strict=False) if high & 0x80])
+
+
+def _reasons(value: bytes | None) -> bytes:
+    if value and len(value) % REASON_BYTES:
+        msg = f"packed reasons of {len(value)} bytes are not a multiple of {REASON_BYTES}"
+        raise ValueError(msg)
+    return value or b""
 
 
 def popular_key(version: str, prefix: str = "recsys") -> str:

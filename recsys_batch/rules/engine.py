@@ -4,7 +4,9 @@ Standard library only and pure (no Redis, no polars, no FastAPI): the API applie
 lists it reads and ``recsys evaluate`` to its backtest lists, so what is measured offline is
 what is served.
 
-How an answer is built (:func:`apply_rules`):
+How an answer is built (:func:`apply_rules`; a caller answering many customers under the
+same rules prepares their shared part once, :func:`~recsys_batch.rules.prepared.prepare`,
+and calls :func:`serve` for each):
 
 1. **Candidates**, in relevance order: the customer's own list (best first), then their
    new-items list, then the popular list; an item is a candidate once, from the first list
@@ -38,24 +40,28 @@ items taken, in relevance order. An item counts as *bought* when it is in ``List
 
 from __future__ import annotations
 
-import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
-from recsys_batch.rules.ruleset import NO_RULES, RuleSet
+from recsys_batch.rules.prepared import (
+    NO_SHOP_STATE,
+    Attributes,
+    Groups,
+    Prepared,
+    ShopState,
+    prepare,
+)
+from recsys_batch.rules.ruleset import RuleSet
 
 OWN, NEW, POPULAR = "own", "new", "popular"
 """Where an item of an answer came from: the customer's list, their new-items list, or the
 popular list."""
-CATEGORY, SUB_CATEGORY, DEPARTMENT, BRAND = "category", "sub_category", "department", "brand"
-PRICE = "price"
-"""Item attribute read by ``price_min`` / ``price_max``: the item's median unit price."""
-
-Attributes = Mapping[int, Mapping[str, object]]
-"""item_id -> its attributes (the version's ``items`` hash, JSON-decoded)."""
+Candidate = tuple[int, str]
+"""An item that may be served, and its source (``own``, ``new`` or ``popular``)."""
+_NO_GROUPS: Groups = (None, None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every ruled lookup, and a frozen init is slow
 class Lists:
     """What is stored for one customer (all empty for an unknown customer)."""
 
@@ -65,19 +71,6 @@ class Lists:
     """Their new-items list (items they never bought), best first."""
     bought: Collection[int] = frozenset()
     """Items known to be bought by them (read by ``min_new``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShopState:
-    """Shop state at request time, shared by every customer."""
-
-    unavailable: Collection[int] = frozenset()
-    """Items never served (for all stores, plus the request's store)."""
-    promoted: Collection[int] = frozenset()
-    """Items on the current promotion list."""
-
-
-NO_SHOP_STATE = ShopState()
 
 
 @dataclass(slots=True)
@@ -103,126 +96,6 @@ def bought_items(own: Sequence[int], reasons: Sequence[Mapping[str, object]]) ->
     return frozenset(i for i, why in zip(own, reasons, strict=False) if why.get("code") == "repeat")
 
 
-def _folded(names: tuple[str, ...] | None) -> frozenset[str] | None:
-    return None if names is None else frozenset(n.casefold() for n in names)
-
-
-def _text(value: object) -> str | None:
-    return value.casefold() if isinstance(value, str) else None
-
-
-@dataclass(frozen=True, slots=True)
-class _Filters:
-    """The rules that judge an item alone, prepared once per answer."""
-
-    departments: frozenset[str] | None
-    exclude_departments: frozenset[str]
-    brands: frozenset[str] | None
-    price_min: float | None
-    price_max: float | None
-
-    @classmethod
-    def of(cls, rules: RuleSet) -> _Filters:
-        return cls(
-            _folded(rules.departments),
-            _folded(rules.exclude_departments) or frozenset(),
-            _folded(rules.brands),
-            rules.price_min,
-            rules.price_max,
-        )
-
-    @property
-    def any(self) -> bool:
-        return self != _NO_FILTERS
-
-    def allow(self, attrs: Mapping[str, object]) -> bool:
-        """Whether an item with ``attrs`` passes every filter (a missing attribute never
-        proves an item passes a rule that reads it)."""
-        department = _text(attrs.get(DEPARTMENT))
-        if self.departments is not None and department not in self.departments:
-            return False
-        if department is not None and department in self.exclude_departments:
-            return False
-        if self.brands is not None and _text(attrs.get(BRAND)) not in self.brands:
-            return False
-        if self.price_min is None and self.price_max is None:
-            return True
-        price = attrs.get(PRICE)
-        if not isinstance(price, int | float) or isinstance(price, bool):
-            return False
-        low = -math.inf if self.price_min is None else self.price_min
-        high = math.inf if self.price_max is None else self.price_max
-        return low <= price <= high
-
-
-_NO_FILTERS = _Filters.of(NO_RULES)
-_NO_ATTRIBUTES: Mapping[str, object] = {}
-
-
-def candidates(
-    lists: Lists,
-    popular: Sequence[int],
-    attributes: Attributes,
-    rules: RuleSet,
-    blocked: Collection[int],
-) -> list[tuple[int, str]]:
-    """``(item, source)`` in relevance order: own, new, popular, each item once, without
-    the ``blocked`` items (excluded or unavailable) and those a filter rule refuses."""
-    filters = _Filters.of(rules)
-    allow = filters.allow if filters.any else None
-    seen: set[int] = set()
-    found: list[tuple[int, str]] = []
-    for source, items in ((OWN, lists.own), (NEW, lists.new), (POPULAR, popular)):
-        for item in items:
-            if item in seen:
-                continue
-            seen.add(item)
-            if item in blocked:
-                continue
-            if allow is None or allow(attributes.get(item, _NO_ATTRIBUTES)):
-                found.append((item, source))
-    return found
-
-
-@dataclass(slots=True)
-class _Answer:
-    """Items taken so far and what the capped rules have used up."""
-
-    k: int
-    rules: RuleSet
-    attributes: Attributes
-    bought: Collection[int]
-    max_bought: int
-    taken: set[int] = field(default_factory=set)
-    bought_taken: int = 0
-    per_category: dict[object, int] = field(default_factory=dict)
-    per_sub_category: dict[object, int] = field(default_factory=dict)
-
-    @property
-    def full(self) -> bool:
-        return len(self.taken) >= self.k
-
-    def take(self, item: int) -> bool:
-        """Take ``item`` if the answer still honours every rule with it; say whether."""
-        if self.full or item in self.taken:
-            return False
-        is_bought = item in self.bought
-        if is_bought and self.bought_taken >= self.max_bought:
-            return False
-        attrs = self.attributes.get(item, _NO_ATTRIBUTES)
-        category, sub_category = attrs.get(CATEGORY), attrs.get(SUB_CATEGORY)
-        cap, sub_cap = self.rules.max_per_category, self.rules.max_per_sub_category
-        if cap is not None and self.per_category.get(category, 0) >= cap:
-            return False
-        if sub_cap is not None and self.per_sub_category.get(sub_category, 0) >= sub_cap:
-            return False
-        self.taken.add(item)
-        self.bought_taken += is_bought
-        self.per_category[category] = self.per_category.get(category, 0) + 1
-        self.per_sub_category[sub_category] = self.per_sub_category.get(sub_category, 0) + 1
-        return True
-
-
 def apply_rules(
     lists: Lists,
     popular: Sequence[int],
@@ -234,6 +107,9 @@ def apply_rules(
     shop: ShopState = NO_SHOP_STATE,
 ) -> Served:
     """A customer's answer of at most ``k`` distinct items under ``rules`` (module doc).
+
+    :func:`prepare` then :func:`serve`: a caller answering many customers under the same
+    rules, shop state and popular list prepares once and serves each.
 
     Parameters
     ----------
@@ -253,27 +129,174 @@ def apply_rules(
     shop
         Unavailable items and the promotion list.
     """
+    return serve(prepare(popular, attributes, rules, shop), lists, k, exclude=exclude)
+
+
+def serve(prepared: Prepared, lists: Lists, k: int, *, exclude: Collection[int] = ()) -> Served:
+    """A customer's answer of at most ``k`` distinct items (:func:`apply_rules`).
+
+    The steps of the module doc each walk the candidates in relevance order and take an item
+    when the answer still honours every rule with it. So when no promotion can lead and the
+    first k candidates honour every rule together, every step takes them and nothing else:
+    they are the answer, and the candidates after them are never looked at.
+    """
     if k <= 0:
         return Served([], [], 0, 0)
-    blocked = _blocked(exclude, shop.unavailable)
-    if rules.is_empty and not blocked and len(set(lists.own[:k])) == k:
-        return Served(list(lists.own[:k]), [OWN] * k, 0, 0)  # the usual case
-    found = candidates(lists, popular, attributes, rules, blocked)
+    own = lists.own
+    if prepared.open and not exclude and len(set(own[:k])) == k:
+        return Served(list(own[:k]), [OWN] * k, 0, 0)  # the usual plain case
+    if not prepared.leads:
+        first = _first_together(prepared, lists, exclude, k)
+        if first is not None:
+            items, sources = first
+            return Served(items, sources, 0, k - len(items))
+    return _built(prepared, lists, k, [], _walk(prepared, lists, exclude))
+
+
+def _walk(prepared: Prepared, lists: Lists, exclude: Collection[int]) -> Iterator[Candidate]:
+    """``(item, source)`` in relevance order: own, new, popular, each item once, without the
+    excluded items and those no answer may hold (unavailable, refused by a filter rule)."""
+    verdicts = prepared.verdicts
+    seen: set[int] = set()
+    for source, items in ((OWN, lists.own), (NEW, lists.new)):
+        for item in items:
+            if item not in seen:
+                seen.add(item)
+                if verdicts[item] is not None and item not in exclude:
+                    yield item, source
+    for item in prepared.popular:
+        if item not in seen and item not in exclude:
+            yield item, POPULAR
+
+
+def _first_together(
+    prepared: Prepared, lists: Lists, exclude: Collection[int], k: int
+) -> tuple[list[int], list[str]] | None:
+    """The first k candidates and their sources when they honour the caps and the places
+    ``min_new`` reserves all together, else None (the answer needs the steps).
+
+    It walks the candidates as :func:`_walk` does, written out: this is the whole of most
+    scenario lookups (#27).
+    """
+    rules = prepared.rules
+    cap, sub_cap = rules.max_per_category, rules.max_per_sub_category
+    bought, verdicts = lists.bought, prepared.verdicts
+    bought_left = k - min(rules.min_new, k)
+    per_category: dict[object, int] = {}
+    per_sub: dict[object, int] = {}
+    items: list[int] = []
+    sources: list[str] = []
+    seen: set[int] = set()
+    for source, candidates in ((OWN, lists.own), (NEW, lists.new), (POPULAR, prepared.popular)):
+        for item in candidates:
+            if item in seen:
+                continue
+            seen.add(item)
+            groups = verdicts[item]
+            if groups is None or item in exclude:
+                continue
+            if source is POPULAR or item in bought:  # not known to be new
+                bought_left -= 1
+                if bought_left < 0:
+                    return None
+            category, sub_category = groups
+            if cap is not None:
+                per_category[category] = per_category.get(category, 0) + 1
+                if per_category[category] > cap:
+                    return None
+            if sub_cap is not None:
+                per_sub[sub_category] = per_sub.get(sub_category, 0) + 1
+                if per_sub[sub_category] > sub_cap:
+                    return None
+            items.append(item)
+            sources.append(source)
+            if len(items) == k:
+                return items, sources
+    return items, sources
+
+
+class _Answer:
+    """Items taken so far and what the rules have left: places for bought items, and per
+    category and sub-category."""
+
+    __slots__ = (
+        "bought",
+        "bought_left",
+        "cap",
+        "k",
+        "per_category",
+        "per_sub",
+        "sub_cap",
+        "taken",
+        "verdicts",
+    )
+
+    def __init__(self, prepared: Prepared, bought: Collection[int], k: int) -> None:
+        self.k = k
+        self.cap = prepared.rules.max_per_category
+        self.sub_cap = prepared.rules.max_per_sub_category
+        self.verdicts = prepared.verdicts
+        self.bought = bought
+        self.bought_left = k - min(prepared.rules.min_new, k)
+        self.taken: set[int] = set()
+        self.per_category: dict[object, int] = {}
+        self.per_sub: dict[object, int] = {}
+
+    def known_new(self, item: int, source: str) -> bool:
+        """Known never bought: not a bought item, and not only on the popular list (which
+        popular items the customer bought is not stored)."""
+        return source != POPULAR and item not in self.bought
+
+    def take(self, item: int, source: str) -> bool:
+        """Take ``item`` (a candidate) if the answer still honours every rule with it; say
+        whether."""
+        taken = self.taken
+        if len(taken) >= self.k or item in taken:
+            return False
+        is_bought = not self.known_new(item, source)
+        if is_bought and self.bought_left <= 0:
+            return False
+        category, sub_category = self.verdicts[item] or _NO_GROUPS
+        if self.cap is not None and self.per_category.get(category, 0) >= self.cap:
+            return False
+        if self.sub_cap is not None and self.per_sub.get(sub_category, 0) >= self.sub_cap:
+            return False
+        taken.add(item)
+        self.bought_left -= is_bought
+        self.per_category[category] = self.per_category.get(category, 0) + 1
+        self.per_sub[sub_category] = self.per_sub.get(sub_category, 0) + 1
+        return True
+
+
+def _replay(found: list[Candidate], walk: Iterator[Candidate]) -> Iterator[Candidate]:
+    """The candidates ``found`` so far, then those ``walk`` still holds, added to ``found``
+    as they come: each step walks the candidates only as far as it needs."""
+    yield from found
+    for candidate in walk:
+        found.append(candidate)
+        yield candidate
+
+
+def _built(
+    prepared: Prepared, lists: Lists, k: int, found: list[Candidate], walk: Iterator[Candidate]
+) -> Served:
+    """The answer step by step (module doc) from the candidates (``found`` so far, then
+    ``walk``)."""
+    rules = prepared.rules
+    answer = _Answer(prepared, lists.bought, k)
     min_new = min(rules.min_new, k)
-    maybe_bought = not_known_new(lists, found)
-    answer = _Answer(k, rules, attributes, maybe_bought, k - min_new)
     if min_new:
         new_taken = 0
-        for item, _ in found:
+        for item, source in _replay(found, walk):
             if new_taken == min_new:
                 break
-            if item not in maybe_bought and answer.take(item):
+            if answer.known_new(item, source) and answer.take(item, source):
                 new_taken += 1
-    leading = _promoted(answer, found, shop.promoted, rules.promoted_first)
-    for item, _ in found:
-        if answer.full:
-            break
-        answer.take(item)
+    leading = _promoted(answer, _replay(found, walk), prepared.promoted, rules.promoted_first)
+    if len(answer.taken) < k:
+        for item, source in _replay(found, walk):
+            if answer.take(item, source) and len(answer.taken) >= k:
+                break
     first = set(leading)
     rest = [(i, s) for i, s in found if i in answer.taken and i not in first]
     sources = dict(found)
@@ -281,22 +304,8 @@ def apply_rules(
     return Served(items, [sources[i] for i in items], len(leading), k - len(items))
 
 
-def not_known_new(lists: Lists, found: Sequence[tuple[int, str]]) -> frozenset[int]:
-    """Candidates not known to be new to the customer: their bought items and every item
-    that only the popular list holds (which popular items they bought is not stored)."""
-    return frozenset(lists.bought) | {item for item, source in found if source == POPULAR}
-
-
-def _blocked(exclude: Collection[int], unavailable: Collection[int]) -> Collection[int]:
-    if not unavailable:
-        return exclude
-    if not exclude:
-        return unavailable
-    return set(exclude) | set(unavailable)
-
-
 def _promoted(
-    answer: _Answer, found: list[tuple[int, str]], promoted: Collection[int], limit: int
+    answer: _Answer, found: Iterator[Candidate], promoted: Collection[int], limit: int
 ) -> list[int]:
     """Up to ``limit`` items of the customer's own lists on promotion, in relevance order,
     taken into ``answer`` (or already in it)."""
@@ -306,6 +315,10 @@ def _promoted(
     for item, source in found:
         if len(leading) == limit:
             break
-        if source != POPULAR and item in promoted and (item in answer.taken or answer.take(item)):
+        if (
+            source != POPULAR
+            and item in promoted
+            and (item in answer.taken or answer.take(item, source))
+        ):
             leading.append(item)
     return leading

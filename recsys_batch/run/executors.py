@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 PRICE_FEATURE = "i_price"
 """The item table's median unit price (``item_features.median_price``)."""
 PRICE_ATTRIBUTE = "price"
-"""The published attribute holding it (``recsys_batch.rules.engine.PRICE``)."""
+"""The published attribute holding it (``recsys_batch.rules.prepared.PRICE``)."""
 
 
 class Executor(Protocol):

@@ -195,6 +195,10 @@ def test_pack_matches_redis_py() -> None:
     assert wire.pack_hget(b"P:v:V:u:3", b"42") == b"".join(
         conn.pack_command("HGET", b"P:v:V:u:3", b"42")
     )
+    assert wire.pack_hgets(b"P:v:V:", (b"u", b"t", b"r", b"n"), b":3", b"42") == b"".join(
+        b"".join(conn.pack_command("HGET", b"P:v:V:" + family + b":3", b"42"))
+        for family in (b"u", b"t", b"r", b"n")
+    )
     assert wire.pack(b"HMGET", b"P:ab", b"version", b"share") == b"".join(
         conn.pack_command("HMGET", b"P:ab", b"version", b"share")
     )

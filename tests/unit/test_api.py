@@ -556,6 +556,19 @@ def test_api_imports_no_heavy_modules() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_the_served_app_freezes_what_it_was_built_from() -> None:
+    """``api.main:app`` (what uvicorn serves) leaves the objects built at startup out of the
+    cyclic GC's collections (#27); an app built by ``create_app`` (tests) does not."""
+    code = (
+        "import gc, api.main; api.main.create_app(); before = gc.get_freeze_count(); "
+        "api.main.app; print(before, gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["0", "True"]
+
+
 class TestServeCommand:
     def test_runs_uvicorn_with_uvloop_and_httptools(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import uvicorn  # noqa: PLC0415

@@ -12,6 +12,7 @@ from typing import Any
 import fakeredis
 import pytest
 
+from api.live import LiveVersion
 from api.main import create_app
 from api.models import BatchResponse, Recommendation
 from api.service import Lookup
@@ -273,6 +274,27 @@ class TestShopStaleness:
             return before, (await lookup.one(1, 3))[1].items  # same clock reading
 
         assert asyncio.run(around_a_mark()) == ([11, 12, 13], [11, 13, 14])
+
+
+def test_a_ruling_is_dropped_with_the_shop_state_it_was_built_from() -> None:
+    """A ruling (the engine's prepared part) is kept per store until that store's set, or the
+    shared state, is read again. Catches a ruling that keeps serving items marked
+    unavailable since it was built (or one store's ruling applied to another)."""
+    shop = ShopCache(PREFIX, 1.0, clock=lambda: 10.0, wall=lambda: 0.0)
+    live = LiveVersion("v1", 2, None, None, (11, 12, 13), 1, "recsys:v:v1:items")
+    options = Options(scenario="s", store=3)
+    scenarios = [b"s", json.dumps({"min_new": 0}).encode()]
+    shop.update([None, 3], [scenarios, [b"11"], [], [b"12"]], 1.0)
+    first = shop.ruling(options, live)[0]
+    assert first.popular == (13,)
+    assert shop.ruling(options, live)[0] is first  # kept: built once per read
+    assert shop.ruling(Options(scenario="s"), live)[0].popular == (12, 13)
+    shop.update([3], [[b"13"]], 2.0)  # store 3 read again
+    assert shop.ruling(options, live)[0].popular == (12,)
+    assert shop.ruling(Options(scenario="s"), live)[0].popular == (12, 13)  # not store 3's
+    shop.update([None], [scenarios, [], []], 3.0)  # the shared state read again
+    assert shop.ruling(options, live)[0].popular == (11, 12)
+    assert shop.ruling(Options(scenario="s"), live)[0].popular == (11, 12, 13)
 
 
 def test_a_late_reply_of_an_older_read_never_replaces_a_newer_one() -> None:

@@ -129,6 +129,28 @@ class TestCompactFormat:
         with pytest.raises(ValueError, match="multiple of 2"):
             keys.decode_reasons(b"\x92")
 
+    @pytest.mark.parametrize(
+        ("texts", "items", "expected"),
+        [
+            (["r9.12", "b", "r0.0", "a"], [1, 2, 3, 4], {1, 3}),
+            (["r70.600", "t"], [5, 6, 7], {5}),  # more items than reasons: the rest not
+            (["a", "r2.3", "r1.1"], [8, 9], {9}),  # more reasons than items
+            ([], [1, 2], set()),
+        ],
+    )
+    def test_repeat_items_are_the_repeat_reasons(
+        self, texts: list[str], items: list[int], expected: set[int]
+    ) -> None:
+        """The bought items the API reads without decoding every reason: those whose reason
+        decodes to ``repeat``. Catches reading the wrong byte of a packed reason."""
+        packed = keys.encode_reasons(texts)
+        decoded = [why["code"] == "repeat" for why in keys.decode_reasons(packed)]
+        assert keys.repeat_items(items, packed) == expected
+        assert expected == {item for item, repeat in zip(items, decoded, strict=False) if repeat}
+        assert keys.repeat_items(items, None) == frozenset()
+        with pytest.raises(ValueError, match="multiple of 2"):
+            keys.repeat_items(items, b"\x92")
+
     def test_unknown_family_refused(self) -> None:
         with pytest.raises(ValueError, match="unknown bucket family"):
             keys.user_bucket_key("v1", 0, family="x")

@@ -35,6 +35,8 @@ from recsys_batch.rules import (
     apply_rules,
     bought_items,
     parse_rules,
+    prepare,
+    serve,
 )
 
 
@@ -259,6 +261,35 @@ class TestProperties:
         left_out = set(relevance(case)) - set(served.items)
         if served.short_by > 0:
             assert not [i for i in left_out if fits(case, [*served.items, i])]
+
+    @settings(max_examples=150)
+    @given(
+        cases() | cases(filters=False),
+        st.lists(st.tuples(item_lists, item_lists, id_sets, id_sets), max_size=4),
+    )
+    def test_one_preparation_serves_every_customer(
+        self, case: Case, others: list[tuple[list[int], list[int], frozenset[int], frozenset[int]]]
+    ) -> None:
+        """The API prepares once per rule set and shop state and serves every customer from
+        it (``prepare`` then ``serve``): each answer is still the naive reference's. Catches
+        a preparation that remembers one customer's lists or exclusions for the next."""
+        prepared = prepare(case.popular, case.attributes, case.rules, case.shop)
+        customers = [case] + [
+            Case(
+                Lists(own, new, bought),
+                case.popular,
+                case.attributes,
+                case.rules,
+                case.k,
+                exclude,
+                case.shop,
+            )
+            for own, new, bought, exclude in others
+        ]
+        for customer in customers + customers[::-1]:
+            served = serve(prepared, customer.lists, customer.k, exclude=customer.exclude)
+            assert (served.items, served.promoted) == reference(customer)
+            assert violations(customer, served) == []
 
     @given(item_lists, item_lists, st.lists(ids, max_size=6), st.integers(0, 10))
     def test_without_rules_it_is_todays_answer(
