@@ -12,11 +12,6 @@ Read = tuple[bytes, tuple[bytes, ...], bytes, bytes]
 the field in the bucket hash of each family (``P:v:V:u:N``, ...), one reply each."""
 
 
-def replies(reads: list[Read]) -> int:
-    """How many replies ``reads`` get (one per family of each)."""
-    return sum([len(read[1]) for read in reads])
-
-
 Job = tuple[
     list[Plan],
     int,
@@ -24,10 +19,11 @@ Job = tuple[
     "str | None",
     "tuple[str | None, str | None]",
     list[Read],
+    int,
     "asyncio.Future[Any]",
 ]
 """One lookup's share of a round trip: (plans, k, explain, the live version it expects or
-None, the A/B state it expects, its reads, its future)."""
+None, the A/B state it expects, its reads, how many replies they get, its future)."""
 
 
 class Coalescer:

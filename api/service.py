@@ -33,7 +33,7 @@ from typing import Any
 
 from api import metrics
 from api.answers import Answer, Plan, answers_of, families_read
-from api.coalesce import Coalescer, Job, Read, replies
+from api.coalesce import Coalescer, Job, Read
 from api.errors import Unavailable
 from api.live import (
     EXPERIMENT_FIELDS,
@@ -267,8 +267,11 @@ class Lookup:
         Returns the version the answer was read from (the experiment's for a user in its
         arm) and the answer.
         """
-        live, answers = await self.many([user_id], k, [exclude], explain=explain, options=options)
-        return answers[0].live or live, answers[0]
+        live = self._live if self._live is not None else await self.refresh()
+        found = await self._lookup(live, [user_id], k, [exclude], explain, options, check=True)
+        if found is None:  # straight to _lookup, not through many: a coroutine less (#27)
+            live, found = await self._reread([user_id], k, [exclude], explain, options)
+        return found[0].live or live, found[0]
 
     async def many(
         self,
@@ -308,9 +311,14 @@ class Lookup:
         live = self._live if self._live is not None else await self.refresh()
         excludes = excludes or [()] * len(user_ids)
         answers = await self._lookup(live, user_ids, k, excludes, explain, options, check=True)
-        if answers is None:  # the pointer or the experiment moved: reload, read again
-            live = await self.refresh(force=True, since=time.monotonic())
-            answers = await self._lookup(live, user_ids, k, excludes, explain, options, check=False)
+        if answers is None:
+            return await self._reread(user_ids, k, excludes, explain, options)
+        return live, answers
+
+    async def _reread(self, *args: Any) -> tuple[LiveVersion, list[Answer]]:
+        """:meth:`many` once the pointer or the experiment moved: reload, read again."""
+        live = await self.refresh(force=True, since=time.monotonic())
+        answers = await self._lookup(live, *args, check=False)
         if answers is None:  # pragma: no cover - an unchecked lookup always answers
             raise Unavailable("version_incomplete", "the live version changed twice")
         return live, answers
@@ -332,6 +340,7 @@ class Lookup:
         experiment = self._experiment
         plans: list[Plan] = []
         reads: list[Read] = []
+        count = 0  # their replies
         for user_id, exclude in zip(user_ids, excludes, strict=True):
             arm, variant = live, "control"
             if experiment is not None and keys.in_treatment(user_id, experiment.share):
@@ -339,11 +348,12 @@ class Lookup:
             bucket = b":%d" % keys.bucket_of(user_id, arm.buckets)
             need_tail = options.ruled or k + len(exclude) > keys.ITEMS_PER_FIELD
             families = families_read(options.ruled, need_tail, explain)
+            count += len(families)
             reads.append((arm.wire_prefix, families, bucket, b"%d" % user_id))
             plans.append((arm, variant, user_id, exclude, need_tail, options))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         expected = live.version if check else None
-        job: Job = (plans, k, explain, expected, self._experiment_state, reads, future)
+        job: Job = (plans, k, explain, expected, self._experiment_state, reads, count, future)
         if self.coalescer is not None:
             self.coalescer.add(job)
         else:
@@ -355,8 +365,8 @@ class Lookup:
             raise got.error
         return got
 
-    async def _read(self, reads: list[Read], extra: list[Command]) -> list[Any]:
-        """One round trip: every ``HGET`` of ``reads``, ``GET P:current``,
+    async def _read(self, reads: list[Read], count: int, extra: list[Command]) -> list[Any]:
+        """One round trip: every ``HGET`` of ``reads`` (``count`` replies), ``GET P:current``,
         ``HMGET P:ab version share`` and the ``extra`` commands (shop state); their replies
         in that order."""
         if self.wire is not None:
@@ -364,7 +374,7 @@ class Lookup:
             packed += self._pointer_reads
             if extra:
                 packed += b"".join([pack(*command) for command in extra])
-            return await self.wire.exchange(packed, replies(reads) + 2 + len(extra))
+            return await self.wire.exchange(packed, count + 2 + len(extra))
         pipe = self.client.pipeline(transaction=False)
         for prefix, families, suffix, field in reads:
             for family in families:
@@ -382,24 +392,23 @@ class Lookup:
         stores = [p[5].store for job in batch for p in job[0] if p[5].store is not None]
         extra, parts, sent = self.shop.reads(stores)
         reads = [read for job in batch for read in job[5]]
+        at = sum([job[6] for job in batch])
         try:
-            values = await self._read(reads, extra)
+            values = await self._read(reads, at, extra)
             if extra:
                 self.shop.update(parts, values[len(values) - len(extra) :], sent)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
             for job in batch:
-                if not job[6].done():
-                    job[6].set_result(Failed(exc))
+                if not job[7].done():
+                    job[7].set_result(Failed(exc))
             if not isinstance(exc, Exception):
                 raise
             return
-        at = replies(reads)
         pointer = text(values[at])
         state = experiment_state(values[at + 1])
         counts = [0, 0, 0]  # treatment, personal, fallback
         at = 0
-        for plans, k, explain, expected, expected_state, mine_reads, future in batch:
-            n = replies(mine_reads)
+        for plans, k, explain, expected, expected_state, _, n, future in batch:
             mine = values[at : at + n]
             at += n
             if future.done():  # a cancelled request (client went away)

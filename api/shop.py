@@ -212,14 +212,18 @@ class ShopCache:
                 at += 3
                 if sent < self._read_at:  # a later read already came back
                     continue
+                held = (self.scenarios, self.unavailable, self.promoted)
                 self.scenarios = {
                     _text(name): stored_scenario(_text(name), value)
                     for name, value in _pairs(scenarios)
                 }
                 self.unavailable = _items(self.unavailable_key, unavailable)
                 self.promoted = _items(self.promo_key, promoted)
-                self._rules = {}
-                self._rulings = {}
+                if held != (self.scenarios, self.unavailable, self.promoted):
+                    # Unchanged, the rulings stand, their verdicts too: re-judging every
+                    # item met after each read was a CPU cost per request (#27).
+                    self._rules = {}
+                    self._rulings = {}
                 self._read_at = sent
             else:
                 raw = replies[at]
@@ -230,7 +234,8 @@ class ShopCache:
                     continue
                 key = shop_keys.unavailable_key(self._prefix, part)
                 self._stores[part] = (sent, _items(key, raw))
-                self._rulings.pop(part, None)
+                if kept is None or kept[1] != self._stores[part][1]:
+                    self._rulings.pop(part, None)
         while len(self._stores) > MAX_STORES:
             oldest = next(iter(self._stores))
             del self._stores[oldest]

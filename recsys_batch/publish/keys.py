@@ -51,6 +51,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Sequence
+from itertools import compress
 from urllib.parse import unquote, urlsplit
 
 from recsys_batch.errors import ConfigError
@@ -241,6 +242,7 @@ MAX_REASON_TIMES = 63
 MAX_REASON_DAYS = 511
 """Repeat reasons cap the days since the last purchase at this (9 bits)."""
 _REPEAT = 0x8000
+_TOP_BIT = bytes(byte >> 7 for byte in range(256))  # a repeat: its first byte's top bit, C loops
 REASON_CODES = ("als", "bought_with", "trending", "popular", "promoted", "category")
 """Codes of the other reasons, by their packed value (0..5)."""
 _LETTERS = {"a": 0, "b": 1, "t": 2, "p": 3}
@@ -293,8 +295,7 @@ def repeat_items(items: Sequence[int], value: bytes | None) -> frozenset[int]:
     >>> sorted(repeat_items([7, 8], encode_reasons(["r2.5", "a"])))
     [7]
     """
-    highs = _reasons(value)[::REASON_BYTES]  # a repeat: the top bit of a reason's first byte
-    return frozenset([item for item, high in zip(items, highs, strict=False) if high & 0x80])
+    return frozenset(compress(items, _reasons(value)[::REASON_BYTES].translate(_TOP_BIT)))
 
 
 def _reasons(value: bytes | None) -> bytes:
@@ -440,8 +441,7 @@ def tls_options(
 ) -> dict[str, str]:
     """redis-py's TLS keyword arguments for ``rediss://`` URLs ({} for any other URL).
 
-    Shared by the batch and the API so both trust the same CA and present the same client
-    certificate.
+    Shared by the batch and the API: both trust the same CA, present the same certificate.
     """
     if not url.lower().startswith("rediss://"):
         return {}

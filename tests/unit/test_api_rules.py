@@ -278,8 +278,10 @@ class TestShopStaleness:
 
 def test_a_ruling_is_dropped_with_the_shop_state_it_was_built_from() -> None:
     """A ruling (the engine's prepared part) is kept per store until that store's set, or the
-    shared state, is read again. Catches a ruling that keeps serving items marked
-    unavailable since it was built (or one store's ruling applied to another)."""
+    shared state, is read again and differs. Catches a ruling that keeps serving items marked
+    unavailable since it was built (or one store's ruling applied to another), or one that a
+    changed promotion list leaves in place; and rulings (their verdicts) built again after
+    every read of an unchanged state (a CPU cost per request, #27)."""
     shop = ShopCache(PREFIX, 1.0, clock=lambda: 10.0, wall=lambda: 0.0)
     live = LiveVersion("v1", 2, None, None, (11, 12, 13), 1, "recsys:v:v1:items")
     options = Options(scenario="s", store=3)
@@ -295,6 +297,11 @@ def test_a_ruling_is_dropped_with_the_shop_state_it_was_built_from() -> None:
     shop.update([None], [scenarios, [], []], 3.0)  # the shared state read again
     assert shop.ruling(options, live)[0].popular == (11, 12)
     assert shop.ruling(Options(scenario="s"), live)[0].popular == (11, 12, 13)
+    kept = shop.ruling(options, live)[0]
+    shop.update([None, 3], [scenarios, [], [], [b"13"]], 4.0)  # read again, nothing changed
+    assert shop.ruling(options, live)[0] is kept
+    shop.update([None], [scenarios, [], [b"12"]], 5.0)  # a promotion starts
+    assert shop.ruling(options, live)[0].promoted == {12}
 
 
 def test_a_late_reply_of_an_older_read_never_replaces_a_newer_one() -> None:
