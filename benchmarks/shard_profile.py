@@ -34,7 +34,7 @@ from recsys_batch.config import Settings, load_settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.frames import distinct_count
 from recsys_batch.data.sources import load_dataset
-from recsys_batch.model import persist, split
+from recsys_batch.model import persist, plan_features, split
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.run import shard_context, shard_task, sharding
 
@@ -85,6 +85,11 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
         work / "reference.parquet", lambda: shard_context.reference_rows(pl.concat(parts), cut)
     )
     partitions = {shard: parts[shard].collect() for shard in shards}
+    plans = None  # as the nightly's _model_data: the plan tables of the weeks it scores
+    if model.forward_plan_features:
+        windows = model.windows
+        horizons = plan_features.model_horizons(windows.history_end, cut, settings.split)
+        plans = plan_features.plan_tables(dataset.plans, catalogue.lazy().select(C.ITEM), horizons)
     context = shard_task.ShardContext(
         model=model,
         catalogue_items=catalogue.select(C.ITEM)
@@ -98,6 +103,8 @@ def build(settings: Settings, models: Path, work: Path, shards: list[int]) -> tu
         items=dataset.items.collect() if dataset.items is not None else None,
         users=dataset.users.collect() if dataset.users is not None else None,
         partitions=partitions,
+        plans=plans,
+        first_buyers=shard_context.new_item_families(parts, cut, settings),
     )
     return context, n_shards
 
