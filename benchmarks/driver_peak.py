@@ -30,17 +30,15 @@ from pathlib import Path
 from typing import Any
 
 
-def run_one(data: Path, runs: Path, extra: list[str]) -> dict[str, Any]:
-    """One ``recsys nightly-batch`` on ``data``: the driver's peak, per stage, and the wall.
-
-    Each folder publishes under its own key prefix (``RECSYS_REDIS__KEY_PREFIX`` + ``.`` +
-    the folder's name), so the gate compares a run with the live version of the same data.
-    """
+def nightly_subprocess(
+    data: Path, runs: Path, extra: list[str], env: dict[str, str]
+) -> tuple[dict[str, Any], float]:
+    """Run ``recsys nightly-batch --source synthetic --path data *extra`` in a child process
+    with ``env`` and its runs under ``runs``; returns the run's manifest and the wall seconds
+    (exits with the child's stderr tail when it fails)."""
     runs.mkdir(parents=True, exist_ok=True)
-    prefix = os.environ.get("RECSYS_REDIS__KEY_PREFIX", "driver-peak")
     env = {
-        **os.environ,
-        "RECSYS_REDIS__KEY_PREFIX": f"{prefix}.{data.name}",
+        **env,
         "RECSYS_RUN__RUNS_DIR": str(runs),
         "RECSYS_RUN__LOCK_FILE": str(runs / "nightly.lock"),
     }
@@ -55,7 +53,19 @@ def run_one(data: Path, runs: Path, extra: list[str]) -> dict[str, Any]:
         sys.stderr.write(done.stderr[-4000:])
         msg = f"nightly-batch on {data} exited {done.returncode}"
         raise SystemExit(msg)
-    manifest = json.loads(max(runs.glob("*/manifest.json"), key=os.path.getmtime).read_text())
+    manifest_path = max(runs.glob("*/manifest.json"), key=os.path.getmtime)
+    return {**json.loads(manifest_path.read_text()), "run_dir": str(manifest_path.parent)}, wall
+
+
+def run_one(data: Path, runs: Path, extra: list[str]) -> dict[str, Any]:
+    """One ``recsys nightly-batch`` on ``data``: the driver's peak, per stage, and the wall.
+
+    Each folder publishes under its own key prefix (``RECSYS_REDIS__KEY_PREFIX`` + ``.`` +
+    the folder's name), so the gate compares a run with the live version of the same data.
+    """
+    prefix = os.environ.get("RECSYS_REDIS__KEY_PREFIX", "driver-peak")
+    env = {**os.environ, "RECSYS_REDIS__KEY_PREFIX": f"{prefix}.{data.name}"}
+    manifest, wall = nightly_subprocess(data, runs, extra, env)
     stages = {
         s["name"]: {"seconds": s["seconds"], "peak_mb": s["peak_mb"]} for s in manifest["stages"]
     }

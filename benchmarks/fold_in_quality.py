@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,8 @@ from typing import Any
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from driver_peak import nightly_subprocess  # noqa: E402 - benchmarks/ is sys.path[0]
 
 from recsys_batch.config import DataConfig  # noqa: E402
 from recsys_batch.data import columns as C  # noqa: E402
@@ -48,29 +48,13 @@ EVERYONE = 1_000_000_000
 
 
 def nightly(data: Path, run_date: date, runs: Path, stage1_users: int | None) -> dict[str, Any]:
-    """One dry ``recsys nightly-batch``; returns its manifest and wall seconds."""
-    runs.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "RECSYS_RUN__RUNS_DIR": str(runs),
-        "RECSYS_RUN__LOCK_FILE": str(runs / "nightly.lock"),
-    }
+    """One dry ``recsys nightly-batch``; returns its run folder, manifest and wall seconds."""
+    env = dict(os.environ)
     if stage1_users is not None:
         env["RECSYS_SCALE__STAGE1_USERS"] = str(stage1_users)
-    cmd = [
-        sys.executable, "-m", "cli.main", "nightly-batch", "--source", "synthetic",
-        "--path", str(data), "--run-date", run_date.isoformat(), "--dry-run", "--no-gate",
-    ]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-4000:])
-        msg = f"nightly-batch exited {done.returncode}"
-        raise SystemExit(msg)
-    run_dir = max((p for p in runs.iterdir() if p.is_dir()), key=os.path.getmtime)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    return {"run_dir": run_dir, "wall_s": round(wall, 1), "manifest": manifest}
+    flags = ["--run-date", run_date.isoformat(), "--dry-run", "--no-gate"]
+    manifest, wall = nightly_subprocess(data, runs, flags, env)
+    return {"run_dir": Path(manifest["run_dir"]), "wall_s": round(wall, 1), "manifest": manifest}
 
 
 def held_out_truth(data: Path, cut_day: int, weeks: int) -> pl.LazyFrame:
