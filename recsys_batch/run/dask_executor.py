@@ -10,6 +10,7 @@ failed shard ends the run with is :func:`recsys_batch.run.shard_retries.run_ends
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import uuid
@@ -27,6 +28,8 @@ from recsys_batch.run import progress as progress_events
 from recsys_batch.run import shard_task, sharding
 from recsys_batch.run.shard_retries import run_ends, shard_failed
 from recsys_batch.run.shard_task import ShardContext, ShardFn, ShardResult, write_recommendations
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,53 +110,94 @@ class DaskExecutor:
         # That slice is ~26 MB for 5,000 users at 100x by design: Dask's 10 MB "large graph"
         # warning would fire for every shard.
         with self.client() as client, _large_tasks_expected():
-            shared = client.scatter(item_level, broadcast=True, hash=False)
-            users_of = dict(shards)
-
-            def submit(shard: int, attempt: int) -> Any:
-                return client.submit(
-                    shard_task.run_sliced,
-                    fn,
-                    shared,
-                    shard_task.stage1_for_users(shipped, users_of[shard][C.USER]),
-                    shard,
-                    users_of[shard],
-                    key=f"shard-{run}-{shard:05d}-{attempt}",
-                    retries=0,  # Dask would retry any exception: the driver decides (#29)
-                    pure=False,
-                )
-
-            futures = {shard: submit(shard, 1) for shard in users_of}
+            tasks = _ShardTasks(client, fn, shipped, item_level, dict(shards), run)
             results = []
             try:
-                for shard in users_of:
-                    result = self._result(shard, futures, submit)
+                for shard in tasks.users_of:
+                    result = self._result(shard, tasks)
                     results.append(_saved(result, ctx))
                     events.shard_done(shard, result.users)
             finally:
-                client.cancel(list(futures.values()))
+                tasks.cancel()
         return results
 
-    def _result(self, shard: int, futures: dict[int, Any], submit: Any) -> ShardResult:
-        """``shard``'s result; resubmitted (``futures[shard]`` replaced) while
+    def _result(self, shard: int, tasks: _ShardTasks) -> ShardResult:
+        """``shard``'s result; resubmitted while
         :func:`~recsys_batch.run.shard_retries.run_ends` says to retry."""
         from distributed import KilledWorker  # noqa: PLC0415 - optional at import
 
         for attempt in range(1, self.retries + 2):
             try:
-                result: ShardResult = futures[shard].result()
+                result: ShardResult = tasks.futures[shard].result()
             except KilledWorker as exc:  # the scheduler already reran it on other workers
                 raise shard_failed(shard, attempt, exc) from exc
+            except concurrent.futures.CancelledError as exc:
+                # Only this executor cancels its tasks, so the scheduler forgot them: the
+                # scattered context lost its last copy with a dead worker (the scheduler's
+                # memory manager keeps one copy of scattered data, not one per worker).
+                if attempt > self.retries:
+                    raise shard_failed(shard, attempt, exc) from exc
+                log.warning("shard %d: the workers' context was lost, scattering it again", shard)
+                tasks.scatter_again()
             except Exception as exc:
                 ends = run_ends(shard, attempt, self.retries, exc)
                 if ends is exc:
                     raise
                 if ends is not None:
                     raise ends from exc
-                futures[shard] = submit(shard, attempt + 1)
+                tasks.submit(shard)
             else:
                 return result
         raise AssertionError  # pragma: no cover - the last attempt returns or raises
+
+
+class _ShardTasks:
+    """The shard tasks of one :meth:`DaskExecutor.map_shards` on ``client``, and the
+    item-level context they share, scattered to every worker. A resubmitted shard gets a new
+    key (``shard-<run>-<shard>-<n>``).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        fn: ShardFn,
+        shipped: ShardContext,
+        item_level: ShardContext,
+        users_of: dict[int, pl.DataFrame],
+        run: str,
+    ) -> None:
+        self.client, self.fn, self.shipped, self.item_level = client, fn, shipped, item_level
+        self.users_of, self.run = users_of, run
+        self.submitted = dict.fromkeys(users_of, 0)
+        self.shared = client.scatter(item_level, broadcast=True, hash=False)
+        self.futures: dict[int, Any] = {}
+        for shard in users_of:
+            self.submit(shard)
+
+    def submit(self, shard: int) -> None:
+        """(Re)submit ``shard`` on the current context."""
+        self.submitted[shard] += 1
+        self.futures[shard] = self.client.submit(
+            shard_task.run_sliced,
+            self.fn,
+            self.shared,
+            shard_task.stage1_for_users(self.shipped, self.users_of[shard][C.USER]),
+            shard,
+            self.users_of[shard],
+            key=f"shard-{self.run}-{shard:05d}-{self.submitted[shard]}",
+            retries=0,  # Dask would retry any exception: the driver decides (#29)
+            pure=False,
+        )
+
+    def scatter_again(self) -> None:
+        """Scatter the context anew; resubmit every shard the scheduler forgot with it."""
+        self.shared = self.client.scatter(self.item_level, broadcast=True, hash=False)
+        for shard, future in self.futures.items():
+            if future.cancelled():
+                self.submit(shard)
+
+    def cancel(self) -> None:
+        self.client.cancel([*self.futures.values(), self.shared])
 
 
 def _saved(result: ShardResult, ctx: ShardContext) -> ShardResult:

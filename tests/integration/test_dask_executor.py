@@ -10,7 +10,9 @@ a failed publish.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +104,18 @@ def context(trained: Trained, settings: Settings) -> T.ShardContext:
         trained.users.lazy() if trained.users is not None else None,
     )
     return shard_context.build_context(trained.model, data, settings, N_SHARDS)
+
+
+def on_disk_context(trained: Trained, settings: Settings, folder: Path) -> T.ShardContext:
+    """The context of shards written to ``folder``, as worker processes read them."""
+    sharding.write_shards(trained.tx.lazy(), N_SHARDS, folder)
+    data = two_stage.ModelData(
+        trained.tx.lazy(),
+        trained.catalogue.lazy(),
+        trained.items.lazy() if trained.items is not None else None,
+        trained.users.lazy() if trained.users is not None else None,
+    )
+    return shard_context.build_context(trained.model, data, settings, N_SHARDS, shards_dir=folder)
 
 
 def published_values(
@@ -196,6 +210,40 @@ def buggy(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult
         msg = "unsupported operand type(s) for +: 'int' and 'str'"
         raise TypeError(msg)
     return T.run_shard(ctx, shard, users)
+
+
+def dies_once(ctx: T.ShardContext, shard: int, users: pl.DataFrame) -> T.ShardResult:
+    """Shard 0's first attempt SIGKILLs its worker process (a ``died`` file beside the shards
+    tells the next attempt it happened)."""
+    assert ctx.shards_dir is not None
+    if shard == 0:
+        try:
+            (Path(str(ctx.shards_dir)).parent / "died").open("x").close()
+        except FileExistsError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return T.run_shard(ctx, shard, users)
+
+
+def test_a_context_lost_with_its_worker_is_scattered_again(
+    trained: Trained, settings: Settings, client: store.Client, tmp_path: Path
+) -> None:
+    """Regression (CI, 2026-12-07): one worker process holds the only copy of the scattered
+    context (the scheduler's memory manager keeps one copy, however broadcast) and shard 0
+    kills it. The scheduler forgets every task that needed the context; the driver got
+    ``FutureCancelledError`` and the run failed as a bug. It scatters the context again and
+    resubmits them: every user is published. Catches dropping ``scatter_again``."""
+    ctx = on_disk_context(trained, settings, tmp_path / "shards")
+    executor = D.DaskExecutor(address=None, workers=1, retries=1, processes=True)
+    run = E.publish_shards(
+        ctx, trained.user_ids.lazy(), executor, client, [1, 2, 3], {"run_id": "t"}, fn=dies_once
+    )
+    assert (tmp_path / "died").exists()
+    assert status.live_version(client, settings.redis) == run.version
+    top_k = trained.settings.ranker.top_k
+    published = published_values(client, run.version or "", settings)
+    assert {u: items[:top_k] for u, items in published.items()} == expected_values(trained.expected)
 
 
 @pytest.mark.parametrize("executor", [E.LocalExecutor(retries=1), "dask"], ids=["local", "dask"])
@@ -317,16 +365,7 @@ def test_workers_get_the_shard_location_not_the_transactions(
     trained: Trained, tmp_path: Path
 ) -> None:
     """The pickled context holds the model and small tables, and a path (#17)."""
-    sharding.write_shards(trained.tx.lazy(), N_SHARDS, tmp_path / "shards")
-    data = two_stage.ModelData(
-        trained.tx.lazy(),
-        trained.catalogue.lazy(),
-        trained.items.lazy() if trained.items is not None else None,
-        trained.users.lazy() if trained.users is not None else None,
-    )
-    ctx = shard_context.build_context(
-        trained.model, data, trained.settings, N_SHARDS, shards_dir=tmp_path / "shards"
-    )
+    ctx = on_disk_context(trained, trained.settings, tmp_path / "shards")
     shipped = D.DaskExecutor().shipped(ctx)
     assert shipped.partitions is None and shipped.transactions is None
     size = len(pickle.dumps(shipped, protocol=5))
