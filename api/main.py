@@ -121,6 +121,13 @@ def create_app(
 _APP: Service | None = None
 
 
+def young_threshold(allocations: int) -> None:
+    """Collect the youngest GC generation every ``allocations`` allocations (the older
+    generations keep their thresholds)."""
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(allocations, middle, oldest)
+
+
 def __getattr__(name: str) -> Any:
     """``api.main.app`` is built on first access, so importing the module reads no settings."""
     global _APP
@@ -132,5 +139,6 @@ def __getattr__(name: str) -> Any:
             # ran every second or two and took ~40 ms over its ~80,000 objects (#27).
             gc.collect()
             gc.freeze()
+            young_threshold(_APP.state.settings.api.gc_young_threshold)
         return _APP
     raise AttributeError(name)

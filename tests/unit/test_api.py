@@ -9,6 +9,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -751,3 +752,23 @@ def test_live_version_age_gauge(api: TestClient, batch: fakeredis.FakeRedis, v1:
     after = time.time()
     line = next(x for x in text.splitlines() if x.startswith("recsys_api_live_version_age_seconds"))
     assert before - stamped <= float(line.split()[-1]) <= after - stamped
+
+
+def test_the_served_app_collects_young_objects_at_the_configured_threshold() -> None:
+    """``api.main.app`` (what uvicorn serves) sets the youngest GC generation's threshold
+    from ``api.gc_young_threshold`` and keeps the older ones (#27). In a subprocess: the
+    threshold is the process's. Catches dropping the call, or reading another setting."""
+    code = (
+        "import gc; before = gc.get_threshold(); import api.main as m; m.app; "
+        "after = gc.get_threshold(); print(before[0], after[0], before[1:] == after[1:])"
+    )
+    env = {"RECSYS_API__GC_YOUNG_THRESHOLD": "12345", "PATH": "", "RECSYS_REDIS__URL": "redis://x"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["700", "12345", "True"]
