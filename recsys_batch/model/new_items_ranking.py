@@ -26,6 +26,7 @@ from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.model import split
 from recsys_batch.model.candidates import Stage1Model, item_factors, user_factors
+from recsys_batch.model.featured import stage1_knowing
 from recsys_batch.model.features import FeatureSet, build_features, targets, with_targets
 from recsys_batch.model.new_items import REASON, new_item_candidates
 from recsys_batch.model.ranking import Ranker, fit_ranker, score, top_k
@@ -119,6 +120,9 @@ def featured_new_items(
     tuple
         The features (one row per candidate) and ``user_id, item_id, reason``.
     """
+    # Users stage 1 was not fit on (a sample, ``scale.stage1_users``) are folded in, as for
+    # the main list: else the co-purchase, ALS and category generators skip them (#28).
+    model = stage1_knowing(model, data, users, as_of_week, settings)
     cands = new_item_candidates(
         model,
         users,

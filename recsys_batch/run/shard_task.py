@@ -164,6 +164,7 @@ def shard_recommendations(
         seconds per step.
     """
     from recsys_batch.model import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
+    from recsys_batch.model.featured import stage1_knowing  # noqa: PLC0415
     from recsys_batch.model.ranking import ranking_scores, top_k  # noqa: PLC0415
 
     seconds: dict[str, float] = {}
@@ -186,6 +187,8 @@ def shard_recommendations(
     # The shard's users' slice of stage 1 (a no-op for a Dask task's slice): the chunks of
     # candidate generation then never scan every user's rows (own purchases, 37M at 100x).
     stage1 = stage1_for_users(ctx, user_ids[C.USER])
+    # Its users outside stage 1's sample folded in once, for both lists (#28).
+    stage1 = stage1_knowing(stage1, data, user_ids.lazy(), cut, ctx.settings)
     tables = shard_tables(ctx, data, cut)
     feats = two_stage.featured_candidates(
         stage1, data, user_ids.lazy(), cut, ctx.settings, fixed_tables=tables

@@ -20,10 +20,12 @@ from recsys_batch.config import RedisConfig, Settings, load_settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import load_dataset
 from recsys_batch.model import split, two_stage
+from recsys_batch.model.new_items import REASON
+from recsys_batch.model.new_items_ranking import new_item_recommendations
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.publish import status
 from recsys_batch.run import executors as E
-from recsys_batch.run import shard_context, sharding
+from recsys_batch.run import shard_context, shard_task, sharding
 from tests.integration.test_dask_executor import N_SHARDS, Trained, first_k
 from tests.nightly import expected_values, stored_values
 
@@ -89,6 +91,52 @@ def test_sharded_fold_in_equals_unsharded_recommend(trained: Trained, tmp_path: 
     )
     scored = E.score_shards(ctx, trained.user_ids.lazy(), E.LocalExecutor())
     assert_frame_equal(first_k(scored.recommendations()), trained.expected.sort(C.USER, C.RANK))
+
+
+def model_data(trained: Trained) -> two_stage.ModelData:
+    return two_stage.ModelData(
+        trained.tx.lazy(),
+        trained.catalogue.lazy(),
+        trained.items.lazy() if trained.items is not None else None,
+        trained.users.lazy() if trained.users is not None else None,
+    )
+
+
+def test_new_items_of_users_outside_the_sample_come_from_their_purchases(
+    trained: Trained,
+) -> None:
+    """Their new-items lists hold co-purchase, ALS and category items, as the sampled users'
+    do, not only the trending items an unknown user gets. Catches: no fold-in in the
+    new-items path (it was missing: 60% of 100x customers got trending items only)."""
+    stage1 = trained.model.stage1_for_scoring
+    outside = trained.user_ids.filter(~pl.col(C.USER).is_in(stage1.users.ids.tolist()))
+    lists = new_item_recommendations(
+        trained.model, model_data(trained), outside.lazy(), trained.settings
+    )
+    personal = lists.filter(pl.col(REASON) != "trending")[C.USER].n_unique()
+    assert lists[C.USER].n_unique() == outside.height
+    assert personal > 0.9 * outside.height
+
+
+def test_sharded_new_items_equal_unsharded(trained: Trained, tmp_path: Path) -> None:
+    """Each shard's new-items lists (its users folded in once, for both lists) are those of
+    one fold-in of everybody at once. Catches: the shard's and the unsharded new-items path
+    folding in differently (either one skipping it), item families that differ by shard."""
+    sharding.write_shards(trained.tx.lazy(), N_SHARDS, tmp_path / "shards")
+    data = model_data(trained)
+    ctx = shard_context.build_context(
+        trained.model, data, trained.settings, N_SHARDS, shards_dir=tmp_path / "shards"
+    )
+    expected = new_item_recommendations(
+        trained.model, data, trained.user_ids.lazy(), trained.settings
+    )
+    parts = []
+    for shard, users in E.plan_shards(trained.user_ids.lazy(), N_SHARDS):
+        _, new_items, _ = shard_task.shard_recommendations(ctx, shard, users)
+        assert new_items is not None
+        parts.append(new_items)
+    sharded = pl.concat(parts).sort(C.USER, C.RANK)
+    assert_frame_equal(sharded, expected.sort(C.USER, C.RANK))
 
 
 def test_nightly_batch_with_a_stage1_sample_publishes_every_user(
