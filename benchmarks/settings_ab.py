@@ -1,12 +1,14 @@
 """Two-stage Precision@5 and fit time of today's settings vs changed ones, same run.
 
 Run: ``.venv/bin/python benchmarks/settings_ab.py --set ranker.negatives_per_user=50
-[--set SECTION.NAME=VALUE ...] [--origins 1 2] [--json PATH]``.
+[--set SECTION.NAME=VALUE ...] [--list two_stage_new] [--origins 1 2] [--json PATH]``.
 
 At each origin (1 and 2 = the validation origins, weeks 46-49 and 42-45 on the bundled
 data; 0 = the final test, weeks 50-53) it runs the backtest of ``recsys evaluate`` twice on
 the same prepared data: with the settings of the environment and config file ("base") and
-with the ``--set`` values on top ("changed"). It prints each origin's P@5 "all" of both,
+with the ``--set`` values on top ("changed"). It prints each origin's P@5 "all" of both
+for the list ``--list`` names (``two_stage``, the default, or ``two_stage_new``: the
+new-items list, whose P@5 is its hit rate; the backtest then builds the baselines too),
 the seconds each backtest took, and the paired bootstrap 95% interval of the difference
 (changed minus base), the "all" users of the validation origins given pooled. A setting
 is chosen on the validation origins only; origin 0 is run once, to report it.
@@ -49,8 +51,11 @@ def changed_settings(base: Settings, assignments: list[str]) -> Settings:
     return Settings.model_validate(merged)
 
 
-def origin_pair(dataset: Any, base: Settings, changed: Settings, last_week: int) -> dict[str, Any]:
-    """Both backtests at the origin ending ``last_week``: per-user P@5 and their seconds."""
+def origin_pair(
+    dataset: Any, base: Settings, changed: Settings, last_week: int, name: str
+) -> dict[str, Any]:
+    """Both backtests at the origin ending ``last_week``: per-user P@5 of list ``name`` and
+    their seconds."""
     data = cut_after(dataset, last_week)
     prep = prepare(data, base)
     windows = prep["windows"]
@@ -61,11 +66,11 @@ def origin_pair(dataset: Any, base: Settings, changed: Settings, last_week: int)
         .select(C.USER)
     )
     out: dict[str, Any] = {"test_weeks": [windows.target_end, (windows.test_end or 0) - 1]}
-    for name, settings in (("base", base), ("changed", changed)):
+    for arm, settings in (("base", base), ("changed", changed)):
         started = time.perf_counter()
-        result = run_backtest(data, settings, prepared=prep, baselines=False)
-        out[f"{name}_seconds"] = time.perf_counter() - started
-        out[name] = per_user_precision(result.lists["two_stage"], truth, users, base.evaluation.k)
+        result = run_backtest(data, settings, prepared=prep, baselines=name != "two_stage")
+        out[f"{arm}_seconds"] = time.perf_counter() - started
+        out[arm] = per_user_precision(result.lists[name], truth, users, base.evaluation.k)
     return out
 
 
@@ -73,6 +78,7 @@ def main() -> None:
     """Print the per-origin figures and the pooled interval; optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="assignments", action="append", required=True)
+    parser.add_argument("--list", default="two_stage", choices=["two_stage", "two_stage_new"])
     parser.add_argument("--origins", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -83,7 +89,7 @@ def main() -> None:
     diffs: dict[int, np.ndarray] = {}
     report = []
     for j in args.origins:
-        pair = origin_pair(dataset, base, changed, cuts[j])
+        pair = origin_pair(dataset, base, changed, cuts[j], args.list)
         joined = pair["base"].join(pair["changed"], on=C.USER, suffix="_changed")
         diffs[j] = (joined[f"{METRIC}_changed"] - joined[METRIC]).to_numpy()
         row = {
@@ -102,7 +108,7 @@ def main() -> None:
             flush=True,
         )
     cfg = base.evaluation
-    out: dict[str, Any] = {"set": args.assignments, "origins": report}
+    out: dict[str, Any] = {"set": args.assignments, "list": args.list, "origins": report}
     validation = [j for j in args.origins if j > 0]
     if validation:
         pooled = interval(
