@@ -88,6 +88,13 @@ def skips_fail_here() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: three workers per two cores. A third of the suite's time is spent
+    waiting (batch subprocesses, Redis timeouts, servers starting), so one worker per core
+    left the cores a third idle: on 2 cores 400 s with 2 workers, 335 s with 3."""
+    return max(1, (3 * (os.cpu_count() or 1) + 1) // 2)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
