@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recsys_batch.config import Settings, load_settings  # noqa: E402
 from recsys_batch.data import columns as C  # noqa: E402
-from recsys_batch.data.frames import distinct_count  # noqa: E402
+from recsys_batch.data.frames import rows_and_users  # noqa: E402
 from recsys_batch.data.sources import load_dataset  # noqa: E402
 from recsys_batch.model import split, two_stage  # noqa: E402
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter  # noqa: E402
@@ -66,12 +66,7 @@ def prepare(path: Path, work: Path) -> dict[str, object]:
     """Users, shard count, catalogue and the shard files of ``path`` under ``work``."""
     settings = settings_for(path)
     tx = load_dataset(settings.data).transactions
-    rows, users = (
-        tx.select(pl.len())
-        .join(distinct_count(tx, C.USER, "users"), how="cross")
-        .collect(engine="streaming")
-        .row(0)
-    )
+    rows, users = rows_and_users(tx)
     n_parts = -(-rows // settings.scale.in_memory_rows)
     stats = item_stats_in_parts(tx, n_parts, users, folder=work / "item_parts")
     catalogue = prefilter(tx, None, settings.prefilter, stats).catalogue.collect(engine="streaming")

@@ -35,7 +35,7 @@ from polars.testing import assert_frame_equal
 
 from recsys_batch.config import Settings, load_settings
 from recsys_batch.data import columns as C
-from recsys_batch.data.frames import distinct_count
+from recsys_batch.data.frames import rows_and_users
 from recsys_batch.data.sources import load_dataset
 from recsys_batch.model.ids import item_part
 from recsys_batch.model.prefilter import item_stats, item_stats_in_parts
@@ -89,12 +89,7 @@ def main() -> None:
     ways = args.ways.split(",")
     settings = load_settings(data={"source": args.source, "path": args.path})
     tx = load_dataset(settings.data).transactions
-    rows, users = (
-        tx.select(pl.len())
-        .join(distinct_count(tx, C.USER, "users"), how="cross")
-        .collect(engine="streaming")
-        .row(0)
-    )
+    rows, users = rows_and_users(tx)
     n_parts = args.parts or max(1, -(-rows // settings.scale.in_memory_rows))
     frames = {}
     with tempfile.TemporaryDirectory() as work:

@@ -46,8 +46,11 @@ def per_user_precision(
     )
 
 
-def origin_pair(dataset: Any, settings: Settings, last_week: int) -> dict[str, Any]:
-    """Both backtests at the origin ending ``last_week``: per-user P@5 and the timings."""
+def origin_inputs(
+    dataset: Any, settings: Settings, last_week: int
+) -> tuple[Any, dict[str, Any], pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """The origin ending ``last_week``: its data, ``prepare``'s output, the test window's
+    truth, its "all" users and ``{"test_weeks": [first, last]}``."""
     data = cut_after(dataset, last_week)
     prep = prepare(data, settings)
     windows = prep["windows"]
@@ -57,7 +60,39 @@ def origin_pair(dataset: Any, settings: Settings, last_week: int) -> dict[str, A
         .collect()
         .select(C.USER)
     )
-    out: dict[str, Any] = {"test_weeks": [windows.target_end, (windows.test_end or 0) - 1]}
+    return (
+        data,
+        prep,
+        truth,
+        users,
+        {"test_weeks": [windows.target_end, (windows.test_end or 0) - 1]},
+    )
+
+
+def intervals(diffs: dict[int, np.ndarray], cfg: Any) -> dict[str, Any]:
+    """Print and return the paired bootstrap 95% intervals of per-user differences: the
+    validation origins' (> 0) users pooled, and origin 0's (the final test) alone."""
+    out: dict[str, Any] = {}
+    validation = [j for j in diffs if j > 0]
+    if validation:
+        pooled = interval(
+            np.concatenate([diffs[j] for j in validation]), cfg.bootstrap_draws, cfg.bootstrap_seed
+        )
+        print(
+            f"validation origins {validation}: pooled paired 95% interval of the difference "
+            f"[{pooled['lo']:+.4f}, {pooled['hi']:+.4f}] (pooled mean {pooled['mean']:+.4f})"
+        )
+        out["pooled"] = pooled
+    if 0 in diffs:
+        final = interval(diffs[0], cfg.bootstrap_draws, cfg.bootstrap_seed)
+        print(f"final test (origin 0): 95% interval [{final['lo']:+.4f}, {final['hi']:+.4f}]")
+        out["final_test"] = final
+    return out
+
+
+def origin_pair(dataset: Any, settings: Settings, last_week: int) -> dict[str, Any]:
+    """Both backtests at the origin ending ``last_week``: per-user P@5 and the timings."""
+    data, prep, truth, users, out = origin_inputs(dataset, settings, last_week)
     for name, forward in (("without", False), ("with", None)):
         started = time.perf_counter()
         result = run_backtest(data, settings, prepared=prep, baselines=False, forward_plans=forward)
@@ -107,24 +142,12 @@ def main() -> None:
             f"({row['users']} users; forward on: {row['forward_on']}; s {row['seconds']})",
             flush=True,
         )
-    cfg = settings.evaluation
-    validation = [j for j in args.origins if j > 0]
-    out: dict[str, Any] = {"origins": report}
-    if validation:
-        pooled = interval(
-            np.concatenate([diffs[j] for j in validation]), cfg.bootstrap_draws, cfg.bootstrap_seed
+    out: dict[str, Any] = {"origins": report, **intervals(diffs, settings.evaluation)}
+    if any(r["origin"] > 0 for r in report):
+        out["mean_diff"] = float(
+            np.mean([r["with"] - r["without"] for r in report if r["origin"] > 0])
         )
-        mean_diff = float(np.mean([r["with"] - r["without"] for r in report if r["origin"] > 0]))
-        print(
-            f"validation origins {validation}: mean diff {mean_diff:+.4f}; pooled paired 95% "
-            f"interval [{pooled['lo']:+.4f}, {pooled['hi']:+.4f}] (pooled mean "
-            f"{pooled['mean']:+.4f})"
-        )
-        out.update(mean_diff=mean_diff, pooled=pooled)
-    if 0 in diffs:
-        final = interval(diffs[0], cfg.bootstrap_draws, cfg.bootstrap_seed)
-        print(f"final test (origin 0): 95% interval [{final['lo']:+.4f}, {final['hi']:+.4f}]")
-        out["final_test"] = final
+        print(f"validation origins: mean diff {out['mean_diff']:+.4f}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(out, handle)

@@ -22,16 +22,19 @@ import time
 from typing import Any
 
 import numpy as np
-from plan_features import METRIC, per_user_precision  # noqa: E402 - benchmarks/ is sys.path[0]
+from plan_features import (  # benchmarks/ is sys.path[0]
+    METRIC,
+    intervals,
+    origin_inputs,
+    per_user_precision,
+)
 
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import load_dataset
 from recsys_batch.data.validation import validated
 from recsys_batch.evaluation.backtest import run_backtest
-from recsys_batch.evaluation.bootstrap import interval
-from recsys_batch.evaluation.origins import cut_after, origin_cuts
-from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth
+from recsys_batch.evaluation.origins import origin_cuts
 
 
 def changed_settings(base: Settings, assignments: list[str]) -> Settings:
@@ -56,16 +59,7 @@ def origin_pair(
 ) -> dict[str, Any]:
     """Both backtests at the origin ending ``last_week``: per-user P@5 of list ``name`` and
     their seconds."""
-    data = cut_after(dataset, last_week)
-    prep = prepare(data, base)
-    windows = prep["windows"]
-    truth = test_truth(prep["tx"].lazy(), windows, base.prefilter.placeholder_item).collect()
-    users = (
-        evaluation_users(prep["tx"].lazy(), truth.lazy(), windows, seed_min_items=5)["all"]
-        .collect()
-        .select(C.USER)
-    )
-    out: dict[str, Any] = {"test_weeks": [windows.target_end, (windows.test_end or 0) - 1]}
+    data, prep, truth, users, out = origin_inputs(dataset, base, last_week)
     for arm, settings in (("base", base), ("changed", changed)):
         started = time.perf_counter()
         result = run_backtest(data, settings, prepared=prep, baselines=name != "two_stage")
@@ -107,22 +101,8 @@ def main() -> None:
             f"users; backtest s base/changed {row['seconds']})",
             flush=True,
         )
-    cfg = base.evaluation
     out: dict[str, Any] = {"set": args.assignments, "list": args.list, "origins": report}
-    validation = [j for j in args.origins if j > 0]
-    if validation:
-        pooled = interval(
-            np.concatenate([diffs[j] for j in validation]), cfg.bootstrap_draws, cfg.bootstrap_seed
-        )
-        print(
-            f"validation origins {validation}: pooled paired 95% interval of the difference "
-            f"[{pooled['lo']:+.4f}, {pooled['hi']:+.4f}] (mean {pooled['mean']:+.4f})"
-        )
-        out["pooled"] = pooled
-    if 0 in diffs:
-        final = interval(diffs[0], cfg.bootstrap_draws, cfg.bootstrap_seed)
-        print(f"final test (origin 0): 95% interval [{final['lo']:+.4f}, {final['hi']:+.4f}]")
-        out["final_test"] = final
+    out.update(intervals(diffs, base.evaluation))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(out, handle)
