@@ -3,8 +3,11 @@
 Runs the real command once per synthetic folder (``recsys data synth --users N --out DIR``),
 each in its own process, and reports the driver's peak resident set (``ru_maxrss`` of the
 batch process, which the manifest records after every stage) with the stage where it was
-reached, the wall time and the seconds per 1,000 customers. The driver is flat in the
-customer count when the last folder's peak is within ``--max-ratio`` of the first's::
+reached, the peak of the processes that scored the shards (the manifest's
+``shard_peak_memory_mb``: the driver's own with the local executor, the largest Dask worker's
+with ``--flags "--executor dask"``), the wall time and the seconds per 1,000 customers. The
+driver is flat in the customer count when the last folder's peak is within ``--max-ratio`` of
+the first's::
 
     REDIS_URL=redis://HOST:6379/0 RECSYS_REDIS__KEY_PREFIX=P \\
         python benchmarks/driver_peak.py DIR/100x DIR/200x DIR/400x --out peaks.json
@@ -81,6 +84,9 @@ def run_one(data: Path, runs: Path, extra: list[str]) -> dict[str, Any]:
         "wall_s": round(wall, 1),
         "s_per_1000_users": round(wall / users * 1000, 3),
         "driver_peak_mb": manifest["peak_memory_mb"],
+        # The processes that scored the shards: the driver (local executor) or the largest
+        # Dask worker (``--flags "--executor dask"``).
+        "shard_peak_mb": manifest["shard_peak_memory_mb"],
         "peak_stage": peak_stage,
         "stages": stages,
     }
@@ -104,7 +110,8 @@ def main() -> None:
         stage_peaks = ", ".join(f"{n} {s['peak_mb']:.0f}" for n, s in result["stages"].items())
         print(
             f"{result['users']:>9,} users {result['rows']:>12,} lines: driver peak "
-            f"{result['driver_peak_mb']:7.0f} MiB ({result['peak_stage']}), wall "
+            f"{result['driver_peak_mb']:7.0f} MiB ({result['peak_stage']}), shards' process "
+            f"peak {result['shard_peak_mb']:7.0f} MiB, wall "
             f"{result['wall_s']:7.1f} s, {result['s_per_1000_users']:.2f} s / 1,000 users; "
             f"MiB after each stage: {stage_peaks}",
             flush=True,

@@ -119,6 +119,12 @@ class ShardedRun:
         """Users with recommendations, over all shards."""
         return sum(r.users for r in self.results)
 
+    @property
+    def peak_memory_mb(self) -> float | None:
+        """The largest peak resident memory a shard reported: of the process that ran it (a
+        Dask worker's, or this one's with the local executor); None without shards."""
+        return max((r.peak_memory_mb for r in self.results), default=None)
+
     def recommendations(self) -> pl.DataFrame:
         """All shards' recommendations (score-only runs), sorted by user and rank."""
         parts = [r.recommendations for r in self.results if r.recommendations is not None]

@@ -70,6 +70,9 @@ class RunRecord:
     version: str | None = None
     error: str | None = None
     peak_memory_mb: float = 0.0
+    shard_peak_memory_mb: float | None = None
+    """Peak resident memory of the processes that scored the shards: this process with the
+    local executor, the largest Dask worker's with ``--executor dask`` (None: no shard ran)."""
     finished_at: str | None = None
 
     @property
@@ -98,6 +101,9 @@ class RunRecord:
             ],
             "total_seconds": round(sum(s.seconds for s in self.stages), 3),
             "peak_memory_mb": round(self.peak_memory_mb, 1),
+            "shard_peak_memory_mb": (
+                None if self.shard_peak_memory_mb is None else round(self.shard_peak_memory_mb, 1)
+            ),
             "metrics": self.metrics,
             "parameters": self.parameters,
         }

@@ -325,6 +325,7 @@ def score_and_publish(state: RunState) -> int:
     # every customer on the driver.
     if state.dry_run or state.client is None:
         scored = executors.score_shards(context, None, executor)
+        state.record.shard_peak_memory_mb = scored.peak_memory_mb
         state.users = nonempty(scored.users, "score_and_publish", "recommendations")
         return state.users
     if isinstance(executor, executors.LocalExecutor):
@@ -333,6 +334,7 @@ def score_and_publish(state: RunState) -> int:
         context, None, executor, state.client, state.popular, _version_meta(state)
     )
     state.version, state.users = published.version, published.users
+    state.record.shard_peak_memory_mb = published.peak_memory_mb
     state.record.version = published.version
     return state.users
 

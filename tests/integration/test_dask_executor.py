@@ -326,6 +326,7 @@ def test_nightly_batch_cli_dask_equals_local(
     runner = CliRunner()
     values = {}
     saved = {}
+    peaks: dict[str, tuple[float, float]] = {}
     for executor in ("local", "dask"):
         result = runner.invoke(
             app,
@@ -334,7 +335,10 @@ def test_nightly_batch_cli_dask_equals_local(
             env=env,
         )
         assert result.exit_code == 0, result.output
-        folder = Path(json.loads(result.stdout)["run_dir"]) / "recommendations.parquet"
+        run_dir = Path(json.loads(result.stdout)["run_dir"])
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        peaks[executor] = (manifest["shard_peak_memory_mb"], manifest["peak_memory_mb"])
+        folder = run_dir / "recommendations.parquet"
         assert sorted(p.name for p in folder.iterdir()) == [
             f"shard={n:05d}.parquet" for n in range(N_SHARDS)
         ]
@@ -349,6 +353,11 @@ def test_nightly_batch_cli_dask_equals_local(
     assert values["dask"] == values["local"]
     assert_frame_equal(saved["dask"], saved["local"])
     assert values["local"] == expected_values(saved["local"])
+    # The shards' peak is the scoring processes': this one's with the local executor (at
+    # most its peak over the night), the workers' with Dask (recorded, not left out).
+    shard_peak, driver_peak = peaks["local"]
+    assert 0 < shard_peak <= driver_peak
+    assert peaks["dask"][0] > 0
 
 
 def test_nightly_batch_cli_rejects_an_unknown_executor() -> None:
