@@ -37,8 +37,22 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(2)}"
 
 
+PROC_STATUS = Path("/proc/self/status")
+
+
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (ru_maxrss)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this process's own
+    memory. ``ru_maxrss`` survives fork and exec, so a Dask worker spawned from the batch
+    process would report the batch's peak as its own. Elsewhere: ``ru_maxrss``.
+    """
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:  # not Linux
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
@@ -52,7 +66,8 @@ class StageRecord:
     rows: int
     seconds: float
     peak_mb: float = 0.0
-    """``ru_maxrss`` when the stage ended: the first stage where it jumps set the run's peak."""
+    """:func:`peak_memory_mb` when the stage ended: the first stage where it jumps set the
+    run's peak."""
 
 
 @dataclass

@@ -66,3 +66,27 @@ class TestRuns:
         blocker.write_text("not a directory")
         with pytest.raises(ConfigError, match="fix:"):
             records.start_run(blocker, {})
+
+
+@pytest.mark.skipif(not records.PROC_STATUS.exists(), reason="Linux /proc only")
+def test_a_spawned_process_reports_its_own_peak_not_its_parents() -> None:
+    """A Dask worker is spawned from the batch process: its shards' peak must be its own.
+
+    Mutation caught: ``ru_maxrss``, which keeps the parent's high-water mark across fork and
+    exec (the child would report at least the 400 MiB held here).
+    """
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    held = np.ones(400 * 1024 * 1024 // 8)  # 400 MiB, touched
+    parent = records.peak_memory_mb()
+    child = subprocess.run(
+        [sys.executable, "-c", "from recsys_batch.run import records as r; "
+         "print(r.peak_memory_mb())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert held.sum() > 0
+    assert parent >= 400
+    assert float(child.stdout) < parent - 300
