@@ -1,8 +1,8 @@
 """The driver's peak memory of ``recsys nightly-batch`` against the number of customers (#28).
 
 Runs the real command once per synthetic folder (``recsys data synth --users N --out DIR``),
-each in its own process, and reports the driver's peak resident set (``ru_maxrss`` of the
-batch process, which the manifest records after every stage) with the stage where it was
+each in its own process, and reports the driver's peak resident set (``records.peak_memory_mb``
+of the batch process, which the manifest records after every stage) with the stage where it was
 reached, the peak of the processes that scored the shards (the manifest's
 ``shard_peak_memory_mb``: the driver's own with the local executor, the largest Dask worker's
 with ``--flags "--executor dask"``), the wall time and the seconds per 1,000 customers. The
