@@ -115,6 +115,9 @@ class DaskExecutor:
             try:
                 for shard in tasks.users_of:
                     result = self._result(shard, tasks)
+                    # A held future keeps its result and its arguments on the worker: each
+                    # worker would hold every list it scored until the night ends (#28).
+                    tasks.release(shard)
                     results.append(_saved(result, ctx))
                     events.shard_done(shard, result.users)
             finally:
@@ -188,6 +191,10 @@ class _ShardTasks:
             retries=0,  # Dask would retry any exception: the driver decides (#29)
             pure=False,
         )
+
+    def release(self, shard: int) -> None:
+        """Let the cluster forget ``shard``'s task, its result read."""
+        self.futures.pop(shard).release()
 
     def scatter_again(self) -> None:
         """Scatter the context anew; resubmit every shard the scheduler forgot with it."""
