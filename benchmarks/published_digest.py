@@ -1,4 +1,6 @@
-"""Digest of the live published version: every user's list, the popular list, the items hash.
+"""Digest of the live published version: every user's list, the popular list, the items hash,
+and every field of every user family (``families_sha256``: head and tail items, reasons, new
+items and their reasons, bucket by bucket).
 
 Two nightly runs with the same data, settings and seeds must print the same digests (issue #15:
 the one-path redesign changes no published value). Reads ``REDIS_URL`` (or the embedded Redis).
@@ -40,6 +42,7 @@ def digest(client: store.Client, prefix: str, version: str) -> dict[str, object]
     items = client.hgetall(keys.items_key(version, prefix))
     items_text = json.dumps(sorted((_text(k), _text(v)) for k, v in items.items()))
     return {
+        **families_digest(client, cfg, version),
         "version": version,
         "users": len(user_ids),
         "users_sha256": users.hexdigest(),
@@ -47,6 +50,26 @@ def digest(client: store.Client, prefix: str, version: str) -> dict[str, object]
         "items": len(items),
         "items_sha256": hashlib.sha256(items_text.encode()).hexdigest(),
     }
+
+
+def families_digest(client: store.Client, cfg: RedisConfig, version: str) -> dict[str, object]:
+    """sha256 over every field of every bucket hash of every user family (``keys.USER_FAMILIES``),
+    in bucket and field order: the whole per-user part of the version, byte for byte, with
+    the fields per family."""
+    buckets = status.version_buckets(client, version, cfg)
+    whole = hashlib.sha256()
+    fields: dict[str, int] = {}
+    for family in keys.USER_FAMILIES:
+        fields[family] = 0
+        for bucket in range(buckets):
+            key = keys.user_bucket_key(version, bucket, cfg.key_prefix, family)
+            stored = client.hgetall(key)
+            fields[family] += len(stored)
+            for field in sorted(stored):
+                value = stored[field]
+                raw = value if isinstance(value, bytes) else str(value).encode()
+                whole.update(f"{family}:{bucket}:{_text(field)}=".encode() + raw + b"\n")
+    return {"buckets": buckets, "family_fields": fields, "families_sha256": whole.hexdigest()}
 
 
 def main() -> int:
