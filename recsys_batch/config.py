@@ -234,7 +234,7 @@ class ScaleConfig(Section):
 
     shard_users: int = 2_500
     """Users per shard; one shard's candidates, features and scores are held in memory
-    (~0.44 MiB per user of a shard: 2,500 keeps a Dask worker near 1.5 GB)."""
+    (~0.44 MiB per user of a shard: with 2,500 a Dask worker peaked at 1.7 GB at 1M)."""
     executor: Literal["local", "dask"] = "local"
     """Where the per-shard work runs: this process, or a dask.distributed cluster."""
     scheduler_address: str | None = None
