@@ -194,6 +194,7 @@ def fit_new_items_ranker(
         update={
             "objective": new_items.objective,
             "early_stopping_rounds": new_items.early_stopping_rounds,
+            "n_models": new_items.n_models,
         }
     )
     ranker = fit_ranker(

@@ -172,6 +172,23 @@ def _dataset(
     )
 
 
+def _boosted(
+    train_set: lgb.Dataset, valid_sets: list[lgb.Dataset], cfg: RankerConfig
+) -> tuple[lgb.Booster, int]:
+    """One booster and its best iteration (early stopping on ``valid_sets`` when given)."""
+    callbacks: list[Callable[..., Any]] = []
+    if valid_sets:
+        callbacks.append(lgb.early_stopping(cfg.early_stopping_rounds, verbose=False))
+    booster = lgb.train(
+        _params(cfg),
+        train_set,
+        num_boost_round=cfg.n_estimators,
+        valid_sets=valid_sets,
+        callbacks=callbacks,
+    )
+    return booster, int(booster.best_iteration or booster.current_iteration())
+
+
 def fit_ranker(
     train: pl.LazyFrame,
     feature_names: tuple[str, ...],
@@ -218,23 +235,18 @@ def fit_ranker(
     is_valid = frame[C.USER].is_in(valid_users.implode())
     train_part, valid_part = frame.filter(~is_valid), frame.filter(is_valid)
     del frame, is_valid
-    members: list[tuple[lgb.Booster, int]] = []
-    for member in range(max(cfg.n_models, 1)):
-        member_cfg = cfg.model_copy(update={"seed": cfg.seed + member})
-        train_set = _dataset(train_part, feature_names, categorical, member_cfg)
-        callbacks: list[Callable[..., Any]] = []
-        valid_sets = []
-        if not valid_part.is_empty():
-            valid_sets = [_dataset(valid_part, feature_names, categorical, member_cfg)]
-            callbacks.append(lgb.early_stopping(cfg.early_stopping_rounds, verbose=False))
-        booster = lgb.train(
-            _params(member_cfg),
-            train_set,
-            num_boost_round=cfg.n_estimators,
-            valid_sets=valid_sets,
-            callbacks=callbacks,
-        )
-        members.append((booster, int(booster.best_iteration or booster.current_iteration())))
+    # Binned once for every member of a bag: the seed draws rows and columns per tree, not
+    # the bins (the first member's sample of rows sets them), and binning a wide frame costs
+    # as much as ~30 boosting rounds.
+    train_set = _dataset(train_part, feature_names, categorical, cfg)
+    valid_sets = []
+    if not valid_part.is_empty():
+        valid_sets = [_dataset(valid_part, feature_names, categorical, cfg)]
+    del train_part, valid_part
+    members = [
+        _boosted(train_set, valid_sets, cfg.model_copy(update={"seed": cfg.seed + member}))
+        for member in range(max(cfg.n_models, 1))
+    ]
     log.info(
         "ranker: %d rows (%d users, %.3f positive), %d model(s), best iterations %s, %.1fs",
         *summary,

@@ -78,6 +78,15 @@ def test_training_fits_a_ranker_of_first_purchases(model: TrainedTwoStage) -> No
     assert "new_items_ranker" in model.timings
 
 
+def test_the_new_items_ranker_is_a_bag_of_its_own_size(model: TrainedTwoStage) -> None:
+    """Mutation caught: ``new_items.n_models`` not passed to the fit (one model), or the
+    main ranker's ``n_models`` used instead."""
+    assert SETTINGS.new_items.n_models != SETTINGS.ranker.n_models
+    assert model.new_items_ranker is not None
+    assert len(model.new_items_ranker.members) == SETTINGS.new_items.n_models
+    assert len(model.ranker.members) == SETTINGS.ranker.n_models
+
+
 def test_lists_hold_only_never_bought_items_best_first(
     model: TrainedTwoStage, data: ModelData, users: pl.LazyFrame, lists: pl.DataFrame
 ) -> None:
@@ -124,6 +133,7 @@ def test_save_load_keeps_the_new_items_ranker(
     save_model(model, tmp_path)
     loaded = load_model(tmp_path)
     assert loaded.new_items_ranker is not None
+    assert len(loaded.new_items_ranker.members) == SETTINGS.new_items.n_models
     assert_frame_equal(new_item_recommendations(loaded, data, users, SETTINGS), lists)
 
 
