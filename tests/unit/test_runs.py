@@ -89,4 +89,6 @@ def test_a_spawned_process_reports_its_own_peak_not_its_parents() -> None:
     )  # fmt: skip
     assert held.sum() > 0
     assert parent >= 400
-    assert float(child.stdout) < parent - 300
+    # The child never holds the parent's 400 MiB (it reports ~20 MiB): an inherited
+    # high-water mark reports at least that much.
+    assert float(child.stdout) < 400
