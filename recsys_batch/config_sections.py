@@ -100,8 +100,9 @@ class NewItemsConfig(Section):
     lambdarank ranked first purchases best on the validation origins (docs/candidates.md)."""
     early_stopping_rounds: int = Field(default=20, ge=1)
     """Early stopping patience of the new-items ranker, in boosting rounds: its best
-    iteration comes early (15-19 on the validation origins), so 20 rounds give the same
-    model as the main ranker's 50 at less than half the fit time."""
+    iteration comes early (15-19 on the validation origins when this was chosen; 11-43 for
+    the bag's members in a bundled nightly), so 20 rounds gave the same model as the main
+    ranker's 50 at less than half the fit time."""
     n_models: int = Field(default=3, ge=1)
     """Bagged new-items rankers (seeds ``ranker.seed``, ``+ 1``, ...), scores averaged. One
     model stops after ~15-20 rounds on a few thousand first purchases, so its hit rate swings
