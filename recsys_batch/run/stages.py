@@ -262,13 +262,18 @@ def train(state: RunState) -> int:
     """
     settings, loaded = state.settings, state.data
     data, windows = _model_data(state), _windows(state)
+    sample = sharding.sample_users(data.transactions, loaded.users, settings.scale.train_users)
     if state.gated is not None and settings.gate.publish_gated_ranker:
         state.model = two_stage.with_gated_ranker(
-            state.gated.model, data, windows, settings, n_users=loaded.users
+            state.gated.model,
+            data,
+            windows,
+            settings,
+            n_users=loaded.users,
+            new_items_data=data.with_transactions(sample),
         )
         state.record.metrics["ranker_source"] = "gate"
     else:
-        sample = sharding.sample_users(data.transactions, loaded.users, settings.scale.train_users)
         model = two_stage.train_two_stage(data.with_transactions(sample), windows, settings)
         if sample is not data.transactions:  # stage 1 on its own sample of everyone
             model.stage1_for_scoring = two_stage.fit_scoring_stage1(

@@ -24,6 +24,7 @@ from recsys_batch.model.new_items_ranking import (
 )
 from recsys_batch.model.persist import load_model, save_model
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
+from recsys_batch.model.ranking import Ranker
 from recsys_batch.model.stage1_slice import for_users
 from recsys_batch.model.two_stage import train_two_stage, with_gated_ranker
 from recsys_batch.run import shard_context
@@ -181,12 +182,23 @@ def test_a_shard_of_users_gets_the_same_lists(
     assert_frame_equal(got, expected)
 
 
-def test_the_gates_new_items_ranker_is_the_one_that_scores(
+def test_the_new_items_ranker_that_scores_is_trained_on_the_newest_weeks(
     model: TrainedTwoStage, data: ModelData
 ) -> None:
-    """The nightly scores with the gate's rankers (``gate.publish_gated_ranker``): the
-    new-items ranker travels with the main one. Mutation caught: it is dropped (the
-    list would silently fall back to the main ranker)."""
-    gated = with_gated_ranker(model, data, model.windows, SETTINGS)
-    assert gated.new_items_ranker is model.new_items_ranker
-    assert gated.ranker is model.ranker
+    """The nightly scores the main list with the gate's ranker (``gate.publish_gated_ranker``),
+    whose targets end 4 weeks before the scoring cut; the new-items ranker is trained on the
+    newest stage-2 window instead, as the backtest trains the one it measures. Mutation
+    caught: the gate's new-items ranker carried over, or one trained on the gate's windows."""
+    lo, hi = split.week_range(data.transactions)
+    gate = train_two_stage(data, split.backtest_windows(lo, hi, SETTINGS.split), SETTINGS)
+    scoring = with_gated_ranker(gate, data, model.windows, SETTINGS)
+    assert scoring.ranker is gate.ranker
+    assert scoring.new_items_ranker is not None and gate.new_items_ranker is not None
+    newest = model.new_items_ranker  # trained on the production windows, the same data
+    assert newest is not None
+    assert _booster_texts(scoring.new_items_ranker) == _booster_texts(newest)
+    assert _booster_texts(scoring.new_items_ranker) != _booster_texts(gate.new_items_ranker)
+
+
+def _booster_texts(ranker: Ranker) -> list[str]:
+    return [booster.model_to_string(num_iteration=best) for booster, best in ranker.members]
