@@ -138,7 +138,9 @@ class GateConfig(Section):
     publish_gated_ranker: bool = True
     """Score with the ranker the gate just measured (trained on the 6 weeks before the gate's
     test window; stage 1 is still refit on everything) instead of fitting a second one on the
-    newest weeks: what ships is what was measured, and the batch skips a ranker fit."""
+    newest weeks: what ships is what was measured, and the batch skips a ranker fit. The
+    new-items ranker is not gated (the gate measures the main list): it is always trained on
+    the newest weeks (``two_stage.with_gated_ranker``)."""
 
 
 class RedisConfig(Section):
