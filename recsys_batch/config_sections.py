@@ -105,7 +105,7 @@ class NewItemsConfig(Section):
     ranker's 50 at less than half the fit time."""
     n_models: int = Field(default=3, ge=1)
     """Bagged new-items rankers (seeds ``ranker.seed``, ``+ 1``, ...), scores averaged. One
-    model stops after ~15-20 rounds on a few thousand first purchases, so its hit rate swings
+    model stops after a few dozen rounds on a few thousand first purchases, so its hit rate swings
     with the seed (2.3-2.8% at weeks 42-45 over five seeds); a bag of 3 raised the mean at
     weeks 42-45 and narrowed the swing (docs/candidates.md)."""
 

@@ -51,9 +51,7 @@ def training_frame(
     """
     placeholder = settings.prefilter.placeholder_item
     tx = split.before_test(data.transactions, windows)
-    history_model = stage1.fit_stage1(
-        split.history(tx, windows), data.catalogue, settings.candidates, placeholder
-    )
+    history_model = fit_history_stage1(data.with_transactions(tx), windows, settings)
     target_users = stage2_users(tx, windows)
     feats = featured_candidates(
         history_model,
@@ -69,6 +67,16 @@ def training_frame(
     if settings.ranker.revenue_weight != 0.0:  # the label's spend, for the training weight
         train = train.join(target_spend(window), on=[C.USER, C.ITEM], how="left")
     return train, feats, history_model
+
+
+def fit_history_stage1(data: ModelData, windows: Windows, settings: Settings) -> stage1.Stage1Model:
+    """Stage 1 fit on the history of ``windows`` (``week < history_end``)."""
+    return stage1.fit_stage1(
+        split.history(data.transactions, windows),
+        data.catalogue,
+        settings.candidates,
+        settings.prefilter.placeholder_item,
+    )
 
 
 def history_tables(

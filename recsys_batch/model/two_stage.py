@@ -40,7 +40,12 @@ from recsys_batch.model.new_items_ranking import fit_new_items_ranker
 from recsys_batch.model.persist import save_model
 from recsys_batch.model.ranking import Ranker, fit_ranker, ranking_scores, top_k
 from recsys_batch.model.split import Windows
-from recsys_batch.model.training_set import history_tables, stage2_users, training_frame
+from recsys_batch.model.training_set import (
+    fit_history_stage1,
+    history_tables,
+    stage2_users,
+    training_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +171,8 @@ def fit_newest_new_items_ranker(
     if not wants_new_items_ranker(settings):
         return None
     data = data.with_transactions(split.before_test(data.transactions, windows))
-    history_model = stage1.fit_stage1(
-        split.history(data.transactions, windows),
-        data.catalogue,
-        settings.candidates,
-        settings.prefilter.placeholder_item,
-    )
     return fit_new_items_ranker(
-        history_model,
+        fit_history_stage1(data, windows, settings),
         data,
         windows,
         stage2_users(data.transactions, windows),
