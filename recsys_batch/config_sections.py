@@ -98,11 +98,12 @@ class NewItemsConfig(Section):
     objective: Literal["binary", "lambdarank", "rank_xendcg"] = "lambdarank"
     """LightGBM objective of the new-items ranker (its other settings are ``ranker``'s);
     lambdarank ranked first purchases best on the validation origins (docs/candidates.md)."""
-    early_stopping_rounds: int = Field(default=20, ge=1)
+    early_stopping_rounds: int = Field(default=10, ge=1)
     """Early stopping patience of the new-items ranker, in boosting rounds: its best
-    iteration comes early (15-19 on the validation origins when this was chosen; 11-43 for
-    the bag's members in a bundled nightly), so 20 rounds gave the same model as the main
-    ranker's 50 at less than half the fit time."""
+    iteration comes early (7-23 for the bag's members in a bundled nightly). 10 rather than
+    20, with ``ranker.bin_sample_rows`` 50,000: hit rate 3.32 -> 3.41% (weeks 46-49) and
+    2.70 -> 2.97% (42-45), pooled +0.0018 [-0.0002, +0.0037], for a third fewer rounds
+    (``python benchmarks/settings_ab.py --list two_stage_new``, docs/candidates.md)."""
     n_models: int = Field(default=3, ge=1)
     """Bagged new-items rankers (seeds ``ranker.seed``, ``+ 1``, ...), scores averaged. One
     model stops after a few dozen rounds on a few thousand first purchases, so its hit rate swings
@@ -153,6 +154,12 @@ class RankerConfig(Section):
     rounds (``python benchmarks/settings_ab.py --set ranker.early_stopping_rounds=30``)."""
     validation_share: float = 0.2
     """Share of training users held out for early stopping."""
+    bin_sample_rows: int = Field(default=50_000, ge=1)
+    """Rows LightGBM samples to place each feature's bins (``bin_construct_sample_cnt``,
+    LightGBM's default 200,000). Placing them costs more than the rest of a dataset's
+    construction on ~100 features; 50,000 samples: P@5 +0.0007 [-0.0014, +0.0029] pooled
+    over the validation origins, each training set built in half the time
+    (``python benchmarks/settings_ab.py --set ranker.bin_sample_rows=50000``)."""
     negatives_per_user: int | None = None
     """Sample at most this many negatives per user for training (None = keep all)."""
     revenue_exponent: float = 0.0

@@ -114,6 +114,7 @@ def _params(cfg: RankerConfig) -> dict[str, object]:
         # Column-wise histograms: the same model as row-wise, and the faster layout for a
         # frame of about a hundred features on a few cores.
         "force_col_wise": True,
+        "bin_construct_sample_cnt": cfg.bin_sample_rows,
         "num_threads": cfg.threads,
         "verbosity": -1,
     }

@@ -181,25 +181,32 @@ def fit_newest_new_items_ranker(
     )
 
 
-def with_gated_ranker(
-    gated: TrainedTwoStage,
+@dataclasses.dataclass(frozen=True)
+class ServingParts:
+    """What the served model fits whatever the gate's ranker is: stage 1 refit on everything
+    before the cut and the new-items ranker trained on the newest weeks."""
+
+    stage1_for_scoring: stage1.Stage1Model
+    new_items_ranker: Ranker | None
+    timings: dict[str, float]
+
+
+def fit_serving_parts(
     data: ModelData,
     windows: Windows,
     settings: Settings,
     *,
     n_users: int | None = None,
     new_items_data: ModelData | None = None,
-) -> TrainedTwoStage:
-    """The gate's ranker with stage 1 refit on everything before ``windows.target_end``, and
-    a new-items ranker trained on the newest weeks.
+) -> ServingParts:
+    """Stage 1 for scoring and the new-items ranker of :func:`with_gated_ranker`.
 
-    The ranker measured by the backtest is the one that scores: only stage 1 (which must
-    know the newest purchases and every user) is fit again. Features are computed as of
-    ``windows.target_end`` at scoring, as for a freshly trained model. The gate measures
-    the main list only, and a new-items ranker whose targets end 4 weeks before the cut it
-    scores hits 0.4-0.8 points less often than the one the backtest measures (whose targets
-    end at its cut; docs/candidates.md): so that one is trained on ``windows``' stage-2
-    window, over ``new_items_data`` (a sample of the users; default ``data``).
+    Neither reads the gate's model, so the nightly fits them beside the gate's backtest.
+    The gate measures the main list only, and a new-items ranker whose targets end 4 weeks
+    before the cut it scores hits 0.4-0.8 points less often than the one the backtest
+    measures (whose targets end at its cut; docs/candidates.md): so that one is trained on
+    ``windows``' stage-2 window, over ``new_items_data`` (a sample of the users; default
+    ``data``).
     """
     start = time.perf_counter()
     new_items_ranker = fit_newest_new_items_ranker(new_items_data or data, windows, settings)
@@ -207,23 +214,39 @@ def with_gated_ranker(
     start = time.perf_counter()
     scoring_model = fit_scoring_stage1(data, windows, settings, n_users=n_users)
     seconds = time.perf_counter() - start
+    log.info("two-stage: stage 1 refit for scoring in %.1fs", seconds)
+    return ServingParts(
+        scoring_model,
+        new_items_ranker,
+        {"new_items_ranker": new_items_seconds, "stage1_fit_scoring": seconds},
+    )
+
+
+def with_gated_ranker(
+    gated: TrainedTwoStage, parts: ServingParts, windows: Windows
+) -> TrainedTwoStage:
+    """The gate's ranker with ``parts`` (:func:`fit_serving_parts` on ``windows``).
+
+    The ranker measured by the backtest is the one that scores: only stage 1 (which must
+    know the newest purchases and every user) is fit again. Features are computed as of
+    ``windows.target_end`` at scoring, as for a freshly trained model.
+    """
     trained_on = gated.ranker_windows or gated.windows
     log.info(
-        "two-stage: scoring with the gate's ranker (targets: weeks %d-%d), stage 1 refit in %.1fs",
+        "two-stage: scoring with the gate's ranker (targets: weeks %d-%d)",
         trained_on.history_end,
         trained_on.target_end - 1,
-        seconds,
     )
     return TrainedTwoStage(
-        stage1_for_scoring=scoring_model,
+        stage1_for_scoring=parts.stage1_for_scoring,
         ranker=gated.ranker,
         feature_names=gated.feature_names,
         windows=windows,
-        timings={"new_items_ranker": new_items_seconds, "stage1_fit_scoring": seconds},
+        timings=dict(parts.timings),
         train_rows=gated.train_rows,
         ranker_windows=trained_on,
         forward_plan_features=gated.forward_plan_features,
-        new_items_ranker=new_items_ranker,
+        new_items_ranker=parts.new_items_ranker,
     )
 
 

@@ -4,12 +4,14 @@ The night is the ordered list :data:`STAGES` of named functions over one
 :class:`~recsys_batch.run.stages.RunState`::
 
     load               read + validate the source; ``--run-date`` drops what came later
+    prefilter          the catalogue; other purchases become the placeholder item
     gate               the backtest (as ``recsys evaluate``) on at most ``scale.train_users``
                        users: ``gate.metric`` must reach the floor and hold against the live
-                       version (exit 3 otherwise; skipped by ``--no-gate``)
-    prefilter          the catalogue; other purchases become the placeholder item
-    train              the scoring model (the gate's ranker, stage 1 refit on everyone) and
-                       the popular fallback list
+                       version (exit 3 otherwise; skipped by ``--no-gate``); in memory, the
+                       served model's other parts are fitted beside it on a thread
+                       (:mod:`~recsys_batch.run.beside_gate`)
+    train              the scoring model (the gate's ranker, stage 1 refit on everyone, the
+                       new-items ranker on the newest weeks) and the popular fallback list
     save               models and manifest under ``runs/<run_id>``
     score_and_publish  every user's top k in shards of ``scale.shard_users``, each shard
                        written into one new Redis version; verified, then flipped live once
@@ -38,7 +40,7 @@ from recsys_batch.config import Settings
 from recsys_batch.errors import QualityGateError, RecsysError
 from recsys_batch.publish import run_log, store
 from recsys_batch.run import progress as progress_events
-from recsys_batch.run import quality_gate, records, stages
+from recsys_batch.run import quality_gate, records, run_shards, stages
 from recsys_batch.run.lock import run_lock
 from recsys_batch.run.stages import RunState
 
@@ -49,8 +51,8 @@ Stage = Callable[[RunState], int]
 
 STAGES: list[tuple[str, Stage]] = [
     ("load", stages.load),
-    ("gate", stages.run_gate),
     ("prefilter", stages.run_prefilter),
+    ("gate", stages.run_gate),
     ("train", stages.train),
     ("save", stages.save),
     ("score_and_publish", stages.score_and_publish),
@@ -134,7 +136,7 @@ def run_nightly(
             )
             raise
         finally:
-            stages.remove_shards(settings, record)
+            run_shards.remove(settings, record)
             if client is not None:
                 if summary is not None:
                     run_log.push_summary(client, summary, settings.redis)

@@ -9,10 +9,11 @@ serving.
 
 from __future__ import annotations
 
+import functools
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -27,10 +28,12 @@ from recsys_batch.model import plan_features, split, two_stage
 from recsys_batch.model.prefilter import apply_catalogue, item_stats_in_parts, prefilter
 from recsys_batch.publish import store
 from recsys_batch.run import (
+    beside_gate,
     driver_tables,
     executors,
     quality_gate,
     records,
+    run_shards,
     shard_context,
     sharding,
 )
@@ -43,9 +46,6 @@ GATE_SAMPLE_FILE = "gate_sample.parquet"
 """Out-of-core runs: the gate's sample of users' transactions, removed after the gate."""
 ITEM_PARTS_DIR = "item_parts"
 """Out-of-core runs: the prefilter's raw lines by item part, removed once its stats are read."""
-SHARDS_DIR = "shards"
-"""Out-of-core runs: the catalogue-applied transactions, one parquet folder per shard;
-removed when the run ends."""
 
 
 @dataclass
@@ -83,6 +83,8 @@ class RunState:
     """Whether this run's model reads the forward-looking plan features (#26): decided at
     load from whether the calendar covers the weeks it serves (and those its gate scores)."""
     plan_tables: plan_features.PlanTables | None = None
+    serving_parts: Future[two_stage.ServingParts] | None = None
+    """The gate's path, in memory: the served model's other parts, fitted beside the gate."""
 
     @property
     def data(self) -> Loaded:
@@ -202,6 +204,8 @@ def run_gate(state: RunState) -> int:
             sample_file = state.record.run_dir / GATE_SAMPLE_FILE
             sample.sink_parquet(sample_file)
             sample = pl.scan_parquet(sample_file)
+    if settings.gate.publish_gated_ranker and loaded.in_memory:
+        state.serving_parts = start_serving_parts(state)
     dataset = Dataset(
         sample,
         loaded.dataset.items,
@@ -211,25 +215,55 @@ def run_gate(state: RunState) -> int:
     )
     try:
         outcome = quality_gate.backtest_outcome(dataset, settings, state.forward_plans)
+        decision = gate_decision(state, outcome)
+    except BaseException:
+        beside_gate.settle(state.serving_parts)
+        raise
     finally:
         if sample_file is not None:
             sample_file.unlink(missing_ok=True)
-    # Recorded before the decision, so a refused run's manifest and summary keep the value.
-    state.record.metrics = {**outcome.metrics, "gate": {"metric": settings.gate.metric}}
-    decision = quality_gate.check_gate(
-        outcome.metrics, quality_gate.live_metrics(state.client, settings), settings
-    )
     state.gated = outcome
     state.record.metrics = {**outcome.metrics, "gate": decision}
     log.info("quality gate passed: %s %.4f", settings.gate.metric, decision["value"])
     return 1
 
 
+def gate_decision(state: RunState, outcome: quality_gate.GateOutcome) -> dict[str, Any]:
+    """The gate's decision on ``outcome`` (QualityGateError when refused)."""
+    # Recorded before the decision, so a refused run's manifest and summary keep the value.
+    state.record.metrics = {**outcome.metrics, "gate": {"metric": state.settings.gate.metric}}
+    return quality_gate.check_gate(
+        outcome.metrics, quality_gate.live_metrics(state.client, state.settings), state.settings
+    )
+
+
+def start_serving_parts(state: RunState) -> Future[two_stage.ServingParts]:
+    """Start fitting stage 1 refit on everyone and the new-items ranker on the newest weeks
+    over at most ``scale.train_users`` users: what the gate's path serves beside the gate's
+    ranker. In memory the gate starts it, to run beside its backtest
+    (:mod:`recsys_batch.run.beside_gate`); out of core the train stage does, after the gate,
+    so that the driver's peak is the larger of the two, not their sum."""
+    settings, loaded = state.settings, state.data
+    data = _model_data(state)  # here: it may fill the state's plan tables
+    sample = sharding.sample_users(data.transactions, loaded.users, settings.scale.train_users)
+    return beside_gate.start(
+        functools.partial(
+            two_stage.fit_serving_parts,
+            data,
+            _windows(state),
+            settings,
+            n_users=loaded.users,
+            new_items_data=data.with_transactions(sample),
+        )
+    )
+
+
 def run_prefilter(state: RunState) -> int:
     """The catalogue from all (cut) data; other purchases become the placeholder item.
 
     Out of core, or for Dask workers, the catalogue-applied transactions are also written
-    once, one folder per shard, under :func:`shards_location` (every worker reads its own).
+    once, one folder per shard, under :func:`~recsys_batch.run.run_shards.location` (every
+    worker reads its own).
     """
     settings, loaded = state.settings, state.data
     tx = loaded.dataset.transactions
@@ -245,7 +279,7 @@ def run_prefilter(state: RunState) -> int:
         tx_cat = tx_cat.collect().lazy()
         state.tx_cat = tx_cat
     if shards_on_disk(state):
-        shards_dir = shards_location(settings, state.record)
+        shards_dir = run_shards.location(settings, state.record)
         n_shards = sharding.shard_count(loaded.users, settings.scale.shard_users)
         sharding.write_shards(tx_cat, n_shards, shards_dir)
         if not loaded.in_memory:
@@ -256,24 +290,19 @@ def run_prefilter(state: RunState) -> int:
 def train(state: RunState) -> int:
     """The two-stage model for scoring and the popular fallback list.
 
-    With ``gate.publish_gated_ranker`` the ranker the gate measured scores and only stage 1
-    is refit on everyone; otherwise a ranker is trained on the newest weeks, on at most
-    ``scale.train_users`` users.
+    With ``gate.publish_gated_ranker`` the ranker the gate measured scores, with stage 1 refit
+    on everyone and the new-items ranker trained on the newest weeks
+    (:func:`start_serving_parts`); otherwise a ranker is trained on the newest weeks, on at
+    most ``scale.train_users`` users.
     """
     settings, loaded = state.settings, state.data
     data, windows = _model_data(state), _windows(state)
-    sample = sharding.sample_users(data.transactions, loaded.users, settings.scale.train_users)
     if state.gated is not None and settings.gate.publish_gated_ranker:
-        state.model = two_stage.with_gated_ranker(
-            state.gated.model,
-            data,
-            windows,
-            settings,
-            n_users=loaded.users,
-            new_items_data=data.with_transactions(sample),
-        )
+        parts = (state.serving_parts or start_serving_parts(state)).result()
+        state.model = two_stage.with_gated_ranker(state.gated.model, parts, windows)
         state.record.metrics["ranker_source"] = "gate"
     else:
+        sample = sharding.sample_users(data.transactions, loaded.users, settings.scale.train_users)
         model = two_stage.train_two_stage(data.with_transactions(sample), windows, settings)
         if sample is not data.transactions:  # stage 1 on its own sample of everyone
             model.stage1_for_scoring = two_stage.fit_scoring_stage1(
@@ -321,7 +350,7 @@ def score_and_publish(state: RunState) -> int:
         _model_data(state),
         settings,
         sharding.shard_count(loaded.users, settings.scale.shard_users),
-        shards_dir=shards_location(settings, state.record) if shards_on_disk(state) else None,
+        shards_dir=run_shards.location(settings, state.record) if shards_on_disk(state) else None,
     )
     context.output_dir = state.record.run_dir / RECOMMENDATIONS_FILE
     context.expected_users = loaded.users
@@ -357,7 +386,7 @@ def user_parts(state: RunState) -> list[pl.LazyFrame]:
     driver reads one at a time), else the one frame in memory."""
     if state.data.in_memory:
         return [_model_data(state).transactions]
-    shards_dir = shards_location(state.settings, state.record)
+    shards_dir = run_shards.location(state.settings, state.record)
     n_shards = sharding.shard_count(state.data.users, state.settings.scale.shard_users)
     return [sharding.scan_shard(shards_dir, s) for s in range(n_shards)]
 
@@ -413,30 +442,7 @@ def _code_version() -> str:
         return "unknown"
 
 
-def shards_dir_of(run_dir: Path) -> Path:
-    """Where a run keeps its per-shard transactions by default (removed at the end)."""
-    return run_dir / SHARDS_DIR
-
-
 def shards_on_disk(state: RunState) -> bool:
     """Whether the shard inputs are written as files: out of core, or for Dask workers
     (which get the location, never the transactions)."""
     return not state.data.in_memory or state.settings.scale.executor == "dask"
-
-
-def shards_location(settings: Settings, record: records.RunRecord) -> sharding.Location:
-    """Absolute folder (or URL) of the run's per-shard transactions:
-    ``<scale.shared_dir>/<run_id>/shards``, or ``<run_dir>/shards`` when unset."""
-    shared = settings.scale.shared_dir
-    if shared is None:
-        return sharding.absolute(shards_dir_of(record.run_dir))
-    return sharding.join(sharding.absolute(shared), record.run_id, SHARDS_DIR)
-
-
-def remove_shards(settings: Settings, record: records.RunRecord) -> None:
-    """Delete the run's shard inputs (and its folder under ``scale.shared_dir``)."""
-    shared = settings.scale.shared_dir
-    if shared is None:
-        sharding.remove(shards_location(settings, record))
-    else:
-        sharding.remove(sharding.join(sharding.absolute(shared), record.run_id))

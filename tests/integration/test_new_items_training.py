@@ -26,7 +26,7 @@ from recsys_batch.model.persist import load_model, save_model
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.model.ranking import Ranker
 from recsys_batch.model.stage1_slice import for_users
-from recsys_batch.model.two_stage import train_two_stage, with_gated_ranker
+from recsys_batch.model.two_stage import fit_serving_parts, train_two_stage, with_gated_ranker
 from recsys_batch.run import shard_context
 from tests.small import SMALL_SETTINGS as SETTINGS
 
@@ -191,7 +191,8 @@ def test_the_new_items_ranker_that_scores_is_trained_on_the_newest_weeks(
     caught: the gate's new-items ranker carried over, or one trained on the gate's windows."""
     lo, hi = split.week_range(data.transactions)
     gate = train_two_stage(data, split.backtest_windows(lo, hi, SETTINGS.split), SETTINGS)
-    scoring = with_gated_ranker(gate, data, model.windows, SETTINGS)
+    parts = fit_serving_parts(data, model.windows, SETTINGS)
+    scoring = with_gated_ranker(gate, parts, model.windows)
     assert scoring.ranker is gate.ranker
     assert scoring.new_items_ranker is not None and gate.new_items_ranker is not None
     newest = model.new_items_ranker  # trained on the production windows, the same data

@@ -22,7 +22,7 @@ from recsys_batch.config import Settings, load_settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import Dataset, load_dataset
 from recsys_batch.publish import keys, status, store
-from recsys_batch.run import pipeline, quality_gate, sharding, stages
+from recsys_batch.run import pipeline, quality_gate, run_shards, sharding, stages
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def test_out_of_core_publishes_what_the_in_memory_path_publishes(
     assert_frame_equal(got, expected)
     assert_frame_equal(_recommendations(out_of_core), _recommendations(in_memory))
     # The shard folders and the prefilter's item parts are scratch space: gone once the run ends.
-    assert not stages.shards_dir_of(out_of_core.run_dir).exists()
+    assert not run_shards.dir_of(out_of_core.run_dir).exists()
     assert not (out_of_core.run_dir / stages.ITEM_PARTS_DIR).exists()
 
 

@@ -21,7 +21,7 @@ from cli.main import app
 from recsys_batch.config import Settings
 from recsys_batch.errors import EmptyStageError, QualityGateError
 from recsys_batch.publish import keys, status
-from recsys_batch.run import pipeline, records, stages
+from recsys_batch.run import pipeline, records, run_shards
 from tests.nightly import (
     expected_values,
     saved_recommendations,
@@ -130,7 +130,7 @@ class TestPublishedRun:
         assert run["seconds"] >= sum(s["seconds"] for s in manifest["stages"]) - 0.01
         durations = json.loads(info.meta["durations"])
         assert set(durations) == {name for name, _ in pipeline.STAGES} - {"score_and_publish"}
-        assert not (result.run_dir / stages.SHARDS_DIR).exists()
+        assert not (result.run_dir / run_shards.SHARDS_DIR).exists()
 
     def test_dry_run_publishes_nothing_but_saves_recommendations(
         self, settings: Settings, real_redis: redis.Redis, key_prefix: str

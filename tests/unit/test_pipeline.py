@@ -7,8 +7,11 @@ without it (as ``recsys nightly-batch --dry-run`` does on a machine without Redi
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from polars.testing import assert_frame_equal
@@ -16,14 +19,15 @@ from polars.testing import assert_frame_equal
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError, LockError, QualityGateError
-from recsys_batch.run import pipeline, quality_gate, records, stages
+from recsys_batch.model import two_stage
+from recsys_batch.run import pipeline, quality_gate, records, run_shards, stages
 from recsys_batch.run.lock import run_lock
 from recsys_batch.run.stages import RunState
 from tests.nightly import saved_recommendations, shard_files, small_run_settings
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 """Nothing listens on port 1: a dry run goes on without Redis."""
-STAGE_NAMES = ["load", "gate", "prefilter", "train", "save", "score_and_publish"]
+STAGE_NAMES = ["load", "prefilter", "gate", "train", "save", "score_and_publish"]
 
 
 @pytest.fixture
@@ -166,7 +170,7 @@ class TestDryRunWithoutRedis:
         assert manifest["metrics"] == {"gate": "skipped", "ranker_source": "trained"}
         assert manifest["parameters"]["settings"]["redis"]["url"] == UNREACHABLE
         assert any((result.run_dir / "models").iterdir())
-        assert not (result.run_dir / stages.SHARDS_DIR).exists()
+        assert not (result.run_dir / run_shards.SHARDS_DIR).exists()
 
     def test_gate_runs_without_a_live_version(self, settings: Settings) -> None:
         result = pipeline.run_nightly(settings, dry_run=True)
@@ -186,7 +190,7 @@ class TestDryRunWithoutRedis:
         (run_dir,) = strict.run.runs_dir.iterdir()
         manifest = records.read_manifest(run_dir)
         assert manifest["status"] == "gate-refused"
-        assert [s["name"] for s in manifest["stages"]] == ["load"]
+        assert [s["name"] for s in manifest["stages"]] == ["load", "prefilter"]
         assert not (run_dir / stages.RECOMMENDATIONS_FILE).exists()
 
     def test_empty_stage_stops_the_run(self, settings: Settings) -> None:
@@ -204,6 +208,90 @@ class TestDryRunWithoutRedis:
             pipeline.run_nightly(settings, dry_run=True)
         assert info.value.exit_code == 5
         assert not settings.run.runs_dir.exists()
+
+
+class TestFitsBesideTheGate:
+    """Stage 1 for scoring and the new-items ranker (``two_stage.fit_serving_parts``) run on
+    a thread beside the gate's backtest in memory, after it out of core (#26)."""
+
+    @staticmethod
+    def _events(monkeypatch: pytest.MonkeyPatch, outlast_the_gate: bool = False) -> list[str]:
+        events: list[str] = []
+        decided = threading.Event()
+        fit, check = two_stage.fit_serving_parts, quality_gate.check_gate
+
+        def logged_fit(*args: Any, **kwargs: Any) -> two_stage.ServingParts:
+            events.append("fit started")
+            parts = fit(*args, **kwargs)
+            if outlast_the_gate:  # still computing when the gate has decided
+                decided.wait(timeout=60)
+                time.sleep(0.2)
+            events.append("fit ended")
+            return parts
+
+        def logged_check(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            events.append("gate decided")
+            decided.set()
+            return check(*args, **kwargs)
+
+        monkeypatch.setattr(two_stage, "fit_serving_parts", logged_fit)
+        monkeypatch.setattr(quality_gate, "check_gate", logged_check)
+        return events
+
+    def test_in_memory_the_fits_start_before_the_gate_decides(
+        self, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Mutation caught: the fits started by the train stage (after the gate)."""
+        events = self._events(monkeypatch)
+        result = pipeline.run_nightly(settings, dry_run=True)
+        assert result.metrics["ranker_source"] == "gate"
+        assert events.index("fit started") < events.index("gate decided")
+        assert events.count("fit started") == 1
+
+    def test_out_of_core_the_fits_start_after_the_gate_passed(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The driver's peak is the larger of the two, not their sum. Mutation caught: the
+        fits started beside the gate whatever the size."""
+        out_of_core = small_run_settings(
+            tmp_path, UNREACHABLE, "unit", scale={"shard_users": 100, "in_memory_rows": 20_000}
+        )
+        events = self._events(monkeypatch)
+        result = pipeline.run_nightly(out_of_core, dry_run=True)
+        assert result.users == 300
+        assert events == ["gate decided", "fit started", "fit ended"]
+
+    def test_a_refused_gate_returns_once_the_fits_have_ended(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Mutation caught: the refused run raising while its fits still compute."""
+        strict = small_run_settings(
+            tmp_path, UNREACHABLE, "unit", gate={"min_precision_at_5": 0.99}
+        )
+        events = self._events(monkeypatch, outlast_the_gate=True)
+        with pytest.raises(QualityGateError, match="below the floor"):
+            pipeline.run_nightly(strict, dry_run=True)
+        assert events[-1] == "fit ended"
+        assert events.index("gate decided") < events.index("fit ended")
+
+    def test_a_failed_fit_fails_the_run_with_its_own_error(
+        self, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Its exit code (2 here), the manifest says so and nothing is written. Mutation
+        caught: the train stage fitting again, or passing on, when the thread failed."""
+
+        def empty(*args: Any, **kwargs: Any) -> two_stage.ServingParts:
+            raise EmptyStageError("no first purchase in the window", fix="check the split")
+
+        monkeypatch.setattr(two_stage, "fit_serving_parts", empty)
+        with pytest.raises(EmptyStageError, match="no first purchase") as info:
+            pipeline.run_nightly(settings, dry_run=True)
+        assert info.value.exit_code == 2
+        (run_dir,) = settings.run.runs_dir.iterdir()
+        manifest = records.read_manifest(run_dir)
+        assert manifest["status"] == "failed"
+        assert [s["name"] for s in manifest["stages"]] == ["load", "prefilter", "gate"]
+        assert not (run_dir / stages.RECOMMENDATIONS_FILE).exists()
 
 
 def test_saved_recommendations_match_a_single_scoring(settings: Settings) -> None:
