@@ -7,8 +7,9 @@ The night is the ordered list :data:`STAGES` of named functions over one
     prefilter          the catalogue; other purchases become the placeholder item
     gate               the backtest (as ``recsys evaluate``) on at most ``scale.train_users``
                        users: ``gate.metric`` must reach the floor and hold against the live
-                       version (exit 3 otherwise; skipped by ``--no-gate``); in memory, the
-                       served model's other parts are fitted beside it on a thread
+                       version (exit 3 otherwise; skipped by ``--no-gate``); up to
+                       ``scale.beside_gate_rows`` transactions the served model's other
+                       parts are fitted beside it on a thread
                        (:mod:`~recsys_batch.run.beside_gate`)
     train              the scoring model (the gate's ranker, stage 1 refit on everyone, the
                        new-items ranker on the newest weeks) and the popular fallback list

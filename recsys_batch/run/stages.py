@@ -84,7 +84,7 @@ class RunState:
     load from whether the calendar covers the weeks it serves (and those its gate scores)."""
     plan_tables: plan_features.PlanTables | None = None
     serving_parts: Future[two_stage.ServingParts] | None = None
-    """The gate's path, in memory: the served model's other parts, fitted beside the gate."""
+    """The gate's path, small inputs: the served model's other parts, fitted beside the gate."""
 
     @property
     def data(self) -> Loaded:
@@ -204,7 +204,7 @@ def run_gate(state: RunState) -> int:
             sample_file = state.record.run_dir / GATE_SAMPLE_FILE
             sample.sink_parquet(sample_file)
             sample = pl.scan_parquet(sample_file)
-    if settings.gate.publish_gated_ranker and loaded.in_memory:
+    if settings.gate.publish_gated_ranker and loaded.rows <= settings.scale.beside_gate_rows:
         state.serving_parts = start_serving_parts(state)
     dataset = Dataset(
         sample,
@@ -240,9 +240,9 @@ def gate_decision(state: RunState, outcome: quality_gate.GateOutcome) -> dict[st
 def start_serving_parts(state: RunState) -> Future[two_stage.ServingParts]:
     """Start fitting stage 1 refit on everyone and the new-items ranker on the newest weeks
     over at most ``scale.train_users`` users: what the gate's path serves beside the gate's
-    ranker. In memory the gate starts it, to run beside its backtest
-    (:mod:`recsys_batch.run.beside_gate`); out of core the train stage does, after the gate,
-    so that the driver's peak is the larger of the two, not their sum."""
+    ranker. Up to ``scale.beside_gate_rows`` transactions the gate starts it, to run beside
+    its backtest (:mod:`recsys_batch.run.beside_gate`); above, the train stage does, after
+    the gate, so that the driver's peak is the larger of the two, not their sum."""
     settings, loaded = state.settings, state.data
     data = _model_data(state)  # here: it may fill the state's plan tables
     sample = sharding.sample_users(data.transactions, loaded.users, settings.scale.train_users)

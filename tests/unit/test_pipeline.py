@@ -18,7 +18,7 @@ from polars.testing import assert_frame_equal
 
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
-from recsys_batch.errors import EmptyStageError, LockError, QualityGateError
+from recsys_batch.errors import EmptyStageError, LockError, QualityGateError, RecsysError
 from recsys_batch.model import two_stage
 from recsys_batch.run import pipeline, quality_gate, records, run_shards, stages
 from recsys_batch.run.lock import run_lock
@@ -145,6 +145,19 @@ class TestLoadStage:
         assert state.windows.target_end == record.data["last_week"] + 1 == tx[C.WEEK].max() + 1
 
 
+def refused_run(
+    settings: Settings, error: type[RecsysError], match: str, exit_code: int, **run: Any
+) -> tuple[Path, dict[str, Any]]:
+    """Run the night expecting ``error`` (its exit code); its run folder and manifest, with
+    no recommendations written."""
+    with pytest.raises(error, match=match) as info:
+        pipeline.run_nightly(settings, dry_run=True, **run)
+    assert info.value.exit_code == exit_code
+    (run_dir,) = settings.run.runs_dir.iterdir()
+    assert not (run_dir / stages.RECOMMENDATIONS_FILE).exists()
+    return run_dir, records.read_manifest(run_dir)
+
+
 class TestDryRunWithoutRedis:
     def test_scores_every_user_in_shards_and_records_each_stage(self, settings: Settings) -> None:
         peak_before = records.peak_memory_mb()
@@ -184,24 +197,17 @@ class TestDryRunWithoutRedis:
         strict = small_run_settings(
             tmp_path, UNREACHABLE, "unit", gate={"min_precision_at_5": 0.99}
         )
-        with pytest.raises(QualityGateError, match="below the floor") as info:
-            pipeline.run_nightly(strict, dry_run=True)
-        assert info.value.exit_code == 3
-        (run_dir,) = strict.run.runs_dir.iterdir()
-        manifest = records.read_manifest(run_dir)
+        _, manifest = refused_run(strict, QualityGateError, "below the floor", 3)
         assert manifest["status"] == "gate-refused"
         assert [s["name"] for s in manifest["stages"]] == ["load", "prefilter"]
-        assert not (run_dir / stages.RECOMMENDATIONS_FILE).exists()
 
     def test_empty_stage_stops_the_run(self, settings: Settings) -> None:
-        with pytest.raises(EmptyStageError, match="'load' produced zero transactions") as info:
-            pipeline.run_nightly(settings, run_date=date(2000, 1, 1), dry_run=True)
-        assert info.value.exit_code == 2
-        (run_dir,) = settings.run.runs_dir.iterdir()
-        manifest = records.read_manifest(run_dir)
+        _, manifest = refused_run(
+            settings, EmptyStageError, "'load' produced zero transactions", 2,
+            run_date=date(2000, 1, 1),
+        )  # fmt: skip
         assert manifest["status"] == "failed"
         assert "EmptyStageError" in manifest["error"]
-        assert not (run_dir / stages.RECOMMENDATIONS_FILE).exists()
 
     def test_locked_run_is_refused_before_it_starts(self, settings: Settings) -> None:
         with run_lock(settings.run.lock_file), pytest.raises(LockError) as info:
@@ -212,7 +218,8 @@ class TestDryRunWithoutRedis:
 
 class TestFitsBesideTheGate:
     """Stage 1 for scoring and the new-items ranker (``two_stage.fit_serving_parts``) run on
-    a thread beside the gate's backtest in memory, after it out of core (#26)."""
+    a thread beside the gate's backtest up to ``scale.beside_gate_rows`` transactions, after
+    it above (#26)."""
 
     @staticmethod
     def _events(monkeypatch: pytest.MonkeyPatch, outlast_the_gate: bool = False) -> list[str]:
@@ -238,7 +245,7 @@ class TestFitsBesideTheGate:
         monkeypatch.setattr(quality_gate, "check_gate", logged_check)
         return events
 
-    def test_in_memory_the_fits_start_before_the_gate_decides(
+    def test_a_small_input_s_fits_start_before_the_gate_decides(
         self, settings: Settings, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Mutation caught: the fits started by the train stage (after the gate)."""
@@ -248,16 +255,16 @@ class TestFitsBesideTheGate:
         assert events.index("fit started") < events.index("gate decided")
         assert events.count("fit started") == 1
 
-    def test_out_of_core_the_fits_start_after_the_gate_passed(
+    def test_a_larger_input_s_fits_start_after_the_gate_passed(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """The driver's peak is the larger of the two, not their sum. Mutation caught: the
-        fits started beside the gate whatever the size."""
-        out_of_core = small_run_settings(
-            tmp_path, UNREACHABLE, "unit", scale={"shard_users": 100, "in_memory_rows": 20_000}
+        """Above ``scale.beside_gate_rows`` the driver's peak is the larger of the two, not
+        their sum. Mutation caught: the fits started beside the gate whatever the size."""
+        larger = small_run_settings(
+            tmp_path, UNREACHABLE, "unit", scale={"shard_users": 100, "beside_gate_rows": 1000}
         )
         events = self._events(monkeypatch)
-        result = pipeline.run_nightly(out_of_core, dry_run=True)
+        result = pipeline.run_nightly(larger, dry_run=True)
         assert result.users == 300
         assert events == ["gate decided", "fit started", "fit ended"]
 
@@ -284,14 +291,9 @@ class TestFitsBesideTheGate:
             raise EmptyStageError("no first purchase in the window", fix="check the split")
 
         monkeypatch.setattr(two_stage, "fit_serving_parts", empty)
-        with pytest.raises(EmptyStageError, match="no first purchase") as info:
-            pipeline.run_nightly(settings, dry_run=True)
-        assert info.value.exit_code == 2
-        (run_dir,) = settings.run.runs_dir.iterdir()
-        manifest = records.read_manifest(run_dir)
+        _, manifest = refused_run(settings, EmptyStageError, "no first purchase", 2)
         assert manifest["status"] == "failed"
         assert [s["name"] for s in manifest["stages"]] == ["load", "prefilter", "gate"]
-        assert not (run_dir / stages.RECOMMENDATIONS_FILE).exists()
 
 
 def test_saved_recommendations_match_a_single_scoring(settings: Settings) -> None:
