@@ -117,8 +117,8 @@ def test_nightly_on_a_pipe_prints_the_plain_log_lines(
     stages = re.findall(r"recsys_batch\.run\.pipeline: stage (\S+) +rows=", stderr)
     assert stages == [
         "load",
-        "gate",
         "prefilter",
+        "gate",
         "train",
         "save",
         "score_and_publish",
