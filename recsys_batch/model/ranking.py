@@ -14,6 +14,7 @@ not change with the shard it is in).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ from recsys_batch.data import columns as C
 from recsys_batch.errors import EmptyStageError
 
 log = logging.getLogger(__name__)
+
+LIGHTGBM_LOCK = threading.Lock()
+"""One LightGBM call at a time in the process: a training and a prediction on two threads
+(the fits beside the gate, ``scale.beside_gate_rows``) crashed the interpreter once (a
+segfault in a CI run, 2026-12-08)."""
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
@@ -180,13 +186,14 @@ def _boosted(
     callbacks: list[Callable[..., Any]] = []
     if valid_sets:
         callbacks.append(lgb.early_stopping(cfg.early_stopping_rounds, verbose=False))
-    booster = lgb.train(
-        _params(cfg),
-        train_set,
-        num_boost_round=cfg.n_estimators,
-        valid_sets=valid_sets,
-        callbacks=callbacks,
-    )
+    with LIGHTGBM_LOCK:
+        booster = lgb.train(
+            _params(cfg),
+            train_set,
+            num_boost_round=cfg.n_estimators,
+            valid_sets=valid_sets,
+            callbacks=callbacks,
+        )
     return booster, int(booster.best_iteration or booster.current_iteration())
 
 
@@ -267,9 +274,11 @@ def score(ranker: Ranker, candidates: pl.LazyFrame) -> pl.DataFrame:
             pl.lit(None, dtype=pl.Float32).alias(C.SCORE)
         )
     matrix = feature_matrix(frame, ranker.feature_names)
-    values = np.mean(
-        [booster.predict(matrix, num_iteration=best) for booster, best in ranker.members], axis=0
-    )
+    with LIGHTGBM_LOCK:
+        values = np.mean(
+            [booster.predict(matrix, num_iteration=best) for booster, best in ranker.members],
+            axis=0,
+        )
     return frame.select(C.USER, C.ITEM).with_columns(pl.Series(C.SCORE, values, dtype=pl.Float32))
 
 

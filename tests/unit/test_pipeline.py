@@ -246,11 +246,14 @@ class TestFitsBesideTheGate:
         return events
 
     def test_a_small_input_s_fits_start_before_the_gate_decides(
-        self, settings: Settings, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Mutation caught: the fits started by the train stage (after the gate)."""
+        beside = small_run_settings(
+            tmp_path, UNREACHABLE, "unit", scale={"shard_users": 100, "beside_gate_rows": 10**9}
+        )
         events = self._events(monkeypatch)
-        result = pipeline.run_nightly(settings, dry_run=True)
+        result = pipeline.run_nightly(beside, dry_run=True)
         assert result.metrics["ranker_source"] == "gate"
         assert events.index("fit started") < events.index("gate decided")
         assert events.count("fit started") == 1
@@ -273,7 +276,11 @@ class TestFitsBesideTheGate:
     ) -> None:
         """Mutation caught: the refused run raising while its fits still compute."""
         strict = small_run_settings(
-            tmp_path, UNREACHABLE, "unit", gate={"min_precision_at_5": 0.99}
+            tmp_path,
+            UNREACHABLE,
+            "unit",
+            gate={"min_precision_at_5": 0.99},
+            scale={"shard_users": 100, "beside_gate_rows": 10**9},
         )
         events = self._events(monkeypatch, outlast_the_gate=True)
         with pytest.raises(QualityGateError, match="below the floor"):
