@@ -268,15 +268,15 @@ class ScaleConfig(Section):
     item statistics are computed in parts of whole items of about this many lines, the
     catalogue-applied transactions are written to one parquet folder per shard under the run
     directory, and each shard reads only its own."""
-    beside_gate_rows: int = Field(default=0, ge=0)
+    beside_gate_rows: int = Field(default=5_000_000, ge=0)
     """Up to this many transactions, the served model's parts that do not read the gate's
     ranker (stage 1 refit on everyone, the new-items ranker) are fitted on a thread beside
-    the gate's backtest (``run/beside_gate.py``: the bundled night ~3 s shorter on 2 cores);
-    above it, after the gate, so that the driver's peak is the larger of the two, not their
-    sum (13.6M lines, 25,000 customers, where each step already fills both cores: 10.5 GB
-    beside and no faster, 229.8 s against 227.3 s after). 0 (the default) = always after:
-    one CI run crashed with a LightGBM training and prediction on the two threads at once;
-    LightGBM calls are serialised since (``ranking.LIGHTGBM_LOCK``), not yet proven safe."""
+    the gate's backtest (``run/beside_gate.py``: the bundled night ~2-3 s shorter on 2
+    cores); above it, after the gate, so that the driver's peak is the larger of the two,
+    not their sum (13.6M lines, 25,000 customers, where each step already fills both cores:
+    10.5 GB beside and no faster, 229.8 s against 227.3 s after). 0 = always after. LightGBM
+    runs one call at a time (``ranking.LIGHTGBM_LOCK``): a training and a prediction on the
+    two threads at once crashed a CI run before the lock."""
 
 
 class TifuKnnConfig(Section):

@@ -65,13 +65,14 @@ class Ranker:
 
     def importances(self, kind: str = "gain") -> pl.DataFrame:
         """``feature``, ``importance`` (total gain by default, summed over the ensemble)."""
-        values = np.sum(
-            [
-                booster.feature_importance(importance_type=kind, iteration=best)
-                for booster, best in self.members
-            ],
-            axis=0,
-        )
+        with LIGHTGBM_LOCK:
+            values = np.sum(
+                [
+                    booster.feature_importance(importance_type=kind, iteration=best)
+                    for booster, best in self.members
+                ],
+                axis=0,
+            )
         return pl.DataFrame(
             {"feature": list(self.feature_names), "importance": values.astype(np.float64)}
         ).sort("importance", descending=True)

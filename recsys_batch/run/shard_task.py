@@ -27,8 +27,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -39,12 +40,14 @@ from recsys_batch.errors import PublishError, RecsysError
 from recsys_batch.model import split
 from recsys_batch.model.plan_features import PlanTables
 from recsys_batch.publish import keys, store, writer
-from recsys_batch.run import sharding
+from recsys_batch.run import beside_gate, sharding
 
 if TYPE_CHECKING:
     from recsys_batch.model.two_stage import ModelData
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SENTINEL_USER = -1
 """User id of the row that carries the global reference day into a shard (never scored)."""
@@ -156,16 +159,19 @@ def shard_recommendations(
     """Top k of ``user_ids`` (all in ``shard``), as ``two_stage.recommend`` would give them,
     and their new-items lists (#26) when the run publishes them.
 
+    A run of one shard computes the new-items lists on a thread beside the main list: its
+    task is all the work left, and neither list reads the other. In a larger run each shard
+    computes them after it, so that a shard holds one list's frames at a time.
+
     Returns
     -------
     tuple
         Recommendations (schema ``RECOMMENDATIONS`` + ``reason``), the new-items lists
-        (``user_id, item_id, rank, reason``; None when ``ctx.first_buyers`` is None) and
-        seconds per step.
+        (``user_id, item_id, rank, reason``, of the users with a main list; None when
+        ``ctx.first_buyers`` is None) and seconds per step.
     """
     from recsys_batch.model import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
     from recsys_batch.model.featured import stage1_knowing  # noqa: PLC0415
-    from recsys_batch.model.ranking import ranking_scores, top_k  # noqa: PLC0415
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -190,6 +196,48 @@ def shard_recommendations(
     # Its users outside stage 1's sample folded in once, for both lists (#28).
     stage1 = stage1_knowing(stage1, data, user_ids.lazy(), cut, ctx.settings)
     tables = shard_tables(ctx, data, cut)
+    new_items_job: Callable[[], tuple[pl.DataFrame, float]] | None = None
+    running = None
+    if ctx.first_buyers is not None:
+        sliced = replace(model, stage1_for_scoring=stage1)
+        new_items_job = partial(
+            timed, partial(shard_new_items, ctx, sliced, data, user_ids, ctx.first_buyers, tables)
+        )
+        if ctx.n_shards == 1:
+            running = beside_gate.start(new_items_job)
+            new_items_job = running.result
+    try:
+        recs = main_list(ctx, stage1, data, user_ids, tables, seconds, started)
+    except BaseException:
+        beside_gate.settle(running)  # nothing of the shard computes once its error is out
+        raise
+    if new_items_job is None:
+        return recs, None, seconds
+    new_items, seconds["new_items"] = new_items_job()
+    return recs, new_items.join(recs.select(C.USER), on=C.USER, how="semi"), seconds
+
+
+def timed(fit: Callable[[], T]) -> tuple[T, float]:
+    """``fit()`` and the seconds it took."""
+    started = time.perf_counter()
+    return fit(), time.perf_counter() - started
+
+
+def main_list(
+    ctx: ShardContext,
+    stage1: Any,
+    data: ModelData,
+    user_ids: pl.DataFrame,
+    tables: dict[str, pl.DataFrame],
+    seconds: dict[str, float],
+    started: float,
+) -> pl.DataFrame:
+    """The shard's top ``publish.top_n`` per user with reasons, checked; ``features`` and
+    ``score`` seconds into ``seconds`` (the features' counted from ``started``)."""
+    from recsys_batch.model import two_stage  # noqa: PLC0415 - heavy (lightgbm, implicit)
+    from recsys_batch.model.ranking import ranking_scores, top_k  # noqa: PLC0415
+
+    cut = ctx.model.windows.target_end
     feats = two_stage.featured_candidates(
         stage1, data, user_ids.lazy(), cut, ctx.settings, fixed_tables=tables
     )
@@ -197,19 +245,13 @@ def shard_recommendations(
     seconds["features"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    scored = ranking_scores(model.ranker, frame, ctx.settings.ranker)
+    scored = ranking_scores(ctx.model.ranker, frame, ctx.settings.ranker)
     recs = top_k(scored.lazy(), ctx.settings.publish.top_n).collect()
     if ctx.settings.publish.reasons:
         recs = recs.lazy().join(item_reasons(frame), on=[C.USER, C.ITEM], how="left").collect()
     seconds["score"] = time.perf_counter() - started
     check_recommendations(recs, ctx)
-    new_items = None
-    if ctx.first_buyers is not None:
-        started = time.perf_counter()
-        sliced = replace(model, stage1_for_scoring=stage1)
-        new_items = shard_new_items(ctx, sliced, data, recs, ctx.first_buyers, tables)
-        seconds["new_items"] = time.perf_counter() - started
-    return recs, new_items, seconds
+    return recs
 
 
 def shard_tables(ctx: ShardContext, data: ModelData, cut: int) -> dict[str, pl.DataFrame]:
@@ -233,12 +275,12 @@ def shard_new_items(
     ctx: ShardContext,
     model: Any,
     data: ModelData,
-    recs: pl.DataFrame,
+    users: pl.DataFrame,
     first_buyers: pl.DataFrame,
     tables: dict[str, pl.DataFrame],
 ) -> pl.DataFrame:
-    """The new-items lists of the users of ``recs`` (the users the shard publishes), from the
-    shard's rows and the item families computed over every user, as the backtest ranks them
+    """The new-items lists of ``users`` (the shard's ``user_id``), from the shard's rows and
+    the item families computed over every user, as the backtest ranks them
     (``new_items_ranking.new_item_recommendations``). ``tables``: the shard's families that
     the main list read (:func:`shard_tables`: same rows, same cut), not computed again."""
     from recsys_batch.model.new_items_ranking import (  # noqa: PLC0415 - heavy (lightgbm)
@@ -247,8 +289,7 @@ def shard_new_items(
     )
 
     tables = {**tables, FIRST_BUYERS: first_buyers}
-    users = recs.select(C.USER).unique().lazy()
-    return new_item_recommendations(model, data, users, ctx.settings, fixed_tables=tables)
+    return new_item_recommendations(model, data, users.lazy(), ctx.settings, fixed_tables=tables)
 
 
 REASON = "reason"

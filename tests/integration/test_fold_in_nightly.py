@@ -9,7 +9,10 @@ Dask LocalCluster of worker processes (where the fold-in runs inside the workers
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -24,8 +27,8 @@ from recsys_batch.model.new_items import REASON
 from recsys_batch.model.new_items_ranking import new_item_recommendations
 from recsys_batch.model.prefilter import apply_catalogue, prefilter
 from recsys_batch.publish import status
+from recsys_batch.run import beside_gate, shard_context, shard_task, sharding
 from recsys_batch.run import executors as E
-from recsys_batch.run import shard_context, shard_task, sharding
 from tests.integration.test_dask_executor import N_SHARDS, Trained, first_k
 from tests.nightly import expected_values, stored_values
 
@@ -118,25 +121,68 @@ def test_new_items_of_users_outside_the_sample_come_from_their_purchases(
     assert personal > 0.9 * outside.height
 
 
-def test_sharded_new_items_equal_unsharded(trained: Trained, tmp_path: Path) -> None:
+@pytest.mark.parametrize("n_shards", [1, N_SHARDS])
+def test_sharded_new_items_equal_unsharded(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_shards: int
+) -> None:
     """Each shard's new-items lists (its users folded in once, for both lists) are those of
-    one fold-in of everybody at once. Catches: the shard's and the unsharded new-items path
-    folding in differently (either one skipping it), item families that differ by shard."""
-    sharding.write_shards(trained.tx.lazy(), N_SHARDS, tmp_path / "shards")
+    one fold-in of everybody at once; a run of one shard computes them on a thread beside
+    its main list, a larger run's shards after it. Catches: the shard's and the unsharded
+    new-items path folding in differently (either one skipping it), item families that
+    differ by shard, a one-shard run computing them on the task's thread (or every shard
+    of a larger run on a second one)."""
+    sharding.write_shards(trained.tx.lazy(), n_shards, tmp_path / "shards")
     data = model_data(trained)
     ctx = shard_context.build_context(
-        trained.model, data, trained.settings, N_SHARDS, shards_dir=tmp_path / "shards"
+        trained.model, data, trained.settings, n_shards, shards_dir=tmp_path / "shards"
     )
     expected = new_item_recommendations(
         trained.model, data, trained.user_ids.lazy(), trained.settings
     )
+    threads: list[str] = []
+    shipped = shard_task.shard_new_items
+
+    def recorded(*args: Any) -> pl.DataFrame:
+        threads.append(threading.current_thread().name)
+        return shipped(*args)
+
+    monkeypatch.setattr(shard_task, "shard_new_items", recorded)
     parts = []
-    for shard, users in E.plan_shards(trained.user_ids.lazy(), N_SHARDS):
+    for shard, users in E.plan_shards(trained.user_ids.lazy(), n_shards):
         _, new_items, _ = shard_task.shard_recommendations(ctx, shard, users)
         assert new_items is not None
         parts.append(new_items)
     sharded = pl.concat(parts).sort(C.USER, C.RANK)
     assert_frame_equal(sharded, expected.sort(C.USER, C.RANK))
+    beside = [name.startswith(beside_gate.THREAD_NAME) for name in threads]
+    assert beside == [n_shards == 1] * len(parts)
+
+
+def test_a_failed_main_list_returns_once_the_new_items_thread_ended(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-shard run whose main list fails raises only when its new-items thread is done:
+    nothing of the task still computes when the executor retries it or the run reports the
+    error. Catches: the error raised while the thread runs on."""
+    ctx = shard_context.build_context(trained.model, model_data(trained), trained.settings, 1)
+    ended = threading.Event()
+    shipped = shard_task.shard_new_items
+
+    def slow(*args: Any) -> pl.DataFrame:
+        time.sleep(0.5)
+        lists = shipped(*args)
+        ended.set()
+        return lists
+
+    def broken(*_: Any) -> pl.DataFrame:
+        raise RuntimeError("main list failed")
+
+    monkeypatch.setattr(shard_task, "shard_new_items", slow)
+    monkeypatch.setattr(shard_task, "main_list", broken)
+    ((shard, users),) = E.plan_shards(trained.user_ids.lazy(), 1)
+    with pytest.raises(RuntimeError, match="main list failed"):
+        shard_task.shard_recommendations(ctx, shard, users)
+    assert ended.is_set()
 
 
 def test_nightly_batch_with_a_stage1_sample_publishes_every_user(
