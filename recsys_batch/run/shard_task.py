@@ -8,7 +8,8 @@ hash of ``user_id`` (:mod:`recsys_batch.run.sharding`). One shard's task (:func:
 2. stage-1 candidates with the trained model (its slice for the shard's users; users its
    fit did not see, ``scale.stage1_users``, folded in here from the shard's lines, on the
    worker), stage-2 features as of the scoring cut;
-3. LightGBM scores, the top ``publish.top_n`` per user and the reason of each item;
+3. LightGBM scores, the top ``publish.top_n`` per user and the reason of each item, and
+   the new-items lists (#26; in a run of one shard on a thread beside steps 2-3);
 4. (publishing) write the shard's users into the new Redis version with
    :func:`recsys_batch.publish.writer.write_users`, which counts them back.
 
