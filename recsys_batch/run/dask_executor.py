@@ -109,7 +109,7 @@ class DaskExecutor:
         item_level = shard_task.with_stage1(shipped, shard_task.stage1_for_users(shipped, None))
         # That slice is ~26 MB for 5,000 users at 100x by design: Dask's 10 MB "large graph"
         # warning would fire for every shard.
-        with self.client() as client, _large_tasks_expected():
+        with _quiet_distributed(), self.client() as client, _large_tasks_expected():
             tasks = _ShardTasks(client, fn, shipped, item_level, dict(shards), run)
             results = []
             try:
@@ -217,6 +217,25 @@ def _saved(result: ShardResult, ctx: ShardContext) -> ShardResult:
     if ctx.version is not None or ctx.output_dir is not None:
         result.recommendations = None
     return result
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """distributed's own INFO records kept out of the night's log while it maps the shards,
+    unless the root logger is at DEBUG (``--debug``): the in-process scheduler's chatter, and
+    the ``CommClosedError`` traceback it logs at INFO when the client closes while it still
+    reports to it (every published night, a teardown race inside distributed); its warnings
+    and errors still show."""
+    import distributed  # noqa: F401, PLC0415 - configures its loggers on import; optional
+
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _large_tasks_expected() -> contextlib.AbstractContextManager[Any]:

@@ -10,6 +10,7 @@ a failed publish.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -178,6 +179,28 @@ def test_dask_publishes_exactly_what_local_publishes(
     info = status.version_info(client, on_dask.version or "", settings.redis)
     assert info.state == keys.STATE_COMPLETE
     assert info.users == len(by_dask) == trained.user_ids.height
+
+
+def test_a_published_night_logs_none_of_distributed_s_info(
+    trained: Trained, settings: Settings, client: store.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At INFO (the CLI's level without ``--debug``) a published Dask night logs nothing of
+    distributed below WARNING: its in-process scheduler's chatter and the ``CommClosedError``
+    traceback it logs at INFO when the client closes (a teardown race, every night or
+    nearly). Catches the night run without ``_quiet_distributed``, or its level left set."""
+    caplog.set_level(logging.INFO)
+    import distributed  # noqa: F401, PLC0415 - sets its loggers' levels on import
+
+    level = logging.getLogger("distributed").level
+    run = publish_with(dask(), trained, settings, client)
+    assert status.live_version(client, settings.redis) == run.version
+    chatter = [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.name.startswith("distributed") and r.levelno < logging.WARNING
+    ]
+    assert chatter == []
+    assert logging.getLogger("distributed").level == level  # left as it was found
 
 
 FAILURES: dict[str, int] = {}
