@@ -29,6 +29,7 @@ import polars as pl
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import load_dataset
+from recsys_batch.evaluation.backtest import model_data
 from recsys_batch.evaluation.baseline_lists import POPULAR_WEEKS
 from recsys_batch.evaluation.baselines import own_purchases_baseline
 from recsys_batch.evaluation.origins import cut_after
@@ -36,7 +37,6 @@ from recsys_batch.evaluation.protocol import evaluation_users, held_out, prepare
 from recsys_batch.evaluation.rows import metric_rows
 from recsys_batch.model import split
 from recsys_batch.model.featured import featured_candidates
-from recsys_batch.model.model_data import ModelData
 from recsys_batch.model.ranking import SPEND_COLUMNS, fit_ranker, ranking_scores, score, top_k
 from recsys_batch.model.training_set import training_frame
 from recsys_batch.model.two_stage import fit_scoring_stage1, popular_fallback
@@ -69,7 +69,9 @@ def origin_rows(
     user_sets = {"all": sets["all"].collect(), "seed": sets["seed"].collect()}
     items = dataset.items.collect().lazy() if dataset.items is not None else None
     users = dataset.users.collect().lazy() if dataset.users is not None else None
-    data = ModelData(split.before_test(tx.lazy(), windows), catalogue.lazy(), items, users)
+    # The backtest's own reader: the plan tables come with it when the calendar covers the
+    # weeks scored, so the ranker measured here is the one `recsys evaluate` measures.
+    data = model_data(dataset, prep, items, users, settings, None)
 
     recent = data.transactions.filter(pl.col(C.WEEK) >= windows.target_end - POPULAR_WEEKS)
     popular = popular_fallback(recent, data.catalogue, K)

@@ -165,8 +165,8 @@ class RankerConfig(Section):
     revenue_exponent: float = 0.0
     """Rank by ``probability x expected spend ** revenue_exponent`` (0 = the ranker alone):
     the ranker's score plus this times ln of the user's expected spend on the item in one
-    purchase (``ranking.log_expected_spend``, point in time). 0.14 is the smallest that lifts
-    revenue@5 10% over own purchases' at both validation origins, for about -0.004 P@5
+    purchase (``ranking.log_expected_spend``, point in time). 0.12 is the smallest that lifts
+    revenue@5 10% over own purchases' at both validation origins, for -0.003 to -0.004 P@5
     (issue #26; the trade-off per exponent: docs/evaluation.md); the default keeps P@5, the
     mission's metric."""
     revenue_weight: float = 0.0

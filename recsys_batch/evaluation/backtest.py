@@ -291,7 +291,7 @@ def run_backtest(
     all_users = user_sets["all"].lazy()
 
     with _timed(timings, "train_total"):
-        data = _model_data(dataset, prep, items, users, settings, forward_plans)
+        data = model_data(dataset, prep, items, users, settings, forward_plans)
         model = train_two_stage(data, windows, settings)
         timings.update(model.timings)
     ranked, cands, lists = _scored_lists(
@@ -335,7 +335,7 @@ def _user_sets(
     return {name: frame.collect() for name, frame in sets.items()}
 
 
-def _model_data(
+def model_data(
     dataset: Dataset,
     prep: dict[str, Any],
     items: pl.LazyFrame | None,
