@@ -24,12 +24,12 @@ import polars as pl
 from recsys_batch.config import Settings
 from recsys_batch.data import columns as C
 from recsys_batch.data.sources import load_dataset
+from recsys_batch.evaluation.backtest import model_data
 from recsys_batch.evaluation.baselines import copurchase_new_baseline
 from recsys_batch.evaluation.origins import cut_after
 from recsys_batch.evaluation.protocol import evaluation_users, prepare, test_truth
 from recsys_batch.model import split
 from recsys_batch.model.features import targets, with_targets
-from recsys_batch.model.model_data import ModelData
 from recsys_batch.model.new_items_ranking import featured_new_items, scored_with
 from recsys_batch.model.ranking import fit_ranker, top_k
 from recsys_batch.model.training_set import stage2_users, training_frame
@@ -60,7 +60,8 @@ def origin(settings: Settings, last_week: int) -> dict[str, float]:
     users = evaluation_users(tx, truth.lazy(), w)["all"].collect()
     items = data_cut.items.collect().lazy() if data_cut.items is not None else None
     people = data_cut.users.collect().lazy() if data_cut.users is not None else None
-    data = ModelData(split.before_test(tx, w), prep["catalogue"].lazy(), items, people)
+    # The backtest's own reader: with the plan tables when the calendar covers the weeks.
+    data = model_data(data_cut, prep, items, people, settings, None)
 
     main_train, main_feats, history_model = training_frame(data, w, settings)
     main = fit_ranker(main_train, main_feats.feature_names, main_feats.categorical, settings.ranker)
