@@ -32,8 +32,9 @@ Signals, none of them shipped:
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -57,6 +58,9 @@ from recsys_batch.model.new_items import (
     top_new,
 )
 from recsys_batch.model.two_stage import fit_scoring_stage1
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from new_items_variants import print_per_origin  # noqa: E402 - this folder is sys.path[0]
 
 ALS_VARIANTS: dict[str, dict[str, object]] = {
     "factors=32": {"factors": 32},
@@ -219,13 +223,7 @@ def origin(settings: Settings, last_week: int) -> dict[str, float]:
 
 def main() -> None:
     """Print one line per origin and signal."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cuts", type=int, nargs="+", default=[45, 49])
-    args = parser.parse_args()
-    settings = Settings()
-    for last_week in args.cuts:
-        for name, value in origin(settings, last_week).items():
-            print(f"test weeks {last_week - 3}-{last_week}  {name:<32} {value:.4f}", flush=True)
+    print_per_origin(origin, __doc__, 32)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import polars as pl
 
@@ -96,16 +97,24 @@ def origin(settings: Settings, last_week: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    """Print one line per origin and variant."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def print_per_origin(
+    origin_values: Callable[[Settings, int], dict[str, float]], doc: str, width: int
+) -> None:
+    """Parse ``--cuts`` (default 45 and 49: the validation origins) and print one line per
+    origin and name of ``origin_values(settings, last_week)``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--cuts", type=int, nargs="+", default=[45, 49])
     args = parser.parse_args()
     settings = Settings()
     for last_week in args.cuts:
         weeks = f"{last_week - 3}-{last_week}"
-        for name, value in origin(settings, last_week).items():
-            print(f"test weeks {weeks}  {name:<20} {value:.4f}")
+        for name, value in origin_values(settings, last_week).items():
+            print(f"test weeks {weeks}  {name:<{width}} {value:.4f}", flush=True)
+
+
+def main() -> None:
+    """Print one line per origin and variant."""
+    print_per_origin(origin, __doc__, 20)
 
 
 if __name__ == "__main__":
