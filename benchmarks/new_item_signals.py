@@ -32,13 +32,12 @@ Signals, none of them shipped:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from new_items_variants import print_per_origin  # benchmarks/ is sys.path[0]
 from scipy.cluster.vq import kmeans2
 
 from recsys_batch.config import Settings
@@ -58,9 +57,6 @@ from recsys_batch.model.new_items import (
     top_new,
 )
 from recsys_batch.model.two_stage import fit_scoring_stage1
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from new_items_variants import print_per_origin  # noqa: E402 - this folder is sys.path[0]
 
 ALS_VARIANTS: dict[str, dict[str, object]] = {
     "factors=32": {"factors": 32},
