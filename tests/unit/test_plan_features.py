@@ -13,6 +13,7 @@ from recsys_batch.data import synthetic, synthetic_plans
 from recsys_batch.data.plans import NO_PLANS, Plans, plans_of
 from recsys_batch.data.sources import Dataset
 from recsys_batch.evaluation.backtest import BacktestResult, run_backtest
+from recsys_batch.evaluation.rows import MODELS
 from recsys_batch.model import split, two_stage
 from recsys_batch.model.plan_features import (
     FORWARD_FEATURES,
@@ -187,7 +188,8 @@ def poisoned_after(ds: Dataset, first_test_week: int) -> Dataset:
 
 @pytest.fixture(scope="module")
 def with_plans() -> BacktestResult:
-    return run_backtest(plan_dataset(), SMALL_SETTINGS, baselines=False)
+    """The backtest of ``recsys evaluate``: every list, the new-items list and baselines too."""
+    return run_backtest(plan_dataset(), SMALL_SETTINGS)
 
 
 class TestBacktestWithPlans:
@@ -206,16 +208,16 @@ class TestBacktestWithPlans:
         self, with_plans: BacktestResult
     ) -> None:
         """Leakage: the calendar after the scored weeks and every purchase of the test window
-        rewritten; every two-stage list must stay the same."""
+        rewritten; every list must stay the same: the two-stage list, the new-items list
+        (``two_stage_new``) and the baselines. Mutation caught: any of them reading the
+        calendar or the purchases from the test window on."""
         again = run_backtest(
-            poisoned_after(plan_dataset(), with_plans.windows.target_end),
-            SMALL_SETTINGS,
-            baselines=False,
+            poisoned_after(plan_dataset(), with_plans.windows.target_end), SMALL_SETTINGS
         )
         assert again.windows == with_plans.windows
-        assert_frame_equal(
-            again.lists["two_stage"], with_plans.lists["two_stage"], check_row_order=False
-        )
+        assert set(again.lists) == set(MODELS)
+        for name in MODELS:
+            assert_frame_equal(again.lists[name], with_plans.lists[name], check_row_order=False)
 
 
 def test_sharded_scoring_with_plan_features_equals_scoring_everyone() -> None:
