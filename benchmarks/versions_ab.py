@@ -4,10 +4,10 @@ Issue #26 asks for two-stage P@5 "all" at least +0.005 above the model of the da
 filed, "in the same run": a paired comparison on the validation origins. Run each version's
 backtest into its own folder, then compare them with the current code's truth and users:
 
-    git worktree add /tmp/before c119c80          # the code the day #26 was filed
-    PYTHONPATH=/tmp/before python benchmarks/versions_ab.py lists --out /tmp/ab/before
-    python benchmarks/versions_ab.py lists --out /tmp/ab/head
-    python benchmarks/versions_ab.py compare /tmp/ab/before /tmp/ab/head
+    git worktree add CHECKOUT c119c80          # the code the day #26 was filed
+    PYTHONPATH=CHECKOUT python benchmarks/versions_ab.py lists --out AB/before
+    python benchmarks/versions_ab.py lists --out AB/head
+    python benchmarks/versions_ab.py compare AB/before AB/head
 
 ``lists`` runs the backtest of ``recsys evaluate`` (``run_backtest``, baselines off) at each
 ``--origins`` (1 and 2 = the validation origins, weeks 46-49 and 42-45 on the bundled data; 0 =
